@@ -1,0 +1,488 @@
+"""The config model and its loader: YAML text → validated, frozen :class:`Config`.
+
+The loader walks PyYAML's node graph rather than loaded Python objects, because nodes keep
+their marks: every problem is reported as ``FILE:LINE:COL: path.to.key: message`` and the
+loader collects *all* problems before raising one :class:`~monitor.errors.ConfigError`.
+It does not apply the defaults → group → endpoint cascade for the rest of the program
+(that is :mod:`monitor.targets`); it only uses :func:`merge_icmp` to check that each
+endpoint's final ICMP settings make sense.
+
+Work is bounded: composing is linear in the text, and the walk counts visited nodes so that
+alias tricks ("billion laughs") end in an error instead of unbounded time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from monitor.durations import format_duration, parse_duration
+from monitor.errors import ConfigError, ConfigProblem
+
+try:  # libyaml's C composer is ~10x faster on large site lists; marks are kept either way.
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+AddressFamilyChoice = Literal["any", "ipv4", "ipv6"]
+_MAX_NODE_VISITS = 5_000_000  # far above 10,000 sites × ~10 nodes; stops alias bombs
+_TAG = "tag:yaml.org,2002:"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where something was written: 1-based line and column, as editors count."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpSettings:
+    """Final ICMP settings of one endpoint, in base units."""
+
+    interval_seconds: float = 60.0
+    count: int = 5
+    spacing_seconds: float = 0.2
+    timeout_seconds: float = 2.0
+    payload_bytes: int = 56
+    family: AddressFamilyChoice = "any"
+
+    @property
+    def cycle_bound_seconds(self) -> float:
+        """Longest a cycle may take: the last echo leaves by count×spacing, then waits timeout."""
+        return self.count * self.spacing_seconds + self.timeout_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpOverrides:
+    """The ICMP keys written at one level (defaults, a group or an endpoint), already validated."""
+
+    values: Mapping[str, Any]
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """One site as written in the file; inherited values are resolved in :mod:`monitor.targets`."""
+
+    name: str
+    host: str
+    location: Location
+    district: str | None = None
+    link: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    target_mbps: float | None = None
+    icmp: IcmpOverrides | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A group of sites sharing a kind and, optionally, settings and labels."""
+
+    name: str
+    kind: str
+    location: Location
+    endpoints: tuple[EndpointConfig, ...] = ()
+    district: str | None = None
+    link: str | None = None
+    target_mbps: float | None = None
+    icmp: IcmpOverrides | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Top-level defaults that cascade to groups, then endpoints."""
+
+    target_mbps: float = 4.0
+    icmp: IcmpOverrides | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, valid config file."""
+
+    source: str
+    defaults: Defaults = field(default_factory=Defaults)
+    groups: tuple[GroupConfig, ...] = ()
+
+
+def merge_icmp(*levels: IcmpOverrides | None) -> IcmpSettings:
+    """Apply ICMP overrides from the least to the most specific level onto the built-in defaults."""
+    settings = IcmpSettings()
+    for level in levels:
+        if level is not None and level.values:
+            settings = dataclasses.replace(settings, **level.values)
+    return settings
+
+
+# ----------------------------------------------------------------------------- host names
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def normalize_ip(text: str) -> str | None:
+    """Return the canonical text of an IP literal (``::0001`` → ``::1``), or None if it is not one."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def is_host_name(text: str) -> bool:
+    """True for a syntactically valid DNS name (RFC 1123; the last label may not be all digits)."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+
+
+# ----------------------------------------------------------------------------- the walk
+
+T = TypeVar("T")
+
+
+class _TooManyNodes(Exception):
+    """Raised inside the walk when the visit budget is spent (an alias bomb)."""
+
+
+class _Walker:
+    """Checks nodes against the schema, collecting located problems instead of stopping."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[ConfigProblem] = []
+        self.visits = 0
+
+    # -- reporting
+    def where(self, node: Node) -> Location:
+        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def problem(self, node: Node, path: str, message: str) -> None:
+        loc = self.where(node)
+        self.problems.append(ConfigProblem(self.file, loc.line, loc.column, path, message))
+
+    def visit(self) -> None:
+        self.visits += 1
+        if self.visits > _MAX_NODE_VISITS:
+            raise _TooManyNodes
+
+    # -- structure
+    def mapping(
+        self, node: Node, path: str, allowed: Sequence[str], required: Sequence[str] = ()
+    ) -> dict[str, Node] | None:
+        """Return key → value node for a mapping; report wrong type, unknown/duplicate/missing keys."""
+        self.visit()
+        if not isinstance(node, MappingNode):
+            self.problem(node, path or "(top level)", f"must be a mapping with keys {', '.join(allowed)}")
+            return None
+        out: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            self.visit()
+            if not isinstance(key_node, ScalarNode) or key_node.tag != _TAG + "str":
+                self.problem(key_node, path or "(top level)", "keys must be plain words")
+                continue
+            key = key_node.value
+            key_path = f"{path}.{key}" if path else key
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+                self.problem(key_node, key_path, f"unknown key '{key}'; {hint}")
+                continue
+            if key in out:
+                first = self.where(out[key])
+                self.problem(key_node, key_path, f"duplicate key (first given at line {first.line})")
+                continue
+            out[key] = value_node
+        for key in required:
+            if key not in out:
+                self.problem(node, path or "(top level)", f"missing required key '{key}'")
+        return out
+
+    def sequence(self, node: Node, path: str) -> list[Node] | None:
+        self.visit()
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
+            return []
+        if not isinstance(node, SequenceNode):
+            self.problem(node, path, "must be a list")
+            return None
+        return list(node.value)
+
+    # -- scalars
+    def scalar(self, node: Node, path: str, tags: tuple[str, ...], what: str) -> ScalarNode | None:
+        self.visit()
+        if not isinstance(node, ScalarNode) or node.tag.removeprefix(_TAG) not in tags:
+            got = "a list" if isinstance(node, SequenceNode) else "a mapping" if isinstance(
+                node, MappingNode) else f"'{node.value}'"
+            self.problem(node, path, f"must be {what}, got {got}")
+            return None
+        return node
+
+    def string(self, node: Node, path: str) -> str | None:
+        scalar = self.scalar(node, path, ("str",), "text (quote it if it looks like a number)")
+        if scalar is None:
+            return None
+        if not scalar.value.strip():
+            self.problem(node, path, "must not be empty")
+            return None
+        return str(scalar.value)
+
+    def number(self, node: Node, path: str, low: float, high: float, *, integer: bool = False,
+               low_inclusive: bool = True) -> float | None:
+        tags = ("int",) if integer else ("int", "float")
+        scalar = self.scalar(node, path, tags, "a whole number" if integer else "a number")
+        if scalar is None:
+            return None
+        value: float = _YAML_SCALARS.construct_object(scalar)  # type: ignore[no-untyped-call]
+        too_low = value < low or (not low_inclusive and value == low)
+        if too_low or value > high or value != value:  # the last test catches .nan
+            bound = f"{'≥' if low_inclusive else '>'} {low:g} and ≤ {high:g}"
+            self.problem(node, path, f"must be {bound}, got {scalar.value}")
+            return None
+        return int(value) if integer else float(value)
+
+    def duration(self, node: Node, path: str, low: float, high: float) -> float | None:
+        scalar = self.scalar(node, path, ("str", "int", "float"), "a duration like 250ms, 60s or 6h")
+        if scalar is None:
+            return None
+        try:
+            seconds = parse_duration(str(scalar.value))
+        except ValueError as err:
+            self.problem(node, path, str(err))
+            return None
+        if not low <= seconds <= high:
+            self.problem(node, path, f"must be between {format_duration(low)} and {format_duration(high)}")
+            return None
+        return seconds
+
+    def choice(self, node: Node, path: str, options: Sequence[str]) -> str | None:
+        value = self.string(node, path)
+        if value is not None and value not in options:
+            self.problem(node, path, f"must be one of {', '.join(options)}, got '{value}'")
+            return None
+        return value
+
+    def fields(self, values: dict[str, Node], path: str,
+               readers: Mapping[str, Callable[[Node, str], Any]]) -> dict[str, Any]:
+        """Read every present key with its reader; keys whose value was invalid are left out."""
+        out: dict[str, Any] = {}
+        for key, reader in readers.items():
+            if key in values:
+                value = reader(values[key], f"{path}.{key}" if path else key)
+                if value is not None:
+                    out[key] = value
+        return out
+
+
+_YAML_SCALARS = yaml.constructor.SafeConstructor()
+
+_ICMP_KEYS = {
+    # config key: (IcmpSettings field, reader)
+    "interval": "interval_seconds",
+    "count": "count",
+    "spacing": "spacing_seconds",
+    "timeout": "timeout_seconds",
+    "payload_bytes": "payload_bytes",
+    "family": "family",
+}
+_ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "icmp")
+_GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "icmp", "endpoints")
+_DEFAULT_KEYS = ("target_mbps", "icmp")
+_TOP_KEYS = ("defaults", "groups")
+
+
+def _icmp_overrides(w: _Walker, node: Node, path: str) -> IcmpOverrides | None:
+    values = w.mapping(node, path, tuple(_ICMP_KEYS))
+    if values is None:
+        return None
+    read = w.fields(values, path, {
+        "interval": lambda n, p: w.duration(n, p, 1.0, 86400.0),
+        "count": lambda n, p: w.number(n, p, 1, 10_000, integer=True),
+        "spacing": lambda n, p: w.duration(n, p, 0.001, 60.0),
+        "timeout": lambda n, p: w.duration(n, p, 0.001, 60.0),
+        "payload_bytes": lambda n, p: w.number(n, p, 16, 1400, integer=True),
+        "family": lambda n, p: w.choice(n, p, ("any", "ipv4", "ipv6")),
+    })
+    return IcmpOverrides({_ICMP_KEYS[k]: v for k, v in read.items()}, w.where(node))
+
+
+def _target_mbps(w: _Walker, node: Node, path: str) -> float | None:
+    return w.number(node, path, 0.0, 1_000_000.0, low_inclusive=False)
+
+
+def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
+    values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name", "host"))
+    if values is None:
+        return None
+    read = w.fields(values, path, {
+        "name": w.string,
+        "host": lambda n, p: _host(w, n, p),
+        "district": w.string,
+        "link": w.string,
+        "lat": lambda n, p: w.number(n, p, -90.0, 90.0),
+        "lon": lambda n, p: w.number(n, p, -180.0, 180.0),
+        "target_mbps": lambda n, p: _target_mbps(w, n, p),
+        "icmp": lambda n, p: _icmp_overrides(w, n, p),
+    })
+    if "name" not in read or "host" not in read:
+        return None
+    return EndpointConfig(location=w.where(node), **read)
+
+
+def _host(w: _Walker, node: Node, path: str) -> str | None:
+    text = w.string(node, path)
+    if text is None:
+        return None
+    text = text.strip()
+    if normalize_ip(text) is None and not is_host_name(text):
+        w.problem(node, path, f"'{text}' is not an IP address or host name")
+        return None
+    return text
+
+
+def _group(w: _Walker, node: Node, path: str) -> GroupConfig | None:
+    values = w.mapping(node, path, _GROUP_KEYS, required=("name", "endpoints"))
+    if values is None:
+        return None
+    read = w.fields(values, path, {
+        "name": w.string,
+        "kind": w.string,
+        "district": w.string,
+        "link": w.string,
+        "target_mbps": lambda n, p: _target_mbps(w, n, p),
+        "icmp": lambda n, p: _icmp_overrides(w, n, p),
+    })
+    endpoints: list[EndpointConfig] = []
+    if "endpoints" in values:
+        items = w.sequence(values["endpoints"], f"{path}.endpoints")
+        for index, item in enumerate(items or ()):
+            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]")
+            if endpoint is not None:
+                endpoints.append(endpoint)
+    if "name" not in read:
+        return None
+    read.setdefault("kind", "")
+    return GroupConfig(location=w.where(node), endpoints=tuple(endpoints), **read)
+
+
+def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[Node, str]]]) -> None:
+    """Rules that span entries: unique names, and ICMP settings that fit their interval."""
+    for what, entries in name_nodes.items():
+        seen: dict[str, Node] = {}
+        for node, path in entries:
+            name = str(node.value)
+            if name in seen:
+                first = w.where(seen[name])
+                w.problem(node, path, f"duplicate {what} name '{name}' (first at line {first.line})")
+            else:
+                seen[name] = node
+    reported: set[Location] = set()
+    for group in config.groups:
+        for endpoint in group.endpoints:
+            settings = merge_icmp(config.defaults.icmp, group.icmp, endpoint.icmp)
+            where = next((lvl.location for lvl in (endpoint.icmp, group.icmp, config.defaults.icmp)
+                          if lvl is not None), endpoint.location)
+            if settings.cycle_bound_seconds > settings.interval_seconds and where not in reported:
+                reported.add(where)
+                w.problems.append(ConfigProblem(
+                    where.file, where.line, where.column, "icmp",
+                    f"count × spacing + timeout = {settings.cycle_bound_seconds:g}s does not fit in "
+                    f"interval {format_duration(settings.interval_seconds)} (endpoint '{endpoint.name}'); "
+                    "lower count, spacing or timeout, or raise interval"))
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate YAML ``text`` (named ``source`` in messages) and return the config.
+
+    Raises:
+        ConfigError: listing every problem, each with file, line, column and key path.
+    """
+    w = _Walker(source)
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = " ".join(str(part) for part in (err.context, err.problem) if part)
+        raise ConfigError([ConfigProblem(source, line, column, "", f"YAML syntax: {message}")]) from None
+    except yaml.YAMLError as err:  # e.g. a document stream with more than one document
+        raise ConfigError([ConfigProblem(source, 1, 1, "", f"YAML: {err}")]) from None
+    if root is None:
+        raise ConfigError([ConfigProblem(source, 1, 1, "", "the file is empty; it needs at least 'groups:'")])
+    try:
+        config, names = _walk_top(w, root, source)
+        if config is not None:
+            _check_whole(w, config, names)
+    except _TooManyNodes:
+        w.problems.append(ConfigProblem(
+            source, 1, 1, "", f"the document expands to more than {_MAX_NODE_VISITS:,} nodes "
+            "(too large, or aliases that multiply); refusing to read it"))
+    if w.problems or config is None:
+        raise ConfigError(w.problems)
+    return config
+
+
+def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[str, list[tuple[Node, str]]]]:
+    names: dict[str, list[tuple[Node, str]]] = {"endpoint": [], "group": []}
+    top = w.mapping(root, "", _TOP_KEYS, required=("groups",))
+    if top is None:
+        return None, names
+    defaults = Defaults()
+    if "defaults" in top:
+        values = w.mapping(top["defaults"], "defaults", _DEFAULT_KEYS) or {}
+        read = w.fields(values, "defaults", {
+            "target_mbps": lambda n, p: _target_mbps(w, n, p),
+            "icmp": lambda n, p: _icmp_overrides(w, n, p),
+        })
+        defaults = Defaults(**read)
+    groups: list[GroupConfig] = []
+    for gi, gnode in enumerate(w.sequence(top["groups"], "groups") or () if "groups" in top else ()):
+        group = _group(w, gnode, f"groups[{gi}]")
+        if group is None:
+            continue
+        groups.append(group)
+        _collect_names(gnode, f"groups[{gi}]", names)
+    return Config(source=source, defaults=defaults, groups=tuple(groups)), names
+
+
+def _collect_names(gnode: Node, gpath: str, names: dict[str, list[tuple[Node, str]]]) -> None:
+    """Remember the name nodes of a valid group and its endpoints, for the uniqueness check."""
+    for key_node, value_node in gnode.value:
+        if key_node.value == "name":
+            names["group"].append((value_node, f"{gpath}.name"))
+        elif key_node.value == "endpoints" and isinstance(value_node, SequenceNode):
+            for ei, enode in enumerate(value_node.value):
+                if isinstance(enode, MappingNode):
+                    for k, v in enode.value:
+                        if k.value == "name" and isinstance(v, ScalarNode) and v.tag == _TAG + "str":
+                            names["endpoint"].append((v, f"{gpath}.endpoints[{ei}].name"))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid (every problem listed).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError([ConfigProblem(source, 1, 1, "", f"cannot read the file: {reason}")]) from None
+    return parse_config(text, source)

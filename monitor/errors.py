@@ -1,0 +1,66 @@
+"""The project's exception tree and the exit codes that go with it.
+
+    ConnmonError                 exit 1   anything the project raises on purpose
+    ├── ConfigError              exit 2   the config file is unreadable or invalid (every problem listed)
+    └── StartupError             exit 3   the machine does not allow what connmon needs
+        └── IcmpPermissionError  exit 3   no raw and no unprivileged ICMP socket; says how to fix it
+
+Probes never raise for a target's failure: they return a result whose ``error`` is a
+:class:`ProbeErrorReason`. Exceptions here are for the edge (CLI, daemon start-up).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ProbeErrorReason(enum.StrEnum):
+    """Why an endpoint could not be probed at all (closed set: these become label values)."""
+
+    DNS = "dns"  # the name did not resolve (or resolved to no address of a usable family)
+    NO_ROUTE = "no_route"  # the kernel has no route to the address (ENETUNREACH / EHOSTUNREACH)
+    PERMISSION = "permission"  # sending was refused locally (EPERM / EACCES, e.g. a firewall REJECT)
+    UNSUPPORTED_FAMILY = "unsupported_family"  # e.g. an IPv6 address on a host without IPv6 ICMP
+    SEND_FAILED = "send_failed"  # any other local error while sending
+
+
+class ConnmonError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One located problem in a config file, printed ``FILE:LINE:COL: path: message``."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(ConnmonError):
+    """The config is invalid; carries every problem found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class StartupError(ConnmonError):
+    """The environment does not allow connmon to start; the message names the fix."""
+
+    exit_code = 3
+
+
+class IcmpPermissionError(StartupError):
+    """Neither a raw nor an unprivileged (datagram) ICMP socket could be opened."""

@@ -1,0 +1,424 @@
+"""The ICMP engine: one socket per address family, paced echoes, replies matched by sequence.
+
+Why it is built this way (figures in ``shared/notes/icmp-facts.md``, measured on this kind of
+machine): icmplib's ``async_multiping`` costs ~880 µs of CPU per echo on raw sockets because every
+raw socket sees every reply; a Python timestamp taken when the event loop wakes up inflates a
+5 µs loopback RTT to ~1.7 ms at scale; and a burst of replies overflows the default receive
+buffer silently. So this engine
+
+* opens sockets through icmplib (raw when allowed, else unprivileged datagram ICMP) and takes
+  the packet template from icmplib's packet builder, then sends prepared bytes with ``sendto``
+  (only the sequence number changes per echo; the checksum is adjusted arithmetically);
+* registers each socket once with the event loop and drains it with ``recvmsg`` until it would
+  block, taking the receive time from the kernel (``SO_TIMESTAMPNS``) and the send time right
+  before ``sendto``;
+* raises the receive buffer (``SO_RCVBUFFORCE`` as root) and reads the kernel's drop counter
+  (``SO_RXQ_OVFL``) so that an overflow is counted, not mistaken for network loss;
+* matches a reply on (source address, sequence) *and* an 8-byte random cookie in the payload,
+  so another pinger on the host using the same identifier cannot corrupt a result;
+* spreads each round of echoes over part of the spacing instead of bursting them.
+
+It knows nothing of targets, config or metrics: callers give addresses and timing, and get
+back per-echo RTTs. Resolving names is :mod:`monitor.resolver`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from icmplib import ICMPv4Socket, ICMPv6Socket
+from icmplib.exceptions import ICMPSocketError, SocketPermissionError
+
+from monitor.errors import IcmpPermissionError, ProbeErrorReason
+
+log = logging.getLogger(__name__)
+
+# Linux socket option numbers that the socket module does not always export.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SOL_RAW = 255
+_ICMP_FILTER = 1
+_ICMP6_FILTER = 1
+_ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
+
+RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024
+_YIELD_EVERY_SENDS = 256  # let the reader drain between batches of sends
+_MAX_ROUND_SPREAD_SECONDS = 0.001  # gap between two endpoints' echoes within a round, at most
+
+_SEND_ERRORS = {
+    errno.ENETUNREACH: ProbeErrorReason.NO_ROUTE,
+    errno.EHOSTUNREACH: ProbeErrorReason.NO_ROUTE,
+    errno.EPERM: ProbeErrorReason.PERMISSION,
+    errno.EACCES: ProbeErrorReason.PERMISSION,
+    errno.EAFNOSUPPORT: ProbeErrorReason.UNSUPPORTED_FAMILY,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EchoJob:
+    """Echoes to send to one address in one call of :meth:`IcmpEngine.ping`."""
+
+    address: str  # canonical IP literal (see monitor.config.normalize_ip)
+    count: int
+    spacing_seconds: float
+    timeout_seconds: float
+    payload_bytes: int = 56
+
+
+@dataclass(slots=True)
+class EchoOutcome:
+    """What happened to one job's echoes: RTT per echo in send order (None = no reply in time)."""
+
+    sent: int = 0
+    rtts_seconds: list[float | None] = field(default_factory=list)
+    error: ProbeErrorReason | None = None
+    error_detail: str = ""
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters over the engine's life, for the monitor's own health metrics."""
+
+    echoes_sent: int = 0
+    replies_matched: int = 0
+    replies_late: int = 0  # matched, but after the echo's timeout: counted as lost
+    replies_unmatched: int = 0  # duplicates, other pingers' replies, replies after the cycle
+    receive_buffer_drops: int = 0  # kernel-side drops on our sockets (SO_RXQ_OVFL)
+    send_errors: int = 0
+
+
+class _Cycle:
+    """Book-keeping of one ``ping`` call: how many echoes still wait, and who to wake."""
+
+    __slots__ = ("outstanding", "sending", "done")
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.sending = True
+        self.done = asyncio.Event()
+
+
+_InFlight = tuple[_Cycle, EchoOutcome, int, int, int]
+
+
+class _FamilySocket:
+    """One ICMP socket (raw or datagram) of one address family, prepared for fast use."""
+
+    def __init__(self, family: int, privileged: bool) -> None:
+        factory = ICMPv4Socket if family == socket.AF_INET else ICMPv6Socket
+        self.icmplib_socket = factory(privileged=privileged)  # raises SocketPermissionError
+        self.family = family
+        self.privileged = privileged
+        self.sock: socket.socket = self.icmplib_socket.sock
+        self.sock.setblocking(False)
+        self.strip_ip_header = family == socket.AF_INET and privileged  # raw IPv4 sees the IP header
+        self.receive_buffer_bytes = self._raise_receive_buffer()
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        self.counts_drops = _try_setsockopt(self.sock, socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+        if privileged:
+            self._filter_echo_replies()
+        self.templates: dict[int, tuple[bytearray, int]] = {}
+
+    def _raise_receive_buffer(self) -> int:
+        if not _try_setsockopt(self.sock, socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES):
+            _try_setsockopt(self.sock, socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        size: int = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return size
+
+    def _filter_echo_replies(self) -> None:
+        """Ask the kernel to pass only echo replies to this raw socket (not our own requests)."""
+        if self.family == socket.AF_INET:
+            blocked = 0xFFFFFFFF & ~(1 << _ECHO_REPLY[socket.AF_INET])
+            _try_setsockopt(self.sock, _SOL_RAW, _ICMP_FILTER, struct.pack("I", blocked))
+        else:
+            words = [0xFFFFFFFF] * 8
+            reply = _ECHO_REPLY[socket.AF_INET6]
+            words[reply >> 5] &= ~(1 << (reply & 31))
+            _try_setsockopt(self.sock, socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("8I", *words))
+
+    def template(self, identifier: int, cookie: bytes, payload_bytes: int) -> tuple[bytearray, int]:
+        """Return an echo request for this payload size and the ones'-complement sum of it at seq 0.
+
+        The packet comes from icmplib's builder once; afterwards only the sequence field and the
+        checksum change, and the checksum is derived from this sum (RFC 1624 style) per echo.
+        """
+        cached = self.templates.get(payload_bytes)
+        if cached is None:
+            payload = (cookie * (payload_bytes // len(cookie) + 1))[:payload_bytes]
+            packet = bytearray(self.icmplib_socket._create_packet(identifier, 0, payload))
+            checksum = struct.unpack_from("!H", packet, 2)[0]
+            cached = (packet, ~checksum & 0xFFFF)
+            self.templates[payload_bytes] = cached
+        return cached
+
+    def close(self) -> None:
+        self.icmplib_socket.close()
+
+
+def _try_setsockopt(sock: socket.socket, level: int, option: int, value: int | bytes) -> bool:
+    try:
+        sock.setsockopt(level, option, value)
+    except OSError:
+        return False
+    return True
+
+
+def checksum_for_sequence(base_sum: int, sequence: int) -> int:
+    """Internet checksum of a template packet once ``sequence`` is written into it.
+
+    ``base_sum`` is the folded ones'-complement sum of the packet with sequence 0; adding a
+    16-bit word to a ones'-complement sum is one add and one fold.
+    """
+    total = base_sum + sequence
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+class IcmpEngine:
+    """Sends echoes for many addresses at once over shared sockets and collects kernel-timed RTTs."""
+
+    def __init__(self, sockets: Sequence[_FamilySocket]) -> None:
+        self._sockets = {s.family: s for s in sockets}
+        self.identifier = int.from_bytes(os.urandom(2), "big")
+        self.cookie = os.urandom(8)
+        self.stats = EngineStats()
+        # (source address, sequence) → (cycle, outcome, echo index, send time ns, timeout ns)
+        self._pending: dict[tuple[str, int], _InFlight] = {}
+        self._next_sequence: dict[str, int] = {}
+        self._drops_seen: dict[int, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, mode: str = "auto") -> IcmpEngine:
+        """Open sockets for IPv4 and (where the kernel has it) IPv6.
+
+        Args:
+            mode: ``raw``, ``unprivileged`` or ``auto`` (raw when the process may, else datagram).
+
+        Raises:
+            IcmpPermissionError: neither kind of socket may be opened; the message names the fixes.
+        """
+        attempts = {"auto": (True, False), "raw": (True,), "unprivileged": (False,)}[mode]
+        last_error: Exception | None = None
+        for privileged in attempts:
+            try:
+                v4 = _FamilySocket(socket.AF_INET, privileged)
+            except (SocketPermissionError, ICMPSocketError, OSError) as err:
+                last_error = err
+                continue
+            sockets = [v4]
+            try:
+                sockets.append(_FamilySocket(socket.AF_INET6, privileged))
+            except (SocketPermissionError, ICMPSocketError, OSError) as err:
+                log.warning("IPv6 ICMP is not available (%s); IPv6 endpoints will report "
+                            "'unsupported_family'", err)
+            return cls(sockets)
+        raise IcmpPermissionError(_permission_message(mode, last_error))
+
+    @property
+    def privileged(self) -> bool:
+        return self._sockets[socket.AF_INET].privileged
+
+    @property
+    def families(self) -> frozenset[int]:
+        return frozenset(self._sockets)
+
+    def describe(self) -> str:
+        kind = "raw" if self.privileged else "unprivileged datagram"
+        fams = "+".join("IPv4" if f == socket.AF_INET else "IPv6" for f in sorted(self._sockets))
+        buffers = ", ".join(f"{s.receive_buffer_bytes // 1024} KiB" for s in self._sockets.values())
+        return f"{kind} ICMP sockets ({fams}), receive buffer {buffers}"
+
+    def close(self) -> None:
+        for fs in self._sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(fs.sock.fileno())
+            fs.close()
+        self._sockets.clear()
+        self._loop = None
+
+    def _ensure_readers(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            for fs in self._sockets.values():
+                self._loop.remove_reader(fs.sock.fileno())
+        for fs in self._sockets.values():
+            loop.add_reader(fs.sock.fileno(), self._drain, fs)
+        self._loop = loop
+
+    # ------------------------------------------------------------------ pinging
+    async def ping(self, jobs: Sequence[EchoJob]) -> list[EchoOutcome]:
+        """Send every job's echoes, paced, and wait for replies; one outcome per job, in order.
+
+        Round k of echoes goes out at ``k × spacing``; within a round the jobs are spread by at
+        most 1 ms each and over at most half the spacing, so a large batch is not one burst.
+        """
+        self._ensure_readers()
+        outcomes = [EchoOutcome(rtts_seconds=[None] * job.count) for job in jobs]
+        if not jobs:
+            return outcomes
+        cycle = _Cycle()
+        schedule = self._schedule(jobs)
+        keys: list[tuple[str, int]] = []
+        start = time.monotonic()
+        deadline = start
+        pending = self._pending
+        stats = self.stats
+        clock_ns = time.time_ns
+        for n, (offset, job_index, echo_index) in enumerate(schedule):
+            if n % _YIELD_EVERY_SENDS == 0 or offset > time.monotonic() - start:
+                wait = offset - (time.monotonic() - start)
+                await asyncio.sleep(wait if wait > 0 else 0)
+            job = jobs[job_index]
+            outcome = outcomes[job_index]
+            fs = self._sockets.get(_family_of(job.address))
+            if fs is None:
+                outcome.error = ProbeErrorReason.UNSUPPORTED_FAMILY
+                outcome.error_detail = "no ICMP socket for this address family"
+                continue
+            packet, base_sum = fs.template(self.identifier, self.cookie, job.payload_bytes)
+            sequence = self._allocate_sequence(job.address)
+            key = (job.address, sequence)
+            if key in pending:  # > 65,536 echoes in flight to one address: do not confuse them
+                outcome.error, outcome.error_detail = ProbeErrorReason.SEND_FAILED, "sequence space full"
+                continue
+            struct.pack_into("!HHH", packet, 2, checksum_for_sequence(base_sum, sequence),
+                             self.identifier, sequence)
+            sent_ns = clock_ns()
+            try:
+                fs.sock.sendto(packet, (job.address, 0))
+            except OSError as err:
+                stats.send_errors += 1
+                outcome.error = _SEND_ERRORS.get(err.errno or 0, ProbeErrorReason.SEND_FAILED)
+                outcome.error_detail = err.strerror or str(err)
+                continue
+            pending[key] = (cycle, outcome, echo_index, sent_ns, int(job.timeout_seconds * 1e9))
+            keys.append(key)
+            cycle.outstanding += 1
+            outcome.sent += 1
+            stats.echoes_sent += 1
+            deadline = max(deadline, time.monotonic() + job.timeout_seconds)
+        cycle.sending = False
+        if cycle.outstanding:
+            try:
+                await asyncio.wait_for(cycle.done.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pass
+        for key in keys:  # echoes never answered: forget them so late replies count as unmatched
+            entry = pending.get(key)
+            if entry is not None and entry[0] is cycle:
+                del pending[key]
+        for outcome in outcomes:
+            if outcome.sent and outcome.error is not None and outcome.error != ProbeErrorReason.UNSUPPORTED_FAMILY:
+                # some echoes went out: a transient send error is loss, not an unprobeable endpoint
+                outcome.error, outcome.error_detail = None, ""
+        return outcomes
+
+    @staticmethod
+    def _schedule(jobs: Sequence[EchoJob]) -> list[tuple[float, int, int]]:
+        """(offset seconds from start, job index, echo index) for every echo, in send order."""
+        smallest_spacing = min(job.spacing_seconds for job in jobs)
+        gap = min(_MAX_ROUND_SPREAD_SECONDS, smallest_spacing * 0.5 / len(jobs))
+        schedule = [
+            (i * gap + k * job.spacing_seconds, i, k)
+            for i, job in enumerate(jobs)
+            for k in range(job.count)
+        ]
+        schedule.sort()
+        return schedule
+
+    def _allocate_sequence(self, address: str) -> int:
+        sequence = self._next_sequence.get(address, 0)
+        self._next_sequence[address] = (sequence + 1) & 0xFFFF
+        return sequence
+
+    # ------------------------------------------------------------------ receiving
+    def _drain(self, fs: _FamilySocket) -> None:
+        """Read every datagram waiting on ``fs`` and settle the echoes they answer."""
+        recvmsg = fs.sock.recvmsg
+        pending = self._pending
+        stats = self.stats
+        cookie = self.cookie
+        reply_type = _ECHO_REPLY[fs.family]
+        check_identifier = fs.privileged  # datagram sockets get the identifier rewritten by the kernel
+        identifier = self.identifier
+        strip = fs.strip_ip_header
+        while True:
+            try:
+                data, ancillary, _flags, source = recvmsg(2048, 128)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # e.g. a queued ICMP error on a datagram socket
+                log.debug("ICMP receive error: %s", err)
+                continue
+            received_ns = 0
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET:
+                    if kind == _SO_TIMESTAMPNS:
+                        seconds, nanoseconds = struct.unpack("qq", value[:16])
+                        received_ns = seconds * 1_000_000_000 + nanoseconds
+                    elif kind == _SO_RXQ_OVFL:
+                        self._note_drops(fs, struct.unpack("I", value[:4])[0])
+            offset = (data[0] & 0x0F) * 4 if strip and data else 0
+            if len(data) < offset + 16 or data[offset] != reply_type:
+                continue
+            ident, sequence = struct.unpack_from("!HH", data, offset + 4)
+            address = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
+            entry = pending.get((address, sequence))
+            if (entry is None or (check_identifier and ident != identifier)
+                    or data[offset + 8:offset + 16] != cookie):
+                stats.replies_unmatched += 1
+                continue
+            del pending[(address, sequence)]
+            cycle, outcome, echo_index, sent_ns, timeout_ns = entry
+            rtt_ns = (received_ns or time.time_ns()) - sent_ns
+            if 0 <= rtt_ns <= timeout_ns:
+                outcome.rtts_seconds[echo_index] = rtt_ns / 1e9
+                stats.replies_matched += 1
+            else:
+                stats.replies_late += 1
+            cycle.outstanding -= 1
+            if cycle.outstanding == 0 and not cycle.sending:
+                cycle.done.set()
+
+    def _note_drops(self, fs: _FamilySocket, total: int) -> None:
+        previous = self._drops_seen.get(fs.family, 0)
+        if total > previous:
+            self.stats.receive_buffer_drops += total - previous
+            self._drops_seen[fs.family] = total
+
+
+def _family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _permission_message(mode: str, error: Exception | None) -> str:
+    try:
+        with open("/proc/sys/net/ipv4/ping_group_range", encoding="ascii") as f:
+            group_range = " ".join(f.read().split())
+    except OSError:
+        group_range = "unknown"
+    wanted = {"auto": "a raw or an unprivileged", "raw": "a raw", "unprivileged": "an unprivileged"}[mode]
+    return (
+        f"cannot open {wanted} ICMP socket ({error}).\n"
+        f"  Raw ICMP needs root or the CAP_NET_RAW capability; unprivileged ICMP needs this process's "
+        f"group (gid {os.getgid()}) inside net.ipv4.ping_group_range (now '{group_range}').\n"
+        "  Fix one of:\n"
+        "    - allow unprivileged ICMP:  sysctl -w net.ipv4.ping_group_range='0 2147483647'"
+        "  (persist it in /etc/sysctl.d/)\n"
+        "    - grant the capability:     AmbientCapabilities=CAP_NET_RAW in the systemd unit, or "
+        "--cap-add NET_RAW for a container\n"
+        "    - run as root"
+    )

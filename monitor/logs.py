@@ -1,0 +1,104 @@
+"""Logging: one line per event, with level and endpoint, as text or JSON; and the event-log sink.
+
+The sink logs *changes* (an endpoint going down, coming back, failing for a new reason), not
+every cycle, so that 500 sites at one cycle a minute do not bury the one that matters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from monitor.results import Cycle, IcmpResult
+
+log = logging.getLogger("monitor.events")
+
+_EXTRA_KEYS = ("endpoint", "group", "probe", "reason", "address")
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-25T02:48:07.123Z WARNING endpoint=school-001 message``: grep-able, one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        fields = "".join(f" {key}={_quote(getattr(record, key))}" for key in _EXTRA_KEYS
+                         if getattr(record, key, None) is not None)
+        message = record.getMessage().replace("\n", "\\n")
+        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname}{fields} {message}"
+        if record.exc_info:
+            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line for log shippers (Loki, Elasticsearch, journald's JSON)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in _EXTRA_KEYS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if (not text or any(c in text for c in ' "=\n\\')) else text
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    """Send all logs to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("apscheduler", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class EventLogSink:
+    """Logs endpoint state changes derived from results."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[bool, str | None]] = {}
+
+    def consume(self, cycle: Cycle) -> None:
+        up = 0
+        for result in cycle.results:
+            up += result.up
+            self._log_change(result)
+        log.debug("cycle done: %d of %d endpoints up in %.2fs", up, len(cycle.results), cycle.duration_seconds,
+                  extra={"probe": cycle.probe, "group": cycle.group})
+
+    def cycle_skipped(self, probe: str, group: str) -> None:
+        log.warning("cycle skipped: the previous one is still running",
+                    extra={"probe": probe, "group": group})
+
+    def _log_change(self, result: IcmpResult) -> None:
+        name = result.target.name
+        reason = result.error.value if result.error else None
+        previous = self._state.get(name)
+        self._state[name] = (result.up, reason)
+        if previous == (result.up, reason):
+            return
+        extra = {"endpoint": name, "probe": "icmp", "address": result.address, "reason": reason}
+        if result.error is not None:
+            log.warning("cannot probe: %s", result.error_detail or reason, extra=extra)
+        elif result.up:
+            rtt = result.rtt_avg_seconds or 0.0
+            verb = "up" if previous is None else "back up"
+            log.info("%s: %d/%d echoes answered, avg rtt %.3f ms", verb, result.received, result.sent,
+                     rtt * 1000, extra=extra)
+        else:
+            log.warning("down: no reply to %d echoes", result.sent, extra=extra)

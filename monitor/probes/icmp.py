@@ -1,0 +1,52 @@
+"""The ICMP probe: resolve each target, ping them all in one batch, return one result each.
+
+The engine (sockets, pacing, reply matching) is in :mod:`monitor.icmp_engine`; this module only
+turns targets into echo jobs and outcomes into :class:`~monitor.results.IcmpResult` values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from monitor.icmp_engine import EchoJob
+from monitor.resolver import resolve
+from monitor.results import IcmpResult
+from monitor.targets import Target
+
+if TYPE_CHECKING:
+    from monitor.probes import ProbeContext
+
+
+async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
+    """Probe ``targets`` once; endpoints whose name does not resolve get an error result."""
+    started_at = ctx.clock()
+    engine = ctx.icmp_engine
+    resolutions = await asyncio.gather(*(
+        resolve(t.host, t.icmp.family, engine.families, t.icmp.timeout_seconds) for t in targets))
+    jobs: list[EchoJob] = []
+    job_of: dict[int, int] = {}
+    for index, (target, resolution) in enumerate(zip(targets, resolutions, strict=True)):
+        if resolution.address is not None:
+            job_of[index] = len(jobs)
+            settings = target.icmp
+            jobs.append(EchoJob(resolution.address, settings.count, settings.spacing_seconds,
+                                settings.timeout_seconds, settings.payload_bytes))
+    outcomes = await engine.ping(jobs)
+    results: list[IcmpResult] = []
+    for index, (target, resolution) in enumerate(zip(targets, resolutions, strict=True)):
+        if index not in job_of:
+            results.append(IcmpResult(target, started_at, None, 0, (), resolution.error, resolution.detail))
+            continue
+        outcome = outcomes[job_of[index]]
+        results.append(IcmpResult(
+            target=target,
+            started_at=started_at,
+            address=resolution.address,
+            sent=outcome.sent,
+            rtts_seconds=tuple(outcome.rtts_seconds) if outcome.sent else (),
+            error=outcome.error,
+            error_detail=outcome.error_detail,
+        ))
+    return results

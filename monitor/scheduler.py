@@ -1,0 +1,102 @@
+"""The scheduler: runs each group's probe cycle on its interval with APScheduler 3.x.
+
+One job per (probe, group, interval); ``max_instances=1`` so a cycle still running is never
+started twice: APScheduler then emits ``EVENT_JOB_MAX_INSTANCES``, which is counted as a skipped
+cycle. First runs are spread over the interval so that not every group fires at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor.probes import PROBES, ProbeContext
+from monitor.results import Cycle, ResultPipeline
+from monitor.targets import Target
+
+log = logging.getLogger(__name__)
+
+
+def plan_jobs(targets: Sequence[Target]) -> dict[tuple[str, float], list[Target]]:
+    """Group targets into ICMP batches: one per (group, interval), in config order."""
+    batches: dict[tuple[str, float], list[Target]] = defaultdict(list)
+    for target in targets:
+        batches[(target.group, target.icmp.interval_seconds)].append(target)
+    return dict(batches)
+
+
+def start_offsets(intervals: Sequence[float]) -> list[float]:
+    """Delay before each job's first run: job i of n starts at i/n of its own interval."""
+    n = len(intervals)
+    return [interval * i / n for i, interval in enumerate(intervals)]
+
+
+class CycleScheduler:
+    """Owns the APScheduler instance and turns each job run into a published :class:`Cycle`."""
+
+    def __init__(self, ctx: ProbeContext, pipeline: ResultPipeline,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ctx = ctx
+        self.pipeline = pipeline
+        self.clock = clock
+        self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        self._job_names: dict[str, tuple[str, str]] = {}
+        self.running_cycles: set[asyncio.Task[None]] = set()
+
+    def start(self, targets: Sequence[Target]) -> None:
+        self.set_targets(targets)
+        self._scheduler.start()
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """(Re)create the jobs for ``targets``; a cycle already running finishes undisturbed."""
+        self._scheduler.remove_all_jobs()
+        self._job_names.clear()
+        batches = plan_jobs(targets)
+        now = dt.datetime.now(dt.UTC)
+        offsets = start_offsets([interval for (_, interval) in batches])
+        for ((group, interval), batch), offset in zip(batches.items(), offsets, strict=True):
+            job_id = f"icmp:{group}:{interval:g}s"
+            self._job_names[job_id] = ("icmp", group)
+            first = now + dt.timedelta(seconds=offset)
+            self._scheduler.add_job(
+                self.run_cycle, IntervalTrigger(seconds=interval, start_date=first, timezone=dt.UTC),
+                args=("icmp", group, batch), id=job_id, max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(interval)), next_run_time=first)
+        log.info("scheduled %d ICMP jobs for %d endpoints", len(batches), len(targets))
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    async def run_cycle(self, probe: str, group: str, targets: Sequence[Target]) -> None:
+        """Run one probe over one batch and publish the cycle; never raises."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.running_cycles.add(task)
+        started_at = self.clock()
+        started = time.monotonic()
+        try:
+            results = await PROBES[probe](targets, self.ctx)
+        except asyncio.CancelledError:  # shutdown: a half-done cycle is dropped, not published
+            log.info("cycle cancelled by shutdown", extra={"probe": probe, "group": group})
+            return
+        except Exception:
+            log.exception("probe cycle failed", extra={"probe": probe, "group": group})
+            return
+        finally:
+            if task is not None:
+                self.running_cycles.discard(task)
+        self.pipeline.publish(Cycle(probe, group, started_at, time.monotonic() - started, tuple(results)))
+
+    def _on_max_instances(self, event: JobExecutionEvent) -> None:
+        probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))
+        self.pipeline.cycle_skipped(probe, group)

@@ -1,0 +1,73 @@
+"""Targets: one flat, final description per endpoint, with the cascade applied once.
+
+The config keeps what the operator wrote at each level (defaults, group, endpoint); probes,
+the scheduler and the sinks want one value per setting and label. :func:`build_targets`
+resolves defaults → group → endpoint here, so nobody downstream repeats the cascade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from monitor.config import Config, IcmpSettings, merge_icmp, normalize_ip
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One endpoint with its final settings and labels.
+
+    ``address`` is the canonical IP when ``host`` is a literal, else None: names are resolved
+    at every cycle so that a site whose DNS record changes is followed.
+    """
+
+    name: str
+    host: str
+    address: str | None
+    group: str
+    kind: str
+    district: str
+    link: str
+    lat: float | None
+    lon: float | None
+    target_bits_per_second: float
+    icmp: IcmpSettings
+
+
+def build_targets(config: Config) -> tuple[Target, ...]:
+    """Flatten the config into targets, in file order."""
+    out: list[Target] = []
+    for group in config.groups:
+        for ep in group.endpoints:
+            mbps = next(v for v in (ep.target_mbps, group.target_mbps, config.defaults.target_mbps)
+                        if v is not None)
+            out.append(Target(
+                name=ep.name,
+                host=ep.host,
+                address=normalize_ip(ep.host),
+                group=group.name,
+                kind=group.kind,
+                district=ep.district or group.district or "",
+                link=ep.link or group.link or "",
+                lat=ep.lat,
+                lon=ep.lon,
+                target_bits_per_second=mbps * 1_000_000,
+                icmp=merge_icmp(config.defaults.icmp, group.icmp, ep.icmp),
+            ))
+    return tuple(out)
+
+
+def select(targets: Iterable[Target], names: Sequence[str]) -> tuple[Target, ...]:
+    """Keep the named targets (all when ``names`` is empty).
+
+    Raises:
+        KeyError: naming the endpoints that are not in the config.
+    """
+    chosen = tuple(targets)
+    if not names:
+        return chosen
+    by_name = {t.name: t for t in chosen}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise KeyError(", ".join(missing))
+    return tuple(by_name[n] for n in dict.fromkeys(names))

@@ -1,0 +1,78 @@
+"""The HTTP edge: ``/metrics``, ``/-/healthy``, ``/-/ready`` and a small index page.
+
+It only reads: the exposition comes ready-made from :class:`~monitor.metrics.MetricsSink`, so a
+scrape costs a write of cached bytes and never waits for, or delays, probing.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+from aiohttp import web
+
+from monitor import __version__
+from monitor.errors import StartupError
+from monitor.metrics import MetricsSink
+
+DEFAULT_PORT = 9077  # outside 9100-9999, which the Prometheus default-port allocations page has filled
+DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def parse_listen(text: str) -> tuple[str | None, int]:
+    """``:9077`` (all interfaces), ``127.0.0.1:9077`` or ``[::1]:9077`` → (host or None, port).
+
+    Raises:
+        ValueError: when the text is not ADDR:PORT.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"--listen {text!r}: expected ADDR:PORT, e.g. :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}")
+    host = host.strip("[]")
+    return (host or None), int(port_text)
+
+
+def build_app(metrics: MetricsSink, is_ready: Callable[[], bool]) -> web.Application:
+    async def serve_metrics(_request: web.Request) -> web.StreamResponse:
+        chunks = metrics.exposition()
+        response = web.StreamResponse(headers={"Content-Type": EXPOSITION_CONTENT_TYPE})
+        response.content_length = sum(len(chunk) for chunk in chunks)
+        await response.prepare(_request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def healthy(_request: web.Request) -> web.Response:
+        return web.Response(text="connmon is Healthy.\n")
+
+    async def ready(_request: web.Request) -> web.Response:
+        if is_ready():
+            return web.Response(text="connmon is Ready.\n")
+        return web.Response(status=503, text="connmon is not ready (starting or stopping).\n")
+
+    async def index(_request: web.Request) -> web.Response:
+        links = "".join(f'<li><a href="{p}">{html.escape(p)}</a></li>' for p in ("/metrics", "/-/healthy", "/-/ready"))
+        return web.Response(content_type="text/html",
+                            text=f"<!doctype html><title>connmon</title><h1>connmon {__version__}</h1><ul>{links}</ul>")
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/", index)
+    return app
+
+
+async def start_server(app: web.Application, listen: str) -> web.AppRunner:
+    """Bind and serve ``app``; a port in use or a bad address is a start-up error that says so."""
+    host, port = parse_listen(listen)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as err:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {listen}: {err.strerror or err}") from None
+    return runner
