@@ -411,8 +411,9 @@ def _permission_message(mode: str, error: Exception | None) -> str:
     except OSError:
         group_range = "unknown"
     wanted = {"auto": "a raw or an unprivileged", "raw": "a raw", "unprivileged": "an unprivileged"}[mode]
+    cause = "permission denied" if isinstance(error, SocketPermissionError) or error is None else str(error)
     return (
-        f"cannot open {wanted} ICMP socket ({error}).\n"
+        f"cannot open {wanted} ICMP socket: {cause}.\n"
         f"  Raw ICMP needs root or the CAP_NET_RAW capability; unprivileged ICMP needs this process's "
         f"group (gid {os.getgid()}) inside net.ipv4.ping_group_range (now '{group_range}').\n"
         "  Fix one of:\n"

@@ -1,0 +1,49 @@
+"""Shared fixtures: the network lab, and the rule that CI never skips what it cannot do.
+
+With ``CI=true`` a test that needs root or network namespaces *fails* when they are missing,
+so a broken CI machine cannot pass by skipping the tests that matter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netlab import Lab, can_make_namespaces
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_lab_numbers = itertools.count(1)
+
+
+def need(ok: bool, reason: str) -> None:
+    """Skip when ``ok`` is false, or fail under CI=true."""
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"CI=true and this test cannot run: {reason}")
+        pytest.skip(reason)
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "needs root (raw ICMP sockets)")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A fresh prober namespace for the module; sites are added by the tests' own fixtures."""
+    ok, reason = can_make_namespaces()
+    need(ok, reason)
+    the_lab = Lab(tag=str(next(_lab_numbers))).open()
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()
+
+
+def write_config(directory: Path, text: str, name: str = "connmon.yaml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,192 @@
+"""A small network lab for tests: a prober namespace and site namespaces joined by veth pairs.
+
+Layout (one lab per test module; names carry the pytest process id so labs never collide)::
+
+    host ──veth 10.77.255.x/30── prober ns ──veth 10.77.N.0/30── site ns N   (N = 1..250)
+                                  (runs connmon)                 fd77:0:N::/64 too
+
+Safety first (the network rule): before any site exists, ``unreachable`` routes for the whole
+test prefixes go into the host and the prober namespace, and the prober has no default route,
+so a probe to a site that failed to come up dies locally instead of leaving the machine. Name
+look-ups inside the prober use the lab's own ``hosts`` file and a ``resolv.conf`` pointing at
+127.0.0.1 inside the prober, where nothing listens: a name meant to fail fails locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEST_PREFIX_V4 = "10.77.0.0/16"
+TEST_PREFIX_V6 = "fd77::/16"
+
+
+def sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command (no shell), returning its output; raise with stderr on failure."""
+    proc = subprocess.run(args, capture_output=True, text=True, input=input, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def can_make_namespaces() -> tuple[bool, str]:
+    """Whether this process can build the lab (root, ip, iptables); the reason when not."""
+    if os.geteuid() != 0:
+        return False, "needs root to create network namespaces"
+    for tool in ("ip", "iptables", "setpriv"):
+        if shutil.which(tool) is None:
+            return False, f"needs the '{tool}' command"
+    return True, ""
+
+
+@dataclass
+class Site:
+    """One test host: its namespace and addresses."""
+
+    lab: Lab
+    index: int
+    ns: str
+    v4: str
+    v6: str
+
+    def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.ns, *args, check=check)
+
+    def drop_icmp(self, probability: float | None = None) -> None:
+        """Drop incoming echo requests (all, or at random with ``probability``) in both families."""
+        stat = [] if probability is None else ["-m", "statistic", "--mode", "random",
+                                               "--probability", str(probability)]
+        self.exec("iptables", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", *stat, "-j", "DROP")
+        self.exec("ip6tables", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", *stat,
+                  "-j", "DROP", check=False)
+
+    def dropped_echoes(self) -> int:
+        """Packets the IPv4 DROP rules of this site have dropped so far (the kernel's own count)."""
+        out = self.exec("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout.splitlines()
+        return sum(int(line.split()[0]) for line in out[2:] if "DROP" in line)
+
+
+@dataclass
+class Lab:
+    """Prober namespace plus sites; ``close`` removes everything it made."""
+
+    tag: str
+    sites: list[Site] = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.base = f"cm{os.getpid() % 100000}{self.tag}"
+        self.prober = f"{self.base}-pr"
+        self.etc = Path("/etc/netns") / self.prober
+        slot = (os.getpid() % 60) * 4 + (hash(self.tag) % 2) * 2 + 4  # a /30 per lab on 10.77.255.0/24
+        slot = slot % 248 + 4
+        self.host_if = f"{self.base}h"[:15]
+        self.host_v4 = f"10.77.255.{slot + 1}"
+        self.prober_v4 = f"10.77.255.{slot + 2}"
+
+    # ------------------------------------------------------------------ set-up
+    def open(self) -> Lab:
+        # Safety routes before anything else: a missing site must be unreachable, not routed away.
+        sh("ip", "route", "replace", "unreachable", TEST_PREFIX_V4)
+        sh("ip", "-6", "route", "replace", "unreachable", TEST_PREFIX_V6, check=False)
+        self.close()  # leftovers of a crashed run with the same pid
+        sh("ip", "netns", "add", self.prober)
+        self.pr("ip", "link", "set", "lo", "up")
+        self.pr("ip", "route", "add", "unreachable", TEST_PREFIX_V4)
+        self.pr("ip", "-6", "route", "add", "unreachable", TEST_PREFIX_V6, check=False)
+        self.etc.mkdir(parents=True, exist_ok=True)
+        (self.etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        self._write_hosts()
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "up0", "netns", self.prober)
+        sh("ip", "addr", "add", f"{self.host_v4}/30", "dev", self.host_if)
+        sh("ip", "link", "set", self.host_if, "up")
+        self.pr("ip", "addr", "add", f"{self.prober_v4}/30", "dev", "up0")
+        self.pr("ip", "link", "set", "up0", "up")
+        return self
+
+    def add_site(self, name: str) -> Site:
+        index = len(self.sites) + 1
+        ns = f"{self.base}-s{index}"
+        site = Site(self, index, ns, f"10.77.{index}.2", f"fd77:0:{index}::2")
+        sh("ip", "netns", "add", ns)
+        site.exec("ip", "link", "set", "lo", "up")
+        sh("ip", "-n", self.prober, "link", "add", f"s{index}", "type", "veth", "peer", "name", "eth0",
+           "netns", ns)
+        self.pr("ip", "addr", "add", f"10.77.{index}.1/30", "dev", f"s{index}")
+        self.pr("ip", "addr", "add", f"fd77:0:{index}::1/64", "dev", f"s{index}", "nodad")
+        self.pr("ip", "link", "set", f"s{index}", "up")
+        site.exec("ip", "addr", "add", f"{site.v4}/30", "dev", "eth0")
+        site.exec("ip", "addr", "add", f"{site.v6}/64", "dev", "eth0", "nodad")
+        site.exec("ip", "link", "set", "eth0", "up")
+        self.sites.append(site)
+        self.hosts[f"{name}.lab.test"] = site.v4
+        self._write_hosts()
+        return site
+
+    def _write_hosts(self) -> None:
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+        lines += [f"{address} {name}" for name, address in self.hosts.items()]
+        (self.etc / "hosts").write_text("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        for ns in sh("ip", "netns", "list").stdout.split("\n"):
+            name = ns.split(" ")[0]
+            if name.startswith(f"{self.base}-"):
+                sh("ip", "netns", "del", name, check=False)
+        sh("ip", "link", "del", self.host_if, check=False)
+        shutil.rmtree(self.etc, ignore_errors=True)
+        self.sites.clear()
+
+    # ------------------------------------------------------------------ use
+    def pr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the prober namespace."""
+        return sh("ip", "netns", "exec", self.prober, *args, check=check)
+
+    def connmon_argv(self, *args: str, no_net_raw: bool = False) -> list[str]:
+        """argv that runs ``python -m monitor ARGS`` inside the prober.
+
+        ``no_net_raw`` removes CAP_NET_RAW from the bounding set, so even root cannot open raw
+        sockets: the process is left with unprivileged ICMP, if the namespace's
+        ``net.ipv4.ping_group_range`` allows it, or nothing.
+        """
+        drop = ["setpriv", "--bounding-set=-net_raw"] if no_net_raw else []
+        return ["ip", "netns", "exec", self.prober, *drop, sys.executable, "-m", "monitor", *args]
+
+    def connmon(self, *args: str, no_net_raw: bool = False,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.connmon_argv(*args, no_net_raw=no_net_raw), capture_output=True,
+                              text=True, timeout=timeout, check=False, env=_child_env())
+
+    def allow_unprivileged_icmp(self, allow: bool) -> None:
+        """Set the prober namespace's own net.ipv4.ping_group_range (it is per namespace)."""
+        self.pr("sysctl", "-qw", f"net.ipv4.ping_group_range={'0 2147483647' if allow else '1 0'}")
+
+    def probe_json(self, config: Path, *extra: str, no_net_raw: bool = False) -> tuple[int, dict[str, dict]]:
+        """Run ``connmon probe --json`` in the prober; return exit code and results by endpoint."""
+        proc = self.connmon("probe", "--config", str(config), "--json", *extra, no_net_raw=no_net_raw)
+        if proc.returncode not in (0, 1):
+            raise AssertionError(f"connmon probe exited {proc.returncode}: {proc.stderr}")
+        results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        return proc.returncode, {r["endpoint"]: r for r in results}
+
+    def get(self, port: int, path: str) -> tuple[int, str]:
+        """HTTP GET from the host to a server in the prober namespace (no proxies)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"http://{self.prober_v4}:{port}{path}", timeout=10) as response:
+                return response.status, response.read().decode("utf-8")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode("utf-8")
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    return env
+
