@@ -18,11 +18,19 @@ from monitor import __version__
 from monitor.config import load_config
 from monitor.errors import ConfigError, ConnmonError
 from monitor.icmp_engine import IcmpEngine
+from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.results import IcmpResult
 from monitor.targets import build_targets, select
-from monitor.web import DEFAULT_LISTEN
+
+
+def _listen_address(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the monitoring daemon")
     common(run)
-    run.add_argument("--listen", default=DEFAULT_LISTEN, help=f"ADDR:PORT for /metrics (default {DEFAULT_LISTEN})")
+    run.add_argument("--listen", default=DEFAULT_LISTEN, type=_listen_address,
+                     help=f"ADDR:PORT for /metrics (default {DEFAULT_LISTEN})")
     run.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
                      help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
 

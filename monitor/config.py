@@ -73,6 +73,7 @@ class IcmpOverrides:
 
     values: Mapping[str, Any]
     location: Location
+    path: str = "icmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class _Walker:
             self.problem(node, path or "(top level)", f"must be a mapping with keys {', '.join(allowed)}")
             return None
         out: dict[str, Node] = {}
+        key_nodes: dict[str, Node] = {}
         for key_node, value_node in node.value:
             self.visit()
             if not isinstance(key_node, ScalarNode) or key_node.tag != _TAG + "str":
@@ -205,10 +207,11 @@ class _Walker:
                 self.problem(key_node, key_path, f"unknown key '{key}'; {hint}")
                 continue
             if key in out:
-                first = self.where(out[key])
+                first = self.where(key_nodes[key])
                 self.problem(key_node, key_path, f"duplicate key (first given at line {first.line})")
                 continue
             out[key] = value_node
+            key_nodes[key] = key_node
         for key in required:
             if key not in out:
                 self.problem(node, path or "(top level)", f"missing required key '{key}'")
@@ -248,7 +251,14 @@ class _Walker:
         scalar = self.scalar(node, path, tags, "a whole number" if integer else "a number")
         if scalar is None:
             return None
-        value: float = _YAML_SCALARS.construct_object(scalar)  # type: ignore[no-untyped-call]
+        construct = (_YAML_SCALARS.construct_yaml_int if scalar.tag == _TAG + "int"
+                     else _YAML_SCALARS.construct_yaml_float)
+        try:  # stateless, unlike construct_object, which caches every node it has seen
+            value: float = construct(scalar)
+        except (ValueError, IndexError):  # tagged a number, but e.g. `0x_`, `!!int ten`, `!!float ""`
+            self.problem(node, path, f"must be {'a whole number' if integer else 'a number'}, "
+                         f"got '{scalar.value}'")
+            return None
         too_low = value < low or (not low_inclusive and value == low)
         if too_low or value > high or value != value:  # the last test catches .nan
             bound = f"{'≥' if low_inclusive else '>'} {low:g} and ≤ {high:g}"
@@ -318,7 +328,7 @@ def _icmp_overrides(w: _Walker, node: Node, path: str) -> IcmpOverrides | None:
         "payload_bytes": lambda n, p: w.number(n, p, 16, 1400, integer=True),
         "family": lambda n, p: w.choice(n, p, ("any", "ipv4", "ipv6")),
     })
-    return IcmpOverrides({_ICMP_KEYS[k]: v for k, v in read.items()}, w.where(node))
+    return IcmpOverrides({_ICMP_KEYS[k]: v for k, v in read.items()}, w.where(node), path)
 
 
 def _target_mbps(w: _Walker, node: Node, path: str) -> float | None:
@@ -395,15 +405,34 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
     for group in config.groups:
         for endpoint in group.endpoints:
             settings = merge_icmp(config.defaults.icmp, group.icmp, endpoint.icmp)
-            where = next((lvl.location for lvl in (endpoint.icmp, group.icmp, config.defaults.icmp)
-                          if lvl is not None), endpoint.location)
+            where, where_path = next(
+                ((lvl.location, lvl.path) for lvl in (endpoint.icmp, group.icmp, config.defaults.icmp)
+                 if lvl is not None), (endpoint.location, "icmp"))
             if settings.cycle_bound_seconds > settings.interval_seconds and where not in reported:
                 reported.add(where)
                 w.problems.append(ConfigProblem(
-                    where.file, where.line, where.column, "icmp",
+                    where.file, where.line, where.column, where_path,
                     f"count × spacing + timeout = {settings.cycle_bound_seconds:g}s does not fit in "
                     f"interval {format_duration(settings.interval_seconds)} (endpoint '{endpoint.name}'); "
                     "lower count, spacing or timeout, or raise interval"))
+
+
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as a line break
+
+
+def _bad_character(text: str, source: str) -> ConfigProblem:
+    """The problem for the first character that YAML does not allow, at its line and column.
+
+    The reader's own error says only "position N", which libyaml counts in UTF-8 bytes.
+    """
+    found = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if found is None:  # pragma: no cover - the reader refused something we do not recognise
+        return ConfigProblem(source, 1, 1, "", "YAML: the file contains a character YAML does not allow")
+    breaks = list(_LINE_BREAK.finditer(text, 0, found.start()))
+    line = len(breaks) + 1
+    column = found.start() - (breaks[-1].end() if breaks else 0) + 1
+    return ConfigProblem(source, line, column, "", f"YAML: character U+{ord(found.group()):04X} is not "
+                         "allowed (control characters and lone surrogates cannot appear in YAML)")
 
 
 def parse_config(text: str, source: str) -> Config:
@@ -420,6 +449,8 @@ def parse_config(text: str, source: str) -> Config:
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(str(part) for part in (err.context, err.problem) if part)
         raise ConfigError([ConfigProblem(source, line, column, "", f"YAML syntax: {message}")]) from None
+    except (yaml.reader.ReaderError, UnicodeEncodeError):  # a control character; a lone surrogate
+        raise ConfigError([_bad_character(text, source)]) from None
     except yaml.YAMLError as err:  # e.g. a document stream with more than one document
         raise ConfigError([ConfigProblem(source, 1, 1, "", f"YAML: {err}")]) from None
     if root is None:
@@ -460,17 +491,32 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
     return Config(source=source, defaults=defaults, groups=tuple(groups)), names
 
 
+def _first_value(node: MappingNode, key: str) -> Node | None:
+    """The value of the first ``key`` in a mapping, the one :meth:`_Walker.mapping` keeps."""
+    for key_node, value_node in node.value:
+        if isinstance(key_node, ScalarNode) and key_node.tag == _TAG + "str" and key_node.value == key:
+            found: Node = value_node
+            return found
+    return None
+
+
 def _collect_names(gnode: Node, gpath: str, names: dict[str, list[tuple[Node, str]]]) -> None:
-    """Remember the name nodes of a valid group and its endpoints, for the uniqueness check."""
-    for key_node, value_node in gnode.value:
-        if key_node.value == "name":
-            names["group"].append((value_node, f"{gpath}.name"))
-        elif key_node.value == "endpoints" and isinstance(value_node, SequenceNode):
-            for ei, enode in enumerate(value_node.value):
-                if isinstance(enode, MappingNode):
-                    for k, v in enode.value:
-                        if k.value == "name" and isinstance(v, ScalarNode) and v.tag == _TAG + "str":
-                            names["endpoint"].append((v, f"{gpath}.endpoints[{ei}].name"))
+    """Remember the name nodes of a valid group and its endpoints, for the uniqueness check.
+
+    Only the first of duplicated keys counts, so a key given twice is one problem, not two.
+    """
+    if not isinstance(gnode, MappingNode):  # pragma: no cover - a group that was read is a mapping
+        return
+    name = _first_value(gnode, "name")
+    if name is not None:
+        names["group"].append((name, f"{gpath}.name"))
+    endpoints = _first_value(gnode, "endpoints")
+    if isinstance(endpoints, SequenceNode):
+        for ei, enode in enumerate(endpoints.value):
+            if isinstance(enode, MappingNode):
+                v = _first_value(enode, "name")
+                if isinstance(v, ScalarNode) and v.tag == _TAG + "str":
+                    names["endpoint"].append((v, f"{gpath}.endpoints[{ei}].name"))
 
 
 def load_config(path: str | Path) -> Config:

@@ -25,6 +25,7 @@ back per-echo RTTs. Resolving names is :mod:`monitor.resolver`'s job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -48,7 +49,7 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SOL_RAW = 255
 _ICMP_FILTER = 1
 _ICMP6_FILTER = 1
-_ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
+_ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 
 RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024
 _YIELD_EVERY_SENDS = 256  # let the reader drain between batches of sends
@@ -312,10 +313,8 @@ class IcmpEngine:
             deadline = max(deadline, time.monotonic() + job.timeout_seconds)
         cycle.sending = False
         if cycle.outstanding:
-            try:
+            with contextlib.suppress(TimeoutError):  # the deadline passing is the normal end of a lossy cycle
                 await asyncio.wait_for(cycle.done.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
         for key in keys:  # echoes never answered: forget them so late replies count as unmatched
             entry = pending.get(key)
             if entry is not None and entry[0] is cycle:

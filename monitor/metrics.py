@@ -19,9 +19,10 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from prometheus_client import REGISTRY, generate_latest
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from monitor import __version__
 from monitor.errors import ProbeErrorReason
@@ -33,6 +34,9 @@ RTT_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
                        1.5, 2.5, 5.0)
 CYCLE_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 PROBE_KINDS = ("icmp",)
+
+# The text format writes floats as Go does (1e+06, +Inf, NaN); prometheus-client's helper is untyped.
+floatToGoString = cast(Callable[[float], str], _untyped_float_to_go_string)
 
 _RTT_LE = [floatToGoString(b) for b in RTT_BUCKETS_SECONDS] + ["+Inf"]
 _CYCLE_LE = [floatToGoString(b) for b in CYCLE_BUCKETS_SECONDS] + ["+Inf"]

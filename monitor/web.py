@@ -13,24 +13,10 @@ from aiohttp import web
 
 from monitor import __version__
 from monitor.errors import StartupError
+from monitor.listen import parse_listen
 from monitor.metrics import MetricsSink
 
-DEFAULT_PORT = 9077  # outside 9100-9999, which the Prometheus default-port allocations page has filled
-DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def parse_listen(text: str) -> tuple[str | None, int]:
-    """``:9077`` (all interfaces), ``127.0.0.1:9077`` or ``[::1]:9077`` → (host or None, port).
-
-    Raises:
-        ValueError: when the text is not ADDR:PORT.
-    """
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"--listen {text!r}: expected ADDR:PORT, e.g. :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}")
-    host = host.strip("[]")
-    return (host or None), int(port_text)
 
 
 def build_app(metrics: MetricsSink, is_ready: Callable[[], bool]) -> web.Application:

@@ -14,6 +14,7 @@ look-ups inside the prober use the lab's own ``hosts`` file and a ``resolv.conf`
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -84,11 +85,8 @@ class Lab:
         self.base = f"cm{os.getpid() % 100000}{self.tag}"
         self.prober = f"{self.base}-pr"
         self.etc = Path("/etc/netns") / self.prober
-        slot = (os.getpid() % 60) * 4 + (hash(self.tag) % 2) * 2 + 4  # a /30 per lab on 10.77.255.0/24
-        slot = slot % 248 + 4
         self.host_if = f"{self.base}h"[:15]
-        self.host_v4 = f"10.77.255.{slot + 1}"
-        self.prober_v4 = f"10.77.255.{slot + 2}"
+        self.host_v4 = self.prober_v4 = ""
 
     # ------------------------------------------------------------------ set-up
     def open(self) -> Lab:
@@ -103,8 +101,14 @@ class Lab:
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         self._write_hosts()
-        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "up0", "netns", self.prober)
-        sh("ip", "addr", "add", f"{self.host_v4}/30", "dev", self.host_if)
+        # The host end needs a /30 no other lab (another pytest run, a helper) is using right now.
+        with open("/run/connmon-test-lab.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            in_use = sh("ip", "-o", "-4", "addr", "show").stdout
+            slot = next(k for k in range(1, 64) if f" 10.77.255.{4 * k + 1}/" not in in_use)
+            self.host_v4, self.prober_v4 = f"10.77.255.{4 * slot + 1}", f"10.77.255.{4 * slot + 2}"
+            sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "up0", "netns", self.prober)
+            sh("ip", "addr", "add", f"{self.host_v4}/30", "dev", self.host_if)
         sh("ip", "link", "set", self.host_if, "up")
         self.pr("ip", "addr", "add", f"{self.prober_v4}/30", "dev", "up0")
         self.pr("ip", "link", "set", "up0", "up")

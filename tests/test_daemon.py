@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -84,7 +83,8 @@ def scrape_when(lab: Lab, ready: callable, attempts: int = 60) -> str:
         if status == 200 and ready(samples(text)):
             return text
         time.sleep(0.5)
-    raise AssertionError(f"condition not met; last scrape:\n{text[:3000]}")
+    shown = "\n".join(line for line in text.splitlines() if line.startswith(("connmon_up", "connmon_probe_err")))
+    raise AssertionError(f"condition not met; last scrape's up/error series:\n{shown}")
 
 
 def test_metrics_report_every_site_truly(lab: Lab, daemon: subprocess.Popen[str]) -> None:

@@ -25,7 +25,10 @@ def sites(lab: Lab) -> Iterator[dict[str, Site]]:
     yield {"healthy": healthy, "lossy": lossy, "dead": dead}
 
 
-def _config(tmp_path: Path, endpoints: str, icmp: str = "{interval: 60s, count: 5, spacing: 50ms, timeout: 1s}") -> Path:
+DEFAULT_ICMP = "{interval: 60s, count: 5, spacing: 50ms, timeout: 1s}"
+
+
+def _config(tmp_path: Path, endpoints: str, icmp: str = DEFAULT_ICMP) -> Path:
     return write_config(tmp_path, f"""
 defaults:
   icmp: {icmp}

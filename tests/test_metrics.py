@@ -1,0 +1,134 @@
+"""The metrics sink: exposition derived from results, parsed back with prometheus-client."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.config import IcmpSettings
+from monitor.errors import ProbeErrorReason
+from monitor.metrics import RTT_BUCKETS_SECONDS, MetricsSink, escape_label_value
+from monitor.results import Cycle, IcmpResult
+from monitor.targets import Target
+from tests.promtool import promtool_problems
+
+TRICKY_NAMES = ['№12 мектеп', 'Ақтөбе "Central" #3', "back\\slash", "two\nlines", "🏫 school", "a,b=c{d}"]
+
+
+def target(name: str, **kw: object) -> Target:
+    base: dict[str, object] = dict(name=name, host="192.0.2.1", address="192.0.2.1", group="g", kind="school",
+                                   district="Aktobe", link="fibre", lat=50.28, lon=57.17,
+                                   target_bits_per_second=4e6, icmp=IcmpSettings())
+    base.update(kw)
+    return Target(**base)  # type: ignore[arg-type]
+
+
+def result(t: Target, rtts: tuple[float | None, ...], error: ProbeErrorReason | None = None) -> IcmpResult:
+    return IcmpResult(t, 1_700_000_000.0, t.address, len(rtts), rtts, error)
+
+
+def render(sink: MetricsSink) -> str:
+    return b"".join(sink.exposition()).decode("utf-8")
+
+
+def parsed(sink: MetricsSink) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(render(sink)):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def one(p: dict, name: str, **labels: str) -> float:
+    found = [v for lb, v in p.get(name, []) if labels.items() <= lb.items()]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def test_tricky_names_survive_into_labels_exactly() -> None:
+    """Cyrillic, quotes, backslashes, newlines and emoji in names parse back to the same string."""
+    targets = [target(n, district=n) for n in TRICKY_NAMES]
+    sink = MetricsSink()
+    sink.set_targets(targets)
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(result(t, (0.01,)) for t in targets)))
+    p = parsed(sink)
+    ups = {lb["endpoint"]: (lb["district"], v) for lb, v in p["connmon_up"]}
+    assert ups == {n: (n, 1.0) for n in TRICKY_NAMES}
+    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    assert promtool_problems(render(sink)) == []
+
+
+def test_histogram_counters_and_last_cycle_gauges() -> None:
+    """RTTs land in cumulative buckets; counters add up over cycles; gauges show the last cycle."""
+    t = target("s1")
+    sink = MetricsSink()
+    sink.set_targets([t])
+    sink.consume(Cycle("icmp", "g", 0.0, 0.5, (result(t, (0.0004, 0.003, None, 0.7)),)))
+    sink.consume(Cycle("icmp", "g", 60.0, 0.5, (result(t, (10.0, None)),)))
+    p = parsed(sink)
+    buckets = {lb["le"]: v for lb, v in p["connmon_icmp_rtt_seconds_bucket"]}
+    assert buckets["0.0005"] == 1 and buckets["0.005"] == 2 and buckets["0.5"] == 2
+    assert buckets["0.75"] == 3 and buckets["5.0"] == 3 and buckets["+Inf"] == 4
+    assert len(buckets) == len(RTT_BUCKETS_SECONDS) + 1
+    assert one(p, "connmon_icmp_rtt_seconds_count") == 4
+    assert one(p, "connmon_icmp_rtt_seconds_sum") == pytest.approx(0.0004 + 0.003 + 0.7 + 10.0)
+    assert one(p, "connmon_icmp_packets_sent_total") == 6
+    assert one(p, "connmon_icmp_packets_received_total") == 4
+    assert one(p, "connmon_icmp_loss_ratio") == 0.5  # last cycle: 1 of 2 answered
+    assert one(p, "connmon_up") == 1
+    assert one(p, "connmon_icmp_rtt_last_seconds", stat="max") == 10.0
+    assert "connmon_icmp_jitter_seconds" not in p  # no two consecutive answers in the last cycle
+    assert one(p, "connmon_cycle_duration_seconds_count", group="g") == 2
+    assert one(p, "connmon_last_probe_timestamp_seconds", probe="icmp") == 1_700_000_000.0
+
+
+def test_series_exist_before_the_first_cycle_and_errors_start_at_zero() -> None:
+    """Before any result, counters and info exist (errors at 0 for every reason); 'up' does not."""
+    sink = MetricsSink()
+    sink.set_targets([target("s1")])
+    p = parsed(sink)
+    assert "connmon_up" not in p
+    reasons = {lb["reason"]: v for lb, v in p["connmon_probe_errors_total"]}
+    assert reasons == {r.value: 0.0 for r in ProbeErrorReason}
+    assert one(p, "connmon_endpoint_info", endpoint="s1", host="192.0.2.1") == 1
+    assert one(p, "connmon_target_bits_per_second") == 4e6
+
+
+def test_error_results_count_by_reason_and_mark_down() -> None:
+    """An unprobeable endpoint is down with loss 1 and its reason counted."""
+    t = target("s1", host="nosuch.example", address=None)
+    sink = MetricsSink()
+    sink.set_targets([t])
+    for _ in range(3):
+        sink.consume(Cycle("icmp", "g", 0.0, 0.1, (IcmpResult(t, 0.0, None, 0, (), ProbeErrorReason.DNS),)))
+    p = parsed(sink)
+    assert one(p, "connmon_probe_errors_total", reason="dns") == 3
+    assert one(p, "connmon_probe_errors_total", reason="no_route") == 0
+    assert (one(p, "connmon_up"), one(p, "connmon_icmp_loss_ratio")) == (0, 1)
+
+
+def test_reload_drops_removed_endpoints_and_keeps_unchanged_state() -> None:
+    """Setting new targets removes series of endpoints that went, keeps counters of those that stay."""
+    a, b = target("a"), target("b")
+    sink = MetricsSink()
+    sink.set_targets([a, b])
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(a, (0.01,)), result(b, (0.01,)))))
+    sink.set_targets([a, target("c")])
+    p = parsed(sink)
+    assert {lb["endpoint"] for lb, _ in p["connmon_endpoint_info"]} == {"a", "c"}
+    assert one(p, "connmon_icmp_packets_sent_total", endpoint="a") == 1
+    assert one(p, "connmon_icmp_packets_sent_total", endpoint="c") == 0
+
+
+def test_skipped_cycles_and_reload_state_are_exposed() -> None:
+    """Skipped cycles are counted per group; a failed reload shows 0 and keeps the last good time."""
+    times = iter([100.0, 200.0])
+    sink = MetricsSink(clock=lambda: next(times))
+    sink.set_targets([target("a")])
+    sink.config_loaded(True)
+    sink.cycle_skipped("icmp", "g")
+    sink.config_loaded(False)
+    p = parsed(sink)
+    assert one(p, "connmon_cycles_skipped_total", group="g") == 1
+    assert one(p, "connmon_config_last_reload_successful") == 0
+    assert one(p, "connmon_config_last_reload_success_timestamp_seconds") == 100.0

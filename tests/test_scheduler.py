@@ -1,0 +1,74 @@
+"""The scheduler with real APScheduler: spread starts, one cycle at a time, skipped cycles counted."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor import probes
+from monitor.config import IcmpSettings
+from monitor.metrics import MetricsSink
+from monitor.probes import ProbeContext
+from monitor.results import IcmpResult, ResultPipeline
+from monitor.scheduler import CycleScheduler, plan_jobs, start_offsets
+from monitor.targets import Target
+
+
+def target(name: str, group: str, interval: float) -> Target:
+    return Target(name=name, host="192.0.2.1", address="192.0.2.1", group=group, kind="school", district="",
+                  link="", lat=None, lon=None, target_bits_per_second=4e6,
+                  icmp=dataclasses.replace(IcmpSettings(), interval_seconds=interval))
+
+
+def test_start_offsets_spread_groups_over_their_interval() -> None:
+    """n jobs start at 0, 1/n, 2/n … of their own interval, never all at once."""
+    assert start_offsets([60.0, 60.0, 60.0, 60.0]) == [0.0, 15.0, 30.0, 45.0]
+    assert start_offsets([10.0, 300.0]) == [0.0, 150.0]
+
+
+def test_plan_jobs_batches_by_group_and_interval() -> None:
+    """Endpoints of one group share a job unless an endpoint overrides the interval."""
+    ts = [target("a", "g1", 60), target("b", "g1", 60), target("c", "g1", 30), target("d", "g2", 60)]
+    plan = plan_jobs(ts)
+    assert {k: [t.name for t in v] for k, v in plan.items()} == {
+        ("g1", 60): ["a", "b"], ("g1", 30): ["c"], ("g2", 60): ["d"]}
+
+
+def test_a_cycle_still_running_is_never_started_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With cycles slower than the interval, runs never overlap and the skipped ones are counted."""
+    starts: list[float] = []
+    ends: list[float] = []
+
+    async def slow_probe(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
+        loop = asyncio.get_running_loop()
+        starts.append(loop.time())
+        await asyncio.sleep(2.2)
+        ends.append(loop.time())
+        return [IcmpResult(t, 0.0, t.address, 1, (0.01,)) for t in targets]
+
+    monkeypatch.setitem(probes.PROBES, "icmp", slow_probe)
+    sink = MetricsSink()
+    ts = [target("a", "g", 1.0)]
+    sink.set_targets(ts)
+
+    async def main() -> None:
+        scheduler = CycleScheduler(ProbeContext(None, lambda: 0.0), ResultPipeline([sink]))  # type: ignore[arg-type]
+        scheduler.start(ts)
+        await asyncio.sleep(5.0)
+        scheduler.shutdown()
+        for task in list(scheduler.running_cycles):
+            task.cancel()
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert len(starts) >= 2 and ends
+    for end, next_start in zip(ends, starts[1:], strict=False):
+        assert next_start >= end  # the next cycle began only after the previous one ended
+    text = b"".join(sink.exposition()).decode()
+    skipped = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "connmon_cycles_skipped_total" and s.labels == {"probe": "icmp", "group": "g"}]
+    assert skipped and skipped[0] >= 1
