@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from monitor.icmp_engine import EchoJob
-from monitor.resolver import resolve
+from monitor.resolver import Resolution, resolve
 from monitor.results import IcmpResult
 from monitor.targets import Target
 
@@ -23,8 +23,11 @@ async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
     """Probe ``targets`` once; endpoints whose name does not resolve get an error result."""
     started_at = ctx.clock()
     engine = ctx.icmp_engine
-    resolutions = await asyncio.gather(*(
-        resolve(t.host, t.icmp.family, engine.families, t.icmp.timeout_seconds) for t in targets))
+    names = [t for t in targets if t.address is None]  # literals were canonicalised once, at config load
+    looked_up = await asyncio.gather(*(
+        resolve(t.host, t.icmp.family, engine.families, t.icmp.timeout_seconds) for t in names))
+    by_name = dict(zip((t.name for t in names), looked_up, strict=True))
+    resolutions = [Resolution(t.address) if t.address is not None else by_name[t.name] for t in targets]
     jobs: list[EchoJob] = []
     job_of: dict[int, int] = {}
     for index, (target, resolution) in enumerate(zip(targets, resolutions, strict=True)):
