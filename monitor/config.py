@@ -35,6 +35,11 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 
 AddressFamilyChoice = Literal["any", "ipv4", "ipv6"]
 _MAX_NODE_VISITS = 5_000_000  # far above 10,000 sites × ~10 nodes; stops alias bombs
+# Without aliases a walk visits well under one node per character of text; the budget allows 8
+# per character (plus a floor) so that aliases that multiply are refused in time proportional to
+# the file's size rather than after millions of visits.
+_VISITS_PER_CHARACTER = 8
+_MIN_NODE_VISITS = 10_000
 _TAG = "tag:yaml.org,2002:"
 
 
@@ -165,10 +170,11 @@ class _TooManyNodes(Exception):
 class _Walker:
     """Checks nodes against the schema, collecting located problems instead of stopping."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, max_visits: int = _MAX_NODE_VISITS) -> None:
         self.file = file
         self.problems: list[ConfigProblem] = []
         self.visits = 0
+        self.max_visits = max_visits
 
     # -- reporting
     def where(self, node: Node) -> Location:
@@ -180,7 +186,7 @@ class _Walker:
 
     def visit(self) -> None:
         self.visits += 1
-        if self.visits > _MAX_NODE_VISITS:
+        if self.visits > self.max_visits:
             raise _TooManyNodes
 
     # -- structure
@@ -441,7 +447,7 @@ def parse_config(text: str, source: str) -> Config:
     Raises:
         ConfigError: listing every problem, each with file, line, column and key path.
     """
-    w = _Walker(source)
+    w = _Walker(source, min(_MAX_NODE_VISITS, _MIN_NODE_VISITS + _VISITS_PER_CHARACTER * len(text)))
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as err:
@@ -461,7 +467,7 @@ def parse_config(text: str, source: str) -> Config:
             _check_whole(w, config, names)
     except _TooManyNodes:
         w.problems.append(ConfigProblem(
-            source, 1, 1, "", f"the document expands to more than {_MAX_NODE_VISITS:,} nodes "
+            source, 1, 1, "", f"the document expands to more than {w.max_visits:,} nodes "
             "(too large, or aliases that multiply); refusing to read it"))
     if w.problems or config is None:
         raise ConfigError(w.problems)
