@@ -315,6 +315,10 @@ class IcmpEngine:
         if cycle.outstanding:
             with contextlib.suppress(TimeoutError):  # the deadline passing is the normal end of a lossy cycle
                 await asyncio.wait_for(cycle.done.wait(), max(0.0, deadline - time.monotonic()))
+            # A starved loop may wake after the deadline with replies still queued; their kernel
+            # timestamps say whether they came in time, so read them before giving echoes up.
+            for fs in self._sockets.values():
+                self._drain(fs)
         for key in keys:  # echoes never answered: forget them so late replies count as unmatched
             entry = pending.get(key)
             if entry is not None and entry[0] is cycle:

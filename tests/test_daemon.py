@@ -35,11 +35,16 @@ def value(parsed: dict, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def daemon(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[str]]:
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("daemon") / "connmon.yaml"
+
+
+@pytest.fixture(scope="module")
+def daemon(lab: Lab, config_file: Path) -> Iterator[subprocess.Popen[str]]:
     healthy, lossy, dead = lab.add_site("healthy"), lab.add_site("lossy"), lab.add_site("dead")
     lossy.drop_icmp(probability=0.3)
     dead.drop_icmp()
-    cfg = write_config(tmp_path_factory.mktemp("daemon"), f"""
+    cfg = write_config(config_file.parent, f"""
 defaults:
   target_mbps: 4
   icmp: {{interval: 2s, count: 10, spacing: 50ms, timeout: 500ms}}
@@ -89,7 +94,9 @@ def scrape_when(lab: Lab, ready: callable, attempts: int = 60) -> str:
 
 def test_metrics_report_every_site_truly(lab: Lab, daemon: subprocess.Popen[str]) -> None:
     """After a cycle, /metrics says who is up, lossy, down or unresolvable, with the right labels."""
-    text = scrape_when(lab, lambda p: len(p.get("connmon_up", {})) == 7)
+    # ≥ 30 echoes to the 30 %-lossy site, so that "some were lost" is near certain (0.7^30 ≈ 2e-5)
+    text = scrape_when(lab, lambda p: len(p.get("connmon_up", {})) == 7
+                       and value(p, "connmon_icmp_packets_sent_total", endpoint="lossy") >= 30)
     p = samples(text)
     for name in ("healthy", "healthy-v6", CYRILLIC, "by-name", "lossy"):
         assert value(p, "connmon_up", endpoint=name) == 1, name
@@ -118,6 +125,9 @@ def test_metrics_report_every_site_truly(lab: Lab, daemon: subprocess.Popen[str]
     assert value(p, "connmon_cycles_skipped_total", probe="icmp", group="schools") == 0
     assert value(p, "connmon_config_last_reload_successful") == 1
     assert value(p, "connmon_build_info") == 1
+    assert value(p, "connmon_icmp_receive_buffer_drops_total") == 0
+    assert value(p, "connmon_icmp_echoes_sent_total") >= sum(
+        v for k, v in p["connmon_icmp_packets_sent_total"].items())
     assert promtool_problems(text) == []
 
 
@@ -135,6 +145,28 @@ def test_daemon_keeps_probing_and_serving_health(lab: Lab, daemon: subprocess.Po
     assert daemon.poll() is None
 
 
+def test_sighup_reload_keeps_the_last_good_config_and_drops_removed_sites(
+        lab: Lab, daemon: subprocess.Popen[str], config_file: Path) -> None:
+    """A broken file on SIGHUP changes nothing but the reload gauge; a good one removes gone sites' series."""
+    good = config_file.read_text(encoding="utf-8")
+    before = samples(scrape_when(lab, lambda p: "connmon_up" in p))
+    stamp = value(before, "connmon_config_last_reload_success_timestamp_seconds")
+    config_file.write_text(good.replace("host: nosuch.lab.test", "hots: nosuch.lab.test"), encoding="utf-8")
+    daemon.send_signal(signal.SIGHUP)
+    failed = samples(scrape_when(lab, lambda p: value(p, "connmon_config_last_reload_successful") == 0))
+    assert value(failed, "connmon_config_last_reload_success_timestamp_seconds") == stamp
+    assert len(failed["connmon_endpoint_info"]) == 7  # the running config is untouched
+    without_dead = "\n".join(line for line in good.splitlines() if "name: dead," not in line) + "\n"
+    config_file.write_text(without_dead, encoding="utf-8")
+    daemon.send_signal(signal.SIGHUP)
+    reloaded = samples(scrape_when(lab, lambda p: value(p, "connmon_config_last_reload_successful") == 1))
+    names = {dict(k)["endpoint"] for k in reloaded["connmon_endpoint_info"]}
+    assert "dead" not in names and len(names) == 6
+    assert not any(dict(k).get("endpoint") == "dead" for series in reloaded.values() for k in series)
+    assert value(reloaded, "connmon_config_last_reload_success_timestamp_seconds") > stamp
+    assert daemon.poll() is None
+
+
 def test_sigterm_exits_zero_and_logs_are_json_lines(lab: Lab, daemon: subprocess.Popen[str]) -> None:
     """SIGTERM stops the daemon with exit 0; every log line is JSON with level and endpoint."""
     scrape_when(lab, lambda p: "connmon_up" in p)
@@ -149,3 +181,4 @@ def test_sigterm_exits_zero_and_logs_are_json_lines(lab: Lab, daemon: subprocess
     assert dns and dns[0]["reason"] == "dns"
     assert any(e.get("endpoint") == CYRILLIC and e["msg"].startswith("up") for e in entries)
     assert entries[-1]["msg"] == "stopped"
+    assert any(e["level"] == "error" and "reload failed" in e["msg"] and "hots" in e["msg"] for e in entries)
