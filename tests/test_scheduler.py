@@ -72,3 +72,17 @@ def test_a_cycle_still_running_is_never_started_twice(monkeypatch: pytest.Monkey
     skipped = [s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "connmon_cycles_skipped_total" and s.labels == {"probe": "icmp", "group": "g"}]
     assert skipped and skipped[0] >= 1
+
+
+def test_the_real_scheduler_spreads_first_runs_and_limits_instances() -> None:
+    """Jobs handed to APScheduler start spread over the interval and allow one instance each."""
+    ts = [target(f"s{i}", f"g{i}", 60.0) for i in range(4)]
+
+    async def main() -> list[tuple[float, int]]:
+        scheduler = CycleScheduler(ProbeContext(None, lambda: 0.0), ResultPipeline([]))  # type: ignore[arg-type]
+        scheduler.set_targets(ts)
+        jobs = scheduler._scheduler.get_jobs()
+        first = min(job.next_run_time for job in jobs)
+        return sorted(((job.next_run_time - first).total_seconds(), job.max_instances) for job in jobs)
+
+    assert asyncio.run(main()) == [(0.0, 1), (15.0, 1), (30.0, 1), (45.0, 1)]
