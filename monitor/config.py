@@ -88,6 +88,7 @@ class EndpointConfig:
     name: str
     host: str
     location: Location
+    path: str = ""  # e.g. groups[1].endpoints[3], for problems found after the walk
     district: str | None = None
     link: str | None = None
     lat: float | None = None
@@ -308,7 +309,7 @@ class _Walker:
 _YAML_SCALARS = yaml.constructor.SafeConstructor()
 
 _ICMP_KEYS = {
-    # config key: (IcmpSettings field, reader)
+    # config key: IcmpSettings field
     "interval": "interval_seconds",
     "count": "count",
     "spacing": "spacing_seconds",
@@ -357,7 +358,7 @@ def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
     })
     if "name" not in read or "host" not in read:
         return None
-    return EndpointConfig(location=w.where(node), **read)
+    return EndpointConfig(location=w.where(node), path=path, **read)
 
 
 def _host(w: _Walker, node: Node, path: str) -> str | None:
@@ -365,6 +366,10 @@ def _host(w: _Walker, node: Node, path: str) -> str | None:
     if text is None:
         return None
     text = text.strip()
+    if "%" in text and normalize_ip(text) is not None:
+        w.problem(node, path, f"'{text}': scoped (link-local) IPv6 addresses are not supported; "
+                              "use a global or unique-local address")
+        return None
     if normalize_ip(text) is None and not is_host_name(text):
         w.problem(node, path, f"'{text}' is not an IP address or host name")
         return None
@@ -421,6 +426,18 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
                     f"count × spacing + timeout = {settings.cycle_bound_seconds:g}s does not fit in "
                     f"interval {format_duration(settings.interval_seconds)} (endpoint '{endpoint.name}'); "
                     "lower count, spacing or timeout, or raise interval"))
+            # icmp.family picks the address of a DNS name, so one inherited from defaults or the group
+            # does not bind a literal; but an endpoint that sets it against its own address is a typo.
+            literal = normalize_ip(endpoint.host)
+            own_family = endpoint.icmp.values.get("family") if endpoint.icmp is not None else None
+            if literal is not None and own_family not in (None, "any"):
+                is_v6 = ":" in literal
+                if own_family != ("ipv6" if is_v6 else "ipv4"):
+                    loc = endpoint.location
+                    w.problems.append(ConfigProblem(
+                        loc.file, loc.line, loc.column, f"{endpoint.path}.host",
+                        f"'{endpoint.host}' is an {'IPv6' if is_v6 else 'IPv4'} address but icmp.family is "
+                        f"{own_family}"))
 
 
 _LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as a line break

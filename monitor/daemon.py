@@ -40,9 +40,10 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
     metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats))
-    metrics.set_targets(targets)
-    metrics.config_loaded(True)
     pipeline = ResultPipeline([metrics, EventLogSink()])
+    for sink in pipeline.sinks:
+        sink.set_targets(targets)
+    metrics.config_loaded(True)
     scheduler = CycleScheduler(ProbeContext(engine, time.time), pipeline)
     ready = False
     try:
@@ -60,14 +61,21 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
         loop.add_signal_handler(sig, stop.set)
 
     def reload() -> None:
+        """Validate and build the new config completely; only then swap it in."""
         try:
             new_targets = build_targets(load_config(config_path))
         except ConfigError as err:
             metrics.config_loaded(False)
             log.error("reload failed, keeping the running config:\n%s", err)
             return
-        scheduler.set_targets(new_targets)
-        metrics.set_targets(new_targets)
+        try:
+            scheduler.set_targets(new_targets)
+        except Exception:  # never leave a half-applied reload looking successful
+            metrics.config_loaded(False)
+            log.exception("reload failed while rescheduling; the previous jobs stay")
+            return
+        for sink in pipeline.sinks:
+            sink.set_targets(new_targets)
         metrics.config_loaded(True)
         log.info("reloaded %s: %d endpoints", config_path, len(new_targets))
 

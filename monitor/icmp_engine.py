@@ -13,7 +13,8 @@ buffer silently. So this engine
   block, taking the receive time from the kernel (``SO_TIMESTAMPNS``) and the send time right
   before ``sendto``;
 * raises the receive buffer (``SO_RCVBUFFORCE`` as root) and reads the kernel's drop counter
-  (``SO_RXQ_OVFL``) so that an overflow is counted, not mistaken for network loss;
+  (``SO_RXQ_OVFL``) so that an overflow shows in ``connmon_icmp_receive_buffer_drops_total``
+  instead of passing silently for network loss;
 * matches a reply on (source address, sequence) *and* an 8-byte random cookie in the payload,
   so another pinger on the host using the same identifier cannot corrupt a result;
 * spreads each round of echoes over part of the spacing instead of bursting them.
@@ -54,6 +55,8 @@ _ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024
 _YIELD_EVERY_SENDS = 256  # let the reader drain between batches of sends
 _MAX_ROUND_SPREAD_SECONDS = 0.001  # gap between two endpoints' echoes within a round, at most
+_SEND_ATTEMPTS = 4  # tries of one sendto that would block before the echo is given up
+_MAX_ERRORS_PER_DRAIN = 64  # queued socket errors read in one go before yielding to the loop
 
 _SEND_ERRORS = {
     errno.ENETUNREACH: ProbeErrorReason.NO_ROUTE,
@@ -117,6 +120,13 @@ class _FamilySocket:
     def __init__(self, family: int, privileged: bool) -> None:
         factory = ICMPv4Socket if family == socket.AF_INET else ICMPv6Socket
         self.icmplib_socket = factory(privileged=privileged)  # raises SocketPermissionError
+        try:
+            self._prepare(family, privileged)
+        except OSError:
+            self.icmplib_socket.close()
+            raise
+
+    def _prepare(self, family: int, privileged: bool) -> None:
         self.family = family
         self.privileged = privileged
         self.sock: socket.socket = self.icmplib_socket.sock
@@ -271,14 +281,39 @@ class IcmpEngine:
         if not jobs:
             return outcomes
         cycle = _Cycle()
-        schedule = self._schedule(jobs)
         keys: list[tuple[str, int]] = []
+        try:
+            deadline = await self._send_all(jobs, outcomes, cycle, keys)
+            cycle.sending = False
+            if cycle.outstanding:
+                with contextlib.suppress(TimeoutError):  # the deadline passing ends a lossy cycle
+                    await asyncio.wait_for(cycle.done.wait(), max(0.0, deadline - time.monotonic()))
+                # A starved loop may wake after the deadline with replies still queued; their kernel
+                # timestamps say whether they came in time, so read them before giving echoes up.
+                for fs in self._sockets.values():
+                    self._drain(fs)
+        finally:  # also when cancelled: unanswered echoes must not stay in the pending map
+            pending = self._pending
+            for key in keys:
+                entry = pending.get(key)
+                if entry is not None and entry[0] is cycle:
+                    del pending[key]
+        for outcome in outcomes:
+            if outcome.sent and outcome.error is not None and outcome.error != ProbeErrorReason.UNSUPPORTED_FAMILY:
+                # Some echoes went out: the ones that could not be sent count as lost (loss is taken
+                # over every echo attempted), and the endpoint was probed, so it has no error reason.
+                outcome.error, outcome.error_detail = None, ""
+        return outcomes
+
+    async def _send_all(self, jobs: Sequence[EchoJob], outcomes: list[EchoOutcome], cycle: _Cycle,
+                        keys: list[tuple[str, int]]) -> float:
+        """Send every echo on its schedule; return the monotonic time by which all replies are due."""
         start = time.monotonic()
         deadline = start
         pending = self._pending
         stats = self.stats
         clock_ns = time.time_ns
-        for n, (offset, job_index, echo_index) in enumerate(schedule):
+        for n, (offset, job_index, echo_index) in enumerate(self._schedule(jobs)):
             if n % _YIELD_EVERY_SENDS == 0 or offset > time.monotonic() - start:
                 wait = offset - (time.monotonic() - start)
                 await asyncio.sleep(wait if wait > 0 else 0)
@@ -297,10 +332,21 @@ class IcmpEngine:
                 continue
             struct.pack_into("!HHH", packet, 2, checksum_for_sequence(base_sum, sequence),
                              self.identifier, sequence)
-            sent_ns = clock_ns()
-            try:
-                fs.sock.sendto(packet, (job.address, 0))
-            except OSError as err:
+            for attempt in range(_SEND_ATTEMPTS):
+                sent_ns = clock_ns()
+                try:
+                    fs.sock.sendto(packet, (job.address, 0))
+                except BlockingIOError:  # socket send buffer full: let the kernel drain it, then retry
+                    if attempt + 1 < _SEND_ATTEMPTS:
+                        await asyncio.sleep(0.001 * (attempt + 1))
+                        continue
+                    err: OSError | None = BlockingIOError(errno.EAGAIN, "send buffer full")
+                except OSError as send_error:
+                    err = send_error
+                else:
+                    err = None
+                break
+            if err is not None:
                 stats.send_errors += 1
                 outcome.error = _SEND_ERRORS.get(err.errno or 0, ProbeErrorReason.SEND_FAILED)
                 outcome.error_detail = err.strerror or str(err)
@@ -311,23 +357,7 @@ class IcmpEngine:
             outcome.sent += 1
             stats.echoes_sent += 1
             deadline = max(deadline, time.monotonic() + job.timeout_seconds)
-        cycle.sending = False
-        if cycle.outstanding:
-            with contextlib.suppress(TimeoutError):  # the deadline passing is the normal end of a lossy cycle
-                await asyncio.wait_for(cycle.done.wait(), max(0.0, deadline - time.monotonic()))
-            # A starved loop may wake after the deadline with replies still queued; their kernel
-            # timestamps say whether they came in time, so read them before giving echoes up.
-            for fs in self._sockets.values():
-                self._drain(fs)
-        for key in keys:  # echoes never answered: forget them so late replies count as unmatched
-            entry = pending.get(key)
-            if entry is not None and entry[0] is cycle:
-                del pending[key]
-        for outcome in outcomes:
-            if outcome.sent and outcome.error is not None and outcome.error != ProbeErrorReason.UNSUPPORTED_FAMILY:
-                # some echoes went out: a transient send error is loss, not an unprobeable endpoint
-                outcome.error, outcome.error_detail = None, ""
-        return outcomes
+        return deadline
 
     @staticmethod
     def _schedule(jobs: Sequence[EchoJob]) -> list[tuple[float, int, int]]:
@@ -358,6 +388,7 @@ class IcmpEngine:
         check_identifier = fs.privileged  # datagram sockets get the identifier rewritten by the kernel
         identifier = self.identifier
         strip = fs.strip_ip_header
+        errors = 0
         while True:
             try:
                 data, ancillary, _flags, source = recvmsg(2048, 128)
@@ -365,6 +396,9 @@ class IcmpEngine:
                 return
             except OSError as err:  # e.g. a queued ICMP error on a datagram socket
                 log.debug("ICMP receive error: %s", err)
+                errors += 1
+                if errors >= _MAX_ERRORS_PER_DRAIN:
+                    return
                 continue
             received_ns = 0
             for level, kind, value in ancillary:

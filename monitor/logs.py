@@ -10,8 +10,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 
 from monitor.results import Cycle, IcmpResult
+from monitor.targets import Target
 
 log = logging.getLogger("monitor.events")
 
@@ -72,6 +74,10 @@ class EventLogSink:
 
     def __init__(self) -> None:
         self._state: dict[str, tuple[bool, str | None]] = {}
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        names = {t.name for t in targets}
+        self._state = {name: state for name, state in self._state.items() if name in names}
 
     def consume(self, cycle: Cycle) -> None:
         up = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -33,7 +33,6 @@ from monitor.targets import Target
 RTT_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
                        1.5, 2.5, 5.0)
 CYCLE_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-PROBE_KINDS = ("icmp",)
 
 # The text format writes floats as Go does (1e+06, +Inf, NaN); prometheus-client's helper is untyped.
 floatToGoString = cast(Callable[[float], str], _untyped_float_to_go_string)
@@ -158,8 +157,11 @@ class MetricsSink:
         self._body = b""
 
     # ------------------------------------------------------------------ inputs
-    def set_targets(self, targets: Iterable[Target]) -> None:
-        """Start (or, at a reload, change) the set of endpoints; unchanged ones keep their state."""
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """Start (or, at a reload, change) the set of endpoints; unchanged ones keep their state.
+
+        Series of endpoints and groups no longer configured disappear from the exposition.
+        """
         endpoints: dict[str, _EndpointState] = {}
         for target in targets:
             old = self._endpoints.get(target.name)
@@ -172,8 +174,9 @@ class MetricsSink:
                 state = _EndpointState(target, labels)
             state.render()
             endpoints[target.name] = state
-            self._cycles.setdefault(("icmp", target.group), _CycleStats())
         self._endpoints = endpoints
+        groups = {("icmp", t.group) for t in targets}
+        self._cycles = {key: self._cycles.get(key) or _CycleStats() for key in sorted(groups)}
         self._rebuild()
 
     def config_loaded(self, success: bool) -> None:

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class IcmpResult:
     """One endpoint's ICMP cycle.
 
-    ``rtts_seconds`` holds one entry per echo sent, in send order, None where no reply came
-    within the timeout: keeping the gaps lets jitter compare only echoes that were consecutive.
+    ``rtts_seconds`` holds one entry per echo attempted, in order, None where no reply came within
+    the timeout (or the echo could not be sent): keeping the gaps lets jitter compare only echoes
+    that were consecutive. ``sent`` counts the echoes that actually left.
     """
 
     target: Target
@@ -47,8 +48,12 @@ class IcmpResult:
 
     @property
     def loss_ratio(self) -> float:
-        """Share of sent echoes with no reply; 1 when nothing could be sent at all."""
-        return 1.0 - self.received / self.sent if self.sent else 1.0
+        """Share of attempted echoes with no reply (an echo that could not be sent is lost too).
+
+        1 when nothing could be sent at all.
+        """
+        attempted = len(self.rtts_seconds)
+        return 1.0 - self.received / attempted if attempted and self.sent else 1.0
 
     @property
     def replies_seconds(self) -> list[float]:
@@ -93,6 +98,9 @@ class Cycle:
 
 class Sink(Protocol):
     """Anything that derives state from finished cycles (metrics, logs, history)."""
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """The endpoints now configured (at start and at each reload): forget the ones that went."""
 
     def consume(self, cycle: Cycle) -> None: ...
 

@@ -53,25 +53,39 @@ class CycleScheduler:
         self.running_cycles: set[asyncio.Task[None]] = set()
 
     def start(self, targets: Sequence[Target]) -> None:
-        self.set_targets(targets)
         self._scheduler.start()
+        self.set_targets(targets)
 
     def set_targets(self, targets: Sequence[Target]) -> None:
-        """(Re)create the jobs for ``targets``; a cycle already running finishes undisturbed."""
-        self._scheduler.remove_all_jobs()
-        self._job_names.clear()
-        batches = plan_jobs(targets)
+        """Make the jobs match ``targets``, as a diff: at a reload, a job that stays keeps its schedule.
+
+        Jobs that stay get their new batch (changed labels or settings apply from their next run);
+        jobs that are gone are removed (a cycle of theirs already running finishes); new jobs start
+        spread over their interval from now.
+        """
+        batches = {self._job_id(group, interval): (group, interval, batch)
+                   for (group, interval), batch in plan_jobs(targets).items()}
+        for job_id in set(self._job_names) - set(batches):
+            self._scheduler.remove_job(job_id)
+            del self._job_names[job_id]
+        new = [job_id for job_id in batches if job_id not in self._job_names]
+        offsets = dict(zip(new, start_offsets([batches[j][1] for j in new]), strict=True))
         now = dt.datetime.now(dt.UTC)
-        offsets = start_offsets([interval for (_, interval) in batches])
-        for ((group, interval), batch), offset in zip(batches.items(), offsets, strict=True):
-            job_id = f"icmp:{group}:{interval:g}s"
-            self._job_names[job_id] = ("icmp", group)
-            first = now + dt.timedelta(seconds=offset)
+        for job_id, (group, interval, batch) in batches.items():
+            if job_id in self._job_names:
+                self._scheduler.modify_job(job_id, args=("icmp", group, batch))
+                continue
+            first = now + dt.timedelta(seconds=offsets[job_id])
             self._scheduler.add_job(
                 self.run_cycle, IntervalTrigger(seconds=interval, start_date=first, timezone=dt.UTC),
                 args=("icmp", group, batch), id=job_id, max_instances=1, coalesce=True,
                 misfire_grace_time=max(1, int(interval)), next_run_time=first)
-        log.info("scheduled %d ICMP jobs for %d endpoints", len(batches), len(targets))
+            self._job_names[job_id] = ("icmp", group)
+        log.info("scheduled %d ICMP jobs for %d endpoints (%d new)", len(batches), len(targets), len(new))
+
+    @staticmethod
+    def _job_id(group: str, interval: float) -> str:
+        return f"icmp:{group}:{interval!r}s"  # repr: two intervals that print alike must not clash
 
     def shutdown(self) -> None:
         if self._scheduler.running:

@@ -100,6 +100,9 @@ class Lab:
         self.pr("ip", "-6", "route", "add", "unreachable", TEST_PREFIX_V6, check=False)
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        # Only the lab's hosts file and its dead-end resolver: no nss module (systemd-resolved,
+        # mdns) that could carry a look-up out of the namespace through a unix socket.
+        (self.etc / "nsswitch.conf").write_text("hosts: files dns\n")
         self._write_hosts()
         # The host end needs a /30 no other lab (another pytest run, a helper) is using right now.
         with open("/run/connmon-test-lab.lock", "w") as lock:

@@ -129,7 +129,7 @@ groups:
     endpoints:
       - {name: inherits, host: 192.0.2.1}
       - name: overrides
-        host: 192.0.2.2
+        host: overrides.example.net
         district: Temir
         link: lte
         target_mbps: 1.5
@@ -556,3 +556,22 @@ def test_a_large_honest_config_stays_within_the_budget() -> None:
     text = "defaults: {icmp: &fast {count: 3}}\ngroups:\n  - name: g\n    endpoints:\n" + rows
     config = parse_config(text, "big.yaml")
     assert len(config.groups[0].endpoints) == 10_000
+
+
+def test_scoped_ipv6_and_a_family_that_contradicts_the_address_are_refused() -> None:
+    """fe80::1%eth0 cannot be matched to its replies, and family: ipv6 on an IPv4 address is a typo."""
+    text = (
+        "groups:\n"
+        "  - name: g\n"
+        "    endpoints:\n"
+        "      - {name: a, host: 'fe80::1%eth0'}\n"
+        "      - {name: b, host: 192.0.2.1, icmp: {family: ipv6}}\n"
+        "      - {name: c, host: '2001:db8::1', icmp: {family: ipv6}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "f.yaml:4:25: groups[0].endpoints[0].host: 'fe80::1%eth0': scoped (link-local) IPv6 addresses are "
+        "not supported; use a global or unique-local address",
+        "f.yaml:5:9: groups[0].endpoints[1].host: '192.0.2.1' is an IPv4 address but icmp.family is ipv6",
+    ]

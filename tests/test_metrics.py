@@ -109,12 +109,15 @@ def test_error_results_count_by_reason_and_mark_down() -> None:
 
 def test_reload_drops_removed_endpoints_and_keeps_unchanged_state() -> None:
     """Setting new targets removes series of endpoints that went, keeps counters of those that stay."""
-    a, b = target("a"), target("b")
+    a, b = target("a"), target("b", group="gone")
     sink = MetricsSink()
     sink.set_targets([a, b])
-    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(a, (0.01,)), result(b, (0.01,)))))
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(a, (0.01,)),)))
+    sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (result(b, (0.01,)),)))
     sink.set_targets([a, target("c")])
     p = parsed(sink)
+    assert {lb["group"] for lb, _ in p["connmon_cycle_duration_seconds_count"]} == {"g"}
+    assert one(p, "connmon_cycle_duration_seconds_count", group="g") == 1
     assert {lb["endpoint"] for lb, _ in p["connmon_endpoint_info"]} == {"a", "c"}
     assert one(p, "connmon_icmp_packets_sent_total", endpoint="a") == 1
     assert one(p, "connmon_icmp_packets_sent_total", endpoint="c") == 0

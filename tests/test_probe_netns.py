@@ -6,6 +6,8 @@ with what connmon reports.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 
 from tests.conftest import write_config
 from tests.netlab import Lab, Site
+
+RESPONDER_DELAY_SECONDS = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,17 @@ def sites(lab: Lab) -> Iterator[dict[str, Site]]:
     lossy.drop_icmp(probability=0.3)
     dead = lab.add_site("dead")
     dead.drop_icmp()
-    yield {"healthy": healthy, "lossy": lossy, "dead": dead}
+    slow = lab.add_site("slow")
+    slow.exec("sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
+    responder = subprocess.Popen(
+        ["ip", "netns", "exec", slow.ns, sys.executable, str(Path(__file__).with_name("echo_responder.py")),
+         "--delay", str(RESPONDER_DELAY_SECONDS)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
+        yield {"healthy": healthy, "lossy": lossy, "dead": dead, "slow": slow}
+    finally:
+        responder.kill()
+        responder.wait()
 
 
 DEFAULT_ICMP = "{interval: 60s, count: 5, spacing: 50ms, timeout: 1s}"
@@ -137,3 +151,26 @@ def test_no_icmp_permission_stops_start_up_with_the_fix(lab: Lab, tmp_path: Path
         assert proc.returncode == 3, proc.stderr
         assert "CAP_NET_RAW" in proc.stderr and "net.ipv4.ping_group_range" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_rtt_equals_the_delay_the_site_adds(lab: Lab, sites: dict[str, Site], tmp_path: Path) -> None:
+    """A site that answers 300 ms late is reported at 300 ms (plus the responder's own few ms), not less."""
+    slow = sites["slow"]
+    cfg = _config(tmp_path, f"      - {{name: slow, host: {slow.v4}}}",
+                  icmp="{interval: 60s, count: 5, spacing: 50ms, timeout: 2s}")
+    _, results = lab.probe_json(cfg)
+    r = results["slow"]
+    assert r["received"] == 5
+    for rtt in r["rtts_seconds"]:
+        assert RESPONDER_DELAY_SECONDS <= rtt < RESPONDER_DELAY_SECONDS + 0.2
+    assert r["jitter_seconds"] < 0.1
+
+
+def test_replies_after_the_timeout_count_as_lost(lab: Lab, sites: dict[str, Site], tmp_path: Path) -> None:
+    """Each echo waits up to `timeout`: replies 300 ms late against a 200 ms timeout are all lost."""
+    slow = sites["slow"]
+    cfg = _config(tmp_path, f"      - {{name: slow, host: {slow.v4}}}",
+                  icmp="{interval: 60s, count: 5, spacing: 50ms, timeout: 200ms}")
+    code, results = lab.probe_json(cfg)
+    r = results["slow"]
+    assert (code, r["up"], r["sent"], r["received"], r["loss_ratio"]) == (1, False, 5, 0, 1.0)

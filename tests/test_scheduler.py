@@ -86,3 +86,25 @@ def test_the_real_scheduler_spreads_first_runs_and_limits_instances() -> None:
         return sorted(((job.next_run_time - first).total_seconds(), job.max_instances) for job in jobs)
 
     assert asyncio.run(main()) == [(0.0, 1), (15.0, 1), (30.0, 1), (45.0, 1)]
+
+
+def test_reload_keeps_the_schedule_of_jobs_that_stay() -> None:
+    """Re-setting targets keeps surviving jobs' next run, removes gone ones, adds new ones."""
+    before = [target("a", "g1", 60.0), target("b", "g2", 60.0)]
+    after = [target("a", "g1", 60.0), target("c", "g3", 60.0), target("d", "g3", 60.0000001)]
+
+    async def main() -> tuple[dict[str, object], dict[str, object], list[str]]:
+        scheduler = CycleScheduler(ProbeContext(None, lambda: 0.0), ResultPipeline([]))  # type: ignore[arg-type]
+        scheduler.set_targets(before)
+        first = {job.id: job.next_run_time for job in scheduler._scheduler.get_jobs()}
+        await asyncio.sleep(0.05)
+        scheduler.set_targets(after)
+        second = {job.id: job.next_run_time for job in scheduler._scheduler.get_jobs()}
+        batch = next(job.args[2] for job in scheduler._scheduler.get_jobs() if job.id == "icmp:g1:60.0s")
+        return first, second, [t.name for t in batch]
+
+    first, second, g1_batch = asyncio.run(main())
+    assert second["icmp:g1:60.0s"] == first["icmp:g1:60.0s"]  # not restarted by the reload
+    assert "icmp:g2:60.0s" not in second
+    assert {"icmp:g3:60.0s", "icmp:g3:60.0000001s"} <= set(second)  # near-equal intervals do not clash
+    assert g1_batch == ["a"]

@@ -3,7 +3,7 @@
 Every probe module exports ``async def run(targets, ctx) -> list[Result]``: it takes a batch of
 targets (so ICMP can share one socket per family across all of them) and returns one result per
 target, in order. A probe never raises for a target's failure, and never touches metrics, logs
-of state, or storage: those are derived from its results in :mod:`monitor.results`.
+or storage: those are derived from its results in :mod:`monitor.results`.
 Stateful machinery (the ICMP engine, later an HTTP client or subprocess runner) arrives through
 :class:`ProbeContext` so tests and the one-shot CLI can hand in their own.
 """

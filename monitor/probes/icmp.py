@@ -6,12 +6,11 @@ turns targets into echo jobs and outcomes into :class:`~monitor.results.IcmpResu
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from monitor.icmp_engine import EchoJob
-from monitor.resolver import Resolution, resolve
+from monitor.resolver import Resolution, resolve_all
 from monitor.results import IcmpResult
 from monitor.targets import Target
 
@@ -24,10 +23,9 @@ async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
     started_at = ctx.clock()
     engine = ctx.icmp_engine
     names = [t for t in targets if t.address is None]  # literals were canonicalised once, at config load
-    looked_up = await asyncio.gather(*(
-        resolve(t.host, t.icmp.family, engine.families, t.icmp.timeout_seconds) for t in names))
-    by_name = dict(zip((t.name for t in names), looked_up, strict=True))
-    resolutions = [Resolution(t.address) if t.address is not None else by_name[t.name] for t in targets]
+    looked_up = iter(await resolve_all([(t.host, t.icmp.family, t.icmp.timeout_seconds) for t in names],
+                                       engine.families))
+    resolutions = [Resolution(t.address) if t.address is not None else next(looked_up) for t in targets]
     jobs: list[EchoJob] = []
     job_of: dict[int, int] = {}
     for index, (target, resolution) in enumerate(zip(targets, resolutions, strict=True)):
