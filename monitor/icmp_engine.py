@@ -55,6 +55,9 @@ _ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024
 _YIELD_EVERY_SENDS = 256  # let the reader drain between batches of sends
 _MAX_ROUND_SPREAD_SECONDS = 0.001  # gap between two endpoints' echoes within a round, at most
+# Echoes due within this much of now go out together: one event-loop wake-up per millisecond
+# instead of one per echo, while a site's echoes stay within 1 ms of their `spacing`.
+_SLEEP_GRANULARITY_SECONDS = 0.001
 _SEND_ATTEMPTS = 4  # tries of one sendto that would block before the echo is given up
 _MAX_ERRORS_PER_DRAIN = 64  # queued socket errors read in one go before yielding to the loop
 
@@ -314,9 +317,11 @@ class IcmpEngine:
         stats = self.stats
         clock_ns = time.time_ns
         for n, (offset, job_index, echo_index) in enumerate(self._schedule(jobs)):
-            if n % _YIELD_EVERY_SENDS == 0 or offset > time.monotonic() - start:
-                wait = offset - (time.monotonic() - start)
-                await asyncio.sleep(wait if wait > 0 else 0)
+            wait = offset - (time.monotonic() - start)
+            if wait > _SLEEP_GRANULARITY_SECONDS:  # far enough ahead to be worth a wake-up of its own
+                await asyncio.sleep(wait)
+            elif n % _YIELD_EVERY_SENDS == 0:
+                await asyncio.sleep(0)
             job = jobs[job_index]
             outcome = outcomes[job_index]
             fs = self._sockets.get(_family_of(job.address))
