@@ -153,13 +153,16 @@ def test_no_icmp_permission_stops_start_up_with_the_fix(lab: Lab, tmp_path: Path
         assert "Traceback" not in proc.stderr
 
 
+def _probe_slow_site(lab: Lab, site: Site, tmp_path: Path, timeout: str) -> tuple[int, dict]:
+    cfg = _config(tmp_path, f"      - {{name: slow, host: {site.v4}}}",
+                  icmp=f"{{interval: 60s, count: 5, spacing: 50ms, timeout: {timeout}}}")
+    code, results = lab.probe_json(cfg)
+    return code, results["slow"]
+
+
 def test_rtt_equals_the_delay_the_site_adds(lab: Lab, sites: dict[str, Site], tmp_path: Path) -> None:
     """A site that answers 300 ms late is reported at 300 ms (plus the responder's own few ms), not less."""
-    slow = sites["slow"]
-    cfg = _config(tmp_path, f"      - {{name: slow, host: {slow.v4}}}",
-                  icmp="{interval: 60s, count: 5, spacing: 50ms, timeout: 2s}")
-    _, results = lab.probe_json(cfg)
-    r = results["slow"]
+    _, r = _probe_slow_site(lab, sites["slow"], tmp_path, "2s")
     assert r["received"] == 5
     for rtt in r["rtts_seconds"]:
         assert RESPONDER_DELAY_SECONDS <= rtt < RESPONDER_DELAY_SECONDS + 0.2
@@ -168,9 +171,5 @@ def test_rtt_equals_the_delay_the_site_adds(lab: Lab, sites: dict[str, Site], tm
 
 def test_replies_after_the_timeout_count_as_lost(lab: Lab, sites: dict[str, Site], tmp_path: Path) -> None:
     """Each echo waits up to `timeout`: replies 300 ms late against a 200 ms timeout are all lost."""
-    slow = sites["slow"]
-    cfg = _config(tmp_path, f"      - {{name: slow, host: {slow.v4}}}",
-                  icmp="{interval: 60s, count: 5, spacing: 50ms, timeout: 200ms}")
-    code, results = lab.probe_json(cfg)
-    r = results["slow"]
+    code, r = _probe_slow_site(lab, sites["slow"], tmp_path, "200ms")
     assert (code, r["up"], r["sent"], r["received"], r["loss_ratio"]) == (1, False, 5, 0, 1.0)
