@@ -329,20 +329,22 @@ class IcmpEngine:
                 outcome.error = ProbeErrorReason.UNSUPPORTED_FAMILY
                 outcome.error_detail = "no ICMP socket for this address family"
                 continue
-            packet, base_sum = fs.template(self.identifier, self.cookie, job.payload_bytes)
+            template, base_sum = fs.template(self.identifier, self.cookie, job.payload_bytes)
             sequence = self._allocate_sequence(job.address)
             key = (job.address, sequence)
             if key in pending:  # > 65,536 echoes in flight to one address: do not confuse them
                 outcome.error, outcome.error_detail = ProbeErrorReason.SEND_FAILED, "sequence space full"
                 continue
-            struct.pack_into("!HHH", packet, 2, checksum_for_sequence(base_sum, sequence),
+            struct.pack_into("!HHH", template, 2, checksum_for_sequence(base_sum, sequence),
                              self.identifier, sequence)
+            packet: bytes | bytearray = template  # shared: valid only until this coroutine yields
             for attempt in range(_SEND_ATTEMPTS):
                 sent_ns = clock_ns()
                 try:
                     fs.sock.sendto(packet, (job.address, 0))
                 except BlockingIOError:  # socket send buffer full: let the kernel drain it, then retry
                     if attempt + 1 < _SEND_ATTEMPTS:
+                        packet = bytes(packet)  # another cycle may patch the template while we sleep
                         await asyncio.sleep(0.001 * (attempt + 1))
                         continue
                     err: OSError | None = BlockingIOError(errno.EAGAIN, "send buffer full")

@@ -125,3 +125,46 @@ def test_schedule_keeps_each_sites_echoes_spacing_apart_and_spreads_a_round() ->
     assert 0 < max(first_round) <= 0.1  # spread, not one burst, and over at most half the spacing
     few = IcmpEngine._schedule([EchoJob(a, 1, 0.2, 1.0) for a in loopback(3)])
     assert [round(offset, 6) for offset, _, _ in few] == [0.0, 0.001, 0.002]  # 1 ms apart at most
+
+
+class _BusySocket:
+    """A real socket whose every first ``sendto`` of a packet fails as if the send buffer were full.
+
+    A full send buffer cannot be produced on loopback (it never blocks), so this is the one fake.
+    """
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.refused: set[bytes] = set()
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        if bytes(data) not in self.refused:
+            self.refused.add(bytes(data))
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return self.real.sendto(data, address)  # type: ignore[attr-defined,no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+def test_a_send_that_would_block_is_retried_with_its_own_bytes() -> None:
+    """EAGAIN on sendto is retried; two cycles sharing the packet template never swap sequence numbers."""
+    need_root()
+
+    async def main() -> None:
+        engine = IcmpEngine.open("raw")
+        second = [EchoJob(f"127.6.0.{i + 1}", 3, 0.01, 1.0) for i in range(50)]
+        await engine.ping(second)  # moves these addresses' sequence numbers ahead of the others'
+        fs = engine._sockets[2]  # AF_INET
+        fs.sock = _BusySocket(fs.sock)  # type: ignore[assignment]
+        try:
+            a, b = await asyncio.gather(engine.ping([EchoJob(x, 3, 0.01, 1.0) for x in loopback(50)]),
+                                        engine.ping(second))
+        finally:
+            fs.sock = fs.sock.real  # type: ignore[attr-defined]
+            engine.close()
+        for outcomes in (a, b):
+            assert all(o.sent == 3 and None not in o.rtts_seconds for o in outcomes)
+        assert engine.stats.replies_unmatched == 0 and engine.stats.send_errors == 0
+
+    asyncio.run(main())
