@@ -186,14 +186,15 @@ class MetricsSink:
         self._rebuild()
 
     def consume(self, cycle: Cycle) -> None:
-        stats = self._cycles.setdefault((cycle.probe, cycle.group), _CycleStats())
-        stats.total_seconds += cycle.duration_seconds
-        for index, bound in enumerate(CYCLE_BUCKETS_SECONDS):
-            if cycle.duration_seconds <= bound:
-                stats.buckets[index] += 1
-                break
-        else:
-            stats.buckets[-1] += 1
+        stats = self._cycles.get((cycle.probe, cycle.group))  # None: its group went at a reload
+        if stats is not None:
+            stats.total_seconds += cycle.duration_seconds
+            for index, bound in enumerate(CYCLE_BUCKETS_SECONDS):
+                if cycle.duration_seconds <= bound:
+                    stats.buckets[index] += 1
+                    break
+            else:
+                stats.buckets[-1] += 1
         for result in cycle.results:
             state = self._endpoints.get(result.target.name)
             if state is None:  # removed by a reload while its cycle ran
@@ -203,8 +204,10 @@ class MetricsSink:
         self._rebuild()
 
     def cycle_skipped(self, probe: str, group: str) -> None:
-        self._cycles.setdefault((probe, group), _CycleStats()).skipped += 1
-        self._rebuild()
+        stats = self._cycles.get((probe, group))
+        if stats is not None:
+            stats.skipped += 1
+            self._rebuild()
 
     # ------------------------------------------------------------------ output
     def _rebuild(self) -> None:

@@ -115,6 +115,7 @@ def test_reload_drops_removed_endpoints_and_keeps_unchanged_state() -> None:
     sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(a, (0.01,)),)))
     sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (result(b, (0.01,)),)))
     sink.set_targets([a, target("c")])
+    sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (result(b, (0.01,)),)))  # its last cycle, finishing late
     p = parsed(sink)
     assert {lb["group"] for lb, _ in p["connmon_cycle_duration_seconds_count"]} == {"g"}
     assert one(p, "connmon_cycle_duration_seconds_count", group="g") == 1
