@@ -21,6 +21,7 @@ class ProbeErrorReason(enum.StrEnum):
     DNS = "dns"  # the name did not resolve (or resolved to no address of a usable family)
     NO_ROUTE = "no_route"  # the kernel has no route to the address (ENETUNREACH / EHOSTUNREACH)
     PERMISSION = "permission"  # sending was refused locally (EPERM / EACCES, e.g. a firewall REJECT)
+    UNREACHABLE = "unreachable"  # no reply, but ICMP "destination unreachable" came back (router or site)
     UNSUPPORTED_FAMILY = "unsupported_family"  # e.g. an IPv6 address on a host without IPv6 ICMP
     SEND_FAILED = "send_failed"  # any other local error while sending
 

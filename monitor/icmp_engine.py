@@ -51,6 +51,18 @@ _SOL_RAW = 255
 _ICMP_FILTER = 1
 _ICMP6_FILTER = 1
 _ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
+_ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
+_UNREACHABLE: dict[int, int] = {socket.AF_INET: 3, socket.AF_INET6: 1}  # destination unreachable
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_UNREACHABLE_CODES: dict[int, dict[int, str]] = {
+    socket.AF_INET: {0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
+                     3: "port unreachable", 9: "network prohibited", 10: "host prohibited",
+                     13: "administratively prohibited"},
+    socket.AF_INET6: {0: "no route to destination", 1: "administratively prohibited",
+                      3: "address unreachable", 4: "port unreachable"},
+}
 
 RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024
 _YIELD_EVERY_SENDS = 256  # let the reader drain between batches of sends
@@ -89,6 +101,8 @@ class EchoOutcome:
     rtts_seconds: list[float | None] = field(default_factory=list)
     error: ProbeErrorReason | None = None
     error_detail: str = ""
+    unreachable: int = 0  # echoes answered by an ICMP "destination unreachable" instead of a reply
+    unreachable_detail: str = ""  # e.g. "host unreachable from 10.77.1.1"
 
 
 @dataclass(slots=True)
@@ -101,6 +115,7 @@ class EngineStats:
     replies_unmatched: int = 0  # duplicates, other pingers' replies, replies after the cycle
     receive_buffer_drops: int = 0  # kernel-side drops on our sockets (SO_RXQ_OVFL)
     send_errors: int = 0
+    destination_unreachable: int = 0  # echoes answered by an ICMP destination-unreachable message
 
 
 class _Cycle:
@@ -140,6 +155,10 @@ class _FamilySocket:
         self.counts_drops = _try_setsockopt(self.sock, socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
         if privileged:
             self._filter_echo_replies()
+        else:  # a datagram socket sees ICMP errors only through its error queue
+            level, option = ((socket.IPPROTO_IP, _IP_RECVERR) if family == socket.AF_INET
+                             else (socket.IPPROTO_IPV6, _IPV6_RECVERR))
+            self.sock.setsockopt(level, option, 1)
         self.templates: dict[int, tuple[bytearray, int]] = {}
 
     def _raise_receive_buffer(self) -> int:
@@ -149,14 +168,18 @@ class _FamilySocket:
         return size
 
     def _filter_echo_replies(self) -> None:
-        """Ask the kernel to pass only echo replies to this raw socket (not our own requests)."""
+        """Ask the kernel to pass this raw socket only echo replies and destination-unreachable
+        messages (not our own requests, nor the host's other ICMP traffic)."""
+        wanted = (_ECHO_REPLY[self.family], _UNREACHABLE[self.family])
         if self.family == socket.AF_INET:
-            blocked = 0xFFFFFFFF & ~(1 << _ECHO_REPLY[socket.AF_INET])
+            blocked = 0xFFFFFFFF
+            for kind in wanted:
+                blocked &= ~(1 << kind)
             _try_setsockopt(self.sock, _SOL_RAW, _ICMP_FILTER, struct.pack("I", blocked))
         else:
             words = [0xFFFFFFFF] * 8
-            reply = _ECHO_REPLY[socket.AF_INET6]
-            words[reply >> 5] &= ~(1 << (reply & 31))
+            for kind in wanted:
+                words[kind >> 5] &= ~(1 << (kind & 31))
             _try_setsockopt(self.sock, socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("8I", *words))
 
     def template(self, identifier: int, cookie: bytes, payload_bytes: int) -> tuple[bytearray, int]:
@@ -306,6 +329,9 @@ class IcmpEngine:
                 # Some echoes went out: the ones that could not be sent count as lost (loss is taken
                 # over every echo attempted), and the endpoint was probed, so it has no error reason.
                 outcome.error, outcome.error_detail = None, ""
+            if outcome.unreachable and outcome.error is None and all(r is None for r in outcome.rtts_seconds):
+                outcome.error = ProbeErrorReason.UNREACHABLE
+                outcome.error_detail = outcome.unreachable_detail
         return outcomes
 
     async def _send_all(self, jobs: Sequence[EchoJob], outcomes: list[EchoOutcome], cycle: _Cycle,
@@ -349,7 +375,12 @@ class IcmpEngine:
                         continue
                     err: OSError | None = BlockingIOError(errno.EAGAIN, "send buffer full")
                 except OSError as send_error:
+                    # A socket reports a pending asynchronous error (an ICMP error for an earlier echo,
+                    # maybe to another site) once, on whichever call comes next: retry once at once,
+                    # so that only a failure of this send itself counts against this endpoint.
                     err = send_error
+                    if attempt == 0:
+                        continue
                 else:
                     err = None
                 break
@@ -400,8 +431,10 @@ class IcmpEngine:
             try:
                 data, ancillary, _flags, source = recvmsg(2048, 128)
             except (BlockingIOError, InterruptedError):
+                if not fs.privileged:
+                    self._drain_error_queue(fs)
                 return
-            except OSError as err:  # e.g. a queued ICMP error on a datagram socket
+            except OSError as err:  # a datagram socket's pending error (its detail is in the error queue)
                 log.debug("ICMP receive error: %s", err)
                 errors += 1
                 if errors >= _MAX_ERRORS_PER_DRAIN:
@@ -417,6 +450,8 @@ class IcmpEngine:
                         self._note_drops(fs, struct.unpack("I", value[:4])[0])
             offset = (data[0] & 0x0F) * 4 if strip and data else 0
             if len(data) < offset + 16 or data[offset] != reply_type:
+                if len(data) > offset + 8 and data[offset] == _UNREACHABLE[fs.family]:
+                    self._raw_unreachable(fs, data, offset, source[0])
                 continue
             ident, sequence = struct.unpack_from("!HH", data, offset + 4)
             address = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
@@ -437,11 +472,80 @@ class IcmpEngine:
             if cycle.outstanding == 0 and not cycle.sending:
                 cycle.done.set()
 
+    def _raw_unreachable(self, fs: _FamilySocket, data: bytes, offset: int, offender: str) -> None:
+        """A raw socket got a destination-unreachable message: find the echo it quotes."""
+        quoted = offset + 8  # the original IP header follows the 8-byte ICMP error header
+        if fs.family == socket.AF_INET:
+            if len(data) < quoted + 20 or data[quoted + 9] != socket.IPPROTO_ICMP:
+                return
+            destination = socket.inet_ntop(socket.AF_INET, data[quoted + 16:quoted + 20])
+            echo = quoted + (data[quoted] & 0x0F) * 4
+        else:
+            if len(data) < quoted + 40 or data[quoted + 6] != socket.IPPROTO_ICMPV6:
+                return
+            destination = socket.inet_ntop(socket.AF_INET6, data[quoted + 24:quoted + 40])
+            echo = quoted + 40
+        if len(data) < echo + 16 or data[echo] != _ECHO_REQUEST[fs.family]:
+            return
+        ident, sequence = struct.unpack_from("!HH", data, echo + 4)
+        if ident == self.identifier:
+            self._settle_unreachable(destination, sequence, data[echo + 8:echo + 16],
+                                     _describe_unreachable(fs.family, data[offset + 1], offender))
+
+    def _drain_error_queue(self, fs: _FamilySocket) -> None:
+        """Read a datagram socket's error queue: each entry quotes one of our echoes."""
+        for _ in range(_MAX_ERRORS_PER_DRAIN):
+            try:
+                data, ancillary, _flags, source = fs.sock.recvmsg(2048, 256, _MSG_ERRQUEUE)
+            except OSError:  # empty (EAGAIN), or nothing more to say
+                return
+            if len(data) < 16 or data[0] != _ECHO_REQUEST[fs.family]:
+                continue
+            for _level, _kind, value in ancillary:
+                if len(value) < 16:
+                    continue
+                # struct sock_extended_err: errno, origin, type, code, pad, info, data; then the offender
+                _errno, origin, kind, code = struct.unpack_from("IBBB", value)
+                if (origin, kind) not in ((2, 3), (3, 1)):  # ICMP or ICMPv6 destination unreachable
+                    continue
+                offender = _sockaddr_address(value[16:], fs.family) or "?"
+                sequence = struct.unpack_from("!H", data, 6)[0]
+                destination = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
+                self._settle_unreachable(destination, sequence, data[8:16],
+                                         _describe_unreachable(fs.family, code, offender))
+
+    def _settle_unreachable(self, destination: str, sequence: int, cookie: bytes, detail: str) -> None:
+        entry = self._pending.get((destination, sequence))
+        if entry is None or cookie != self.cookie:
+            return
+        del self._pending[(destination, sequence)]
+        cycle, outcome, _echo_index, _sent_ns, _timeout_ns = entry
+        outcome.unreachable += 1
+        outcome.unreachable_detail = detail
+        self.stats.destination_unreachable += 1
+        cycle.outstanding -= 1
+        if cycle.outstanding == 0 and not cycle.sending:
+            cycle.done.set()
+
     def _note_drops(self, fs: _FamilySocket, total: int) -> None:
         previous = self._drops_seen.get(fs.family, 0)
         if total > previous:
             self.stats.receive_buffer_drops += total - previous
             self._drops_seen[fs.family] = total
+
+
+def _describe_unreachable(family: int, code: int, offender: str) -> str:
+    what = _UNREACHABLE_CODES[family].get(code, f"destination unreachable (code {code})")
+    return f"{what} from {offender}"
+
+
+def _sockaddr_address(raw: bytes, family: int) -> str | None:
+    """The address in a raw ``sockaddr_in``/``sockaddr_in6`` (the offender of an extended error)."""
+    if family == socket.AF_INET and len(raw) >= 8:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8])
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    return None
 
 
 def _family_of(address: str) -> int:

@@ -62,7 +62,8 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("connmon_icmp_rtt_seconds", "histogram", "Round-trip time of every answered echo."),
     ("connmon_icmp_packets_sent_total", "counter", "Echo requests sent."),
     ("connmon_icmp_packets_received_total", "counter", "Echo replies received within the timeout."),
-    ("connmon_probe_errors_total", "counter", "Cycles in which an endpoint could not be probed, by reason."),
+    ("connmon_probe_errors_total", "counter",
+     "Cycles in which an endpoint could not be probed, or answered only with ICMP unreachable, by reason."),
     ("connmon_last_probe_timestamp_seconds", "gauge", "Unix time the endpoint's last cycle started, by probe."),
 )
 _F = {name: index for index, (name, _, _) in enumerate(_FAMILIES)}

@@ -26,6 +26,11 @@ def sites(lab: Lab) -> Iterator[dict[str, Site]]:
     lossy.drop_icmp(probability=0.3)
     dead = lab.add_site("dead")
     dead.drop_icmp()
+    rejecting = lab.add_site("rejecting")  # a firewall that answers "host unreachable"
+    rejecting.exec("iptables", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "REJECT",
+                   "--reject-with", "icmp-host-unreachable")
+    rejecting.exec("ip6tables", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", "-j", "REJECT",
+                   "--reject-with", "icmp6-addr-unreachable")
     slow = lab.add_site("slow")
     slow.exec("sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
     responder = subprocess.Popen(
@@ -33,7 +38,7 @@ def sites(lab: Lab) -> Iterator[dict[str, Site]]:
          "--delay", str(RESPONDER_DELAY_SECONDS)], stdout=subprocess.PIPE, text=True)
     try:
         assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
-        yield {"healthy": healthy, "lossy": lossy, "dead": dead, "slow": slow}
+        yield {"healthy": healthy, "lossy": lossy, "dead": dead, "slow": slow, "rejecting": rejecting}
     finally:
         responder.kill()
         responder.wait()
@@ -173,3 +178,28 @@ def test_replies_after_the_timeout_count_as_lost(lab: Lab, sites: dict[str, Site
     """Each echo waits up to `timeout`: replies 300 ms late against a 200 ms timeout are all lost."""
     code, r = _probe_slow_site(lab, sites["slow"], tmp_path, "200ms")
     assert (code, r["up"], r["sent"], r["received"], r["loss_ratio"]) == (1, False, 5, 0, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["raw", "unprivileged"])
+def test_destination_unreachable_is_a_reason_and_harms_no_other_site(
+        lab: Lab, sites: dict[str, Site], tmp_path: Path, mode: str) -> None:
+    """A site answering "unreachable" gets that reason and who said it; others in the batch are untouched."""
+    rej, h = sites["rejecting"], sites["healthy"]
+    cfg = _config(tmp_path, f"""
+      - {{name: rej-v4, host: {rej.v4}}}
+      - {{name: rej-v6, host: "{rej.v6}"}}
+      - {{name: v4, host: {h.v4}}}
+      - {{name: v6, host: "{h.v6}"}}
+""", icmp="{interval: 60s, count: 20, spacing: 10ms, timeout: 1s}")
+    lab.allow_unprivileged_icmp(mode == "unprivileged")
+    try:
+        code, results = lab.probe_json(cfg, "--icmp-mode", mode, no_net_raw=mode == "unprivileged")
+    finally:
+        lab.allow_unprivileged_icmp(False)
+    assert code == 1
+    for name, address, what in (("rej-v4", rej.v4, "host unreachable"), ("rej-v6", rej.v6, "address unreachable")):
+        r = results[name]
+        assert (r["error"], r["up"], r["sent"], r["received"], r["loss_ratio"]) == ("unreachable", False, 20, 0, 1.0)
+        assert r["error_detail"] == f"{what} from {address}"
+    for name in ("v4", "v6"):  # a pending socket error from the rejecting site must not hit their sends
+        assert (results[name]["received"], results[name]["error"]) == (20, None)
