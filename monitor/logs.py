@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from monitor.errors import ProbeErrorReason
 from monitor.results import Cycle, IcmpResult
 from monitor.targets import Target
 
@@ -99,7 +100,9 @@ class EventLogSink:
         if previous == (result.up, reason):
             return
         extra = {"endpoint": name, "probe": "icmp", "address": result.address, "reason": reason}
-        if result.error is not None:
+        if result.error is ProbeErrorReason.UNREACHABLE:
+            log.warning("down: %s (%d echoes)", result.error_detail, result.sent, extra=extra)
+        elif result.error is not None:
             log.warning("cannot probe: %s", result.error_detail or reason, extra=extra)
         elif result.up:
             rtt = result.rtt_avg_seconds or 0.0

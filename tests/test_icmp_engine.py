@@ -168,3 +168,33 @@ def test_a_send_that_would_block_is_retried_with_its_own_bytes() -> None:
         assert engine.stats.replies_unmatched == 0 and engine.stats.send_errors == 0
 
     asyncio.run(main())
+
+
+def _quoted_v4(ihl: int, tail: bytes) -> bytes:
+    """An ICMP error header, then a quoted IPv4 header claiming ICMP with any IHL, then anything."""
+    return b"\x03\x01\0\0\0\0\0\0" + bytes([0x40 | ihl]) + b"\0" * 8 + b"\x01" + b"\0" * 10 + tail
+
+
+def _quoted_v6(tail: bytes) -> bytes:
+    """An ICMPv6 error header, then a quoted IPv6 header claiming ICMPv6, then anything."""
+    return b"\x01\x03\0\0\0\0\0\0" + b"\x60" + b"\0" * 5 + b"\x3a" + b"\0" * 33 + tail
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(packet=st.one_of(
+    st.tuples(st.just(2), st.binary(max_size=120)),
+    st.tuples(st.just(2), st.builds(_quoted_v4, st.integers(0, 15), st.binary(max_size=40))),
+    st.tuples(st.just(10), st.binary(max_size=120)),
+    st.tuples(st.just(10), st.builds(_quoted_v6, st.binary(max_size=40)))))
+def test_malformed_icmp_errors_never_raise(packet: tuple[int, bytes]) -> None:
+    """Whatever arrives as a destination-unreachable message (truncated, lying headers), parsing never raises."""
+    need_root()
+    family, data = packet
+    engine = IcmpEngine.open("raw")
+    try:
+        fs = engine._sockets.get(family)
+        if fs is not None:
+            engine._raw_unreachable(fs, data, 0, "192.0.2.1")
+        assert engine.stats.destination_unreachable == 0  # nothing pending could be matched
+    finally:
+        engine.close()
