@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +144,18 @@ def merge_icmp(*levels: IcmpOverrides | None) -> IcmpSettings:
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+@functools.lru_cache(maxsize=65_536)
 def normalize_ip(text: str) -> str | None:
-    """Return the canonical text of an IP literal (``::0001`` → ``::1``), or None if it is not one."""
+    """Return the canonical text of an IP literal (``::0001`` → ``::1``), or None if it is not one.
+
+    IPv4 goes through ``inet_pton`` (strict: no leading zeros, as ``ipaddress``) because
+    ``ipaddress`` costs ~30 µs a call and a 10,000-site config asks several times per host.
+    """
+    if ":" not in text:
+        try:
+            return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+        except OSError:
+            return None
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
