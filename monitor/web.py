@@ -20,11 +20,13 @@ EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def build_app(metrics: MetricsSink, is_ready: Callable[[], bool]) -> web.Application:
-    async def serve_metrics(_request: web.Request) -> web.StreamResponse:
+    """The routes; ``is_ready`` is asked at each /-/ready so start-up and shutdown answer 503."""
+
+    async def serve_metrics(request: web.Request) -> web.StreamResponse:
         chunks = metrics.exposition()
         response = web.StreamResponse(headers={"Content-Type": EXPOSITION_CONTENT_TYPE})
         response.content_length = sum(len(chunk) for chunk in chunks)
-        await response.prepare(_request)
+        await response.prepare(request)
         for chunk in chunks:
             await response.write(chunk)
         await response.write_eof()
