@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from monitor import __version__
 from monitor.config import load_config
@@ -21,8 +21,9 @@ from monitor.icmp_engine import IcmpEngine
 from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
-from monitor.results import IcmpResult
-from monitor.targets import build_targets, select
+from monitor.probes.iperf3 import find_iperf3
+from monitor.results import IcmpResult, ThroughputResult
+from monitor.targets import Target, build_targets, select
 
 
 def _listen_address(text: str) -> str:
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="only this endpoint (repeatable)")
     probe.add_argument("--json", action="store_true", help="one JSON object per endpoint per line")
     probe.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"))
+    probe.add_argument("--throughput", action="store_true",
+                       help="also run the throughput tests now (download and upload as the site sees them)")
     return parser
 
 
@@ -88,24 +91,105 @@ def _check(path: str) -> int:
 
 
 async def _probe(args: argparse.Namespace) -> int:
-    targets = build_targets(load_config(args.config))
+    config = load_config(args.config)
+    targets = build_targets(config)
     try:
         chosen = select(targets, args.endpoint)
     except KeyError as err:
         print(f"connmon: no such endpoint in {args.config}: {err.args[0]}", file=sys.stderr)
         return 2
     engine = IcmpEngine.open(args.icmp_mode)
+    ctx = ProbeContext(engine, time.time, iperf3_path=find_iperf3(),
+                       throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
     try:
-        results = await PROBES["icmp"](chosen, ProbeContext(engine, time.time))
+        results = [r for r in await PROBES["icmp"](chosen, ctx) if isinstance(r, IcmpResult)]
     finally:
         engine.close()
+    tests: dict[str, ThroughputResult] = {}
+    if args.throughput:
+        tests = await _throughput_now(chosen, ctx)
     if args.json:
         for result in results:
-            print(json.dumps(result_to_json(result), ensure_ascii=False), flush=False)
+            entry = result_to_json(result)
+            if args.throughput:
+                entry.update(throughput_to_json(result.target, tests.get(result.target.name)))
+            print(json.dumps(entry, ensure_ascii=False), flush=False)
     else:
         print(format_table(results))
+        if args.throughput:
+            print()
+            print(format_throughput_table(chosen, tests))
     sys.stdout.flush()
-    return 0 if all(r.up for r in results) else 1
+    failed = [t for t in tests.values() if t.error is not None or t.target_met is False]
+    return 0 if all(r.up for r in results) and not failed else 1
+
+
+async def _throughput_now(targets: Sequence[Target], ctx: ProbeContext) -> dict[str, ThroughputResult]:
+    """Run every configured test now, all methods at once (the context's slots bound them)."""
+    by_method: dict[str, list[Target]] = {}
+    for target in targets:
+        if target.throughput.enabled:
+            by_method.setdefault(target.throughput.method, []).append(target)
+    batches = await asyncio.gather(*(PROBES[method](batch, ctx) for method, batch in by_method.items()))
+    return {r.target.name: r for batch in batches for r in batch if isinstance(r, ThroughputResult)}
+
+
+def throughput_to_json(target: Target, test: ThroughputResult | None) -> dict[str, object]:
+    """The fields ``--throughput`` adds to an endpoint's JSON object (rates in bits per second)."""
+    if test is None:
+        return {"throughput_method": None, "download_bits_per_second": None, "upload_bits_per_second": None,
+                "target_bits_per_second": target.target_bits_per_second,
+                "target_upload_bits_per_second": target.target_upload_bits_per_second,
+                "target_met": None, "throughput_error": "not_configured", "throughput_error_detail": None}
+    return {
+        "throughput_method": test.method,
+        "download_bits_per_second": test.download_bits_per_second,
+        "upload_bits_per_second": test.upload_bits_per_second,
+        "target_bits_per_second": target.target_bits_per_second,
+        "target_upload_bits_per_second": target.target_upload_bits_per_second,
+        "target_met": test.target_met,
+        "throughput_error": test.error.value if test.error else None,
+        "throughput_error_detail": test.error_detail or None,
+        "throughput_bytes": test.bytes,
+        "throughput_started_at": test.started_at, "throughput_ended_at": test.ended_at,
+        "throughput_directions": [
+            {"direction": d.direction, "bits_per_second": d.bits_per_second, "bytes": d.bytes,
+             "measured_seconds": d.measured_seconds, "retransmits": d.retransmits,
+             "started_at": d.started_at, "ended_at": d.ended_at,
+             "error": d.error.value if d.error else None, "error_detail": d.error_detail or None}
+            for d in test.directions],
+    }
+
+
+def _mbps(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f}"
+
+
+def format_throughput_table(targets: Sequence[Target], tests: Mapping[str, ThroughputResult]) -> str:
+    """Mbit/s per direction (the site's) against the target, one row per endpoint with a method."""
+    header = ("ENDPOINT", "METHOD", "DOWNLOAD Mbit/s", "UPLOAD Mbit/s", "TARGET Mbit/s", "VERDICT", "ERROR")
+    rows = [header]
+    for target in targets:
+        test = tests.get(target.name)
+        if test is None:
+            continue
+        verdict = {True: "met", False: "BELOW TARGET", None: "unknown"}[test.target_met]
+        goal = _mbps(target.target_bits_per_second)
+        if target.target_upload_bits_per_second is not None:
+            goal += f" / {_mbps(target.target_upload_bits_per_second)} up"
+        rows.append((target.name, test.method, _mbps(test.download_bits_per_second),
+                     _mbps(test.upload_bits_per_second), goal, verdict,
+                     f"{test.error.value}: {test.error_detail}" if test.error else ""))
+    if len(rows) == 1:
+        return "no endpoint has a throughput method configured"
+    return _table(rows) + f"\n{len(rows) - 1} tested, {sum(1 for r in rows[1:] if r[5] == 'met')} met the target"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    shown = [[cell.replace("\n", "\\n") for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in shown)
 
 
 def result_to_json(result: IcmpResult) -> dict[str, object]:
@@ -138,10 +222,5 @@ def format_table(results: Sequence[IcmpResult]) -> str:
                      "up" if r.up else "DOWN", str(r.sent), str(r.received), f"{r.loss_ratio:.0%}",
                      _ms(r.rtt_min_seconds), _ms(r.rtt_avg_seconds), _ms(r.rtt_max_seconds),
                      _ms(r.jitter_seconds), f"{r.error.value}: {r.error_detail}" if r.error else ""))
-    shown = [[cell.replace("\n", "\\n") for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in shown]
     down = sum(1 for r in results if not r.up)
-    lines.append(f"{len(results)} endpoints, {len(results) - down} up, {down} down")
-    return "\n".join(lines)
+    return _table(rows) + f"\n{len(results)} endpoints, {len(results) - down} up, {down} down"

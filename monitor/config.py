@@ -19,6 +19,8 @@ import functools
 import ipaddress
 import re
 import socket
+import urllib.parse
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import ConfigError, ConfigProblem
+from monitor.sizes import parse_size
+from monitor.windows import TimeWindow, parse_window
 
 try:  # libyaml's C composer is ~10x faster on large site lists; marks are kept either way.
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -36,6 +40,9 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = yaml.SafeLoader
 
 AddressFamilyChoice = Literal["any", "ipv4", "ipv6"]
+ThroughputMethod = Literal["none", "iperf3", "http"]
+Direction = Literal["download", "upload"]
+DIRECTIONS: tuple[Direction, ...] = ("download", "upload")
 _MAX_NODE_VISITS = 5_000_000  # far above 10,000 sites × ~10 nodes; stops alias bombs
 # Without aliases a walk visits well under one node per character of text; the budget allows 8
 # per character (plus a floor) so that aliases that multiply are refused in time proportional to
@@ -75,12 +82,60 @@ class IcmpSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class IcmpOverrides:
-    """The ICMP keys written at one level (defaults, a group or an endpoint), already validated."""
+class ThroughputSettings:
+    """Final throughput-test settings of one endpoint, in base units.
+
+    Directions are the site's: *download* is data flowing to the site, *upload* data from it.
+    A test runs ``omit_seconds`` of warm-up (TCP slow start, not counted) and then measures for
+    ``duration_seconds``, or until ``max_bytes`` have moved, whichever comes first.
+    """
+
+    method: ThroughputMethod = "none"
+    every_seconds: float = 6 * 3600.0
+    windows: tuple[TimeWindow, ...] = ()
+    timezone: str = "UTC"
+    directions: tuple[Direction, ...] = ()  # empty: every direction the method and URLs allow
+    duration_seconds: float = 10.0
+    omit_seconds: float = 1.0
+    max_bytes: int | None = None
+    parallel: int = 1
+    port: int = 5201
+    timeout_seconds: float = 10.0  # allowed beyond omit + duration for connecting and results
+    url: str | None = None  # http: fetched by connmon, so it measures the site's upload
+    upload_url: str | None = None  # http: receives a generated body, so it measures the site's download
+    upload_method: Literal["POST", "PUT"] = "POST"
+    monthly_budget_bytes: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def effective_directions(self) -> tuple[Direction, ...]:
+        """The directions to test: as configured, else all the method can do with the URLs given."""
+        if self.directions:
+            return self.directions
+        if self.method == "http":
+            urls: tuple[tuple[Direction, str | None], ...] = (("download", self.upload_url), ("upload", self.url))
+            return tuple(d for d, url in urls if url)
+        return DIRECTIONS
+
+    @property
+    def test_bound_seconds(self) -> float:
+        """Longest one direction's test may take before it is stopped as a timeout."""
+        return self.omit_seconds + self.duration_seconds + self.timeout_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """The keys of one settings block (``icmp``, ``throughput``) written at one level, validated."""
 
     values: Mapping[str, Any]
     location: Location
     path: str = "icmp"
+
+
+IcmpOverrides = Overrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +151,9 @@ class EndpointConfig:
     lat: float | None = None
     lon: float | None = None
     target_mbps: float | None = None
-    icmp: IcmpOverrides | None = None
+    target_upload_mbps: float | None = None
+    icmp: Overrides | None = None
+    throughput: Overrides | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +167,9 @@ class GroupConfig:
     district: str | None = None
     link: str | None = None
     target_mbps: float | None = None
-    icmp: IcmpOverrides | None = None
+    target_upload_mbps: float | None = None
+    icmp: Overrides | None = None
+    throughput: Overrides | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +177,9 @@ class Defaults:
     """Top-level defaults that cascade to groups, then endpoints."""
 
     target_mbps: float = 4.0
-    icmp: IcmpOverrides | None = None
+    target_upload_mbps: float | None = None
+    icmp: Overrides | None = None
+    throughput: Overrides | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +189,32 @@ class Config:
     source: str
     defaults: Defaults = field(default_factory=Defaults)
     groups: tuple[GroupConfig, ...] = ()
+    throughput_max_concurrent: int = 2  # tests at once across all sites, so our own uplink is not the bottleneck
 
 
-def merge_icmp(*levels: IcmpOverrides | None) -> IcmpSettings:
-    """Apply ICMP overrides from the least to the most specific level onto the built-in defaults."""
-    settings = IcmpSettings()
+_S = TypeVar("_S", IcmpSettings, ThroughputSettings)
+
+
+def _merge(settings: _S, levels: Sequence[Overrides | None]) -> _S:
     for level in levels:
         if level is not None and level.values:
             settings = dataclasses.replace(settings, **level.values)
     return settings
+
+
+def merge_icmp(*levels: Overrides | None) -> IcmpSettings:
+    """Apply ICMP overrides from the least to the most specific level onto the built-in defaults."""
+    return _merge(IcmpSettings(), levels)
+
+
+def merge_throughput(*levels: Overrides | None) -> ThroughputSettings:
+    """Apply throughput overrides from the least to the most specific level onto the defaults."""
+    return _merge(ThroughputSettings(), levels)
+
+
+def expand_url(template: str, host: str) -> str:
+    """Put the endpoint's host into a URL template (``http://{host}:8080/blob``); IPv6 gets brackets."""
+    return template.replace("{host}", f"[{host}]" if ":" in host else host)
 
 
 # ----------------------------------------------------------------------------- host names
@@ -329,10 +407,30 @@ _ICMP_KEYS = {
     "payload_bytes": "payload_bytes",
     "family": "family",
 }
-_ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "icmp")
-_GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "icmp", "endpoints")
-_DEFAULT_KEYS = ("target_mbps", "icmp")
-_TOP_KEYS = ("defaults", "groups")
+_THROUGHPUT_KEYS = {
+    # config key: ThroughputSettings field
+    "method": "method",
+    "every": "every_seconds",
+    "windows": "windows",
+    "timezone": "timezone",
+    "directions": "directions",
+    "duration": "duration_seconds",
+    "omit": "omit_seconds",
+    "bytes": "max_bytes",
+    "parallel": "parallel",
+    "port": "port",
+    "timeout": "timeout_seconds",
+    "url": "url",
+    "upload_url": "upload_url",
+    "upload_method": "upload_method",
+    "monthly_budget": "monthly_budget_bytes",
+}
+_ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
+                  "throughput")
+_GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
+               "endpoints")
+_DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
+_TOP_KEYS = ("defaults", "groups", "throughput")
 
 
 def _icmp_overrides(w: _Walker, node: Node, path: str) -> IcmpOverrides | None:
@@ -348,6 +446,105 @@ def _icmp_overrides(w: _Walker, node: Node, path: str) -> IcmpOverrides | None:
         "family": lambda n, p: w.choice(n, p, ("any", "ipv4", "ipv6")),
     })
     return IcmpOverrides({_ICMP_KEYS[k]: v for k, v in read.items()}, w.where(node), path)
+
+
+def _throughput_overrides(w: _Walker, node: Node, path: str) -> Overrides | None:
+    values = w.mapping(node, path, tuple(_THROUGHPUT_KEYS))
+    if values is None:
+        return None
+    read = w.fields(values, path, {
+        "method": lambda n, p: w.choice(n, p, ("none", "iperf3", "http")),
+        "every": lambda n, p: w.duration(n, p, 10.0, 31 * 86400.0),
+        "windows": lambda n, p: _windows(w, n, p),
+        "timezone": lambda n, p: _timezone(w, n, p),
+        "directions": lambda n, p: _directions(w, n, p),
+        "duration": lambda n, p: w.duration(n, p, 1.0, 600.0),
+        "omit": lambda n, p: w.duration(n, p, 0.0, 60.0),
+        "bytes": lambda n, p: _size(w, n, p),
+        "parallel": lambda n, p: w.number(n, p, 1, 128, integer=True),
+        "port": lambda n, p: w.number(n, p, 1, 65535, integer=True),
+        "timeout": lambda n, p: w.duration(n, p, 1.0, 600.0),
+        "url": lambda n, p: _url(w, n, p),
+        "upload_url": lambda n, p: _url(w, n, p),
+        "upload_method": lambda n, p: w.choice(n, p, ("POST", "PUT")),
+        "monthly_budget": lambda n, p: _size(w, n, p),
+    })
+    return Overrides({_THROUGHPUT_KEYS[k]: v for k, v in read.items()}, w.where(node), path)
+
+
+def _windows(w: _Walker, node: Node, path: str) -> tuple[TimeWindow, ...] | None:
+    items = w.sequence(node, path)
+    if items is None:
+        return None
+    out = []
+    for index, item in enumerate(items):
+        text = w.string(item, f"{path}[{index}]")
+        if text is None:
+            return None
+        try:
+            out.append(parse_window(text))
+        except ValueError as err:
+            w.problem(item, f"{path}[{index}]", str(err))
+            return None
+    return tuple(out)
+
+
+def _timezone(w: _Walker, node: Node, path: str) -> str | None:
+    text = w.string(node, path)
+    if text is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        w.problem(node, path, f"unknown time zone '{text}'; use an IANA name such as Asia/Almaty or UTC")
+        return None
+    return text
+
+
+def _directions(w: _Walker, node: Node, path: str) -> tuple[str, ...] | None:
+    if isinstance(node, ScalarNode) and node.tag == _TAG + "str":  # `directions: download` is a list of one
+        one = w.choice(node, path, DIRECTIONS)
+        return None if one is None else (one,)
+    items = w.sequence(node, path)
+    if items is None:
+        return None
+    chosen = [w.choice(item, f"{path}[{i}]", DIRECTIONS) for i, item in enumerate(items)]
+    if any(c is None for c in chosen):
+        return None
+    if not chosen:
+        w.problem(node, path, "must name at least one of download, upload")
+        return None
+    return tuple(d for d in DIRECTIONS if d in chosen)
+
+
+def _size(w: _Walker, node: Node, path: str) -> int | None:
+    scalar = w.scalar(node, path, ("str", "int"), "a size like 25MB or 2GB")
+    if scalar is None:
+        return None
+    try:
+        size = parse_size(str(scalar.value))
+    except ValueError as err:
+        w.problem(node, path, str(err))
+        return None
+    if size <= 0:
+        w.problem(node, path, "must be more than 0 bytes")
+        return None
+    return size
+
+
+def _url(w: _Walker, node: Node, path: str) -> str | None:
+    text = w.string(node, path)
+    if text is None:
+        return None
+    parts = urllib.parse.urlsplit(expand_url(text.strip(), "example.net"))
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:  # a port that is not a number or out of range
+        valid = False
+    if not valid or any(c.isspace() for c in text.strip()):
+        w.problem(node, path, f"'{text}' is not an http:// or https:// URL ({{host}} stands for the endpoint's host)")
+        return None
+    return text.strip()
 
 
 def _target_mbps(w: _Walker, node: Node, path: str) -> float | None:
@@ -366,7 +563,9 @@ def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
         "lat": lambda n, p: w.number(n, p, -90.0, 90.0),
         "lon": lambda n, p: w.number(n, p, -180.0, 180.0),
         "target_mbps": lambda n, p: _target_mbps(w, n, p),
+        "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
+        "throughput": lambda n, p: _throughput_overrides(w, n, p),
     })
     if "name" not in read or "host" not in read:
         return None
@@ -398,7 +597,9 @@ def _group(w: _Walker, node: Node, path: str) -> GroupConfig | None:
         "district": w.string,
         "link": w.string,
         "target_mbps": lambda n, p: _target_mbps(w, n, p),
+        "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
+        "throughput": lambda n, p: _throughput_overrides(w, n, p),
     })
     endpoints: list[EndpointConfig] = []
     if "endpoints" in values:
@@ -427,6 +628,7 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
     reported: set[Location] = set()
     for group in config.groups:
         for endpoint in group.endpoints:
+            _check_throughput(w, config, group, endpoint, reported)
             settings = merge_icmp(config.defaults.icmp, group.icmp, endpoint.icmp)
             where, where_path = next(
                 ((lvl.location, lvl.path) for lvl in (endpoint.icmp, group.icmp, config.defaults.icmp)
@@ -450,6 +652,36 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
                         loc.file, loc.line, loc.column, f"{endpoint.path}.host",
                         f"'{endpoint.host}' is an {'IPv6' if is_v6 else 'IPv4'} address but icmp.family is "
                         f"{own_family}"))
+
+
+def _check_throughput(w: _Walker, config: Config, group: GroupConfig, endpoint: EndpointConfig,
+                      reported: set[Location]) -> None:
+    """An endpoint's final throughput settings must be runnable: URLs for http, tests that fit ``every``."""
+    levels = (config.defaults.throughput, group.throughput, endpoint.throughput)
+    settings = merge_throughput(*levels)
+    if not settings.enabled:
+        return
+    where, where_path = next(((lvl.location, lvl.path) for lvl in reversed(levels) if lvl is not None),
+                             (endpoint.location, "throughput"))
+    if where in reported:
+        return
+    problems = []
+    if settings.method == "http":
+        needs = {"download": "upload_url", "upload": "url"}
+        missing = [f"{d} needs {needs[d]}" for d in settings.directions
+                   if getattr(settings, needs[d]) is None]
+        if missing:
+            problems.append(f"method http: {'; '.join(missing)} (endpoint '{endpoint.name}')")
+        elif not settings.effective_directions:
+            problems.append(f"method http needs url (measures the site's upload) or upload_url (its download) "
+                            f"(endpoint '{endpoint.name}')")
+    total = settings.test_bound_seconds * max(1, len(settings.effective_directions))
+    if total > settings.every_seconds:
+        problems.append(f"a test may take up to {total:g}s (omit + duration + timeout per direction), more than "
+                        f"every {format_duration(settings.every_seconds)} (endpoint '{endpoint.name}')")
+    if problems:
+        reported.add(where)
+        w.problems.extend(ConfigProblem(where.file, where.line, where.column, where_path, text) for text in problems)
 
 
 _LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as a line break
@@ -513,9 +745,17 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
         values = w.mapping(top["defaults"], "defaults", _DEFAULT_KEYS) or {}
         read = w.fields(values, "defaults", {
             "target_mbps": lambda n, p: _target_mbps(w, n, p),
+            "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
             "icmp": lambda n, p: _icmp_overrides(w, n, p),
+            "throughput": lambda n, p: _throughput_overrides(w, n, p),
         })
         defaults = Defaults(**read)
+    max_concurrent = 2
+    if "throughput" in top:
+        values = w.mapping(top["throughput"], "throughput", ("max_concurrent",)) or {}
+        if "max_concurrent" in values:
+            got = w.number(values["max_concurrent"], "throughput.max_concurrent", 1, 1000, integer=True)
+            max_concurrent = int(got) if got is not None else max_concurrent
     groups: list[GroupConfig] = []
     for gi, gnode in enumerate(w.sequence(top["groups"], "groups") or () if "groups" in top else ()):
         group = _group(w, gnode, f"groups[{gi}]")
@@ -523,7 +763,8 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
             continue
         groups.append(group)
         _collect_names(gnode, f"groups[{gi}]", names)
-    return Config(source=source, defaults=defaults, groups=tuple(groups)), names
+    config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent)
+    return config, names
 
 
 def _first_value(node: MappingNode, key: str) -> Node | None:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Sequence
 
 from monitor.config import load_config
 from monitor.errors import ConfigError
@@ -19,9 +20,10 @@ from monitor.icmp_engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.metrics import MetricsSink
 from monitor.probes import ProbeContext
+from monitor.probes.iperf3 import find_iperf3
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
-from monitor.targets import build_targets
+from monitor.targets import Target, build_targets
 from monitor.web import build_app, start_server
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,16 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
     targets = build_targets(config)
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
-    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats))
+    iperf3_path = find_iperf3()
+    _warn_missing_tools(targets, iperf3_path)
+    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)})
     pipeline = ResultPipeline([metrics, EventLogSink()])
     for sink in pipeline.sinks:
         sink.set_targets(targets)
     metrics.config_loaded(True)
-    scheduler = CycleScheduler(ProbeContext(engine, time.time), pipeline)
+    ctx = ProbeContext(engine, time.time, iperf3_path=iperf3_path,
+                       throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
+    scheduler = CycleScheduler(ctx, pipeline, throughput_max_concurrent=config.throughput_max_concurrent)
     ready = False
     try:
         runner = await start_server(build_app(metrics, lambda: ready), listen)
@@ -63,11 +69,16 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
     def reload() -> None:
         """Validate and build the new config completely; only then swap it in."""
         try:
-            new_targets = build_targets(load_config(config_path))
+            new_config = load_config(config_path)
+            new_targets = build_targets(new_config)
         except ConfigError as err:
             metrics.config_loaded(False)
             log.error("reload failed, keeping the running config:\n%s", err)
             return
+        _warn_missing_tools(new_targets, iperf3_path)
+        if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
+            scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
+            ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
         try:
             scheduler.set_targets(new_targets)
         except Exception:  # never leave a half-applied reload looking successful
@@ -94,3 +105,12 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
     engine.close()
     log.info("stopped")
     return 0
+
+
+def _warn_missing_tools(targets: Sequence[Target], iperf3_path: str | None) -> None:
+    """Say once, at start-up or reload, that iperf3 tests cannot run; ICMP goes on regardless."""
+    users = [t.name for t in targets if t.throughput.method == "iperf3"]
+    if users and iperf3_path is None:
+        log.warning("iperf3 is not installed, so the throughput tests of %d endpoints (e.g. %s) will fail with "
+                    "reason tool_missing; install it (Debian: apt install iperf3). ICMP probing goes on.",
+                    len(users), users[0])

@@ -24,6 +24,26 @@ class ProbeErrorReason(enum.StrEnum):
     UNREACHABLE = "unreachable"  # no reply, but ICMP "destination unreachable" came back (router or site)
     UNSUPPORTED_FAMILY = "unsupported_family"  # e.g. an IPv6 address on a host without IPv6 ICMP
     SEND_FAILED = "send_failed"  # any other local error while sending
+    # Throughput tests (issue 3):
+    REFUSED = "refused"  # nothing listens on the site's test port (TCP RST)
+    TIMEOUT = "timeout"  # connected (or tried to) but the test did not finish within its bound
+    BUSY = "busy"  # the site's iperf3 server is running another client's test; retried with backoff
+    TOOL_MISSING = "tool_missing"  # the iperf3 binary is not installed on the monitoring host
+    BUDGET = "budget"  # the site's monthly data budget is spent; the test was skipped
+    HTTP_STATUS = "http_status"  # the web server answered, but not with 2xx
+    FAILED = "failed"  # any other failure the test tool reported (its message is in the detail)
+
+
+ICMP_REASONS: tuple[ProbeErrorReason, ...] = (
+    ProbeErrorReason.DNS, ProbeErrorReason.NO_ROUTE, ProbeErrorReason.PERMISSION, ProbeErrorReason.UNREACHABLE,
+    ProbeErrorReason.UNSUPPORTED_FAMILY, ProbeErrorReason.SEND_FAILED)
+"""Reasons an ICMP cycle can report; each exists as a series at 0 from start-up."""
+
+THROUGHPUT_REASONS: tuple[ProbeErrorReason, ...] = (
+    ProbeErrorReason.DNS, ProbeErrorReason.NO_ROUTE, ProbeErrorReason.REFUSED, ProbeErrorReason.TIMEOUT,
+    ProbeErrorReason.BUSY, ProbeErrorReason.TOOL_MISSING, ProbeErrorReason.BUDGET, ProbeErrorReason.HTTP_STATUS,
+    ProbeErrorReason.FAILED)
+"""Reasons a throughput test can report (``probe="throughput"``)."""
 
 
 class ConnmonError(Exception):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult
+from monitor.results import Cycle, IcmpResult, ThroughputResult
 from monitor.targets import Target
 
 log = logging.getLogger("monitor.events")
@@ -83,6 +83,9 @@ class EventLogSink:
     def consume(self, cycle: Cycle) -> None:
         up = 0
         for result in cycle.results:
+            if isinstance(result, ThroughputResult):
+                log_throughput(result)
+                continue
             up += result.up
             self._log_change(result)
         log.debug("cycle done: %d of %d endpoints up in %.2fs", up, len(cycle.results), cycle.duration_seconds,
@@ -111,3 +114,29 @@ class EventLogSink:
                      rtt * 1000, extra=extra)
         else:
             log.warning("down: no reply to %d echoes", result.sent, extra=extra)
+
+
+def describe_throughput(result: ThroughputResult) -> str:
+    """One line in ops' words: each direction as the site sees it, against the target."""
+    parts = []
+    for d in result.directions:
+        if d.bits_per_second is not None:
+            parts.append(f"{d.direction} {d.bits_per_second / 1e6:.2f} Mbit/s")
+        else:
+            parts.append(f"{d.direction} failed ({d.error.value if d.error else '?'}: {d.error_detail})")
+    target = result.target.target_bits_per_second / 1e6
+    verdict = {True: f"target {target:g} Mbit/s met", False: f"BELOW target {target:g} Mbit/s",
+               None: "target not checked"}[result.target_met]
+    return f"{', '.join(parts)}; {verdict}"
+
+
+def log_throughput(result: ThroughputResult) -> None:
+    """Every test is logged: they are rare (hours apart) and each is evidence for the contract."""
+    extra = {"endpoint": result.target.name, "probe": "throughput", "address": result.address,
+             "reason": result.error.value if result.error else None}
+    if not result.directions:
+        log.warning("throughput test not run: %s", result.error_detail, extra=extra)
+    elif result.error is not None or result.target_met is False:
+        log.warning("throughput (%s): %s", result.method, describe_throughput(result), extra=extra)
+    else:
+        log.info("throughput (%s): %s", result.method, describe_throughput(result), extra=extra)

@@ -25,8 +25,9 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from monitor import __version__
-from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult
+from monitor.config import DIRECTIONS
+from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS
+from monitor.results import Cycle, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
 
 # From a LAN (sub-millisecond) to geostationary satellite (~600 ms and more under load).
@@ -63,8 +64,24 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("connmon_icmp_packets_sent_total", "counter", "Echo requests sent."),
     ("connmon_icmp_packets_received_total", "counter", "Echo replies received within the timeout."),
     ("connmon_probe_errors_total", "counter",
-     "Cycles in which an endpoint could not be probed, or answered only with ICMP unreachable, by reason."),
-    ("connmon_last_probe_timestamp_seconds", "gauge", "Unix time the endpoint's last cycle started, by probe."),
+     "ICMP cycles in which an endpoint could not be probed or answered only with ICMP unreachable, and "
+     "throughput tests that failed or were skipped, by probe and reason."),
+    ("connmon_last_probe_timestamp_seconds", "gauge", "Unix time the endpoint's last cycle or test started, by probe."),
+    # Throughput (issue 3): only endpoints with a throughput method have these. Directions are the site's.
+    ("connmon_target_upload_bits_per_second", "gauge", "Upload rate each endpoint is contracted to reach, if set."),
+    ("connmon_throughput_bits_per_second", "gauge",
+     "Receiver-side rate of the last test that measured it, by direction as seen from the site."),
+    ("connmon_target_met", "gauge",
+     "1 if the last test that measured the site reached its target (download, and upload when set), else 0."),
+    ("connmon_throughput_last_test_timestamp_seconds", "gauge", "Unix time the last test that measured started."),
+    ("connmon_throughput_test_duration_seconds", "gauge", "Wall time of the last test, all directions."),
+    ("connmon_throughput_tests_total", "counter", "Throughput tests run or skipped, whatever their outcome."),
+    ("connmon_throughput_bytes_total", "counter",
+     "Bytes moved by throughput tests (warm-up included, as a metered link bills them), by direction."),
+    ("connmon_throughput_tcp_retransmits_total", "counter",
+     "TCP segments retransmitted during throughput tests where the method can tell, by direction."),
+    ("connmon_throughput_budget_remaining_bytes", "gauge",
+     "Bytes the site's throughput tests may still move this month (only with monthly_budget)."),
 )
 _F = {name: index for index, (name, _, _) in enumerate(_FAMILIES)}
 
@@ -79,11 +96,17 @@ class _EndpointState:
     rtt_sum: float = 0.0
     sent: int = 0
     received: int = 0
-    errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in ProbeErrorReason})
+    errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in ICMP_REASONS})
     last: IcmpResult | None = None
     fragments: list[str] = field(default_factory=lambda: [""] * len(_FAMILIES))
+    throughput: _ThroughputState | None = None
 
-    def absorb(self, result: IcmpResult) -> None:
+    def absorb(self, result: Result) -> None:
+        if isinstance(result, ThroughputResult):
+            if self.throughput is None:
+                self.throughput = _ThroughputState()
+            self.throughput.absorb(result)
+            return
         self.last = result
         self.sent += result.sent
         for rtt in result.replies_seconds:
@@ -119,8 +142,8 @@ class _EndpointState:
             f[_F["connmon_icmp_rtt_last_seconds"]] = "".join(
                 f'connmon_icmp_rtt_last_seconds{{{lb},stat="{name}"}} {floatToGoString(value)}\n'
                 for name, value in stats if value is not None)
-            f[_F["connmon_last_probe_timestamp_seconds"]] = (
-                f'connmon_last_probe_timestamp_seconds{{{lb},probe="icmp"}} {floatToGoString(last.started_at)}\n')
+        f[_F["connmon_last_probe_timestamp_seconds"]] = "" if last is None else (
+            f'connmon_last_probe_timestamp_seconds{{{lb},probe="icmp"}} {floatToGoString(last.started_at)}\n')
         lines = []
         cumulative = 0
         for le, count in zip(_RTT_LE, self.buckets, strict=True):
@@ -135,6 +158,81 @@ class _EndpointState:
         f[_F["connmon_probe_errors_total"]] = "".join(
             f'connmon_probe_errors_total{{{lb},probe="icmp",reason="{reason}"}} {count}\n'
             for reason, count in self.errors.items())
+        if t.throughput.enabled:
+            if self.throughput is None:
+                self.throughput = _ThroughputState()  # every series exists from start-up, at 0
+            self.throughput.render(t, lb, f)
+        else:
+            self.throughput = None
+            for index in range(_F["connmon_target_upload_bits_per_second"], len(_FAMILIES)):
+                f[index] = ""
+
+
+@dataclass(slots=True)
+class _ThroughputState:
+    """One endpoint's throughput figures between tests."""
+
+    tests: int = 0
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    retransmits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in THROUGHPUT_REASONS})
+    rates: dict[str, float] = field(default_factory=dict)  # last measured rate per direction
+    target_met: bool | None = None
+    measured_at: float | None = None
+    attempted_at: float | None = None
+    duration_seconds: float | None = None
+    budget_remaining: int | None = None
+
+    def absorb(self, result: ThroughputResult) -> None:
+        self.tests += 1
+        self.attempted_at = result.started_at
+        self.duration_seconds = result.ended_at - result.started_at
+        self.budget_remaining = result.budget_remaining_bytes
+        if result.error is not None:
+            self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
+        for d in result.directions:
+            self.bytes[d.direction] += d.bytes
+            self.retransmits[d.direction] += d.retransmits or 0
+            if d.bits_per_second is not None:
+                self.rates[d.direction] = d.bits_per_second
+        if result.measured:
+            self.measured_at = result.started_at
+            self.target_met = result.target_met
+
+    def render(self, t: Target, lb: str, f: list[str]) -> None:
+        """Fill the throughput families' fragments for one endpoint (labels ``lb`` already escaped)."""
+        up_target = t.target_upload_bits_per_second
+        f[_F["connmon_target_upload_bits_per_second"]] = (
+            "" if up_target is None
+            else f"connmon_target_upload_bits_per_second{{{lb}}} {floatToGoString(up_target)}\n")
+        f[_F["connmon_throughput_bits_per_second"]] = "".join(
+            f'connmon_throughput_bits_per_second{{{lb},direction="{d}"}} {floatToGoString(rate)}\n'
+            for d, rate in sorted(self.rates.items()))
+        f[_F["connmon_target_met"]] = (
+            "" if self.target_met is None else f"connmon_target_met{{{lb}}} {int(self.target_met)}\n")
+        f[_F["connmon_throughput_last_test_timestamp_seconds"]] = (
+            "" if self.measured_at is None
+            else f"connmon_throughput_last_test_timestamp_seconds{{{lb}}} {floatToGoString(self.measured_at)}\n")
+        f[_F["connmon_throughput_test_duration_seconds"]] = (
+            "" if self.duration_seconds is None
+            else f"connmon_throughput_test_duration_seconds{{{lb}}} {floatToGoString(self.duration_seconds)}\n")
+        f[_F["connmon_throughput_tests_total"]] = f"connmon_throughput_tests_total{{{lb}}} {self.tests}\n"
+        f[_F["connmon_throughput_bytes_total"]] = "".join(
+            f'connmon_throughput_bytes_total{{{lb},direction="{d}"}} {n}\n' for d, n in self.bytes.items())
+        f[_F["connmon_throughput_tcp_retransmits_total"]] = "".join(
+            f'connmon_throughput_tcp_retransmits_total{{{lb},direction="{d}"}} {n}\n'
+            for d, n in self.retransmits.items())
+        budget = t.throughput.monthly_budget_bytes
+        remaining = self.budget_remaining if self.budget_remaining is not None else budget
+        f[_F["connmon_throughput_budget_remaining_bytes"]] = (
+            "" if budget is None else f"connmon_throughput_budget_remaining_bytes{{{lb}}} {remaining}\n")
+        f[_F["connmon_probe_errors_total"]] += "".join(
+            f'connmon_probe_errors_total{{{lb},probe="throughput",reason="{reason}"}} {count}\n'
+            for reason, count in self.errors.items())
+        if self.attempted_at is not None:
+            f[_F["connmon_last_probe_timestamp_seconds"]] += (
+                f'connmon_last_probe_timestamp_seconds{{{lb},probe="throughput"}} '
+                f"{floatToGoString(self.attempted_at)}\n")
 
 
 @dataclass(slots=True)
@@ -148,7 +246,8 @@ class MetricsSink:
     """Owns all exposition state; fed by the result pipeline, read by the web server."""
 
     def __init__(self, engine_stats: Callable[[], Mapping[str, int]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tools: Mapping[str, bool] | None = None) -> None:
+        self._tools = dict(tools or {})
         self._endpoints: dict[str, _EndpointState] = {}
         self._cycles: dict[tuple[str, str], _CycleStats] = {}
         self._engine_stats = engine_stats
@@ -176,7 +275,8 @@ class MetricsSink:
             state.render()
             endpoints[target.name] = state
         self._endpoints = endpoints
-        groups = {("icmp", t.group) for t in targets}
+        groups = {("icmp", t.group) for t in targets} | {("throughput", t.group) for t in targets
+                                                          if t.throughput.enabled}
         self._cycles = {key: self._cycles.get(key) or _CycleStats() for key in sorted(groups)}
         self._rebuild()
 
@@ -218,6 +318,12 @@ class MetricsSink:
             parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
             parts.extend(state.fragments[index] for state in states)
         parts.append(self._render_cycles())
+        if self._tools:
+            parts.append("# HELP connmon_throughput_tool_available 1 if the tool a throughput method runs is "
+                         "installed (iperf3 tests report tool_missing otherwise).\n"
+                         "# TYPE connmon_throughput_tool_available gauge\n")
+            parts.extend(f'connmon_throughput_tool_available{{tool="{tool}"}} {int(ok)}\n'
+                         for tool, ok in sorted(self._tools.items()))
         parts.append(
             "# HELP connmon_build_info Version of connmon and of the Python running it (value 1).\n"
             "# TYPE connmon_build_info gauge\n"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.targets import Target
 
@@ -86,14 +87,105 @@ class IcmpResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Cycle:
-    """Everything one scheduled run of one probe over one batch of targets produced."""
+class DirectionResult:
+    """One direction of one throughput test, from the site's point of view.
 
-    probe: str  # "icmp"; throughput probes add theirs
+    ``bits_per_second`` is the receiver-side rate over the measured span (slow start omitted);
+    ``bytes`` is everything that crossed the link, warm-up included, because that is what a
+    metered link bills. None/0 when the direction failed: ``error`` says why.
+    """
+
+    direction: Direction
+    started_at: float
+    ended_at: float
+    bits_per_second: float | None = None
+    bytes: int = 0
+    measured_seconds: float = 0.0
+    retransmits: int | None = None
+    error: ProbeErrorReason | None = None
+    error_detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputResult:
+    """One endpoint's throughput test: every direction it ran, and whether the site met its target.
+
+    ``error`` is set when the test could not run at all (``dns``, ``budget``, ``tool_missing``) or,
+    else, to the first direction's error. ``budget_remaining_bytes`` is what the site may still
+    move this month after this test (None without a budget).
+    """
+
+    target: Target
+    method: str
+    started_at: float
+    ended_at: float
+    address: str | None
+    directions: tuple[DirectionResult, ...] = ()
+    error: ProbeErrorReason | None = None
+    error_detail: str = ""
+    budget_remaining_bytes: int | None = None
+
+    def direction(self, name: Direction) -> DirectionResult | None:
+        return next((d for d in self.directions if d.direction == name), None)
+
+    @property
+    def download_bits_per_second(self) -> float | None:
+        found = self.direction("download")
+        return found.bits_per_second if found else None
+
+    @property
+    def upload_bits_per_second(self) -> float | None:
+        found = self.direction("upload")
+        return found.bits_per_second if found else None
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.directions)
+
+    @property
+    def measured(self) -> bool:
+        """True when at least one direction produced a rate."""
+        return any(d.bits_per_second is not None for d in self.directions)
+
+    @property
+    def target_met(self) -> bool | None:
+        """The verdict: did every checked direction reach its target? None when it cannot be told.
+
+        Download is checked against ``target_bits_per_second`` when it was tested; upload against
+        ``target_upload_bits_per_second`` when that is configured and upload was tested. A checked
+        direction that failed makes the verdict unknown (None), not a fail: a broken test server
+        is not proof that the site is slow, and it is reported under its own error reason.
+        """
+        checks: list[bool | None] = []
+        down = self.direction("download")
+        if down is not None:
+            rate = down.bits_per_second
+            checks.append(None if rate is None else rate >= self.target.target_bits_per_second)
+        up = self.direction("upload")
+        up_target = self.target.target_upload_bits_per_second
+        if up is not None and up_target is not None:
+            checks.append(None if up.bits_per_second is None else up.bits_per_second >= up_target)
+        if not checks or any(c is None for c in checks):
+            return None
+        return all(checks)
+
+
+Result = IcmpResult | ThroughputResult
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """Everything one scheduled run of one probe over one batch of targets produced.
+
+    ICMP cycles hold one :class:`IcmpResult` per endpoint of a group; a throughput "cycle" is one
+    site's test (probe ``"throughput"``), since tests are spread over time one site at a time.
+    """
+
+    probe: str  # "icmp" or "throughput"
     group: str
     started_at: float
     duration_seconds: float
-    results: tuple[IcmpResult, ...]
+    results: tuple[Result, ...]
 
 
 class Sink(Protocol):

@@ -1,13 +1,18 @@
 """The scheduler: runs each group's probe cycle on its interval with APScheduler 3.x.
 
-One job per (probe, group, interval); ``max_instances=1`` so a cycle still running is never
+ICMP: one job per (probe, group, interval); ``max_instances=1`` so a cycle still running is never
 started twice: APScheduler then emits ``EVENT_JOB_MAX_INSTANCES``, which is counted as a skipped
 cycle. First runs are spread over the interval so that not every group fires at once.
+
+Throughput: one dispatcher job ticks every second and starts the tests that
+:class:`~monitor.throughput_plan.ThroughputPlan` says are due, never more than
+``throughput_max_concurrent`` at once; each finished test is published as its own cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -18,9 +23,11 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.errors import ProbeErrorReason
 from monitor.probes import PROBES, ProbeContext
-from monitor.results import Cycle, ResultPipeline
+from monitor.results import Cycle, ResultPipeline, ThroughputResult
 from monitor.targets import Target
+from monitor.throughput_plan import SiteState, ThroughputPlan
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +50,12 @@ class CycleScheduler:
     """Owns the APScheduler instance and turns each job run into a published :class:`Cycle`."""
 
     def __init__(self, ctx: ProbeContext, pipeline: ResultPipeline,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, throughput_max_concurrent: int = 2) -> None:
         self.ctx = ctx
         self.pipeline = pipeline
         self.clock = clock
+        self.throughput_max_concurrent = throughput_max_concurrent
+        self.plan = ThroughputPlan()
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._job_names: dict[str, tuple[str, str]] = {}
@@ -54,6 +63,8 @@ class CycleScheduler:
 
     def start(self, targets: Sequence[Target]) -> None:
         self._scheduler.start()
+        self._scheduler.add_job(self.dispatch_throughput, IntervalTrigger(seconds=1, timezone=dt.UTC),
+                                id="throughput:dispatch", max_instances=1, coalesce=True, misfire_grace_time=5)
         self.set_targets(targets)
 
     def set_targets(self, targets: Sequence[Target]) -> None:
@@ -63,6 +74,7 @@ class CycleScheduler:
         jobs that are gone are removed (a cycle of theirs already running finishes); new jobs start
         spread over their interval from now.
         """
+        self.plan.set_targets(targets, self.clock())
         batches = {self._job_id(group, interval): (group, interval, batch)
                    for (group, interval), batch in plan_jobs(targets).items()}
         for job_id in set(self._job_names) - set(batches):
@@ -110,6 +122,43 @@ class CycleScheduler:
             if task is not None:
                 self.running_cycles.discard(task)
         self.pipeline.publish(Cycle(probe, group, started_at, time.monotonic() - started, tuple(results)))
+
+    async def dispatch_throughput(self) -> None:
+        """Start every throughput test that is due, up to the global limit; never raises."""
+        now = self.clock()
+        for state in self.plan.due(now, self.throughput_max_concurrent - self.plan.running):
+            target = self.plan.test_target(state, now)
+            if target is None:
+                self._publish_test(state, ThroughputResult(
+                    state.target, state.target.throughput.method, now, now, None, (), ProbeErrorReason.BUDGET,
+                    "the monthly data budget is spent; tests resume next month"))
+                continue
+            task = asyncio.create_task(self._run_test(state, target))
+            self.running_cycles.add(task)
+            task.add_done_callback(self.running_cycles.discard)
+
+    async def _run_test(self, state: SiteState, target: Target) -> None:
+        try:
+            results = await PROBES[target.throughput.method]([target], self.ctx)
+        except asyncio.CancelledError:
+            log.info("throughput test cancelled by shutdown", extra={"endpoint": target.name})
+            return
+        except Exception:
+            log.exception("throughput test failed", extra={"endpoint": target.name, "probe": "throughput"})
+            self.plan.finished(target.name, ThroughputResult(target, target.throughput.method, self.clock(),
+                                                             self.clock(), None), self.clock())
+            return
+        result = results[0]
+        assert isinstance(result, ThroughputResult)
+        self._publish_test(state, dataclasses.replace(result, target=state.target))
+
+    def _publish_test(self, state: SiteState, result: ThroughputResult) -> None:
+        name = state.target.name
+        now = self.clock()
+        self.plan.finished(name, result, now)
+        result = dataclasses.replace(result, budget_remaining_bytes=self.plan.remaining_after(name, now))
+        self.pipeline.publish(Cycle("throughput", state.target.group, result.started_at,
+                                    result.ended_at - result.started_at, (result,)))
 
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
         probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))

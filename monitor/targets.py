@@ -7,10 +7,19 @@ resolves defaults → group → endpoint here, so nobody downstream repeats the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.config import Config, IcmpSettings, merge_icmp, normalize_ip
+from monitor.config import (
+    Config,
+    IcmpSettings,
+    ThroughputSettings,
+    expand_url,
+    merge_icmp,
+    merge_throughput,
+    normalize_ip,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +39,10 @@ class Target:
     link: str
     lat: float | None
     lon: float | None
-    target_bits_per_second: float
+    target_bits_per_second: float  # the site's download must reach this
     icmp: IcmpSettings
+    throughput: ThroughputSettings = ThroughputSettings()
+    target_upload_bits_per_second: float | None = None  # checked only when configured
 
 
 def build_targets(config: Config) -> tuple[Target, ...]:
@@ -41,6 +52,13 @@ def build_targets(config: Config) -> tuple[Target, ...]:
         for ep in group.endpoints:
             mbps = next(v for v in (ep.target_mbps, group.target_mbps, config.defaults.target_mbps)
                         if v is not None)
+            up_mbps = next((v for v in (ep.target_upload_mbps, group.target_upload_mbps,
+                                        config.defaults.target_upload_mbps) if v is not None), None)
+            throughput = merge_throughput(config.defaults.throughput, group.throughput, ep.throughput)
+            if throughput.url or throughput.upload_url:  # `{host}` in a group-wide URL becomes this site's host
+                throughput = dataclasses.replace(
+                    throughput, url=throughput.url and expand_url(throughput.url, ep.host),
+                    upload_url=throughput.upload_url and expand_url(throughput.upload_url, ep.host))
             out.append(Target(
                 name=ep.name,
                 host=ep.host,
@@ -53,6 +71,8 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                 lon=ep.lon,
                 target_bits_per_second=mbps * 1_000_000,
                 icmp=merge_icmp(config.defaults.icmp, group.icmp, ep.icmp),
+                throughput=throughput,
+                target_upload_bits_per_second=None if up_mbps is None else up_mbps * 1_000_000,
             ))
     return tuple(out)
 

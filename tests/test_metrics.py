@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import IcmpSettings
-from monitor.errors import ProbeErrorReason
+from monitor.errors import ICMP_REASONS, ProbeErrorReason
 from monitor.metrics import RTT_BUCKETS_SECONDS, MetricsSink, escape_label_value
 from monitor.results import Cycle, IcmpResult
 from monitor.targets import Target
@@ -89,7 +89,7 @@ def test_series_exist_before_the_first_cycle_and_errors_start_at_zero() -> None:
     p = parsed(sink)
     assert "connmon_up" not in p
     reasons = {lb["reason"]: v for lb, v in p["connmon_probe_errors_total"]}
-    assert reasons == {r.value: 0.0 for r in ProbeErrorReason}
+    assert reasons == {r.value: 0.0 for r in ICMP_REASONS}  # no throughput method: no throughput series
     assert one(p, "connmon_endpoint_info", endpoint="s1", host="192.0.2.1") == 1
     assert one(p, "connmon_target_bits_per_second") == 4e6
 

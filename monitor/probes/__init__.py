@@ -4,31 +4,43 @@ Every probe module exports ``async def run(targets, ctx) -> list[Result]``: it t
 targets (so ICMP can share one socket per family across all of them) and returns one result per
 target, in order. A probe never raises for a target's failure, and never touches metrics, logs
 or storage: those are derived from its results in :mod:`monitor.results`.
-Stateful machinery (the ICMP engine, later an HTTP client or subprocess runner) arrives through
-:class:`ProbeContext` so tests and the one-shot CLI can hand in their own.
+Stateful machinery (the ICMP engine, the subprocess runner, the test-slot semaphore) arrives
+through :class:`ProbeContext` so tests and the one-shot CLI can hand in their own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from monitor.commands import CommandRunner, run_command
 from monitor.icmp_engine import IcmpEngine
-from monitor.probes import icmp
-from monitor.results import IcmpResult
+from monitor.probes import http, icmp, iperf3
+from monitor.results import Result
 from monitor.targets import Target
 
 
 @dataclass(slots=True)
 class ProbeContext:
-    """What probes need from outside: the engines and a clock (injected so tests can pin time)."""
+    """What probes need from outside: the engines, a clock (injected so tests can pin time), limits."""
 
-    icmp_engine: IcmpEngine
-    clock: Callable[[], float]
+    icmp_engine: IcmpEngine | None
+    clock: Callable[[], float] = time.time
+    run_command: CommandRunner = run_command
+    iperf3_path: str | None = None  # None: not installed, iperf3 tests report tool_missing
+    throughput_slots: asyncio.Semaphore | None = None  # tests at once across all sites; None: no limit
+    address_families: frozenset[int] = field(
+        default_factory=lambda: frozenset({socket.AF_INET, socket.AF_INET6}))
 
 
-ProbeFn = Callable[[Sequence[Target], ProbeContext], Awaitable[list[IcmpResult]]]
+ProbeFn = Callable[[Sequence[Target], ProbeContext], Awaitable[Sequence[Result]]]
 
 PROBES: dict[str, ProbeFn] = {
     "icmp": icmp.run,
+    "iperf3": iperf3.run,
+    "http": http.run,
 }
+THROUGHPUT_METHODS = ("iperf3", "http")

@@ -22,6 +22,8 @@ async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
     """Probe ``targets`` once; endpoints whose name does not resolve get an error result."""
     started_at = ctx.clock()
     engine = ctx.icmp_engine
+    if engine is None:
+        raise RuntimeError("the ICMP probe needs an ICMP engine in its context")
     names = [t for t in targets if t.address is None]  # literals were canonicalised once, at config load
     looked_up = iter(await resolve_all([(t.host, t.icmp.family, t.icmp.timeout_seconds) for t in names],
                                        engine.families))

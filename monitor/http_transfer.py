@@ -1,0 +1,223 @@
+"""Timed HTTP transfers for the ``http`` throughput method, with aiohttp as the HTTP client.
+
+Two measurements, both receiver-side like iperf3's:
+
+* **fetch** (GET ``url``): connmon receives, so bytes are counted as the body arrives. This is
+  the site's *upload*.
+* **send** (POST/PUT ``upload_url`` with a generated body): the site receives. Counting what
+  connmon wrote would count the socket's send buffer too (megabytes at a few Mbit/s, so a 2
+  Mbit/s link would look faster than it is); instead the kernel is asked how many bytes the site
+  has *acknowledged* (``TCP_INFO.tcpi_bytes_acked``), and ``TCP_NOTSENT_LOWAT`` keeps the unsent
+  queue short so the transfer stops soon after the measurement does. This is the site's *download*.
+
+Both skip the first ``omit_seconds`` (TCP slow start), then measure for ``duration_seconds`` or
+until ``max_bytes`` have moved, whichever comes first. The host in the URL is resolved by the
+caller and pinned, so the connection goes where the probe's resolver said, with the URL's own
+host name in ``Host`` and TLS.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from monitor.errors import ProbeErrorReason
+
+CHUNK_BYTES = 64 * 1024
+_NOTSENT_LOWAT_BYTES = 128 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+# struct tcp_info (linux/tcp.h): tcpi_total_retrans is a u32 at offset 100, tcpi_bytes_acked a u64 at 120.
+_TCP_INFO_LENGTH = 136
+_RETRANS = struct.Struct("=I")
+_ACKED = struct.Struct("=Q")
+_BLOB = os.urandom(CHUNK_BYTES)  # incompressible, so no middlebox can shrink it
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """The outcome of one timed transfer."""
+
+    moved_bytes: int = 0  # everything that crossed, warm-up included
+    measured_bytes: int = 0
+    measured_seconds: float = 0.0
+    retransmits: int | None = None
+    error: ProbeErrorReason | None = None
+    error_detail: str = ""
+
+    @property
+    def bits_per_second(self) -> float | None:
+        if self.error is not None or self.measured_seconds <= 0:
+            return None
+        return self.measured_bytes * 8 / self.measured_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    omit_seconds: float
+    duration_seconds: float
+    max_bytes: int | None
+    timeout_seconds: float  # for connecting, for each read, and for the answer after an upload
+
+
+class _PinnedResolver(AbstractResolver):
+    """Answers every look-up with the address the probe already resolved (with its own timeout)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET,
+                      ) -> list[ResolveResult]:
+        fam = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        return [ResolveResult(hostname=host, host=self.address, port=port, family=fam, proto=0,
+                              flags=socket.AI_NUMERICHOST)]
+
+    async def close(self) -> None:
+        return None
+
+
+class _Meter:
+    """Marks the end of the warm-up and the measured span; decides when to stop."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.start = time.monotonic()
+        self.mark_time: float | None = None
+        self.mark_count = 0
+        self.last_time = self.start
+        self.last_count = 0
+
+    def update(self, count: int) -> bool:
+        """Record ``count`` (bytes so far) now; return True when the test should stop."""
+        now = time.monotonic()
+        self.last_time, self.last_count = now, count
+        if self.mark_time is None and now - self.start >= self.limits.omit_seconds:
+            self.mark_time, self.mark_count = now, count
+        if self.limits.max_bytes is not None and count >= self.limits.max_bytes:
+            return True
+        return self.mark_time is not None and now - self.mark_time >= self.limits.duration_seconds
+
+    def figures(self) -> tuple[int, float]:
+        """Measured bytes and seconds; a transfer that ended inside the warm-up is measured whole."""
+        if self.mark_time is None or self.last_time <= self.mark_time:
+            return self.last_count, self.last_time - self.start
+        return self.last_count - self.mark_count, self.last_time - self.mark_time
+
+
+def _session(address: str, limits: Limits, sockets: list[socket.socket]) -> aiohttp.ClientSession:
+    def make_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto, _name, _sockaddr = addr_info
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        return sock
+
+    connector = aiohttp.TCPConnector(resolver=_PinnedResolver(address), force_close=True, limit=1,
+                                     socket_factory=make_socket)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.timeout_seconds,
+                                    sock_read=limits.timeout_seconds)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
+                                 headers={"User-Agent": "connmon throughput test", "Accept-Encoding": "identity"})
+
+
+def _tcp_info(sock: socket.socket) -> tuple[int, int] | None:
+    """(bytes acknowledged by the peer, retransmitted segments), or None if the kernel cannot tell."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LENGTH)
+    except OSError:
+        return None
+    if len(info) < 128:
+        return None
+    return _ACKED.unpack_from(info, 120)[0], _RETRANS.unpack_from(info, 100)[0]
+
+
+def _error(err: BaseException, url: str) -> tuple[ProbeErrorReason, str]:
+    """Map aiohttp's and the OS's exceptions to a reason and a line for the operator."""
+    if isinstance(err, aiohttp.ClientResponseError):
+        return ProbeErrorReason.HTTP_STATUS, f"{url}: HTTP {err.status} {err.message}"
+    if isinstance(err, TimeoutError | aiohttp.ServerTimeoutError):
+        return ProbeErrorReason.TIMEOUT, f"{url}: no data within the timeout"
+    os_error = getattr(err, "os_error", None) or (err if isinstance(err, OSError) else None)
+    code = getattr(os_error, "errno", None)
+    if code == errno.ECONNREFUSED:
+        return ProbeErrorReason.REFUSED, f"{url}: connection refused"
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return ProbeErrorReason.NO_ROUTE, f"{url}: {os.strerror(code)}"
+    if code == errno.ETIMEDOUT:
+        return ProbeErrorReason.TIMEOUT, f"{url}: connection timed out"
+    return ProbeErrorReason.FAILED, f"{url}: {type(err).__name__}: {err}"
+
+
+async def fetch(url: str, address: str, limits: Limits) -> Transfer:
+    """GET ``url`` and measure how fast its body arrives (the site's upload)."""
+    sockets: list[socket.socket] = []
+    meter = _Meter(limits)
+    moved = 0
+    try:
+        async with _session(address, limits, sockets) as session, session.get(url, allow_redirects=True) as resp:
+            if resp.status >= 300:
+                return Transfer(error=ProbeErrorReason.HTTP_STATUS, error_detail=f"{url}: HTTP {resp.status}")
+            meter = _Meter(limits)  # the clock starts at the first byte, not at connect
+            async for chunk in resp.content.iter_any():
+                moved += len(chunk)
+                if meter.update(moved):
+                    break
+    except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        reason, detail = _error(err, url)
+        return Transfer(moved, error=reason, error_detail=detail)
+    measured, seconds = meter.figures()
+    if moved == 0:
+        return Transfer(0, error=ProbeErrorReason.FAILED, error_detail=f"{url}: empty body")
+    return Transfer(moved, measured, seconds)
+
+
+async def send(url: str, address: str, limits: Limits, method: str = "POST") -> Transfer:
+    """POST/PUT a generated body to ``url`` and measure how fast the site acknowledges it (its download)."""
+    sockets: list[socket.socket] = []
+    meter = _Meter(limits)
+    written = 0
+    first_acked: list[int] = []
+
+    def acked() -> tuple[int, int | None]:
+        info = _tcp_info(sockets[-1]) if sockets else None
+        if info is None:  # no TCP_INFO: fall back to what was written (an overestimate, noted in docs)
+            return written, None
+        return info[0] - (first_acked[0] if first_acked else 0), info[1]
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal meter, written
+        if sockets:
+            sockets[-1].setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT_BYTES)
+            info = _tcp_info(sockets[-1])
+            first_acked.append(info[0] if info else 0)  # the request head is acknowledged too; leave it out
+        meter = _Meter(limits)
+        cap = limits.max_bytes
+        while True:
+            if meter.update(acked()[0]):
+                return
+            size = CHUNK_BYTES if cap is None else min(CHUNK_BYTES, cap - written)
+            if size <= 0:  # everything allowed is written: wait for the acknowledgements to catch up
+                return
+            written += size
+            yield _BLOB[:size]
+
+    retransmits: int | None = None
+    try:
+        async with _session(address, limits, sockets) as session, session.request(method, url, data=body(),
+                                   headers={"Content-Type": "application/octet-stream"}) as resp:
+            measured, seconds = meter.figures()
+            retransmits = acked()[1]
+            if resp.status >= 300:
+                return Transfer(written, error=ProbeErrorReason.HTTP_STATUS, error_detail=f"{url}: HTTP {resp.status}")
+            await resp.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        reason, detail = _error(err, url)
+        return Transfer(written, error=reason, error_detail=detail)
+    return Transfer(written, measured, seconds, retransmits)
