@@ -14,18 +14,30 @@ look-ups inside the prober use the lab's own ``hosts`` file and a ``resolv.conf`
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 TEST_PREFIX_V4 = "10.77.0.0/16"
 TEST_PREFIX_V6 = "fd77::/16"
+
+HTTP_SITE = Path(__file__).resolve().parent / "http_site.py"
+
+# tbf shapes what the qdisc sees: whole Ethernet frames (14 B header, no FCS). A full-size IPv4 TCP
+# segment with timestamps is 1514 B on the wire for 1448 B of payload, so ``shape`` raises the
+# tbf rate by this factor to make the *payload* rate (what iperf3 and any client report) equal
+# the nominal one. IPv6 has 20 B more headers: its goodput comes out about 1.4% under nominal.
+TCP_V4_WIRE_PER_PAYLOAD = 1514 / 1448
 
 
 def sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,6 +58,73 @@ def can_make_namespaces() -> tuple[bool, str]:
     return True, ""
 
 
+def can_measure_throughput() -> tuple[bool, str]:
+    """Whether the throughput tests can run here (tc with tbf, the iperf3 binary); the reason when not."""
+    ok, reason = can_make_namespaces()
+    if not ok:
+        return ok, reason
+    for tool in ("tc", "iperf3", "ss"):
+        if shutil.which(tool) is None:
+            return False, f"needs the '{tool}' command"
+    return True, ""
+
+
+def _died(proc: subprocess.Popen[bytes], log: IO[bytes], what: str) -> RuntimeError:
+    log.seek(0)
+    return RuntimeError(f"{what} exited {proc.returncode}: {log.read().decode(errors='replace').strip()}")
+
+
+def _wait_listening(ns: str, port: int, proc: subprocess.Popen[bytes], log: IO[bytes], what: str,
+                    timeout: float = 10.0) -> None:
+    """Return once something listens on TCP ``port`` in ``ns``; raise with the server's stderr if it died.
+
+    Polls ``ss`` in the namespace rather than connecting: a probe connection would be a client
+    of its own (iperf3 would log it, a silent server would keep it) and could skew a test.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise _died(proc, log, what)
+        out = sh("ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}", check=False).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:g}s")
+
+
+def _tbf(mbit: float, burst: int = 16 * 1024, latency_ms: int = 100,
+         factor: float = TCP_V4_WIRE_PER_PAYLOAD) -> list[str]:
+    """tc arguments (after ``root``) for a tbf whose IPv4 TCP payload rate is ``mbit`` Mbit/s.
+
+    Measured with iperf3 (10 s, -O 1) at 1 to 10 Mbit/s, receiver side within about +-2%:
+
+    * rate: nominal times ``TCP_V4_WIRE_PER_PAYLOAD``; without it every figure is 3.5-4.5% low.
+    * burst 16 KiB: smaller than a GSO/TSO super-packet (up to 64 KiB on a veth, and there is no
+      ethtool here to turn offloads off), so tbf splits those into MTU segments itself and
+      queues and drops per segment. A 64 KiB burst lets whole super-packets through instead: a
+      queue holds only one or two of them, a drop loses 44 segments at once, and retransmits
+      rose twentyfold with rates up to 2.4% high. 4 KiB was no better than 16 KiB. The burst also
+      bounds the overshoot after an idle gap: 16 KiB is 65 ms at 2 Mbit/s, inside any omit.
+    * latency 100 ms (the queue limit is rate x latency + burst): long enough that TCP keeps the
+      queue busy (50 ms gave +2.6% at 10 Mbit/s in one run, from bursty losses), short enough
+      that ping RTTs during a test stay bounded. 400 ms added nothing but retransmits at 2 Mbit/s.
+    """
+    rate = round(mbit * 1_000_000 * factor)
+    return ["tbf", "rate", f"{rate}bit", "burst", str(burst), "latency", f"{latency_ms}ms"]
+
+
+# Accepts every connection and keeps it open without reading or writing: the client's own
+# timeout is the only way out. Used for the "server that never speaks" fault.
+_SILENT_SERVER = """
+import socket, sys, time
+server = socket.create_server(("", int(sys.argv[1])), family=socket.AF_INET6, dualstack_ipv6=True)
+held = []
+while True:
+    held.append(server.accept()[0])
+"""
+
+
 @dataclass
 class Site:
     """One test host: its namespace and addresses."""
@@ -55,9 +134,89 @@ class Site:
     ns: str
     v4: str
     v6: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+    _logs: dict[int, IO[bytes]] = field(default_factory=dict, repr=False)  # stderr of procs, by pid
 
     def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.ns, *args, check=check)
+
+    @property
+    def prober_if(self) -> str:
+        """This site's veth end in the prober namespace (its ``eth0`` is the other end)."""
+        return f"s{self.index}"
+
+    # ------------------------------------------------------------------ shaping
+    def shape(self, download_mbit: float, upload_mbit: float) -> None:
+        """Limit the link with tc tbf in both directions, named from the site's point of view.
+
+        *download* (traffic to the site) is shaped on the egress of the prober's ``sN``,
+        *upload* (traffic from the site) on the egress of the site's ``eth0``: each direction at
+        its sender, where tbf's backlog pushes back on the sending TCP socket instead of dropping
+        at an ingress policer. Replaces any shaping already in place. See ``_tbf`` for the numbers.
+        """
+        self.lab.pr("tc", "qdisc", "replace", "dev", self.prober_if, "root", *_tbf(download_mbit))
+        self.exec("tc", "qdisc", "replace", "dev", "eth0", "root", *_tbf(upload_mbit))
+
+    def unshape(self) -> None:
+        """Back to the veth's own unlimited rate in both directions."""
+        self.lab.pr("tc", "qdisc", "del", "dev", self.prober_if, "root", check=False)
+        self.exec("tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+
+    # ------------------------------------------------------------------ servers
+    def _spawn(self, argv: list[str], port: int, what: str, ns: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in this site's namespace (or ``ns``), tracked so ``stop_servers`` ends it."""
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process; read on failure
+        # stdout to /dev/null: iperf3 -s prints every interval, and an unread pipe would stall it.
+        proc = subprocess.Popen(["ip", "netns", "exec", ns or self.ns, *argv], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=log, env=_child_env())
+        self.procs.append(proc)
+        self._logs[proc.pid] = log
+        if port:
+            _wait_listening(self.ns, port, proc, log, what)
+        return proc
+
+    def start_iperf3(self, port: int = 5201) -> subprocess.Popen[bytes]:
+        """A stock, persistent ``iperf3 -s`` in the site (serves one test at a time, then the next)."""
+        return self._spawn(["iperf3", "-s", "-p", str(port)], port, "iperf3 -s")
+
+    def start_http(self, port: int = 8080) -> subprocess.Popen[bytes]:
+        """``tests/http_site.py`` (aiohttp) in the site: /blob, /upload, /status/CODE, /hang."""
+        return self._spawn([sys.executable, str(HTTP_SITE), "--port", str(port)], port, "http_site.py")
+
+    def start_silent(self, port: int) -> subprocess.Popen[bytes]:
+        """A server that accepts every TCP connection (IPv4 and IPv6) and never sends or reads a byte."""
+        return self._spawn([sys.executable, "-c", _SILENT_SERVER, str(port)], port, "silent server")
+
+    def make_iperf3_busy(self, port: int = 5201, seconds: int = 60, bitrate: str = "100K") -> subprocess.Popen[bytes]:
+        """Occupy this site's iperf3 server with a long test from the prober; return that client.
+
+        Any other client then gets iperf3's "the server is busy running a test". The occupying
+        client sends only ``bitrate`` so it holds the server without eating the shaped link.
+        Returns once the server-side test is running (its data connection is established).
+        """
+        proc = self._spawn(["iperf3", "-c", self.v4, "-p", str(port), "-t", str(seconds), "-b", bitrate],
+                           0, "busy iperf3 client", ns=self.lab.prober)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise _died(proc, self._logs[proc.pid], "busy iperf3 client")
+            out = self.exec("ss", "-Htn", "state", "established", f"sport = :{port}", check=False).stdout
+            if len(out.strip().splitlines()) >= 2:  # control connection + data stream
+                time.sleep(0.2)  # the server starts its test right after the data stream connects
+                return proc
+            time.sleep(0.05)
+        proc.kill()
+        raise RuntimeError(f"iperf3 on {self.v4}:{port} did not start the occupying test within 10s")
+
+    def stop_servers(self) -> None:
+        """Kill every process this site started (servers and occupying clients) and reap them."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            self._logs.pop(proc.pid).close()
+        self.procs.clear()
 
     def drop_icmp(self, probability: float | None = None) -> None:
         """Drop incoming echo requests (all, or at random with ``probability``) in both families."""
@@ -142,6 +301,9 @@ class Lab:
         (self.etc / "hosts").write_text("\n".join(lines) + "\n")
 
     def close(self) -> None:
+        # Processes first: a namespace with a live process in it outlives ``ip netns del``.
+        for site in self.sites:
+            site.stop_servers()
         for ns in sh("ip", "netns", "list").stdout.split("\n"):
             name = ns.split(" ")[0]
             if name.startswith(f"{self.base}-"):

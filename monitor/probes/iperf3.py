@@ -12,6 +12,7 @@ iperf3 takes whole seconds, so duration and omit are rounded up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -89,7 +90,13 @@ async def measure(target: Target, address: str | None, direction: Direction, ctx
         return failed(ProbeErrorReason.TOOL_MISSING, "iperf3 is not installed on the monitoring host")
     assert address is not None
     bound = target.throughput.test_bound_seconds
-    outcome = await ctx.run_command(build_argv(binary, address, direction, target), bound)
+    argv = build_argv(binary, address, direction, target)
+    outcome = await ctx.run_command(argv, bound)
+    if outcome.returncode not in (0, None) and "refused" in outcome.stdout and direction == "upload":
+        # iperf3 -s re-opens its listening socket after each test; right after the download test
+        # a connection can be refused for a moment. Once more, after a pause, before calling it refused.
+        await asyncio.sleep(1.0)
+        outcome = await ctx.run_command(argv, bound)
     if outcome.not_found:
         return failed(ProbeErrorReason.TOOL_MISSING, outcome.stderr.strip())
     if outcome.timed_out:

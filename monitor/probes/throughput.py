@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from monitor.probes import ProbeContext
 
 _DNS_TIMEOUT_SECONDS = 5.0
+PAUSE_BETWEEN_DIRECTIONS_SECONDS = 1.0
 
 MeasureFn = Callable[[Target, str | None, Direction, "ProbeContext"], Awaitable[DirectionResult]]
 """Measures one direction: (target, resolved address or None for methods that resolve per URL, direction, ctx)."""
@@ -49,7 +50,11 @@ async def test_one(target: Target, ctx: ProbeContext, method: str, measure: Meas
     slots = ctx.throughput_slots if ctx.throughput_slots is not None else contextlib.nullcontext()
     async with slots:  # the test's time starts when it may really run
         started_at = ctx.clock()
-        directions = [await measure(target, address, d, ctx) for d in target.throughput.effective_directions]
+        directions: list[DirectionResult] = []
+        for direction in target.throughput.effective_directions:
+            if directions:  # let the link's queues drain, and iperf3's server get ready for its next client
+                await asyncio.sleep(PAUSE_BETWEEN_DIRECTIONS_SECONDS)
+            directions.append(await measure(target, address, direction, ctx))
         ended_at = ctx.clock()
     failed = next((d for d in directions if d.error is not None), None)
     return ThroughputResult(target, method, started_at, ended_at, address, tuple(directions),

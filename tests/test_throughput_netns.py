@@ -1,0 +1,176 @@
+"""Throughput against real kernels: links shaped with tc tbf, real iperf3 and HTTP servers in namespaces.
+
+What connmon reports is compared with what the kernel was made to do (the shaped rate) and with
+what the stock ``iperf3`` client reports on the same link; directions are checked on an
+asymmetric link; faults (refused, silent server, busy server, DNS) give their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need, write_config
+from tests.netlab import Lab, Site, can_measure_throughput
+
+DURATION = 5  # seconds measured per direction, after 1 s of omitted slow start
+RATES = {"slow": (2.0, 2.0), "contract": (4.5, 4.5), "fast": (10.0, 10.0), "asym": (8.0, 1.0)}
+HTTP_PORT = 8080
+ACCURACY = 0.10  # issue 3: within ±10% of the shaped rate
+AGREEMENT = 0.05  # and within 5% of the iperf3 client's own figure
+
+
+@dataclass
+class Shaped:
+    site: Site
+    download_mbit: float
+    upload_mbit: float
+
+
+@pytest.fixture(scope="module")
+def shaped(lab: Lab) -> Iterator[dict[str, Shaped]]:
+    ok, reason = can_measure_throughput()
+    need(ok, reason)
+    sites = {}
+    for name, (down, up) in RATES.items():
+        site = lab.add_site(f"tp-{name}")
+        site.shape(down, up)
+        site.start_iperf3()
+        site.start_http(HTTP_PORT)
+        sites[name] = Shaped(site, down, up)
+    yield sites
+    for s in sites.values():
+        s.site.stop_servers()
+
+
+def _config(tmp: Path, shaped: dict[str, Shaped], method: str) -> Path:
+    lines = []
+    for name, s in shaped.items():
+        lines.append(f"      - {{name: {name}, host: {s.site.v4}}}")
+    http = (f'url: "http://{{host}}:{HTTP_PORT}/blob", upload_url: "http://{{host}}:{HTTP_PORT}/upload", '
+            if method == "http" else "")
+    return write_config(tmp, f"""
+throughput: {{max_concurrent: 8}}
+defaults:
+  icmp: {{count: 1, timeout: 1s}}
+groups:
+  - name: schools
+    kind: school
+    target_mbps: 4
+    throughput: {{method: {method}, {http}duration: {DURATION}s, omit: 1s, timeout: 10s}}
+    endpoints:
+""" + "\n".join(lines) + "\n", name=f"{method}.yaml")
+
+
+def _iperf3_reference(lab: Lab, site: Site, reverse: bool) -> float:
+    """The stock iperf3 client's receiver-side figure on the same link, same settings, in bit/s."""
+    args = ["iperf3", "-c", site.v4, "-J", "-t", str(DURATION), "-O", "1"] + (["-R"] if reverse else [])
+    report = json.loads(lab.pr(*args).stdout)
+    return float(report["end"]["sum_received"]["bits_per_second"])
+
+
+def _measure(lab: Lab, config: Path) -> dict[str, dict]:
+    proc = lab.connmon("probe", "--config", str(config), "--json", "--throughput", timeout=180)
+    assert proc.returncode in (0, 1), proc.stderr
+    return {r["endpoint"]: r for r in map(json.loads, proc.stdout.splitlines())}
+
+
+def _accuracy_table(method: str, shaped: dict[str, Shaped], got: dict[str, dict],
+                    reference: dict[tuple[str, str], float]) -> list[str]:
+    rows = []
+    for name, s in shaped.items():
+        for direction, nominal in (("download", s.download_mbit), ("upload", s.upload_mbit)):
+            rate = got[name][f"{direction}_bits_per_second"] / 1e6
+            ref = reference.get((name, direction))
+            ref_text = f"{ref / 1e6:.3f}" if ref else "-"
+            rows.append(f"| {method} | {name} {direction} | {nominal:g} | {rate:.3f} | {ref_text} | "
+                        f"{(rate / nominal - 1) * 100:+.1f}% |")
+    return rows
+
+
+@pytest.mark.parametrize("method", ["iperf3", "http"])
+def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dict[str, Shaped], method: str,
+                                                            tmp_path: Path) -> None:
+    """Each direction is within ±10% of the shaped rate and within 5% of iperf3's own figure; 2 Mbit/s misses 4."""
+    got = _measure(lab, _config(tmp_path, shaped, method))
+    reference: dict[tuple[str, str], float] = {}
+    for name, s in shaped.items():
+        entry = got[name]
+        assert entry["throughput_error"] is None, (entry["throughput_error_detail"], entry["throughput_directions"])
+        for direction, nominal in (("download", s.download_mbit), ("upload", s.upload_mbit)):
+            rate = entry[f"{direction}_bits_per_second"]
+            assert abs(rate / (nominal * 1e6) - 1) <= ACCURACY, (name, direction, rate)
+    for name in ("slow", "asym"):  # the stock client on the same links: connmon must agree with it
+        s = shaped[name]
+        for direction in ("download", "upload"):
+            ref = _iperf3_reference(lab, s.site, reverse=direction == "upload")
+            reference[(name, direction)] = ref
+            assert abs(got[name][f"{direction}_bits_per_second"] / ref - 1) <= AGREEMENT, (name, direction, ref)
+    assert got["slow"]["target_met"] is False  # 2 Mbit/s against a 4 Mbit/s contract
+    assert got["contract"]["target_met"] is True and got["fast"]["target_met"] is True
+    # Asymmetric 8 down / 1 up: the directions are the site's, never swapped.
+    assert got["asym"]["download_bits_per_second"] > 5 * got["asym"]["upload_bits_per_second"]
+    print("\n".join(_accuracy_table(method, shaped, got, reference)))
+
+
+@pytest.fixture(scope="module")
+def faulty(lab: Lab) -> Iterator[dict[str, Site]]:
+    ok, reason = can_measure_throughput()
+    need(ok, reason)
+    sites = {"refused": lab.add_site("tp-refused"), "silent": lab.add_site("tp-silent"),
+             "busy": lab.add_site("tp-busy")}
+    sites["silent"].start_silent(5201)
+    sites["busy"].shape(2, 2)
+    sites["busy"].start_iperf3()
+    sites["busy"].make_iperf3_busy(seconds=120)
+    yield sites
+    for site in sites.values():
+        site.stop_servers()
+
+
+def test_faults_get_their_reason_and_icmp_goes_on(lab: Lab, faulty: dict[str, Site], tmp_path: Path) -> None:
+    """Refused, a silent server (bounded by the timeout), a busy server and a DNS failure each get their reason."""
+    config = write_config(tmp_path, f"""
+groups:
+  - name: faults
+    kind: school
+    throughput: {{method: iperf3, duration: 2s, omit: 0s, timeout: 3s, directions: [download]}}
+    endpoints:
+      - {{name: refused, host: {faulty['refused'].v4}}}
+      - {{name: silent, host: {faulty['silent'].v4}}}
+      - {{name: busy, host: {faulty['busy'].v4}}}
+      - {{name: no-dns, host: missing.lab.test}}
+      - {{name: http-refused, host: {faulty['refused'].v4},
+          throughput: {{method: http, url: "http://{{host}}:{HTTP_PORT}/blob", directions: [upload]}}}}
+      - {{name: http-silent, host: {faulty['silent'].v4},
+          throughput: {{method: http, url: "http://{{host}}:5201/blob", directions: [upload]}}}}
+""")
+    got = _measure(lab, config)
+    reasons = {name: entry["throughput_error"] for name, entry in got.items()}
+    assert reasons == {"refused": "refused", "silent": "timeout", "busy": "busy", "no-dns": "dns",
+                       "http-refused": "refused", "http-silent": "timeout"}
+    assert all(got[name]["up"] for name in ("refused", "silent", "busy"))  # ICMP still measured them
+    assert got["no-dns"]["error"] == "dns"
+    assert all(entry["target_met"] is None for entry in got.values())  # a failed test proves nothing
+
+
+def test_missing_iperf3_binary_is_a_reason_not_a_crash(lab: Lab, faulty: dict[str, Site], tmp_path: Path) -> None:
+    """Without iperf3 on PATH the test reports tool_missing and ICMP still runs."""
+    config = write_config(tmp_path, f"""
+groups:
+  - name: g
+    throughput: {{method: iperf3, duration: 1s, omit: 0s}}
+    endpoints:
+      - {{name: site, host: {faulty['refused'].v4}}}
+""")
+    env_path = "/usr/sbin:/sbin"  # ip and python are found; iperf3 (in /usr/bin) is not
+    proc = subprocess.run(["env", f"PATH={env_path}", *lab.connmon_argv("probe", "--config", str(config),
+                                                                          "--json", "--throughput")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    entry = json.loads(proc.stdout)
+    assert entry["throughput_error"] == "tool_missing" and entry["up"] is True

@@ -1,0 +1,113 @@
+"""The throughput plan: tests spread over `every`, inside windows, with busy backoff and monthly budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from monitor.config import IcmpSettings, ThroughputSettings
+from monitor.errors import ProbeErrorReason
+from monitor.results import DirectionResult, ThroughputResult
+from monitor.targets import Target
+from monitor.throughput_plan import ThroughputPlan, allowed_start, phase
+from monitor.windows import is_allowed, parse_window
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC).timestamp()
+
+
+def target(name: str, **settings: object) -> Target:
+    base = ThroughputSettings(method="iperf3")
+    return Target(name, "192.0.2.1", "192.0.2.1", "g", "school", "d", "fibre", None, None, 4e6, IcmpSettings(),
+                  dataclasses.replace(base, **settings))  # type: ignore[arg-type]
+
+
+def test_first_tests_are_spread_over_the_interval() -> None:
+    """500 sites' first tests fall across the whole 6 h, no more than a few in any 10-minute slice."""
+    plan = ThroughputPlan()
+    plan.set_targets([target(f"school-{i:03d}") for i in range(500)], NOW)
+    offsets = sorted(s.next_due - NOW for s in plan.sites.values())
+    assert offsets[0] >= 0 and offsets[-1] < 6 * 3600
+    slices = [0] * 36
+    for offset in offsets:
+        slices[int(offset // 600)] += 1
+    assert max(slices) < 30  # 500/36 ≈ 14 on average; all at once would be 500
+    assert phase("school-001") == phase("school-001")  # stable across calls (and processes: blake2b)
+
+
+def test_due_respects_the_limit_and_marks_running() -> None:
+    """due() hands out at most `limit` sites and never one that is already running."""
+    plan = ThroughputPlan()
+    plan.set_targets([target(f"s{i}", every_seconds=60.0) for i in range(5)], NOW)
+    later = NOW + 120
+    first = plan.due(later, 2)
+    assert len(first) == 2 and plan.running == 2
+    second = plan.due(later, 5 - plan.running)
+    assert len(second) == 3 and not {s.target.name for s in first} & {s.target.name for s in second}
+    assert plan.due(later, 5) == []
+
+
+def test_window_is_honoured_and_deferred_tests_spread_inside_it() -> None:
+    """With '22:00-06:00' Almaty time, every planned start is inside the window, with room to finish."""
+    settings = ThroughputSettings(method="iperf3", windows=(parse_window("22:00-06:00"),), timezone="Asia/Almaty",
+                                  every_seconds=24 * 3600.0)
+    starts = [allowed_start(NOW, f"site-{i}", settings) for i in range(200)]
+    for start in starts:
+        assert is_allowed(start, settings.windows, settings.timezone)
+        assert is_allowed(start + 2 * settings.test_bound_seconds - 1, settings.windows, settings.timezone)
+    local_hours = {dt.datetime.fromtimestamp(s, ZoneInfo("Asia/Almaty")).hour for s in starts}
+    assert len(local_hours) >= 5  # spread over the night, not piled at 22:00
+
+
+def _result(t: Target, started: float, error: ProbeErrorReason | None = None, moved: int = 0) -> ThroughputResult:
+    d = DirectionResult("download", started, started + 10, None if error else 5e6, moved, 10.0, None, error)
+    return ThroughputResult(t, "iperf3", started, started + 10, "192.0.2.1", (d,), error)
+
+
+def test_busy_server_is_retried_with_backoff_then_waits_for_the_next_slot() -> None:
+    """Busy: retries after 30 s, 60 s, 120 s, …; after five, the next regular test is `every` later."""
+    t = target("s", every_seconds=6 * 3600.0)
+    plan = ThroughputPlan()
+    plan.set_targets([t], NOW)
+    now = NOW
+    delays = []
+    for _ in range(6):
+        state = plan.sites["s"]
+        now = state.next_due
+        assert plan.due(now, 1) == [state]
+        plan.finished("s", _result(t, now, ProbeErrorReason.BUSY), now)
+        delays.append(plan.sites["s"].next_due - now)
+    assert delays == [30, 60, 120, 240, 480, 6 * 3600 - 0]
+
+
+def test_budget_caps_then_skips() -> None:
+    """A site with 100 MB a month: tests are capped to what is left, then skipped (None) until next month."""
+    t = target("sat", method="http", url="http://192.0.2.1/blob", monthly_budget_bytes=100_000_000,
+               directions=("upload",))
+    plan = ThroughputPlan()
+    plan.set_targets([t], NOW)
+    state = plan.sites["sat"]
+    capped = plan.test_target(state, NOW)
+    assert capped is not None and capped.throughput.max_bytes == 100_000_000
+    plan.finished("sat", _result(t, NOW, moved=70_000_000), NOW)
+    capped = plan.test_target(plan.sites["sat"], NOW + 1)
+    assert capped is not None and capped.throughput.max_bytes == 30_000_000
+    plan.finished("sat", _result(t, NOW + 1, moved=30_000_000), NOW + 1)
+    assert plan.remaining_after("sat", NOW + 2) == 0
+    assert plan.test_target(plan.sites["sat"], NOW + 2) is None
+    next_month = dt.datetime(2026, 12, 1, 0, 1, tzinfo=dt.UTC).timestamp()
+    assert plan.remaining_after("sat", next_month) == 100_000_000
+
+
+def test_reload_keeps_due_times_and_spending() -> None:
+    """A reload that leaves a site's settings alone keeps its due time and its month's spending."""
+    t = target("s", monthly_budget_bytes=10**9)
+    plan = ThroughputPlan()
+    plan.set_targets([t], NOW)
+    due = plan.sites["s"].next_due
+    plan.finished("s", _result(t, NOW, moved=5_000), NOW)
+    due = plan.sites["s"].next_due
+    plan.set_targets([dataclasses.replace(t, district="other"), target("new")], NOW + 5)
+    assert plan.sites["s"].next_due == due and plan.sites["s"].used_bytes == 5_000
+    plan.set_targets([target("new")], NOW + 6)
+    assert set(plan.sites) == {"new"}
