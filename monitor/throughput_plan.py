@@ -36,6 +36,7 @@ from monitor.windows import current_or_next
 
 BUSY_FIRST_RETRY_SECONDS = 30.0
 BUSY_MAX_RETRIES = 5
+MIN_TEST_BYTES = 256 * 1024  # below this per direction, a budget counts as spent (a test would say little)
 _WINDOW_SPREAD_SHARE = 0.8  # deferred tests start within the first 80% of a window, leaving room to finish
 
 
@@ -136,11 +137,9 @@ class ThroughputPlan:
         remaining = state.remaining(now)
         if remaining is None:
             return state.target
-        if remaining <= 0:
-            return None
         settings = state.target.throughput
         per_direction = remaining // max(1, len(settings.effective_directions))
-        if per_direction <= 0:
+        if per_direction < MIN_TEST_BYTES:  # what is left would not make a test worth its figure
             return None
         cap = settings.max_bytes
         # http honours bytes and duration together, so its cap is always safe. iperf3 takes one end
