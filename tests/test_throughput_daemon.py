@@ -10,6 +10,7 @@ import datetime as dt
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,40 @@ def test_exposition_passes_promtool(running: tuple) -> None:
     """The exposition with throughput families passes promtool (bar the allowed bits lint)."""
     _proc, state = running
     assert promtool_problems(state["text"]) == []
+
+
+def test_missing_iperf3_warns_at_start_and_icmp_goes_on(lab: Lab, tmp_path: Path) -> None:
+    """Without iperf3 the daemon starts, warns once naming the fix, exports tool_available 0, keeps probing."""
+    need(can_measure_throughput()[0], "needs namespaces")
+    cfg = write_config(tmp_path, """
+defaults:
+  icmp: {interval: 1s, count: 1, timeout: 500ms}
+groups:
+  - name: g
+    throughput: {method: iperf3, every: 10s, duration: 1s, omit: 0s, timeout: 2s}
+    endpoints:
+      - {name: loop, host: 127.0.0.1}
+""")
+    argv = ["env", "PATH=/usr/sbin", *lab.connmon_argv("run", "--config", str(cfg), "--listen",
+                                                        f"{lab.prober_v4}:{PORT + 1}")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    try:
+        parsed: dict = {}
+        for _ in range(120):
+            try:
+                parsed = samples(lab.get(PORT + 1, "/metrics")[1])
+            except OSError:
+                parsed = {}
+            errors = _by_endpoint(parsed, "connmon_probe_errors_total", probe="throughput", reason="tool_missing")
+            if errors.get("loop", 0) >= 1:
+                break
+            assert proc.poll() is None
+            time.sleep(0.25)
+        assert errors["loop"] >= 1
+        assert list(parsed["connmon_throughput_tool_available"].values()) == [0.0]
+        assert _by_endpoint(parsed, "connmon_up")["loop"] == 1
+    finally:
+        proc.terminate()
+        _out, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert stderr.count("apt install iperf3") == 1  # the start-up warning, once; each test logs its own line

@@ -149,11 +149,13 @@ groups:
           throughput: {{method: http, url: "http://{{host}}:{HTTP_PORT}/blob", directions: [upload]}}}}
       - {{name: http-silent, host: {faulty['silent'].v4},
           throughput: {{method: http, url: "http://{{host}}:5201/blob", directions: [upload]}}}}
+      - {{name: http-no-dns, host: missing.lab.test,
+          throughput: {{method: http, url: "http://{{host}}/blob", directions: [upload]}}}}
 """)
     got = _measure(lab, config)
     reasons = {name: entry["throughput_error"] for name, entry in got.items()}
     assert reasons == {"refused": "refused", "silent": "timeout", "busy": "busy", "no-dns": "dns",
-                       "http-refused": "refused", "http-silent": "timeout"}
+                       "http-refused": "refused", "http-silent": "timeout", "http-no-dns": "dns"}
     assert all(got[name]["up"] for name in ("refused", "silent", "busy"))  # ICMP still measured them
     assert got["no-dns"]["error"] == "dns"
     assert all(entry["target_met"] is None for entry in got.values())  # a failed test proves nothing
@@ -174,3 +176,21 @@ groups:
                           capture_output=True, text=True, timeout=60, check=False)
     entry = json.loads(proc.stdout)
     assert entry["throughput_error"] == "tool_missing" and entry["up"] is True
+
+
+def test_iperf3_argv_is_typed_and_never_a_shell() -> None:
+    """Settings become separate argv items (no shell): streams, port, end condition, --reverse for upload."""
+    from monitor.config import IcmpSettings, ThroughputSettings
+    from monitor.probes.iperf3 import build_argv
+    from monitor.targets import Target
+
+    settings = ThroughputSettings(method="iperf3", parallel=4, port=5301, duration_seconds=7.5, omit_seconds=2)
+    t = Target("s; rm -rf /", "192.0.2.1", "192.0.2.1", "g", "", "", "", None, None, 4e6, IcmpSettings(), settings)
+    assert build_argv("/usr/bin/iperf3", "192.0.2.1", "download", t) == [
+        "/usr/bin/iperf3", "--client", "192.0.2.1", "--port", "5301", "--json", "--omit", "2", "--parallel", "4",
+        "--connect-timeout", "10000", "--time", "8"]
+    from dataclasses import replace
+
+    capped = replace(t, throughput=replace(settings, max_bytes=5_000_000))
+    argv = build_argv("iperf3", "fd77::2", "upload", capped)
+    assert argv[-3:] == ["--bytes", "5000000", "--reverse"] and "--time" not in argv
