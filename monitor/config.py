@@ -480,13 +480,12 @@ def _windows(w: _Walker, node: Node, path: str) -> tuple[TimeWindow, ...] | None
     for index, item in enumerate(items):
         text = w.string(item, f"{path}[{index}]")
         if text is None:
-            return None
+            continue
         try:
             out.append(parse_window(text))
         except ValueError as err:
             w.problem(item, f"{path}[{index}]", str(err))
-            return None
-    return tuple(out)
+    return tuple(out) if len(out) == len(items) else None
 
 
 def _timezone(w: _Walker, node: Node, path: str) -> str | None:

@@ -51,8 +51,8 @@ def _minute(text: str) -> int:
 
 def _days(text: str) -> frozenset[int]:
     out: set[int] = set()
-    for part in text.lower().split(","):
-        first, _, last = part.partition("-")
+    for part in text.split(","):
+        first, _, last = part.lower().partition("-")
         if first[:3] not in DAY_NAMES or (last and last[:3] not in DAY_NAMES):
             raise ValueError(f"'{part}' is not a day or range of days (Mon, Tue, …, Sun; e.g. Mon-Fri)")
         a = DAY_NAMES.index(first[:3])
