@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,12 @@ groups:
 def _iperf3_reference(lab: Lab, site: Site, reverse: bool) -> float:
     """The stock iperf3 client's receiver-side figure on the same link, same settings, in bit/s."""
     args = ["iperf3", "-c", site.v4, "-J", "-t", str(DURATION), "-O", "1"] + (["-R"] if reverse else [])
-    report = json.loads(lab.pr(*args).stdout)
-    return float(report["end"]["sum_received"]["bits_per_second"])
+    for _attempt in range(3):  # iperf3 -s refuses for a moment after each test while it re-opens
+        report = json.loads(lab.pr(*args, check=False).stdout)
+        if "error" not in report:
+            return float(report["end"]["sum_received"]["bits_per_second"])
+        time.sleep(1)
+    raise AssertionError(f"iperf3 reference run failed: {report['error']}")
 
 
 def _measure(lab: Lab, config: Path) -> dict[str, dict]:

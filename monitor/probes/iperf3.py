@@ -92,9 +92,10 @@ async def measure(target: Target, address: str | None, direction: Direction, ctx
     bound = target.throughput.test_bound_seconds
     argv = build_argv(binary, address, direction, target)
     outcome = await ctx.run_command(argv, bound)
-    if outcome.returncode not in (0, None) and "refused" in outcome.stdout and direction == "upload":
-        # iperf3 -s re-opens its listening socket after each test; right after the download test
-        # a connection can be refused for a moment. Once more, after a pause, before calling it refused.
+    if outcome.returncode not in (0, None) and "refused" in outcome.stdout:
+        # iperf3 -s re-opens its listening socket after each test, so right after a test (ours in the
+        # other direction, or anyone's) it refuses for a moment. Once more, after a pause, before
+        # calling the site refused.
         await asyncio.sleep(1.0)
         outcome = await ctx.run_command(argv, bound)
     if outcome.not_found:
