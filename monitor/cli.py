@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from monitor import __version__
 from monitor.config import load_config
+from monitor.durations import parse_duration
 from monitor.errors import ConfigError, ConnmonError
 from monitor.icmp_engine import IcmpEngine
 from monitor.listen import DEFAULT_LISTEN, parse_listen
@@ -31,6 +32,16 @@ def _listen_address(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def _watch_interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if seconds < 0.1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 100ms")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,9 +60,19 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"ADDR:PORT for /metrics (default {DEFAULT_LISTEN})")
     run.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
                      help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
+    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="TLS and basic auth, in Prometheus exporter-toolkit's web-config format")
+    run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                     help="allow POST /-/reload (as Prometheus)")
+    run.add_argument("--config.watch", dest="config_watch", action="store_true",
+                     help="reload when the config file's content changes (polled)")
+    run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
+                     metavar="DURATION", help="how often --config.watch looks at the file (default 5s)")
 
     check = commands.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     common(check)
+    check.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                       help="also validate this web config (TLS files, bcrypt hashes)")
 
     probe = commands.add_parser("probe", help="probe endpoints once now and print the results")
     common(probe)
@@ -67,12 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_level, args.log_format)
     try:
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, args.web_config_file)
         if args.command == "probe":
             return asyncio.run(_probe(args))
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
 
-        return asyncio.run(serve(args.config, args.listen, args.icmp_mode))
+        return asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
+                                 enable_lifecycle=args.enable_lifecycle,
+                                 watch_interval_seconds=args.watch_interval if args.config_watch else None))
     except ConnmonError as err:
         print(f"connmon: {err}" if not isinstance(err, ConfigError) else str(err), file=sys.stderr)
         return err.exit_code
@@ -80,10 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _check(path: str) -> int:
+def _check(path: str, web_config_path: str | None) -> int:
     config = load_config(path)
     targets = build_targets(config)
     print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints")
+    if web_config_path is not None:
+        from monitor.webconfig import load_web_config  # bcrypt and ssl only when asked
+
+        print(f"{web_config_path}: OK, {load_web_config(web_config_path).describe()}")
     return 0
 
 
