@@ -41,7 +41,7 @@ def broken_text() -> str:
 
 
 def test_post_reload_adds_removes_and_changes_sites_and_refuses_a_broken_file(lab: Lab, tmp_path: Path) -> None:
-    """POST /-/reload: 200 and the new site set on /metrics; a broken file gives 500 with file:line and changes nothing."""
+    """POST /-/reload: 200 and the new site set on /metrics; a broken file: 500 with file:line, nothing changes."""
     config = tmp_path / "connmon.yaml"
     config.write_text(config_text(FIRST), encoding="utf-8")
     url = f"http://{lab.prober_v4}:9101"
