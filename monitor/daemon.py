@@ -110,16 +110,17 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     reloader.close()
     if watcher is not None:
         watcher.cancel()
-    scheduler.shutdown()
+    scheduler.pause()
     running = set(scheduler.running_cycles)
     log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
              DRAIN_SECONDS)
     left = await _drain(running, hurry, DRAIN_SECONDS)
     if left:
-        log.warning("cancelling %d cycle(s) still running after %gs", len(left), DRAIN_SECONDS)
+        log.warning("cancelling %d cycle(s) still running", len(left))
         for task in left:
             task.cancel()
         await asyncio.wait(left, timeout=CANCEL_SECONDS)
+    scheduler.shutdown()
     for reload_task in background:
         reload_task.cancel()
     await runner.cleanup()
@@ -139,6 +140,8 @@ async def _drain(cycles: set[asyncio.Task[None]], hurry: asyncio.Event,
     all_done = asyncio.ensure_future(asyncio.wait(cycles))
     hurried = asyncio.ensure_future(hurry.wait())
     await asyncio.wait({all_done, hurried}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+    if hurried.done():
+        log.warning("second signal: not waiting for running cycles")
     all_done.cancel()  # cancels the waiting, not the cycles
     hurried.cancel()
     return {task for task in cycles if not task.done()}
