@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -93,14 +95,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_probe(args))
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
 
-        return asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
+        code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None))
+        _exit_without_stuck_lookups(code)
+        return code
     except ConnmonError as err:
         print(f"connmon: {err}" if not isinstance(err, ConfigError) else str(err), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _exit_without_stuck_lookups(code: int) -> None:
+    """Exit now if DNS look-up threads are stuck, instead of letting Python's exit wait for them.
+
+    Issue 7 promises exit within 10 s of SIGTERM; a look-up blocked on a dead DNS server could hold
+    the interpreter's final thread join for 30 s or more. Everything worth writing is written by now
+    (the daemon closed its sinks), so the log is flushed and the process ends with ``os._exit``.
+    """
+    from monitor.resolver import close_pool
+
+    if close_pool(timeout_seconds=1.0):
+        return
+    logging.getLogger(__name__).warning("exiting without waiting for DNS look-ups that are still blocked")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check(path: str, web_config_path: str | None) -> int:

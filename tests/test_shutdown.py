@@ -105,6 +105,39 @@ def test_a_second_signal_skips_the_wait(lab: Lab, dropping: Site, tmp_path: Path
     assert "cancelling 1 cycle(s)" in stderr and stderr.rstrip().endswith("stopped")
 
 
+def test_sigterm_exits_even_while_a_dns_look_up_is_stuck(lab: Lab, tmp_path: Path) -> None:
+    """A look-up blocked on a DNS server that never answers (20 s by resolv.conf) does not hold the exit.
+
+    The prober's DNS queries to its own loopback are dropped on arrival by its firewall, so the look-up hangs
+    without any packet leaving the test's namespace.
+    """
+    resolv = lab.etc / "resolv.conf"
+    saved = resolv.read_text(encoding="ascii")
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:10 attempts:2\n", encoding="ascii")
+    drop = ["INPUT", "-i", "lo", "-p", "udp", "--dport", "53", "-j", "DROP"]  # sent, never answered
+    lab.pr("iptables", "-I", *drop)
+    config = tmp_path / "stuck.yaml"
+    config.write_text("defaults: {icmp: {interval: 60s, count: 1, timeout: 1s}}\n"
+                      "groups:\n  - {name: g, endpoints: [{name: stuck, host: nowhere.lab.test}]}\n", encoding="utf-8")
+    try:
+        with running_daemon(lab, config, 9124) as proc:
+            for _ in range(100):  # bounded: until the look-up is under way (the firewall has dropped a query)
+                counts = lab.pr("iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
+                if any("dpt:53" in line and int(line.split()[0]) > 0 for line in counts.splitlines()[2:]):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("no DNS query was sent")
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=EXIT_BOUND_SECONDS)
+    finally:
+        lab.pr("iptables", "-D", *drop)
+        resolv.write_text(saved, encoding="ascii")
+    assert proc.returncode == 0, stderr
+    assert "cancelling 1 cycle(s) still running" in stderr
+    assert "exiting without waiting for DNS look-ups that are still blocked" in stderr
+
+
 class RecordingSink:
     def __init__(self, log: list[str], name: str, fail: bool = False) -> None:
         self.log, self.name, self.fail = log, name, fail
