@@ -124,3 +124,82 @@ def test_file_watcher_reloads_on_change_once_per_content(lab: Lab, tmp_path: Pat
     assert len(reloads) == 3, reloads
     assert all("(file change)" in line for line in reloads), reloads
     assert "reload failed (file change)" in reloads[1] and f"{config}:8:" in reloads[1]
+
+
+# ----------------------------------------------------------------------------- in-process, without a lab
+
+def test_concurrent_reloads_are_serialised_and_each_reports(tmp_path: Path) -> None:
+    """Reloads asked at once (signal, HTTP, watcher) run one after the other, never two parses at a time."""
+    import asyncio
+    import threading
+
+    from monitor.reload import Reloader
+
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(FIRST), encoding="utf-8")
+    applied: list[int] = []
+    reports: list[bool] = []
+    reloader = Reloader(str(config), lambda targets: applied.append(len(targets)), reports.append)
+    assert len(reloader.load_initial()) == 3
+    active, most = 0, 0
+    guard = threading.Lock()
+    build = reloader._build
+
+    def slow_build() -> tuple[str | None, tuple]:
+        nonlocal active, most
+        with guard:
+            active += 1
+            most = max(most, active)
+        time.sleep(0.05)  # long enough for the others to pile up if the lock did not hold them
+        try:
+            return build()
+        finally:
+            with guard:
+                active -= 1
+
+    reloader._build = slow_build  # type: ignore[method-assign]
+
+    async def scenario() -> list[bool]:
+        outcomes = await asyncio.gather(*(reloader.reload(f"caller {i}") for i in range(5)))
+        reloader.close()
+        late = await reloader.reload("after close")
+        return [o.ok for o in outcomes] + [late.ok]
+
+    assert asyncio.run(scenario()) == [True] * 5 + [False]
+    assert most == 1 and applied == [3] * 5 and reports == [True] * 5
+
+
+def test_watcher_skips_unchanged_and_already_tried_content(tmp_path: Path) -> None:
+    """The watcher reloads on new content only: not on a touch, not again for content already tried."""
+    import asyncio
+
+    from monitor.reload import ConfigWatcher, Reloader
+
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(FIRST), encoding="utf-8")
+    reports: list[bool] = []
+    reloader = Reloader(str(config), lambda targets: None, reports.append)
+    reloader.load_initial()
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(ConfigWatcher(reloader, 0.02).run())
+
+        async def settle(expected: int) -> None:
+            for _ in range(250):  # bounded: 5 s of polls at most
+                if reloader.reloads == expected:
+                    await asyncio.sleep(0.1)  # a few more polls: no further reload may follow
+                    return
+                await asyncio.sleep(0.02)
+
+        config.touch()
+        await settle(0)
+        config.write_text(broken_text(), encoding="utf-8")
+        await settle(1)
+        os.utime(config, ns=(1, 1))  # a new stat, same broken content
+        await settle(1)
+        config.write_text(config_text(SECOND), encoding="utf-8")
+        await settle(2)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert reports == [False, True]
