@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 
 from monitor import __version__
 from monitor.config import load_config
+from monitor.durations import parse_duration
 from monitor.errors import ConfigError, ConnmonError
 from monitor.icmp_engine import IcmpEngine
 from monitor.listen import DEFAULT_LISTEN, parse_listen
@@ -34,6 +37,16 @@ def _listen_address(text: str) -> str:
     return text
 
 
+def _watch_interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if seconds < 0.1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 100ms")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connmon", description="Connectivity monitor for schools and clinics.")
     parser.add_argument("--version", action="version", version=f"connmon {__version__}")
@@ -50,9 +63,19 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"ADDR:PORT for /metrics (default {DEFAULT_LISTEN})")
     run.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
                      help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
+    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="TLS and basic auth, in Prometheus exporter-toolkit's web-config format")
+    run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                     help="allow POST /-/reload (as Prometheus)")
+    run.add_argument("--config.watch", dest="config_watch", action="store_true",
+                     help="reload when the config file's content changes (polled)")
+    run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
+                     metavar="DURATION", help="how often --config.watch looks at the file (default 5s)")
 
     check = commands.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     common(check)
+    check.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                       help="also validate this web config (TLS files, bcrypt hashes)")
 
     probe = commands.add_parser("probe", help="probe endpoints once now and print the results")
     common(probe)
@@ -70,12 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_level, args.log_format)
     try:
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, args.web_config_file)
         if args.command == "probe":
             return asyncio.run(_probe(args))
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
 
-        return asyncio.run(serve(args.config, args.listen, args.icmp_mode))
+        code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
+                                 enable_lifecycle=args.enable_lifecycle,
+                                 watch_interval_seconds=args.watch_interval if args.config_watch else None))
+        _exit_without_stuck_lookups(code)
+        return code
     except ConnmonError as err:
         print(f"connmon: {err}" if not isinstance(err, ConfigError) else str(err), file=sys.stderr)
         return err.exit_code
@@ -83,10 +110,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _check(path: str) -> int:
+def _exit_without_stuck_lookups(code: int) -> None:
+    """Exit now if DNS look-up threads are stuck, instead of letting Python's exit wait for them.
+
+    Issue 7 promises exit within 10 s of SIGTERM; a look-up blocked on a dead DNS server could hold
+    the interpreter's final thread join for 30 s or more. Everything worth writing is written by now
+    (the daemon closed its sinks), so the log is flushed and the process ends with ``os._exit``.
+    """
+    from monitor.resolver import close_pool
+
+    if close_pool(timeout_seconds=1.0):
+        return
+    logging.getLogger(__name__).warning("exiting without waiting for DNS look-ups that are still blocked")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _check(path: str, web_config_path: str | None) -> int:
     config = load_config(path)
     targets = build_targets(config)
     print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints")
+    if web_config_path is not None:
+        from monitor.webconfig import load_web_config  # bcrypt and ssl only when asked
+
+        print(f"{web_config_path}: OK, {load_web_config(web_config_path).describe()}")
     return 0
 
 

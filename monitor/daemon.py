@@ -1,8 +1,14 @@
 """``connmon run``: wires config, engine, sinks, scheduler and web server, and handles signals.
 
-SIGTERM/SIGINT stop scheduling, cancel cycles still running (bounded), close the server and
-exit 0. SIGHUP reloads: the new file is validated in full first; a bad file keeps the running
-config and sets ``connmon_config_last_reload_successful`` to 0.
+Reload (issue 7): SIGHUP, ``POST /-/reload`` (with ``--web.enable-lifecycle``) and the file
+watcher (``--config.watch``) all go through one :class:`~monitor.reload.Reloader`: the new file is
+validated in full first; a bad file keeps the running config and sets
+``connmon_config_last_reload_successful`` to 0.
+
+Shutdown (issue 7): SIGTERM/SIGINT stop scheduling at once; cycles already running get
+:data:`DRAIN_SECONDS` to finish and be published, the rest are cancelled and get
+:data:`CANCEL_SECONDS` to unwind; then the web server closes (:data:`~monitor.web.SHUTDOWN_TIMEOUT_SECONDS`),
+sinks flush and the process exits 0, well within 10 s. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -12,99 +18,143 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 
-from monitor.config import load_config
-from monitor.errors import ConfigError
+from monitor.config import Config
 from monitor.icmp_engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.metrics import MetricsSink
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
+from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
-from monitor.targets import Target, build_targets
+from monitor.targets import Target
 from monitor.web import build_app, start_server
+from monitor.webconfig import BasicAuth, load_web_config
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_SECONDS = 5.0
+DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
+CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 
 
-async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
+async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
+                web_config_path: str | None = None, enable_lifecycle: bool = False,
+                watch_interval_seconds: float | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
+    Args:
+        config_path: the site list.
+        listen: ``ADDR:PORT`` for the web server.
+        icmp_mode: ``auto``, ``raw`` or ``unprivileged``.
+        web_config_path: exporter-toolkit web config (TLS, basic auth), or None.
+        enable_lifecycle: allow ``POST /-/reload``.
+        watch_interval_seconds: poll the config file this often and reload on change; None: don't.
+
     Raises:
-        ConfigError: the config is invalid at start-up (exit 2).
+        ConfigError: the config or the web config is invalid at start-up (exit 2).
         StartupError: no ICMP socket, or the listen address cannot be bound (exit 3).
     """
-    config = load_config(config_path)
-    targets = build_targets(config)
-    engine = IcmpEngine.open(icmp_mode)
-    log.info("ICMP engine: %s", engine.describe())
+    web_config = load_web_config(web_config_path) if web_config_path is not None else None
     iperf3_path = find_iperf3()
-    _warn_missing_tools(targets, iperf3_path)
     metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)})
     pipeline = ResultPipeline([metrics, EventLogSink()])
+
+    def apply(new_config: Config, new_targets: tuple[Target, ...]) -> None:
+        _warn_missing_tools(new_targets, iperf3_path)
+        if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
+            scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
+            ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
+        scheduler.set_targets(new_targets)  # first: if it fails, the sinks still match the jobs
+        for sink in pipeline.sinks:
+            sink.set_targets(new_targets)
+
+    reloader = Reloader(config_path, apply, metrics.config_loaded)
+    config, targets = reloader.load_initial()
+    _warn_missing_tools(targets, iperf3_path)
+    engine = IcmpEngine.open(icmp_mode)
+    log.info("ICMP engine: %s", engine.describe())
     for sink in pipeline.sinks:
         sink.set_targets(targets)
     metrics.config_loaded(True)
     ctx = ProbeContext(engine, time.time, iperf3_path=iperf3_path,
                        throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
     scheduler = CycleScheduler(ctx, pipeline, throughput_max_concurrent=config.throughput_max_concurrent)
+    auth = BasicAuth(web_config.users) if web_config is not None and web_config.users else None
     ready = False
+
+    app = build_app(metrics, lambda: ready, reload=(lambda: reloader.reload("POST /-/reload"))
+                    if enable_lifecycle else None, auth=auth)
     try:
-        runner = await start_server(build_app(metrics, lambda: ready), listen)
+        runner = await start_server(app, listen, web_config.ssl_context if web_config is not None else None)
     except BaseException:
         engine.close()
         raise
+    if web_config is not None:
+        log.info("web: %s", web_config.describe())
     scheduler.start(targets)
     ready = True
     log.info("connmon started: %d endpoints from %s, listening on %s", len(targets), config_path, listen)
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+    background: set[asyncio.Task[ReloadOutcome]] = set()
+
+    def spawn(coro: Coroutine[None, None, ReloadOutcome]) -> None:
+        task = asyncio.ensure_future(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    def reload() -> None:
-        """Validate and build the new config completely; only then swap it in."""
-        try:
-            new_config = load_config(config_path)
-            new_targets = build_targets(new_config)
-        except ConfigError as err:
-            metrics.config_loaded(False)
-            log.error("reload failed, keeping the running config:\n%s", err)
-            return
-        _warn_missing_tools(new_targets, iperf3_path)
-        if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
-            scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
-            ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
-        try:
-            scheduler.set_targets(new_targets)
-        except Exception:  # never leave a half-applied reload looking successful
-            metrics.config_loaded(False)
-            log.exception("reload failed while rescheduling; the previous jobs stay")
-            return
-        for sink in pipeline.sinks:
-            sink.set_targets(new_targets)
-        metrics.config_loaded(True)
-        log.info("reloaded %s: %d endpoints", config_path, len(new_targets))
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reloader.reload("SIGHUP")))
+    watcher = (asyncio.ensure_future(ConfigWatcher(reloader, watch_interval_seconds).run())
+               if watch_interval_seconds is not None else None)
     await stop.wait()
 
-    log.info("stopping")
+    # ---------------------------------------------------------------- graceful shutdown
     ready = False
+    loop.remove_signal_handler(signal.SIGHUP)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: do not wait for running cycles
+        loop.add_signal_handler(sig, hurry.set)
+    reloader.close()
+    if watcher is not None:
+        watcher.cancel()
+    scheduler.pause()
+    running = set(scheduler.running_cycles)
+    log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
+             DRAIN_SECONDS)
+    left = await _drain(running, hurry, DRAIN_SECONDS)
+    if left:
+        log.warning("cancelling %d cycle(s) still running", len(left))
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=CANCEL_SECONDS)
     scheduler.shutdown()
-    cycles = list(scheduler.running_cycles)
-    for task in cycles:
-        task.cancel()
-    if cycles:
-        await asyncio.wait(cycles, timeout=SHUTDOWN_GRACE_SECONDS)
+    for reload_task in background:
+        reload_task.cancel()
     await runner.cleanup()
+    pipeline.close()
     engine.close()
+    if auth is not None:
+        auth.close()
     log.info("stopped")
     return 0
+
+
+async def _drain(cycles: set[asyncio.Task[None]], hurry: asyncio.Event,
+                 timeout_seconds: float) -> set[asyncio.Task[None]]:
+    """Wait until ``cycles`` are done, ``hurry`` is set or the time is up; return those still running."""
+    if not cycles:
+        return set()
+    all_done = asyncio.ensure_future(asyncio.wait(cycles))
+    hurried = asyncio.ensure_future(hurry.wait())
+    await asyncio.wait({all_done, hurried}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+    if hurried.done():
+        log.warning("second signal: not waiting for running cycles")
+    all_done.cancel()  # cancels the waiting, not the cycles
+    hurried.cancel()
+    return {task for task in cycles if not task.done()}
 
 
 def _warn_missing_tools(targets: Sequence[Target], iperf3_path: str | None) -> None:

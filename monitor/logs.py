@@ -28,7 +28,7 @@ class TextFormatter(logging.Formatter):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         fields = "".join(f" {key}={_quote(getattr(record, key))}" for key in _EXTRA_KEYS
                          if getattr(record, key, None) is not None)
-        message = record.getMessage().replace("\n", "\\n")
+        message = one_line(record.getMessage())
         line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname}{fields} {message}"
         if record.exc_info:
             line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
@@ -54,9 +54,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# Line breaks (everything str.splitlines() splits at) and terminal controls (ESC): a site name holding
+# one must not split, forge or recolour a log line (issue 7). Tabs stay.
+_UNSAFE = {code: f"\\u{code:04x}" for code in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)
+           if code != 0x09} | {ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and control characters escaped, so that one event stays one line."""
+    return text.translate(_UNSAFE)
+
+
 def _quote(value: object) -> str:
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if (not text or any(c in text for c in ' "=\n\\')) else text
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return one_line(json.dumps(text, ensure_ascii=False))  # json escapes controls (ESC too); U+2028 is left
 
 
 def configure(level: str = "info", fmt: str = "text") -> None:

@@ -87,3 +87,18 @@ async def resolve_all(requests: Sequence[tuple[str, AddressFamilyChoice, float]]
                                      for (host, family), timeout in distinct.items()))
     by_key = dict(zip(distinct, answers, strict=True))
     return [by_key[(host, family)] for host, family, _ in requests]
+
+
+def close_pool(timeout_seconds: float) -> bool:
+    """At shutdown: stop the look-up threads, waiting at most ``timeout_seconds``; True if all ended.
+
+    A ``getaddrinfo`` blocked on a dead DNS server cannot be interrupted (it can take
+    timeout × attempts × servers from resolv.conf, 30 s and more), and Python joins pool threads
+    at exit, so the caller must be able to learn that some are stuck and exit without them.
+    """
+    _POOL.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout_seconds
+    threads = list(_POOL._threads)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() for thread in threads)

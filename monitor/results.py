@@ -12,7 +12,7 @@ import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
@@ -199,6 +199,14 @@ class Sink(Protocol):
     def cycle_skipped(self, probe: str, group: str) -> None: ...
 
 
+@runtime_checkable
+class ClosableSink(Protocol):
+    """A sink with something to write out at shutdown (history, later); ``close`` is optional for sinks."""
+
+    def close(self) -> None:
+        """Flush and release what the sink holds; called once, after the last cycle was published."""
+
+
 class ResultPipeline:
     """Fans every finished cycle out to the sinks; a failing sink never stops the others."""
 
@@ -218,3 +226,12 @@ class ResultPipeline:
                 sink.cycle_skipped(probe, group)
             except Exception:
                 log.exception("sink %s failed on a skipped cycle", type(sink).__name__)
+
+    def close(self) -> None:
+        """At shutdown, after the last cycle: let every sink that has ``close`` flush; one failing stops none."""
+        for sink in self.sinks:
+            if isinstance(sink, ClosableSink):
+                try:
+                    sink.close()
+                except Exception:
+                    log.exception("sink %s failed to close", type(sink).__name__)

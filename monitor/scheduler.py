@@ -99,6 +99,11 @@ class CycleScheduler:
     def _job_id(group: str, interval: float) -> str:
         return f"icmp:{group}:{interval!r}s"  # repr: two intervals that print alike must not clash
 
+    def pause(self) -> None:
+        """Start no more cycles; running ones go on (``shutdown`` would cancel them: APScheduler's executor does)."""
+        if self._scheduler.running:
+            self._scheduler.pause()
+
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)

@@ -1,13 +1,19 @@
-"""The HTTP edge: ``/metrics``, ``/-/healthy``, ``/-/ready`` and a small index page.
+"""The HTTP edge: ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload`` and a small index page.
 
 It only reads: the exposition comes ready-made from :class:`~monitor.metrics.MetricsSink`, so a
 scrape costs a write of cached bytes and never waits for, or delays, probing.
+
+As Prometheus does (issue 7): ``POST``/``PUT /-/reload`` runs the daemon's one reload coroutine and
+answers 200, or 500 with the errors; without ``--web.enable-lifecycle`` it answers 403, and other
+methods 405. With a web config (:mod:`monitor.webconfig`) every route, health checks included,
+asks for basic auth (401 with ``WWW-Authenticate: Basic``) and the server speaks only TLS.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+import ssl
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -15,12 +21,25 @@ from monitor import __version__
 from monitor.errors import StartupError
 from monitor.listen import parse_listen
 from monitor.metrics import MetricsSink
+from monitor.reload import ReloadOutcome
+from monitor.webconfig import BasicAuth
 
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SHUTDOWN_TIMEOUT_SECONDS = 1.0  # requests still running at shutdown get this long (issue 7: exit within 10 s)
 
 
-def build_app(metrics: MetricsSink, is_ready: Callable[[], bool]) -> web.Application:
-    """The routes; ``is_ready`` is asked at each /-/ready so start-up and shutdown answer 503."""
+def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
+              reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
+              auth: BasicAuth | None = None) -> web.Application:
+    """The routes.
+
+    Args:
+        metrics: serves the exposition.
+        is_ready: asked at each /-/ready so start-up and shutdown answer 503.
+        reload: the daemon's reload coroutine when ``--web.enable-lifecycle`` is given, else None
+            (``/-/reload`` then answers 403).
+        auth: basic-auth users from the web config, or None for none.
+    """
 
     async def serve_metrics(request: web.Request) -> web.StreamResponse:
         chunks = metrics.exposition()
@@ -45,21 +64,47 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool]) -> web.Applica
         return web.Response(content_type="text/html",
                             text=f"<!doctype html><title>connmon</title><h1>connmon {__version__}</h1><ul>{links}</ul>")
 
-    app = web.Application()
+    async def reload_config(_request: web.Request) -> web.Response:
+        if reload is None:
+            return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+        outcome = await reload()
+        if outcome.ok:
+            return web.Response(text=outcome.message + "\n")
+        return web.Response(status=500, text=f"failed to reload config: {outcome.message}\n")
+
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = []
+    if auth is not None:
+        @web.middleware
+        async def require_auth(request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+            if await auth.check(request.headers.get("Authorization")):
+                return await handler(request)
+            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
+
+        middlewares.append(require_auth)
+
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/", index)
+    for method in ("POST", "PUT"):
+        app.router.add_route(method, "/-/reload", reload_config)
     return app
 
 
-async def start_server(app: web.Application, listen: str) -> web.AppRunner:
-    """Bind and serve ``app``; a port in use or a bad address is a start-up error that says so."""
+async def start_server(app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Bind and serve ``app`` (over TLS when ``ssl_context`` is given).
+
+    A port in use or a bad address is a start-up error that says so. A client that speaks plain
+    HTTP to the TLS port gets its connection closed: asyncio logs failed handshakes only in debug
+    mode, so such clients cannot fill the log.
+    """
     host, port = parse_listen(listen)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except OSError as err:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {listen}: {err.strerror or err}") from None
