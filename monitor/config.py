@@ -678,6 +678,10 @@ def _check_throughput(w: _Walker, config: Config, group: GroupConfig, endpoint: 
     if total > settings.every_seconds:
         problems.append(f"a test may take up to {total:g}s (omit + duration + timeout per direction), more than "
                         f"every {format_duration(settings.every_seconds)} (endpoint '{endpoint.name}')")
+    longest = max((w.length_minutes * 60 for w in settings.windows), default=None)
+    if longest is not None and total > longest:
+        problems.append(f"a test may take up to {total:g}s, longer than its longest window "
+                        f"({format_duration(longest)}) (endpoint '{endpoint.name}')")
     if problems:
         reported.add(where)
         w.problems.extend(ConfigProblem(where.file, where.line, where.column, where_path, text) for text in problems)

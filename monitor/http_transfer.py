@@ -33,6 +33,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from monitor.errors import ProbeErrorReason
 
 CHUNK_BYTES = 64 * 1024
+MIN_MEASURED_SECONDS = 0.25
 _NOTSENT_LOWAT_BYTES = 128 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 # struct tcp_info (linux/tcp.h): tcpi_total_retrans is a u32 at offset 100, tcpi_bytes_acked a u64 at 120.
@@ -105,10 +106,16 @@ class _Meter:
             return True
         return self.mark_time is not None and now - self.mark_time >= self.limits.duration_seconds
 
-    def figures(self) -> tuple[int, float]:
-        """Measured bytes and seconds; a transfer that ended inside the warm-up is measured whole."""
-        if self.mark_time is None or self.last_time <= self.mark_time:
-            return self.last_count, self.last_time - self.start
+    def figures(self) -> tuple[int, float] | None:
+        """Measured bytes and seconds; None when the transfer ended too soon to give a true rate.
+
+        A body that ends inside the warm-up, or after less than :data:`MIN_MEASURED_SECONDS` of
+        measuring, would turn a small page into "some Gbit/s" and a met target.
+        """
+        if self.mark_time is None and self.limits.max_bytes is not None and self.last_count >= self.limits.max_bytes:
+            self.mark_time, self.mark_count = self.start, 0  # the cap came first: measure the whole transfer
+        if self.mark_time is None or self.last_time - self.mark_time < MIN_MEASURED_SECONDS:
+            return None
         return self.last_count - self.mark_count, self.last_time - self.mark_time
 
 
@@ -161,7 +168,8 @@ async def fetch(url: str, address: str, limits: Limits) -> Transfer:
     meter = _Meter(limits)
     moved = 0
     try:
-        async with _session(address, limits, sockets) as session, session.get(url, allow_redirects=True) as resp:
+        # No redirects: the connection is pinned to the site's address, so another host would be measured wrongly.
+        async with _session(address, limits, sockets) as session, session.get(url, allow_redirects=False) as resp:
             if resp.status >= 300:
                 return Transfer(error=ProbeErrorReason.HTTP_STATUS, error_detail=f"{url}: HTTP {resp.status}")
             meter = _Meter(limits)  # the clock starts at the first byte, not at connect
@@ -172,10 +180,11 @@ async def fetch(url: str, address: str, limits: Limits) -> Transfer:
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
         reason, detail = _error(err, url)
         return Transfer(moved, error=reason, error_detail=detail)
-    measured, seconds = meter.figures()
-    if moved == 0:
-        return Transfer(0, error=ProbeErrorReason.FAILED, error_detail=f"{url}: empty body")
-    return Transfer(moved, measured, seconds)
+    figures = meter.figures()
+    if figures is None:
+        return Transfer(moved, error=ProbeErrorReason.FAILED,
+                        error_detail=f"{url}: the body ended after {moved} bytes, too soon to measure a rate")
+    return Transfer(moved, *figures)
 
 
 async def send(url: str, address: str, limits: Limits, method: str = "POST") -> Transfer:
@@ -184,6 +193,7 @@ async def send(url: str, address: str, limits: Limits, method: str = "POST") -> 
     meter = _Meter(limits)
     written = 0
     first_acked: list[int] = []
+    finished = False
 
     def acked() -> tuple[int, int | None]:
         info = _tcp_info(sockets[-1]) if sockets else None
@@ -192,7 +202,7 @@ async def send(url: str, address: str, limits: Limits, method: str = "POST") -> 
         return info[0] - (first_acked[0] if first_acked else 0), info[1]
 
     async def body() -> AsyncIterator[bytes]:
-        nonlocal meter, written
+        nonlocal meter, written, finished
         if sockets:
             sockets[-1].setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT_BYTES)
             info = _tcp_info(sockets[-1])
@@ -201,9 +211,11 @@ async def send(url: str, address: str, limits: Limits, method: str = "POST") -> 
         cap = limits.max_bytes
         while True:
             if meter.update(acked()[0]):
+                finished = True
                 return
             size = CHUNK_BYTES if cap is None else min(CHUNK_BYTES, cap - written)
             if size <= 0:  # everything allowed is written: wait for the acknowledgements to catch up
+                finished = True
                 return
             written += size
             yield _BLOB[:size]
@@ -212,12 +224,15 @@ async def send(url: str, address: str, limits: Limits, method: str = "POST") -> 
     try:
         async with _session(address, limits, sockets) as session, session.request(method, url, data=body(),
                                    headers={"Content-Type": "application/octet-stream"}) as resp:
-            measured, seconds = meter.figures()
+            figures = meter.figures()
             retransmits = acked()[1]
             if resp.status >= 300:
                 return Transfer(written, error=ProbeErrorReason.HTTP_STATUS, error_detail=f"{url}: HTTP {resp.status}")
             await resp.read()
+            if not finished or figures is None:
+                return Transfer(written, error=ProbeErrorReason.FAILED,
+                                error_detail=f"{url}: the server answered before the upload could be measured")
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
         reason, detail = _error(err, url)
         return Transfer(written, error=reason, error_detail=detail)
-    return Transfer(written, measured, seconds, retransmits)
+    return Transfer(written, figures[0], figures[1], retransmits)

@@ -186,7 +186,8 @@ class _ThroughputState:
     def absorb(self, result: ThroughputResult) -> None:
         self.tests += 1
         self.attempted_at = result.started_at
-        self.duration_seconds = result.ended_at - result.started_at
+        if result.directions:  # a skipped test (budget, DNS) has no duration to show
+            self.duration_seconds = result.ended_at - result.started_at
         self.budget_remaining = result.budget_remaining_bytes
         if result.error is not None:
             self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
@@ -197,6 +198,7 @@ class _ThroughputState:
                 self.rates[d.direction] = d.bits_per_second
         if result.measured:
             self.measured_at = result.started_at
+        if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
             self.target_met = result.target_met
 
     def render(self, t: Target, lb: str, f: list[str]) -> None:

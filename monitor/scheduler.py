@@ -143,16 +143,17 @@ class CycleScheduler:
             task.add_done_callback(self.running_cycles.discard)
 
     async def _run_test(self, state: SiteState, target: Target) -> None:
+        started = self.clock()
         try:
             results = await PROBES[target.throughput.method]([target], self.ctx)
-        except asyncio.CancelledError:
-            log.info("throughput test cancelled by shutdown", extra={"endpoint": target.name})
-            return
-        except Exception:
+        except asyncio.CancelledError:  # shutdown: nothing to publish, but the site must not stay "running"
+            self.plan.finished(target.name, ThroughputResult(target, target.throughput.method, started, started, None,
+                                                             error=ProbeErrorReason.FAILED), self.clock())
+            raise
+        except Exception as err:  # a bug, not a site's failure: count it, and keep the site in the plan
             log.exception("throughput test failed", extra={"endpoint": target.name, "probe": "throughput"})
-            self.plan.finished(target.name, ThroughputResult(target, target.throughput.method, self.clock(),
-                                                             self.clock(), None), self.clock())
-            return
+            results = [ThroughputResult(target, target.throughput.method, started, self.clock(), None,
+                                        error=ProbeErrorReason.FAILED, error_detail=f"internal error: {err!r}")]
         result = results[0]
         assert isinstance(result, ThroughputResult)
         self._publish_test(state, dataclasses.replace(result, target=state.target))

@@ -62,7 +62,9 @@ def allowed_start(t: float, name: str, settings: ThroughputSettings) -> float:
             if candidate + needed <= end:
                 return candidate
         probe = end
-    return t  # windows too short for any test: the config check should prevent this; do not stall
+    # Windows too short for a test are refused by the config check; should one slip through, the
+    # test still waits for a window rather than running when the operator said it must not.
+    return current_or_next(t, settings.windows, settings.timezone)[0]
 
 
 def month_of(t: float, timezone: str) -> str:
@@ -148,7 +150,11 @@ class ThroughputPlan:
             cap = per_direction if cap is None else min(cap, per_direction)
         if cap == settings.max_bytes:
             return state.target
-        return dataclasses.replace(state.target, throughput=dataclasses.replace(settings, max_bytes=cap))
+        # iperf3 restarts its byte count when the omitted warm-up ends, so --bytes with --omit would move
+        # the warm-up on top of the cap: a capped iperf3 test measures from the first byte instead.
+        omit = 0.0 if settings.method == "iperf3" else settings.omit_seconds
+        return dataclasses.replace(state.target, throughput=dataclasses.replace(settings, max_bytes=cap,
+                                                                                 omit_seconds=omit))
 
     def finished(self, name: str, result: ThroughputResult, now: float) -> None:
         """Book a finished (or skipped) test and plan the site's next one."""

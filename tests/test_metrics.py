@@ -136,3 +136,30 @@ def test_skipped_cycles_and_reload_state_are_exposed() -> None:
     assert one(p, "connmon_cycles_skipped_total", group="g") == 1
     assert one(p, "connmon_config_last_reload_successful") == 0
     assert one(p, "connmon_config_last_reload_success_timestamp_seconds") == 100.0
+
+
+def test_a_partly_failed_throughput_test_keeps_the_last_verdict() -> None:
+    """Download measured and met, then a test whose download is busy: connmon_target_met stays 1."""
+    import dataclasses
+
+    from monitor.config import ThroughputSettings
+    from monitor.results import Cycle, DirectionResult, ThroughputResult
+
+    t = dataclasses.replace(target("s1"), throughput=ThroughputSettings(method="iperf3"))
+    sink = MetricsSink()
+    sink.set_targets([t])
+    good = ThroughputResult(t, "iperf3", 1.0, 11.0, "192.0.2.1",
+                            (DirectionResult("download", 1.0, 6.0, 5e6, 6_000_000, 5.0),
+                             DirectionResult("upload", 6.0, 11.0, 1e6, 1_000_000, 5.0)))
+    sink.consume(Cycle("throughput", "g", 1.0, 10.0, (good,)))
+    busy = ThroughputResult(t, "iperf3", 100.0, 106.0, "192.0.2.1",
+                            (DirectionResult("download", 100.0, 100.1, error=ProbeErrorReason.BUSY),
+                             DirectionResult("upload", 101.0, 106.0, 2e6, 2_000_000, 5.0)),
+                            ProbeErrorReason.BUSY)
+    sink.consume(Cycle("throughput", "g", 100.0, 6.0, (busy,)))
+    p = parsed(sink)
+    assert one(p, "connmon_target_met") == 1
+    assert one(p, "connmon_throughput_bits_per_second", direction="download") == 5e6
+    assert one(p, "connmon_throughput_bits_per_second", direction="upload") == 2e6
+    assert one(p, "connmon_probe_errors_total", probe="throughput", reason="busy") == 1
+    assert one(p, "connmon_throughput_bytes_total", direction="upload") == 3_000_000

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _DNS_TIMEOUT_SECONDS = 5.0
 PAUSE_BETWEEN_DIRECTIONS_SECONDS = 1.0
+DEADLINE_SLACK_SECONDS = 2.0  # beyond omit + duration + timeout: the method's own bound should fire first
 
 MeasureFn = Callable[[Target, str | None, Direction, "ProbeContext"], Awaitable[DirectionResult]]
 """Measures one direction: (target, resolved address or None for methods that resolve per URL, direction, ctx)."""
@@ -35,6 +36,19 @@ async def run_tests(targets: Sequence[Target], ctx: ProbeContext, method: str, m
                     resolve_host: bool = True) -> list[ThroughputResult]:
     """Test every target's directions; one result per target, in order. Never raises for a site."""
     return list(await asyncio.gather(*(test_one(t, ctx, method, measure, resolve_host) for t in targets)))
+
+
+async def _bounded(measure: MeasureFn, target: Target, address: str | None, direction: Direction,
+                   ctx: ProbeContext) -> DirectionResult:
+    """One direction under a hard deadline: a peer that stops reading must not hold a test slot for ever."""
+    started_at = ctx.clock()
+    bound = target.throughput.test_bound_seconds + DEADLINE_SLACK_SECONDS
+    try:
+        async with asyncio.timeout(bound):
+            return await measure(target, address, direction, ctx)
+    except TimeoutError:
+        return DirectionResult(direction, started_at, ctx.clock(), error=ProbeErrorReason.TIMEOUT,
+                               error_detail=f"the {direction} test did not finish within {bound:g}s")
 
 
 async def test_one(target: Target, ctx: ProbeContext, method: str, measure: MeasureFn,
@@ -54,7 +68,7 @@ async def test_one(target: Target, ctx: ProbeContext, method: str, measure: Meas
         for direction in target.throughput.effective_directions:
             if directions:  # let the link's queues drain, and iperf3's server get ready for its next client
                 await asyncio.sleep(PAUSE_BETWEEN_DIRECTIONS_SECONDS)
-            directions.append(await measure(target, address, direction, ctx))
+            directions.append(await _bounded(measure, target, address, direction, ctx))
         ended_at = ctx.clock()
     failed = next((d for d in directions if d.error is not None), None)
     return ThroughputResult(target, method, started_at, ended_at, address, tuple(directions),

@@ -1,0 +1,67 @@
+"""The http method's edge cases on loopback: tiny bodies, peers that stop reading, early answers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from aiohttp import web
+
+from monitor.config import IcmpSettings, ThroughputSettings
+from monitor.errors import ProbeErrorReason
+from monitor.http_transfer import Limits, fetch
+from monitor.probes import ProbeContext, http
+from monitor.probes.throughput import test_one as run_one_test
+from monitor.targets import Target
+
+
+def _target(url: str | None = None, upload_url: str | None = None) -> Target:
+    settings = ThroughputSettings(method="http", url=url, upload_url=upload_url, duration_seconds=1.0,
+                                  omit_seconds=0.0, timeout_seconds=1.0)
+    return Target("loop", "127.0.0.1", "127.0.0.1", "g", "school", "", "", None, None, 4e6, IcmpSettings(), settings)
+
+
+async def _small_page_server() -> tuple[web.AppRunner, int]:
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, port
+
+
+def test_a_small_page_is_not_a_rate() -> None:
+    """A 5-byte page ends before a rate can be measured: reason failed, not 'some Gbit/s'."""
+    async def scenario() -> None:
+        runner, port = await _small_page_server()
+        try:
+            transfer = await fetch(f"http://127.0.0.1:{port}/", "127.0.0.1", Limits(0.0, 1.0, None, 1.0))
+        finally:
+            await runner.cleanup()
+        assert transfer.error is ProbeErrorReason.FAILED and transfer.bits_per_second is None
+        assert "too soon" in transfer.error_detail
+
+    asyncio.run(scenario())
+
+
+def test_an_upload_to_a_peer_that_never_reads_ends_as_timeout() -> None:
+    """A listener that accepts and never reads cannot hold a test (and its slot) for ever: reason timeout."""
+    async def scenario() -> None:
+        server = socket.create_server(("127.0.0.1", 0))
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        port = server.getsockname()[1]
+        target = _target(upload_url=f"http://127.0.0.1:{port}/up")
+        ctx = ProbeContext(None, throughput_slots=asyncio.Semaphore(1))
+        try:
+            result = await run_one_test(target, ctx, "http", http.measure, resolve_host=False)
+        finally:
+            server.close()
+        assert result.error is ProbeErrorReason.TIMEOUT, result
+        assert ctx.throughput_slots is not None and not ctx.throughput_slots.locked()  # the slot is free again
+
+    asyncio.run(scenario())
