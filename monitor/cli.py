@@ -22,6 +22,7 @@ from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.results import IcmpResult
+from monitor.shard import Shard, own_share
 from monitor.targets import build_targets, select
 
 
@@ -31,6 +32,13 @@ def _listen_address(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,12 +51,18 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
         sub.add_argument("--log-format", default="text", choices=("text", "json"))
 
+    def sharding(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                         help="probe only share I (0-based) of N instances, by rendezvous hashing of endpoint "
+                              "names; series get the label shard=\"I\"")
+
     run = commands.add_parser("run", help="run the monitoring daemon")
     common(run)
     run.add_argument("--listen", default=DEFAULT_LISTEN, type=_listen_address,
                      help=f"ADDR:PORT for /metrics (default {DEFAULT_LISTEN})")
     run.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
                      help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
+    sharding(run)
 
     check = commands.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     common(check)
@@ -59,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="only this endpoint (repeatable)")
     probe.add_argument("--json", action="store_true", help="one JSON object per endpoint per line")
     probe.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"))
+    sharding(probe)
     return parser
 
 
@@ -72,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_probe(args))
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
 
-        return asyncio.run(serve(args.config, args.listen, args.icmp_mode))
+        return asyncio.run(serve(args.config, args.listen, args.icmp_mode, args.shard))
     except ConnmonError as err:
         print(f"connmon: {err}" if not isinstance(err, ConfigError) else str(err), file=sys.stderr)
         return err.exit_code
@@ -88,11 +103,16 @@ def _check(path: str) -> int:
 
 
 async def _probe(args: argparse.Namespace) -> int:
-    targets = build_targets(load_config(args.config))
+    every = build_targets(load_config(args.config))
+    targets = own_share(every, args.shard)
     try:
         chosen = select(targets, args.endpoint)
     except KeyError as err:
-        print(f"connmon: no such endpoint in {args.config}: {err.args[0]}", file=sys.stderr)
+        known = {t.name for t in every}
+        elsewhere = [n for n in args.endpoint if n in known and n not in {t.name for t in targets}]
+        where = f"shard {args.shard} of {args.config} (other shards probe: {', '.join(elsewhere)})" if elsewhere \
+            else args.config
+        print(f"connmon: no such endpoint in {where}: {err.args[0]}", file=sys.stderr)
         return 2
     engine = IcmpEngine.open(args.icmp_mode)
     try:

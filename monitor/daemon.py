@@ -21,6 +21,7 @@ from monitor.metrics import MetricsSink
 from monitor.probes import ProbeContext
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
+from monitor.shard import Shard, own_share
 from monitor.targets import build_targets
 from monitor.web import build_app, start_server
 
@@ -28,18 +29,22 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
+async def serve(config_path: str, listen: str, icmp_mode: str = "auto", shard: Shard | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
+
+    With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
+    every series carries the ``shard`` label.
 
     Raises:
         ConfigError: the config is invalid at start-up (exit 2).
         StartupError: no ICMP socket, or the listen address cannot be bound (exit 3).
     """
     config = load_config(config_path)
-    targets = build_targets(config)
+    targets = own_share(build_targets(config), shard)
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
-    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats))
+    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats),
+                          shard=shard.label if shard is not None else None)
     pipeline = ResultPipeline([metrics, EventLogSink()])
     for sink in pipeline.sinks:
         sink.set_targets(targets)
@@ -53,7 +58,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
         raise
     scheduler.start(targets)
     ready = True
-    log.info("connmon started: %d endpoints from %s, listening on %s", len(targets), config_path, listen)
+    log.info("connmon started: %d endpoints from %s%s, listening on %s", len(targets), config_path,
+             f" (shard {shard})" if shard is not None else "", listen)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -63,7 +69,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto") -> int:
     def reload() -> None:
         """Validate and build the new config completely; only then swap it in."""
         try:
-            new_targets = build_targets(load_config(config_path))
+            new_targets = own_share(build_targets(load_config(config_path)), shard)
         except ConfigError as err:
             metrics.config_loaded(False)
             log.error("reload failed, keeping the running config:\n%s", err)
