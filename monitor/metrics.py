@@ -365,6 +365,7 @@ class _LabelledRegistry:
         self._registry, self._name, self._value = registry, name, value
 
     def collect(self) -> Iterable[Metric]:
-        for family in self._registry.collect():
-            family.samples = [s._replace(labels={**s.labels, self._name: self._value}) for s in family.samples]
-            yield family
+        for family in self._registry.collect():  # copies: some collectors hand out the same object each time
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, self._name: self._value}) for s in family.samples]
+            yield labelled
