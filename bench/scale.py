@@ -17,7 +17,8 @@ What runs, all in one invocation, so that ratios compare figures from the same m
 2. ``connmon run`` on an N-site config (interval 10 s, 3 echoes 200 ms apart, timeout 1 s) in the
    namespace: CPU per echo over whole cycles (probing, results, rendering, one gzip scrape every
    3 s, more often than a Prometheus would), RSS after each cycle, cycle durations.
-   Then 10 concurrent scrapers (gzip, then plain) for a while, still probing: latency p50/p99.
+   Then 10 scrapers (gzip, then plain), all starting a scrape at the same moment once a second
+   (10 concurrent requests each time), still probing: latency p50/p99.
 3. The same daemon with 10 % of the sites never answering: cycle duration vs
    ``count × spacing + timeout + 1 s``.
 4. smokeping_prober 0.6.1 on 1,000 of the addresses at 1 s (privileged and ``protocol: udp``).
@@ -58,6 +59,7 @@ COUNT = 3
 SPACING = 0.2
 TIMEOUT = 1.0
 INTERVAL = 10
+BURST_SECONDS = 1.0  # the 10 scrapers start a scrape together once per this period
 WATCH_SECONDS = 3.0  # the bench's own gzip scrape period while it measures CPU (Prometheus: 15 s)
 TICKS = os.sysconf("SC_CLK_TCK")
 Result = dict[str, Any]
@@ -224,7 +226,7 @@ def in_netns_scraper(netns: Netns, url: str, mode: str, seconds: float, clients:
 
 
 def inner_scrape(url: str, mode: str, seconds: float, clients: int) -> int:
-    """Child mode: ``clients`` threads scrape ``url`` back to back for ``seconds``; or ``watch`` mode:
+    """Child mode: ``clients`` threads scrape ``url`` together once per BURST_SECONDS; or ``watch`` mode:
     one gzip scrape every WATCH_SECONDS, printing cycle counters (CPU and RSS are read by the parent)."""
     if mode == "watch":
         names = ("connmon_cycle_duration_seconds_count", "connmon_cycle_duration_seconds_sum",
@@ -247,6 +249,8 @@ def inner_scrape(url: str, mode: str, seconds: float, clients: int) -> int:
     def loop() -> None:
         nonlocal errors
         while time.monotonic() < end:
+            # All clients start together at every whole BURST_SECONDS: 10 concurrent scrapes each time.
+            time.sleep(BURST_SECONDS - time.monotonic() % BURST_SECONDS)
             try:
                 took, size, _body = get(url, mode == "gzip")
             except OSError:
@@ -303,7 +307,6 @@ def run_daemon(netns: Netns, config: Path, port: int, seconds: float, scrape_sec
                 row["rss_mb"] = proc_rss_mb(daemon.proc.pid)
                 marks.append(row)
         watcher.wait()
-        # 20 groups spread over the interval: a "cycle of N sites" is one interval's worth of echoes.
         per_cycle = []
         for a, b in zip(marks[1:], marks[2:], strict=False):
             echoes = b["connmon_icmp_echoes_sent_total"] - a["connmon_icmp_echoes_sent_total"]
@@ -337,8 +340,10 @@ def run_daemon(netns: Netns, config: Path, port: int, seconds: float, scrape_sec
 def get_in_netns(netns: Netns, url: str, gzipped: bool) -> tuple[float, int, bytes]:
     code = (f"import sys,json; sys.path.insert(0, {str(Path(__file__).parent)!r}); from scale import get; "
             f"t,n,b=get({url!r}, {gzipped!r}); sys.stdout.buffer.write(json.dumps([t,n]).encode()+b'\\n'+b)")
-    out = subprocess.run(["ip", "netns", "exec", netns.name, PYTHON, "-c", code], capture_output=True,
-                         check=True).stdout
+    done = subprocess.run(["ip", "netns", "exec", netns.name, PYTHON, "-c", code], capture_output=True)
+    if done.returncode:
+        raise RuntimeError(f"GET {url} failed: {done.stderr.decode(errors='replace')[-400:]}")
+    out = done.stdout
     head, _, body = out.partition(b"\n")
     took, size = json.loads(head)
     return took, size, body
@@ -459,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scrape-seconds", type=float, default=15, help="10 concurrent scrapers, per encoding")
     parser.add_argument("--smokeping-sites", type=int, default=1000)
     parser.add_argument("--skip-smokeping", action="store_true")
+    parser.add_argument("--groups", type=int, default=1,
+                        help="groups in the daemon's config (1: one cycle of all sites; a region has ~540)")
     parser.add_argument("--inner-engine", help=argparse.SUPPRESS)
     parser.add_argument("--inner-scrape", help=argparse.SUPPRESS)
     parser.add_argument("--scrape-mode", default="gzip", help=argparse.SUPPRESS)
@@ -484,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         address_file = tmp / "addresses.txt"
         address_file.write_text("\n".join(addresses) + "\n")
         config = tmp / "sites.yaml"
-        write_config(config, addresses)
+        write_config(config, addresses, groups=args.groups)
         try:
             netns.start()
             for i in range(args.repeats):
@@ -553,7 +560,7 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[Result]], daemon:
                  " µs/echo", "reference", "1.00×"))
     ratio_row("engine, raw sockets", [r["cpu_us_per_echo"] for r in runs["raw"]], 1.5)
     ratio_row("engine, unprivileged", [r["cpu_us_per_echo"] for r in runs["unpriv"] if "cpu_us_per_echo" in r], 2.0)
-    ratio_row("whole daemon, 20 groups (+1 gzip scrape/3 s)",
+    ratio_row(f"whole daemon, {args.groups} group(s) (+1 gzip scrape/3 s)",
               [daemon["cpu_us_per_echo"]] if daemon.get("cpu_us_per_echo") else [], 3.0)
     bound = COUNT * SPACING + TIMEOUT + 1
     mean = lossy.get("mean_cycle_s")
