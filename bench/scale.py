@@ -198,10 +198,11 @@ class Daemon:
     def __init__(self, netns: Netns, config: Path, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/metrics"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop(); 1,000 sites down log 1,000 lines)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns.name, PYTHON, "-m", "monitor", "run", "--config", str(config),
              "--listen", f"127.0.0.1:{port}", "--icmp-mode", "raw", "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log)  # a file: a full pipe would block the daemon
         self.netns = netns
 
     def stop(self) -> None:
@@ -211,6 +212,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
 
 def in_netns_scraper(netns: Netns, url: str, mode: str, seconds: float, clients: int) -> Result:
@@ -280,7 +282,8 @@ def wait_ready(daemon: Daemon, limit: float = 90) -> float:
             f"sys.exit(0 if o.open('http://127.0.0.1:{daemon.port}/-/ready', timeout=2).status == 200 else 1)")
     while time.perf_counter() - started < limit:
         if daemon.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited: {daemon.proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
+            daemon.log.seek(0)
+            raise RuntimeError(f"daemon exited: {daemon.log.read().decode(errors='replace')[-500:]}")
         if subprocess.run(["ip", "netns", "exec", daemon.netns.name, PYTHON, "-c", code],
                           capture_output=True).returncode == 0:
             return time.perf_counter() - started
