@@ -395,10 +395,18 @@ def measure_smokeping(binary: str, netns: Netns, addresses: list[str], protocol:
             argv.append("--privileged")
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            time.sleep(3)  # start-up and first round
-            if proc.poll() is not None:
-                return {"error": proc.stderr.read().decode()[-300:]}  # type: ignore[union-attr]
-            sent0 = smokeping_sent(netns, port)
+            sent0 = None
+            for _ in range(30):  # start-up with many targets takes a while
+                time.sleep(1)
+                if proc.poll() is not None:
+                    return {"error": proc.stderr.read().decode()[-300:]}  # type: ignore[union-attr]
+                try:
+                    sent0 = smokeping_sent(netns, port)
+                    break
+                except RuntimeError:
+                    continue
+            if sent0 is None:
+                return {"error": "smokeping_prober did not serve /metrics within 30 s"}
             cpu0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
             time.sleep(seconds)
             cpu1, t1 = proc_cpu_seconds(proc.pid), time.monotonic()
@@ -504,8 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  run {i + 1}: " + "; ".join(
                     f"{k} {r.get('cpu_us_per_echo', float('nan')):.1f} µs/echo, "
                     f"recv {r.get('received')}, RTT med {r.get('rtt_median_ms', float('nan')):.4f} ms "
-                    f"p99 {r.get('rtt_p99_ms') or float('nan'):.4f} ms, "
-                    f"jitter med {r.get('jitter_median_ms') or float('nan'):.4f} ms"
+                    f"p99 {r.get('rtt_p99_ms', float('nan')):.4f} ms, "
+                    f"jitter med {r.get('jitter_median_ms', float('nan')):.4f} ms"
                     for k, r in (("fping", runs["fping"][-1]), ("raw", runs["raw"][-1]),
                                  ("unpriv", runs["unpriv"][-1]))), flush=True)
 
@@ -530,8 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             binary = None if args.skip_smokeping else ensure_smokeping()
             if binary:
                 for protocol in ("icmp", "udp"):
-                    smoke[protocol] = measure_smokeping(binary, netns, addresses[:args.smokeping_sites], protocol,
-                                                        10, 9392)
+                    try:
+                        smoke[protocol] = measure_smokeping(binary, netns, addresses[:args.smokeping_sites],
+                                                            protocol, 10, 9392 + (protocol == "udp"))
+                    except Exception as err:  # a peer failing must not lose the table
+                        smoke[protocol] = {"error": f"{type(err).__name__}: {err}"}
                     print(f"  smokeping_prober {protocol}: {smoke[protocol]}", flush=True)
         finally:
             netns.delete()

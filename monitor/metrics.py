@@ -257,19 +257,22 @@ class MetricsSink:
         """
         wanted = set(self._groups if groups is None else groups)
         wanted.update(group for group in self._groups if group not in self._blocks)  # never built yet
-        blank = [""] * len(_FAMILIES)
+        if wanted:
+            self._chunks = ()  # let the old blocks go before the new ones exist (a scrape in flight keeps its own)
         for group in wanted:
             members = self._groups.get(group)
             if members is None:
                 continue
+            self._blocks.pop(group, None)
             for state in members:
                 if not state.fragments[0]:  # released after the last join: render() is a function of the state
                     state.render()
-            self._blocks[group] = [
-                (next(self._keys), "".join(state.fragments[index] for state in members).encode("utf-8"))
-                for index in range(len(_FAMILIES))]
-            for state in members:  # the text now lives in the blocks; keeping it twice cost 40 MB at 10,000 sites
-                state.fragments[:] = blank
+            block: list[KeyedChunk] = []
+            for index in range(len(_FAMILIES)):
+                block.append((next(self._keys), "".join(state.fragments[index] for state in members).encode()))
+                for state in members:  # the text now lives in the block: holding it twice cost 40 MB at 10,000
+                    state.fragments[index] = ""
+            self._blocks[group] = block
         self._tail = (next(self._keys), self._render_tail().encode("utf-8"))
         chunks: list[KeyedChunk] = []
         blocks = [self._blocks[group] for group in self._groups]
