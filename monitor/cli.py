@@ -26,6 +26,7 @@ from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.probes.iperf3 import find_iperf3
 from monitor.results import IcmpResult, ThroughputResult
+from monitor.shard import Shard, own_share
 from monitor.targets import Target, build_targets, select
 
 
@@ -47,6 +48,13 @@ def _watch_interval(text: str) -> float:
     return seconds
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connmon", description="Connectivity monitor for schools and clinics.")
     parser.add_argument("--version", action="version", version=f"connmon {__version__}")
@@ -56,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, help="YAML endpoint list (see config/example.yaml)")
         sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
         sub.add_argument("--log-format", default="text", choices=("text", "json"))
+
+    def sharding(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                         help="probe only share I (0-based) of N instances, by rendezvous hashing of endpoint "
+                              "names; series get the label shard=\"I\"")
 
     run = commands.add_parser("run", help="run the monitoring daemon")
     common(run)
@@ -71,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="reload when the config file's content changes (polled)")
     run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
                      metavar="DURATION", help="how often --config.watch looks at the file (default 5s)")
+    sharding(run)
 
     check = commands.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     common(check)
@@ -85,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"))
     probe.add_argument("--throughput", action="store_true",
                        help="also run the throughput tests now (download and upload as the site sees them)")
+    sharding(probe)
     return parser
 
 
@@ -100,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
                                  enable_lifecycle=args.enable_lifecycle,
-                                 watch_interval_seconds=args.watch_interval if args.config_watch else None))
+                                 watch_interval_seconds=args.watch_interval if args.config_watch else None,
+                                 shard=args.shard))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:
@@ -141,11 +157,16 @@ def _check(path: str, web_config_path: str | None) -> int:
 
 async def _probe(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    targets = build_targets(config)
+    every = build_targets(config)
+    targets = own_share(every, args.shard)
     try:
         chosen = select(targets, args.endpoint)
     except KeyError as err:
-        print(f"connmon: no such endpoint in {args.config}: {err.args[0]}", file=sys.stderr)
+        known = {t.name for t in every}
+        elsewhere = [n for n in args.endpoint if n in known and n not in {t.name for t in targets}]
+        where = f"shard {args.shard} of {args.config} (other shards probe: {', '.join(elsewhere)})" if elsewhere \
+            else args.config
+        print(f"connmon: no such endpoint in {where}: {err.args[0]}", file=sys.stderr)
         return 2
     engine = IcmpEngine.open(args.icmp_mode)
     ctx = ProbeContext(engine, time.time, iperf3_path=find_iperf3(),

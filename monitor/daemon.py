@@ -29,6 +29,7 @@ from monitor.probes.iperf3 import find_iperf3
 from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
+from monitor.shard import Shard, own_share
 from monitor.targets import Target
 from monitor.web import build_app, start_server
 from monitor.webconfig import BasicAuth, load_web_config
@@ -40,8 +41,11 @@ CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
-                watch_interval_seconds: float | None = None) -> int:
+                watch_interval_seconds: float | None = None, shard: Shard | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
+
+    With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
+    every series carries the ``shard`` label.
 
     Args:
         config_path: the site list.
@@ -50,6 +54,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         web_config_path: exporter-toolkit web config (TLS, basic auth), or None.
         enable_lifecycle: allow ``POST /-/reload``.
         watch_interval_seconds: poll the config file this often and reload on change; None: don't.
+        shard: this instance's share (``--shard I/N``), or None for every endpoint.
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
@@ -57,10 +62,12 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     """
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
     iperf3_path = find_iperf3()
-    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)})
+    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)},
+                          shard=shard.label if shard is not None else None)
     pipeline = ResultPipeline([metrics, EventLogSink()])
 
-    def apply(new_config: Config, new_targets: tuple[Target, ...]) -> None:
+    def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
+        new_targets = own_share(every_target, shard)
         _warn_missing_tools(new_targets, iperf3_path)
         if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
             scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
@@ -70,7 +77,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
             sink.set_targets(new_targets)
 
     reloader = Reloader(config_path, apply, metrics.config_loaded)
-    config, targets = reloader.load_initial()
+    config, every_target = reloader.load_initial()
+    targets = own_share(every_target, shard)
     _warn_missing_tools(targets, iperf3_path)
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
@@ -94,7 +102,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         log.info("web: %s", web_config.describe())
     scheduler.start(targets)
     ready = True
-    log.info("connmon started: %d endpoints from %s, listening on %s", len(targets), config_path, listen)
+    log.info("connmon started: %d endpoints from %s%s, listening on %s", len(targets), config_path,
+             f" (shard {shard})" if shard is not None else "", listen)
 
     loop = asyncio.get_running_loop()
     stop, hurry = asyncio.Event(), asyncio.Event()

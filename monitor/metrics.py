@@ -15,16 +15,21 @@ are small and rendered per scrape so they stay current. Sample lines::
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import itertools
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from monitor import __version__
+from monitor.compression import CompressedBody, KeyedChunk, compress_chunks, gzip_member
 from monitor.config import DIRECTIONS
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS
 from monitor.results import Cycle, IcmpResult, Result, ThroughputResult
@@ -84,6 +89,7 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
      "Bytes the site's throughput tests may still move this month (only with monthly_budget)."),
 )
 _F = {name: index for index, (name, _, _) in enumerate(_FAMILIES)}
+_HEADERS = tuple(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode() for name, kind, help_text in _FAMILIES)
 
 
 @dataclass(slots=True)
@@ -245,18 +251,45 @@ class _CycleStats:
 
 
 class MetricsSink:
-    """Owns all exposition state; fed by the result pipeline, read by the web server."""
+    """Owns all exposition state; fed by the result pipeline, read by the web server.
+
+    The body is kept as chunks: one header per family, and one block per (group, family) holding
+    that group's endpoints' lines. A finished cycle re-renders its endpoints and re-joins only its
+    group's blocks (issue 9: at 10,000 endpoints re-joining the whole 40 MB body per cycle was the
+    cost that grew with the fleet); a scrape lists the current chunks without copying them. Gzip
+    is made lazily, once per change, in a worker thread (see :mod:`monitor.compression`), and
+    concurrent scrapers of one version share that one compression.
+
+    With ``shard`` set (``--shard I/N``), every series, the monitor-wide ones included, carries
+    ``shard="I"`` so that the instances' series never clash where they are aggregated::
+
+        connmon_up{endpoint="school-001",kind="school",district="Aktobe",link="fibre",shard="2"} 1
+        connmon_build_info{version="0.1.0",python_version="3.11.7",shard="2"} 1
+    """
 
     def __init__(self, engine_stats: Callable[[], Mapping[str, int]] | None = None,
-                 clock: Callable[[], float] = time.time, tools: Mapping[str, bool] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, shard: str | None = None,
+                 tools: Mapping[str, bool] | None = None) -> None:
         self._tools = dict(tools or {})
         self._endpoints: dict[str, _EndpointState] = {}
+        self._groups: dict[str, list[_EndpointState]] = {}
         self._cycles: dict[tuple[str, str], _CycleStats] = {}
         self._engine_stats = engine_stats
         self._clock = clock
         self._reload_ok = 1
         self._reload_success_at = 0.0
-        self._body = b""
+        self._shard_pairs = (("shard", shard),) if shard is not None else ()
+        self._shard_suffix = "," + label_pairs(self._shard_pairs) if shard is not None else ""
+        self._registry: _Collectable = REGISTRY if shard is None else _LabelledRegistry(REGISTRY, "shard", shard)
+        # group → one (key, bytes) block per family; the key changes whenever the bytes do
+        self._blocks: dict[str, list[KeyedChunk]] = {}
+        self._keys = itertools.count(len(_FAMILIES))  # 0 … len-1 are the family headers
+        self._tail: KeyedChunk = (-1, b"")
+        self._version = 0
+        self._chunks: tuple[KeyedChunk, ...] = ()
+        self._compressed: CompressedBody | None = None
+        self._compressing: tuple[int, asyncio.Future[CompressedBody]] | None = None
+        self._compressor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ inputs
     def set_targets(self, targets: Sequence[Target]) -> None:
@@ -268,7 +301,7 @@ class MetricsSink:
         for target in targets:
             old = self._endpoints.get(target.name)
             labels = label_pairs((("endpoint", target.name), ("kind", target.kind),
-                                  ("district", target.district), ("link", target.link)))
+                                  ("district", target.district), ("link", target.link), *self._shard_pairs))
             if old is not None and old.labels == labels:
                 old.target = target
                 state = old
@@ -277,16 +310,21 @@ class MetricsSink:
             state.render()
             endpoints[target.name] = state
         self._endpoints = endpoints
-        groups = {("icmp", t.group) for t in targets} | {("throughput", t.group) for t in targets
-                                                          if t.throughput.enabled}
-        self._cycles = {key: self._cycles.get(key) or _CycleStats() for key in sorted(groups)}
+        groups: dict[str, list[_EndpointState]] = {}
+        for state in endpoints.values():
+            groups.setdefault(state.target.group, []).append(state)
+        self._groups = groups
+        self._blocks = {}
+        cycle_groups = {("icmp", t.group) for t in targets} | {("throughput", t.group) for t in targets
+                                                                if t.throughput.enabled}
+        self._cycles = {key: self._cycles.get(key) or _CycleStats() for key in sorted(cycle_groups)}
         self._rebuild()
 
     def config_loaded(self, success: bool) -> None:
         self._reload_ok = 1 if success else 0
         if success:
             self._reload_success_at = self._clock()
-        self._rebuild()
+        self._rebuild(())
 
     def consume(self, cycle: Cycle) -> None:
         stats = self._cycles.get((cycle.probe, cycle.group))  # None: its group went at a reload
@@ -298,46 +336,85 @@ class MetricsSink:
                     break
             else:
                 stats.buckets[-1] += 1
+        changed: set[str] = set()
         for result in cycle.results:
             state = self._endpoints.get(result.target.name)
             if state is None:  # removed by a reload while its cycle ran
                 continue
             state.absorb(result)
             state.render()
-        self._rebuild()
+            changed.add(state.target.group)
+        self._rebuild(changed)
 
     def cycle_skipped(self, probe: str, group: str) -> None:
         stats = self._cycles.get((probe, group))
         if stats is not None:
             stats.skipped += 1
-            self._rebuild()
+            self._rebuild(())
 
     # ------------------------------------------------------------------ output
-    def _rebuild(self) -> None:
-        parts: list[str] = []
-        states = list(self._endpoints.values())
-        for index, (name, kind, help_text) in enumerate(_FAMILIES):
-            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            parts.extend(state.fragments[index] for state in states)
-        parts.append(self._render_cycles())
-        if self._tools:
-            parts.append("# HELP connmon_throughput_tool_available 1 if the tool a throughput method runs is "
-                         "installed (iperf3 tests report tool_missing otherwise).\n"
-                         "# TYPE connmon_throughput_tool_available gauge\n")
-            parts.extend(f'connmon_throughput_tool_available{{tool="{tool}"}} {int(ok)}\n'
-                         for tool, ok in sorted(self._tools.items()))
-        parts.append(
+    def _rebuild(self, groups: Iterable[str] | None = None) -> None:
+        """Re-join the blocks of ``groups`` (all when None, none for ``()``) and the monitor-wide tail.
+
+        Cost: the changed groups' text, plus a list of (families × groups) references.
+        """
+        wanted = set(self._groups if groups is None else groups)
+        wanted.update(group for group in self._groups if group not in self._blocks)  # never built yet
+        if wanted:
+            self._chunks = ()  # let the old blocks go before the new ones exist (a scrape in flight keeps its own)
+        for group in wanted:
+            members = self._groups.get(group)
+            if members is None:
+                continue
+            self._blocks.pop(group, None)
+            for state in members:
+                if not state.fragments[0]:  # released after the last join: render() is a function of the state
+                    state.render()
+            block: list[KeyedChunk] = []
+            for index in range(len(_FAMILIES)):
+                block.append((next(self._keys), "".join(state.fragments[index] for state in members).encode()))
+                for state in members:  # the text now lives in the block: holding it twice cost 40 MB at 10,000
+                    state.fragments[index] = ""
+            self._blocks[group] = block
+        self._tail = (next(self._keys), self._render_tail().encode("utf-8"))
+        chunks: list[KeyedChunk] = []
+        blocks = [self._blocks[group] for group in self._groups]
+        for index, header in enumerate(_HEADERS):
+            chunks.append((index, header))
+            chunks.extend(block[index] for block in blocks)
+        chunks.append(self._tail)
+        self._chunks = tuple(chunks)
+        self._version += 1
+
+    def _braces(self, pairs: str = "") -> str:
+        """``{pairs,shard="I"}``, or ``{pairs}``, or nothing when there are no labels at all."""
+        inner = (pairs + self._shard_suffix) if pairs else self._shard_suffix[1:]
+        return f"{{{inner}}}" if inner else ""
+
+    def _render_tail(self) -> str:
+        build = label_pairs((("version", __version__), ("python_version", platform.python_version())))
+        return "".join((
+            self._render_cycles(),
+            self._render_tools(),
             "# HELP connmon_build_info Version of connmon and of the Python running it (value 1).\n"
             "# TYPE connmon_build_info gauge\n"
-            f'connmon_build_info{{version="{__version__}",python_version="{platform.python_version()}"}} 1\n'
+            "connmon_build_info"
+            f"{self._braces(build)} 1\n"
             "# HELP connmon_config_last_reload_successful 1 if the last config load or reload succeeded.\n"
             "# TYPE connmon_config_last_reload_successful gauge\n"
-            f"connmon_config_last_reload_successful {self._reload_ok}\n"
+            f"connmon_config_last_reload_successful{self._braces()} {self._reload_ok}\n"
             "# HELP connmon_config_last_reload_success_timestamp_seconds Unix time of the last good load.\n"
             "# TYPE connmon_config_last_reload_success_timestamp_seconds gauge\n"
-            "connmon_config_last_reload_success_timestamp_seconds "
-            f"{floatToGoString(self._reload_success_at)}\n")
-        self._body = "".join(parts).encode("utf-8")
+            f"connmon_config_last_reload_success_timestamp_seconds{self._braces()} "
+            f"{floatToGoString(self._reload_success_at)}\n"))
+
+    def _render_tools(self) -> str:
+        if not self._tools:
+            return ""
+        return ("# HELP connmon_throughput_tool_available 1 if the tool a throughput method runs is installed "
+                "(iperf3 tests report tool_missing otherwise).\n# TYPE connmon_throughput_tool_available gauge\n"
+                + "".join(f'connmon_throughput_tool_available{self._braces(label_pairs((("tool", tool),)))} {int(ok)}\n'
+                          for tool, ok in sorted(self._tools.items())))
 
     def _render_cycles(self) -> str:
         lines = ["# HELP connmon_cycle_duration_seconds Wall time of each probe cycle, by probe and group.\n"
@@ -345,7 +422,7 @@ class MetricsSink:
         skipped = ["# HELP connmon_cycles_skipped_total Cycles not started because the previous one "
                    "of the same group was still running.\n# TYPE connmon_cycles_skipped_total counter\n"]
         for (probe, group), stats in self._cycles.items():
-            lb = label_pairs((("probe", probe), ("group", group)))
+            lb = label_pairs((("probe", probe), ("group", group), *self._shard_pairs))
             cumulative = 0
             for le, count in zip(_CYCLE_LE, stats.buckets, strict=True):
                 cumulative += count
@@ -355,16 +432,62 @@ class MetricsSink:
             skipped.append(f"connmon_cycles_skipped_total{{{lb}}} {stats.skipped}\n")
         return "".join(lines + skipped)
 
+    @property
+    def version(self) -> int:
+        """Increases with every change of the cached body (a cycle, a reload, a skipped cycle)."""
+        return self._version
+
     def exposition(self) -> list[bytes]:
         """The body to serve, as chunks: the cached probe series, then small per-scrape parts."""
-        return [self._body, self._render_engine(), generate_latest(REGISTRY)]
+        return [data for _key, data in self._chunks] + [self._render_per_scrape()]
+
+    async def gzip_exposition(self) -> list[bytes]:
+        """The same body as one gzip member, as chunks; the cached part is compressed once per change.
+
+        The compression runs in a worker thread (zlib releases the GIL), so probing goes on while
+        it runs; scrapers arriving meanwhile wait for the same result instead of starting their own.
+        """
+        body = self._compressed
+        if body is None or body.version != self._version:
+            if self._compressing is None or self._compressing[0] != self._version:
+                if self._compressor is None:
+                    self._compressor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="connmon-gzip")
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._compressor, compress_chunks, self._version, self._chunks, self._compressed)
+                self._compressing = (self._version, future)
+            body = await asyncio.shield(self._compressing[1])
+            if self._compressed is None or body.version > self._compressed.version:
+                self._compressed = body
+        return gzip_member(body, self._render_per_scrape())
+
+    def _render_per_scrape(self) -> bytes:
+        """Engine counters and the process collectors: small, and current at every scrape."""
+        return self._render_engine() + generate_latest(cast(CollectorRegistry, self._registry))
 
     def _render_engine(self) -> bytes:
         if self._engine_stats is None:
             return b""
         out = []
+        braces = self._braces()
         for name, value in self._engine_stats().items():
             metric = f"connmon_icmp_{name}_total"
             out.append(f"# HELP {metric} ICMP engine counter: {name.replace('_', ' ')}.\n"
-                       f"# TYPE {metric} counter\n{metric} {value}\n")
+                       f"# TYPE {metric} counter\n{metric}{braces} {value}\n")
         return "".join(out).encode("utf-8")
+
+
+class _Collectable(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _LabelledRegistry:
+    """prometheus-client's registry as seen through one extra label on every sample (the shard)."""
+
+    def __init__(self, registry: _Collectable, name: str, value: str) -> None:
+        self._registry, self._name, self._value = registry, name, value
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._registry.collect():  # copies: some collectors hand out the same object each time
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, self._name: self._value}) for s in family.samples]
+            yield labelled

@@ -7,6 +7,8 @@ As Prometheus does (issue 7): ``POST``/``PUT /-/reload`` runs the daemon's one r
 answers 200, or 500 with the errors; without ``--web.enable-lifecycle`` it answers 403, and other
 methods 405. With a web config (:mod:`monitor.webconfig`) every route, health checks included,
 asks for basic auth (401 with ``WWW-Authenticate: Basic``) and the server speaks only TLS.
+A scraper that sends ``Accept-Encoding: gzip`` (Prometheus does) gets the body gzipped,
+compressed once per change (issue 9).
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from monitor.webconfig import BasicAuth
 
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SHUTDOWN_TIMEOUT_SECONDS = 1.0  # requests still running at shutdown get this long (issue 7: exit within 10 s)
+WRITE_BYTES = 256 * 1024  # per write: the transport buffers at most about this much per scraper
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip (``gzip``, ``gzip;q=0.5``, ``*``; not ``q=0``)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return True
+    return False
 
 
 def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
@@ -42,12 +58,19 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
     """
 
     async def serve_metrics(request: web.Request) -> web.StreamResponse:
-        chunks = metrics.exposition()
-        response = web.StreamResponse(headers={"Content-Type": EXPOSITION_CONTENT_TYPE})
+        headers = {"Content-Type": EXPOSITION_CONTENT_TYPE, "Vary": "Accept-Encoding"}
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            chunks = await metrics.gzip_exposition()  # compressed once per change, not per scrape
+            headers["Content-Encoding"] = "gzip"
+        else:
+            chunks = metrics.exposition()
+        response = web.StreamResponse(headers=headers)
         response.content_length = sum(len(chunk) for chunk in chunks)
         await response.prepare(request)
         for chunk in chunks:
-            await response.write(chunk)
+            view = memoryview(chunk)  # slices, not copies: a 40 MB body is never buffered whole per scraper
+            for start in range(0, len(view), WRITE_BYTES):
+                await response.write(view[start:start + WRITE_BYTES])
         await response.write_eof()
         return response
 

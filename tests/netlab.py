@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import shutil
@@ -225,6 +226,29 @@ class Site:
         self.exec("iptables", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", *stat, "-j", "DROP")
         self.exec("ip6tables", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request", *stat,
                   "-j", "DROP", check=False)
+
+    def serve_prefix(self, prefix: str) -> list[str]:
+        """Make this site answer for every address of ``prefix`` (inside the test prefix), routed from
+        the prober through this site's link: thousands of cheap addresses (``local`` route on lo).
+
+        Returns the usable addresses (network and broadcast addresses left out).
+        """
+        network = ipaddress.ip_network(prefix)
+        if not network.subnet_of(ipaddress.ip_network(TEST_PREFIX_V4)):  # type: ignore[arg-type]
+            raise ValueError(f"{prefix} is outside the lab's {TEST_PREFIX_V4}")
+        if any(ipaddress.ip_network(f"10.77.{site.index}.0/30").overlaps(network) for site in self.lab.sites):
+            raise ValueError(f"{prefix} overlaps a site link")
+        self.exec("ip", "route", "add", "local", prefix, "dev", "lo")
+        self.lab.pr("ip", "route", "add", prefix, "via", self.v4)
+        return [str(a) for a in network.hosts()]
+
+    def drop_echoes_to(self, addresses: list[str]) -> None:
+        """Drop echo requests to exactly these addresses (one iptables rule each, loaded at once)."""
+        rules = [f"-A INPUT -p icmp --icmp-type echo-request -d {a}/32 -j DROP" for a in addresses]
+        self.exec_input("iptables-restore", "--noflush", text="*filter\n" + "\n".join(rules) + "\nCOMMIT\n")
+
+    def exec_input(self, *args: str, text: str) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.ns, *args, input=text)
 
     def dropped_echoes(self) -> int:
         """Packets the IPv4 DROP rules of this site have dropped so far (the kernel's own count)."""

@@ -1,0 +1,143 @@
+"""The exposition at scale: per-group blocks, gzip once per change, the shard label on every series."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor import compression
+from monitor.metrics import MetricsSink
+from monitor.results import Cycle
+from monitor.web import accepts_gzip
+from tests.promtool import promtool_problems
+from tests.test_metrics import result, target
+
+ENGINE = {"echoes_sent": 7, "replies_matched": 6}
+
+
+def fleet(groups: int = 3, per_group: int = 40) -> list:
+    return [target(f"g{g}-site-{i}", group=f"g{g}") for g in range(groups) for i in range(per_group)]
+
+
+def cycle_of(targets: list, group: str, rtt: float = 0.001) -> Cycle:
+    return Cycle("icmp", group, 0.0, 0.2, tuple(result(t, (rtt, None, rtt)) for t in targets if t.group == group))
+
+
+def cached_part(sink: MetricsSink) -> bytes:
+    """The body without the per-scrape chunk (process collectors change between two calls)."""
+    return b"".join(sink.exposition()[:-1])
+
+
+def test_gzip_body_is_the_plain_body_as_one_valid_gzip_member() -> None:
+    """Concatenated sync-flushed segments decompress (gzip and zlib alike) to exactly the plain text."""
+    targets = fleet()
+    sink = MetricsSink(engine_stats=lambda: ENGINE)
+    sink.set_targets(targets)
+    sink.consume(cycle_of(targets, "g1"))
+    packed = b"".join(asyncio.run(sink.gzip_exposition()))
+    plain = gzip.decompress(packed)
+    assert plain == zlib.decompress(packed, wbits=31)  # one member, CRC-32 and size checked by both
+    cached = cached_part(sink)
+    assert plain.startswith(cached) and plain[len(cached):].startswith(b"# HELP connmon_icmp_echoes_sent_total")
+    names = {f.name for f in text_string_to_metric_families(plain.decode())}
+    assert {"connmon_up", "connmon_icmp_rtt_seconds", "connmon_icmp_echoes_sent", "process_cpu_seconds"} <= names
+
+
+def test_compressed_once_per_change_and_only_the_changed_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes without a change reuse the compression; a cycle of one group recompresses only its blocks."""
+    compressed: list[bytes] = []
+    real = compression.deflate_segment
+
+    def counting(data: bytes, level: int = compression.LEVEL) -> bytes:
+        compressed.append(data)
+        return real(data, level)
+
+    monkeypatch.setattr(compression, "deflate_segment", counting)
+    targets = fleet(groups=4)
+    sink = MetricsSink()
+    sink.set_targets(targets)
+
+    async def scrapes(n: int) -> list[bytes]:
+        bodies = await asyncio.gather(*(sink.gzip_exposition() for _ in range(n)))  # concurrent scrapers
+        return [gzip.decompress(b"".join(b)) for b in bodies]
+
+    asyncio.run(scrapes(5))
+    first = len(compressed)
+    assert first > 0
+    asyncio.run(scrapes(3))
+    assert len(compressed) == first  # no change: nothing compressed again, however many scrapes
+    sink.consume(cycle_of(targets, "g2"))
+    compressed.clear()
+    bodies = asyncio.run(scrapes(4))
+    text = b"".join(compressed)
+    assert b'endpoint="g2-site-0"' in text and b'endpoint="g1-site-0"' not in text  # only g2's blocks
+    assert all(body.startswith(cached_part(sink)) for body in bodies)
+
+
+def test_a_scrape_renders_nothing_and_a_cycle_rejoins_only_its_group() -> None:
+    """Two scrapes without a change get the very same cached objects; a cycle replaces only its group's."""
+    targets = fleet()
+    sink = MetricsSink()
+    sink.set_targets(targets)
+    before = sink.exposition()[:-1]
+    again = sink.exposition()[:-1]
+    assert all(a is b for a, b in zip(before, again, strict=True))
+    version = sink.version
+    sink.consume(cycle_of(targets, "g0"))
+    assert sink.version == version + 1
+    after = sink.exposition()[:-1]
+    kept = {id(chunk) for chunk in before} & {id(chunk) for chunk in after}
+    changed = [chunk for chunk in after if id(chunk) not in kept]
+    assert changed and all(b"g1-site" not in c and b"g2-site" not in c for c in changed)
+    assert any(b'endpoint="g1-site-3"' in c for c in after if id(c) in kept)
+
+
+def test_shard_label_on_every_series_and_none_without_shard() -> None:
+    """With a shard, every sample (monitor-wide and process ones too) has shard="I"; without, none has."""
+    targets = fleet(groups=2, per_group=3)
+    for shard in ("3", None):
+        sink = MetricsSink(engine_stats=lambda: ENGINE, shard=shard)
+        sink.set_targets(targets)
+        sink.consume(cycle_of(targets, "g0"))
+        sink.cycle_skipped("icmp", "g1")
+        sink.config_loaded(True)
+        text = b"".join(sink.exposition()).decode()
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        assert len(samples) > 100
+        shards = {s.labels.get("shard") for s in samples}
+        assert shards == {shard}, (shard, [s for s in samples if s.labels.get("shard") != shard][:3])
+        assert promtool_problems(text) == []
+        gz = gzip.decompress(b"".join(asyncio.run(sink.gzip_exposition()))).decode()
+        assert {s.labels.get("shard") for f in text_string_to_metric_families(gz) for s in f.samples} == {shard}
+
+
+def test_exposition_order_and_families_survive_reloads_that_add_and_remove_groups() -> None:
+    """After a reload that adds and removes groups, each family appears once and holds every endpoint."""
+    a, b = fleet(groups=2, per_group=5), [target(f"new-{i}", group="new") for i in range(5)]
+    sink = MetricsSink()
+    sink.set_targets(a)
+    sink.consume(cycle_of(a, "g0"))
+    sink.set_targets([t for t in a if t.group == "g0"] + b)
+    sink.consume(cycle_of(b, "new"))
+    sink.consume(cycle_of(a, "g1"))  # a removed group's late cycle
+    text = b"".join(sink.exposition()).decode()
+    families = [f.name for f in text_string_to_metric_families(text)]
+    assert len(families) == len(set(families))
+    ups = {s.labels["endpoint"] for f in text_string_to_metric_families(text) if f.name == "connmon_up"
+           for s in f.samples}
+    assert ups == {t.name for t in a if t.group == "g0"} | {t.name for t in b}
+    infos = [s.labels["endpoint"] for f in text_string_to_metric_families(text) if f.name == "connmon_endpoint_info"
+             for s in f.samples]
+    assert len(infos) == 10
+
+
+@pytest.mark.parametrize(("header", "wanted"), [
+    ("gzip", True), ("gzip, deflate, br", True), ("deflate, GZIP;q=0.5", True), ("*", True),
+    ("identity", False), ("", False), ("gzip;q=0", False), ("br", False)])
+def test_accept_encoding(header: str, wanted: bool) -> None:
+    """gzip is served when the client accepts it, and only then."""
+    assert accepts_gzip(header) is wanted
