@@ -142,14 +142,19 @@ def inner_engine(mode: str, sites: int) -> int:
     return 0
 
 
-def measure_engine_child(netns: Netns, mode: str, sites: int) -> Result:
-    argv = ["ip", "netns", "exec", netns.name, PYTHON, __file__, "--inner-engine", mode, "--sites", str(sites)]
+def _json_child(argv: list[str]) -> Result:
+    """Run a child mode of this script and return the JSON result it prints last (or the error)."""
     code, _cpu, _wall, out, err = run_child(argv)
     try:
         result: Result = json.loads(out.decode().strip().splitlines()[-1])
         return result
     except (ValueError, IndexError):
         return {"error": f"exit {code}: {err.decode(errors='replace')[-300:]}"}
+
+
+def measure_engine_child(netns: Netns, mode: str, sites: int) -> Result:
+    return _json_child(["ip", "netns", "exec", netns.name, PYTHON, __file__, "--inner-engine", mode,
+                        "--sites", str(sites)])
 
 
 # ----------------------------------------------------------------------------- 2./3. the daemon
@@ -217,14 +222,8 @@ class Daemon:
 
 def in_netns_scraper(netns: Netns, url: str, mode: str, seconds: float, clients: int) -> Result:
     """Run this script's scraper mode inside the namespace (the daemon listens on its loopback)."""
-    argv = ["ip", "netns", "exec", netns.name, PYTHON, __file__, "--inner-scrape", url, "--scrape-mode", mode,
-            "--scrape-seconds", str(seconds), "--scrape-clients", str(clients)]
-    code, _cpu, _wall, out, err = run_child(argv)
-    try:
-        result: Result = json.loads(out.decode().strip().splitlines()[-1])
-        return result
-    except (ValueError, IndexError):
-        return {"error": f"exit {code}: {err.decode(errors='replace')[-300:]}"}
+    return _json_child(["ip", "netns", "exec", netns.name, PYTHON, __file__, "--inner-scrape", url,
+                        "--scrape-mode", mode, "--scrape-seconds", str(seconds), "--scrape-clients", str(clients)])
 
 
 def inner_scrape(url: str, mode: str, seconds: float, clients: int) -> int:

@@ -28,10 +28,3 @@ def parse_size(text: str) -> int:
         raise ValueError(f"'{text}' is not a size; write e.g. 25MB, 2GB or 512MiB")
     return int(float(found[1]) * _UNITS[unit])
 
-
-def format_size(size: int) -> str:
-    """Render bytes for people, in decimal units as operators' contracts count them."""
-    for unit, factor in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
-        if size >= factor:
-            return f"{size / factor:.3g}{unit}"
-    return f"{size}B"

@@ -10,29 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import write_config
 from tests.netlab import Lab, _child_env
 from tests.promtool import promtool_problems
+from tests.running import samples, value
 
 PORT = 9077
 CYRILLIC = "№12 мектеп"
-
-
-def samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Sample name → {sorted label pairs: value}, parsed with prometheus-client's own parser."""
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def value(parsed: dict, name: str, **labels: str) -> float:
-    matches = [v for k, v in parsed.get(name, {}).items() if set(labels.items()) <= set(k)]
-    assert len(matches) == 1, f"{name}{labels}: {len(matches)} series"
-    return matches[0]
 
 
 @pytest.fixture(scope="module")

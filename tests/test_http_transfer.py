@@ -11,7 +11,7 @@ from monitor.config import IcmpSettings, ThroughputSettings
 from monitor.errors import ProbeErrorReason
 from monitor.http_transfer import Limits, fetch
 from monitor.probes import ProbeContext, http
-from monitor.probes.throughput import test_one as run_one_test
+from monitor.probes.throughput import measure_site
 from monitor.targets import Target
 
 
@@ -58,7 +58,7 @@ def test_an_upload_to_a_peer_that_never_reads_ends_as_timeout() -> None:
         target = _target(upload_url=f"http://127.0.0.1:{port}/up")
         ctx = ProbeContext(None, throughput_slots=asyncio.Semaphore(1))
         try:
-            result = await run_one_test(target, ctx, "http", http.measure, resolve_host=False)
+            result = await measure_site(target, ctx, "http", http.measure, resolve_host=False)
         finally:
             server.close()
         assert result.error is ProbeErrorReason.TIMEOUT, result

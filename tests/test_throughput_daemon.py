@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import need, write_config
 from tests.netlab import Lab, Site, _child_env, can_measure_throughput
 from tests.promtool import promtool_problems
-from tests.test_daemon import samples
+from tests.running import samples
 
 PORT = 9079
 OBSERVE_SECONDS = 90  # an upper bound on waiting; the test stops as soon as it has seen enough

@@ -104,7 +104,6 @@ def test_reload_keeps_due_times_and_spending() -> None:
     t = target("s", monthly_budget_bytes=10**9)
     plan = ThroughputPlan()
     plan.set_targets([t], NOW)
-    due = plan.sites["s"].next_due
     plan.finished("s", _result(t, NOW, moved=5_000), NOW)
     due = plan.sites["s"].next_due
     plan.set_targets([dataclasses.replace(t, district="other"), target("new")], NOW + 5)

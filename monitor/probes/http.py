@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.http_transfer import Limits, fetch, send
-from monitor.probes.throughput import run_tests
+from monitor.probes.throughput import DNS_TIMEOUT_SECONDS, run_tests
 from monitor.resolver import resolve
 from monitor.results import DirectionResult, ThroughputResult
 from monitor.targets import Target
@@ -22,7 +22,6 @@ from monitor.targets import Target
 if TYPE_CHECKING:
     from monitor.probes import ProbeContext
 
-_DNS_TIMEOUT_SECONDS = 5.0
 
 
 async def measure(target: Target, _address: str | None, direction: Direction, ctx: ProbeContext) -> DirectionResult:
@@ -33,7 +32,7 @@ async def measure(target: Target, _address: str | None, direction: Direction, ct
         return DirectionResult(direction, started_at, ctx.clock(), error=ProbeErrorReason.FAILED,
                                error_detail=f"no URL configured for the {direction} direction")
     host = urllib.parse.urlsplit(url).hostname or target.host
-    found = await resolve(host, target.icmp.family, frozenset(ctx.address_families), _DNS_TIMEOUT_SECONDS)
+    found = await resolve(host, target.icmp.family, frozenset(ctx.address_families), DNS_TIMEOUT_SECONDS)
     if found.address is None:
         return DirectionResult(direction, started_at, ctx.clock(), error=found.error or ProbeErrorReason.DNS,
                                error_detail=found.detail)

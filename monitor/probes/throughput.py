@@ -24,7 +24,7 @@ from monitor.targets import Target
 if TYPE_CHECKING:
     from monitor.probes import ProbeContext
 
-_DNS_TIMEOUT_SECONDS = 5.0
+DNS_TIMEOUT_SECONDS = 5.0
 PAUSE_BETWEEN_DIRECTIONS_SECONDS = 1.0
 DEADLINE_SLACK_SECONDS = 2.0  # beyond omit + duration + timeout: the method's own bound should fire first
 
@@ -35,7 +35,7 @@ MeasureFn = Callable[[Target, str | None, Direction, "ProbeContext"], Awaitable[
 async def run_tests(targets: Sequence[Target], ctx: ProbeContext, method: str, measure: MeasureFn,
                     resolve_host: bool = True) -> list[ThroughputResult]:
     """Test every target's directions; one result per target, in order. Never raises for a site."""
-    return list(await asyncio.gather(*(test_one(t, ctx, method, measure, resolve_host) for t in targets)))
+    return list(await asyncio.gather(*(measure_site(t, ctx, method, measure, resolve_host) for t in targets)))
 
 
 async def _bounded(measure: MeasureFn, target: Target, address: str | None, direction: Direction,
@@ -51,11 +51,11 @@ async def _bounded(measure: MeasureFn, target: Target, address: str | None, dire
                                error_detail=f"the {direction} test did not finish within {bound:g}s")
 
 
-async def test_one(target: Target, ctx: ProbeContext, method: str, measure: MeasureFn,
+async def measure_site(target: Target, ctx: ProbeContext, method: str, measure: MeasureFn,
                    resolve_host: bool = True) -> ThroughputResult:
     address: str | None = None
     if resolve_host:
-        found = await resolve(target.host, target.icmp.family, frozenset(ctx.address_families), _DNS_TIMEOUT_SECONDS)
+        found = await resolve(target.host, target.icmp.family, frozenset(ctx.address_families), DNS_TIMEOUT_SECONDS)
         if found.address is None:
             now = ctx.clock()
             return ThroughputResult(target, method, now, now, None, (), found.error or ProbeErrorReason.DNS,
