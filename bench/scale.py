@@ -206,7 +206,8 @@ class Daemon:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop(); 1,000 sites down log 1,000 lines)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns.name, PYTHON, "-m", "monitor", "run", "--config", str(config),
-             "--listen", f"127.0.0.1:{port}", "--icmp-mode", "raw", "--log-level", "warning"],
+             "--listen", f"127.0.0.1:{port}", "--icmp-mode", "raw", "--log-level", "warning",
+             "--state-dir", tempfile.mkdtemp(prefix="connmon-bench-state-")],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log)  # a file: a full pipe would block the daemon
         self.netns = netns
 

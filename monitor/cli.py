@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="reload when the config file's content changes (polled)")
     run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
                      metavar="DURATION", help="how often --config.watch looks at the file (default 5s)")
+    run.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
+                     help="where the history is kept (history.sqlite3); default $CONNMON_STATE_DIR or ./state")
+    run.add_argument("--no-history", action="store_true",
+                     help="keep no history (no report, no restore after a restart)")
     sharding(run)
 
     check = commands.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
@@ -116,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
-                                 shard=args.shard))
+                                 shard=args.shard, state_dir=None if args.no_history else args.state_dir))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:

@@ -183,6 +183,18 @@ class Defaults:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the history keeps each kind of result.
+
+    Raw ICMP rows are many (one per endpoint per cycle) and serve the monthly report, so they are
+    kept a little over a month; throughput tests are few and a year-on-year comparison needs them.
+    """
+
+    icmp_seconds: float = 35 * 86400.0
+    throughput_seconds: float = 400 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid config file."""
 
@@ -190,6 +202,7 @@ class Config:
     defaults: Defaults = field(default_factory=Defaults)
     groups: tuple[GroupConfig, ...] = ()
     throughput_max_concurrent: int = 2  # tests at once across all sites, so our own uplink is not the bottleneck
+    retention: Retention = field(default_factory=Retention)
 
 
 _S = TypeVar("_S", IcmpSettings, ThroughputSettings)
@@ -430,7 +443,7 @@ _ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps
 _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
                "endpoints")
 _DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
-_TOP_KEYS = ("defaults", "groups", "throughput")
+_TOP_KEYS = ("defaults", "groups", "throughput", "history")
 
 
 def _icmp_overrides(w: _Walker, node: Node, path: str) -> IcmpOverrides | None:
@@ -759,6 +772,17 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
         if "max_concurrent" in values:
             got = w.number(values["max_concurrent"], "throughput.max_concurrent", 1, 1000, integer=True)
             max_concurrent = int(got) if got is not None else max_concurrent
+    retention = Retention()
+    if "history" in top:
+        history = w.mapping(top["history"], "history", ("retention",)) or {}
+        if "retention" in history:
+            kept = w.mapping(history["retention"], "history.retention", ("icmp", "throughput")) or {}
+            read = w.fields(kept, "history.retention", {
+                "icmp": lambda n, p: w.duration(n, p, 3600.0, 3650 * 86400.0),
+                "throughput": lambda n, p: w.duration(n, p, 3600.0, 3650 * 86400.0),
+            })
+            retention = Retention(icmp_seconds=read.get("icmp", retention.icmp_seconds),
+                                  throughput_seconds=read.get("throughput", retention.throughput_seconds))
     groups: list[GroupConfig] = []
     for gi, gnode in enumerate(w.sequence(top["groups"], "groups") or () if "groups" in top else ()):
         group = _group(w, gnode, f"groups[{gi}]")
@@ -766,7 +790,8 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
             continue
         groups.append(group)
         _collect_names(gnode, f"groups[{gi}]", names)
-    config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent)
+    config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent,
+                    retention=retention)
     return config, names
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine, Sequence
 
 from monitor.config import Config
+from monitor.history import HistorySink
 from monitor.icmp_engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.metrics import MetricsSink
@@ -30,6 +31,7 @@ from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
+from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target
 from monitor.web import build_app, start_server
 from monitor.webconfig import BasicAuth, load_web_config
@@ -41,7 +43,8 @@ CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
-                watch_interval_seconds: float | None = None, shard: Shard | None = None) -> int:
+                watch_interval_seconds: float | None = None, shard: Shard | None = None,
+                state_dir: str | None = "state") -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -55,6 +58,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         enable_lifecycle: allow ``POST /-/reload``.
         watch_interval_seconds: poll the config file this often and reload on change; None: don't.
         shard: this instance's share (``--shard I/N``), or None for every endpoint.
+        state_dir: where the history lives (``history.sqlite3``); None keeps no history.
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
@@ -62,9 +66,14 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     """
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
     iperf3_path = find_iperf3()
+    reloader = Reloader(config_path, lambda c, t: apply(c, t), lambda ok: metrics.config_loaded(ok))
+    config, every_target = reloader.load_initial()
+    history = (HistorySink(lambda: SqliteStore(database_path(state_dir)), config.retention)
+               if state_dir is not None else None)
     metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)},
-                          shard=shard.label if shard is not None else None)
-    pipeline = ResultPipeline([metrics, EventLogSink()])
+                          shard=shard.label if shard is not None else None,
+                          store_stats=(lambda: history.stats) if history is not None else None)
+    pipeline = ResultPipeline([metrics, EventLogSink(), *([history] if history is not None else [])])
 
     def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
         new_targets = own_share(every_target, shard)
@@ -72,12 +81,12 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
             scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
             ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
+        if history is not None:
+            history.retention = new_config.retention
         scheduler.set_targets(new_targets)  # first: if it fails, the sinks still match the jobs
         for sink in pipeline.sinks:
             sink.set_targets(new_targets)
 
-    reloader = Reloader(config_path, apply, metrics.config_loaded)
-    config, every_target = reloader.load_initial()
     targets = own_share(every_target, shard)
     _warn_missing_tools(targets, iperf3_path)
     engine = IcmpEngine.open(icmp_mode)
@@ -101,6 +110,12 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     if web_config is not None:
         log.info("web: %s", web_config.describe())
     scheduler.start(targets)
+    if history is not None:  # a restart shows the last test at once, and does not fire every due test
+        restored = history.restore(targets)
+        metrics.restore(restored.results.values())
+        scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time())
+        if restored.results:
+            log.info("history: restored the last throughput test of %d endpoints", len(restored.results))
     ready = True
     log.info("connmon started: %d endpoints from %s%s, listening on %s", len(targets), config_path,
              f" (shard {shard})" if shard is not None else "", listen)

@@ -32,6 +32,7 @@ from monitor import __version__
 from monitor.compression import CompressedBody, KeyedChunk, compress_chunks, gzip_member
 from monitor.config import DIRECTIONS
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS
+from monitor.history import StoreStats
 from monitor.results import Cycle, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
 
@@ -207,6 +208,24 @@ class _ThroughputState:
         if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
             self.target_met = result.target_met
 
+    def restore(self, result: ThroughputResult) -> None:
+        """Show a test from the history after a restart: its rates, verdict and times, no counters.
+
+        The counters restart at zero (Prometheus handles the reset); counting the old test again
+        would add a test and its bytes that did not happen in this process.
+        """
+        self.attempted_at = result.started_at
+        if result.directions:
+            self.duration_seconds = result.ended_at - result.started_at
+        self.budget_remaining = result.budget_remaining_bytes
+        for d in result.directions:
+            if d.bits_per_second is not None:
+                self.rates[d.direction] = d.bits_per_second
+        if result.measured:
+            self.measured_at = result.started_at
+        if result.target_met is not None:
+            self.target_met = result.target_met
+
     def render(self, t: Target, lb: str, f: list[str]) -> None:
         """Fill the throughput families' fragments for one endpoint (labels ``lb`` already escaped)."""
         up_target = t.target_upload_bits_per_second
@@ -269,8 +288,9 @@ class MetricsSink:
 
     def __init__(self, engine_stats: Callable[[], Mapping[str, int]] | None = None,
                  clock: Callable[[], float] = time.time, shard: str | None = None,
-                 tools: Mapping[str, bool] | None = None) -> None:
+                 tools: Mapping[str, bool] | None = None, store_stats: Callable[[], StoreStats] | None = None) -> None:
         self._tools = dict(tools or {})
+        self._store_stats = store_stats
         self._endpoints: dict[str, _EndpointState] = {}
         self._groups: dict[str, list[_EndpointState]] = {}
         self._cycles: dict[tuple[str, str], _CycleStats] = {}
@@ -342,6 +362,20 @@ class MetricsSink:
             if state is None:  # removed by a reload while its cycle ran
                 continue
             state.absorb(result)
+            state.render()
+            changed.add(state.target.group)
+        self._rebuild(changed)
+
+    def restore(self, results: Iterable[ThroughputResult]) -> None:
+        """At start-up: show each site's last measured test from the history, with its original time."""
+        changed: set[str] = set()
+        for result in results:
+            state = self._endpoints.get(result.target.name)
+            if state is None or not state.target.throughput.enabled:
+                continue
+            if state.throughput is None:
+                state.throughput = _ThroughputState()
+            state.throughput.restore(result)
             state.render()
             changed.add(state.target.group)
         self._rebuild(changed)
@@ -462,7 +496,36 @@ class MetricsSink:
 
     def _render_per_scrape(self) -> bytes:
         """Engine counters and the process collectors: small, and current at every scrape."""
-        return self._render_engine() + generate_latest(cast(CollectorRegistry, self._registry))
+        return (self._render_engine() + self._render_store()
+                + generate_latest(cast(CollectorRegistry, self._registry)))
+
+    def _render_store(self) -> bytes:
+        """The history store's health: written, waiting, dropped and failed, current at every scrape."""
+        if self._store_stats is None:
+            return b""
+        stats = self._store_stats()
+        braces = self._braces()
+        errors = "".join(f"connmon_store_errors_total{self._braces(label_pairs((('operation', op),)))} {n}\n"
+                         for op, n in stats.errors.items())
+        return (
+            "# HELP connmon_store_errors_total History store operations that failed (read-only or full disk, ...).\n"
+            f"# TYPE connmon_store_errors_total counter\n{errors}"
+            "# HELP connmon_store_results_written_total Results written to the history store.\n"
+            f"# TYPE connmon_store_results_written_total counter\nconnmon_store_results_written_total{braces} "
+            f"{stats.written}\n"
+            "# HELP connmon_store_results_dropped_total Results never written: the store failed for so long that "
+            "the backlog overflowed.\n"
+            f"# TYPE connmon_store_results_dropped_total counter\nconnmon_store_results_dropped_total{braces} "
+            f"{stats.dropped}\n"
+            "# HELP connmon_store_pending_results Results waiting to be written.\n"
+            f"# TYPE connmon_store_pending_results gauge\nconnmon_store_pending_results{braces} {stats.pending}\n"
+            "# HELP connmon_store_rows_pruned_total Rows deleted from the history because they outlived retention.\n"
+            f"# TYPE connmon_store_rows_pruned_total counter\nconnmon_store_rows_pruned_total{braces} "
+            f"{stats.pruned}\n"
+            "# HELP connmon_store_last_write_timestamp_seconds Unix time of the last successful write.\n"
+            "# TYPE connmon_store_last_write_timestamp_seconds gauge\n"
+            f"connmon_store_last_write_timestamp_seconds{braces} {floatToGoString(stats.last_write_at)}\n"
+        ).encode("utf-8")
 
     def _render_engine(self) -> bytes:
         if self._engine_stats is None:

@@ -15,8 +15,11 @@ metered satellite links), so unlike ICMP they are planned one site at a time:
   once ``monthly_budget`` is spent, tests are skipped with reason ``budget``; a test is capped
   so it cannot overspend what is left.
 
+* **Restart.** With a history, :meth:`ThroughputPlan.restore` gives each site its last test time
+  and this month's bytes back: a site tested an hour before the restart waits for its regular
+  slot, and only sites whose test fell due while the daemon was down are spread over ``every``.
+
 This module is pure bookkeeping over an injected clock; :mod:`monitor.scheduler` runs it.
-The budget ledger lives in memory: it restarts at zero when the daemon restarts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -115,6 +118,22 @@ class ThroughputPlan:
                 state.month, state.used_bytes, state.running = old.month, old.used_bytes, old.running
             sites[target.name] = state
         self.sites = sites
+
+    def restore(self, last_tried: Mapping[str, float], used_bytes: Mapping[str, tuple[float, int]],
+                now: float) -> None:
+        """Continue from the history: each site's last test time and this month's bytes (at start-up).
+
+        A site whose next regular test is still ahead keeps that time; one that fell due while the
+        daemon was down keeps its spread slot (``now + phase × every``), so they do not all fire at once.
+        """
+        for name, state in self.sites.items():
+            settings = state.target.throughput
+            last = last_tried.get(name)
+            if last is not None and now < last + settings.every_seconds:
+                state.next_due = allowed_start(last + settings.every_seconds, name, settings)
+            if name in used_bytes:
+                since, spent = used_bytes[name]
+                state.month, state.used_bytes = month_of(since, settings.timezone), spent
 
     def due(self, now: float, limit: int) -> list[SiteState]:
         """Up to ``limit`` sites whose test is due and not running, earliest first; marked running."""

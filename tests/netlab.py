@@ -385,7 +385,13 @@ class Lab:
 
 
 def _child_env() -> dict[str, str]:
+    """The environment of a connmon child: this checkout's code, and a history of its own.
+
+    Every daemon gets a fresh, empty state dir unless its test passes ``--state-dir``: the history
+    restores figures at start-up, and one test's sites must not appear in another's metrics.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["CONNMON_STATE_DIR"] = tempfile.mkdtemp(prefix="connmon-test-state-")
     return env
 

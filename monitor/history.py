@@ -1,0 +1,385 @@
+"""The history sink: every result into a durable store, written off the event loop, faults counted.
+
+Prometheus keeps series, but the monthly compliance report and a restart without gaps need the
+results themselves. This module holds the backend-neutral parts:
+
+* :class:`HistoryStore`, the small interface a backend implements (SQLite now, PostgreSQL when
+  several instances share one history), and the stored-row value types that reports read;
+* :class:`HistorySink`, the result-pipeline sink. ``consume`` only queues the cycle; one writer
+  thread writes each cycle in one transaction, so the event loop never waits on a disk. A store
+  that fails (read-only, full, gone) costs history, never probing or /metrics: the batch stays
+  in a bounded backlog that is retried, ``connmon_store_errors_total`` counts the failure and
+  the log says it at most once a minute. Pruning runs in the same thread in small slices between
+  writes, so it never holds the database for long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from monitor.config import Retention
+from monitor.errors import ProbeErrorReason
+from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
+from monitor.targets import Target
+
+log = logging.getLogger(__name__)
+
+StoreOperation = Literal["open", "write", "prune", "restore"]
+STORE_OPERATIONS: tuple[StoreOperation, ...] = ("open", "write", "prune", "restore")
+MAX_BACKLOG_RESULTS = 200_000  # ~ an hour of 10,000 sites at 3-minute cycles; older ones are dropped first
+RETRY_SECONDS = 10.0  # a failing store is retried this often even when no new cycle arrives
+PRUNE_EVERY_SECONDS = 600.0
+PRUNE_SLICE_ROWS = 5_000  # rows deleted per transaction: short enough that writes never wait long
+LOG_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    """An endpoint's labels as the history knows them (the latest written), for reports to group by."""
+
+    name: str
+    kind: str
+    district: str
+    link: str
+    group: str
+    target_bits_per_second: float
+
+    @classmethod
+    def of(cls, target: Target) -> EndpointRecord:
+        return cls(target.name, target.kind, target.district, target.link, target.group,
+                   target.target_bits_per_second)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCycle:
+    """One endpoint's ICMP cycle as read back: enough for availability, loss and RTT percentiles."""
+
+    started_at: float
+    sent: int
+    rtts_seconds: tuple[float | None, ...]
+    error: str | None
+
+    @property
+    def attempted(self) -> int:
+        return len(self.rtts_seconds)
+
+    @property
+    def received(self) -> int:
+        return sum(1 for r in self.rtts_seconds if r is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTest:
+    """One throughput test as read back, with the target and verdict it had when it ran."""
+
+    endpoint: str
+    method: str
+    started_at: float
+    ended_at: float
+    address: str | None
+    directions: tuple[DirectionResult, ...]
+    target_bits_per_second: float
+    target_upload_bits_per_second: float | None
+    target_met: bool | None
+    error: str | None
+    error_detail: str
+    budget_remaining_bytes: int | None
+
+    def direction_rate(self, name: str) -> float | None:
+        found = next((d for d in self.directions if d.direction == name), None)
+        return None if found is None else found.bits_per_second
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.directions)
+
+    @property
+    def measured(self) -> bool:
+        return any(d.bits_per_second is not None for d in self.directions)
+
+    def as_result(self, target: Target) -> ThroughputResult:
+        """The test as a result of ``target`` (today's labels and settings), to restore its figures."""
+        try:
+            error = ProbeErrorReason(self.error) if self.error is not None else None
+        except ValueError:
+            error = ProbeErrorReason.FAILED
+        return ThroughputResult(target, self.method, self.started_at, self.ended_at, self.address,
+                                self.directions, error, self.error_detail, self.budget_remaining_bytes)
+
+
+class HistoryStore(Protocol):
+    """What a history backend does. Every method may raise the backend's errors; callers count them.
+
+    Writes are idempotent per (endpoint, start time), so a batch retried after an unclear failure,
+    or sent twice by an agent, is stored once.
+    """
+
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+        """Store ``results`` (and update ``endpoints``' labels) in one transaction."""
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        """Delete up to ``limit`` rows older than the bounds; return how many went (0: nothing left)."""
+
+    def endpoints(self) -> list[EndpointRecord]:
+        """Every endpoint the history has results of, with its latest labels."""
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        """The endpoint's ICMP cycles started in [start, end), oldest first."""
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        """The endpoint's throughput tests started in [start, end), oldest first."""
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        """Per endpoint, its latest test that measured a rate."""
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        """Per endpoint, its latest test of any outcome (when the plan last tried it)."""
+
+    def bytes_since(self, endpoint: str, since: float) -> int:
+        """Bytes the endpoint's tests moved since ``since`` (for the monthly budget)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters the metrics sink renders per scrape (written by the writer thread, read by the loop)."""
+
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STORE_OPERATIONS, 0))
+    written: int = 0
+    dropped: int = 0
+    pending: int = 0
+    pruned: int = 0
+    last_write_at: float = 0.0
+
+
+def month_start(t: float, timezone: str) -> float:
+    """Unix time of the start of ``t``'s calendar month in ``timezone`` (budgets are per month there)."""
+    local = dt.datetime.fromtimestamp(t, ZoneInfo(timezone))
+    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+class _Stop:
+    """Queue sentinel: flush and end the writer thread."""
+
+
+class HistorySink:
+    """Result-pipeline sink that keeps every result in a :class:`HistoryStore`.
+
+    ``open_store`` is called in the writer thread (SQLite connections belong to their thread) and
+    again after a failure, so a state dir that comes back (remounted, space freed) is used again.
+    """
+
+    def __init__(self, open_store: Callable[[], HistoryStore], retention: Retention,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._open_store = open_store
+        self.retention = retention
+        self._clock = clock
+        self.stats = StoreStats()
+        self._queue: queue.SimpleQueue[Sequence[Result] | Sequence[EndpointRecord] | _Stop] = queue.SimpleQueue()
+        self._backlog: deque[Result] = deque()
+        self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
+        self._store: HistoryStore | None = None
+        self._last_logged: dict[str, float] = {}
+        self._next_prune = 0.0  # prune soon after start: a long-stopped daemon may have much to drop
+        self._lock = threading.Lock()  # ``stats.pending`` is counted up on the loop and down in the writer
+        self._thread = threading.Thread(target=self._run, name="connmon-history", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ pipeline side (event loop)
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        self._queue.put([EndpointRecord.of(t) for t in targets])
+
+    def consume(self, cycle: Cycle) -> None:
+        if cycle.results:
+            with self._lock:
+                self.stats.pending += len(cycle.results)
+            self._queue.put(cycle.results)
+
+    def cycle_skipped(self, probe: str, group: str) -> None:
+        """Nothing ran, so there is nothing to keep (the metrics sink counts skips)."""
+
+    def close(self, timeout_seconds: float = 5.0) -> None:
+        """Write what is queued (within ``timeout_seconds``) and close the store."""
+        self._queue.put(_Stop())
+        self._thread.join(timeout_seconds)
+        if self._thread.is_alive():
+            log.warning("history: %d results not written at shutdown (the store is slow or failing)",
+                        self.stats.pending)
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=RETRY_SECONDS if self._backlog else self._until_prune())
+            except queue.Empty:
+                item = None
+            stop = isinstance(item, _Stop)
+            if item is not None and not stop:
+                self._take(item)
+            while not stop:  # take everything already queued into the same transaction
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, _Stop):
+                    stop = True
+                else:
+                    self._take(more)
+            if self._backlog:
+                self._write()
+            elif not stop and self._clock() >= self._next_prune:
+                self._prune_slice()
+            if stop:
+                if self._store is not None:
+                    try:
+                        self._store.close()
+                    except Exception:  # closing a broken store must not stop the shutdown
+                        log.debug("history: close failed", exc_info=True)
+                return
+
+    def _until_prune(self) -> float:
+        return max(0.05, min(RETRY_SECONDS, self._next_prune - self._clock()))
+
+    def _take(self, item: Sequence[Result] | Sequence[EndpointRecord]) -> None:
+        for entry in item:
+            if isinstance(entry, EndpointRecord):
+                self._endpoints[entry.name] = entry
+            else:
+                self._backlog.append(entry)
+        overflow = len(self._backlog) - MAX_BACKLOG_RESULTS
+        for _ in range(max(0, overflow)):
+            self._backlog.popleft()
+        if overflow > 0:
+            self.stats.dropped += overflow
+            with self._lock:
+                self.stats.pending -= overflow
+            self._say("dropped", f"history: the store has failed for long; dropped the {overflow} oldest "
+                                 "unwritten results (connmon_store_dropped_results_total)")
+
+    def _connected(self) -> HistoryStore | None:
+        if self._store is None:
+            try:
+                self._store = self._open_store()
+            except Exception as err:
+                self._failed("open", err)
+                return None
+        return self._store
+
+    def _write(self) -> None:
+        store = self._connected()
+        if store is None:
+            return
+        batch = list(self._backlog)
+        endpoints = {r.target.name: EndpointRecord.of(r.target) for r in batch}
+        endpoints.update((name, rec) for name, rec in self._endpoints.items() if name in endpoints)
+        try:
+            store.write(list(endpoints.values()), batch)
+        except Exception as err:
+            self._failed("write", err)
+            return
+        self._backlog.clear()
+        self.stats.written += len(batch)
+        with self._lock:
+            self.stats.pending = max(0, self.stats.pending - len(batch))
+        self.stats.last_write_at = self._clock()
+        if self._last_logged.pop("write", None) is not None:
+            log.warning("history: writing works again; %d results written", len(batch))
+
+    def _prune_slice(self) -> None:
+        store = self._connected()
+        if store is None:
+            self._next_prune = self._clock() + RETRY_SECONDS
+            return
+        now = self._clock()
+        try:
+            gone = store.prune(now - self.retention.icmp_seconds, now - self.retention.throughput_seconds,
+                               PRUNE_SLICE_ROWS)
+        except Exception as err:
+            self._failed("prune", err)
+            self._next_prune = now + PRUNE_EVERY_SECONDS
+            return
+        self.stats.pruned += gone
+        # more left: the next slice after a short pause (writes go first); done: wait for the next round
+        self._next_prune = now + (0.2 if gone >= PRUNE_SLICE_ROWS else PRUNE_EVERY_SECONDS)
+
+    def _failed(self, operation: StoreOperation, err: Exception) -> None:
+        self.stats.errors[operation] += 1
+        if self._store is not None:  # reopen next time: the file may have been replaced or remounted
+            try:
+                self._store.close()
+            except Exception:
+                log.debug("history: close after failure failed", exc_info=True)
+            self._store = None
+        self._say(operation, f"history: {operation} failed: {err}; probing and /metrics go on, "
+                             f"{len(self._backlog)} results wait to be written (connmon_store_errors_total)")
+
+    def _say(self, key: str, message: str) -> None:
+        """Log at most once a minute per kind of failure: a full disk must not fill the journal too."""
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+            self._last_logged[key] = now
+            log.error(message)
+
+    # ------------------------------------------------------------------ start-up (event loop, before probing)
+    def restore(self, targets: Sequence[Target]) -> RestoredState:
+        """Read what a restart must not forget: each site's last measured test, last try and month's bytes.
+
+        Runs once at start-up, before the first cycle; a failure is counted and the daemon starts
+        as if the history were empty.
+        """
+        wanted = {t.name: t for t in targets if t.throughput.enabled}
+        if not wanted:
+            return RestoredState()
+        store: HistoryStore | None = None
+        try:
+            store = self._open_store()
+            measured = store.last_measured_tests()
+            tried = store.last_tests()
+            used: dict[str, tuple[float, int]] = {}
+            now = self._clock()
+            for name, target in wanted.items():
+                if target.throughput.monthly_budget_bytes is not None and name in tried:
+                    since = month_start(now, target.throughput.timezone)
+                    used[name] = (since, store.bytes_since(name, since))
+        except Exception as err:
+            self.stats.errors["restore"] += 1
+            log.error("history: could not restore the last throughput results: %s; starting without them", err)
+            return RestoredState()
+        finally:
+            if store is not None:
+                try:
+                    store.close()
+                except Exception:
+                    log.debug("history: close after restore failed", exc_info=True)
+        return RestoredState(
+            results={n: measured[n].as_result(wanted[n]) for n in wanted if n in measured},
+            last_tried={n: tried[n].started_at for n in wanted if n in tried},
+            used_bytes={n: used[n] for n in used})
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredState:
+    """What :meth:`HistorySink.restore` found, keyed by endpoint name."""
+
+    results: Mapping[str, ThroughputResult] = dataclasses.field(default_factory=dict)
+    last_tried: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    used_bytes: Mapping[str, tuple[float, int]] = dataclasses.field(default_factory=dict)  # (month start, bytes)
+
+
+def icmp_rows(results: Sequence[Result]) -> list[IcmpResult]:
+    return [r for r in results if isinstance(r, IcmpResult)]
+
+
+def throughput_rows(results: Sequence[Result]) -> list[ThroughputResult]:
+    return [r for r in results if isinstance(r, ThroughputResult)]

@@ -1,0 +1,299 @@
+"""The embedded history backend: one SQLite file in WAL mode under the state directory.
+
+Why these choices:
+
+* **WAL, synchronous=NORMAL.** Readers (``connmon report`` on a live daemon) never block the
+  writer; a transaction is all-or-nothing, so ``kill -9`` in the middle of a write leaves a file
+  that opens cleanly and has lost at most the cycle in flight.
+* **One row per endpoint and cycle, RTTs packed.** An ICMP cycle's echoes go into one BLOB of
+  little-endian doubles (NaN where no reply came): exact RTTs for the report's median and p95,
+  at ~60 bytes a cycle instead of a row per echo.
+* **Primary key (endpoint, start time), WITHOUT ROWID.** A site's rows sit together for the
+  report, a batch retried after an unclear failure is stored once (``INSERT OR REPLACE``), and
+  pruning walks the key one endpoint at a time instead of needing a second index.
+* **Schema versions** live in ``PRAGMA user_version``; :data:`MIGRATIONS` brings any older file
+  up to date when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from monitor.config import Direction
+from monitor.history import EndpointRecord, StoredCycle, StoredTest
+from monitor.results import DirectionResult, IcmpResult, Result, ThroughputResult
+
+DATABASE_NAME = "history.sqlite3"
+_DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the file
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: endpoints, ICMP cycles, throughput tests
+    """
+    CREATE TABLE endpoints (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        district TEXT NOT NULL,
+        link TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        target_bps REAL NOT NULL
+    );
+    CREATE TABLE icmp (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        started_at REAL NOT NULL,
+        address TEXT,
+        sent INTEGER NOT NULL,
+        rtts BLOB NOT NULL,
+        error TEXT,
+        error_detail TEXT,
+        PRIMARY KEY (endpoint_id, started_at)
+    ) WITHOUT ROWID;
+    CREATE TABLE throughput (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        method TEXT NOT NULL,
+        address TEXT,
+        download_bps REAL,
+        upload_bps REAL,
+        bytes INTEGER NOT NULL,
+        directions TEXT NOT NULL,
+        target_bps REAL NOT NULL,
+        target_upload_bps REAL,
+        target_met INTEGER,
+        error TEXT,
+        error_detail TEXT,
+        budget_remaining INTEGER,
+        PRIMARY KEY (endpoint_id, started_at)
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+def database_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / DATABASE_NAME
+
+
+def pack_rtts(rtts: Sequence[float | None]) -> bytes:
+    return struct.pack(f"<{len(rtts)}d", *(math.nan if r is None else r for r in rtts))
+
+
+def unpack_rtts(blob: bytes) -> tuple[float | None, ...]:
+    return tuple(None if math.isnan(r) else r for r in struct.unpack(f"<{len(blob) // 8}d", blob))
+
+
+def _directions_json(directions: Sequence[DirectionResult]) -> str:
+    return json.dumps([{
+        "direction": d.direction, "started_at": d.started_at, "ended_at": d.ended_at,
+        "bits_per_second": d.bits_per_second, "bytes": d.bytes, "measured_seconds": d.measured_seconds,
+        "retransmits": d.retransmits, "error": d.error.value if d.error is not None else None,
+        "error_detail": d.error_detail[:_DETAIL_MAX]} for d in directions], separators=(",", ":"))
+
+
+def _directions_from_json(text: str) -> tuple[DirectionResult, ...]:
+    from monitor.errors import ProbeErrorReason  # noqa: PLC0415  (kept local: only reading needs it)
+
+    out = []
+    for d in json.loads(text):
+        try:
+            error = ProbeErrorReason(d["error"]) if d["error"] is not None else None
+        except ValueError:
+            error = ProbeErrorReason.FAILED
+        direction: Direction = "download" if d["direction"] == "download" else "upload"
+        out.append(DirectionResult(direction, d["started_at"], d["ended_at"], d["bits_per_second"], d["bytes"],
+                                   d["measured_seconds"], d["retransmits"], error, d["error_detail"]))
+    return tuple(out)
+
+
+class SqliteStore:
+    """:class:`~monitor.history.HistoryStore` on one SQLite file. One instance per thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"no history at {self.path} (has the daemon run with this --state-dir?)")
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
+                                       isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            elif self.schema_version() > len(MIGRATIONS):
+                raise sqlite3.DatabaseError(f"{self.path} has schema version {self.schema_version()}, newer than "
+                                            f"this connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+        except BaseException:
+            self._db.close()
+            raise
+        self._ids: dict[str, int] = {}
+        self._prune_cursor = 0  # endpoint id the next prune slice starts at
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise sqlite3.DatabaseError(f"{self.path} has schema version {version}, newer than this connmon knows "
+                                        f"({len(MIGRATIONS)}); upgrade connmon")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.schema_version() < number:  # another process may have migrated meanwhile
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ writing
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for rec in endpoints:
+                db.execute(
+                    "INSERT INTO endpoints (name, kind, district, link, grp, target_bps) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, district = excluded.district, "
+                    "link = excluded.link, grp = excluded.grp, target_bps = excluded.target_bps",
+                    (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second))
+            icmp_rows = []
+            test_rows = []
+            for result in results:
+                endpoint_id = self._endpoint_id(EndpointRecord.of(result.target))
+                if isinstance(result, IcmpResult):
+                    icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
+                                      pack_rtts(result.rtts_seconds),
+                                      result.error.value if result.error is not None else None,
+                                      result.error_detail[:_DETAIL_MAX] or None))
+                elif isinstance(result, ThroughputResult):
+                    test_rows.append(_test_row(endpoint_id, result))
+            db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
+            db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           test_rows)
+            db.execute("COMMIT")
+        except BaseException:
+            self._ids.clear()  # ids handed out inside the rolled-back transaction are void
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _endpoint_id(self, rec: EndpointRecord) -> int:
+        found = self._ids.get(rec.name)
+        if found is None:
+            row = self._db.execute("SELECT id FROM endpoints WHERE name = ?", (rec.name,)).fetchone()
+            if row is None:
+                cursor = self._db.execute(
+                    "INSERT INTO endpoints (name, kind, district, link, grp, target_bps) VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second))
+                found = int(cursor.lastrowid or 0)
+            else:
+                found = int(row[0])
+            self._ids[rec.name] = found
+        return found
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        """Delete old rows one endpoint after another, resuming where the last slice stopped."""
+        db = self._db
+        gone = 0
+        ids = [row[0] for row in db.execute("SELECT id FROM endpoints WHERE id >= ? ORDER BY id",
+                                            (self._prune_cursor,))]
+        for endpoint_id in ids:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, before in (("icmp", icmp_before), ("throughput", throughput_before)):
+                    cursor = db.execute(
+                        f"DELETE FROM {table} WHERE endpoint_id = ? AND started_at IN "  # noqa: S608 (fixed names)
+                        f"(SELECT started_at FROM {table} WHERE endpoint_id = ? AND started_at < ? "
+                        "ORDER BY started_at LIMIT ?)", (endpoint_id, endpoint_id, before, limit - gone))
+                    gone += max(0, cursor.rowcount)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if gone >= limit:
+                self._prune_cursor = endpoint_id  # this endpoint may have more: start here next time
+                return gone
+        self._prune_cursor = 0
+        return gone
+
+    # ------------------------------------------------------------------ reading
+    def endpoints(self) -> list[EndpointRecord]:
+        return [EndpointRecord(*row) for row in self._db.execute(
+            "SELECT name, kind, district, link, grp, target_bps FROM endpoints ORDER BY name")]
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        rows = self._db.execute(
+            "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
+            "WHERE e.name = ? AND i.started_at >= ? AND i.started_at < ? ORDER BY i.started_at",
+            (endpoint, start, end))
+        for started_at, sent, rtts, error in rows:
+            yield StoredCycle(started_at, sent, unpack_rtts(rtts), error)
+
+    _TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
+                     "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        rows = self._db.execute(
+            f"SELECT {self._TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            "WHERE e.name = ? AND t.started_at >= ? AND t.started_at < ? ORDER BY t.started_at",
+            (endpoint, start, end))
+        return [_stored_test(row) for row in rows]
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        return self._latest("WHERE t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL")
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        return self._latest("")
+
+    def _latest(self, where: str) -> dict[str, StoredTest]:
+        rows = self._db.execute(
+            f"SELECT {self._TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            f"JOIN (SELECT endpoint_id, MAX(started_at) AS latest FROM throughput t {where} GROUP BY endpoint_id) m "
+            "ON m.endpoint_id = t.endpoint_id AND m.latest = t.started_at")
+        return {row[0]: _stored_test(row) for row in rows}
+
+    def bytes_since(self, endpoint: str, since: float) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(t.bytes), 0) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = ? AND t.started_at >= ?", (endpoint, since)).fetchone()
+        return int(row[0])
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _test_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:
+    return (endpoint_id, r.started_at, r.ended_at, r.method, r.address, r.download_bits_per_second,
+            r.upload_bits_per_second, r.bytes, _directions_json(r.directions), r.target.target_bits_per_second,
+            r.target.target_upload_bits_per_second, None if r.target_met is None else int(r.target_met),
+            r.error.value if r.error is not None else None, r.error_detail[:_DETAIL_MAX] or None,
+            r.budget_remaining_bytes)
+
+
+def _stored_test(row: Sequence[object]) -> StoredTest:
+    (name, method, started_at, ended_at, address, directions, target, target_upload, met, error, detail,
+     budget) = row
+    return StoredTest(str(name), str(method), float(started_at), float(ended_at),  # type: ignore[arg-type]
+                      None if address is None else str(address), _directions_from_json(str(directions)),
+                      float(target), None if target_upload is None else float(target_upload),  # type: ignore[arg-type]
+                      None if met is None else bool(met), None if error is None else str(error),
+                      "" if detail is None else str(detail), None if budget is None else int(budget))  # type: ignore[call-overload]
