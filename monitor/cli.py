@@ -8,25 +8,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import math
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor import __version__
 from monitor.config import load_config
 from monitor.durations import parse_duration
 from monitor.errors import ConfigError, ConnmonError
+from monitor.history import EndpointRecord
 from monitor.icmp_engine import IcmpEngine
 from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.probes.iperf3 import find_iperf3
 from monitor.results import IcmpResult, ThroughputResult
+from monitor.report import Period, build_report
+from monitor.report_render import FORMATS, render
 from monitor.shard import Shard, own_share
+from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target, build_targets, select
 
 
@@ -104,7 +112,60 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--throughput", action="store_true",
                        help="also run the throughput tests now (download and upload as the site sees them)")
     sharding(probe)
+
+    report = commands.add_parser("report", help="the compliance report over a period, from the history")
+    report.add_argument("--from", dest="first", required=True, type=_date, metavar="DATE",
+                        help="first day (YYYY-MM-DD), from 00:00")
+    report.add_argument("--to", dest="last", required=True, type=_date, metavar="DATE",
+                        help="last day (YYYY-MM-DD), to 24:00")
+    report.add_argument("--kind", help="only sites of this kind (school, clinic, ...)")
+    report.add_argument("--district", help="only sites of this district")
+    report.add_argument("--format", default="table", choices=FORMATS)
+    report.add_argument("--output", metavar="FILE", help="write here instead of standard output")
+    report.add_argument("--timezone", default=None, type=_zone, metavar="ZONE",
+                        help="the days' time zone (IANA name, e.g. Asia/Almaty; default the machine's)")
+    report.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
+                        help="the daemon's --state-dir (default $CONNMON_STATE_DIR or ./state)")
+    report.add_argument("--config", help="also list configured sites the history has no data of, with "
+                                         "today's labels")
+    report.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    report.add_argument("--log-format", default="text", choices=("text", "json"))
     return parser
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a date as YYYY-MM-DD") from None
+
+
+def _zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a time zone name (e.g. UTC, Asia/Almaty)") from None
+    return text
+
+
+def local_zone() -> str:
+    """The machine's IANA zone name (TZ, else /etc/localtime's link), UTC when it cannot be told."""
+    for candidate in (os.environ.get("TZ", "").lstrip(":"), _zone_of_localtime()):
+        if candidate:
+            try:
+                ZoneInfo(candidate)
+                return candidate
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return "UTC"
+
+
+def _zone_of_localtime() -> str:
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        return ""
+    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.config, args.web_config_file)
         if args.command == "probe":
             return asyncio.run(_probe(args))
+        if args.command == "report":
+            return _report(args)
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
 
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
@@ -156,6 +219,33 @@ def _check(path: str, web_config_path: str | None) -> int:
         from monitor.webconfig import load_web_config  # bcrypt and ssl only when asked
 
         print(f"{web_config_path}: OK, {load_web_config(web_config_path).describe()}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.last < args.first:
+        print(f"connmon: --to {args.last} is before --from {args.first}", file=sys.stderr)
+        return 2
+    configured: list[EndpointRecord] = []
+    if args.config is not None:
+        configured = [EndpointRecord.of(t) for t in build_targets(load_config(args.config))]
+    path = database_path(args.state_dir)
+    try:
+        store = SqliteStore(path, read_only=True)
+    except (OSError, sqlite3.Error) as err:
+        print(f"connmon: cannot read the history at {path}: {err}", file=sys.stderr)
+        return 3
+    try:
+        report = build_report(store, Period(args.first, args.last, args.timezone or local_zone()), kind=args.kind,
+                              district=args.district, configured=configured, now=time.time())
+    finally:
+        store.close()
+    text = render(report, args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"{args.output}: {len(report.sites)} sites, {report.period}", file=sys.stderr)
     return 0
 
 

@@ -225,7 +225,7 @@ class HistorySink:
             except queue.Empty:
                 item = None
             stop = isinstance(item, _Stop)
-            if item is not None and not stop:
+            if item is not None and not isinstance(item, _Stop):
                 self._take(item)
             while not stop:  # take everything already queued into the same transaction
                 try:

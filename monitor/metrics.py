@@ -525,7 +525,7 @@ class MetricsSink:
             "# HELP connmon_store_last_write_timestamp_seconds Unix time of the last successful write.\n"
             "# TYPE connmon_store_last_write_timestamp_seconds gauge\n"
             f"connmon_store_last_write_timestamp_seconds{braces} {floatToGoString(stats.last_write_at)}\n"
-        ).encode("utf-8")
+        ).encode()
 
     def _render_engine(self) -> bytes:
         if self._engine_stats is None:

@@ -1,0 +1,228 @@
+"""The compliance report: per site and per kind/district, over a period, from the history.
+
+Ops staff send it to the telecom operator and the ministry, so every figure is defined here,
+once, in words a reader can check:
+
+* **availability** = ICMP cycles in which the site answered at least one echo / cycles run;
+* **loss** = echoes without a reply / echoes attempted, over every cycle of the period;
+* **RTT median and p95** over every answered echo (p95 by nearest rank: a value that was measured);
+* **tests** = throughput tests that measured the download; tests that failed (server down, DNS)
+  are counted apart and give no verdict: a broken test server is not proof that a site is slow;
+* **met** = tests whose verdict (against the target the site had when the test ran) was met;
+* **verdict** = ``met`` (every test met the target), ``partly``, ``never``, ``untested`` (ICMP
+  data only) or ``no_data``.
+
+Computing is separate from rendering (:mod:`monitor.report_render`), so every format shows
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from monitor.history import EndpointRecord, HistoryStore
+
+Verdict = Literal["met", "partly", "never", "untested", "no_data"]
+VERDICT_WORDS: dict[Verdict, str] = {
+    "met": "met the target in every test",
+    "partly": "met the target in some tests",
+    "never": "never met the target",
+    "untested": "no throughput test",
+    "no_data": "no data",
+}
+_VERDICT_ORDER: dict[Verdict, int] = {"never": 0, "partly": 1, "untested": 2, "no_data": 3, "met": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Whole days ``first`` … ``last`` (inclusive) in ``timezone``, as a half-open span of Unix time."""
+
+    first: dt.date
+    last: dt.date
+    timezone: str
+
+    @property
+    def start(self) -> float:
+        return dt.datetime.combine(self.first, dt.time(), ZoneInfo(self.timezone)).timestamp()
+
+    @property
+    def end(self) -> float:
+        return dt.datetime.combine(self.last + dt.timedelta(days=1), dt.time(), ZoneInfo(self.timezone)).timestamp()
+
+    def __str__(self) -> str:
+        return f"{self.first.isoformat()} to {self.last.isoformat()} ({self.timezone})"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    """One site's figures over the period; None where there was nothing to compute from."""
+
+    name: str
+    kind: str
+    district: str
+    link: str
+    target_bits_per_second: float
+    cycles: int
+    cycles_up: int
+    echoes: int
+    replies: int
+    rtt_median_seconds: float | None
+    rtt_p95_seconds: float | None
+    tests: int
+    tests_met: int
+    tests_failed: int
+    download_median_bits_per_second: float | None
+    download_min_bits_per_second: float | None
+
+    @property
+    def availability(self) -> float | None:
+        return self.cycles_up / self.cycles if self.cycles else None
+
+    @property
+    def loss(self) -> float | None:
+        return 1.0 - self.replies / self.echoes if self.echoes else None
+
+    @property
+    def met_share(self) -> float | None:
+        return self.tests_met / self.tests if self.tests else None
+
+    @property
+    def verdict(self) -> Verdict:
+        if not self.tests:
+            return "untested" if self.cycles else "no_data"
+        if self.tests_met == self.tests:
+            return "met"
+        return "never" if self.tests_met == 0 else "partly"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """The sites of one kind (and district, when set) in one sentence's worth of counts."""
+
+    kind: str
+    district: str | None
+    sites: int
+    met: int  # met the target in every test
+    never: int
+    partly: int
+    untested: int  # ICMP data but no test (or only failed tests)
+    no_data: int
+    availability: float | None  # cycles up / cycles run, over all of the group's cycles
+    targets_bits_per_second: tuple[float, ...]  # the distinct targets, for the wording
+    download_median_bits_per_second: float | None  # median of the sites' medians
+
+    @property
+    def tested(self) -> int:
+        return self.met + self.never + self.partly
+
+    def sentence(self) -> str:
+        """E.g. "241 of 398 schools met 4 Mbit/s in every test; 12 never did; 20 were not tested"."""
+        noun = plural(self.kind, self.sites)
+        target = (f"{format_mbps(self.targets_bits_per_second[0])} Mbit/s"
+                  if len(self.targets_bits_per_second) == 1 else "their target")
+        where = f" in {self.district}" if self.district is not None else ""
+        parts = [f"{self.met} of {self.sites} {noun}{where} met {target} in every test",
+                 f"{self.never} never did"]
+        if self.partly:
+            parts.append(f"{self.partly} did in some tests")
+        if self.untested + self.no_data:
+            parts.append(f"{self.untested + self.no_data} were not tested")
+        text = "; ".join(parts)
+        if self.availability is not None:
+            text += f". Up {self.availability * 100:.2f}% of cycles"
+        return text + "."
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    period: Period
+    kind: str | None
+    district: str | None
+    sites: tuple[SiteRow, ...]
+    by_kind: tuple[GroupSummary, ...] = ()
+    by_district: tuple[GroupSummary, ...] = ()
+    generated_at: float = field(default=0.0)
+
+
+def plural(kind: str, count: int) -> str:
+    if count == 1 or kind.endswith("s"):
+        return kind
+    return kind + "s"
+
+
+def format_mbps(bits_per_second: float) -> str:
+    """4000000 → "4", 2500000 → "2.5": targets are written as people say them."""
+    return f"{bits_per_second / 1e6:.2f}".rstrip("0").rstrip(".")
+
+
+def nearest_rank(sorted_values: Sequence[float], share: float) -> float:
+    """The value at rank ceil(share × n): always one that was measured (no interpolation)."""
+    return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
+
+
+def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> SiteRow:
+    cycles = cycles_up = echoes = replies = 0
+    rtts: list[float] = []
+    for cycle in store.icmp_cycles(endpoint.name, period.start, period.end):
+        cycles += 1
+        got = [r for r in cycle.rtts_seconds if r is not None]
+        cycles_up += 1 if got else 0
+        echoes += cycle.attempted
+        replies += len(got)
+        rtts.extend(got)
+    rtts.sort()
+    tests = met = failed = 0
+    downloads: list[float] = []
+    for test in store.throughput_tests(endpoint.name, period.start, period.end):
+        rate = test.direction_rate("download")
+        if rate is None:
+            failed += 1 if test.error is not None else 0
+            continue
+        tests += 1
+        downloads.append(rate)
+        met += 1 if test.target_met else 0
+    return SiteRow(endpoint.name, endpoint.kind, endpoint.district, endpoint.link, endpoint.target_bits_per_second,
+                   cycles, cycles_up, echoes, replies,
+                   statistics.median(rtts) if rtts else None, nearest_rank(rtts, 0.95) if rtts else None,
+                   tests, met, failed, statistics.median(downloads) if downloads else None,
+                   min(downloads) if downloads else None)
+
+
+def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> GroupSummary:
+    counts = dict.fromkeys(_VERDICT_ORDER, 0)
+    for row in rows:
+        counts[row.verdict] += 1
+    cycles = sum(r.cycles for r in rows)
+    medians = [r.download_median_bits_per_second for r in rows if r.download_median_bits_per_second is not None]
+    return GroupSummary(kind, district, len(rows), counts["met"], counts["never"], counts["partly"],
+                        counts["untested"], counts["no_data"],
+                        sum(r.cycles_up for r in rows) / cycles if cycles else None,
+                        tuple(sorted({r.target_bits_per_second for r in rows})),
+                        statistics.median(medians) if medians else None)
+
+
+def build_report(store: HistoryStore, period: Period, *, kind: str | None = None, district: str | None = None,
+                 configured: Sequence[EndpointRecord] = (), now: float = 0.0) -> Report:
+    """The report over ``period`` for the sites of the history (plus ``configured`` ones it lacks).
+
+    Sites are listed worst first (never, partly, untested, no data, met), then by name, so the
+    first page is the one to act on.
+    """
+    known = {e.name: e for e in store.endpoints()}
+    for endpoint in configured:  # the config's labels are the current ones; sites without data still appear
+        known[endpoint.name] = endpoint
+    chosen = [e for e in known.values()
+              if (kind is None or e.kind == kind) and (district is None or e.district == district)]
+    rows = [site_row(store, e, period) for e in chosen]
+    rows.sort(key=lambda r: (_VERDICT_ORDER[r.verdict], r.kind, r.district, r.name))
+    kinds = sorted({r.kind for r in rows})
+    by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)
+    by_district = tuple(summarise([r for r in rows if r.kind == k and r.district == d], k, d)
+                        for k in kinds for d in sorted({r.district for r in rows if r.kind == k}))
+    return Report(period, kind, district, tuple(rows), by_kind, by_district, now)

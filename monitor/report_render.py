@@ -1,0 +1,139 @@
+"""The report in each format: a terminal table, CSV for spreadsheets, Markdown, and one HTML file.
+
+Every format shows the figures :mod:`monitor.report` computed, rounded only here. The HTML
+report is a single self-contained file that opens offline (a ministry's laptop in a school has
+no reason to reach a CDN): its template, Chart.js (the chart) and tablesort (click a column to
+sort) are shipped in the package and inlined; the table and the summary are plain HTML, so the
+page reads even with scripts off.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import statistics
+from collections.abc import Callable
+from importlib import resources
+from typing import Literal
+
+import jinja2
+from tabulate import tabulate
+
+from monitor import __version__
+from monitor.report import VERDICT_WORDS, Report, SiteRow, format_mbps
+
+ReportFormat = Literal["table", "csv", "markdown", "html"]
+FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html")
+
+HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
+           "loss %", "tests", "failed tests", "download median Mbit/s", "download min Mbit/s", "met %", "verdict")
+CSV_HEADERS = ("site", "kind", "district", "link", "target_mbps", "cycles", "cycles_up", "availability_percent",
+               "rtt_median_ms", "rtt_p95_ms", "echoes", "replies", "loss_percent", "tests", "tests_failed",
+               "tests_met", "download_median_mbps", "download_min_mbps", "met_percent", "verdict")
+
+
+def _fixed(value: float | None, digits: int, scale: float = 1.0) -> str:
+    return "" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _row(r: SiteRow) -> list[str]:
+    return [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
+            _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
+            _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
+            _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
+            _fixed(r.met_share, 0, 100), r.verdict]
+
+
+def _title(report: Report) -> str:
+    scope = " · ".join(x for x in (report.kind, report.district) if x)
+    return f"connmon report, {report.period}" + (f" — {scope}" if scope else "")
+
+
+def _district_rows(report: Report) -> list[list[str]]:
+    return [[s.kind, s.district or "", str(s.sites), str(s.met), str(s.partly), str(s.never),
+             str(s.untested + s.no_data), _fixed(s.availability, 2, 100),
+             _fixed(s.download_median_bits_per_second, 2, 1e-6)] for s in report.by_district]
+
+
+_DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some tests", "never", "not tested",
+                     "availability %", "median download Mbit/s")
+
+
+def render_table(report: Report) -> str:
+    lines = [_title(report), ""]
+    lines += [s.sentence() for s in report.by_kind]
+    lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True), ""]
+    lines.append(tabulate([_row(r) for r in report.sites], HEADERS, tablefmt="simple", disable_numparse=True))
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADERS)
+    for r in report.sites:
+        writer.writerow([r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
+                         r.cycles_up, _fixed(r.availability, 4, 100), _fixed(r.rtt_median_seconds, 3, 1e3),
+                         _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
+                         r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
+                         _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict])
+    return out.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# {_md_escape(_title(report))}", "", "## Summary", ""]
+    lines += [f"- {_md_escape(s.sentence())}" for s in report.by_kind]
+    lines += ["", "## By district", "",
+              tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
+                       tablefmt="github", disable_numparse=True),
+              "", "## Sites", "",
+              tabulate([[_md_escape(c) for c in _row(r)] for r in report.sites], HEADERS, tablefmt="github",
+                       disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def chart_data(report: Report) -> dict[str, object]:
+    """Per district: the median and the lowest of its sites' median downloads, and the target line."""
+    districts = sorted({r.district for r in report.sites})
+    medians, lowest = [], []
+    for district in districts:
+        rates = [r.download_median_bits_per_second / 1e6 for r in report.sites
+                 if r.district == district and r.download_median_bits_per_second is not None]
+        medians.append(round(statistics.median(rates), 3) if rates else None)
+        lowest.append(round(min(rates), 3) if rates else None)
+    targets = [r.target_bits_per_second for r in report.sites]
+    target = statistics.mode(targets) / 1e6 if targets else None
+    return {"districts": districts, "median": medians, "lowest": lowest, "target": target}
+
+
+def _asset(name: str) -> str:
+    return resources.files("monitor").joinpath("report_assets", name).read_text(encoding="utf-8")
+
+
+def render_html(report: Report) -> str:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("monitor", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+    template = env.get_template("report.html.j2")
+    generated = dt.datetime.fromtimestamp(report.generated_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return template.render(
+        title=_title(report), report=report, headers=HEADERS, rows=[(_row(r), r) for r in report.sites],
+        district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
+        summaries=report.by_kind, verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
+        generated=generated,
+        # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
+        scripts=[jinja2.utils.markupsafe.Markup(_asset(name)) for name in
+                 ("chart.umd.min.js", "tablesort.min.js", "tablesort.number.min.js")])
+
+
+RENDERERS: dict[ReportFormat, Callable[[Report], str]] = {
+    "table": render_table, "csv": render_csv, "markdown": render_markdown, "html": render_html}
+
+
+def render(report: Report, fmt: ReportFormat) -> str:
+    return RENDERERS[fmt](report)
+

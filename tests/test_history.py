@@ -1,0 +1,249 @@
+"""The history store and sink on real SQLite files: round trips, idempotence, pruning, faults.
+
+Faults are real: a read-only bind mount and a tmpfs too small for the next write (root only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from monitor import history as history_module
+from monitor.config import IcmpSettings, Retention, ThroughputSettings
+from monitor.errors import ProbeErrorReason
+from monitor.history import HistorySink, month_start
+from monitor.results import Cycle, DirectionResult, IcmpResult, ThroughputResult
+from monitor.sqlite_store import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
+from monitor.targets import Target
+from tests.conftest import need_root
+
+
+def target(name: str, *, district: str = "Aktobe", kind: str = "school", mbps: float = 4.0,
+           budget: int | None = None) -> Target:
+    # parsed, never probed: a documentation address
+    return Target(name, "192.0.2.1", "192.0.2.1", "g", kind, district, "fibre", None, None, mbps * 1e6,
+                  IcmpSettings(), ThroughputSettings(method="iperf3", monthly_budget_bytes=budget))
+
+
+def icmp(t: Target, at: float, *rtts: float | None) -> IcmpResult:
+    return IcmpResult(t, at, t.address, len(rtts), tuple(rtts))
+
+
+def test_(t: Target, at: float, down: float | None, *, moved: int = 1_000_000,
+          error: ProbeErrorReason | None = None) -> ThroughputResult:
+    direction = DirectionResult("download", at, at + 10, down, moved, 9.0, 3, error, "why" if error else "")
+    return ThroughputResult(t, "iperf3", at, at + 11, t.address, (direction,), error, "why" if error else "",
+                            budget_remaining_bytes=123)
+
+
+test_.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def wait_for(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_rtts_pack_exactly_with_gaps() -> None:
+    rtts = (0.000004321, None, 0.6123456789, None)
+    assert unpack_rtts(pack_rtts(rtts)) == rtts
+
+
+def test_round_trip_of_cycles_and_tests(tmp_path: Path) -> None:
+    """What goes in comes out unchanged: RTTs with their gaps, directions, verdict, target at test time."""
+    store = SqliteStore(tmp_path / "h.sqlite3")
+    a, b = target("a"), target("№12 мектеп", mbps=20)
+    store.write([], [icmp(a, 100.0, 0.001, None, 0.003), icmp(b, 100.0, None, None), test_(a, 150.0, 5e6),
+                     test_(b, 160.0, 3e6)])
+    cycles = list(store.icmp_cycles("a", 0, 1e12))
+    assert [(c.started_at, c.rtts_seconds, c.attempted, c.received) for c in cycles] == \
+        [(100.0, (0.001, None, 0.003), 3, 2)]
+    tests = store.throughput_tests("№12 мектеп", 0, 1e12)
+    assert len(tests) == 1
+    stored = tests[0]
+    assert stored.direction_rate("download") == 3e6 and stored.target_met is False
+    assert stored.target_bits_per_second == 20e6 and stored.budget_remaining_bytes == 123
+    assert stored.directions[0].retransmits == 3 and stored.bytes == 1_000_000
+    assert {e.name for e in store.endpoints()} == {"a", "№12 мектеп"}
+    assert store.schema_version() == len(MIGRATIONS)
+    assert store.integrity_check() == "ok"
+
+
+def test_writes_are_idempotent_and_labels_follow_the_config(tmp_path: Path) -> None:
+    """A batch written twice is stored once; an endpoint's labels are its latest."""
+    store = SqliteStore(tmp_path / "h.sqlite3")
+    a = target("a")
+    batch = [icmp(a, 100.0, 0.001), test_(a, 150.0, 5e6)]
+    store.write([], batch)
+    store.write([], batch)
+    assert len(list(store.icmp_cycles("a", 0, 1e12))) == 1 and len(store.throughput_tests("a", 0, 1e12)) == 1
+    moved = target("a", district="Khromtau")
+    store.write([history_module.EndpointRecord.of(moved)], [icmp(moved, 200.0, 0.002)])
+    assert [e.district for e in store.endpoints()] == ["Khromtau"]
+
+
+def test_last_tests_and_month_bytes(tmp_path: Path) -> None:
+    """The restore queries: the latest measured test, the latest try, and bytes since a time."""
+    store = SqliteStore(tmp_path / "h.sqlite3")
+    a = target("a")
+    store.write([], [test_(a, 100.0, 5e6, moved=10), test_(a, 200.0, 6e6, moved=20),
+                     test_(a, 300.0, None, moved=0, error=ProbeErrorReason.REFUSED)])
+    assert store.last_measured_tests()["a"].started_at == 200.0
+    assert store.last_tests()["a"].started_at == 300.0
+    assert store.bytes_since("a", 150.0) == 20
+    restored = store.last_measured_tests()["a"].as_result(a)
+    assert restored.download_bits_per_second == 6e6 and restored.target_met is True
+
+
+def test_pruning_goes_in_slices_and_keeps_what_is_young(tmp_path: Path) -> None:
+    """Rows older than retention go, at most ``limit`` per call, resuming where the last call stopped."""
+    store = SqliteStore(tmp_path / "h.sqlite3")
+    sites = [target(f"s{i}") for i in range(3)]
+    store.write([], [icmp(s, float(t), 0.001) for s in sites for t in range(100)]
+                + [test_(s, float(t), 5e6) for s in sites for t in (10, 90)])
+    slices = []
+    while (gone := store.prune(icmp_before=50.0, throughput_before=20.0, limit=40)) > 0:
+        slices.append(gone)
+        assert len(slices) < 20
+    assert max(slices) <= 40 and sum(slices) == 3 * 50 + 3
+    for s in sites:
+        assert [c.started_at for c in store.icmp_cycles(s.name, 0, 1e12)] == [float(t) for t in range(50, 100)]
+        assert [x.started_at for x in store.throughput_tests(s.name, 0, 1e12)] == [90.0]
+
+
+def test_a_newer_schema_is_refused_not_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    SqliteStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        db.commit()
+    with pytest.raises(sqlite3.DatabaseError, match="upgrade connmon"):
+        SqliteStore(path)
+
+
+def test_month_start_is_in_the_sites_time_zone() -> None:
+    t = 1_785_542_400.0  # 2026-08-01 00:00 UTC = 05:00 in Almaty
+    assert month_start(t, "UTC") == t
+    assert month_start(t - 1, "UTC") == 1_782_864_000.0  # 2026-07-01 00:00 UTC
+    assert month_start(t - 3600, "Asia/Almaty") == t - 5 * 3600  # 04:00 local on 1 Aug: August began at 00:00 local
+
+
+def test_the_sink_writes_each_cycle_off_the_calling_thread(tmp_path: Path) -> None:
+    """consume() only queues; the writer thread stores every result; close() writes the rest."""
+    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention())
+    a, b = target("a"), target("b")
+    sink.set_targets([a, b])
+    for i in range(50):
+        sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001), icmp(b, float(i), None))))
+    sink.close()
+    assert sink.stats.written == 100 and sink.stats.pending == 0
+    store = SqliteStore(database_path(tmp_path), read_only=True)
+    assert len(list(store.icmp_cycles("b", 0, 1e12))) == 50
+
+
+@contextlib.contextmanager
+def mounted(kind: str, where: Path, options: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    args = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)] if kind == "tmpfs" \
+        else ["mount", "--bind", str(where), str(where)]
+    subprocess.run(args, check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a tmpfs that fills up: writes fail and are counted, results wait, and all land after it grows."""
+    need_root()
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
+    caplog.set_level(logging.ERROR, logger="monitor.history")
+    with mounted("tmpfs", tmp_path / "state", "size=96k") as state:
+        sink = HistorySink(lambda: SqliteStore(database_path(state)), Retention())
+        a = target("a")
+        rtts = tuple(0.001 * k for k in range(50))
+        sent = 0
+        try:
+            while sink.stats.errors["write"] + sink.stats.errors["open"] == 0:
+                sink.consume(Cycle("icmp", "g", float(sent), 0.1, (icmp(a, float(sent), *rtts),)))
+                sent += 1
+                time.sleep(0.002)
+                assert sent < 20_000, "the tmpfs never filled"
+            for extra in range(20):  # probing goes on while the disk is full
+                sink.consume(Cycle("icmp", "g", float(sent + extra), 0.1, (icmp(a, float(sent + extra), *rtts),)))
+            sent += 20
+            wait_for(lambda: sink.stats.pending == sent - sink.stats.written and sink.stats.errors["write"] >= 3)
+            failures = sum(sink.stats.errors.values())
+            assert failures >= 3
+            logged = [r for r in caplog.records if "failed" in r.getMessage()]
+            assert len(logged) == 1, [r.getMessage() for r in logged]  # at most once a minute
+            subprocess.run(["mount", "-o", "remount,size=16m", str(state)], check=True)
+            wait_for(lambda: sink.stats.written == sent and sink.stats.pending == 0)
+        finally:
+            sink.close()
+        store = SqliteStore(database_path(state), read_only=True)
+        assert len(list(store.icmp_cycles("a", 0, 1e12))) == sent  # nothing lost
+        assert store.integrity_check() == "ok"
+        store.close()
+
+
+def test_a_read_only_state_dir_is_counted_and_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state dir mounted read-only: opening fails (counted), results wait, and land once it is writable.
+
+    (A file system cannot be remounted read-only under an open database, so it starts read-only,
+    as after a boot that mounted the data disk read-only.)
+    """
+    need_root()
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
+    with mounted("bind", tmp_path / "state", "") as state:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        sink = HistorySink(lambda: SqliteStore(database_path(state)), Retention())
+        a = target("a")
+        try:
+            for i in range(1, 11):
+                sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
+            wait_for(lambda: sink.stats.errors["open"] >= 2)
+            assert sink.stats.written == 0 and sink.stats.pending == 10
+            subprocess.run(["mount", "-o", "remount,bind,rw", str(state)], check=True)
+            wait_for(lambda: sink.stats.written == 10 and sink.stats.pending == 0)
+        finally:
+            sink.close()
+        store = SqliteStore(database_path(state), read_only=True)
+        assert [c.started_at for c in store.icmp_cycles("a", 0, 1e12)] == [float(i) for i in range(1, 11)]
+        store.close()
+
+
+def test_restore_reads_last_results_and_budget(tmp_path: Path) -> None:
+    """restore(): the last measured test per site as a result of today's target, and the month's bytes."""
+    now = time.time()
+    a, b = target("a", budget=10_000_000), target("b")
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [test_(a, now - 7200, 5e6, moved=3000), test_(a, now - 3600, None, moved=500,
+                                                                 error=ProbeErrorReason.TIMEOUT),
+                     test_(b, now - 60, 2e6)])
+    store.close()
+    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention(), clock=lambda: now)
+    try:
+        restored = sink.restore([a, b, target("c")])
+    finally:
+        sink.close()
+    assert restored.results["a"].download_bits_per_second == 5e6 and restored.results["a"].target is a
+    assert restored.results["b"].target_met is False and "c" not in restored.results
+    assert restored.last_tried == {"a": now - 3600, "b": now - 60}
+    since, used = restored.used_bytes["a"]
+    assert used == (3500 if now - 7200 >= since else (500 if now - 3600 >= since else 0))
+    assert "b" not in restored.used_bytes  # no budget, nothing to restore
+    assert not math.isnan(since)
