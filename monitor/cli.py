@@ -30,9 +30,9 @@ from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.probes.iperf3 import find_iperf3
-from monitor.results import IcmpResult, ThroughputResult
 from monitor.report import Period, build_report
 from monitor.report_render import FORMATS, render
+from monitor.results import IcmpResult, ThroughputResult
 from monitor.shard import Shard, own_share
 from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target, build_targets, select

@@ -131,8 +131,9 @@ class GroupSummary:
                  f"{self.never} never did"]
         if self.partly:
             parts.append(f"{self.partly} did in some tests")
-        if self.untested + self.no_data:
-            parts.append(f"{self.untested + self.no_data} were not tested")
+        untested = self.untested + self.no_data
+        if untested:
+            parts.append(f"{untested} {'was' if untested == 1 else 'were'} not tested")
         text = "; ".join(parts)
         if self.availability is not None:
             text += f". Up {self.availability * 100:.2f}% of cycles"

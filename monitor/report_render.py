@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Literal
 
 import jinja2
+import markupsafe
 from tabulate import tabulate
 
 from monitor import __version__
@@ -107,8 +108,11 @@ def chart_data(report: Report) -> dict[str, object]:
         medians.append(round(statistics.median(rates), 3) if rates else None)
         lowest.append(round(min(rates), 3) if rates else None)
     targets = [r.target_bits_per_second for r in report.sites]
-    target = statistics.mode(targets) / 1e6 if targets else None
-    return {"districts": districts, "median": medians, "lowest": lowest, "target": target}
+    target = statistics.mode(targets) if targets else None
+    label = "" if target is None else (f"target ({format_mbps(target)} Mbit/s"
+                                       + (", most sites'" if len(set(targets)) > 1 else "") + ")")
+    return {"districts": districts, "median": medians, "lowest": lowest,
+            "target": None if target is None else target / 1e6, "target_label": label}
 
 
 def _asset(name: str) -> str:
@@ -126,7 +130,7 @@ def render_html(report: Report) -> str:
         summaries=report.by_kind, verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
         generated=generated,
         # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
-        scripts=[jinja2.utils.markupsafe.Markup(_asset(name)) for name in
+        scripts=[markupsafe.Markup(_asset(name)) for name in
                  ("chart.umd.min.js", "tablesort.min.js", "tablesort.number.min.js")])
 
 

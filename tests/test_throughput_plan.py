@@ -110,3 +110,21 @@ def test_reload_keeps_due_times_and_spending() -> None:
     assert plan.sites["s"].next_due == due and plan.sites["s"].used_bytes == 5_000
     plan.set_targets([target("new")], NOW + 6)
     assert set(plan.sites) == {"new"}
+
+
+def test_a_restart_continues_from_the_history() -> None:
+    """After a day down, the 500 overdue sites are spread over `every`, not fired at once; a site tested
+    an hour before the restart waits for its regular slot; the month's bytes count against the budget."""
+    plan = ThroughputPlan()
+    sites = [target(f"school-{i:03d}", monthly_budget_bytes=100_000_000) for i in range(500)]
+    plan.set_targets(sites, NOW)
+    last = {t.name: NOW - 86400 for t in sites}
+    last["school-007"] = NOW - 3600
+    month_start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
+    plan.restore(last, {"school-007": (month_start, 99_000_000)}, NOW)
+    assert plan.sites["school-007"].next_due == NOW - 3600 + 6 * 3600
+    overdue = sorted(s.next_due - NOW for n, s in plan.sites.items() if n != "school-007")
+    assert overdue[0] >= 0 and overdue[-1] < 6 * 3600
+    assert len(plan.due(NOW + 60, 1000)) < 20  # in the first minute, a handful, not 499
+    assert plan.sites["school-007"].remaining(NOW) == 1_000_000
+    assert plan.sites["school-008"].remaining(NOW) == 100_000_000

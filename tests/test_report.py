@@ -1,0 +1,175 @@
+"""``connmon report`` from a recorded history whose right answers are known (worked out by hand below)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.errors import ProbeErrorReason
+from monitor.report import Period, build_report, nearest_rank
+from monitor.report_render import render
+from monitor.sqlite_store import SqliteStore, database_path
+from tests.conftest import write_config
+from tests.netlab import _child_env
+from tests.test_history import icmp, target, test_
+
+OCT = Period(dt.date(2026, 10, 1), dt.date(2026, 10, 31), "UTC")
+START = OCT.start  # 2026-10-01 00:00 UTC
+END = OCT.end  # 2026-11-01 00:00 UTC
+HOUR = 3600.0
+
+
+def record(state: Path) -> None:
+    """The history of October 2026 (UTC), with rows just outside the month that must not count.
+
+    s1 (school, Aktobe, 4 Mbit/s): 10 cycles of (10, 20, lost, 30) ms → availability 100%, loss 25%,
+       RTT median 20 ms, p95 30 ms (rank 29 of 30); tests 5, 6, 7 Mbit/s → met, median 6, min 5.
+    s2 (school, Aktobe, 4): 4 cycles, two without any reply → availability 50%, loss 50%;
+       tests 3 and 5 Mbit/s → partly, 50% met.
+    s3 (school, Khromtau, 4): tests 1 and 2 Mbit/s and one refused → never, 1 failed test.
+    c1 (clinic, Khromtau, 2): ICMP only → untested.
+    """
+    s1, s2, s3 = target("s1"), target("s2"), target("s3", district="Khromtau")
+    c1 = target("c1", kind="clinic", district="Khromtau", mbps=2)
+    rows = [icmp(s1, START + i * HOUR, 0.010, 0.020, None, 0.030) for i in range(9)]
+    rows.append(icmp(s1, END - 60, 0.010, 0.020, None, 0.030))  # the month's last minute counts
+    rows += [icmp(s1, START - 1, None, None, None, None), icmp(s1, END, None, None, None, None)]  # outside
+    rows += [icmp(s2, START + i * HOUR, *((0.005, 0.005) if i % 2 else (None, None))) for i in range(4)]
+    rows += [icmp(c1, START + HOUR, 0.600, 0.700)]
+    rows += [test_(s1, START + d * 86400, rate) for d, rate in ((1, 5e6), (2, 7e6), (3, 6e6))]
+    rows += [test_(s1, END + 10, 1e6)]  # November: outside
+    rows += [test_(s2, START + 86400, 3e6), test_(s2, START + 2 * 86400, 5e6)]
+    rows += [test_(s3, START + 86400, 1e6), test_(s3, START + 2 * 86400, 2e6),
+             test_(s3, START + 3 * 86400, None, moved=0, error=ProbeErrorReason.REFUSED)]
+    store = SqliteStore(database_path(state))
+    store.write([], rows)
+    store.close()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    record(tmp_path)
+    return tmp_path
+
+
+def test_nearest_rank_is_a_measured_value() -> None:
+    assert nearest_rank([1.0, 2.0, 3.0, 4.0], 0.95) == 4.0
+    assert nearest_rank([float(i) for i in range(1, 101)], 0.95) == 95.0
+
+
+def test_site_figures_match_the_recorded_history(state: Path) -> None:
+    store = SqliteStore(database_path(state), read_only=True)
+    report = build_report(store, OCT)
+    rows = {r.name: r for r in report.sites}
+    s1 = rows["s1"]
+    assert (s1.cycles, s1.cycles_up, s1.echoes, s1.replies) == (10, 10, 40, 30)
+    assert s1.availability == 1.0 and s1.loss == 0.25
+    assert s1.rtt_median_seconds == 0.020 and s1.rtt_p95_seconds == 0.030
+    assert (s1.tests, s1.tests_met, s1.download_median_bits_per_second, s1.download_min_bits_per_second) == \
+        (3, 3, 6e6, 5e6)
+    assert s1.verdict == "met"
+    s2 = rows["s2"]
+    assert s2.availability == 0.5 and s2.loss == 0.5 and s2.verdict == "partly" and s2.met_share == 0.5
+    s3 = rows["s3"]
+    assert (s3.tests, s3.tests_failed, s3.verdict, s3.cycles) == (2, 1, "never", 0)
+    assert rows["c1"].verdict == "untested" and rows["c1"].rtt_median_seconds == pytest.approx(0.650)
+    assert [r.name for r in report.sites] == ["s3", "s2", "c1", "s1"]  # worst first
+
+
+def test_summary_in_the_words_ops_use(state: Path) -> None:
+    store = SqliteStore(database_path(state), read_only=True)
+    cfg = write_config(state, """
+groups:
+  - name: g
+    kind: school
+    district: Aktobe
+    endpoints:
+      - {name: s4, host: 192.0.2.4}
+""")
+    from monitor.config import load_config
+    from monitor.history import EndpointRecord
+    from monitor.targets import build_targets
+
+    configured = [EndpointRecord.of(t) for t in build_targets(load_config(str(cfg)))]
+    report = build_report(store, OCT, configured=configured)
+    schools = next(s for s in report.by_kind if s.kind == "school")
+    assert schools.sentence() == ("1 of 4 schools met 4 Mbit/s in every test; 1 never did; 1 did in some tests; "
+                                  "1 was not tested. Up 85.71% of cycles.")  # 12 of 14 cycles answered
+    clinics = next(s for s in report.by_kind if s.kind == "clinic")
+    assert clinics.sentence() == "0 of 1 clinic met 2 Mbit/s in every test; 0 never did; 1 was not tested. " \
+                                 "Up 100.00% of cycles."
+    khromtau = next(s for s in report.by_district if s.kind == "school" and s.district == "Khromtau")
+    assert (khromtau.sites, khromtau.never, khromtau.availability) == (1, 1, None)
+    assert {r.name: r.verdict for r in report.sites}["s4"] == "no_data"
+
+
+def test_filters_and_time_zone_boundaries(state: Path) -> None:
+    """--kind/--district narrow the sites; days are whole days in the report's time zone."""
+    store = SqliteStore(database_path(state), read_only=True)
+    assert [r.name for r in build_report(store, OCT, kind="clinic").sites] == ["c1"]
+    assert [r.name for r in build_report(store, OCT, district="Aktobe").sites] == ["s2", "s1"]
+    # In Almaty (UTC+5) October ends at 19:00 UTC on the 31st: s1's last-minute cycle falls in November,
+    # and the cycle 1 s before October (UTC) is 04:59:59 on 1 October there, so it counts.
+    almaty = build_report(store, Period(dt.date(2026, 10, 1), dt.date(2026, 10, 31), "Asia/Almaty"))
+    s1 = {r.name: r for r in almaty.sites}["s1"]
+    assert s1.cycles == 10 and s1.cycles_up == 9
+
+
+GOLDEN_CSV = """\
+site,kind,district,link,target_mbps,cycles,cycles_up,availability_percent,rtt_median_ms,rtt_p95_ms,echoes,replies,\
+loss_percent,tests,tests_failed,tests_met,download_median_mbps,download_min_mbps,met_percent,verdict
+s3,school,Khromtau,fibre,4,0,0,,,,0,0,,2,1,0,1.500,1.000,0.00,never
+s2,school,Aktobe,fibre,4,4,2,50.0000,5.000,5.000,8,4,50.0000,2,0,1,4.000,3.000,50.00,partly
+c1,clinic,Khromtau,fibre,2,1,1,100.0000,650.000,700.000,2,2,0.0000,0,0,0,,,,untested
+s1,school,Aktobe,fibre,4,10,10,100.0000,20.000,30.000,40,30,25.0000,3,0,3,6.000,5.000,100.00,met
+"""
+
+
+def connmon_report(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-10-01", "--to", "2026-10-31",
+                           "--timezone", "UTC", "--state-dir", str(state), *args], capture_output=True, text=True,
+                          timeout=60, check=False, env=_child_env())
+
+
+def test_cli_csv_is_golden(state: Path) -> None:
+    proc = connmon_report(state, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == GOLDEN_CSV
+
+
+def test_cli_table_markdown_and_output_file(state: Path, tmp_path: Path) -> None:
+    table = connmon_report(state)
+    assert table.returncode == 0, table.stderr
+    assert "1 of 3 schools met 4 Mbit/s in every test; 1 never did; 1 did in some tests." in table.stdout
+    assert any(line.split()[:2] == ["s1", "school"] and line.split()[-1] == "met" for line in table.stdout.splitlines())
+    out = tmp_path / "october.md"
+    md = connmon_report(state, "--format", "markdown", "--kind", "school", "--output", str(out))
+    assert md.returncode == 0 and md.stdout == ""
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# connmon report, 2026-10-01 to 2026-10-31 (UTC) — school\n")
+    assert "| s2     | school | Aktobe     | fibre  | 4               | 50.00            |" in text
+    assert "c1" not in text
+
+
+def test_cli_errors_are_clear(tmp_path: Path, state: Path) -> None:
+    missing = connmon_report(tmp_path / "nowhere")
+    assert missing.returncode == 3 and "cannot read the history" in missing.stderr
+    backwards = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-10-31", "--to",
+                                "2026-10-01", "--state-dir", str(state)], capture_output=True, text=True, check=False,
+                               env=_child_env())
+    assert backwards.returncode == 2 and "before --from" in backwards.stderr
+    bad_zone = connmon_report(state, "--timezone", "Mars/Olympus")
+    assert bad_zone.returncode == 2 and "not a time zone" in bad_zone.stderr
+
+
+def test_every_format_shows_the_same_figures(state: Path) -> None:
+    store = SqliteStore(database_path(state), read_only=True)
+    report = build_report(store, OCT)
+    for fmt in ("table", "markdown", "html"):
+        text = render(report, fmt)
+        for figure in ("25.00", "20.000", "30.000", "650.000", "1.50"):
+            assert figure in text, (fmt, figure)

@@ -1,0 +1,70 @@
+"""The HTML report opened in headless Chromium (Debian's ``chromium``): it renders offline, whole.
+
+``--dump-dom`` prints the page after its scripts ran, so the assertions are on what a person
+would see: the summary, a chart that Chart.js drew (one bar per district), tables that tablesort
+made sortable, and hostile site names shown as text, never run as markup.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from monitor.sqlite_store import SqliteStore, database_path
+from tests.conftest import need
+from tests.netlab import _child_env
+from tests.test_history import icmp, target, test_
+from tests.test_report import START, record
+
+HOSTILE = "</script><script>document.body.setAttribute('data-pwned','1')</script><b>x</b>"
+
+
+def chromium_dom(page: Path) -> str:
+    browser = shutil.which("chromium")
+    need(browser is not None, "needs Debian's chromium (scripts/install --test installs it)")
+    assert browser is not None
+    with tempfile.TemporaryDirectory(prefix="connmon-chromium-") as profile:
+        # the closed-network flags: Chromium must not try to reach anything (and the page must not need it)
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+             "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
+    record(tmp_path)
+    hostile, third = target(HOSTILE, district="Шалқар"), target("s5", district="Mugalzhar")
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [icmp(hostile, START + 60, 0.004), test_(hostile, START + 120, 9e6),
+                     icmp(third, START + 60, 0.004), test_(third, START + 120, 2e6)])
+    store.close()
+    page = tmp_path / "october.html"
+    argv = [sys.executable, "-m", "monitor", "report", "--from", "2026-10-01", "--to", "2026-10-31",
+            "--timezone", "UTC", "--state-dir", str(tmp_path), "--format", "html", "--output", str(page)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=_child_env())
+    assert proc.returncode == 0, proc.stderr
+    source = page.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//""", source)  # offline
+
+    dom = chromium_dom(page)
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body is not None
+    attributes = body.group(1)
+    assert 'data-ready="1"' in attributes  # every script ran to the end
+    assert 'data-chart-bars="4"' in attributes  # Aktobe, Khromtau, Mugalzhar, Шалқар
+    assert "data-pwned" not in attributes  # the hostile name did not run
+    assert "2 of 5 schools met 4 Mbit/s in every test; 2 never did; 1 did in some tests." in dom
+    sites = dom[dom.index('id="sites"'):]
+    sites = sites[:sites.index("</table>")]
+    assert sites.count("<tr") == 1 + 6  # header + every site
+    assert 'role="columnheader"' in sites  # tablesort took the table
+    assert "&lt;/script&gt;&lt;script&gt;" in sites and "&lt;b&gt;x&lt;/b&gt;" in sites  # shown, as text
+    assert re.search(r'<tr class="never">\s*<td class="text">s3</td>', sites)
+    assert "<canvas" in dom and "Шалқар" in dom
