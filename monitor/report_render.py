@@ -59,13 +59,17 @@ def _district_rows(report: Report) -> list[list[str]]:
 
 _DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some tests", "never", "not tested",
                      "availability %", "median download Mbit/s")
+_SITE_ALIGN = ("left",) * 4 + ("right",) * (len(HEADERS) - 5) + ("left",)  # names left, figures right
+_DISTRICT_ALIGN = ("left",) * 2 + ("right",) * (len(_DISTRICT_HEADERS) - 2)
 
 
 def render_table(report: Report) -> str:
     lines = [_title(report), ""]
     lines += [s.sentence() for s in report.by_kind]
-    lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True), ""]
-    lines.append(tabulate([_row(r) for r in report.sites], HEADERS, tablefmt="simple", disable_numparse=True))
+    lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True,
+                        colalign=_DISTRICT_ALIGN), ""]
+    lines.append(tabulate([_row(r) for r in report.sites], HEADERS, tablefmt="simple", disable_numparse=True,
+                          colalign=_SITE_ALIGN))
     return "\n".join(lines) + "\n"
 
 
@@ -91,10 +95,10 @@ def render_markdown(report: Report) -> str:
     lines += [f"- {_md_escape(s.sentence())}" for s in report.by_kind]
     lines += ["", "## By district", "",
               tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
-                       tablefmt="github", disable_numparse=True),
+                       tablefmt="github", disable_numparse=True, colalign=_DISTRICT_ALIGN),
               "", "## Sites", "",
               tabulate([[_md_escape(c) for c in _row(r)] for r in report.sites], HEADERS, tablefmt="github",
-                       disable_numparse=True), ""]
+                       disable_numparse=True, colalign=_SITE_ALIGN), ""]
     return "\n".join(lines)
 
 

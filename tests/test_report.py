@@ -151,7 +151,9 @@ def test_cli_table_markdown_and_output_file(state: Path, tmp_path: Path) -> None
     assert md.returncode == 0 and md.stdout == ""
     text = out.read_text(encoding="utf-8")
     assert text.startswith("# connmon report, 2026-10-01 to 2026-10-31 (UTC) — school\n")
-    assert "| s2     | school | Aktobe     | fibre  | 4               | 50.00            |" in text
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| s2")]
+    assert cells == [["s2", "school", "Aktobe", "fibre", "4", "50.00", "5.000", "5.000", "50.00", "2", "0", "4.00",
+                      "3.00", "50", "partly"]]
     assert "c1" not in text
 
 
