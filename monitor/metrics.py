@@ -78,6 +78,9 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
      "Receiver-side rate of the last test that measured it, by direction as seen from the site."),
     ("connmon_target_met", "gauge",
      "1 if the last test that measured the site reached its target (download, and upload when set), else 0."),
+    # Issue 6: "below target for the last N tests" needs a count in a row; no PromQL window can count tests.
+    ("connmon_target_missed_consecutive_tests", "gauge",
+     "Tests in a row, up to the last that gave a verdict, that missed the target (0 after one that met it)."),
     ("connmon_throughput_last_test_timestamp_seconds", "gauge", "Unix time the last test that measured started."),
     ("connmon_throughput_test_duration_seconds", "gauge", "Wall time of the last test, all directions."),
     ("connmon_throughput_tests_total", "counter", "Throughput tests run or skipped, whatever their outcome."),
@@ -184,6 +187,7 @@ class _ThroughputState:
     errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in THROUGHPUT_REASONS})
     rates: dict[str, float] = field(default_factory=dict)  # last measured rate per direction
     target_met: bool | None = None
+    missed_in_a_row: int = 0
     measured_at: float | None = None
     attempted_at: float | None = None
     duration_seconds: float | None = None
@@ -206,6 +210,7 @@ class _ThroughputState:
             self.measured_at = result.started_at
         if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
             self.target_met = result.target_met
+            self.missed_in_a_row = 0 if result.target_met else self.missed_in_a_row + 1
 
     def render(self, t: Target, lb: str, f: list[str]) -> None:
         """Fill the throughput families' fragments for one endpoint (labels ``lb`` already escaped)."""
@@ -218,6 +223,10 @@ class _ThroughputState:
             for d, rate in sorted(self.rates.items()))
         f[_F["connmon_target_met"]] = (
             "" if self.target_met is None else f"connmon_target_met{{{lb}}} {int(self.target_met)}\n")
+        # connmon_target_missed_consecutive_tests{endpoint="c",kind="school",district="Aktobe",link="dsl"} 3
+        f[_F["connmon_target_missed_consecutive_tests"]] = (
+            "" if self.target_met is None
+            else f"connmon_target_missed_consecutive_tests{{{lb}}} {self.missed_in_a_row}\n")
         f[_F["connmon_throughput_last_test_timestamp_seconds"]] = (
             "" if self.measured_at is None
             else f"connmon_throughput_last_test_timestamp_seconds{{{lb}}} {floatToGoString(self.measured_at)}\n")
