@@ -84,3 +84,19 @@ def test_alertmanager_routes_by_kind_and_district(labels: list[str], receivers: 
     proc = run("amtool", "config", "routes", "test", f"--config.file={CONFIG / 'alertmanager.yml'}", *labels)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == receivers
+
+
+def test_readme_describes_every_alert() -> None:
+    """Each alert has a row in the README's Alerts table, with its `for:` and severity."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(" `"): line for line in section.splitlines() if line.startswith("| `Connmon")}
+    for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                row = rows[rule["alert"]]
+                cells = [c.strip() for c in row.split("|")]
+                assert cells[3].startswith(rule.get("for", "none")), rule["alert"]
+                assert cells[4] == rule["labels"]["severity"], rule["alert"]

@@ -348,3 +348,14 @@ def test_prometheus_loads_and_evaluates_the_rule_file(stack: Stack) -> None:
     assert [r for r in rules if r["health"] != "ok"] == []
     thresholds = instant(stack.prometheus_url, "connmon:link_rtt_alert_threshold_seconds")
     assert {r["metric"]["link"] for r in thresholds} == {"satellite", "lte", "dsl", "fibre"}
+
+
+def test_readme_describes_every_panel() -> None:
+    """Each dashboard's uid and every panel title (rows included) appear in the README's Dashboards section."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        assert f"`{dashboard['uid']}`" in section
+        for panel in all_panels(dashboard):
+            assert f"| {panel['title']} |" in section, f"{path.name}: {panel['title']}"
