@@ -359,3 +359,19 @@ def test_readme_describes_every_panel() -> None:
         assert f"`{dashboard['uid']}`" in section
         for panel in all_panels(dashboard):
             assert f"| {panel['title']} |" in section, f"{path.name}: {panel['title']}"
+
+
+@pytest.mark.netns
+def test_worst_sites_columns_line_up_per_site(stack: Stack) -> None:
+    """The worst-sites table's queries all return the same labels for a site, so Grafana's merge joins them."""
+    overview = load(ROOT / "grafana" / "dashboards" / "region-overview.json")
+    table = next(p for p in query_panels(overview) if p["title"] == "Worst sites")
+    by_site: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+    for target in table["targets"]:
+        expr = substitute(target["expr"], {**BUILTINS, "kind": ".*", "district": ".*", "endpoint": ".*"})
+        for row in instant(stack.prometheus_url, expr):
+            by_site.setdefault(row["metric"]["endpoint"], set()).add(tuple(sorted(row["metric"].items())))
+    assert set(by_site) == {"a-fibre", "№12 мектеп", "refused"}
+    for site, label_sets in by_site.items():
+        assert len(label_sets) == 1, (site, label_sets)
+        assert {key for key, _ in next(iter(label_sets))} == {"endpoint", "kind", "district", "link", "instance", "job"}
