@@ -48,6 +48,7 @@ NOT_YET_EXPORTED = frozenset({"connmon_store_errors_total", "connmon_store_pendi
 # $__rate_interval would be a few seconds; 30 s keeps several samples in every window.
 BUILTINS = {"__rate_interval": "30s", "__interval": "5s", "__range": "5m", "__range_s": "300",
             "__interval_ms": "5000"}
+BUILT_IN_PANELS = {"stat", "timeseries", "table", "geomap", "barchart", "heatmap"}
 METRIC = re.compile(r"\b(connmon_[a-zA-Z0-9_]+|process_[a-zA-Z0-9_]+)\b")
 
 
@@ -110,8 +111,11 @@ def test_dashboard_structure(path: Path) -> None:
     ids = [p["id"] for p in all_panels(dashboard)]
     assert len(ids) == len(set(ids)), f"duplicate panel ids in {path.name}"
     for panel in query_panels(dashboard):
+        assert panel["type"] in BUILT_IN_PANELS, panel["type"]  # no plugin to install
         assert panel["datasource"] == DATASOURCE, panel["title"]
         assert panel["targets"], panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == DATASOURCE, panel["title"]
     for ds in datasource_objects(dashboard):
