@@ -41,6 +41,7 @@ RETRY_SECONDS = 10.0  # a failing store is retried this often even when no new c
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_SLICE_ROWS = 5_000  # rows deleted per transaction: short enough that writes never wait long
 LOG_EVERY_SECONDS = 60.0
+MISSED_IN_A_ROW_LOOKBACK = 100  # tests read back to count misses in a row (alerts fire at a few)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,9 @@ class HistoryStore(Protocol):
 
     def bytes_since(self, endpoint: str, since: float) -> int:
         """Bytes the endpoint's tests moved since ``since`` (for the monthly budget)."""
+
+    def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        """The verdicts of the endpoint's last ``limit`` tests that gave one, newest first."""
 
     def close(self) -> None: ...
 
@@ -347,8 +351,12 @@ class HistorySink:
             measured = store.last_measured_tests()
             tried = store.last_tests()
             used: dict[str, tuple[float, int]] = {}
+            missed: dict[str, int] = {}
             now = self._clock()
             for name, target in wanted.items():
+                if name in measured:
+                    verdicts = store.recent_verdicts(name, MISSED_IN_A_ROW_LOOKBACK)
+                    missed[name] = next((i for i, met in enumerate(verdicts) if met), len(verdicts))
                 if target.throughput.monthly_budget_bytes is not None and name in tried:
                     since = month_start(now, target.throughput.timezone)
                     used[name] = (since, store.bytes_since(name, since))
@@ -365,7 +373,7 @@ class HistorySink:
         return RestoredState(
             results={n: measured[n].as_result(wanted[n]) for n in wanted if n in measured},
             last_tried={n: tried[n].started_at for n in wanted if n in tried},
-            used_bytes={n: used[n] for n in used})
+            used_bytes={n: used[n] for n in used}, missed_in_a_row=missed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +383,7 @@ class RestoredState:
     results: Mapping[str, ThroughputResult] = dataclasses.field(default_factory=dict)
     last_tried: Mapping[str, float] = dataclasses.field(default_factory=dict)
     used_bytes: Mapping[str, tuple[float, int]] = dataclasses.field(default_factory=dict)  # (month start, bytes)
+    missed_in_a_row: Mapping[str, int] = dataclasses.field(default_factory=dict)  # tests below target, newest back
 
 
 def icmp_rows(results: Sequence[Result]) -> list[IcmpResult]:

@@ -79,6 +79,9 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
      "Receiver-side rate of the last test that measured it, by direction as seen from the site."),
     ("connmon_target_met", "gauge",
      "1 if the last test that measured the site reached its target (download, and upload when set), else 0."),
+    # Issue 6: "below target for the last N tests" needs a count in a row; no PromQL window can count tests.
+    ("connmon_target_missed_consecutive_tests", "gauge",
+     "Tests in a row, up to the last that gave a verdict, that missed the target (0 after one that met it)."),
     ("connmon_throughput_last_test_timestamp_seconds", "gauge", "Unix time the last test that measured started."),
     ("connmon_throughput_test_duration_seconds", "gauge", "Wall time of the last test, all directions."),
     ("connmon_throughput_tests_total", "counter", "Throughput tests run or skipped, whatever their outcome."),
@@ -185,6 +188,7 @@ class _ThroughputState:
     errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in THROUGHPUT_REASONS})
     rates: dict[str, float] = field(default_factory=dict)  # last measured rate per direction
     target_met: bool | None = None
+    missed_in_a_row: int = 0
     measured_at: float | None = None
     attempted_at: float | None = None
     duration_seconds: float | None = None
@@ -207,6 +211,7 @@ class _ThroughputState:
             self.measured_at = result.started_at
         if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
             self.target_met = result.target_met
+            self.missed_in_a_row = 0 if result.target_met else self.missed_in_a_row + 1
 
     def restore(self, result: ThroughputResult) -> None:
         """Show a test from the history after a restart: its rates, verdict and times, no counters.
@@ -237,6 +242,10 @@ class _ThroughputState:
             for d, rate in sorted(self.rates.items()))
         f[_F["connmon_target_met"]] = (
             "" if self.target_met is None else f"connmon_target_met{{{lb}}} {int(self.target_met)}\n")
+        # connmon_target_missed_consecutive_tests{endpoint="c",kind="school",district="Aktobe",link="dsl"} 3
+        f[_F["connmon_target_missed_consecutive_tests"]] = (
+            "" if self.target_met is None
+            else f"connmon_target_missed_consecutive_tests{{{lb}}} {self.missed_in_a_row}\n")
         f[_F["connmon_throughput_last_test_timestamp_seconds"]] = (
             "" if self.measured_at is None
             else f"connmon_throughput_last_test_timestamp_seconds{{{lb}}} {floatToGoString(self.measured_at)}\n")
@@ -366,8 +375,12 @@ class MetricsSink:
             changed.add(state.target.group)
         self._rebuild(changed)
 
-    def restore(self, results: Iterable[ThroughputResult]) -> None:
-        """At start-up: show each site's last measured test from the history, with its original time."""
+    def restore(self, results: Iterable[ThroughputResult], missed_in_a_row: Mapping[str, int] | None = None) -> None:
+        """At start-up: show each site's last measured test from the history, with its original time.
+
+        ``missed_in_a_row`` gives back ``connmon_target_missed_consecutive_tests``, so a restart does
+        not silence the below-target alert that counts tests.
+        """
         changed: set[str] = set()
         for result in results:
             state = self._endpoints.get(result.target.name)
@@ -376,6 +389,8 @@ class MetricsSink:
             if state.throughput is None:
                 state.throughput = _ThroughputState()
             state.throughput.restore(result)
+            if missed_in_a_row is not None and result.target.name in missed_in_a_row:
+                state.throughput.missed_in_a_row = missed_in_a_row[result.target.name]
             state.render()
             changed.add(state.target.group)
         self._rebuild(changed)

@@ -277,6 +277,12 @@ class SqliteStore:
             "WHERE e.name = ? AND t.started_at >= ?", (endpoint, since)).fetchone()
         return int(row[0])
 
+    def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        rows = self._db.execute(
+            "SELECT t.target_met FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = ? AND t.target_met IS NOT NULL ORDER BY t.started_at DESC LIMIT ?", (endpoint, limit))
+        return [bool(met) for (met,) in rows]
+
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 

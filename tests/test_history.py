@@ -233,6 +233,7 @@ def test_restore_reads_last_results_and_budget(tmp_path: Path) -> None:
     store = SqliteStore(database_path(tmp_path))
     store.write([], [test_(a, now - 7200, 5e6, moved=3000), test_(a, now - 3600, None, moved=500,
                                                                  error=ProbeErrorReason.TIMEOUT),
+                     test_(b, now - 300, 1e6), test_(b, now - 200, 5e6), test_(b, now - 100, 3e6),
                      test_(b, now - 60, 2e6)])
     store.close()
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention(), clock=lambda: now)
@@ -243,6 +244,7 @@ def test_restore_reads_last_results_and_budget(tmp_path: Path) -> None:
     assert restored.results["a"].download_bits_per_second == 5e6 and restored.results["a"].target is a
     assert restored.results["b"].target_met is False and "c" not in restored.results
     assert restored.last_tried == {"a": now - 3600, "b": now - 60}
+    assert restored.missed_in_a_row == {"a": 0, "b": 2}  # b: 2 and 3 Mbit/s since it last met 4
     since, used = restored.used_bytes["a"]
     assert used == (3500 if now - 7200 >= since else (500 if now - 3600 >= since else 0))
     assert "b" not in restored.used_bytes  # no budget, nothing to restore

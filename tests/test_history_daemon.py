@@ -101,6 +101,7 @@ groups:
             assert one(after, "connmon_throughput_bits_per_second", direction="download") == rate
             assert one(after, "connmon_throughput_last_test_timestamp_seconds") == tested_at
             assert one(after, "connmon_target_met") == 1
+            assert one(after, "connmon_target_missed_consecutive_tests") == 0
             assert one(after, "connmon_store_errors_total", operation="restore") == 0
     finally:
         site.stop_servers()

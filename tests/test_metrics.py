@@ -163,3 +163,35 @@ def test_a_partly_failed_throughput_test_keeps_the_last_verdict() -> None:
     assert one(p, "connmon_throughput_bits_per_second", direction="upload") == 2e6
     assert one(p, "connmon_probe_errors_total", probe="throughput", reason="busy") == 1
     assert one(p, "connmon_throughput_bytes_total", direction="upload") == 3_000_000
+
+
+def test_missed_tests_in_a_row_count_up_and_reset_on_a_met_target() -> None:
+    """Two misses give 2, a failed test (no verdict) leaves it, a met target resets it to 0."""
+    import dataclasses
+
+    from monitor.config import ThroughputSettings
+    from monitor.results import DirectionResult, ThroughputResult
+
+    t = dataclasses.replace(target("s1"), throughput=ThroughputSettings(method="iperf3"))
+    sink = MetricsSink()
+    sink.set_targets([t])
+    assert "connmon_target_missed_consecutive_tests" not in parsed(sink)  # no verdict yet, no series
+
+    def test_at(start: float, rate: float | None) -> None:
+        error = ProbeErrorReason.REFUSED if rate is None else None
+        d = DirectionResult("download", start, start + 5.0, rate, 1000, 5.0, error=error)
+        sink.consume(Cycle("throughput", "g", start, 5.0, (ThroughputResult(t, "iperf3", start, start + 5.0,
+                                                                            "192.0.2.1", (d,), error),)))
+
+    test_at(1.0, 1e6)
+    test_at(100.0, 2e6)
+    assert one(parsed(sink), "connmon_target_missed_consecutive_tests") == 2
+    test_at(200.0, None)
+    p = parsed(sink)
+    assert one(p, "connmon_target_missed_consecutive_tests") == 2
+    assert one(p, "connmon_target_met") == 0
+    test_at(300.0, 5e6)
+    p = parsed(sink)
+    assert one(p, "connmon_target_missed_consecutive_tests") == 0
+    assert one(p, "connmon_target_met") == 1
+    assert promtool_problems(render(sink)) == []

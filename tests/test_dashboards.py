@@ -1,0 +1,369 @@
+"""The Grafana dashboards: their structure, and every panel query run by a real Prometheus on real data.
+
+A real ``connmon run`` probes namespace sites (ICMP, and short iperf3 tests so that throughput
+series exist) and listens on the prober namespace's loopback. A real Prometheus (Debian's) runs
+in the same namespace, scrapes only that loopback address every second and loads
+``config/connmon.rules.yml``. Every target expression of every panel, with the dashboard
+variables substituted as Grafana would, must then return at least one series from
+``/api/v1/query``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import need, write_config
+from tests.netlab import Lab, Site, _child_env, can_measure_throughput
+from tests.running import samples
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+RULES = ROOT / "config" / "connmon.rules.yml"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+CONNMON_PORT = 9201  # in the prober namespace, on its loopback
+PROMETHEUS_PORT = 9202  # in the prober namespace, on the lab address the host reaches it by
+WAIT_SECONDS = 150  # an upper bound: the wait ends as soon as every query has data
+
+# What Grafana puts in for its built-in interval variables. With a 1 s scrape interval Grafana's own
+# $__rate_interval would be a few seconds; 30 s keeps several samples in every window.
+BUILTINS = {"__rate_interval": "30s", "__interval": "5s", "__range": "5m", "__range_s": "300",
+            "__interval_ms": "5000"}
+BUILT_IN_PANELS = {"stat", "timeseries", "table", "geomap", "barchart", "heatmap"}
+METRIC = re.compile(r"\b(connmon_[a-zA-Z0-9_]+|process_[a-zA-Z0-9_]+)\b")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Panels that query (rows, also those nested in collapsed rows, excluded)."""
+    out: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            out.extend(panel.get("panels", []))
+        else:
+            out.append(panel)
+    return out
+
+
+def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for top in dashboard["panels"] for p in [top, *top.get("panels", [])]]
+
+
+def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel."""
+    return [(panel["title"], t["expr"]) for panel in query_panels(dashboard) for t in panel.get("targets", [])]
+
+
+def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def datasource_objects(node: Any) -> Iterator[Any]:
+    """Every value of a ``datasource`` key anywhere in the dashboard."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            yield from datasource_objects(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from datasource_objects(item)
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    """Replace ``$name`` and ``${name}`` (longest names first), as Grafana interpolates a query."""
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace("${" + name + "}", values[name])
+        expr = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m, n=name: values[n], expr)
+    assert "$" not in expr, f"an unsubstituted variable is left in {expr}"
+    return expr
+
+
+# ------------------------------------------------------------------------------ structure
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_structure(path: Path) -> None:
+    """Current schema, unique panel ids, data source only through $datasource, no hard-coded uid."""
+    dashboard = load(path)
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["uid"].startswith("connmon-") and dashboard["id"] is None
+    ids = [p["id"] for p in all_panels(dashboard)]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids in {path.name}"
+    for panel in query_panels(dashboard):
+        assert panel["type"] in BUILT_IN_PANELS, panel["type"]  # no plugin to install
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert panel["targets"], panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+    for ds in datasource_objects(dashboard):
+        # the built-in annotation query is Grafana's own; everything else goes through the variable
+        assert ds == DATASOURCE or ds == {"type": "grafana", "uid": "-- Grafana --"}, ds
+    ds_var = variables(dashboard)["datasource"]
+    assert (ds_var["type"], ds_var["query"]) == ("datasource", "prometheus")
+    for var in variables(dashboard).values():
+        if var["type"] == "query":
+            assert var["datasource"] == DATASOURCE
+            assert var["definition"].startswith("label_values(")
+    # A panel gridPos must stay inside Grafana's 24-column grid.
+    for panel in all_panels(dashboard):
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+
+
+def test_the_three_dashboards_and_their_variables() -> None:
+    """Region overview and Site detail filter by kind, district and endpoint; Site detail shows one site."""
+    by_uid = {load(p)["uid"]: load(p) for p in DASHBOARDS}
+    assert set(by_uid) == {"connmon-region-overview", "connmon-site-detail", "connmon-monitor-health"}
+    for uid in ("connmon-region-overview", "connmon-site-detail"):
+        assert {"datasource", "kind", "district", "endpoint"} <= set(variables(by_uid[uid]))
+    assert variables(by_uid["connmon-site-detail"])["endpoint"]["multi"] is False
+    assert variables(by_uid["connmon-region-overview"])["endpoint"]["multi"] is True
+    types = {p["type"] for p in query_panels(by_uid["connmon-region-overview"])}
+    assert {"geomap", "barchart", "table", "stat"} <= types
+    assert "heatmap" in {p["type"] for p in query_panels(by_uid["connmon-site-detail"])}
+
+
+def test_links_to_the_site_view_use_its_uid_and_variable() -> None:
+    """The worst-sites table and the map link to /d/connmon-site-detail with var-endpoint and the data source."""
+    overview = load(ROOT / "grafana" / "dashboards" / "region-overview.json")
+    urls = re.findall(r'"url": "([^"]*)"', json.dumps(overview))
+    site_links = [u for u in urls if u.startswith("/d/connmon-site-detail/")]
+    assert len(site_links) >= 2
+    assert all("var-endpoint=" in u and "${datasource:queryparam}" in u for u in site_links)
+
+
+def test_provisioning_points_at_the_mounted_dashboards() -> None:
+    """The data source is Prometheus at the compose service; the provider reads the folder compose mounts."""
+    datasources = yaml.safe_load((ROOT / "grafana/provisioning/datasources/connmon.yml").read_text())["datasources"]
+    assert [(d["type"], d["url"]) for d in datasources] == [("prometheus", "http://prometheus:9090")]
+    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/connmon.yml").read_text())["providers"][0]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+
+
+# ------------------------------------------------------------------------------ with real data
+@dataclass
+class Stack:
+    lab: Lab
+    prometheus_url: str
+    exposition: str
+    site: str  # the site picked in the single-site dashboard's endpoint variable
+
+
+def prom_get(url: str, path: str, **params: str | list[str]) -> Any:
+    query = urllib.parse.urlencode(params, doseq=True)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{url}{path}?{query}", timeout=10) as response:
+        body = json.loads(response.read().decode("utf-8"))
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def instant(url: str, expr: str) -> list[dict[str, Any]]:
+    data = prom_get(url, "/api/v1/query", query=expr)
+    assert data["resultType"] == "vector", (expr, data["resultType"])
+    return data["result"]  # type: ignore[no-any-return]
+
+
+def every_query(site: str) -> list[tuple[str, str, str]]:
+    """(dashboard, panel, substituted PromQL) for every panel target of every dashboard."""
+    out = []
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        values = dict(BUILTINS)
+        for name, var in variables(dashboard).items():
+            if var["type"] == "query":
+                values[name] = var["allValue"] if var["multi"] else site.replace("\\", "\\\\").replace('"', '\\"')
+        for title, expr in expressions(dashboard):
+            out.append((path.name, title, substitute(expr, values)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    ok, reason = can_measure_throughput()
+    need(ok, reason)
+    need(shutil.which("prometheus") is not None, "needs prometheus (Debian package prometheus)")
+    sites: dict[str, Site] = {name: lab.add_site(f"db-{name}") for name in ("a", "b", "c")}
+    for name in ("a", "b"):
+        sites[name].shape(10, 10)
+        sites[name].start_iperf3()
+    directory = tmp_path_factory.mktemp("dash")
+    cfg = write_config(directory, f"""
+throughput: {{max_concurrent: 1}}
+defaults:
+  target_upload_mbps: 1
+  icmp: {{interval: 2s, count: 3, spacing: 100ms, timeout: 500ms}}
+  throughput: {{method: iperf3, every: 10s, duration: 1s, omit: 0s, timeout: 3s}}
+groups:
+  - name: schools
+    kind: school
+    district: Aktobe
+    endpoints:
+      - {{name: a-fibre, host: {sites['a'].v4}, link: fibre, lat: 50.28, lon: 57.17}}
+      - {{name: "№12 мектеп", host: {sites['b'].v4}, link: dsl, target_mbps: 20, lat: 50.30, lon: 57.20}}
+  - name: clinics
+    kind: clinic
+    district: Kargaly
+    link: satellite
+    endpoints:
+      - {{name: refused, host: {sites['c'].v4}, lat: 49.9, lon: 57.3}}
+""")
+    prom_config = directory / "prometheus.yml"
+    prom_config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        # only the connmon on the prober's own loopback; no alertmanager is configured at all
+        "scrape_configs": [{"job_name": "connmon", "static_configs": [{"targets": [f"127.0.0.1:{CONNMON_PORT}"]}]}],
+    }), encoding="utf-8")
+    connmon = subprocess.Popen(lab.connmon_argv("run", "--config", str(cfg), "--listen", f"127.0.0.1:{CONNMON_PORT}"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_child_env())
+    prom_log = (directory / "prometheus.log").open("w")
+    prometheus = subprocess.Popen(
+        ["ip", "netns", "exec", lab.prober, "prometheus", f"--config.file={prom_config}",
+         f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address={lab.prober_v4}:{PROMETHEUS_PORT}",
+         "--storage.tsdb.retention.time=1h"],
+        stdin=subprocess.DEVNULL, stdout=prom_log, stderr=prom_log, env=_child_env())
+    url = f"http://{lab.prober_v4}:{PROMETHEUS_PORT}"
+    try:
+        queries = every_query("a-fibre")
+        missing: list[str] = []
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            assert connmon.poll() is None, f"connmon exited: {connmon.communicate()[1][-2000:]}"
+            assert prometheus.poll() is None, (directory / "prometheus.log").read_text()[-3000:]
+            try:
+                missing = [f"{board} / {title}: {expr}" for board, title, expr in queries
+                           if not instant(url, expr)]
+            except OSError:
+                missing = ["Prometheus not answering yet"]
+            if not missing:
+                break
+            time.sleep(2)
+        exposition = lab.pr(sys.executable, "-c", "import sys, urllib.request; sys.stdout.write(urllib.request."
+                            f"urlopen('http://127.0.0.1:{CONNMON_PORT}/metrics', timeout=10).read().decode())").stdout
+        yield Stack(lab, url, exposition, "a-fibre")
+    finally:
+        for proc in (prometheus, connmon):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        prom_log.close()
+        for site in sites.values():
+            site.stop_servers()
+
+
+@pytest.mark.netns
+def test_every_panel_query_returns_data(stack: Stack) -> None:
+    """Each panel target of each dashboard, variables substituted, returns at least one series."""
+    queries = every_query(stack.site)
+    assert len(queries) >= 40
+    empty = []
+    for board, title, expr in queries:
+        result = instant(stack.prometheus_url, expr)  # also proves the expression is valid PromQL
+        if not result:
+            empty.append(f"{board} / {title}: {expr}")
+    assert empty == []
+
+
+@pytest.mark.netns
+def test_variable_queries_list_the_sites(stack: Stack) -> None:
+    """label_values() of each query variable (as Grafana asks Prometheus) lists the configured values."""
+    found: dict[str, set[str]] = {}
+    for path in DASHBOARDS:
+        for name, var in variables(load(path)).items():
+            if var["type"] != "query":
+                continue
+            selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)", var["definition"]).groups()  # type: ignore[union-attr]
+            selector = substitute(selector, {"kind": ".*", "district": ".*"})
+            values = prom_get(stack.prometheus_url, f"/api/v1/label/{label}/values", **{"match[]": [selector]})
+            found.setdefault(name, set()).update(values)
+    assert found["kind"] == {"school", "clinic"}
+    assert found["district"] == {"Aktobe", "Kargaly"}
+    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused"}
+    assert stack.site in found["endpoint"]
+    assert len(found["instance"]) == 1
+
+
+@pytest.mark.netns
+def test_map_query_gives_coordinates_and_state(stack: Stack) -> None:
+    """The Geomap's query joins connmon_up with the lat/lon of connmon_endpoint_info, one row per site."""
+    overview = load(ROOT / "grafana" / "dashboards" / "region-overview.json")
+    geomap = next(p for p in query_panels(overview) if p["type"] == "geomap")
+    expr = substitute(geomap["targets"][0]["expr"], {"kind": ".*", "district": ".*", "endpoint": ".*"})
+    rows = {r["metric"]["endpoint"]: (r["metric"]["lat"], r["metric"]["lon"], r["value"][1])
+            for r in instant(stack.prometheus_url, expr)}
+    assert rows == {"a-fibre": ("50.28", "57.17", "1"), "№12 мектеп": ("50.3", "57.2", "1"),
+                    "refused": ("49.9", "57.3", "1")}
+
+
+@pytest.mark.netns
+def test_every_referenced_metric_is_exported_by_connmon(stack: Stack) -> None:
+    """Every connmon_* / process_* name in the dashboards and the rule file is in a running connmon's /metrics."""
+    exported = set(samples(stack.exposition))
+    assert "connmon_up" in exported and "connmon_throughput_bits_per_second" in exported
+    referenced = {name for path in DASHBOARDS for _, expr in expressions(load(path)) for name in METRIC.findall(expr)}
+    referenced |= set(METRIC.findall(RULES.read_text(encoding="utf-8")))
+    assert referenced <= exported, sorted(referenced - exported)
+    assert {"connmon_up", "connmon_icmp_rtt_seconds_bucket", "connmon_cycle_duration_seconds_bucket",
+            "connmon_target_missed_consecutive_tests"} <= referenced
+
+
+@pytest.mark.netns
+def test_prometheus_loads_and_evaluates_the_rule_file(stack: Stack) -> None:
+    """The real Prometheus loaded every rule of config/connmon.rules.yml and evaluates them without error."""
+    groups = prom_get(stack.prometheus_url, "/api/v1/rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    declared = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    assert len(rules) == len(declared)
+    assert [r for r in rules if r["health"] != "ok"] == []
+    thresholds = instant(stack.prometheus_url, "connmon:link_rtt_alert_threshold_seconds")
+    assert {r["metric"]["link"] for r in thresholds} == {"satellite", "lte", "dsl", "fibre"}
+
+
+def test_readme_describes_every_panel() -> None:
+    """Each dashboard's uid and every panel title (rows included) appear in the README's Dashboards section."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        assert f"`{dashboard['uid']}`" in section
+        for panel in all_panels(dashboard):
+            assert f"| {panel['title']} |" in section, f"{path.name}: {panel['title']}"
+
+
+@pytest.mark.netns
+def test_worst_sites_columns_line_up_per_site(stack: Stack) -> None:
+    """The worst-sites table's queries all return the same labels for a site, so Grafana's merge joins them."""
+    overview = load(ROOT / "grafana" / "dashboards" / "region-overview.json")
+    table = next(p for p in query_panels(overview) if p["title"] == "Worst sites")
+    by_site: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+    for target in table["targets"]:
+        expr = substitute(target["expr"], {**BUILTINS, "kind": ".*", "district": ".*", "endpoint": ".*"})
+        for row in instant(stack.prometheus_url, expr):
+            by_site.setdefault(row["metric"]["endpoint"], set()).add(tuple(sorted(row["metric"].items())))
+    assert set(by_site) == {"a-fibre", "№12 мектеп", "refused"}
+    for site, label_sets in by_site.items():
+        assert len(label_sets) == 1, (site, label_sets)
+        assert {key for key, _ in next(iter(label_sets))} == {"endpoint", "kind", "district", "link", "instance", "job"}
