@@ -33,7 +33,8 @@ def daemon(lab: Lab, cfg: Path, state: Path, port: int = PORT) -> Iterator[subpr
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=30)
+        if proc.stderr is not None and not proc.stderr.closed:  # a test may have read it already
+            proc.communicate(timeout=30)
 
 
 def scrape(lab: Lab, port: int = PORT) -> dict:
@@ -142,3 +143,42 @@ groups:
         assert rows >= stored + 300  # this round wrote at least one cycle, and nothing earlier went
         assert per_cycle == {300}, per_cycle
         stored = rows
+
+
+def test_a_read_only_state_dir_keeps_probing_and_metrics_going(lab: Lab, tmp_path: Path) -> None:
+    """A daemon whose state dir is read-only probes, serves /metrics, counts the store errors, and
+    says so in the log once (not once per cycle)."""
+    need(can_measure_throughput()[0], "needs namespaces")
+    site = lab.add_site("hist-c")
+    cfg = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 1s, count: 1, timeout: 500ms}}
+groups:
+  - name: g
+    endpoints:
+      - {{name: a, host: {site.v4}}}
+""")
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "--bind", str(state), str(state)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        with daemon(lab, cfg, state, PORT + 2) as proc:
+            parsed: dict = {}
+            for _ in range(200):
+                parsed = scrape(lab, PORT + 2)
+                if (one(parsed, "connmon_icmp_packets_sent_total") or 0) >= 5 \
+                        and (one(parsed, "connmon_store_errors_total", operation="open") or 0) >= 2:
+                    break
+                assert proc.poll() is None
+                time.sleep(0.1)
+            assert one(parsed, "connmon_up") == 1
+            assert (one(parsed, "connmon_store_errors_total", operation="open") or 0) >= 2
+            assert (one(parsed, "connmon_store_pending_results") or 0) >= 1
+            assert one(parsed, "connmon_store_results_written_total") == 0
+            proc.terminate()
+            _out, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert stderr.count("history: open failed") == 1, stderr[-3000:]
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
