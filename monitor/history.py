@@ -100,14 +100,6 @@ class StoredTest:
         found = next((d for d in self.directions if d.direction == name), None)
         return None if found is None else found.bits_per_second
 
-    @property
-    def bytes(self) -> int:
-        return sum(d.bytes for d in self.directions)
-
-    @property
-    def measured(self) -> bool:
-        return any(d.bits_per_second is not None for d in self.directions)
-
     def as_result(self, target: Target) -> ThroughputResult:
         """The test as a result of ``target`` (today's labels and settings), to restore its figures."""
         try:

@@ -75,7 +75,7 @@ def test_round_trip_of_cycles_and_tests(tmp_path: Path) -> None:
     stored = tests[0]
     assert stored.direction_rate("download") == 3e6 and stored.target_met is False
     assert stored.target_bits_per_second == 20e6 and stored.budget_remaining_bytes == 123
-    assert stored.directions[0].retransmits == 3 and stored.bytes == 1_000_000
+    assert stored.directions[0].retransmits == 3 and stored.directions[0].bytes == 1_000_000
     assert {e.name for e in store.endpoints()} == {"a", "№12 мектеп"}
     assert store.schema_version() == len(MIGRATIONS)
     assert store.integrity_check() == "ok"
