@@ -779,7 +779,8 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
             kept = w.mapping(history["retention"], "history.retention", ("icmp", "throughput")) or {}
             read = w.fields(kept, "history.retention", {
                 "icmp": lambda n, p: w.duration(n, p, 3600.0, 3650 * 86400.0),
-                "throughput": lambda n, p: w.duration(n, p, 3600.0, 3650 * 86400.0),
+                # at least a month: the monthly budget and the restart restore read this month's tests
+                "throughput": lambda n, p: w.duration(n, p, 32 * 86400.0, 3650 * 86400.0),
             })
             retention = Retention(icmp_seconds=read.get("icmp", retention.icmp_seconds),
                                   throughput_seconds=read.get("throughput", retention.throughput_seconds))

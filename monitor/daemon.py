@@ -112,8 +112,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     scheduler.start(targets)
     if history is not None:  # a restart shows the last test at once, and does not fire every due test
         restored = history.restore(targets)
-        metrics.restore(restored.results.values(), restored.missed_in_a_row)
-        scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time())
+        metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
+        scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
         if restored.results:
             log.info("history: restored the last throughput test of %d endpoints", len(restored.results))
     ready = True

@@ -41,6 +41,7 @@ RETRY_SECONDS = 10.0  # a failing store is retried this often even when no new c
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_SLICE_ROWS = 5_000  # rows deleted per transaction: short enough that writes never wait long
 LOG_EVERY_SECONDS = 60.0
+WRITE_CHUNK_RESULTS = 10_000
 MISSED_IN_A_ROW_LOOKBACK = 100  # tests read back to count misses in a row (alerts fire at a few)
 
 
@@ -189,6 +190,8 @@ class HistorySink:
         self._last_logged: dict[str, float] = {}
         self._next_prune = 0.0  # prune soon after start: a long-stopped daemon may have much to drop
         self._lock = threading.Lock()  # ``stats.pending`` is counted up on the loop and down in the writer
+        self._stop_by = 0.0  # set by close(): until when a failing store is retried at shutdown
+        self.stats.last_write_at = clock()  # "stale since start-up" until the first write, for alerts
         self._thread = threading.Thread(target=self._run, name="connmon-history", daemon=True)
         self._thread.start()
 
@@ -197,52 +200,86 @@ class HistorySink:
         self._queue.put([EndpointRecord.of(t) for t in targets])
 
     def consume(self, cycle: Cycle) -> None:
-        if cycle.results:
-            with self._lock:
+        if not cycle.results:
+            return
+        with self._lock:
+            full = self.stats.pending >= MAX_BACKLOG_RESULTS
+            if not full:
                 self.stats.pending += len(cycle.results)
-            self._queue.put(cycle.results)
+        if full:  # the writer is stuck (a hung disk): do not let the queue grow without bound
+            self.stats.dropped += len(cycle.results)
+            self._say("dropped", f"history: {self.stats.pending} results wait to be written; dropping new "
+                                 "ones (connmon_store_results_dropped_total)")
+            return
+        self._queue.put(cycle.results)
 
     def cycle_skipped(self, probe: str, group: str) -> None:
         """Nothing ran, so there is nothing to keep (the metrics sink counts skips)."""
 
     def close(self, timeout_seconds: float = 5.0) -> None:
-        """Write what is queued (within ``timeout_seconds``) and close the store."""
+        """Write what is queued, retrying a failing store until ``timeout_seconds``, and close the store.
+
+        Whatever could not be written by then is counted as dropped and said in the log, always.
+        """
+        self._stop_by = time.monotonic() + max(0.0, timeout_seconds - 0.5)
         self._queue.put(_Stop())
         self._thread.join(timeout_seconds)
         if self._thread.is_alive():
-            log.warning("history: %d results not written at shutdown (the store is slow or failing)",
-                        self.stats.pending)
+            log.error("history: %d results not written at shutdown (the store is slow or failing)",
+                      self.stats.pending)
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=RETRY_SECONDS if self._backlog else self._until_prune())
+                if self._step():
+                    return
+            except Exception as err:  # a bug must not end the writer: history would stop without a trace
+                self.stats.errors["write"] += 1
+                self._say("internal", f"history: unexpected error in the writer: {err!r}")
+                log.debug("history: writer error", exc_info=True)
+                time.sleep(0.1)
+
+    def _step(self) -> bool:
+        """One round of the writer: take what is queued, write it (or prune); True when stopping."""
+        try:
+            item = self._queue.get(timeout=RETRY_SECONDS if self._backlog else self._until_prune())
+        except queue.Empty:
+            item = None
+        stop = isinstance(item, _Stop)
+        if item is not None and not isinstance(item, _Stop):
+            self._take(item)
+        while not stop:  # take everything already queued into the same transaction
+            try:
+                more = self._queue.get_nowait()
             except queue.Empty:
-                item = None
-            stop = isinstance(item, _Stop)
-            if item is not None and not isinstance(item, _Stop):
-                self._take(item)
-            while not stop:  # take everything already queued into the same transaction
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(more, _Stop):
-                    stop = True
-                else:
-                    self._take(more)
-            if self._backlog:
-                self._write()
-            elif not stop and self._clock() >= self._next_prune:
-                self._prune_slice()
-            if stop:
-                if self._store is not None:
-                    try:
-                        self._store.close()
-                    except Exception:  # closing a broken store must not stop the shutdown
-                        log.debug("history: close failed", exc_info=True)
-                return
+                break
+            if isinstance(more, _Stop):
+                stop = True
+            else:
+                self._take(more)
+        if self._backlog:
+            self._write()
+        elif not stop and self._clock() >= self._next_prune:
+            self._prune_slice()
+        if not stop:
+            return False
+        while self._backlog and time.monotonic() < self._stop_by:  # a store that fails may come back
+            if not self._write():
+                time.sleep(0.2)
+        if self._backlog:
+            lost = len(self._backlog)
+            self._backlog.clear()
+            self.stats.dropped += lost
+            with self._lock:
+                self.stats.pending = max(0, self.stats.pending - lost)
+            log.error("history: %d results lost at shutdown: the store failed (see the errors above)", lost)
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:  # closing a broken store must not stop the shutdown
+                log.debug("history: close failed", exc_info=True)
+        return True
 
     def _until_prune(self) -> float:
         return max(0.05, min(RETRY_SECONDS, self._next_prune - self._clock()))
@@ -272,25 +309,33 @@ class HistorySink:
                 return None
         return self._store
 
-    def _write(self) -> None:
-        store = self._connected()
-        if store is None:
-            return
-        batch = list(self._backlog)
-        endpoints = {r.target.name: EndpointRecord.of(r.target) for r in batch}
-        endpoints.update((name, rec) for name, rec in self._endpoints.items() if name in endpoints)
-        try:
-            store.write(list(endpoints.values()), batch)
-        except Exception as err:
-            self._failed("write", err)
-            return
-        self._backlog.clear()
-        self.stats.written += len(batch)
-        with self._lock:
-            self.stats.pending = max(0, self.stats.pending - len(batch))
-        self.stats.last_write_at = self._clock()
-        if self._last_logged.pop("write", None) is not None:
-            log.warning("history: writing works again; %d results written", len(batch))
+    def _write(self) -> bool:
+        """Write the backlog, :data:`WRITE_CHUNK_RESULTS` per transaction; False when the store failed.
+
+        Chunks keep a long backlog (after an outage) from becoming one transaction that shutdown
+        or a crash would roll back whole.
+        """
+        while self._backlog:
+            store = self._connected()
+            if store is None:
+                return False
+            batch = [self._backlog[i] for i in range(min(WRITE_CHUNK_RESULTS, len(self._backlog)))]
+            endpoints = {r.target.name: EndpointRecord.of(r.target) for r in batch}
+            endpoints.update((name, rec) for name, rec in self._endpoints.items() if name in endpoints)
+            try:
+                store.write(list(endpoints.values()), batch)
+            except Exception as err:
+                self._failed("write", err)
+                return False
+            for _ in batch:
+                self._backlog.popleft()
+            self.stats.written += len(batch)
+            with self._lock:
+                self.stats.pending = max(0, self.stats.pending - len(batch))
+            self.stats.last_write_at = self._clock()
+            if self._last_logged.pop("write", None) is not None:
+                log.warning("history: writing works again")
+        return True
 
     def _prune_slice(self) -> None:
         store = self._connected()
@@ -344,11 +389,14 @@ class HistorySink:
             tried = store.last_tests()
             used: dict[str, tuple[float, int]] = {}
             missed: dict[str, int] = {}
+            verdict: dict[str, bool] = {}
             now = self._clock()
             for name, target in wanted.items():
                 if name in measured:
                     verdicts = store.recent_verdicts(name, MISSED_IN_A_ROW_LOOKBACK)
                     missed[name] = next((i for i, met in enumerate(verdicts) if met), len(verdicts))
+                    if verdicts:
+                        verdict[name] = verdicts[0]
                 if target.throughput.monthly_budget_bytes is not None and name in tried:
                     since = month_start(now, target.throughput.timezone)
                     used[name] = (since, store.bytes_since(name, since))
@@ -365,7 +413,9 @@ class HistorySink:
         return RestoredState(
             results={n: measured[n].as_result(wanted[n]) for n in wanted if n in measured},
             last_tried={n: tried[n].started_at for n in wanted if n in tried},
-            used_bytes={n: used[n] for n in used}, missed_in_a_row=missed)
+            used_bytes={n: used[n] for n in used}, missed_in_a_row=missed, verdicts=verdict,
+            last_test_bytes={n: sum(d.bytes for d in measured[n].directions) for n in wanted
+                             if n in measured and measured[n].error is None})
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +426,8 @@ class RestoredState:
     last_tried: Mapping[str, float] = dataclasses.field(default_factory=dict)
     used_bytes: Mapping[str, tuple[float, int]] = dataclasses.field(default_factory=dict)  # (month start, bytes)
     missed_in_a_row: Mapping[str, int] = dataclasses.field(default_factory=dict)  # tests below target, newest back
+    verdicts: Mapping[str, bool] = dataclasses.field(default_factory=dict)  # the last verdict, as it was given
+    last_test_bytes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # a whole test's bytes (budget cap)
 
 
 def icmp_rows(results: Sequence[Result]) -> list[IcmpResult]:

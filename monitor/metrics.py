@@ -375,11 +375,13 @@ class MetricsSink:
             changed.add(state.target.group)
         self._rebuild(changed)
 
-    def restore(self, results: Iterable[ThroughputResult], missed_in_a_row: Mapping[str, int] | None = None) -> None:
+    def restore(self, results: Iterable[ThroughputResult], missed_in_a_row: Mapping[str, int] | None = None,
+                verdicts: Mapping[str, bool] | None = None) -> None:
         """At start-up: show each site's last measured test from the history, with its original time.
 
         ``missed_in_a_row`` gives back ``connmon_target_missed_consecutive_tests``, so a restart does
-        not silence the below-target alert that counts tests.
+        not silence the below-target alert that counts tests; ``verdicts`` the last verdict as it was
+        given (against the target of the day, even when the last measured test gave none).
         """
         changed: set[str] = set()
         for result in results:
@@ -391,6 +393,8 @@ class MetricsSink:
             state.throughput.restore(result)
             if missed_in_a_row is not None and result.target.name in missed_in_a_row:
                 state.throughput.missed_in_a_row = missed_in_a_row[result.target.name]
+            if verdicts is not None and result.target.name in verdicts:
+                state.throughput.target_met = verdicts[result.target.name]
             state.render()
             changed.add(state.target.group)
         self._rebuild(changed)

@@ -6,8 +6,11 @@ once, in words a reader can check:
 * **availability** = ICMP cycles in which the site answered at least one echo / cycles run;
 * **loss** = echoes without a reply / echoes attempted, over every cycle of the period;
 * **RTT median and p95** over every answered echo (p95 by nearest rank: a value that was measured);
-* **tests** = throughput tests that measured the download; tests that failed (server down, DNS)
-  are counted apart and give no verdict: a broken test server is not proof that a site is slow;
+* **tests** = throughput tests that gave a verdict (every direction checked against a target was
+  measured); tests that failed (server down, DNS) are counted apart and give no verdict: a broken
+  test server is not proof that a site is slow. Tests skipped because the month's data budget was
+  spent are neither;
+* **download median and min** over every test that measured the download;
 * **met** = tests whose verdict (against the target the site had when the test ran) was met;
 * **verdict** = ``met`` (every test met the target), ``partly``, ``never``, ``untested`` (ICMP
   data only) or ``no_data``.
@@ -181,12 +184,15 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> S
     tests = met = failed = 0
     downloads: list[float] = []
     for test in store.throughput_tests(endpoint.name, period.start, period.end):
+        if test.error == "budget":  # skipped on purpose, not a failure: no test ran
+            continue
         rate = test.direction_rate("download")
-        if rate is None:
+        if rate is not None:  # the download figures keep every measured download
+            downloads.append(rate)
+        if test.target_met is None:  # no verdict: a checked direction failed (counted apart), or none was checked
             failed += 1 if test.error is not None else 0
             continue
         tests += 1
-        downloads.append(rate)
         met += 1 if test.target_met else 0
     return SiteRow(endpoint.name, endpoint.kind, endpoint.district, endpoint.link, endpoint.target_bits_per_second,
                    cycles, cycles_up, echoes, replies,
@@ -212,15 +218,20 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
                  configured: Sequence[EndpointRecord] = (), now: float = 0.0) -> Report:
     """The report over ``period`` for the sites of the history (plus ``configured`` ones it lacks).
 
-    Sites are listed worst first (never, partly, untested, no data, met), then by name, so the
-    first page is the one to act on.
+    Sites are listed worst first (never, partly, untested, no data, met), then by kind, district
+    and name, so the first page is the one to act on. Sites of the history with no result in the
+    period are left out unless ``configured`` names them (they were removed from the config).
     """
     known = {e.name: e for e in store.endpoints()}
     for endpoint in configured:  # the config's labels are the current ones; sites without data still appear
         known[endpoint.name] = endpoint
     chosen = [e for e in known.values()
               if (kind is None or e.kind == kind) and (district is None or e.district == district)]
-    rows = [site_row(store, e, period) for e in chosen]
+    wanted = {e.name for e in configured}
+    rows = [row for row in (site_row(store, e, period) for e in chosen)
+            # a site long gone from the config, with nothing in the period, is not part of this report
+            if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
+            or row.name in wanted]
     rows.sort(key=lambda r: (_VERDICT_ORDER[r.verdict], r.kind, r.district, r.name))
     kinds = sorted({r.kind for r in rows})
     by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)

@@ -120,7 +120,7 @@ class ThroughputPlan:
         self.sites = sites
 
     def restore(self, last_tried: Mapping[str, float], used_bytes: Mapping[str, tuple[float, int]],
-                now: float) -> None:
+                now: float, last_test_bytes: Mapping[str, int] | None = None) -> None:
         """Continue from the history: each site's last test time and this month's bytes (at start-up).
 
         A site whose next regular test is still ahead keeps that time; one that fell due while the
@@ -134,6 +134,8 @@ class ThroughputPlan:
             if name in used_bytes:
                 since, spent = used_bytes[name]
                 state.month, state.used_bytes = month_of(since, settings.timezone), spent
+            if last_test_bytes is not None and name in last_test_bytes:  # so the first test is capped too
+                state.last_test_bytes = last_test_bytes[name]
 
     def due(self, now: float, limit: int) -> list[SiteState]:
         """Up to ``limit`` sites whose test is due and not running, earliest first; marked running."""

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ import pytest
 from monitor import history as history_module
 from monitor.config import IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.history import HistorySink, month_start
-from monitor.results import Cycle, DirectionResult, IcmpResult, ThroughputResult
+from monitor.history import EndpointRecord, HistorySink, month_start
+from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
 from monitor.targets import Target
 from tests.conftest import need_root
@@ -188,7 +187,7 @@ def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns
             wait_for(lambda: sink.stats.pending == sent - sink.stats.written and sink.stats.errors["write"] >= 3)
             failures = sum(sink.stats.errors.values())
             assert failures >= 3
-            logged = [r for r in caplog.records if "failed" in r.getMessage()]
+            logged = [r for r in caplog.records if "write failed" in r.getMessage()]
             assert len(logged) == 1, [r.getMessage() for r in logged]  # at most once a minute
             subprocess.run(["mount", "-o", "remount,size=16m", str(state)], check=True)
             wait_for(lambda: sink.stats.written == sent and sink.stats.pending == 0)
@@ -228,7 +227,7 @@ def test_a_read_only_state_dir_is_counted_and_recovers(tmp_path: Path, monkeypat
 
 def test_restore_reads_last_results_and_budget(tmp_path: Path) -> None:
     """restore(): the last measured test per site as a result of today's target, and the month's bytes."""
-    now = time.time()
+    now = 1_795_000_000.0  # 2026-11-18 08:26 UTC: mid-month, so every test below is in November
     a, b = target("a", budget=10_000_000), target("b")
     store = SqliteStore(database_path(tmp_path))
     store.write([], [test_(a, now - 7200, 5e6, moved=3000), test_(a, now - 3600, None, moved=500,
@@ -245,7 +244,43 @@ def test_restore_reads_last_results_and_budget(tmp_path: Path) -> None:
     assert restored.results["b"].target_met is False and "c" not in restored.results
     assert restored.last_tried == {"a": now - 3600, "b": now - 60}
     assert restored.missed_in_a_row == {"a": 0, "b": 2}  # b: 2 and 3 Mbit/s since it last met 4
-    since, used = restored.used_bytes["a"]
-    assert used == (3500 if now - 7200 >= since else (500 if now - 3600 >= since else 0))
+    assert restored.used_bytes["a"] == (1_793_491_200.0, 3500)  # since 2026-11-01 00:00 UTC, the failed test too
     assert "b" not in restored.used_bytes  # no budget, nothing to restore
-    assert not math.isnan(since)
+    assert restored.verdicts == {"a": True, "b": False}
+    assert restored.last_test_bytes == {"a": 3000, "b": 1_000_000}  # a whole test, for the budget cap
+
+
+def test_close_with_a_failing_store_counts_and_says_what_was_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At shutdown a store that keeps failing is retried until the deadline; the rest is dropped, said always."""
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
+    caplog.set_level(logging.ERROR, logger="monitor.history")
+
+    def broken() -> SqliteStore:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    sink = HistorySink(broken, Retention())
+    a = target("a")
+    for i in range(5):
+        sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
+    sink.close(timeout_seconds=1.0)
+    assert sink.stats.dropped == 5 and sink.stats.pending == 0 and sink.stats.written == 0
+    assert sink.stats.errors["open"] >= 2  # retried, not given up at the first failure
+    assert any("5 results lost at shutdown" in r.getMessage() for r in caplog.records)
+
+
+def test_a_long_backlog_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog longer than a chunk goes in several transactions, every result once."""
+    monkeypatch.setattr(history_module, "WRITE_CHUNK_RESULTS", 7)
+    writes: list[int] = []
+
+    class Counting(SqliteStore):
+        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+            writes.append(len(results))
+            super().write(endpoints, results)
+
+    sink = HistorySink(lambda: Counting(database_path(tmp_path)), Retention())
+    sites = [target(f"s{i}") for i in range(30)]
+    sink.consume(Cycle("icmp", "g", 1.0, 0.1, tuple(icmp(s, 1.0, 0.001) for s in sites)))
+    sink.close()
+    assert sum(writes) == 30 and max(writes) <= 7 and sink.stats.written == 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from monitor.errors import ProbeErrorReason
 from monitor.report import Period, build_report, nearest_rank
 from monitor.report_render import render
 from monitor.sqlite_store import SqliteStore, database_path
+from monitor.targets import Target
 from tests.conftest import write_config
 from tests.netlab import _child_env
 from tests.test_history import icmp, target, test_
@@ -175,3 +177,44 @@ def test_every_format_shows_the_same_figures(state: Path) -> None:
         text = render(report, fmt)
         for figure in ("25.00", "20.000", "30.000", "650.000", "1.50"):
             assert figure in text, (fmt, figure)
+
+
+def test_verdicts_come_from_the_verdict_not_the_download(tmp_path: Path) -> None:
+    """A test with a good download and a failed checked upload gives no verdict (a failed test); an
+    upload-only site is judged by its upload; budget skips are not failures; a site long removed from
+    the config with nothing in the period is left out."""
+    from monitor.results import DirectionResult, ThroughputResult
+    from tests.test_history import target as make
+
+    both = make("both")
+    both = dataclasses.replace(both, target_upload_bits_per_second=1e6)
+    up_only = dataclasses.replace(make("up-only"), target_upload_bits_per_second=5e6)
+    gone = make("gone")
+
+    def run(t: Target, at: float, down: float | None, up: float | None,
+            error: ProbeErrorReason | None = None) -> ThroughputResult:
+        dirs = []
+        if down is not None or error is None:
+            dirs.append(DirectionResult("download", at, at + 5, down, 100, 4.0))
+        if up is not None or error is not None:
+            dirs.append(DirectionResult("upload", at + 6, at + 11, up, 100, 4.0, None, error))
+        return ThroughputResult(t, "iperf3", at, at + 11, t.address, tuple(dirs), error)
+
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [
+        run(both, START + 100, 5e6, 2e6),  # met both
+        run(both, START + 200, 5e6, None, ProbeErrorReason.REFUSED),  # upload failed: no verdict
+        ThroughputResult(both, "iperf3", START + 300, START + 300, None, (), ProbeErrorReason.BUDGET),
+        ThroughputResult(up_only, "http", START + 100, START + 111, None,
+                         (DirectionResult("upload", START + 100, START + 111, 6e6, 100, 10.0),)),
+        icmp(gone, START - 86400, 0.001),  # September only
+    ])
+    store.close()
+    report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
+    rows = {r.name: r for r in report.sites}
+    assert set(rows) == {"both", "up-only"}
+    assert (rows["both"].tests, rows["both"].tests_met, rows["both"].tests_failed, rows["both"].verdict) == \
+        (1, 1, 1, "met")
+    assert rows["both"].download_median_bits_per_second == 5e6  # both downloads were measured
+    assert (rows["up-only"].tests, rows["up-only"].verdict) == (1, "met")
+    assert rows["up-only"].download_median_bits_per_second is None

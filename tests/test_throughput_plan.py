@@ -121,10 +121,12 @@ def test_a_restart_continues_from_the_history() -> None:
     last = {t.name: NOW - 86400 for t in sites}
     last["school-007"] = NOW - 3600
     month_start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
-    plan.restore(last, {"school-007": (month_start, 99_000_000)}, NOW)
+    plan.restore(last, {"school-007": (month_start, 99_000_000)}, NOW, {"school-007": 25_000_000})
     assert plan.sites["school-007"].next_due == NOW - 3600 + 6 * 3600
     overdue = sorted(s.next_due - NOW for n, s in plan.sites.items() if n != "school-007")
     assert overdue[0] >= 0 and overdue[-1] < 6 * 3600
     assert len(plan.due(NOW + 60, 1000)) < 20  # in the first minute, a handful, not 499
     assert plan.sites["school-007"].remaining(NOW) == 1_000_000
+    capped = plan.test_target(plan.sites["school-007"], NOW)  # a whole test (25 MB) would overspend the 1 MB left
+    assert capped is not None and capped.throughput.max_bytes is not None and capped.throughput.max_bytes <= 1_000_000
     assert plan.sites["school-008"].remaining(NOW) == 100_000_000
