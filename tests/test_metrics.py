@@ -195,3 +195,42 @@ def test_missed_tests_in_a_row_count_up_and_reset_on_a_met_target() -> None:
     assert one(p, "connmon_target_missed_consecutive_tests") == 0
     assert one(p, "connmon_target_met") == 1
     assert promtool_problems(render(sink)) == []
+
+
+def test_a_large_cycle_is_absorbed_in_slices_between_other_work() -> None:
+    """On a running loop, 2,500 results are absorbed over several loop turns: other tasks (scrapes)
+    run in between and see the last complete body; the new body appears whole, once, at the end."""
+    import asyncio
+
+    targets = [target(f"s{i:04d}") for i in range(2500)]
+    sink = MetricsSink()
+    sink.set_targets(targets)
+
+    async def run() -> tuple[int, bool, int]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def scraper() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(scraper())
+        await asyncio.sleep(0)
+        before = sink.version
+        sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(result(t, (0.01,)) for t in targets)))
+        untouched = sink.version == before and b"connmon_up{" not in b"".join(sink.exposition())
+        at_consume = ticks
+        while sink.version == before:
+            await asyncio.sleep(0)
+        stop.set()
+        await task
+        return ticks - at_consume, untouched, sink.version - before
+
+    interleaved, untouched, versions = asyncio.run(run())
+    assert untouched  # consume() returned before absorbing: the old body is still served
+    assert interleaved >= 2  # the other task ran between the slices
+    assert versions == 1  # one new body, whole
+    text = b"".join(sink.exposition()).decode()
+    assert text.count("connmon_up{") == 2500 and "connmon_up{" in text
