@@ -238,6 +238,9 @@ def _report(args: argparse.Namespace) -> int:
     try:
         report = build_report(store, Period(args.first, args.last, args.timezone or local_zone()), kind=args.kind,
                               district=args.district, configured=configured, now=time.time())
+    except sqlite3.Error as err:  # not a connmon history (an empty or foreign file), or an I/O error
+        print(f"connmon: cannot read the history at {path}: {err}", file=sys.stderr)
+        return 3
     finally:
         store.close()
     text = render(report, args.format)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,11 @@ def test_cli_errors_are_clear(tmp_path: Path, state: Path) -> None:
                                 "2026-10-01", "--state-dir", str(state)], capture_output=True, text=True, check=False,
                                env=_child_env())
     assert backwards.returncode == 2 and "before --from" in backwards.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    sqlite3.connect(database_path(foreign)).close()  # an empty SQLite file: no connmon tables
+    empty = connmon_report(foreign)
+    assert empty.returncode == 3 and "cannot read the history" in empty.stderr and "Traceback" not in empty.stderr
     bad_zone = connmon_report(state, "--timezone", "Mars/Olympus")
     assert bad_zone.returncode == 2 and "not a time zone" in bad_zone.stderr
 
