@@ -30,8 +30,7 @@ from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.probes.iperf3 import find_iperf3
-from monitor.report import Period, build_report
-from monitor.report_render import FORMATS, render
+from monitor.report import FORMATS, Period, build_report
 from monitor.results import IcmpResult, ThroughputResult
 from monitor.shard import Shard, own_share
 from monitor.sqlite_store import SqliteStore, database_path
@@ -243,6 +242,8 @@ def _report(args: argparse.Namespace) -> int:
         return 3
     finally:
         store.close()
+    from monitor.report_render import render  # jinja2 and tabulate only for a report
+
     text = render(report, args.format)
     if args.output is None:
         sys.stdout.write(text)

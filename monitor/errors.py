@@ -33,6 +33,16 @@ class ProbeErrorReason(enum.StrEnum):
     HTTP_STATUS = "http_status"  # the web server answered, but not with 2xx
     FAILED = "failed"  # any other failure the test tool reported (its message is in the detail)
 
+    @classmethod
+    def stored(cls, value: str | None) -> ProbeErrorReason | None:
+        """A reason read back from the history; one this version does not know (a newer connmon's) is ``failed``."""
+        if value is None:
+            return None
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.FAILED
+
 
 ICMP_REASONS: tuple[ProbeErrorReason, ...] = (
     ProbeErrorReason.DNS, ProbeErrorReason.NO_ROUTE, ProbeErrorReason.PERMISSION, ProbeErrorReason.UNREACHABLE,

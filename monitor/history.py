@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from monitor.config import Retention
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
+from monitor.results import Cycle, DirectionResult, Result, ThroughputResult
 from monitor.targets import Target
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,9 @@ class StoredTest:
 
     def as_result(self, target: Target) -> ThroughputResult:
         """The test as a result of ``target`` (today's labels and settings), to restore its figures."""
-        try:
-            error = ProbeErrorReason(self.error) if self.error is not None else None
-        except ValueError:
-            error = ProbeErrorReason.FAILED
         return ThroughputResult(target, self.method, self.started_at, self.ended_at, self.address,
-                                self.directions, error, self.error_detail, self.budget_remaining_bytes)
+                                self.directions, ProbeErrorReason.stored(self.error), self.error_detail,
+                                self.budget_remaining_bytes)
 
 
 class HistoryStore(Protocol):
@@ -429,10 +426,3 @@ class RestoredState:
     verdicts: Mapping[str, bool] = dataclasses.field(default_factory=dict)  # the last verdict, as it was given
     last_test_bytes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # a whole test's bytes (budget cap)
 
-
-def icmp_rows(results: Sequence[Result]) -> list[IcmpResult]:
-    return [r for r in results if isinstance(r, IcmpResult)]
-
-
-def throughput_rows(results: Sequence[Result]) -> list[ThroughputResult]:
-    return [r for r in results if isinstance(r, ThroughputResult)]

@@ -197,32 +197,25 @@ class _ThroughputState:
     budget_remaining: int | None = None
 
     def absorb(self, result: ThroughputResult) -> None:
+        """A test of this process: count it, then show its figures."""
         self.tests += 1
-        self.attempted_at = result.started_at
-        if result.directions:  # a skipped test (budget, DNS) has no duration to show
-            self.duration_seconds = result.ended_at - result.started_at
-        self.budget_remaining = result.budget_remaining_bytes
         if result.error is not None:
             self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
         for d in result.directions:
             self.bytes[d.direction] += d.bytes
             self.retransmits[d.direction] += d.retransmits or 0
-            if d.bits_per_second is not None:
-                self.rates[d.direction] = d.bits_per_second
-        if result.measured:
-            self.measured_at = result.started_at
-        if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
-            self.target_met = result.target_met
+        if result.target_met is not None:
             self.missed_in_a_row = 0 if result.target_met else self.missed_in_a_row + 1
+        self.restore(result)
 
     def restore(self, result: ThroughputResult) -> None:
-        """Show a test from the history after a restart: its rates, verdict and times, no counters.
+        """Show a test's rates, verdict and times without counting it (also: from the history after a restart).
 
         The counters restart at zero (Prometheus handles the reset); counting the old test again
         would add a test and its bytes that did not happen in this process.
         """
         self.attempted_at = result.started_at
-        if result.directions:
+        if result.directions:  # a skipped test (budget, DNS) has no duration to show
             self.duration_seconds = result.ended_at - result.started_at
         self.budget_remaining = result.budget_remaining_bytes
         for d in result.directions:
@@ -230,7 +223,7 @@ class _ThroughputState:
                 self.rates[d.direction] = d.bits_per_second
         if result.measured:
             self.measured_at = result.started_at
-        if result.target_met is not None:
+        if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
             self.target_met = result.target_met
 
     def render(self, t: Target, lb: str, f: list[str]) -> None:

@@ -32,6 +32,8 @@ from zoneinfo import ZoneInfo
 from monitor.history import EndpointRecord, HistoryStore
 
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
+ReportFormat = Literal["table", "csv", "markdown", "html"]
+FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html")  # rendered by monitor.report_render
 VERDICT_WORDS: dict[Verdict, str] = {
     "met": "met the target in every test",
     "partly": "met the target in some tests",
@@ -119,10 +121,6 @@ class GroupSummary:
     availability: float | None  # cycles up / cycles run, over all of the group's cycles
     targets_bits_per_second: tuple[float, ...]  # the distinct targets, for the wording
     download_median_bits_per_second: float | None  # median of the sites' medians
-
-    @property
-    def tested(self) -> int:
-        return self.met + self.never + self.partly
 
     def sentence(self) -> str:
         """E.g. "241 of 398 schools met 4 Mbit/s in every test; 12 never did; 20 were not tested"."""

@@ -15,17 +15,13 @@ import io
 import statistics
 from collections.abc import Callable
 from importlib import resources
-from typing import Literal
 
 import jinja2
 import markupsafe
 from tabulate import tabulate
 
 from monitor import __version__
-from monitor.report import VERDICT_WORDS, Report, SiteRow, format_mbps
-
-ReportFormat = Literal["table", "csv", "markdown", "html"]
-FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html")
+from monitor.report import VERDICT_WORDS, Report, ReportFormat, SiteRow, format_mbps
 
 HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
            "loss %", "tests", "failed tests", "download median Mbit/s", "download min Mbit/s", "met %", "verdict")

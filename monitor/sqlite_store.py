@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from monitor.config import Direction
+from monitor.errors import ProbeErrorReason
 from monitor.history import EndpointRecord, StoredCycle, StoredTest
 from monitor.results import DirectionResult, IcmpResult, Result, ThroughputResult
 
@@ -97,17 +98,12 @@ def _directions_json(directions: Sequence[DirectionResult]) -> str:
 
 
 def _directions_from_json(text: str) -> tuple[DirectionResult, ...]:
-    from monitor.errors import ProbeErrorReason  # noqa: PLC0415  (kept local: only reading needs it)
-
     out = []
     for d in json.loads(text):
-        try:
-            error = ProbeErrorReason(d["error"]) if d["error"] is not None else None
-        except ValueError:
-            error = ProbeErrorReason.FAILED
         direction: Direction = "download" if d["direction"] == "download" else "upload"
         out.append(DirectionResult(direction, d["started_at"], d["ended_at"], d["bits_per_second"], d["bytes"],
-                                   d["measured_seconds"], d["retransmits"], error, d["error_detail"]))
+                                   d["measured_seconds"], d["retransmits"], ProbeErrorReason.stored(d["error"]),
+                                   d["error_detail"]))
     return tuple(out)
 
 
