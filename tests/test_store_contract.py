@@ -1,0 +1,230 @@
+"""One contract for every history backend: the same assertions on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from monitor import postgres_store
+from monitor.errors import ProbeErrorReason
+from monitor.history import EndpointRecord, HistoryStore
+from monitor.postgres_store import PostgresStore, redact
+from monitor.sqlite_store import SqliteStore
+from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.test_history import icmp, target, test_
+
+Opener = Callable[[], HistoryStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens a new connection to one fresh store of the backend under test."""
+    opened: list[HistoryStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "history.sqlite3"
+
+        def opener() -> HistoryStore:
+            opened.append(SqliteStore(path))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("pg_url")
+
+        def opener() -> HistoryStore:
+            opened.append(PostgresStore(url))
+            return opened[-1]
+    yield opener
+    for store in opened:
+        store.close()
+
+
+def test_cycles_and_tests_round_trip(open_store: Opener) -> None:
+    """What is written is read back exactly: RTTs with gaps, test directions, verdicts, errors."""
+    store = open_store()
+    a = target("A")
+    store.write([EndpointRecord.of(a)], [icmp(a, 100.0, 0.01, None, 0.03), icmp(a, 200.0, None),
+                                         test_(a, 150.0, 5e6), test_(a, 250.0, None,
+                                                                     error=ProbeErrorReason.TIMEOUT)])
+    cycles = list(store.icmp_cycles("A", 0.0, 1000.0))
+    assert [(c.started_at, c.sent, c.rtts_seconds) for c in cycles] == [(100.0, 3, (0.01, None, 0.03)),
+                                                                        (200.0, 1, (None,))]
+    assert [c.started_at for c in store.icmp_cycles("A", 150.0, 200.0)] == []
+    tests = store.throughput_tests("A", 0.0, 1000.0)
+    assert [(t.started_at, t.direction_rate("download"), t.target_met, t.error) for t in tests] == [
+        (150.0, 5e6, True, None), (250.0, None, None, "timeout")]
+    assert tests[0].directions[0].retransmits == 3 and tests[0].budget_remaining_bytes == 123
+    assert tests[1].error_detail == "why"
+
+
+def test_writes_are_idempotent(open_store: Opener) -> None:
+    """A batch written twice is stored once."""
+    store = open_store()
+    a = target("A")
+    batch = [icmp(a, 100.0, 0.01), test_(a, 150.0, 5e6)]
+    store.write([EndpointRecord.of(a)], batch)
+    store.write([EndpointRecord.of(a)], batch)
+    assert len(list(store.icmp_cycles("A", 0, 1e9))) == 1
+    assert len(store.throughput_tests("A", 0, 1e9)) == 1
+
+
+def test_endpoints_are_upserted_by_name(open_store: Opener) -> None:
+    """An endpoint's labels are the latest written; endpoints come back sorted by name."""
+    store = open_store()
+    store.write([EndpointRecord.of(target("B")), EndpointRecord.of(target("A"))], [])
+    store.write([EndpointRecord.of(target("A", district="Almaty", kind="clinic", mbps=8.0))], [])
+    assert store.endpoints() == [EndpointRecord("A", "clinic", "Almaty", "fibre", "g", 8e6),
+                                 EndpointRecord("B", "school", "Aktobe", "fibre", "g", 4e6)]
+
+
+def test_latest_tests_bytes_and_verdicts(open_store: Opener) -> None:
+    """last_tests, last_measured_tests, bytes_since and recent_verdicts read the right rows."""
+    store = open_store()
+    a, b = target("A"), target("B")
+    store.write([], [test_(a, 100.0, 5e6, moved=10), test_(a, 200.0, 1e6, moved=20),
+                     test_(a, 300.0, None, moved=40, error=ProbeErrorReason.TIMEOUT), test_(b, 100.0, 9e6)])
+    assert {k: v.started_at for k, v in store.last_tests().items()} == {"A": 300.0, "B": 100.0}
+    assert {k: v.started_at for k, v in store.last_measured_tests().items()} == {"A": 200.0, "B": 100.0}
+    assert store.bytes_since("A", 150.0) == 60
+    assert store.bytes_since("nobody", 0.0) == 0
+    assert store.recent_verdicts("A", 5) == [False, True]
+    assert store.recent_verdicts("A", 1) == [False]
+
+
+def test_prune_deletes_old_rows_in_bounded_slices(open_store: Opener) -> None:
+    """Pruning removes only rows older than the bounds, at most ``limit`` per call, until 0."""
+    store = open_store()
+    a, b = target("A"), target("B")
+    store.write([], [icmp(t, float(at), 0.01) for t in (a, b) for at in range(10)]
+                + [test_(a, 5.0, 1e6), test_(a, 50.0, 1e6)])
+    total = 0
+    while (gone := store.prune(icmp_before=6.0, throughput_before=10.0, limit=4)) > 0:
+        assert gone <= 4
+        total += gone
+    assert total == 6 * 2 + 1
+    assert [c.started_at for c in store.icmp_cycles("A", 0, 1e9)] == [6.0, 7.0, 8.0, 9.0]
+    assert [t.started_at for t in store.throughput_tests("A", 0, 1e9)] == [50.0]
+
+
+def test_schema_version_is_current_and_reopen_keeps_data(open_store: Opener) -> None:
+    """A new store is at the latest schema version; opening it again migrates nothing and keeps rows."""
+    store = open_store()
+    assert store.schema_version() >= 1  # type: ignore[attr-defined]
+    store.write([], [icmp(target("A"), 1.0, 0.01)])
+    again = open_store()
+    assert again.schema_version() == store.schema_version()  # type: ignore[attr-defined]
+    assert len(list(again.icmp_cycles("A", 0, 10))) == 1
+
+
+def test_concurrent_writers_share_one_store(open_store: Opener) -> None:
+    """Two stores writing at once (as two shards) lose nothing and share endpoints by name."""
+    stores = [open_store(), open_store()]
+    shared = target("shared")
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            own = target(f"own{n}")
+            for i in range(30):
+                stores[n].write([EndpointRecord.of(shared), EndpointRecord.of(own)],
+                                [icmp(own, float(i), 0.01), icmp(shared, float(i * 2 + n), 0.02)])
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    reader = open_store()
+    assert [e.name for e in reader.endpoints()] == ["own0", "own1", "shared"]
+    assert len(list(reader.icmp_cycles("shared", 0, 1e9))) == 60
+    assert len(list(reader.icmp_cycles("own1", 0, 1e9))) == 30
+
+
+def test_concurrent_prune_deletes_each_row_once(open_store: Opener) -> None:
+    """Two pruners at once remove every old row exactly once and nothing newer."""
+    store = open_store()
+    a = target("A")
+    store.write([], [icmp(a, float(at), 0.01) for at in range(400)])
+    pruners = [open_store(), open_store()]
+    counts = [0, 0]
+
+    def prune(n: int) -> None:
+        idle = 0
+        while idle < 20:
+            gone = pruners[n].prune(icmp_before=300.0, throughput_before=300.0, limit=7)
+            counts[n] += gone
+            idle = idle + 1 if gone == 0 else 0
+
+    threads = [threading.Thread(target=prune, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 300
+    assert [c.started_at for c in store.icmp_cycles("A", 0, 1e9)] == [float(x) for x in range(300, 400)]
+
+
+def test_postgres_migrates_from_an_older_version(pg_server: PgServer) -> None:  # noqa: F811
+    """A database at an older schema version is brought up to date, keeping its rows."""
+    db = pg_server.new_database()
+    url = pg_server.url(db)
+    store = PostgresStore(url)
+    store.write([], [icmp(target("A"), 1.0, 0.01)])
+    store.close()
+    pg_server.psql("DELETE FROM schema_version", db)  # as if written by an older connmon
+    pg_server.psql("ALTER TABLE endpoints ADD COLUMN IF NOT EXISTS probe_marker INTEGER", db)
+    original = postgres_store.MIGRATIONS
+    try:
+        postgres_store.MIGRATIONS = ("SELECT 1", "ALTER TABLE endpoints DROP COLUMN probe_marker")
+        pg_server.psql("INSERT INTO schema_version (version) VALUES (1)", db)
+        upgraded = PostgresStore(url)
+        assert upgraded.schema_version() == 2
+        assert pg_server.psql("SELECT count(*) FROM information_schema.columns "
+                              "WHERE column_name = 'probe_marker'", db).strip() == "0"
+        assert len(list(upgraded.icmp_cycles("A", 0, 10))) == 1
+        upgraded.close()
+    finally:
+        postgres_store.MIGRATIONS = original
+
+
+def test_postgres_refuses_a_newer_schema(pg_server: PgServer) -> None:  # noqa: F811
+    """A database migrated by a newer connmon is an error naming the fix, not a silent misuse."""
+    db = pg_server.new_database()
+    PostgresStore(pg_server.url(db)).close()
+    pg_server.psql("INSERT INTO schema_version (version) VALUES (99)", db)
+    with pytest.raises(psycopg.DatabaseError, match="upgrade connmon"):
+        PostgresStore(pg_server.url(db))
+
+
+def test_two_instances_migrate_at_once(pg_server: PgServer) -> None:  # noqa: F811
+    """Two stores opening a new database at the same moment migrate it once, without error."""
+    url = pg_server.url(pg_server.new_database())
+    errors: list[BaseException] = []
+    stores: list[PostgresStore] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(PostgresStore(url))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [s.schema_version() for s in stores] == [len(postgres_store.MIGRATIONS)] * 4
+    for s in stores:
+        s.close()
+
+
+def test_redact_hides_the_password() -> None:
+    """A URL is logged without its password."""
+    assert redact("postgresql://u:s3cret@db.example/h") == "postgresql://u:***@db.example/h"
+    assert "s3cret" not in redact("postgres://u:s3cret@/h?host=/run/pg")
