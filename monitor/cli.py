@@ -33,7 +33,8 @@ from monitor.probes.iperf3 import find_iperf3
 from monitor.report import FORMATS, Period, build_report
 from monitor.results import IcmpResult, ThroughputResult
 from monitor.shard import Shard, own_share
-from monitor.sqlite_store import SqliteStore, database_path
+from monitor.store_url import describe, is_postgres, sqlite_path
+from monitor.store_url import opener as store_opener
 from monitor.targets import Target, build_targets, select
 
 
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                      metavar="DURATION", help="how often --config.watch looks at the file (default 5s)")
     run.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
                      help="where the history is kept (history.sqlite3); default $CONNMON_STATE_DIR or ./state")
+    run.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
+                     help="history store: postgresql://USER@HOST/DB (shared by several instances) or "
+                          "sqlite:///PATH; default history.sqlite3 under --state-dir")
     run.add_argument("--no-history", action="store_true",
                      help="keep no history (no report, no restore after a restart)")
     sharding(run)
@@ -125,11 +129,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="the days' time zone (IANA name, e.g. Asia/Almaty; default the machine's)")
     report.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
                         help="the daemon's --state-dir (default $CONNMON_STATE_DIR or ./state)")
+    report.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
+                        help="the daemon's --store (postgresql://... or sqlite:///PATH); default --state-dir's")
     report.add_argument("--config", help="also list configured sites the history has no data of, with "
                                          "today's labels")
     report.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     report.add_argument("--log-format", default="text", choices=("text", "json"))
     return parser
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """The errors a store raises when it cannot be read (psycopg's only when it is installed)."""
+    try:
+        import psycopg
+    except ImportError:
+        return (OSError, sqlite3.Error)
+    return (OSError, sqlite3.Error, psycopg.Error)
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line, with no password in it (psycopg may quote the URL)."""
+    from monitor.postgres_store import scrub
+
+    return " ".join(scrub(str(err)).split()) or type(err).__name__
 
 
 def _date(text: str) -> dt.date:
@@ -182,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
-                                 shard=args.shard, state_dir=None if args.no_history else args.state_dir))
+                                 shard=args.shard, state_dir=None if args.no_history else args.state_dir,
+                                 store_url=args.store))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:
@@ -228,17 +251,23 @@ def _report(args: argparse.Namespace) -> int:
     configured: list[EndpointRecord] = []
     if args.config is not None:
         configured = [EndpointRecord.of(t) for t in build_targets(load_config(args.config))]
-    path = database_path(args.state_dir)
     try:
-        store = SqliteStore(path, read_only=True)
-    except (OSError, sqlite3.Error) as err:
-        print(f"connmon: cannot read the history at {path}: {err}", file=sys.stderr)
+        where = describe(args.store) if is_postgres(args.store) else str(sqlite_path(args.store, args.state_dir))
+        open_store = store_opener(args.store, args.state_dir, read_only=True)
+    except ValueError as err:
+        print(f"connmon: {err}", file=sys.stderr)
+        return 2
+    failures = _store_errors()
+    try:
+        store = open_store()
+    except failures as err:
+        print(f"connmon: cannot read the history at {where}: {_one_line(err)}", file=sys.stderr)
         return 3
     try:
         report = build_report(store, Period(args.first, args.last, args.timezone or local_zone()), kind=args.kind,
                               district=args.district, configured=configured, now=time.time())
-    except sqlite3.Error as err:  # not a connmon history (an empty or foreign file), or an I/O error
-        print(f"connmon: cannot read the history at {path}: {err}", file=sys.stderr)
+    except failures as err:  # not a connmon history (an empty or foreign file), or an I/O error
+        print(f"connmon: cannot read the history at {where}: {_one_line(err)}", file=sys.stderr)
         return 3
     finally:
         store.close()

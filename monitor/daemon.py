@@ -31,7 +31,7 @@ from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
-from monitor.sqlite_store import SqliteStore, database_path
+from monitor.store_url import opener as store_opener
 from monitor.targets import Target
 from monitor.web import build_app, start_server
 from monitor.webconfig import BasicAuth, load_web_config
@@ -44,7 +44,7 @@ CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
                 watch_interval_seconds: float | None = None, shard: Shard | None = None,
-                state_dir: str | None = "state") -> int:
+                state_dir: str | None = "state", store_url: str | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -59,6 +59,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         watch_interval_seconds: poll the config file this often and reload on change; None: don't.
         shard: this instance's share (``--shard I/N``), or None for every endpoint.
         state_dir: where the history lives (``history.sqlite3``); None keeps no history.
+        store_url: ``--store``: ``postgresql://...`` or ``sqlite:///PATH``; None: SQLite under ``state_dir``.
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
@@ -68,7 +69,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     iperf3_path = find_iperf3()
     reloader = Reloader(config_path, lambda c, t: apply(c, t), lambda ok: metrics.config_loaded(ok))
     config, every_target = reloader.load_initial()
-    history = (HistorySink(lambda: SqliteStore(database_path(state_dir)), config.retention)
+    history = (HistorySink(store_opener(store_url, state_dir), config.retention)
                if state_dir is not None else None)
     metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)},
                           shard=shard.label if shard is not None else None,

@@ -20,6 +20,7 @@ several instances (``--shard``) whose reports must cover every site. Why these c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -105,6 +106,12 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
 
 
+def scrub(text: str) -> str:
+    """``text`` with any password of a PostgreSQL URL or ``password=`` setting in it hidden."""
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text)
+
+
 def _endpoint_params(rec: EndpointRecord) -> tuple[Any, ...]:
     return tuple(getattr(rec, f) for f, _ in _ENDPOINT_COLUMNS)
 
@@ -117,6 +124,9 @@ class PostgresStore:
         self.url = url
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False,
                                     kwargs={"autocommit": True, "connect_timeout": int(connect_timeout_seconds)})
+        # One direct connection first: an unreachable server is the driver's own clear error at once,
+        # instead of the pool retrying in the background and logging each attempt.
+        psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout_seconds)).close()
         try:
             self._pool.open(wait=True, timeout=connect_timeout_seconds)
             if read_only:
@@ -156,7 +166,7 @@ class PostgresStore:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
-                        conn.execute(statement)  # type: ignore[call-overload]  # fixed text of this module
+                        conn.execute(statement)  # fixed text of this module
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
 
     # ------------------------------------------------------------------ writing
@@ -186,8 +196,9 @@ class PostgresStore:
                             test_rows.append(_test_row(endpoint_id, result))
                     if icmp_rows:
                         cur.executemany(
-                            "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, started_at) "
-                            "DO UPDATE SET address = excluded.address, sent = excluded.sent, rtts = excluded.rtts, "
+                            "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET address = excluded.address, "
+                            "sent = excluded.sent, rtts = excluded.rtts, "
                             "error = excluded.error, error_detail = excluded.error_detail", icmp_rows)
                     if test_rows:
                         cur.executemany(

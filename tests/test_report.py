@@ -14,6 +14,7 @@ import pytest
 from monitor.errors import ProbeErrorReason
 from monitor.report import Period, build_report, nearest_rank
 from monitor.report_render import render
+from monitor.results import Result
 from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target
 from tests.conftest import write_config
@@ -27,6 +28,12 @@ HOUR = 3600.0
 
 
 def record(state: Path) -> None:
+    store = SqliteStore(database_path(state))
+    store.write([], october_rows())
+    store.close()
+
+
+def october_rows() -> list[Result]:
     """The history of October 2026 (UTC), with rows just outside the month that must not count.
 
     s1 (school, Aktobe, 4 Mbit/s): 10 cycles of (10, 20, lost, 30) ms → availability 100%, loss 25%,
@@ -38,7 +45,7 @@ def record(state: Path) -> None:
     """
     s1, s2, s3 = target("s1"), target("s2"), target("s3", district="Khromtau")
     c1 = target("c1", kind="clinic", district="Khromtau", mbps=2)
-    rows = [icmp(s1, START + i * HOUR, 0.010, 0.020, None, 0.030) for i in range(9)]
+    rows: list[Result] = [icmp(s1, START + i * HOUR, 0.010, 0.020, None, 0.030) for i in range(9)]
     rows.append(icmp(s1, END - 60, 0.010, 0.020, None, 0.030))  # the month's last minute counts
     rows += [icmp(s1, START - 1, None, None, None, None), icmp(s1, END, None, None, None, None)]  # outside
     rows += [icmp(s2, START + i * HOUR, *((0.005, 0.005) if i % 2 else (None, None))) for i in range(4)]
@@ -48,9 +55,7 @@ def record(state: Path) -> None:
     rows += [test_(s2, START + 86400, 3e6), test_(s2, START + 2 * 86400, 5e6)]
     rows += [test_(s3, START + 86400, 1e6), test_(s3, START + 2 * 86400, 2e6),
              test_(s3, START + 3 * 86400, None, moved=0, error=ProbeErrorReason.REFUSED)]
-    store = SqliteStore(database_path(state))
-    store.write([], rows)
-    store.close()
+    return rows
 
 
 @pytest.fixture
