@@ -518,14 +518,12 @@ def _maintenance(w: _Walker, node: Node, path: str) -> MaintenanceWindows | None
     if values is None:
         return None
     read = w.fields(values, path, {"timezone": lambda n, p: _timezone(w, n, p)})
-    if "timezone" in values and "timezone" not in read:
-        return None
+    bad = "timezone" in values and "timezone" not in read  # the windows are still checked, for every problem at once
     items = w.sequence(values["windows"], f"{path}.windows") if "windows" in values else None
     if items is None:
         return None
     weekly: list[TimeWindow] = []
     once: list[tuple[Any, Any]] = []
-    bad = False
     for index, item in enumerate(items):
         text = w.string(item, f"{path}.windows[{index}]")
         if text is None:

@@ -24,7 +24,7 @@ Rendering is :mod:`monitor.report_render`'s job.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from monitor.config import Config
@@ -32,9 +32,10 @@ from monitor.history import EndpointRecord, HistoryStore
 from monitor.windows import MaintenanceWindows
 
 DAY_SECONDS = 86400.0
-CONTRACT_SHARE = 0.8
+CONTRACT_SHARE = 0.8  # sites receiving at least 80% of the contracted speed
 SiteStatus = str  # "live" | "at_risk" | "dropped"
 STATUSES: tuple[SiteStatus, ...] = ("live", "at_risk", "dropped")
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class Thresholds:
 
     at_risk_days: float = 21.0
     dropped_days: float = 28.0
+
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +106,8 @@ class SiteKpi:
     @property
     def at_contract_share(self) -> bool | None:
         m = self.download_median_bits_per_second
-        return None if m is None else m >= CONTRACT_SHARE * self.contracted_bits_per_second
+        # m ≥ 0.8 × contract, written m × 5 ≥ contract × 4 so that exactly 80% is not lost to 0.8's rounding
+        return None if m is None else m * 5 >= self.contracted_bits_per_second * 4
 
 
 def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintenance: MaintenanceWindows | None,
@@ -223,23 +228,21 @@ class KpiReport:
 
 def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple[KpiGroup, ...]:
     """All sites, then each kind, then each kind and district (sorted)."""
-    def pick(rows: Sequence[SiteKpi], keep: Callable[[SiteKpi], bool]) -> KpiFigures:
-        return figures([r for r in rows if keep(r)])
+    def group(scope: str, kind: str | None, district: str | None) -> KpiGroup:
+        def keep(r: SiteKpi) -> bool:
+            return (kind is None or r.kind == kind) and (district is None or r.district == district)
+        return KpiGroup(scope, kind, district, figures([r for r in current if keep(r)]),
+                        figures([r for r in previous if keep(r)]))
 
-    out = [KpiGroup("all", None, None, figures(current), figures(previous))]
-    for kind in sorted({s.kind for s in current}):
-        out.append(KpiGroup("kind", kind, None, pick(current, lambda r: r.kind == kind),
-                            pick(previous, lambda r: r.kind == kind)))
-    for kind, district in sorted({(s.kind, s.district) for s in current}):
-        def keep(r: SiteKpi, k: str = kind, d: str = district) -> bool:
-            return r.kind == k and r.district == d
-        out.append(KpiGroup("district", kind, district, pick(current, keep), pick(previous, keep)))
+    out = [group("all", None, None)]
+    out += [group("kind", kind, None) for kind in sorted({s.kind for s in current})]
+    out += [group("district", kind, district) for kind, district in sorted({(s.kind, s.district) for s in current})]
     return tuple(out)
 
 
 def compute_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], span: Span, *,
                  maintenance: Mapping[str, MaintenanceWindows] | None = None,
-                 thresholds: Thresholds = Thresholds(), previous_span: Span | None = None) -> KpiReport:
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS, previous_span: Span | None = None) -> KpiReport:
     """The KPIs of ``endpoints`` over ``span`` and over the span of equal length before it.
 
     ``maintenance`` None means no config was given: nothing is left out of availability.

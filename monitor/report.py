@@ -30,7 +30,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from monitor.history import EndpointRecord, HistoryStore
-from monitor.kpis import KpiReport, Span, Thresholds, compute_kpis
+from monitor.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
 from monitor.windows import MaintenanceWindows
 
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
@@ -224,7 +224,7 @@ def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> Group
 def build_report(store: HistoryStore, period: Period, *, kind: str | None = None, district: str | None = None,
                  configured: Sequence[EndpointRecord] = (), now: float = 0.0,
                  maintenance: Mapping[str, MaintenanceWindows] | None = None,
-                 thresholds: Thresholds = Thresholds()) -> Report:
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Report:
     """The report over ``period`` for the sites of the history (plus ``configured`` ones it lacks).
 
     Sites are listed worst first (never, partly, untested, no data, met), then by kind, district
