@@ -189,8 +189,11 @@ def figures(sites: Sequence[SiteKpi]) -> KpiFigures:
 
 
 def change_points(current: float | None, previous: float | None) -> float | None:
-    """Difference of two shares in percentage points (None when either is missing)."""
-    return None if current is None or previous is None else (current - previous) * 100.0
+    """Difference of two shares in percentage points (None when either is missing).
+
+    Rounded to 10 decimals so that 0.4 − 0.5 reads −10, not −9.999999999999998, in a stable document.
+    """
+    return None if current is None or previous is None else round((current - previous) * 100.0, 10)
 
 
 @dataclass(frozen=True, slots=True)
