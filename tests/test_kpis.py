@@ -230,3 +230,13 @@ def test_every_format_renders_the_kpi_section(state: Path) -> None:
             assert "declared maintenance windows (--config) are left out" in text, fmt
     bare = render(build_report(store, NOV), "table")
     assert "no maintenance is left out of availability (no --config given)" in bare and "64.71" in bare
+
+
+def test_readme_kpi_sample_is_real_output(state: Path) -> None:
+    """The README's KPI sample is what `connmon report --config` prints for this recorded history."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### KPIs for the ministry", 1)[1].split("\n### ", 1)[0]
+    sample = section.split("```text\n", 1)[1].split("\n```", 1)[0]
+    proc = connmon_report(state, "--config", str(state / "connmon.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout[proc.stdout.index("KPIs for the ministry"):].rstrip("\n") == sample
