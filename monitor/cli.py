@@ -21,11 +21,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor import __version__
-from monitor.config import load_config
+from monitor.config import ReportSettings, load_config
 from monitor.durations import parse_duration
 from monitor.errors import ConfigError, ConnmonError
 from monitor.history import EndpointRecord
 from monitor.icmp_engine import IcmpEngine
+from monitor.kpis import Thresholds, maintenance_of
 from monitor.listen import DEFAULT_LISTEN, parse_listen
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
@@ -36,6 +37,7 @@ from monitor.shard import Shard, own_share
 from monitor.store_url import describe, is_postgres, sqlite_path
 from monitor.store_url import opener as store_opener
 from monitor.targets import Target, build_targets, select
+from monitor.windows import MaintenanceWindows
 
 
 def _listen_address(text: str) -> str:
@@ -132,7 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
                         help="the daemon's --store (postgresql://... or sqlite:///PATH); default --state-dir's")
     report.add_argument("--config", help="also list configured sites the history has no data of, with "
-                                         "today's labels")
+                                         "today's labels; its maintenance windows are left out of the KPIs' "
+                                         "availability, and its report: block sets the thresholds")
+    report.add_argument("--at-risk-days", type=_days, default=None, metavar="DAYS",
+                        help="a site without a success for this long at the period's end is at risk (default 21)")
+    report.add_argument("--dropped-days", type=_days, default=None, metavar="DAYS",
+                        help="... and dropped after this long (default 28)")
     report.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     report.add_argument("--log-format", default="text", choices=("text", "json"))
     return parser
@@ -159,6 +166,16 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: write a date as YYYY-MM-DD") from None
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of days (e.g. 21 or 20.5)") from None
+    if not 0 < value <= 3650:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 and at most 3650 days")
+    return value
 
 
 def _zone(text: str) -> str:
@@ -249,8 +266,18 @@ def _report(args: argparse.Namespace) -> int:
         print(f"connmon: --to {args.last} is before --from {args.first}", file=sys.stderr)
         return 2
     configured: list[EndpointRecord] = []
+    maintenance: dict[str, MaintenanceWindows] | None = None  # None: no config, nothing left out (said in the report)
+    settings = ReportSettings()
     if args.config is not None:
-        configured = [EndpointRecord.of(t) for t in build_targets(load_config(args.config))]
+        config = load_config(args.config)
+        configured = [EndpointRecord.of(t) for t in build_targets(config)]
+        maintenance, settings = maintenance_of(config), config.report
+    thresholds = Thresholds(args.at_risk_days if args.at_risk_days is not None else settings.at_risk_days,
+                            args.dropped_days if args.dropped_days is not None else settings.dropped_days)
+    if thresholds.dropped_days <= thresholds.at_risk_days:
+        print(f"connmon: dropped days ({thresholds.dropped_days:g}) must be more than at-risk days "
+              f"({thresholds.at_risk_days:g})", file=sys.stderr)
+        return 2
     try:
         where = describe(args.store) if is_postgres(args.store) else str(sqlite_path(args.store, args.state_dir))
         open_store = store_opener(args.store, args.state_dir, read_only=True)
@@ -265,7 +292,8 @@ def _report(args: argparse.Namespace) -> int:
         return 3
     try:
         report = build_report(store, Period(args.first, args.last, args.timezone or local_zone()), kind=args.kind,
-                              district=args.district, configured=configured, now=time.time())
+                              district=args.district, configured=configured, now=time.time(),
+                              maintenance=maintenance, thresholds=thresholds)
     except failures as err:  # not a connmon history (an empty or foreign file), or an I/O error
         print(f"connmon: cannot read the history at {where}: {_one_line(err)}", file=sys.stderr)
         return 3

@@ -32,7 +32,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from monitor.durations import format_duration, parse_duration
 from monitor.errors import ConfigError, ConfigProblem
 from monitor.sizes import parse_size
-from monitor.windows import TimeWindow, parse_window
+from monitor.windows import MaintenanceWindows, TimeWindow, parse_maintenance_window, parse_window
 
 try:  # libyaml's C composer is ~10x faster on large site lists; marks are kept either way.
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -154,6 +154,7 @@ class EndpointConfig:
     target_upload_mbps: float | None = None
     icmp: Overrides | None = None
     throughput: Overrides | None = None
+    maintenance: MaintenanceWindows | None = None  # declared maintenance, left out of the KPIs' availability
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,15 @@ class GroupConfig:
     target_upload_mbps: float | None = None
     icmp: Overrides | None = None
     throughput: Overrides | None = None
+    maintenance: MaintenanceWindows | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    """The ``report:`` block: days without a success before a site is "at risk" / "dropped" (issue 11)."""
+
+    at_risk_days: float = 21.0
+    dropped_days: float = 28.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +213,7 @@ class Config:
     groups: tuple[GroupConfig, ...] = ()
     throughput_max_concurrent: int = 2  # tests at once across all sites, so our own uplink is not the bottleneck
     retention: Retention = field(default_factory=Retention)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
 
 _S = TypeVar("_S", IcmpSettings, ThroughputSettings)
@@ -439,11 +450,11 @@ _THROUGHPUT_KEYS = {
     "monthly_budget": "monthly_budget_bytes",
 }
 _ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
-                  "throughput")
+                  "throughput", "maintenance")
 _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
-               "endpoints")
+               "endpoints", "maintenance")
 _DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
-_TOP_KEYS = ("defaults", "groups", "throughput", "history")
+_TOP_KEYS = ("defaults", "groups", "throughput", "history", "report")
 
 
 def _icmp_overrides(w: _Walker, node: Node, path: str) -> IcmpOverrides | None:
@@ -499,6 +510,53 @@ def _windows(w: _Walker, node: Node, path: str) -> tuple[TimeWindow, ...] | None
         except ValueError as err:
             w.problem(item, f"{path}[{index}]", str(err))
     return tuple(out) if len(out) == len(items) else None
+
+
+def _maintenance(w: _Walker, node: Node, path: str) -> MaintenanceWindows | None:
+    """``maintenance: {timezone: Asia/Almaty, windows: ["Sun 02:00-04:00", "2026-11-14 08:00-2026-11-14 12:00"]}``."""
+    values = w.mapping(node, path, ("timezone", "windows"), required=("windows",))
+    if values is None:
+        return None
+    read = w.fields(values, path, {"timezone": lambda n, p: _timezone(w, n, p)})
+    bad = "timezone" in values and "timezone" not in read  # the windows are still checked, for every problem at once
+    items = w.sequence(values["windows"], f"{path}.windows") if "windows" in values else None
+    if items is None:
+        return None
+    weekly: list[TimeWindow] = []
+    once: list[tuple[Any, Any]] = []
+    for index, item in enumerate(items):
+        text = w.string(item, f"{path}.windows[{index}]")
+        if text is None:
+            bad = True
+            continue
+        try:
+            window = parse_maintenance_window(text)
+        except ValueError as err:
+            w.problem(item, f"{path}.windows[{index}]", str(err))
+            bad = True
+            continue
+        if isinstance(window, TimeWindow):
+            weekly.append(window)
+        else:
+            once.append(window)
+    if bad:
+        return None
+    return MaintenanceWindows(read.get("timezone", "UTC"), tuple(weekly), tuple(once))
+
+
+def _report_settings(w: _Walker, node: Node) -> ReportSettings:
+    """The ``report:`` block; ``dropped_days`` must exceed ``at_risk_days`` (defaults 21 and 28)."""
+    values = w.mapping(node, "report", ("at_risk_days", "dropped_days")) or {}
+    read = w.fields(values, "report", {
+        "at_risk_days": lambda n, p: w.number(n, p, 0.0, 3650.0, low_inclusive=False),
+        "dropped_days": lambda n, p: w.number(n, p, 0.0, 3650.0, low_inclusive=False),
+    })
+    settings = ReportSettings(**read)
+    if settings.dropped_days <= settings.at_risk_days and len(read) == len(values):
+        where = values.get("dropped_days") or values.get("at_risk_days") or node
+        w.problem(where, "report.dropped_days", f"must be more than at_risk_days ({settings.at_risk_days:g}), "
+                  f"got {settings.dropped_days:g}")
+    return settings
 
 
 def _timezone(w: _Walker, node: Node, path: str) -> str | None:
@@ -578,6 +636,7 @@ def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
         "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
+        "maintenance": lambda n, p: _maintenance(w, n, p),
     })
     if "name" not in read or "host" not in read:
         return None
@@ -612,6 +671,7 @@ def _group(w: _Walker, node: Node, path: str) -> GroupConfig | None:
         "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
+        "maintenance": lambda n, p: _maintenance(w, n, p),
     })
     endpoints: list[EndpointConfig] = []
     if "endpoints" in values:
@@ -784,6 +844,7 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
             })
             retention = Retention(icmp_seconds=read.get("icmp", retention.icmp_seconds),
                                   throughput_seconds=read.get("throughput", retention.throughput_seconds))
+    report = _report_settings(w, top["report"]) if "report" in top else ReportSettings()
     groups: list[GroupConfig] = []
     for gi, gnode in enumerate(w.sequence(top["groups"], "groups") or () if "groups" in top else ()):
         group = _group(w, gnode, f"groups[{gi}]")
@@ -792,7 +853,7 @@ def _walk_top(w: _Walker, root: Node, source: str) -> tuple[Config | None, dict[
         groups.append(group)
         _collect_names(gnode, f"groups[{gi}]", names)
     config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent,
-                    retention=retention)
+                    retention=retention, report=report)
     return config, names
 
 

@@ -24,16 +24,18 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from monitor.history import EndpointRecord, HistoryStore
+from monitor.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
+from monitor.windows import MaintenanceWindows
 
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
-ReportFormat = Literal["table", "csv", "markdown", "html"]
-FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html")  # rendered by monitor.report_render
+ReportFormat = Literal["table", "csv", "markdown", "html", "json"]
+FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html", "json")  # rendered by monitor.report_render
 VERDICT_WORDS: dict[Verdict, str] = {
     "met": "met the target in every test",
     "partly": "met the target in some tests",
@@ -59,6 +61,12 @@ class Period:
     @property
     def end(self) -> float:
         return dt.datetime.combine(self.last + dt.timedelta(days=1), dt.time(), ZoneInfo(self.timezone)).timestamp()
+
+    @property
+    def previous(self) -> Period:
+        """The period of equal length (in days) just before this one."""
+        days = self.last - self.first + dt.timedelta(days=1)
+        return Period(self.first - days, self.first - dt.timedelta(days=1), self.timezone)
 
     def __str__(self) -> str:
         return f"{self.first.isoformat()} to {self.last.isoformat()} ({self.timezone})"
@@ -150,6 +158,7 @@ class Report:
     by_kind: tuple[GroupSummary, ...] = ()
     by_district: tuple[GroupSummary, ...] = ()
     generated_at: float = field(default=0.0)
+    kpis: KpiReport | None = None  # the ministry's KPIs (issue 11), see monitor.kpis
 
 
 def plural(kind: str, count: int) -> str:
@@ -213,7 +222,9 @@ def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> Group
 
 
 def build_report(store: HistoryStore, period: Period, *, kind: str | None = None, district: str | None = None,
-                 configured: Sequence[EndpointRecord] = (), now: float = 0.0) -> Report:
+                 configured: Sequence[EndpointRecord] = (), now: float = 0.0,
+                 maintenance: Mapping[str, MaintenanceWindows] | None = None,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Report:
     """The report over ``period`` for the sites of the history (plus ``configured`` ones it lacks).
 
     Sites are listed worst first (never, partly, untested, no data, met), then by kind, district
@@ -235,4 +246,13 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)
     by_district = tuple(summarise([r for r in rows if r.kind == k and r.district == d], k, d)
                         for k in kinds for d in sorted({r.district for r in rows if r.kind == k}))
-    return Report(period, kind, district, tuple(rows), by_kind, by_district, now)
+    return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
+                  period_kpis(store, [known[r.name] for r in rows], period, maintenance, thresholds))
+
+
+def period_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period,
+                maintenance: Mapping[str, MaintenanceWindows] | None, thresholds: Thresholds) -> KpiReport:
+    """The KPIs of ``endpoints`` over ``period`` and the period of equal length before it (whole local days)."""
+    before = period.previous
+    return compute_kpis(store, endpoints, Span(period.start, period.end), maintenance=maintenance,
+                        thresholds=thresholds, previous_span=Span(before.start, before.end))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import statistics
 from collections.abc import Callable
 from importlib import resources
@@ -21,6 +22,7 @@ import markupsafe
 from tabulate import tabulate
 
 from monitor import __version__
+from monitor.kpis import KpiFigures, KpiReport
 from monitor.report import VERDICT_WORDS, Report, ReportFormat, SiteRow, format_mbps
 
 HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
@@ -66,6 +68,8 @@ def render_table(report: Report) -> str:
                         colalign=_DISTRICT_ALIGN), ""]
     lines.append(tabulate([_row(r) for r in report.sites], HEADERS, tablefmt="simple", disable_numparse=True,
                           colalign=_SITE_ALIGN))
+    if report.kpis is not None:
+        lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +83,10 @@ def render_csv(report: Report) -> str:
                          _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
                          r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
                          _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict])
+    if report.kpis is not None:  # a second table after a blank line: the KPIs, with their raw counts
+        writer.writerow([])
+        writer.writerow(KPI_CSV_HEADERS)
+        writer.writerows(kpi_csv_rows(report.kpis))
     return out.getvalue()
 
 
@@ -95,6 +103,10 @@ def render_markdown(report: Report) -> str:
               "", "## Sites", "",
               tabulate([[_md_escape(c) for c in _row(r)] for r in report.sites], HEADERS, tablefmt="github",
                        disable_numparse=True, colalign=_SITE_ALIGN), ""]
+    if report.kpis is not None:
+        lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
+                  tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], KPI_HEADERS,
+                           tablefmt="github", disable_numparse=True, colalign=_KPI_ALIGN), ""]
     return "\n".join(lines)
 
 
@@ -129,13 +141,118 @@ def render_html(report: Report) -> str:
         district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
         summaries=report.by_kind, verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
         generated=generated,
+        kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=KPI_HEADERS,
+        kpi_rows=[] if report.kpis is None else _kpi_rows(report.kpis),
         # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
         scripts=[markupsafe.Markup(_asset(name)) for name in
                  ("chart.umd.min.js", "tablesort.min.js", "tablesort.number.min.js")])
 
 
+# ----------------------------------------------------------------------------- the ministry's KPIs (issue 11)
+
+KPI_HEADERS = ("scope", "sites", "measured", "median ≥ target %", "prev", "Δ pp", "≥ 80% of contract %", "prev",
+               "Δ pp", "availability %", "prev", "Δ pp", "live", "at risk", "dropped", "prev live/at risk/dropped")
+KPI_CSV_HEADERS = ("kpi_scope", "kind", "district", "sites", "sites_measured", "median_met_target",
+                   "median_met_target_percent", "previous_median_met_target_percent", "median_met_target_change_pp",
+                   "at_80_percent_of_contract", "at_80_percent_of_contract_percent",
+                   "previous_at_80_percent_of_contract_percent", "at_80_percent_of_contract_change_pp",
+                   "cycles", "cycles_up", "cycles_in_maintenance", "availability_percent",
+                   "previous_availability_percent", "availability_change_pp", "live", "at_risk", "dropped",
+                   "previous_live", "previous_at_risk", "previous_dropped")
+_KPI_ALIGN = ("left",) + ("right",) * (len(KPI_HEADERS) - 1)
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def kpi_header(kpis: KpiReport) -> str:
+    """What the KPI figures left out, in one sentence for the report's reader."""
+    t = kpis.thresholds
+    maintenance = ("declared maintenance windows (--config) are left out of availability"
+                   if kpis.maintenance_considered else
+                   "no maintenance is left out of availability (no --config given)")
+    return (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
+            f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} days before.")
+
+
+def _days(kpis: KpiReport) -> str:
+    return f"{(kpis.span.end - kpis.span.start) / 86400:.0f}"
+
+
+def _kpi_rows(kpis: KpiReport) -> list[list[str]]:
+    rows = []
+    for g in kpis.groups:
+        c, p, d = g.current, g.previous, g.changes()
+        rows.append([g.label, str(c.sites), str(c.sites_measured),
+                     _fixed(c.median_met_target_share, 2, 100), _fixed(p.median_met_target_share, 2, 100),
+                     _signed(d["median_met_target"], 2),
+                     _fixed(c.at_contract_share_share, 2, 100), _fixed(p.at_contract_share_share, 2, 100),
+                     _signed(d["at_80_percent_of_contract"], 2),
+                     _fixed(c.availability, 2, 100), _fixed(p.availability, 2, 100), _signed(d["availability"], 2),
+                     str(c.live), str(c.at_risk), str(c.dropped), f"{p.live}/{p.at_risk}/{p.dropped}"])
+    return rows
+
+
+def _kpi_table(kpis: KpiReport, fmt: str) -> str:
+    return tabulate(_kpi_rows(kpis), KPI_HEADERS, tablefmt=fmt, disable_numparse=True, colalign=_KPI_ALIGN)
+
+
+def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
+    out: list[list[object]] = []
+    for g in kpis.groups:
+        c, p, d = g.current, g.previous, g.changes()
+        out.append([g.scope, g.kind or "", g.district or "", c.sites, c.sites_measured, c.median_met_target,
+                    _fixed(c.median_met_target_share, 4, 100), _fixed(p.median_met_target_share, 4, 100),
+                    _fixed(d["median_met_target"], 4), c.at_contract_share,
+                    _fixed(c.at_contract_share_share, 4, 100), _fixed(p.at_contract_share_share, 4, 100),
+                    _fixed(d["at_80_percent_of_contract"], 4), c.cycles, c.cycles_up, c.cycles_in_maintenance,
+                    _fixed(c.availability, 4, 100), _fixed(p.availability, 4, 100), _fixed(d["availability"], 4),
+                    c.live, c.at_risk, c.dropped, p.live, p.at_risk, p.dropped])
+    return out
+
+
+def _figures_json(f: KpiFigures) -> dict[str, object]:
+    return {"sites": f.sites, "sites_measured": f.sites_measured, "median_met_target": f.median_met_target,
+            "at_80_percent_of_contract": f.at_contract_share, "cycles": f.cycles, "cycles_up": f.cycles_up,
+            "cycles_in_maintenance": f.cycles_in_maintenance, "live": f.live, "at_risk": f.at_risk,
+            "dropped": f.dropped, "shares": f.shares()}
+
+
+def kpis_json(kpis: KpiReport) -> dict[str, object]:
+    """The KPI document (``--format json`` and the summary API): raw counts, shares in 0..1, changes in pp."""
+    return {
+        "period": {"start": kpis.span.start, "end": kpis.span.end},
+        "previous_period": {"start": kpis.previous_span.start, "end": kpis.previous_span.end},
+        "maintenance_considered": kpis.maintenance_considered,
+        "thresholds": {"at_risk_days": kpis.thresholds.at_risk_days, "dropped_days": kpis.thresholds.dropped_days},
+        "groups": [{"scope": g.scope, "kind": g.kind, "district": g.district, "current": _figures_json(g.current),
+                    "previous": _figures_json(g.previous), "change_pp": g.changes()} for g in kpis.groups],
+        "sites": [{"name": s.name, "kind": s.kind, "district": s.district,
+                   "target_bits_per_second": s.target_bits_per_second,
+                   "contracted_bits_per_second": s.contracted_bits_per_second,
+                   "download_median_bits_per_second": s.download_median_bits_per_second,
+                   "median_met_target": s.median_met_target, "at_80_percent_of_contract": s.at_contract_share,
+                   "cycles": s.cycles, "cycles_up": s.cycles_up, "cycles_in_maintenance": s.cycles_in_maintenance,
+                   "last_success_at": s.last_success_at, "status": s.status} for s in kpis.sites],
+    }
+
+
+def render_json(report: Report) -> str:
+    """A stable machine-readable document: the period, the KPIs, and every site's row (base units)."""
+    doc: dict[str, object] = {
+        "format": "connmon-report/1",
+        "period": {"first": report.period.first.isoformat(), "last": report.period.last.isoformat(),
+                   "timezone": report.period.timezone},
+        "kind": report.kind, "district": report.district,
+        "kpis": None if report.kpis is None else kpis_json(report.kpis),
+    }
+    return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
 RENDERERS: dict[ReportFormat, Callable[[Report], str]] = {
-    "table": render_table, "csv": render_csv, "markdown": render_markdown, "html": render_html}
+    "table": render_table, "csv": render_csv, "markdown": render_markdown, "html": render_html,
+    "json": render_json}
 
 
 def render(report: Report, fmt: ReportFormat) -> str:

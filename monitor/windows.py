@@ -118,3 +118,55 @@ def current_or_next(now: float, windows: Sequence[TimeWindow], timezone: str) ->
 def is_allowed(now: float, windows: Sequence[TimeWindow], timezone: str) -> bool:
     start, _end = current_or_next(now, windows, timezone)
     return start <= now
+
+
+# ----------------------------------------------------------------------------- maintenance (issue 11)
+
+_ONE_OFF = re.compile(r"^\s*(?P<d1>\d{4}-\d{2}-\d{2})[ T](?P<t1>\d{1,2}:\d{2})\s*-\s*"
+                      r"(?P<d2>\d{4}-\d{2}-\d{2})[ T](?P<t2>\d{1,2}:\d{2})\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindows:
+    """Declared maintenance of a site: weekly windows and one-off dated ones, in ``timezone``.
+
+    ``once`` holds local (start, end) datetimes without a zone; they are placed in ``timezone`` when asked.
+    """
+
+    timezone: str = "UTC"
+    weekly: tuple[TimeWindow, ...] = ()
+    once: tuple[tuple[dt.datetime, dt.datetime], ...] = ()
+
+    def covers(self, t: float) -> bool:
+        """True when Unix time ``t`` falls in a window: start inclusive, end exclusive."""
+        zone = ZoneInfo(self.timezone)
+        for start, end in self.once:
+            if start.replace(tzinfo=zone).timestamp() <= t < end.replace(tzinfo=zone).timestamp():
+                return True
+        if not self.weekly:
+            return False
+        day = dt.datetime.fromtimestamp(t, zone).date()
+        # a weekly window lasts at most a day and belongs to the day it starts on: yesterday's may reach today
+        return any(a <= t < b for offset in (-1, 0)
+                   for a, b in _stretches(day + dt.timedelta(days=offset), self.weekly, zone))
+
+
+def parse_maintenance_window(text: str) -> TimeWindow | tuple[dt.datetime, dt.datetime]:
+    """``"Sun 02:00-04:00"`` (weekly, as :func:`parse_window`) or ``"2026-11-14 08:00-2026-11-14 12:00"``.
+
+    Raises:
+        ValueError: with a message fit for an operator.
+    """
+    found = _ONE_OFF.match(text)
+    if found is None:
+        if re.match(r"^\s*\d{4}-", text):
+            raise ValueError(f"'{text}' is not a dated window; write e.g. '2026-11-14 08:00-2026-11-14 12:00'")
+        return parse_window(text)
+    try:
+        start = dt.datetime.fromisoformat(f"{found['d1']} {found['t1']:0>5}")
+        end = dt.datetime.fromisoformat(f"{found['d2']} {found['t2']:0>5}")
+    except ValueError as err:
+        raise ValueError(f"'{text}': {err}") from None
+    if end <= start:
+        raise ValueError(f"'{text}': the window ends before it starts")
+    return start, end

@@ -68,3 +68,9 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     assert "&lt;/script&gt;&lt;script&gt;" in sites and "&lt;b&gt;x&lt;/b&gt;" in sites  # shown, as text
     assert re.search(r'<tr class="never">\s*<td class="text">s3</td>', sites)
     assert "<canvas" in dom and "Шалқар" in dom
+    # the ministry's KPI section (issue 11): its header says what was left out, one row per scope
+    assert "no maintenance is left out of availability (no --config given)" in dom
+    kpis = dom[dom.index('id="kpis"'):]
+    kpis = kpis[:kpis.index("</table>")]
+    assert kpis.count("<tr") == 1 + 1 + 2 + 5  # header, all sites, 2 kinds, 5 kind·district pairs
+    assert re.search(r'<td class="text">all sites</td>\s*<td>6</td>', kpis)
