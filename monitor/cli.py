@@ -182,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
-                                 shard=args.shard, state_dir=None if args.no_history else args.state_dir))
+                                 shard=args.shard, state_dir=None if args.no_history else args.state_dir,
+                                 timezone=local_zone()))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:
