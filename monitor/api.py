@@ -41,6 +41,7 @@ JSON_CONTENT_TYPE = "application/json"
 HISTORY_ICMP_SECONDS = 24 * 3600.0  # a site's page shows the last day of ICMP cycles
 HISTORY_TESTS = 20  # and its last this many throughput tests
 HISTORY_TESTS_SECONDS = 90 * 24 * 3600.0  # looked for this far back
+SITES_PER_SLICE = 1_000  # /api/v1/sites is built this many sites at a time, letting other loop work run between
 MAX_LABEL_LENGTH = 200  # a kind or district longer than this is malformed, not merely unknown
 
 
@@ -188,7 +189,18 @@ class SiteApi:
         app.router.add_get("/api/v1/openapi.yaml", self.openapi)
 
     async def sites(self, _request: web.Request) -> web.Response:
-        data = {"generated_at": self.clock(), "sites": self.state.sites()}  # fresh objects: safe to dump elsewhere
+        """Every site: built in slices on the loop (the sink's dicts are only touched there), dumped in a thread.
+
+        At 10,000 sites a slice takes about 5 ms and the dump about 70 ms (tests/test_api.py prints them).
+        """
+        generated_at = self.clock()
+        targets = list(self.state.targets.values())  # a reload during the slices does not change this answer
+        sites: list[dict[str, Any]] = []
+        for start in range(0, len(targets), SITES_PER_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            sites.extend(self.state.sites(targets[start:start + SITES_PER_SLICE]))
+        data = {"generated_at": generated_at, "sites": sites}  # fresh objects: safe to dump in a thread
         text = await asyncio.to_thread(json.dumps, data, ensure_ascii=False, allow_nan=False)
         return web.Response(content_type=JSON_CONTENT_TYPE, text=text)
 

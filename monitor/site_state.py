@@ -66,9 +66,11 @@ class SiteStateSink:
         return None if target is None else site_json(target, self.icmp.get(name), self.throughput.get(name),
                                                      self.last_reply_at.get(name))
 
-    def sites(self) -> list[SiteJson]:
+    def sites(self, targets: Iterable[Target] | None = None) -> list[SiteJson]:
+        """The state of ``targets`` (default every configured site, in config order)."""
         icmp, throughput, replied = self.icmp, self.throughput, self.last_reply_at
-        return [site_json(t, icmp.get(n), throughput.get(n), replied.get(n)) for n, t in self.targets.items()]
+        chosen = self.targets.values() if targets is None else targets
+        return [site_json(t, icmp.get(t.name), throughput.get(t.name), replied.get(t.name)) for t in chosen]
 
 
 def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | None,
