@@ -239,3 +239,22 @@ def test_building_the_sites_json_of_10000_sites() -> None:
     SPEC.validate_response(MockRequest("http://connmon", "get", "/api/v1/sites"),
                            MockResponse(body.encode(), status_code=200, content_type="application/json"))
     assert len(json.loads(body)["sites"]) == 10_000
+
+
+def test_the_readme_sample_site_is_what_the_api_answers() -> None:
+    """The README's sample site has exactly the fields of a real answer and is valid under the OpenAPI document."""
+    readme = (OPENAPI_PATH.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## API for other systems", 1)[1]
+    sample = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    body = json.dumps({"generated_at": 1790000001.0, "sites": [sample]})
+    SPEC.validate_response(MockRequest("http://connmon", "get", "/api/v1/sites"),
+                           MockResponse(body.encode(), status_code=200, content_type="application/json"))
+    t = target("school-12")
+    real = SiteStateSink()
+    real.set_targets([t])
+    real.consume(Cycle("icmp", "g", 1.0, 1.0, (icmp(t, 1.0, (0.02, 0.021)),)))
+    real.consume(Cycle("throughput", "g", 1.0, 5.0, (test(t, 1.0, 9e6),)))
+    answer = real.site("school-12")
+    assert answer is not None
+    assert set(sample) == set(answer) and set(sample["icmp"]) == set(answer["icmp"])
+    assert set(sample["throughput"]) == set(answer["throughput"]) and set(sample["labels"]) == set(answer["labels"])
