@@ -3,6 +3,7 @@ document with openapi-core; the current-state sink on its own; the time to build
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -130,6 +131,7 @@ groups:
             assert one["name"] == "good" and one["up"] is True
             assert one["history"]["icmp_cycles"][-1]["received"] > 0
             assert 8e6 < one["history"]["throughput_tests"][-1]["download_bits_per_second"] < 11e6
+            one_test = one["throughput"]
             status, one = validated(base, "/api/v1/sites/dark", auth)
             assert status == 200 and isinstance(one, dict)
             assert all(c["received"] == 0 for c in one["history"]["icmp_cycles"])
@@ -164,6 +166,18 @@ groups:
                 assert validated(base, path, {"Authorization": basic("api", "wrong")})[0] == 401
             status, document = validated(base, "/api/v1/openapi.yaml", auth)
             assert status == 200 and document == OPENAPI_PATH.read_text(encoding="utf-8")
+        with running_daemon(lab, cfg, PORT, "--web.config.file", str(web), "--state-dir",
+                            str(tmp_path / "state")) as proc:  # a restart shows the last test at once
+            restored = None
+            for _ in range(200):
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                with contextlib.suppress(OSError):
+                    body = validated(base, "/api/v1/sites", auth)[1]
+                    restored = {s["name"]: s for s in body["sites"]}  # type: ignore[index]
+                if restored is not None and restored["good"]["throughput"] is not None:
+                    break
+                time.sleep(0.1)
+            assert restored is not None and restored["good"]["throughput"] == one_test
     finally:
         good.stop_servers()
 
