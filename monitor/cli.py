@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
                                  shard=args.shard, state_dir=None if args.no_history else args.state_dir,
-                                 store_url=args.store))
+                                 store_url=args.store, timezone=local_zone()))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Coroutine, Sequence
 
+from monitor.api import SiteApi
 from monitor.config import Config
 from monitor.history import HistorySink
 from monitor.icmp_engine import IcmpEngine
@@ -31,6 +32,7 @@ from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
+from monitor.site_state import SiteStateSink
 from monitor.store_url import opener as store_opener
 from monitor.targets import Target
 from monitor.web import build_app, start_server
@@ -44,7 +46,7 @@ CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
                 watch_interval_seconds: float | None = None, shard: Shard | None = None,
-                state_dir: str | None = "state", store_url: str | None = None) -> int:
+                state_dir: str | None = "state", store_url: str | None = None, timezone: str = "UTC") -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -60,6 +62,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         shard: this instance's share (``--shard I/N``), or None for every endpoint.
         state_dir: where the history lives (``history.sqlite3``); None keeps no history.
         store_url: ``--store``: ``postgresql://...`` or ``sqlite:///PATH``; None: SQLite under ``state_dir``.
+        timezone: the days of the API's summary (``/api/v1/summary``) are in this zone by default.
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
@@ -74,7 +77,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)},
                           shard=shard.label if shard is not None else None,
                           store_stats=(lambda: history.stats) if history is not None else None)
-    pipeline = ResultPipeline([metrics, EventLogSink(), *([history] if history is not None else [])])
+    site_state = SiteStateSink()  # the JSON API's current state (issue 11)
+    pipeline = ResultPipeline([metrics, site_state, EventLogSink(), *([history] if history is not None else [])])
 
     def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
         new_targets = own_share(every_target, shard)
@@ -102,7 +106,9 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     ready = False
 
     app = build_app(metrics, lambda: ready, reload=(lambda: reloader.reload("POST /-/reload"))
-                    if enable_lifecycle else None, auth=auth)
+                    if enable_lifecycle else None, auth=auth,
+                    api=SiteApi(site_state, store_opener(store_url, state_dir, read_only=True)
+                                if state_dir is not None else None, default_timezone=timezone))
     try:
         runner = await start_server(app, listen, web_config.ssl_context if web_config is not None else None)
     except BaseException:
@@ -114,6 +120,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     if history is not None:  # a restart shows the last test at once, and does not fire every due test
         restored = history.restore(targets)
         metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
+        site_state.restore(restored.results.values())
         scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
         if restored.results:
             log.info("history: restored the last throughput test of %d endpoints", len(restored.results))

@@ -1,4 +1,4 @@
-"""The HTTP edge: ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload`` and a small index page.
+"""The HTTP edge: ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload``, the JSON API and an index page.
 
 It only reads: the exposition comes ready-made from :class:`~monitor.metrics.MetricsSink`, so a
 scrape costs a write of cached bytes and never waits for, or delays, probing.
@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from monitor import __version__
+from monitor.api import SiteApi
 from monitor.errors import StartupError
 from monitor.listen import parse_listen
 from monitor.metrics import MetricsSink
@@ -46,7 +47,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
               reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
-              auth: BasicAuth | None = None) -> web.Application:
+              auth: BasicAuth | None = None, api: SiteApi | None = None) -> web.Application:
     """The routes.
 
     Args:
@@ -54,7 +55,8 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
         is_ready: asked at each /-/ready so start-up and shutdown answer 503.
         reload: the daemon's reload coroutine when ``--web.enable-lifecycle`` is given, else None
             (``/-/reload`` then answers 403).
-        auth: basic-auth users from the web config, or None for none.
+        auth: basic-auth users from the web config, or None for none (it guards every route, the API's too).
+        api: the JSON API (``/api/v1/...``), or None for none.
     """
 
     async def serve_metrics(request: web.Request) -> web.StreamResponse:
@@ -83,7 +85,8 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
         return web.Response(status=503, text="connmon is not ready (starting or stopping).\n")
 
     async def index(_request: web.Request) -> web.Response:
-        links = "".join(f'<li><a href="{p}">{html.escape(p)}</a></li>' for p in ("/metrics", "/-/healthy", "/-/ready"))
+        paths = ("/metrics", "/-/healthy", "/-/ready", "/api/v1/sites", "/api/v1/openapi.yaml")
+        links = "".join(f'<li><a href="{p}">{html.escape(p)}</a></li>' for p in paths)
         return web.Response(content_type="text/html",
                             text=f"<!doctype html><title>connmon</title><h1>connmon {__version__}</h1><ul>{links}</ul>")
 
@@ -111,6 +114,8 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/", index)
+    if api is not None:
+        api.add_routes(app)
     for method in ("POST", "PUT"):
         app.router.add_route(method, "/-/reload", reload_config)
     return app

@@ -1,0 +1,274 @@
+"""The JSON API (issue 11): a real daemon probing namespace sites, every answer validated against the OpenAPI
+document with openapi-core; the current-state sink on its own; the time to build 10,000 sites' JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from openapi_core import OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+
+from monitor.api import OPENAPI_PATH, SITES_PER_SLICE, QueryError, parse_summary_query
+from monitor.config import Direction, IcmpSettings
+from monitor.results import Cycle, DirectionResult, IcmpResult, ThroughputResult
+from monitor.site_state import SiteStateSink
+from monitor.targets import Target
+from tests.conftest import need, write_config
+from tests.netlab import Lab, can_measure_throughput
+from tests.running import request, running_daemon
+from tests.test_webconfig import HASH, PASSWORD, basic
+
+PORT = 9171
+SPEC = OpenAPI.from_file_path(str(OPENAPI_PATH))
+
+
+def validated(base: str, path: str, headers: dict[str, str], method: str = "GET") -> tuple[int, object]:
+    """Request ``path`` and check the answer (status, content type, body) against the OpenAPI document."""
+    status, got_headers, body = request(base + path, method, headers=headers)
+    parsed = urllib.parse.urlsplit(path)
+    content_type = got_headers.get("Content-Type", "").split(";")[0]
+    SPEC.validate_response(
+        MockRequest("http://connmon", method.lower(), parsed.path, args=dict(urllib.parse.parse_qsl(parsed.query))),
+        MockResponse(body.encode(), status_code=status, content_type=content_type))
+    return status, json.loads(body) if content_type == "application/json" else body
+
+
+def target(name: str, **kw: object) -> Target:
+    base: dict[str, object] = dict(name=name, host="192.0.2.1", address="192.0.2.1", group="g", kind="school",
+                                   district="Aktobe", link="fibre", lat=50.28, lon=57.17,
+                                   target_bits_per_second=4e6, icmp=IcmpSettings())
+    base.update(kw)
+    return Target(**base)  # type: ignore[arg-type]
+
+
+def icmp(t: Target, at: float, rtts: tuple[float | None, ...]) -> IcmpResult:
+    return IcmpResult(t, at, t.address, len(rtts), rtts)
+
+
+def test(t: Target, at: float, rate: float | None, direction: Direction = "download") -> ThroughputResult:
+    return ThroughputResult(t, "iperf3", at, at + 5, t.address,
+                            (DirectionResult(direction, at, at + 5, bits_per_second=rate),))
+
+
+test.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def test_the_api_of_a_running_daemon_matches_its_openapi_document(lab: Lab, tmp_path: Path) -> None:
+    """Every endpoint answers as the OpenAPI document says, with the lab's known values: a site that drops
+    all echoes is down with loss 1, a healthy one is up with loss 0 and its shaped rate; 404, 400, 405, 401."""
+    ok, reason = can_measure_throughput()
+    need(ok, reason)
+    good = lab.add_site("api-good")
+    good.shape(10, 10)
+    good.start_iperf3()
+    dark = lab.add_site("api-dark")
+    dark.drop_icmp()
+    cfg = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 1s, count: 3, spacing: 100ms, timeout: 500ms}}
+groups:
+  - name: schools
+    kind: school
+    district: Aktobe
+    target_mbps: 4
+    throughput: {{method: iperf3, every: 30s, duration: 1s, omit: 0s, timeout: 3s, directions: [download]}}
+    endpoints:
+      - {{name: good, host: {good.v4}, link: fibre, lat: 50.28, lon: 57.17}}
+  - name: clinics
+    kind: clinic
+    district: Shalkar
+    endpoints:
+      - {{name: dark, host: {dark.v4}, link: satellite}}
+""")
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  api: {HASH}\n", encoding="utf-8")
+    auth = {"Authorization": basic("api", PASSWORD)}
+    base = f"http://{lab.prober_v4}:{PORT}"
+    try:
+        with running_daemon(lab, cfg, PORT, "--web.config.file", str(web), "--state-dir",
+                            str(tmp_path / "state")) as proc:
+            sites: dict[str, dict] = {}
+            for _ in range(400):  # the first test starts within `every` (its phase)
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                try:
+                    status, body = validated(base, "/api/v1/sites", auth)
+                except OSError:
+                    time.sleep(0.25)
+                    continue
+                assert status == 200
+                assert isinstance(body, dict)
+                sites = {s["name"]: s for s in body["sites"]}
+                tested = sites["good"]["throughput"]
+                if tested is not None and sites["dark"]["icmp"] is not None \
+                        and sites["good"]["icmp"]["cycle_started_at"] > tested["tested_at"] + 4:
+                    break  # a cycle after the test (whose traffic may delay echoes on the shaped link)
+                time.sleep(0.25)
+            assert list(sites) == ["good", "dark"]  # config order
+            g, d = sites["good"], sites["dark"]
+            assert g["labels"] == {"kind": "school", "district": "Aktobe", "link": "fibre", "group": "schools"}
+            assert (g["host"], g["lat"], g["lon"], g["status"]) == (good.v4, 50.28, 57.17, "connected")
+            assert g["up"] is True and g["icmp"]["loss_ratio"] == 0 and g["icmp"]["received"] == 3
+            assert 0 < g["icmp"]["rtt_avg_seconds"] < 0.5 and g["icmp"]["jitter_seconds"] is not None
+            assert 8e6 < g["throughput"]["download_bits_per_second"] < 11e6
+            assert g["throughput"]["target_met"] is True and g["target_bits_per_second"] == 4e6
+            assert g["last_seen_at"] >= g["icmp"]["cycle_started_at"]
+            assert d["up"] is False and d["icmp"]["loss_ratio"] == 1 and d["icmp"]["rtt_avg_seconds"] is None
+            assert d["throughput"] is None and d["last_seen_at"] is None
+
+            status, one = validated(base, "/api/v1/sites/good", auth)
+            assert status == 200 and isinstance(one, dict)
+            for _ in range(100):  # the history writer has the test by now or very soon
+                if one["history"]["throughput_tests"] and one["history"]["icmp_cycles"]:
+                    break
+                time.sleep(0.2)
+                status, one = validated(base, "/api/v1/sites/good", auth)
+            assert one["name"] == "good" and one["up"] is True
+            assert one["history"]["icmp_cycles"][-1]["received"] > 0
+            assert 8e6 < one["history"]["throughput_tests"][-1]["download_bits_per_second"] < 11e6
+            one_test = one["throughput"]
+            status, one = validated(base, "/api/v1/sites/dark", auth)
+            assert status == 200 and isinstance(one, dict)
+            assert all(c["received"] == 0 for c in one["history"]["icmp_cycles"])
+
+            status, summary = validated(base, "/api/v1/summary", auth)
+            assert status == 200 and isinstance(summary, dict)
+            today = dt.date.fromtimestamp(time.time())
+            assert summary["site_count"] == 2 == len(summary["sites"])
+            assert summary["period"]["from"] == today.replace(day=1).isoformat()
+            rows = {r["name"]: r for r in summary["sites"]}
+            assert rows["good"]["verdict"] == "met" and rows["good"]["tests"] >= 1
+            assert rows["good"]["availability_ratio"] > 0.9 and rows["good"]["loss_ratio"] < 0.1
+            assert rows["dark"]["availability_ratio"] == 0 and rows["dark"]["loss_ratio"] == 1
+            assert [s["kind"] for s in summary["by_kind"]] == ["clinic", "school"]
+            status, schools = validated(base, "/api/v1/summary?kind=school&from=2020-01-01&timezone=UTC", auth)
+            assert status == 200 and isinstance(schools, dict)
+            assert [r["name"] for r in schools["sites"]] == ["good"] and schools["kind"] == "school"
+            status, nothing = validated(base, "/api/v1/summary?kind=spaceport", auth)
+            assert status == 200 and isinstance(nothing, dict) and nothing["site_count"] == 0
+
+            status, error = validated(base, "/api/v1/sites/nowhere", auth)
+            assert status == 404 and error == {"error": "no site named 'nowhere' in this instance's config",
+                                               "parameter": "name"}
+            for query, parameter in (("from=2026-13-01", "from"), ("to=yesterday", "to"),
+                                     ("from=2026-03-02&to=2026-03-01", "from"), ("kind=", "kind"),
+                                     ("timezone=Mars/Olympus", "timezone"), ("colour=red", "colour")):
+                status, error = validated(base, f"/api/v1/summary?{query}", auth)
+                assert status == 400 and isinstance(error, dict) and error["parameter"] == parameter, query
+            for path in ("/api/v1/sites", "/api/v1/sites/good", "/api/v1/summary"):
+                assert request(base + path, "POST", headers=auth)[0] == 405  # no such operation in the document
+                assert validated(base, path, {})[0] == 401
+                assert validated(base, path, {"Authorization": basic("api", "wrong")})[0] == 401
+            status, document = validated(base, "/api/v1/openapi.yaml", auth)
+            assert status == 200 and document == OPENAPI_PATH.read_text(encoding="utf-8")
+        with running_daemon(lab, cfg, PORT, "--web.config.file", str(web), "--state-dir",
+                            str(tmp_path / "state")) as proc:  # a restart shows the last test at once
+            restored = None
+            for _ in range(200):
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                with contextlib.suppress(OSError):
+                    body = validated(base, "/api/v1/sites", auth)[1]
+                    restored = {s["name"]: s for s in body["sites"]}  # type: ignore[index]
+                if restored is not None and restored["good"]["throughput"] is not None:
+                    break
+                time.sleep(0.1)
+            assert restored is not None and restored["good"]["throughput"] == one_test
+    finally:
+        good.stop_servers()
+
+
+def test_the_state_sink_keeps_the_last_results_and_forgets_removed_sites() -> None:
+    """A site that stops answering keeps its last reply as last seen; a failed test keeps the last measured
+    rate; a restored test shows at start-up; a site removed at reload is gone."""
+    a, b = target("a"), target("b", target_upload_bits_per_second=1e6)
+    sink = SiteStateSink()
+    sink.set_targets([a, b])
+    assert sink.site("a") == {**(sink.site("a") or {}), "up": None, "icmp": None, "throughput": None,
+                              "last_seen_at": None}
+    sink.restore([test(b, 50.0, 3e6)])
+    sink.consume(Cycle("icmp", "g", 100.0, 1.0, (icmp(a, 100.0, (0.01, 0.03)), icmp(b, 100.0, (None,)))))
+    sink.consume(Cycle("icmp", "g", 160.0, 1.0, (icmp(a, 160.0, (None, None)),)))
+    sink.consume(Cycle("throughput", "g", 200.0, 5.0, (test(a, 200.0, 5e6),)))
+    sink.consume(Cycle("throughput", "g", 300.0, 5.0, (test(a, 300.0, None),)))
+    site_a, site_b = sink.site("a"), sink.site("b")
+    assert site_a is not None and site_b is not None
+    assert site_a["up"] is False and site_a["icmp"]["loss_ratio"] == 1 and site_a["icmp"]["cycle_started_at"] == 160
+    assert site_a["throughput"]["download_bits_per_second"] == 5e6 and site_a["throughput"]["target_met"] is True
+    assert site_a["last_seen_at"] == 205.0  # the measured test ended after the last reply (100)
+    assert site_b["throughput"]["tested_at"] == 50.0 and site_b["target_upload_bits_per_second"] == 1e6
+    assert site_b["last_seen_at"] == 55.0
+    sink.set_targets([a])
+    assert sink.site("b") is None and [s["name"] for s in sink.sites()] == ["a"]
+    assert "b" not in sink.icmp and "b" not in sink.throughput
+
+
+@pytest.mark.parametrize(("query", "parameter"), [
+    ({"from": "2026-02-30"}, "from"), ({"to": "2026-1-1x"}, "to"), ({"district": "a\nb"}, "district"),
+    ({"from": "2026-03-05", "to": "2026-03-04"}, "from"), ({"kind": "x" * 201}, "kind"),
+])
+def test_malformed_summary_queries_name_their_parameter(query: dict[str, str], parameter: str) -> None:
+    """Each malformed summary parameter is refused with its name (answered 400 by the API)."""
+    with pytest.raises(QueryError) as err:
+        parse_summary_query(query, "UTC", 1_780_000_000.0)
+    assert err.value.parameter == parameter
+
+
+def test_the_default_summary_period_is_this_month_to_today_in_the_zone() -> None:
+    """Without from/to the period is the current calendar month up to today, in the requested zone."""
+    now = dt.datetime(2026, 3, 31, 22, 30, tzinfo=dt.UTC).timestamp()
+    utc = parse_summary_query({}, "UTC", now).period
+    almaty = parse_summary_query({"timezone": "Asia/Almaty"}, "UTC", now).period
+    assert (utc.first, utc.last) == (dt.date(2026, 3, 1), dt.date(2026, 3, 31))
+    assert (almaty.first, almaty.last) == (dt.date(2026, 4, 1), dt.date(2026, 4, 1))  # already April there
+
+
+def test_building_the_sites_json_of_10000_sites() -> None:
+    """The /api/v1/sites body of 10,000 sites is built and is valid; the time it takes is printed."""
+    targets = [target(f"site-{i:05d}", district=f"d{i % 40}") for i in range(10_000)]
+    sink = SiteStateSink()
+    sink.set_targets(targets)
+    cycle = Cycle("icmp", "g", 1000.0, 1.0, tuple(icmp(t, 1000.0, (0.01, 0.012, None, 0.011)) for t in targets))
+    started = time.perf_counter()
+    sink.consume(cycle)  # a cycle's cost for the sink: a dict assignment or two per result
+    consumed = time.perf_counter() - started
+    sink.consume(Cycle("throughput", "g", 1000.0, 5.0, tuple(test(t, 1000.0, 5e6) for t in targets[::10])))
+    sites: list[dict] = []
+    slices: list[float] = []
+    for start in range(0, len(targets), SITES_PER_SLICE):  # as the handler builds it, between other loop work
+        began = time.perf_counter()
+        sites.extend(sink.sites(targets[start:start + SITES_PER_SLICE]))
+        slices.append(time.perf_counter() - began)
+    began = time.perf_counter()
+    body = json.dumps({"generated_at": 1000.0, "sites": sites}, ensure_ascii=False, allow_nan=False)
+    dumped = time.perf_counter() - began
+    print(f"\n10,000 sites: consume {consumed * 1e3:.1f} ms per cycle, build {sum(slices) * 1e3:.1f} ms in "
+          f"{len(slices)} slices (longest {max(slices) * 1e3:.1f} ms on the loop), json.dumps {dumped * 1e3:.1f} ms "
+          f"(in a worker thread), {len(body) / 1e6:.1f} MB")
+    assert sites == sink.sites()
+    SPEC.validate_response(MockRequest("http://connmon", "get", "/api/v1/sites"),
+                           MockResponse(body.encode(), status_code=200, content_type="application/json"))
+    assert len(json.loads(body)["sites"]) == 10_000
+
+
+def test_the_readme_sample_site_is_what_the_api_answers() -> None:
+    """The README's sample site has exactly the fields of a real answer and is valid under the OpenAPI document."""
+    readme = (OPENAPI_PATH.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## API for other systems", 1)[1]
+    sample = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    body = json.dumps({"generated_at": 1790000001.0, "sites": [sample]})
+    SPEC.validate_response(MockRequest("http://connmon", "get", "/api/v1/sites"),
+                           MockResponse(body.encode(), status_code=200, content_type="application/json"))
+    t = target("school-12")
+    real = SiteStateSink()
+    real.set_targets([t])
+    real.consume(Cycle("icmp", "g", 1.0, 1.0, (icmp(t, 1.0, (0.02, 0.021)),)))
+    real.consume(Cycle("throughput", "g", 1.0, 5.0, (test(t, 1.0, 9e6),)))
+    answer = real.site("school-12")
+    assert answer is not None
+    assert set(sample) == set(answer) and set(sample["icmp"]) == set(answer["icmp"])
+    assert set(sample["throughput"]) == set(answer["throughput"]) and set(sample["labels"]) == set(answer["labels"])
