@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from monitor.config import Config
 from monitor.history import EndpointRecord, HistoryStore, StoredCycle, StoredTest
+from monitor.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
 from monitor.report import GroupSummary, Period, Report, SiteRow, build_report
+from monitor.report_render import kpis_json
 from monitor.site_state import SiteStateSink
+from monitor.windows import MaintenanceWindows
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "by_kind": [_summary_json(s) for s in report.by_kind],
         "by_district": [_summary_json(s) for s in report.by_district],
         "sites": [_row_json(r) for r in report.sites],
+        "kpis": None if report.kpis is None else kpis_json(report.kpis),
     }
 
 
@@ -178,9 +183,18 @@ class SiteApi:
     def __init__(self, state: SiteStateSink, open_reader: Callable[[], HistoryStore] | None,
                  default_timezone: str = "UTC", clock: Callable[[], float] = time.time) -> None:
         self.state = state
+        # The config's maintenance windows and thresholds for the summary's KPIs; the daemon sets
+        # them at start and at every reload (``set_report_settings``).
+        self.maintenance: Mapping[str, MaintenanceWindows] = {}
+        self.thresholds = DEFAULT_THRESHOLDS
         self.open_reader = open_reader
         self.default_timezone = default_timezone
         self.clock = clock
+
+    def set_report_settings(self, config: Config) -> None:
+        """Take the KPIs' maintenance windows and live/at-risk/dropped thresholds from ``config``."""
+        self.maintenance = maintenance_of(config)
+        self.thresholds = Thresholds(config.report.at_risk_days, config.report.dropped_days)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/sites", self.sites)
@@ -252,7 +266,8 @@ class SiteApi:
         store = self._open()
         try:
             return report_to_json(build_report(store, query.period, kind=query.kind, district=query.district,
-                                               configured=configured, now=now))
+                                               configured=configured, now=now, maintenance=self.maintenance,
+                                               thresholds=self.thresholds))
         finally:
             store.close()
 

@@ -88,6 +88,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
             ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
         if history is not None:
             history.retention = new_config.retention
+        api.set_report_settings(new_config)
         scheduler.set_targets(new_targets)  # first: if it fails, the sinks still match the jobs
         for sink in pipeline.sinks:
             sink.set_targets(new_targets)
@@ -105,10 +106,11 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     auth = BasicAuth(web_config.users) if web_config is not None and web_config.users else None
     ready = False
 
+    api = SiteApi(site_state, store_opener(store_url, state_dir, read_only=True) if state_dir is not None else None,
+                  default_timezone=timezone)
+    api.set_report_settings(config)
     app = build_app(metrics, lambda: ready, reload=(lambda: reloader.reload("POST /-/reload"))
-                    if enable_lifecycle else None, auth=auth,
-                    api=SiteApi(site_state, store_opener(store_url, state_dir, read_only=True)
-                                if state_dir is not None else None, default_timezone=timezone))
+                    if enable_lifecycle else None, auth=auth, api=api)
     try:
         runner = await start_server(app, listen, web_config.ssl_context if web_config is not None else None)
     except BaseException:

@@ -72,6 +72,7 @@ def test_the_api_of_a_running_daemon_matches_its_openapi_document(lab: Lab, tmp_
     cfg = write_config(tmp_path, f"""
 defaults:
   icmp: {{interval: 1s, count: 3, spacing: 100ms, timeout: 500ms}}
+report: {{at_risk_days: 2, dropped_days: 3}}
 groups:
   - name: schools
     kind: school
@@ -146,6 +147,14 @@ groups:
             assert rows["good"]["availability_ratio"] > 0.9 and rows["good"]["loss_ratio"] < 0.1
             assert rows["dark"]["availability_ratio"] == 0 and rows["dark"]["loss_ratio"] == 1
             assert [s["kind"] for s in summary["by_kind"]] == ["clinic", "school"]
+            kpis = summary["kpis"]  # the ministry KPIs, with the running config's thresholds
+            assert kpis["thresholds"] == {"at_risk_days": 2, "dropped_days": 3} and kpis["maintenance_considered"]
+            whole = next(g for g in kpis["groups"] if g["kind"] is None and g["district"] is None)
+            assert (whole["current"]["sites"], whole["current"]["sites_measured"]) == (2, 1)
+            assert whole["current"]["median_met_target"] == 1 and whole["current"]["shares"]["median_met_target"] == 1
+            assert whole["current"]["dropped"] == 1 and whole["current"]["live"] == 1  # dark never answered
+            kpi_sites = {s["name"]: s for s in kpis["sites"]}
+            assert kpi_sites["dark"]["status"] == "dropped" and kpi_sites["good"]["status"] == "live"
             status, schools = validated(base, "/api/v1/summary?kind=school&from=2020-01-01&timezone=UTC", auth)
             assert status == 200 and isinstance(schools, dict)
             assert [r["name"] for r in schools["sites"]] == ["good"] and schools["kind"] == "school"
