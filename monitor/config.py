@@ -42,6 +42,7 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 AddressFamilyChoice = Literal["any", "ipv4", "ipv6"]
 ThroughputMethod = Literal["none", "iperf3", "http"]
 Direction = Literal["download", "upload"]
+SiteMode = Literal["probe", "agent"]
 DIRECTIONS: tuple[Direction, ...] = ("download", "upload")
 _MAX_NODE_VISITS = 5_000_000  # far above 10,000 sites × ~10 nodes; stops alias bombs
 # Without aliases a walk visits well under one node per character of text; the budget allows 8
@@ -155,6 +156,8 @@ class EndpointConfig:
     icmp: Overrides | None = None
     throughput: Overrides | None = None
     maintenance: MaintenanceWindows | None = None  # declared maintenance, left out of the KPIs' availability
+    mode: SiteMode | None = None  # None: the group's, else "probe"
+    agent: AgentSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,19 @@ class GroupConfig:
     icmp: Overrides | None = None
     throughput: Overrides | None = None
     maintenance: MaintenanceWindows | None = None
+    mode: SiteMode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """How the centre knows a site's agent (issue 10): the hash of its token, and when silence means down.
+
+    Only a hash is in the file: the config is read by many (git, backups, ops), the token only by the
+    agent. The agent sends the token; the centre hashes it and finds the site it was issued for.
+    """
+
+    token_sha256: str | None = None
+    stale_after_seconds: float | None = None  # None: 3 × the site's ICMP interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,9 +466,12 @@ _THROUGHPUT_KEYS = {
     "monthly_budget": "monthly_budget_bytes",
 }
 _ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
-                  "throughput", "maintenance")
+                  "throughput", "maintenance", "mode", "agent")
 _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
-               "endpoints", "maintenance")
+               "endpoints", "maintenance", "mode")
+_AGENT_KEYS = ("token_sha256", "stale_after")
+SITE_MODES = ("probe", "agent")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
 _TOP_KEYS = ("defaults", "groups", "throughput", "history", "report")
 
@@ -621,8 +640,30 @@ def _target_mbps(w: _Walker, node: Node, path: str) -> float | None:
     return w.number(node, path, 0.0, 1_000_000.0, low_inclusive=False)
 
 
-def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
-    values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name", "host"))
+def _agent_settings(w: _Walker, node: Node, path: str) -> AgentSettings | None:
+    values = w.mapping(node, path, _AGENT_KEYS, required=("token_sha256",))
+    if values is None:
+        return None
+    read = w.fields(values, path, {
+        "token_sha256": lambda n, p: _token_hash(w, n, p),
+        "stale_after": lambda n, p: w.duration(n, p, 1.0, 30 * 86400.0),
+    })
+    return AgentSettings(read.get("token_sha256"), read.get("stale_after"))
+
+
+def _token_hash(w: _Walker, node: Node, path: str) -> str | None:
+    text = w.string(node, path)
+    if text is None:
+        return None
+    if not _SHA256_HEX.fullmatch(text.strip().lower()):
+        w.problem(node, path, "must be the SHA-256 of the agent's token as 64 hex digits "
+                              "(`connmon agent-token` makes a token and prints its hash)")
+        return None
+    return text.strip().lower()
+
+
+def _endpoint(w: _Walker, node: Node, path: str, group_mode: str | None = None) -> EndpointConfig | None:
+    values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name",))
     if values is None:
         return None
     read = w.fields(values, path, {
@@ -637,7 +678,23 @@ def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
         "maintenance": lambda n, p: _maintenance(w, n, p),
+        "mode": lambda n, p: w.choice(n, p, SITE_MODES),
+        "agent": lambda n, p: _agent_settings(w, n, p),
     })
+    if "mode" in values and "mode" not in read:
+        return None  # the mode was invalid (reported): do not also report a host it may not need
+    mode = read.get("mode") or group_mode or "probe"
+    if mode == "agent":  # measured from inside the site: the centre needs its token, not its address
+        if "agent" not in values:
+            w.problem(node, path, "missing required key 'agent' (mode: agent needs agent.token_sha256)")
+            return None
+        read.setdefault("host", "")
+    elif "agent" in values:
+        w.problem(values["agent"], f"{path}.agent", "only an endpoint with mode: agent has an agent block")
+        return None
+    elif "host" not in values:
+        w.problem(node, path, "missing required key 'host'")
+        return None
     if "name" not in read or "host" not in read:
         return None
     return EndpointConfig(location=w.where(node), path=path, **read)
@@ -672,12 +729,13 @@ def _group(w: _Walker, node: Node, path: str) -> GroupConfig | None:
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
         "maintenance": lambda n, p: _maintenance(w, n, p),
+        "mode": lambda n, p: w.choice(n, p, SITE_MODES),
     })
     endpoints: list[EndpointConfig] = []
     if "endpoints" in values:
         items = w.sequence(values["endpoints"], f"{path}.endpoints")
         for index, item in enumerate(items or ()):
-            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]")
+            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]", read.get("mode"))
             if endpoint is not None:
                 endpoints.append(endpoint)
     if "name" not in read:
@@ -697,6 +755,19 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
                 w.problem(node, path, f"duplicate {what} name '{name}' (first at line {first.line})")
             else:
                 seen[name] = node
+    tokens: dict[str, EndpointConfig] = {}
+    for group in config.groups:
+        for endpoint in group.endpoints:
+            token = endpoint.agent.token_sha256 if endpoint.agent is not None else None
+            if token is None:
+                continue
+            if token in tokens:  # the token is what tells the centre which site is posting
+                loc = endpoint.location
+                w.problems.append(ConfigProblem(loc.file, loc.line, loc.column, f"{endpoint.path}.agent.token_sha256",
+                                                f"the same token as endpoint '{tokens[token].name}'; "
+                                                "every agent needs its own token"))
+            else:
+                tokens[token] = endpoint
     reported: set[Location] = set()
     for group in config.groups:
         for endpoint in group.endpoints:
@@ -738,7 +809,8 @@ def _check_throughput(w: _Walker, config: Config, group: GroupConfig, endpoint: 
     if where in reported:
         return
     problems = []
-    if settings.method == "http":
+    agent = (endpoint.mode or group.mode) == "agent"  # the centre serves the agent's HTTP test itself: no URLs
+    if settings.method == "http" and not agent:
         needs = {"download": "upload_url", "upload": "url"}
         missing = [f"{d} needs {needs[d]}" for d in settings.directions
                    if getattr(settings, needs[d]) is None]

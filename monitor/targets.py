@@ -12,8 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from monitor.config import (
+    DIRECTIONS,
+    AgentSettings,
     Config,
     IcmpSettings,
+    SiteMode,
     ThroughputSettings,
     expand_url,
     merge_icmp,
@@ -43,6 +46,19 @@ class Target:
     icmp: IcmpSettings
     throughput: ThroughputSettings = ThroughputSettings()
     target_upload_bits_per_second: float | None = None  # checked only when configured
+    mode: SiteMode = "probe"  # "agent": measured by an agent at the site (issue 10), never by the centre
+    agent: AgentSettings | None = None
+
+    @property
+    def probed_by_centre(self) -> bool:
+        """Whether the centre's own scheduler pings and tests this site (an agent site reports instead)."""
+        return self.mode == "probe"
+
+    @property
+    def agent_stale_after_seconds(self) -> float:
+        """Silence after which an agent site counts as down: as configured, else three ICMP intervals."""
+        configured = self.agent.stale_after_seconds if self.agent is not None else None
+        return configured if configured is not None else 3 * self.icmp.interval_seconds
 
 
 def build_targets(config: Config) -> tuple[Target, ...]:
@@ -55,6 +71,8 @@ def build_targets(config: Config) -> tuple[Target, ...]:
             up_mbps = next((v for v in (ep.target_upload_mbps, group.target_upload_mbps,
                                         config.defaults.target_upload_mbps) if v is not None), None)
             throughput = merge_throughput(config.defaults.throughput, group.throughput, ep.throughput)
+            if (ep.mode or group.mode) == "agent" and throughput.method == "http" and not throughput.directions:
+                throughput = dataclasses.replace(throughput, directions=DIRECTIONS)  # the centre serves both
             if throughput.url or throughput.upload_url:  # `{host}` in a group-wide URL becomes this site's host
                 throughput = dataclasses.replace(
                     throughput, url=throughput.url and expand_url(throughput.url, ep.host),
@@ -73,6 +91,8 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                 icmp=merge_icmp(config.defaults.icmp, group.icmp, ep.icmp),
                 throughput=throughput,
                 target_upload_bits_per_second=None if up_mbps is None else up_mbps * 1_000_000,
+                mode=ep.mode or group.mode or "probe",
+                agent=ep.agent,
             ))
     return tuple(out)
 
