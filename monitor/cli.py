@@ -1,4 +1,4 @@
-"""The command line: ``connmon run | check | probe``.
+"""The command line: ``connmon run | check | probe | report | agent | agent-token``.
 
 Every error the project raises on purpose is printed without a traceback and mapped to its
 exit code (see :mod:`monitor.errors`): 2 for a config error, 3 for a start-up problem.
@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
 import os
+import secrets
 import sqlite3
 import sys
 import time
@@ -142,6 +144,21 @@ def _parser() -> argparse.ArgumentParser:
                         help="... and dropped after this long (default 28)")
     report.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     report.add_argument("--log-format", default="text", choices=("text", "json"))
+
+    agent = commands.add_parser("agent", help="run at a site the centre cannot reach (behind NAT): measure from "
+                                              "inside and report to the centre")
+    agent.add_argument("--config", required=True, help="the agent's YAML config (see config/agent.example.yaml)")
+    agent.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
+                       help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
+    agent.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    agent.add_argument("--log-format", default="text", choices=("text", "json"))
+
+    token = commands.add_parser("agent-token", help="make a new agent token and print the hash for the centre's "
+                                                    "config")
+    token.add_argument("--output", metavar="FILE",
+                       help="write the token to FILE (created with mode 600, never overwritten) instead of printing it")
+    token.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    token.add_argument("--log-format", default="text", choices=("text", "json"))
     return parser
 
 
@@ -216,6 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_probe(args))
         if args.command == "report":
             return _report(args)
+        if args.command == "agent-token":
+            return _agent_token(args.output)
+        if args.command == "agent":
+            from monitor.agent import run_agent  # the agent's imports (aiohttp client) only when needed
+
+            code = asyncio.run(run_agent(args.config, args.icmp_mode))
+            _exit_without_stuck_lookups(code)
+            return code
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
 
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
@@ -248,6 +273,32 @@ def _exit_without_stuck_lookups(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def agent_token_hash(token: str) -> str:
+    """What the centre's config holds for a token: SHA-256 of the token stripped of surrounding whitespace."""
+    return hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
+
+
+def _agent_token(output: str | None) -> int:
+    """A new random token for one site's agent, and the line for the site's endpoint in the centre's config."""
+    token = secrets.token_urlsafe(32)
+    line = f"agent: {{token_sha256: {agent_token_hash(token)}}}"
+    if output is None:
+        print(token)
+        print(f"# the line above goes into the agent's token_file; this one into the site's endpoint (mode: agent) "
+              f"in the centre's config:\n{line}")
+        return 0
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as err:
+        print(f"connmon: {output}: {err.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(token + "\n")
+    print(f"# token written to {output}; this line goes into the site's endpoint (mode: agent) in the centre's "
+          f"config:\n{line}")
+    return 0
 
 
 def _check(path: str, web_config_path: str | None) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl as ssl_module
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -119,7 +120,8 @@ class _Meter:
         return self.last_count - self.mark_count, self.last_time - self.mark_time
 
 
-def _session(address: str, limits: Limits, sockets: list[socket.socket]) -> aiohttp.ClientSession:
+def _session(address: str, limits: Limits, sockets: list[socket.socket],
+             tls: ssl_module.SSLContext | bool = True) -> aiohttp.ClientSession:
     def make_socket(addr_info: tuple[Any, ...]) -> socket.socket:
         family, kind, proto, _name, _sockaddr = addr_info
         sock = socket.socket(family, kind, proto)
@@ -127,7 +129,7 @@ def _session(address: str, limits: Limits, sockets: list[socket.socket]) -> aioh
         return sock
 
     connector = aiohttp.TCPConnector(resolver=_PinnedResolver(address), force_close=True, limit=1,
-                                     socket_factory=make_socket)
+                                     socket_factory=make_socket, ssl=tls)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.timeout_seconds,
                                     sock_read=limits.timeout_seconds)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
@@ -162,14 +164,20 @@ def _error(err: BaseException, url: str) -> tuple[ProbeErrorReason, str]:
     return ProbeErrorReason.FAILED, f"{url}: {type(err).__name__}: {err}"
 
 
-async def fetch(url: str, address: str, limits: Limits) -> Transfer:
-    """GET ``url`` and measure how fast its body arrives (the site's upload)."""
+async def fetch(url: str, address: str, limits: Limits, headers: dict[str, str] | None = None,
+                ssl: ssl_module.SSLContext | bool = True) -> Transfer:
+    """GET ``url`` and measure how fast its body arrives (the site's upload, when connmon is the centre).
+
+    ``headers`` go with the request (a site agent's ``Authorization``); ``ssl`` is aiohttp's: True
+    verifies against the system's CAs, a context carries a private CA.
+    """
     sockets: list[socket.socket] = []
     meter = _Meter(limits)
     moved = 0
     try:
         # No redirects: the connection is pinned to the site's address, so another host would be measured wrongly.
-        async with _session(address, limits, sockets) as session, session.get(url, allow_redirects=False) as resp:
+        async with _session(address, limits, sockets, ssl) as session, \
+                session.get(url, allow_redirects=False, headers=headers) as resp:
             if resp.status >= 300:
                 return Transfer(error=ProbeErrorReason.HTTP_STATUS, error_detail=f"{url}: HTTP {resp.status}")
             meter = _Meter(limits)  # the clock starts at the first byte, not at connect
@@ -187,8 +195,12 @@ async def fetch(url: str, address: str, limits: Limits) -> Transfer:
     return Transfer(moved, *figures)
 
 
-async def send(url: str, address: str, limits: Limits, method: str = "POST") -> Transfer:
-    """POST/PUT a generated body to ``url`` and measure how fast the site acknowledges it (its download)."""
+async def send(url: str, address: str, limits: Limits, method: str = "POST", headers: dict[str, str] | None = None,
+               ssl: ssl_module.SSLContext | bool = True) -> Transfer:
+    """POST/PUT a generated body to ``url`` and measure how fast the site acknowledges it (its download).
+
+    ``headers`` and ``ssl`` as for :func:`fetch`.
+    """
     sockets: list[socket.socket] = []
     meter = _Meter(limits)
     written = 0
@@ -222,8 +234,9 @@ async def send(url: str, address: str, limits: Limits, method: str = "POST") -> 
 
     retransmits: int | None = None
     try:
-        async with _session(address, limits, sockets) as session, session.request(method, url, data=body(),
-                                   headers={"Content-Type": "application/octet-stream"}) as resp:
+        async with _session(address, limits, sockets, ssl) as session, session.request(
+                method, url, data=body(),
+                headers={**(headers or {}), "Content-Type": "application/octet-stream"}) as resp:
             figures = meter.figures()
             retransmits = acked()[1]
             if resp.status >= 300:
