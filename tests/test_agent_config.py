@@ -53,18 +53,18 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path, token: Path
 def test_every_key_is_read(tmp_path: Path, token: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not checked here\n")
-    config = load(tmp_path, f"""
+    config = load(tmp_path, """
 centre: https://[2001:db8::10]:8443/connmon
 site: clinic-lte-7
 token_file: token
 ca_file: ca.pem
 state_dir: /srv/agent
 interval: 30s
-icmp: {{count: 5, spacing: 100ms, timeout: 1s, payload_bytes: 100, host: 198.51.100.7}}
+icmp: {count: 5, spacing: 100ms, timeout: 1s, payload_bytes: 100, host: 198.51.100.7}
 gateway: 192.0.2.1
-throughput: {{enabled: true}}
-spool: {{max_results: 5000}}
-upload: {{batch: 50, timeout: 20s}}
+throughput: {enabled: true}
+spool: {max_results: 5000}
+upload: {batch: 50, timeout: 20s}
 """)
     assert config.centre_host == "2001:db8::10" and config.token_file == token and config.ca_file == ca
     assert config.url("/x") == "https://[2001:db8::10]:8443/connmon/x"

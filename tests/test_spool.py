@@ -74,7 +74,7 @@ while True:
 
 
 def test_kill_9_while_writing_loses_nothing_committed(tmp_path: Path) -> None:
-    """A writer killed mid-stream leaves a consistent spool: contiguous numbers, each result whole, next number after."""
+    """A writer killed mid-stream leaves a consistent spool: contiguous numbers, whole results, the next number."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
