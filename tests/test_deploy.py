@@ -24,6 +24,7 @@ from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = [ROOT / "deploy" / "connmon.service", ROOT / "deploy" / "connmon@.service"]
+AGENT_UNIT = ROOT / "deploy" / "connmon-agent.service"
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -185,7 +186,32 @@ def test_systemd_unit_is_hardened_and_runs_connmon_as_its_user(path: Path) -> No
     assert args.command == "run" and args.config == "/etc/connmon/sites.yaml"
 
 
-@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_agent_unit_is_hardened_and_runs_connmon_agent_as_its_own_user() -> None:
+    """The site agent's unit: its own non-root user, CAP_NET_RAW only, a private state dir for the spool,
+    the same hardening as the centre's, always restarted; ExecStart is a valid `connmon agent`."""
+    s = unit_settings(AGENT_UNIT)
+    assert s["User"] == ["connmon-agent"] and s["Group"] == ["connmon-agent"]
+    assert s["AmbientCapabilities"] == ["CAP_NET_RAW"] and s["CapabilityBoundingSet"] == ["CAP_NET_RAW"]
+    centre = unit_settings(UNITS[0])
+    for key in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
+                "ProtectKernelTunables", "RestrictAddressFamilies", "RestrictNamespaces", "SystemCallArchitectures"):
+        assert s[key] == centre[key], key
+    assert s["StateDirectory"] == ["connmon-agent"] and s["StateDirectoryMode"] == ["0700"]
+    assert s["Restart"] == ["always"] and "ExecReload" not in s
+    args = _parser().parse_args(shlex.split(s["ExecStart"][0])[1:])
+    assert args.command == "agent" and args.config == "/etc/connmon-agent/agent.yaml"
+    assert shlex.split(s["ExecStart"][0])[0] == "/opt/connmon/.venv/bin/connmon"
+
+
+def test_the_image_runs_the_agent_too() -> None:
+    """`docker run IMAGE agent --config …`: the ENTRYPOINT is connmon, so the agent command parses after it."""
+    entry = exec_form(instructions("ENTRYPOINT")[0])
+    args = _parser().parse_args([*entry[1:], "agent", "--config", "/etc/connmon-agent/agent.yaml",
+                                 "--icmp-mode", "unprivileged"])
+    assert entry == ["connmon"] and args.command == "agent" and args.icmp_mode == "unprivileged"
+
+
+@pytest.mark.parametrize("path", [*UNITS, AGENT_UNIT], ids=lambda p: p.name)
 def test_systemd_analyze_verifies_the_unit(path: Path, tmp_path: Path) -> None:
     """systemd-analyze verify finds nothing to say (the connmon path pointed at this checkout's)."""
     need(shutil.which("systemd-analyze") is not None, "needs systemd-analyze (Debian package systemd)")
@@ -203,9 +229,9 @@ def test_readme_unit_excerpts_are_from_the_shipped_units() -> None:
     """Each ini block of the README that names a unit file shows only lines of that file in deploy/."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```ini\n(.*?)```", readme, flags=re.S)
-    shown = {path.name: 0 for path in UNITS}
+    shown = {path.name: 0 for path in [*UNITS, AGENT_UNIT]}
     for block in blocks:
-        named = re.match(r"# (?:/etc/systemd/system/|deploy/)(connmon@?\.service)", block)
+        named = re.match(r"# (?:/etc/systemd/system/|deploy/)(connmon(?:@|-agent)?\.service)", block)
         assert named, f"a README unit example names no shipped unit:\n{block}"
         unit_lines = set((ROOT / "deploy" / named.group(1)).read_text(encoding="utf-8").splitlines())
         for line in block.splitlines()[1:]:
