@@ -11,14 +11,18 @@ import json
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from openapi_core.testing import MockRequest, MockResponse
 
 from monitor.agents import BURST, token_hash
 from tests.conftest import write_config
 from tests.netlab import Lab
 from tests.running import running_daemon, samples, scrape_when, value
+from tests.test_api import SPEC
 from tests.test_webconfig import HASH, PASSWORD, basic
 
 PORT = 19481
@@ -27,7 +31,28 @@ TOKENS = {"vsat-1": "first-sites-token", "vsat-2": "second-sites-token"}
 
 def call(url: str, body: bytes | None, token: str | None = None, method: str = "POST",
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    """One request without proxies: (status, headers, JSON body or text)."""
+    """One request without proxies: (status, headers, JSON body or text).
+
+    Agent API answers are checked against the OpenAPI document (``monitor/openapi.yaml``), and so are
+    the requests the test means to be valid (status 200).
+    """
+    status, got, parsed, raw = _call(url, body, token, method, headers)
+    path = urllib.parse.urlsplit(url)
+    if path.path.startswith("/api/v1/agent/"):
+        content_type = got.get("Content-Type", "").split(";")[0]
+        request = MockRequest("http://connmon", method.lower(), path.path,
+                              args=dict(urllib.parse.parse_qsl(path.query)),
+                              headers={"Authorization": f"Bearer {token}"} if token else {},
+                              data=body or b"", content_type="application/json")
+        if status == 200:
+            SPEC.validate_request(request)
+        SPEC.validate_response(request, MockResponse(raw, status_code=status, content_type=content_type,
+                                                     headers=got))
+    return status, got, parsed
+
+
+def _call(url: str, body: bytes | None, token: str | None, method: str,
+          headers: dict[str, str] | None) -> tuple[int, dict[str, str], Any, bytes]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
@@ -39,9 +64,9 @@ def call(url: str, body: bytes | None, token: str | None = None, method: str = "
     except urllib.error.HTTPError as err:
         status, got, text = err.code, dict(err.headers), err.read()
     try:
-        return status, got, json.loads(text)
+        return status, got, json.loads(text), text
     except ValueError:
-        return status, got, text.decode("utf-8")
+        return status, got, text.decode("utf-8"), text
 
 
 def batch(site: str, first_seq: int, count: int, at: float, rtts: list[float | None] | None = None) -> dict[str, Any]:
