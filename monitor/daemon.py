@@ -20,6 +20,8 @@ import signal
 import time
 from collections.abc import Coroutine, Sequence
 
+from monitor.agent_api import AgentApi
+from monitor.agents import AgentRegistry
 from monitor.api import SiteApi
 from monitor.config import Config
 from monitor.history import HistorySink
@@ -41,6 +43,7 @@ from monitor.webconfig import BasicAuth, load_web_config
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
+AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
 
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
@@ -79,6 +82,9 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                           store_stats=(lambda: history.stats) if history is not None else None)
     site_state = SiteStateSink()  # the JSON API's current state (issue 11)
     pipeline = ResultPipeline([metrics, site_state, EventLogSink(), *([history] if history is not None else [])])
+    # sites behind NAT: their agents post results into the same pipeline (issue 10)
+    agents = AgentRegistry(pipeline, time.time, on_throughput=lambda r, slot: scheduler.agent_test_finished(r, slot))
+    metrics.agents = agents
 
     def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
         new_targets = own_share(every_target, shard)
@@ -92,6 +98,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         scheduler.set_targets(new_targets)  # first: if it fails, the sinks still match the jobs
         for sink in pipeline.sinks:
             sink.set_targets(new_targets)
+        agents.set_targets(new_targets)
 
     targets = own_share(every_target, shard)
     _warn_missing_tools(targets, iperf3_path)
@@ -99,6 +106,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     log.info("ICMP engine: %s", engine.describe())
     for sink in pipeline.sinks:
         sink.set_targets(targets)
+    agents.set_targets(targets)
     metrics.config_loaded(True)
     ctx = ProbeContext(engine, time.time, iperf3_path=iperf3_path,
                        throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
@@ -109,8 +117,9 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     api = SiteApi(site_state, store_opener(store_url, state_dir, read_only=True) if state_dir is not None else None,
                   default_timezone=timezone)
     api.set_report_settings(config)
+    agent_api = AgentApi(agents, lambda: scheduler.plan, lambda: scheduler.throughput_max_concurrent)
     app = build_app(metrics, lambda: ready, reload=(lambda: reloader.reload("POST /-/reload"))
-                    if enable_lifecycle else None, auth=auth, api=api)
+                    if enable_lifecycle else None, auth=auth, api=api, agent_api=agent_api)
     try:
         runner = await start_server(app, listen, web_config.ssl_context if web_config is not None else None)
     except BaseException:
@@ -144,6 +153,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reloader.reload("SIGHUP")))
     watcher = (asyncio.ensure_future(ConfigWatcher(reloader, watch_interval_seconds).run())
                if watch_interval_seconds is not None else None)
+    agent_watch = asyncio.ensure_future(_watch_agents(agents, agent_api))
     await stop.wait()
 
     # ---------------------------------------------------------------- graceful shutdown
@@ -154,6 +164,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     reloader.close()
     if watcher is not None:
         watcher.cancel()
+    agent_watch.cancel()
     scheduler.pause()
     running = set(scheduler.running_cycles)
     log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
@@ -176,6 +187,17 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     return 0
 
 
+async def _watch_agents(agents: AgentRegistry, agent_api: AgentApi) -> None:
+    """Every second: mark agent sites that went silent as down, and free test slots granted but never used."""
+    while True:
+        await asyncio.sleep(AGENT_CHECK_SECONDS)
+        try:
+            agents.check_silence()
+            agent_api.expire_slots()
+        except Exception:  # a bug here must not stop the watch for every other agent site
+            log.exception("agent liveness check failed")
+
+
 async def _drain(cycles: set[asyncio.Task[None]], hurry: asyncio.Event,
                  timeout_seconds: float) -> set[asyncio.Task[None]]:
     """Wait until ``cycles`` are done, ``hurry`` is set or the time is up; return those still running."""
@@ -193,7 +215,7 @@ async def _drain(cycles: set[asyncio.Task[None]], hurry: asyncio.Event,
 
 def _warn_missing_tools(targets: Sequence[Target], iperf3_path: str | None) -> None:
     """Say once, at start-up or reload, that iperf3 tests cannot run; ICMP goes on regardless."""
-    users = [t.name for t in targets if t.throughput.method == "iperf3"]
+    users = [t.name for t in targets if t.throughput.method == "iperf3" and t.probed_by_centre]
     if users and iperf3_path is None:
         log.warning("iperf3 is not installed, so the throughput tests of %d endpoints (e.g. %s) will fail with "
                     "reason tool_missing; install it (Debian: apt install iperf3). ICMP probing goes on.",

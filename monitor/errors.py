@@ -32,6 +32,8 @@ class ProbeErrorReason(enum.StrEnum):
     BUDGET = "budget"  # the site's monthly data budget is spent; the test was skipped
     HTTP_STATUS = "http_status"  # the web server answered, but not with 2xx
     FAILED = "failed"  # any other failure the test tool reported (its message is in the detail)
+    # Site agents (issue 10):
+    AGENT_SILENT = "agent_silent"  # nothing arrived from the site's agent within stale_after
 
     @classmethod
     def stored(cls, value: str | None) -> ProbeErrorReason | None:
@@ -48,6 +50,9 @@ ICMP_REASONS: tuple[ProbeErrorReason, ...] = (
     ProbeErrorReason.DNS, ProbeErrorReason.NO_ROUTE, ProbeErrorReason.PERMISSION, ProbeErrorReason.UNREACHABLE,
     ProbeErrorReason.UNSUPPORTED_FAMILY, ProbeErrorReason.SEND_FAILED)
 """Reasons an ICMP cycle can report; each exists as a series at 0 from start-up."""
+
+AGENT_REASONS: tuple[ProbeErrorReason, ...] = (*ICMP_REASONS, ProbeErrorReason.AGENT_SILENT)
+"""Reasons an agent site's ICMP series can show: what its agent reports, and the centre's own ``agent_silent``."""
 
 THROUGHPUT_REASONS: tuple[ProbeErrorReason, ...] = (
     ProbeErrorReason.DNS, ProbeErrorReason.NO_ROUTE, ProbeErrorReason.REFUSED, ProbeErrorReason.TIMEOUT,

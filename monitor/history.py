@@ -197,6 +197,8 @@ class HistorySink:
         self._queue.put([EndpointRecord.of(t) for t in targets])
 
     def consume(self, cycle: Cycle) -> None:
+        if cycle.probe == "agent" and all(r.error is ProbeErrorReason.AGENT_SILENT for r in cycle.results):
+            return  # silence is not a measurement: the agent's spool tells what happened (monitor.agents)
         if not cycle.results:
             return
         with self._lock:

@@ -30,9 +30,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from monitor import __version__
+from monitor.agents import AgentRegistry
 from monitor.compression import CompressedBody, KeyedChunk, compress_chunks, gzip_member
 from monitor.config import DIRECTIONS
-from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS
+from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.history import StoreStats
 from monitor.results import Cycle, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
@@ -95,6 +96,22 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
      "Bytes the site's throughput tests may still move this month (only with monthly_budget)."),
 )
 _F = {name: index for index, (name, _, _) in enumerate(_FAMILIES)}
+_AGENT_FAMILIES = (
+    ("connmon_agent_silent", "gauge", "1 when nothing arrived from the site's agent within stale_after."),
+    ("connmon_agent_last_seen_timestamp_seconds", "gauge", "Unix time the centre last received a post from the agent."),
+    ("connmon_agent_info", "gauge", "The agent's software version (value 1)."),
+    ("connmon_agent_uptime_seconds", "gauge", "Uptime of the agent's machine, as it last reported."),
+    ("connmon_agent_gap_cause", "gauge",
+     "1 on the cause of the agent's current (while silent: unknown) or last silence: link, power or unknown."),
+    ("connmon_agent_gaps_total", "counter", "Silences of the agent that ended, by the cause found."),
+    ("connmon_agent_results_total", "counter", "Results posted by the agent: accepted, or duplicate (already had)."),
+    ("connmon_agent_spool_dropped_total", "counter",
+     "Results the agent dropped from its full spool while the centre was unreachable (as it reports)."),
+    ("connmon_agent_gateway_up", "gauge", "1 if the agent's last ping of the site's own gateway was answered."),
+    ("connmon_agent_gateway_rtt_seconds", "gauge", "Average RTT of the agent's last ping of the site's gateway."),
+    ("connmon_agent_requests_rejected_total", "counter",
+     "Agent API requests refused, by HTTP status (401 token, 403 other site, 400 bad body, 413, 429)."),
+)
 _HEADERS = tuple(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode() for name, kind, help_text in _FAMILIES)
 
 
@@ -131,7 +148,7 @@ class _EndpointState:
             else:
                 self.buckets[-1] += 1
         if result.error is not None:
-            self.errors[result.error.value] += 1
+            self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
 
     def render(self) -> None:
         """Re-render this endpoint's lines for every family."""
@@ -316,6 +333,7 @@ class MetricsSink:
         self._compressor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slices: collections.deque[tuple[Sequence[Result], int]] = collections.deque()  # (results, next)
         self._slice_groups: set[str] = set()
+        self.agents: AgentRegistry | None = None  # set by the daemon when agent sites are served (issue 10)
 
     # ------------------------------------------------------------------ inputs
     def set_targets(self, targets: Sequence[Target]) -> None:
@@ -333,6 +351,8 @@ class MetricsSink:
                 state = old
             else:
                 state = _EndpointState(target, labels)
+            if target.mode == "agent":  # the centre's own reason for an agent site that went quiet
+                state.errors.setdefault(ProbeErrorReason.AGENT_SILENT.value, 0)
             state.render()
             endpoints[target.name] = state
         self._endpoints = endpoints
@@ -553,8 +573,55 @@ class MetricsSink:
 
     def _render_per_scrape(self) -> bytes:
         """Engine counters and the process collectors: small, and current at every scrape."""
-        return (self._render_engine() + self._render_store()
+        return (self._render_engine() + self._render_store() + self._render_agents()
                 + generate_latest(cast(CollectorRegistry, self._registry)))
+
+    def _render_agents(self) -> bytes:
+        """Site agents' liveness, versions and gaps (issue 10), current at every scrape (a few lines per agent)."""
+        registry = self.agents
+        if registry is None:
+            return b""
+        families: dict[str, list[str]] = {name: [] for name, _, _ in _AGENT_FAMILIES}
+        for name, site in registry.sites.items():
+            endpoint = self._endpoints.get(name)
+            if endpoint is None:
+                continue
+            lb = endpoint.labels
+            families["connmon_agent_silent"].append(f"connmon_agent_silent{{{lb}}} {int(site.silent)}\n")
+            families["connmon_agent_gaps_total"].extend(
+                f'connmon_agent_gaps_total{{{lb},cause="{cause}"}} {count}\n' for cause, count in site.gaps.items())
+            if site.gap_cause is not None:
+                families["connmon_agent_gap_cause"].extend(
+                    f'connmon_agent_gap_cause{{{lb},cause="{cause}"}} {int(cause == site.gap_cause)}\n'
+                    for cause in site.gaps)
+            families["connmon_agent_results_total"].append(
+                f'connmon_agent_results_total{{{lb},outcome="accepted"}} {site.accepted}\n'
+                f'connmon_agent_results_total{{{lb},outcome="duplicate"}} {site.duplicates}\n')
+            info = site.info
+            if info is not None:
+                families["connmon_agent_last_seen_timestamp_seconds"].append(
+                    f"connmon_agent_last_seen_timestamp_seconds{{{lb}}} {floatToGoString(site.last_seen)}\n")
+                families["connmon_agent_info"].append(
+                    f"connmon_agent_info{{{lb},{label_pairs((('version', info.version),))}}} 1\n")
+                families["connmon_agent_uptime_seconds"].append(
+                    f"connmon_agent_uptime_seconds{{{lb}}} {floatToGoString(info.uptime_seconds)}\n")
+                families["connmon_agent_spool_dropped_total"].append(
+                    f"connmon_agent_spool_dropped_total{{{lb}}} {info.spool_dropped}\n")
+            gateway = site.gateway
+            if gateway is not None:
+                families["connmon_agent_gateway_up"].append(f"connmon_agent_gateway_up{{{lb}}} {int(gateway.up)}\n")
+                if gateway.rtt_avg_seconds is not None:
+                    families["connmon_agent_gateway_rtt_seconds"].append(
+                        f"connmon_agent_gateway_rtt_seconds{{{lb}}} {floatToGoString(gateway.rtt_avg_seconds)}\n")
+        families["connmon_agent_requests_rejected_total"] = [
+            f"connmon_agent_requests_rejected_total{self._braces(label_pairs((('code', str(code)),)))} {count}\n"
+            for code, count in sorted(registry.rejected.items())]
+        out = []
+        for name, kind, help_text in _AGENT_FAMILIES:
+            if families[name]:
+                out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+                out.extend(families[name])
+        return "".join(out).encode("utf-8")
 
     def _render_store(self) -> bytes:
         """The history store's health: written, waiting, dropped and failed, current at every scrape."""

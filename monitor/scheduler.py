@@ -36,6 +36,8 @@ def plan_jobs(targets: Sequence[Target]) -> dict[tuple[str, float], list[Target]
     """Group targets into ICMP batches: one per (group, interval), in config order."""
     batches: dict[tuple[str, float], list[Target]] = defaultdict(list)
     for target in targets:
+        if not target.probed_by_centre:  # an agent at the site measures it (issue 10)
+            continue
         batches[(target.group, target.icmp.interval_seconds)].append(target)
     return dict(batches)
 
@@ -165,6 +167,17 @@ class CycleScheduler:
         result = dataclasses.replace(result, budget_remaining_bytes=self.plan.remaining_after(name, now))
         self.pipeline.publish(Cycle("throughput", state.target.group, result.started_at,
                                     result.ended_at - result.started_at, (result,)))
+
+    def agent_test_finished(self, result: ThroughputResult, _slot: str | None) -> ThroughputResult:
+        """An agent's test arrived: book it like one of ours (frees the slot, counts the budget, plans the next).
+
+        Returns the result with the budget left after it, for the sinks. The slot id is not checked:
+        a result is worth keeping even when its grant expired while it was being uploaded.
+        """
+        name = result.target.name
+        now = self.clock()
+        self.plan.finished(name, result, now)
+        return dataclasses.replace(result, budget_remaining_bytes=self.plan.remaining_after(name, now))
 
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
         probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))

@@ -74,6 +74,19 @@ def month_of(t: float, timezone: str) -> str:
     return dt.datetime.fromtimestamp(t, ZoneInfo(timezone)).strftime("%Y-%m")
 
 
+AGENT_BUSY_RETRY_SECONDS = 30.0  # an agent refused for want of a slot asks again after 30–60 s
+AGENT_DISABLED_RETRY_SECONDS = 3600.0  # no throughput method for the site: ask rarely (a reload may add one)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer to an agent's request for a test slot: the (budget-capped) target when granted."""
+
+    target: Target | None
+    reason: str  # granted, not_due, busy, budget, disabled
+    retry_after_seconds: float
+
+
 @dataclass(slots=True)
 class SiteState:
     """What the plan remembers about one site between tests."""
@@ -141,7 +154,8 @@ class ThroughputPlan:
         """Up to ``limit`` sites whose test is due and not running, earliest first; marked running."""
         if limit <= 0:
             return []
-        ready = sorted((s for s in self.sites.values() if not s.running and s.next_due <= now),
+        ready = sorted((s for s in self.sites.values()
+                        if not s.running and s.next_due <= now and s.target.probed_by_centre),
                        key=lambda s: s.next_due)[:limit]
         for state in ready:
             state.running = True
@@ -152,8 +166,37 @@ class ThroughputPlan:
         return sum(1 for s in self.sites.values() if s.running)
 
     def next_due(self) -> float | None:
-        waiting = [s.next_due for s in self.sites.values() if not s.running]
+        waiting = [s.next_due for s in self.sites.values() if not s.running and s.target.probed_by_centre]
         return min(waiting) if waiting else None
+
+    def grant(self, name: str, now: float, limit: int) -> Grant:
+        """An agent asks to test its site now (issue 10): the same due time, windows, budget and global
+        limit as the centre's own tests, so a hundred agents never saturate the centre's uplink.
+
+        A granted site counts as running until :meth:`finished` (its result arrived) or
+        :meth:`release` (the grant expired unused).
+        """
+        state = self.sites.get(name)
+        if state is None:
+            return Grant(None, "disabled", AGENT_DISABLED_RETRY_SECONDS)
+        if state.running:
+            return Grant(None, "busy", AGENT_BUSY_RETRY_SECONDS)
+        if state.next_due > now:
+            return Grant(None, "not_due", state.next_due - now)
+        if self.running >= limit:  # spread the retries so agents refused together do not return together
+            return Grant(None, "busy", AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)))
+        target = self.test_target(state, now)
+        if target is None:
+            return Grant(None, "budget", max(60.0, state.target.throughput.every_seconds))
+        state.running = True
+        return Grant(target, "granted", 0.0)
+
+    def release(self, name: str, now: float) -> None:
+        """A grant that expired without a result: free the slot; the site tries again after a busy pause."""
+        state = self.sites.get(name)
+        if state is not None and state.running:
+            state.running = False
+            state.next_due = now + AGENT_BUSY_RETRY_SECONDS
 
     def test_target(self, state: SiteState, now: float) -> Target | None:
         """The target to test, capped to what the budget still allows; None when the budget is spent."""

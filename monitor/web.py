@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from monitor import __version__
+from monitor.agent_api import AgentApi
 from monitor.api import SiteApi
 from monitor.errors import StartupError
 from monitor.listen import parse_listen
@@ -29,6 +30,7 @@ from monitor.webconfig import BasicAuth
 
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SHUTDOWN_TIMEOUT_SECONDS = 1.0  # requests still running at shutdown get this long (issue 7: exit within 10 s)
+AGENT_PREFIX = "/api/v1/agent/"  # routes that take an agent's bearer token instead of basic auth
 WRITE_BYTES = 256 * 1024  # per write: the transport buffers at most about this much per scraper
 
 
@@ -47,7 +49,8 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
               reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
-              auth: BasicAuth | None = None, api: SiteApi | None = None) -> web.Application:
+              auth: BasicAuth | None = None, api: SiteApi | None = None,
+              agent_api: AgentApi | None = None) -> web.Application:
     """The routes.
 
     Args:
@@ -57,6 +60,8 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
             (``/-/reload`` then answers 403).
         auth: basic-auth users from the web config, or None for none (it guards every route, the API's too).
         api: the JSON API (``/api/v1/...``), or None for none.
+        agent_api: the site agents' routes (``/api/v1/agent/...``, issue 10), or None for none. They
+            authenticate with each site's bearer token, not with basic auth.
     """
 
     async def serve_metrics(request: web.Request) -> web.StreamResponse:
@@ -103,7 +108,7 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
         @web.middleware
         async def require_auth(request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            if await auth.check(request.headers.get("Authorization")):
+            if _is_agent_route(request) or await auth.check(request.headers.get("Authorization")):
                 return await handler(request)
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
 
@@ -116,9 +121,17 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
     app.router.add_get("/", index)
     if api is not None:
         api.add_routes(app)
+    if agent_api is not None:
+        agent_api.add_routes(app)
     for method in ("POST", "PUT"):
         app.router.add_route(method, "/-/reload", reload_config)
     return app
+
+
+def _is_agent_route(request: web.Request) -> bool:
+    """Whether the route that matched (not the raw path, which ``..`` could dress up) is an agent route."""
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical.startswith(AGENT_PREFIX)
 
 
 async def start_server(app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:

@@ -257,6 +257,59 @@ class Site:
 
 
 @dataclass
+class NattedSite:
+    """A site behind carrier-grade NAT (issue 10): its own namespace on a private LAN behind a router.
+
+    The router is an ordinary lab site (so ``router.shape`` shapes the path and ``router.exec``
+    runs iptables there) that forwards and MASQUERADEs what the site sends towards the prober.
+    Nothing routes from the prober to the site's LAN: the lab's ``unreachable`` route covers it,
+    so the centre cannot ping the site or open a connection to it, exactly as with CG-NAT. The
+    site's default route ends at the router, which has none: nothing leaves the lab.
+    """
+
+    router: Site
+    ns: str
+    v4: str  # the site's private address
+    gateway: str  # the router's address on the site's LAN
+
+    def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.ns, *args, check=check)
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None,
+              stdout: int | IO[bytes] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the site (stderr kept, see :meth:`stderr_of`); killed when the lab closes."""
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the router's stop_servers
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=log, env=env or _child_env())
+        self.router.procs.append(proc)
+        self.router._logs[proc.pid] = log
+        return proc
+
+    def stderr_of(self, proc: subprocess.Popen[bytes]) -> str:
+        """What a process started with :meth:`spawn` wrote to stderr so far."""
+        log = self.router._logs[proc.pid]
+        log.seek(0)
+        return log.read().decode("utf-8", errors="replace")
+
+    def cut(self) -> None:
+        """Cut the uplink at the router: nothing passes either way until :meth:`restore`."""
+        self.router.exec("iptables", "-I", "FORWARD", "1", "-m", "comment", "--comment", "cut", "-j", "DROP")
+
+    def restore(self) -> None:
+        self.router.exec("iptables", "-D", "FORWARD", "-m", "comment", "--comment", "cut", "-j", "DROP")
+
+    def drop_echoes(self, probability: float) -> None:
+        """Drop the site's echo requests on the way out, at random with ``probability`` (the path's loss)."""
+        self.router.exec("iptables", "-A", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-m",
+                         "statistic", "--mode", "random", "--probability", str(probability), "-j", "DROP")
+
+    def forwarded_echoes(self) -> int:
+        """Echo requests the router's FORWARD chain saw (dropped or not): the kernel's count of what was sent."""
+        out = self.router.exec("iptables", "-L", "FORWARD", "-v", "-x", "-n").stdout.splitlines()
+        return sum(int(line.split()[0]) for line in out[2:] if "statistic" in line)
+
+
+@dataclass
 class Lab:
     """Prober namespace plus sites; ``close`` removes everything it made."""
 
@@ -318,6 +371,25 @@ class Lab:
         self.hosts[f"{name}.lab.test"] = site.v4
         self._write_hosts()
         return site
+
+    def add_natted_site(self, name: str) -> NattedSite:
+        """A site behind a MASQUERADE router (see :class:`NattedSite`); the router is a site of its own."""
+        router = self.add_site(f"{name}-router")
+        index = router.index
+        lan = f"10.77.{128 + index}"
+        ns = f"{self.base}-n{index}"
+        sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        sh("ip", "-n", router.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        router.exec("ip", "addr", "add", f"{lan}.1/30", "dev", "lan0")
+        router.exec("ip", "link", "set", "lan0", "up")
+        router.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        router.exec("ip", "route", "add", f"{self.prober_v4}/32", "via", f"10.77.{index}.1")
+        router.exec("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{lan}.2/30", "dev", "eth0")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+        sh("ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", f"{lan}.1")
+        return NattedSite(router, ns, f"{lan}.2", f"{lan}.1")
 
     def _write_hosts(self) -> None:
         lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]

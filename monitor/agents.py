@@ -1,0 +1,232 @@
+"""The centre's side of site agents (issue 10): who may post, what arrived already, and why a site went silent.
+
+Sites behind carrier-grade NAT cannot be reached from the centre, so an agent at the site
+measures and posts its results. This module keeps, per agent site, what the centre needs to
+trust and interpret those posts; :mod:`monitor.agent_api` is its HTTP edge, and accepted results
+enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre's own probes.
+
+* **Tokens.** The config holds only the SHA-256 of each site's token; a post's bearer token is
+  hashed and looked up, so the centre never stores a secret and one token speaks for one site.
+* **Idempotence.** Results carry the agent's sequence number (per agent installation,
+  ``instance``); what is not above the last one accepted is acknowledged and ignored, so an
+  agent may repeat an upload whose answer it did not get.
+* **Liveness.** A site with nothing received for ``stale_after`` (default three ICMP intervals)
+  gets a result with reason ``agent_silent``: ``connmon_up`` goes to 0 and alerts fire as for any
+  down site. Silence is not a measurement, so the history does not keep it
+  (:class:`~monitor.history.HistorySink`): the truth of the gap arrives later, from the agent.
+* **Why it was silent.** When the agent reports again, the gap is classified: ``power`` when
+  the machine booted since (a new boot id, with an uptime shorter than the gap), ``link`` when
+  the agent kept measuring while the centre heard nothing (its spool holds results from between
+  its last post and the moment the centre declared it silent), else
+  ``unknown``; while it is silent the cause is ``unknown``. A power cut leaves no results in the
+  history, so availability in reports leaves those hours out, as ministries ask.
+* **Rate limit.** Each token may post in bursts of :data:`BURST` requests, refilled at
+  :data:`REFILL_PER_SECOND`: enough to drain a day of spool in minutes, not enough to flood.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from monitor.agent_protocol import AgentInfo, Batch, bind
+from monitor.errors import ProbeErrorReason
+from monitor.results import Cycle, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.targets import Target
+
+log = logging.getLogger(__name__)
+
+GapCause = Literal["link", "power", "unknown"]
+GAP_CAUSES: tuple[GapCause, ...] = ("link", "power", "unknown")
+BURST = 60
+REFILL_PER_SECOND = 2.0
+
+
+def token_hash(token: str) -> str:
+    """The hash the centre's config holds for a token: SHA-256 of its text, surrounding whitespace stripped."""
+    return hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Requests allowed per token: ``capacity`` at once, refilled continuously."""
+
+    capacity: float = BURST
+    rate: float = REFILL_PER_SECOND
+    tokens: float = BURST
+    at: float = 0.0
+
+    def take(self, now: float) -> float:
+        """0 when a request may go now (and counts it), else the seconds until it may."""
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """The last ICMP result to the site's own gateway (LAN side): tells a LAN fault from an uplink fault."""
+
+    up: bool
+    rtt_avg_seconds: float | None
+    loss_ratio: float
+    at: float
+
+
+@dataclass(slots=True)
+class AgentSite:
+    """What the centre knows about one agent site."""
+
+    target: Target
+    last_seen: float  # when the last batch arrived (start-up time until the first one)
+    instance: str | None = None
+    last_seq: int = 0
+    info: AgentInfo | None = None
+    silent: bool = False
+    silent_since: float = 0.0  # when the centre marked it silent
+    gap_cause: GapCause | None = None  # of the current gap while silent, else of the last one
+    gaps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GAP_CAUSES, 0))
+    accepted: int = 0
+    duplicates: int = 0
+    gateway: GatewayState | None = None
+    bucket: TokenBucket = field(default_factory=TokenBucket)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The answer to a batch: how many results were new, how many were already there, the last seq kept."""
+
+    accepted: int
+    duplicates: int
+    last_seq: int
+    gap_cause: GapCause | None  # set when this batch ended a silence
+
+
+class AgentRegistry:
+    """Agent sites of the running config, their tokens, sequence numbers and liveness.
+
+    Lives on the event loop (the web handlers and the silence check run there); ``publish`` is the
+    pipeline's, and ``on_throughput`` lets the scheduler book an agent's test against the site's
+    budget and slot (see :meth:`monitor.scheduler.CycleScheduler.agent_test_finished`).
+    """
+
+    def __init__(self, pipeline: ResultPipeline, clock: Callable[[], float] = time.time,
+                 on_throughput: Callable[[ThroughputResult, str | None], ThroughputResult] | None = None) -> None:
+        self.pipeline = pipeline
+        self.clock = clock
+        self.on_throughput = on_throughput
+        self.sites: dict[str, AgentSite] = {}
+        self._by_hash: dict[str, str] = {}
+        self.rejected: dict[int, int] = {}  # HTTP status → requests refused (bad token, bad body, …)
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """The agent sites of the config now running; a site that stays keeps its sequence and liveness."""
+        now = self.clock()
+        sites: dict[str, AgentSite] = {}
+        by_hash: dict[str, str] = {}
+        for target in targets:
+            if target.mode != "agent" or target.agent is None or target.agent.token_sha256 is None:
+                continue
+            old = self.sites.get(target.name)
+            if old is not None:
+                old.target = target
+                sites[target.name] = old
+            else:
+                sites[target.name] = AgentSite(target, last_seen=now)
+            by_hash[target.agent.token_sha256] = target.name
+        self.sites, self._by_hash = sites, by_hash
+
+    # ------------------------------------------------------------------ requests
+    def authenticate(self, authorization: str | None) -> AgentSite | None:
+        """The site whose token this ``Authorization: Bearer …`` header carries, or None."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        name = self._by_hash.get(token_hash(token))  # a lookup of a hash: timing tells nothing about the token
+        return self.sites.get(name) if name is not None else None
+
+    def refuse(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
+    def accept(self, site: AgentSite, batch: Batch) -> Accepted:
+        """Take a checked batch for ``site``: new results go to the sinks, in order; the gap (if any) is classified."""
+        now = self.clock()
+        info = batch.agent
+        if info.instance != site.instance:  # a new installation numbers from 1 again
+            site.instance, site.last_seq = info.instance, 0
+        fresh = [r for r in batch.results if r.seq > site.last_seq]
+        duplicates = len(batch.results) - len(fresh)
+        cause: GapCause | None = None
+        if site.silent:
+            cause = self._classify(site, info, [r.result.started_at for r in fresh], now)
+            site.silent, site.gap_cause = False, cause
+            site.gaps[cause] += 1
+            log.warning("agent site %s reports again after %.0fs of silence: cause %s", site.target.name,
+                        now - site.last_seen, cause, extra={"endpoint": site.target.name})
+        icmp: list[IcmpResult] = []
+        for item in fresh:
+            result = bind(item, site.target)
+            if isinstance(result, IcmpResult):
+                if item.path == "gateway":
+                    site.gateway = GatewayState(result.up, result.rtt_avg_seconds, result.loss_ratio,
+                                                result.started_at)
+                else:
+                    icmp.append(result)
+                continue
+            if icmp:  # keep the order of what the agent measured: flush ICMP before the test
+                self._publish_icmp(site, icmp)
+                icmp = []
+            if self.on_throughput is not None:
+                result = self.on_throughput(result, item.slot)
+            self.pipeline.publish(Cycle("agent", site.target.group, result.started_at,
+                                        result.ended_at - result.started_at, (result,)))
+        if icmp:
+            self._publish_icmp(site, icmp)
+        if fresh:
+            site.last_seq = fresh[-1].seq
+        site.accepted += len(fresh)
+        site.duplicates += duplicates
+        site.info = info
+        site.last_seen = now
+        return Accepted(len(fresh), duplicates, site.last_seq, cause)
+
+    def _publish_icmp(self, site: AgentSite, results: list[IcmpResult]) -> None:
+        for result in results:  # one cycle each: every sink sees them one after another, as they were measured
+            self.pipeline.publish(Cycle("agent", site.target.group, result.started_at, 0.0, (result,)))
+
+    @staticmethod
+    def _classify(site: AgentSite, info: AgentInfo, measured_at: Iterable[float], now: float) -> GapCause:
+        """Why ``site`` was silent from ``site.last_seen`` until ``now``."""
+        gap = now - site.last_seen
+        before = site.info
+        if before is not None and info.boot_id != before.boot_id and info.uptime_seconds < gap:
+            return "power"
+        if any(site.last_seen < t <= site.silent_since for t in measured_at):
+            return "link"  # the agent was up and measuring while the centre heard nothing: its posts did not arrive
+        return "unknown"
+
+    # ------------------------------------------------------------------ liveness
+    def check_silence(self) -> list[str]:
+        """Mark sites silent for longer than their ``stale_after`` as down; returns the names newly marked."""
+        now = self.clock()
+        marked: list[str] = []
+        for site in self.sites.values():
+            stale_after = site.target.agent_stale_after_seconds
+            if site.silent or now - site.last_seen <= stale_after:
+                continue
+            site.silent, site.silent_since, site.gap_cause = True, now, "unknown"
+            marked.append(site.target.name)
+            detail = f"nothing received from the site's agent for {now - site.last_seen:.0f}s (stale_after " \
+                     f"{stale_after:g}s)"
+            self.pipeline.publish(Cycle("agent", site.target.group, now, 0.0, (IcmpResult(
+                site.target, now, None, 0, (), ProbeErrorReason.AGENT_SILENT, detail),)))
+        return marked

@@ -1,0 +1,205 @@
+"""The centre's agent bookkeeping (issue 10), with a pinned clock: sequence numbers, silence, gap causes, slots."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from monitor.agent_protocol import ProtocolError, decode_batch, encode_agent, encode_icmp, encode_throughput
+from monitor.agents import AgentRegistry, TokenBucket, token_hash
+from monitor.config import AgentSettings, IcmpSettings, ThroughputSettings
+from monitor.errors import ProbeErrorReason
+from monitor.results import Cycle, DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.targets import Target
+from monitor.throughput_plan import ThroughputPlan
+
+T0 = 1_790_000_000.0
+TOKENS = {name: f"token-of-{name}" for name in ("vsat-1", "vsat-2")}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """A sink that keeps every cycle it is given."""
+
+    def __init__(self) -> None:
+        self.cycles: list[Cycle] = []
+
+    def set_targets(self, targets: Any) -> None: ...
+
+    def consume(self, cycle: Cycle) -> None:
+        self.cycles.append(cycle)
+
+    def cycle_skipped(self, probe: str, group: str) -> None: ...
+
+    @property
+    def results(self) -> list[Any]:
+        return [r for c in self.cycles for r in c.results]
+
+
+def agent_target(name: str, **throughput: Any) -> Target:
+    return Target(name=name, host="", address=None, group="vsat", kind="school", district="Shalkar",
+                  link="satellite", lat=None, lon=None, target_bits_per_second=4e6,
+                  icmp=IcmpSettings(interval_seconds=60.0), mode="agent",
+                  agent=AgentSettings(token_hash(TOKENS[name]), None),
+                  throughput=ThroughputSettings(**throughput))
+
+
+def batch(site: str, seqs: list[int], at: float, *, boot: str = "boot-1", uptime: float = 10_000.0,
+          instance: str = "inst-1", spacing: float = 60.0) -> dict[str, Any]:
+    placeholder = agent_target(site)
+    results = [encode_icmp(seq, IcmpResult(placeholder, at + i * spacing, "10.77.0.1", 3, (0.6, None, 0.61)))
+               for i, seq in enumerate(seqs)]
+    from monitor.agent_protocol import AgentInfo
+    info = AgentInfo("0.1.0", instance, boot, uptime, at + len(seqs) * spacing)
+    return {"site": site, "agent": encode_agent(info), "results": results}
+
+
+@pytest.fixture
+def world() -> tuple[AgentRegistry, Recorder, Clock]:
+    clock, sink = Clock(), Recorder()
+    registry = AgentRegistry(ResultPipeline([sink]), clock)
+    registry.set_targets([agent_target("vsat-1"), agent_target("vsat-2")])
+    return registry, sink, clock
+
+
+def post(registry: AgentRegistry, token: str, body: dict[str, Any]) -> Any:
+    site = registry.authenticate(f"Bearer {token}")
+    assert site is not None
+    return registry.accept(site, decode_batch(body, registry.clock()))
+
+
+def test_a_token_speaks_for_its_own_site_only(world: tuple[AgentRegistry, Recorder, Clock]) -> None:
+    registry, _, _ = world
+    site = registry.authenticate(f"Bearer {TOKENS['vsat-2']}")
+    assert site is not None and site.target.name == "vsat-2"
+    assert registry.authenticate(f"bearer   {TOKENS['vsat-1']}  ") is not None  # surrounding blanks do not matter
+    for header in (None, "", "Bearer", "Bearer ", f"Basic {TOKENS['vsat-1']}", "Bearer nope"):
+        assert registry.authenticate(header) is None
+
+
+def test_results_enter_the_pipeline_with_the_centres_labels_once(world: tuple[AgentRegistry, Recorder, Clock]) -> None:
+    registry, sink, clock = world
+    clock.now = T0 + 200
+    outcome = post(registry, TOKENS["vsat-1"], batch("vsat-1", [1, 2], T0))
+    assert (outcome.accepted, outcome.duplicates, outcome.last_seq) == (2, 0, 2)
+    assert [r.target.name for r in sink.results] == ["vsat-1", "vsat-1"]
+    assert [r.started_at for r in sink.results] == [T0, T0 + 60]  # the agent's times, not the arrival's
+    assert sink.results[0].target.district == "Shalkar" and sink.results[0].rtts_seconds == (0.6, None, 0.61)
+    assert {c.probe for c in sink.cycles} == {"agent"}
+    # the answer was lost, the agent sends the same and one more: only the new one counts
+    again = post(registry, TOKENS["vsat-1"], batch("vsat-1", [1, 2, 3], T0))
+    assert (again.accepted, again.duplicates, again.last_seq) == (1, 2, 3)
+    assert len(sink.results) == 3
+    # a reinstalled agent (new instance) numbers from 1 again and is not ignored
+    fresh = post(registry, TOKENS["vsat-1"], batch("vsat-1", [1], T0 + 300, instance="inst-2"))
+    assert (fresh.accepted, fresh.duplicates) == (1, 0)
+
+
+def test_silence_marks_down_and_the_gap_is_classified_link_power_or_unknown(
+        world: tuple[AgentRegistry, Recorder, Clock]) -> None:
+    registry, sink, clock = world
+    clock.now = T0 + 10
+    post(registry, TOKENS["vsat-1"], batch("vsat-1", [1], T0))
+    post(registry, TOKENS["vsat-2"], batch("vsat-2", [1], T0))
+    clock.now = T0 + 10 + 180  # exactly stale_after (3 × 60 s): not yet
+    assert registry.check_silence() == []
+    clock.now += 1
+    assert sorted(registry.check_silence()) == ["vsat-1", "vsat-2"]
+    assert registry.check_silence() == []  # marked once, not at every check
+    silent = [r for r in sink.results if r.error is ProbeErrorReason.AGENT_SILENT]
+    assert len(silent) == 2 and not any(r.up for r in silent)
+    assert registry.sites["vsat-1"].gap_cause == "unknown"
+    # vsat-1: the same boot, and results measured during the gap arrive from its spool: the link was cut
+    clock.now = T0 + 1000
+    outcome = post(registry, TOKENS["vsat-1"], batch("vsat-1", [2, 3, 4], T0 + 60))
+    assert outcome.gap_cause == "link" and registry.sites["vsat-1"].gaps == {"link": 1, "power": 0, "unknown": 0}
+    assert not registry.sites["vsat-1"].silent
+    # vsat-2: a new boot younger than the gap: the power went
+    outcome = post(registry, TOKENS["vsat-2"], batch("vsat-2", [2], T0 + 950, boot="boot-2", uptime=40.0))
+    assert outcome.gap_cause == "power"
+    # silent again; back with the same boot and nothing measured in the gap: unknown
+    clock.now = T0 + 2000
+    registry.check_silence()
+    clock.now = T0 + 2100  # what it measured is from after the centre gave up on it: no proof of a link cut
+    outcome = post(registry, TOKENS["vsat-2"], batch("vsat-2", [3], T0 + 2050, boot="boot-2", uptime=1150.0))
+    assert outcome.gap_cause == "unknown"
+    assert registry.sites["vsat-2"].gaps == {"link": 0, "power": 1, "unknown": 1}
+
+
+def test_a_reload_keeps_sequence_and_liveness_and_forgets_removed_sites(
+        world: tuple[AgentRegistry, Recorder, Clock]) -> None:
+    registry, _, clock = world
+    clock.now = T0 + 100
+    post(registry, TOKENS["vsat-1"], batch("vsat-1", [5], T0))
+    registry.set_targets([dataclasses.replace(agent_target("vsat-1"), district="Aktobe")])
+    assert registry.sites["vsat-1"].last_seq == 5 and registry.sites["vsat-1"].target.district == "Aktobe"
+    assert registry.authenticate(f"Bearer {TOKENS['vsat-2']}") is None
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda b: b["results"][0].update(rtts_seconds=[0.5, -1.0, 0.1]), "$.results[0].rtts_seconds[1]"),
+    (lambda b: b["results"][0].update(started_at=T0 + 10_000), "$.results[0].started_at"),
+    (lambda b: b["results"][0].update(sent=1), "$.results[0].rtts_seconds"),
+    (lambda b: b["results"][0].update(error="on_fire"), "$.results[0].error"),
+    (lambda b: b["results"][0].update(extra=1), "$.results[0].extra"),
+    (lambda b: b["results"].append(dict(b["results"][0])), "$.results[1].seq"),
+    (lambda b: b["results"][0].update(type="dns"), "$.results[0].type"),
+    (lambda b: b["agent"].update(sent_at=float("inf")), "$.agent.sent_at"),
+    (lambda b: b["agent"].pop("boot_id"), "$.agent.boot_id"),
+    (lambda b: b.update(site=7), "$.site"),
+    (lambda b: b["results"][0].update(seq=True), "$.results[0].seq"),
+])
+def test_a_bad_value_rejects_the_whole_batch_naming_it(mutate: Any, field: str) -> None:
+    body = batch("vsat-1", [1], T0)
+    mutate(body)
+    with pytest.raises(ProtocolError) as caught:
+        decode_batch(body, T0 + 100)
+    assert caught.value.field == field
+
+
+def test_throughput_results_round_trip_with_their_directions() -> None:
+    t = agent_target("vsat-1")
+    test = ThroughputResult(t, "http", T0, T0 + 25, "10.77.0.1", (
+        DirectionResult("download", T0, T0 + 12, 7.9e6, 10_400_000, 10.0, 3),
+        DirectionResult("upload", T0 + 13, T0 + 25, None, 0, 0.0, None, ProbeErrorReason.TIMEOUT, "stalled")))
+    body = {"site": "vsat-1", "agent": batch("vsat-1", [], T0)["agent"], "results": [encode_throughput(9, test, "s1")]}
+    decoded = decode_batch(body, T0 + 30).results[0]
+    assert decoded.slot == "s1" and decoded.seq == 9
+    assert dataclasses.replace(decoded.result, target=t) == test
+
+
+def test_the_token_bucket_allows_bursts_then_the_rate() -> None:
+    bucket = TokenBucket(capacity=3, rate=1.0, tokens=3, at=T0)
+    assert [bucket.take(T0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take(T0) == pytest.approx(1.0)
+    assert bucket.take(T0 + 1.0) == 0.0
+
+
+def test_agents_get_slots_under_the_centres_limit_and_schedule() -> None:
+    """Five agents at once with max_concurrent 1: one slot; the others are told to come back later."""
+    names = [f"a{i}" for i in range(5)]
+    TOKENS.update({n: f"token-{n}" for n in names})
+    plan = ThroughputPlan()
+    targets = [agent_target(n, method="http", every_seconds=600.0, directions=("download",)) for n in names]
+    plan.set_targets(targets, T0 - 600)  # every site's first test is due by T0
+    grants = [plan.grant(n, T0, 1) for n in names]
+    assert [g.reason for g in grants].count("granted") == 1
+    assert all(g.retry_after_seconds >= 30 for g in grants if g.target is None)
+    winner = next(n for n, g in zip(names, grants, strict=True) if g.target is not None)
+    assert plan.due(T0, 5) == []  # the centre's own dispatcher never runs an agent site's test
+    plan.finished(winner, ThroughputResult(targets[0], "http", T0, T0 + 12, None), T0 + 12)
+    assert plan.grant(winner, T0 + 13, 1).reason == "not_due"
+    assert sum(plan.grant(n, T0 + 13, 1).target is not None for n in names) == 1
+    # an unused grant expires: the slot is free again
+    holder = next(n for n in names if plan.sites[n].running)
+    plan.release(holder, T0 + 100)
+    assert plan.running == 0
