@@ -45,6 +45,7 @@ REFUSAL_REASONS = ("not_due", "busy", "budget", "disabled")
 # With no byte cap the download asks for what 1 Gbit/s could move in the test's bound: far more
 # than any site link carries, yet a finite number for the centre to check.
 _UNCAPPED_BITS_PER_SECOND = 1e9
+MAX_DOWNLOAD_BYTES = 10 * 1024**3  # the most the centre serves in one download (monitor.agent_api)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +126,14 @@ def parse_slot_answer(body: Any) -> Grant | Refusal:
 
 
 def download_bytes(grant: Grant) -> int:
-    """The ``bytes`` the download asks the centre to send: the cap, else what 1 Gbit/s moves in the test's bound."""
+    """The ``bytes`` the download asks the centre to send: the cap, else what 1 Gbit/s moves in the test's bound.
+
+    Never more than the centre serves in one download (it refuses more with 400).
+    """
     if grant.max_bytes is not None:
-        return grant.max_bytes
+        return min(grant.max_bytes, MAX_DOWNLOAD_BYTES)
     bound = grant.omit_seconds + grant.duration_seconds + grant.timeout_seconds
-    return math.ceil(_UNCAPPED_BITS_PER_SECOND / 8 * bound)
+    return min(math.ceil(_UNCAPPED_BITS_PER_SECOND / 8 * bound), MAX_DOWNLOAD_BYTES)
 
 
 def grant_target(config: AgentConfig, grant: Grant) -> Target:
