@@ -10,15 +10,16 @@ same package runs at the site. Every ``interval`` the agent
 3. when throughput is enabled, asks the centre for a test slot and, when granted, runs the test
    (:mod:`monitor.agent_throughput`), spools its result and uploads again.
 
-Each step is guarded: a probe or an upload that fails is logged and the loop goes on; the
-results already spooled are never lost to it. SIGTERM or SIGINT stop the loop: a measurement in
-progress is abandoned (nothing of it was spooled), an upload in progress finishes its batch.
+Measuring, uploading and testing are separate tasks (:meth:`Agent.run`), so a centre that does
+not answer never costs a measurement. Each step is guarded: a probe or an upload that fails is
+logged and the loop goes on; the results already spooled are never lost to it. SIGTERM or SIGINT
+stop the agent: a measurement in progress is abandoned (nothing of it was spooled), an upload in
+progress finishes its batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -93,6 +94,10 @@ class Agent:
         self.uploader = Uploader(config, spool, client, self.agent_info, clock)
         self.next_slot_request = 0.0  # Unix time before which the centre asked not to be asked
         self.cycles = 0
+        self._upload_wanted = asyncio.Event()  # results wait in the spool
+        self._no_test = asyncio.Event()  # set while no throughput test runs
+        self._no_test.set()
+        self._link = asyncio.Lock()  # an ICMP cycle or a throughput test, never both
 
     # ------------------------------------------------------------------ what the centre learns about us
     def agent_info(self) -> AgentInfo:
@@ -165,14 +170,19 @@ class Agent:
     async def _test(self, grant: Grant) -> bool:
         log.info("throughput slot %s granted: %s %s for %gs", grant.slot, grant.method, "+".join(grant.directions),
                  grant.duration_seconds)
-        result = await run_granted_test(self.config, grant, self.ctx, self.client.headers, self.client.tls)
+        async with self._link:  # after the ICMP cycle in progress; uploads wait for the test
+            self._no_test.clear()
+            try:
+                result = await run_granted_test(self.config, grant, self.ctx, self.client.headers, self.client.tls)
+            finally:
+                self._no_test.set()
         self.spool.append(lambda seq: encode_throughput(seq, result, slot=grant.slot))
         rates = ", ".join(f"{d.direction} {'-' if d.bits_per_second is None else f'{d.bits_per_second / 1e6:.2f}'}"
                           f" Mbit/s" + (f" ({d.error.value})" if d.error else "") for d in result.directions)
         log.info("throughput test %s done: %s", grant.slot, rates or (result.error_detail or "nothing measured"))
         return True
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the loops
     async def upload(self, stop: asyncio.Event | None = None) -> None:
         try:
             report = await self.uploader.drain(stop)
@@ -184,42 +194,66 @@ class Agent:
                      report.sent, report.accepted, report.duplicates, report.dropped, len(self.spool),
                      f" ({report.stopped_by})" if report.stopped_by else "")
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Cycle every ``interval`` until ``stop`` is set."""
+    async def _measure_loop(self) -> None:
+        """One ICMP cycle every interval, whatever the uploads do: a hung upload must not cost measurements."""
         interval = self.config.interval_seconds
         next_cycle = time.monotonic()
-        while not stop.is_set():
-            await _guarded("ICMP cycle", self.icmp_cycle, stop)
-            if stop.is_set():
-                break
-            await self.upload(stop)
-            if self.config.throughput_enabled and not stop.is_set() \
-                    and await _guarded("throughput test", self.throughput_turn, stop):
-                await self.upload(stop)
+        while True:
+            async with self._link:  # not while a throughput test fills the link
+                await _logged("ICMP cycle", self.icmp_cycle())
+            self._upload_wanted.set()
             next_cycle += interval
             now = time.monotonic()
-            if next_cycle < now:  # a long test or upload overran: keep the cycle's phase, skip what was missed
+            if next_cycle < now:  # a throughput test overran a cycle: keep the phase, skip what was missed
                 next_cycle += math.ceil((now - next_cycle) / interval) * interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next_cycle - now)
+            await asyncio.sleep(next_cycle - now)
+
+    async def _upload_loop(self, stop: asyncio.Event) -> None:
+        """Drain the spool whenever something new is in it; ends after the batch in flight once ``stop`` is set."""
+        while not stop.is_set():
+            await self._upload_wanted.wait()
+            self._upload_wanted.clear()
+            await self._no_test.wait()  # the test's figures are the link's alone
+            if not stop.is_set():
+                await self.upload(stop)
+
+    async def _throughput_loop(self) -> None:
+        """Ask for a slot whenever the centre said to (never more often than every interval), test when granted."""
+        while True:
+            wait = self.next_slot_request - self.clock()
+            if wait > 0:
+                await asyncio.sleep(min(wait, self.config.interval_seconds))
+                continue
+            if await _logged("throughput test", self.throughput_turn()):
+                self._upload_wanted.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Measure, upload and test until ``stop`` is set.
+
+        Three tasks, so that none waits for another: the ICMP cycle every interval; the upload
+        whenever results wait (a centre that does not answer holds it for ``upload.timeout``); the
+        throughput test when the centre grants one. At ``stop`` the measuring tasks are cancelled (a
+        half-done cycle or test spooled nothing) and the upload ends after its batch in flight.
+        """
+        measuring = [asyncio.create_task(self._measure_loop(), name="icmp")]
+        if self.config.throughput_enabled:
+            measuring.append(asyncio.create_task(self._throughput_loop(), name="throughput"))
+        uploading = asyncio.create_task(self._upload_loop(stop), name="upload")
+        try:
+            await stop.wait()
+        finally:
+            for task in measuring:
+                task.cancel()
+            await asyncio.gather(*measuring, return_exceptions=True)
+            self._no_test.set()
+            self._upload_wanted.set()  # wake the uploader to see the stop
+            await asyncio.gather(uploading, return_exceptions=True)
 
 
-async def _guarded(what: str, step: Callable[[], Awaitable[_T]], stop: asyncio.Event) -> _T | None:
-    """Run ``step`` until it ends or ``stop`` is set (then cancel it); an exception is logged, never raised."""
-    task = asyncio.ensure_future(step())
-    stopper = asyncio.ensure_future(stop.wait())
+async def _logged(what: str, step: Awaitable[_T]) -> _T | None:
+    """Await ``step``; an exception is logged, never raised (cancellation still is): the agent goes on."""
     try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        log.info("%s abandoned: stopping", what)
-        return None
-    try:
-        return task.result()
+        return await step
     except Exception:
         log.exception("%s failed", what)
         return None

@@ -9,7 +9,8 @@ Retry-After, 503) and see exactly what the agent sent. It keeps, in ``DIR``:
 * ``batches.jsonl``: every results POST it answered 200, one JSON line each
   (``{"received_at": T, "body": ...}``), and answers ``{"accepted", "duplicates", "last_seq"}``;
 * ``answer.json`` (written by the test, optional): ``{"status": 503, "retry_after": "7", "body": {...}}``
-  makes every results POST get that answer instead, until the file is removed;
+  makes every results POST get that answer instead, until the file is removed (``"hang": true``:
+  no answer at all);
 * ``grant.json`` (written by the test, optional): the next slot request gets this grant once
   (the file is then renamed ``grant.used.json``); otherwise ``{"granted": false, "reason": "not_due"}``;
 * ``slots.jsonl``: every slot request, and ``transfers.jsonl``: every download/upload (slot, bytes).
@@ -60,6 +61,8 @@ def make_app(token_sha256: str, state: Path) -> web.Application:
             answer = json.loads(override.read_text())
             headers = {"Retry-After": answer["retry_after"]} if "retry_after" in answer else {}
             append(state / "refused.jsonl", {"received_at": time.time(), "status": answer["status"], "body": body})
+            if answer.get("hang"):  # a centre (or a path) that takes the request and never answers
+                await asyncio.sleep(3600)
             return web.json_response(answer.get("body", {"error": "refused"}), status=answer["status"],
                                      headers=headers)
         instance = body["agent"]["instance"]

@@ -216,6 +216,18 @@ def test_retry_after_400_drop_and_413_halving(site: Site, centre: Centre, tmp_pa
         assert agent.wait(timeout=30) == 0
 
 
+def test_a_centre_that_never_answers_costs_no_measurement(site: Site, centre: Centre, tmp_path: Path) -> None:
+    """An upload hanging until its timeout (a cut path, a stuck centre) must not hold up the ICMP cycles."""
+    config = agent_config(tmp_path, site, upload="{batch: 5, timeout: 20s}")
+    centre.answer(503, hang=True)
+    with running_agent(site, config) as agent:
+        wait_for(lambda: centre.records("refused.jsonl"), "the first upload")
+        wait_for(lambda: spooled(tmp_path) >= 12, "cycles while the upload hangs", 30)
+        assert len(centre.records("refused.jsonl")) == 1, "still the first upload"
+        agent.send_signal(signal.SIGTERM)  # the hung upload is abandoned at its timeout at the latest
+        assert agent.wait(timeout=60) == 0
+
+
 def test_wrong_token_keeps_results_and_says_why(site: Site, centre: Centre, tmp_path: Path) -> None:
     config = agent_config(tmp_path, site)
     (tmp_path / "token").write_text("not-the-token\n")
