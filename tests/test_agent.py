@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def running_agent(site: Site, config: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def spooled(tmp_path: Path) -> int:
+    if not (tmp_path / "agent-state" / FILE_NAME).exists():
+        return 0
     with contextlib.closing(sqlite3.connect(tmp_path / "agent-state" / FILE_NAME, timeout=10)) as db:
         return int(db.execute("SELECT count(*) FROM results").fetchone()[0])
 
@@ -142,3 +145,51 @@ def test_a_centre_outage_is_backfilled_into_history_at_the_measured_times(lab: L
     assert all(c.received == c.sent == 3 and c.error is None for c in away), away
     gaps = [b.started_at - a.started_at for a, b in zip(away, away[1:], strict=False)]
     assert all(0.5 < gap < 2.5 for gap in gaps), gaps  # one a second, as measured, not bunched at the upload
+
+
+def test_an_https_centre_with_a_private_ca_takes_results_and_serves_the_http_test(lab: Lab, site: Site,
+                                                                                  tmp_path: Path) -> None:
+    """ca_file: the agent trusts the centre's private CA for its uploads, slot requests and the HTTP test's
+    transfers (download and upload, each with the token); without it, nothing reaches the centre."""
+    from tests.test_webconfig import make_pki
+
+    pki = make_pki(tmp_path, lab.prober_v4)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n  key_file: {pki.server_key}\n")
+    port = PORT + 2
+    config = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 1s, count: 3, spacing: 50ms, timeout: 500ms}}
+groups:
+  - name: vsat
+    kind: school
+    mode: agent
+    throughput: {{method: http, every: 10s, duration: 1s, omit: 0s, timeout: 3s}}
+    endpoints:
+      - {{name: school-agent, agent: {{token_sha256: {token_hash(TOKEN)}}}}}
+""")
+    agent_yaml = agent_config(tmp_path, lab, port)
+    plain = agent_yaml.read_text().replace("http://", "https://")
+    agent_yaml.write_text(plain + "throughput: {enabled: true}\n")
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    base = f"https://{lab.prober_v4}:{port}"
+    with running_daemon(lab, config, port, "--state-dir", str(tmp_path / "state"), "--web.config.file",
+                        str(web)) as centre:
+        with running_agent(site, agent_yaml) as agent:  # no ca_file: the centre's certificate is not trusted
+            deadline = time.monotonic() + 60
+            while spooled(tmp_path) < 6:
+                assert time.monotonic() < deadline and agent.poll() is None
+                time.sleep(0.2)
+            stop(agent)
+            assert "certificate verify failed" in agent.communicate()[1]
+        agent_yaml.write_text(plain + f"throughput: {{enabled: true}}\nca_file: {pki.ca}\n")
+        with running_agent(site, agent_yaml) as agent:
+            parsed = scrape_when(f"{base}/metrics", lambda s: value(
+                s, "connmon_throughput_tests_total", endpoint="school-agent") >= 1, centre, attempts=4 * 60,
+                context=context)
+            stop(agent)
+    assert value(parsed, "connmon_up", endpoint="school-agent") == 1
+    for direction in ("download", "upload"):  # the unshaped veth: fast, and measured, in both directions
+        assert value(parsed, "connmon_throughput_bits_per_second", endpoint="school-agent", direction=direction) > 1e6
+    assert value(parsed, "connmon_probe_errors_total", endpoint="school-agent", probe="throughput",
+                 reason="http_status") == 0
