@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -275,15 +274,12 @@ def _exit_without_stuck_lookups(code: int) -> None:
     os._exit(code)
 
 
-def agent_token_hash(token: str) -> str:
-    """What the centre's config holds for a token: SHA-256 of the token stripped of surrounding whitespace."""
-    return hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
-
-
 def _agent_token(output: str | None) -> int:
     """A new random token for one site's agent, and the line for the site's endpoint in the centre's config."""
+    from monitor.agents import token_hash  # the centre's own hashing, so the two can never disagree
+
     token = secrets.token_urlsafe(32)
-    line = f"agent: {{token_sha256: {agent_token_hash(token)}}}"
+    line = f"agent: {{token_sha256: {token_hash(token)}}}"
     if output is None:
         print(token)
         print(f"# the line above goes into the agent's token_file; this one into the site's endpoint (mode: agent) "
