@@ -14,6 +14,7 @@ alias tricks ("billion laughs") end in an error instead of unbounded time.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import functools
 import ipaddress
@@ -43,6 +44,9 @@ AddressFamilyChoice = Literal["any", "ipv4", "ipv6"]
 ThroughputMethod = Literal["none", "iperf3", "http"]
 Direction = Literal["download", "upload"]
 DIRECTIONS: tuple[Direction, ...] = ("download", "upload")
+SiteStatus = Literal["planned", "connected", "retired"]
+# Roll-out (issue 11): only connected sites are probed; planned ones are counted, retired ones kept for history.
+SITE_STATUSES: tuple[SiteStatus, ...] = ("planned", "connected", "retired")
 _MAX_NODE_VISITS = 5_000_000  # far above 10,000 sites × ~10 nodes; stops alias bombs
 # Without aliases a walk visits well under one node per character of text; the budget allows 8
 # per character (plus a floor) so that aliases that multiply are refused in time proportional to
@@ -143,7 +147,7 @@ class EndpointConfig:
     """One site as written in the file; inherited values are resolved in :mod:`monitor.targets`."""
 
     name: str
-    host: str
+    host: str | None  # None only for a planned site (its address may not be known yet)
     location: Location
     path: str = ""  # e.g. groups[1].endpoints[3], for problems found after the walk
     district: str | None = None
@@ -155,6 +159,10 @@ class EndpointConfig:
     icmp: Overrides | None = None
     throughput: Overrides | None = None
     maintenance: MaintenanceWindows | None = None  # declared maintenance, left out of the KPIs' availability
+    status: SiteStatus | None = None  # None: the group's, else connected
+    planned_date: dt.date | None = None
+    provider: str | None = None
+    contracted_mbps: float | None = None  # what the contract says, when it differs from target_mbps
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +180,10 @@ class GroupConfig:
     icmp: Overrides | None = None
     throughput: Overrides | None = None
     maintenance: MaintenanceWindows | None = None
+    status: SiteStatus | None = None  # the roll-out keys are defaults for the group's endpoints
+    planned_date: dt.date | None = None
+    provider: str | None = None
+    contracted_mbps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,10 +461,11 @@ _THROUGHPUT_KEYS = {
     "upload_method": "upload_method",
     "monthly_budget": "monthly_budget_bytes",
 }
+_ROLLOUT_KEYS = ("status", "planned_date", "provider", "contracted_mbps")  # group and endpoint (issue 11)
 _ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
-                  "throughput", "maintenance")
+                  "throughput", "maintenance", *_ROLLOUT_KEYS)
 _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
-               "endpoints", "maintenance")
+               "endpoints", "maintenance", *_ROLLOUT_KEYS)
 _DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
 _TOP_KEYS = ("defaults", "groups", "throughput", "history", "report")
 
@@ -621,8 +634,37 @@ def _target_mbps(w: _Walker, node: Node, path: str) -> float | None:
     return w.number(node, path, 0.0, 1_000_000.0, low_inclusive=False)
 
 
-def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
-    values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name", "host"))
+def _rollout_readers(w: _Walker) -> dict[str, Callable[[Node, str], Any]]:
+    """Readers of the roll-out keys, shared by groups and endpoints."""
+    return {
+        "status": lambda n, p: w.choice(n, p, SITE_STATUSES),
+        "planned_date": lambda n, p: _date(w, n, p),
+        "provider": w.string,
+        "contracted_mbps": lambda n, p: _target_mbps(w, n, p),
+    }
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date(w: _Walker, node: Node, path: str) -> dt.date | None:
+    """A calendar date written YYYY-MM-DD; YAML tags it a timestamp unless quoted, either is fine."""
+    scalar = w.scalar(node, path, ("str", "timestamp"), "a date like 2026-11-30")
+    if scalar is None:
+        return None
+    text = str(scalar.value).strip()
+    try:
+        if not _DATE.fullmatch(text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        w.problem(node, path, f"must be a date written YYYY-MM-DD, got '{text}'")
+        return None
+
+
+def _endpoint(w: _Walker, node: Node, path: str, group_status: SiteStatus | None = "connected") -> EndpointConfig | None:
+    """One endpoint; ``group_status`` is the group's status (None when the group's was invalid)."""
+    values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name",))
     if values is None:
         return None
     read = w.fields(values, path, {
@@ -637,9 +679,15 @@ def _endpoint(w: _Walker, node: Node, path: str) -> EndpointConfig | None:
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
         "maintenance": lambda n, p: _maintenance(w, n, p),
+        **_rollout_readers(w),
     })
-    if "name" not in read or "host" not in read:
+    status = read.get("status", group_status) if "status" in read or "status" not in values else None
+    if "host" not in values and status is not None and status != "planned":
+        # only a planned site may be written before its address is known; an invalid status says nothing
+        w.problem(node, path, "missing required key 'host' (only a site with status: planned may leave it out)")
+    if "name" not in read or ("host" not in read and (status != "planned" or "host" in values)):
         return None
+    read.setdefault("host", None)
     return EndpointConfig(location=w.where(node), path=path, **read)
 
 
@@ -672,12 +720,15 @@ def _group(w: _Walker, node: Node, path: str) -> GroupConfig | None:
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
         "maintenance": lambda n, p: _maintenance(w, n, p),
+        **_rollout_readers(w),
     })
+    group_status: SiteStatus | None = read.get("status", "connected") if "status" in read or "status" not in values \
+        else None
     endpoints: list[EndpointConfig] = []
     if "endpoints" in values:
         items = w.sequence(values["endpoints"], f"{path}.endpoints")
         for index, item in enumerate(items or ()):
-            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]")
+            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]", group_status)
             if endpoint is not None:
                 endpoints.append(endpoint)
     if "name" not in read:
@@ -714,7 +765,7 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
                     "lower count, spacing or timeout, or raise interval"))
             # icmp.family picks the address of a DNS name, so one inherited from defaults or the group
             # does not bind a literal; but an endpoint that sets it against its own address is a typo.
-            literal = normalize_ip(endpoint.host)
+            literal = normalize_ip(endpoint.host) if endpoint.host is not None else None
             own_family = endpoint.icmp.values.get("family") if endpoint.icmp is not None else None
             if literal is not None and own_family not in (None, "any"):
                 is_v6 = ":" in literal
