@@ -662,7 +662,8 @@ def _date(w: _Walker, node: Node, path: str) -> dt.date | None:
         return None
 
 
-def _endpoint(w: _Walker, node: Node, path: str, group_status: SiteStatus | None = "connected") -> EndpointConfig | None:
+def _endpoint(w: _Walker, node: Node, path: str,
+              group_status: SiteStatus | None = "connected") -> EndpointConfig | None:
     """One endpoint; ``group_status`` is the group's status (None when the group's was invalid)."""
     values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name",))
     if values is None:

@@ -98,6 +98,11 @@ def build_targets(config: Config) -> tuple[Target, ...]:
     return tuple(out)
 
 
+def probed(targets: Iterable[Target]) -> tuple[Target, ...]:
+    """The targets to schedule: connected ones (planned and retired sites are only counted)."""
+    return tuple(t for t in targets if t.probed)
+
+
 def select(targets: Iterable[Target], names: Sequence[str]) -> tuple[Target, ...]:
     """Keep the named targets (all when ``names`` is empty).
 
