@@ -369,3 +369,19 @@ def test_no_rollout_section_without_rollout_keys(state: Path) -> None:
     assert "rollout" not in json.loads(render(report, "json"))
     for fmt in ("table", "csv", "markdown", "html"):
         assert "oll-out" not in render(report, fmt) and "rollout" not in render(report, fmt), fmt
+
+
+def test_readme_rollout_samples_are_what_connmon_prints(tmp_path: Path) -> None:
+    """The README's roll-out config parses as described, and its report sample is this history's output."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    config = readme.split("### Roll-out: sites not connected yet", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    sites = {t.name: t for t in build_targets(parse_config(config, "README.md"))}
+    assert {n: (t.status, t.host, t.probed) for n, t in sites.items()} == {
+        "shalkar-clinic-07": ("planned", "", False), "shalkar-clinic-02": ("connected", "10.40.2.1", True),
+        "shalkar-clinic-01": ("retired", "10.40.1.1", False)}
+    assert sites["shalkar-clinic-02"].contracted_bits_per_second == 10e6
+    sample = readme.split("### Roll-out in the report", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    records = record_rollout(tmp_path)
+    table = render(build_report(SqliteStore(database_path(tmp_path), read_only=True), NOV, configured=records),
+                   "table")
+    assert table[table.index("Roll-out: "):] == sample
