@@ -254,7 +254,10 @@ def _exit_without_stuck_lookups(code: int) -> None:
 def _check(path: str, web_config_path: str | None) -> int:
     config = load_config(path)
     targets = build_targets(config)
-    print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints")
+    statuses = [t.status for t in targets]
+    unprobed = "" if all(t.probed for t in targets) else (
+        f" ({statuses.count('planned')} planned and {statuses.count('retired')} retired: not probed)")
+    print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints{unprobed}")
     if web_config_path is not None:
         from monitor.webconfig import load_web_config  # bcrypt and ssl only when asked
 

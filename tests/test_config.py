@@ -235,6 +235,15 @@ def test_rollout_keys_cascade_from_group_to_endpoint() -> None:
         "connected", True, None, None, None)
 
 
+def test_check_command_says_how_many_sites_are_not_probed(tmp_path: Path) -> None:
+    """`connmon check` counts the planned and retired sites apart, since nothing will probe them."""
+    path = tmp_path / "rollout.yaml"
+    path.write_text(ROLLOUT, encoding="utf-8")
+    proc = run_check(path)
+    assert (proc.returncode, proc.stdout) == (0, f"{path}: OK, 2 groups, 4 endpoints (1 planned and 1 retired: "
+                                                 "not probed)\n")
+
+
 def test_only_a_planned_site_may_leave_out_its_host() -> None:
     """A connected or retired site without host is a located error; the same site planned is valid."""
     text = "groups:\n  - name: g\n    endpoints:\n      - {name: s, status: STATUS}\n"
