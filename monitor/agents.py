@@ -132,8 +132,8 @@ class AgentRegistry:
         sites: dict[str, AgentSite] = {}
         by_hash: dict[str, str] = {}
         for target in targets:
-            if target.mode != "agent" or target.agent is None or target.agent.token_sha256 is None:
-                continue
+            if target.mode != "agent" or not target.probed or target.agent is None or target.agent.token_sha256 is None:
+                continue  # a planned or retired agent site has no agent to hear from (yet, or any more)
             old = self.sites.get(target.name)
             if old is not None:
                 old.target = target

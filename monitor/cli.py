@@ -37,7 +37,7 @@ from monitor.results import IcmpResult, ThroughputResult
 from monitor.shard import Shard, own_share
 from monitor.store_url import describe, is_postgres, sqlite_path
 from monitor.store_url import opener as store_opener
-from monitor.targets import Target, build_targets, select
+from monitor.targets import Target, build_targets, probed, select
 from monitor.windows import MaintenanceWindows
 
 
@@ -109,10 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                        help="also validate this web config (TLS files, bcrypt hashes)")
 
-    probe = commands.add_parser("probe", help="probe endpoints once now and print the results")
+    probe = commands.add_parser("probe", help="probe endpoints once now and print the results (connected sites only; "
+                                              "planned and retired ones are skipped)")
     common(probe)
     probe.add_argument("--endpoint", action="append", default=[], metavar="NAME",
-                       help="only this endpoint (repeatable)")
+                       help="only this endpoint (repeatable); naming a planned or retired one exits 2")
     probe.add_argument("--json", action="store_true", help="one JSON object per endpoint per line")
     probe.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"))
     probe.add_argument("--throughput", action="store_true",
@@ -300,7 +301,10 @@ def _agent_token(output: str | None) -> int:
 def _check(path: str, web_config_path: str | None) -> int:
     config = load_config(path)
     targets = build_targets(config)
-    print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints")
+    statuses = [t.status for t in targets]
+    unprobed = "" if all(t.probed for t in targets) else (
+        f" ({statuses.count('planned')} planned and {statuses.count('retired')} retired: not probed)")
+    print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints{unprobed}")
     if web_config_path is not None:
         from monitor.webconfig import load_web_config  # bcrypt and ssl only when asked
 
@@ -370,6 +374,18 @@ async def _probe(args: argparse.Namespace) -> int:
             else args.config
         print(f"connmon: no such endpoint in {where}: {err.args[0]}", file=sys.stderr)
         return 2
+    not_probed = [t for t in chosen if not t.probed] if args.endpoint else []
+    if not_probed:  # asked by name: say why nothing is sent rather than skip it quietly
+        print("connmon: not probed (only status: connected sites are): "
+              + ", ".join(f"{t.name} (status: {t.status})" for t in not_probed), file=sys.stderr)
+        return 2
+    by_agent = [t.name for t in chosen if t.probed and not t.probed_by_centre] if args.endpoint else []
+    if by_agent:
+        print("connmon: not probed from here (mode: agent; the site's agent measures it and reports to the "
+              "daemon): " + ", ".join(by_agent), file=sys.stderr)
+        return 2
+    # planned and retired sites are counted by the daemon, never probed; agent sites are measured from inside
+    chosen = tuple(t for t in probed(chosen) if t.probed_by_centre)
     engine = IcmpEngine.open(args.icmp_mode)
     ctx = ProbeContext(engine, time.time, iperf3_path=find_iperf3(),
                        throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))

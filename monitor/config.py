@@ -14,6 +14,7 @@ alias tricks ("billion laughs") end in an error instead of unbounded time.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import functools
 import ipaddress
@@ -44,6 +45,9 @@ ThroughputMethod = Literal["none", "iperf3", "http"]
 Direction = Literal["download", "upload"]
 SiteMode = Literal["probe", "agent"]
 DIRECTIONS: tuple[Direction, ...] = ("download", "upload")
+SiteStatus = Literal["planned", "connected", "retired"]
+# Roll-out (issue 11): only connected sites are probed; planned ones are counted, retired ones kept for history.
+SITE_STATUSES: tuple[SiteStatus, ...] = ("planned", "connected", "retired")
 _MAX_NODE_VISITS = 5_000_000  # far above 10,000 sites × ~10 nodes; stops alias bombs
 # Without aliases a walk visits well under one node per character of text; the budget allows 8
 # per character (plus a floor) so that aliases that multiply are refused in time proportional to
@@ -144,7 +148,7 @@ class EndpointConfig:
     """One site as written in the file; inherited values are resolved in :mod:`monitor.targets`."""
 
     name: str
-    host: str
+    host: str | None  # None only for a planned site (its address may not be known yet)
     location: Location
     path: str = ""  # e.g. groups[1].endpoints[3], for problems found after the walk
     district: str | None = None
@@ -156,6 +160,10 @@ class EndpointConfig:
     icmp: Overrides | None = None
     throughput: Overrides | None = None
     maintenance: MaintenanceWindows | None = None  # declared maintenance, left out of the KPIs' availability
+    status: SiteStatus | None = None  # None: the group's, else connected
+    planned_date: dt.date | None = None
+    provider: str | None = None
+    contracted_mbps: float | None = None  # what the contract says, when it differs from target_mbps
     mode: SiteMode | None = None  # None: the group's, else "probe"
     agent: AgentSettings | None = None
 
@@ -175,6 +183,10 @@ class GroupConfig:
     icmp: Overrides | None = None
     throughput: Overrides | None = None
     maintenance: MaintenanceWindows | None = None
+    status: SiteStatus | None = None  # the roll-out keys are defaults for the group's endpoints
+    planned_date: dt.date | None = None
+    provider: str | None = None
+    contracted_mbps: float | None = None
     mode: SiteMode | None = None
 
 
@@ -306,6 +318,7 @@ class _Walker:
         self.problems: list[ConfigProblem] = []
         self.visits = 0
         self.max_visits = max_visits
+        self.endpoint_readers: dict[str, Callable[[Node, str], Any]] | None = None
 
     # -- reporting
     def where(self, node: Node) -> Location:
@@ -465,10 +478,11 @@ _THROUGHPUT_KEYS = {
     "upload_method": "upload_method",
     "monthly_budget": "monthly_budget_bytes",
 }
+_ROLLOUT_KEYS = ("status", "planned_date", "provider", "contracted_mbps")  # group and endpoint (issue 11)
 _ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
-                  "throughput", "maintenance", "mode", "agent")
+                  "throughput", "maintenance", *_ROLLOUT_KEYS, "mode", "agent")
 _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
-               "endpoints", "maintenance", "mode")
+               "endpoints", "maintenance", *_ROLLOUT_KEYS, "mode")
 _AGENT_KEYS = ("token_sha256", "stale_after")
 SITE_MODES = ("probe", "agent")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -662,41 +676,78 @@ def _token_hash(w: _Walker, node: Node, path: str) -> str | None:
     return text.strip().lower()
 
 
-def _endpoint(w: _Walker, node: Node, path: str, group_mode: str | None = None) -> EndpointConfig | None:
+def _rollout_readers(w: _Walker) -> dict[str, Callable[[Node, str], Any]]:
+    """Readers of the roll-out keys, shared by groups and endpoints."""
+    return {
+        "status": lambda n, p: w.choice(n, p, SITE_STATUSES),
+        "planned_date": lambda n, p: _date(w, n, p),
+        "provider": w.string,
+        "contracted_mbps": lambda n, p: _target_mbps(w, n, p),
+    }
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date(w: _Walker, node: Node, path: str) -> dt.date | None:
+    """A calendar date written YYYY-MM-DD; YAML tags it a timestamp unless quoted, either is fine."""
+    scalar = w.scalar(node, path, ("str", "timestamp"), "a date like 2026-11-30")
+    if scalar is None:
+        return None
+    text = str(scalar.value).strip()
+    try:
+        if not _DATE.fullmatch(text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        w.problem(node, path, f"must be a date written YYYY-MM-DD, got '{text}'")
+        return None
+
+
+def _endpoint(w: _Walker, node: Node, path: str, group_status: SiteStatus | None = "connected",
+              group_mode: str | None = None) -> EndpointConfig | None:
+    """One endpoint; ``group_status``: the group's status (None when it was invalid); ``group_mode``: its mode."""
     values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name",))
     if values is None:
         return None
-    read = w.fields(values, path, {
-        "name": w.string,
-        "host": lambda n, p: _host(w, n, p),
-        "district": w.string,
-        "link": w.string,
-        "lat": lambda n, p: w.number(n, p, -90.0, 90.0),
-        "lon": lambda n, p: w.number(n, p, -180.0, 180.0),
-        "target_mbps": lambda n, p: _target_mbps(w, n, p),
-        "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
-        "icmp": lambda n, p: _icmp_overrides(w, n, p),
-        "throughput": lambda n, p: _throughput_overrides(w, n, p),
-        "maintenance": lambda n, p: _maintenance(w, n, p),
-        "mode": lambda n, p: w.choice(n, p, SITE_MODES),
-        "agent": lambda n, p: _agent_settings(w, n, p),
-    })
+    if w.endpoint_readers is None:  # built once per file: 10,000 endpoints need not build 10,000 dicts
+        w.endpoint_readers = {
+            "name": w.string,
+            "host": lambda n, p: _host(w, n, p),
+            "district": w.string,
+            "link": w.string,
+            "lat": lambda n, p: w.number(n, p, -90.0, 90.0),
+            "lon": lambda n, p: w.number(n, p, -180.0, 180.0),
+            "target_mbps": lambda n, p: _target_mbps(w, n, p),
+            "target_upload_mbps": lambda n, p: _target_mbps(w, n, p),
+            "icmp": lambda n, p: _icmp_overrides(w, n, p),
+            "throughput": lambda n, p: _throughput_overrides(w, n, p),
+            "maintenance": lambda n, p: _maintenance(w, n, p),
+            **_rollout_readers(w),
+            "mode": lambda n, p: w.choice(n, p, SITE_MODES),
+            "agent": lambda n, p: _agent_settings(w, n, p),
+        }
+    read = w.fields(values, path, w.endpoint_readers)
+    status = read.get("status", group_status) if "status" in read or "status" not in values else None
     if "mode" in values and "mode" not in read:
         return None  # the mode was invalid (reported): do not also report a host it may not need
     mode = read.get("mode") or group_mode or "probe"
-    if mode == "agent":  # measured from inside the site: the centre needs its token, not its address
+    if mode == "agent":  # measured from inside the site (issue 10): the centre needs its token, not its address
         if "agent" not in values:
             w.problem(node, path, "missing required key 'agent' (mode: agent needs agent.token_sha256)")
             return None
-        read.setdefault("host", "")
     elif "agent" in values:
         w.problem(values["agent"], f"{path}.agent", "only an endpoint with mode: agent has an agent block")
         return None
-    elif "host" not in values:
-        w.problem(node, path, "missing required key 'host'")
+    host_optional = mode == "agent" or status == "planned"
+    if "host" not in values and status is not None and not host_optional:
+        # only a planned site may be written before its address is known (and an agent's site needs none);
+        # an invalid status says nothing
+        w.problem(node, path, "missing required key 'host' (only a site with status: planned or mode: agent "
+                              "may leave it out)")
+    if "name" not in read or ("host" not in read and ("host" in values or not host_optional)):
         return None
-    if "name" not in read or "host" not in read:
-        return None
+    read.setdefault("host", None)
     return EndpointConfig(location=w.where(node), path=path, **read)
 
 
@@ -729,13 +780,16 @@ def _group(w: _Walker, node: Node, path: str) -> GroupConfig | None:
         "icmp": lambda n, p: _icmp_overrides(w, n, p),
         "throughput": lambda n, p: _throughput_overrides(w, n, p),
         "maintenance": lambda n, p: _maintenance(w, n, p),
+        **_rollout_readers(w),
         "mode": lambda n, p: w.choice(n, p, SITE_MODES),
     })
+    group_status: SiteStatus | None = read.get("status", "connected") if "status" in read or "status" not in values \
+        else None
     endpoints: list[EndpointConfig] = []
     if "endpoints" in values:
         items = w.sequence(values["endpoints"], f"{path}.endpoints")
         for index, item in enumerate(items or ()):
-            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]", read.get("mode"))
+            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]", group_status, read.get("mode"))
             if endpoint is not None:
                 endpoints.append(endpoint)
     if "name" not in read:
@@ -785,7 +839,7 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
                     "lower count, spacing or timeout, or raise interval"))
             # icmp.family picks the address of a DNS name, so one inherited from defaults or the group
             # does not bind a literal; but an endpoint that sets it against its own address is a typo.
-            literal = normalize_ip(endpoint.host)
+            literal = normalize_ip(endpoint.host) if endpoint.host is not None else None
             own_family = endpoint.icmp.values.get("family") if endpoint.icmp is not None else None
             if literal is not None and own_family not in (None, "any"):
                 is_v6 = ":" in literal

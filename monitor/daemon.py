@@ -36,7 +36,7 @@ from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.site_state import SiteStateSink
 from monitor.store_url import opener as store_opener
-from monitor.targets import Target
+from monitor.targets import Target, probed
 from monitor.web import build_app, start_server
 from monitor.webconfig import BasicAuth, load_web_config
 
@@ -53,7 +53,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
-    every series carries the ``shard`` label.
+    every series carries the ``shard`` label. Only connected sites are scheduled; every sink still
+    gets all of the share's sites, so /metrics counts planned ones and the history knows them.
 
     Args:
         config_path: the site list.
@@ -88,20 +89,20 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
 
     def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
         new_targets = own_share(every_target, shard)
-        _warn_missing_tools(new_targets, iperf3_path)
+        _warn_missing_tools(probed(new_targets), iperf3_path)
         if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
             scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
             ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
         if history is not None:
             history.retention = new_config.retention
         api.set_report_settings(new_config)
-        scheduler.set_targets(new_targets)  # first: if it fails, the sinks still match the jobs
+        scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
         for sink in pipeline.sinks:
             sink.set_targets(new_targets)
         agents.set_targets(new_targets)
 
     targets = own_share(every_target, shard)
-    _warn_missing_tools(targets, iperf3_path)
+    _warn_missing_tools(probed(targets), iperf3_path)
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
     for sink in pipeline.sinks:
@@ -127,16 +128,17 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         raise
     if web_config is not None:
         log.info("web: %s", web_config.describe())
-    scheduler.start(targets)
+    scheduler.start(probed(targets))
     if history is not None:  # a restart shows the last test at once, and does not fire every due test
-        restored = history.restore(targets)
+        restored = history.restore(probed(targets))
         metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
         site_state.restore(restored.results.values())
         scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
         if restored.results:
             log.info("history: restored the last throughput test of %d endpoints", len(restored.results))
     ready = True
-    log.info("connmon started: %d endpoints from %s%s, listening on %s", len(targets), config_path,
+    log.info("connmon started: %d endpoints (%d probed) from %s%s, listening on %s", len(targets),
+             len(probed(targets)), config_path,
              f" (shard {shard})" if shard is not None else "", listen)
 
     loop = asyncio.get_running_loop()

@@ -47,7 +47,11 @@ MISSED_IN_A_ROW_LOOKBACK = 100  # tests read back to count misses in a row (aler
 
 @dataclass(frozen=True, slots=True)
 class EndpointRecord:
-    """An endpoint's labels as the history knows them (the latest written), for reports to group by."""
+    """An endpoint's labels as the history knows them (the latest written), for reports to group by.
+
+    The roll-out fields (issue 11) have defaults, so a record of an older history, which has none,
+    reads as a connected site without a contract of its own.
+    """
 
     name: str
     kind: str
@@ -55,11 +59,16 @@ class EndpointRecord:
     link: str
     group: str
     target_bits_per_second: float
+    status: str = "connected"  # planned | connected | retired
+    planned_date: dt.date | None = None
+    provider: str | None = None
+    contracted_bits_per_second: float | None = None
 
     @classmethod
     def of(cls, target: Target) -> EndpointRecord:
         return cls(target.name, target.kind, target.district, target.link, target.group,
-                   target.target_bits_per_second)
+                   target.target_bits_per_second, target.status, target.planned_date, target.provider,
+                   target.contracted_bits_per_second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +131,10 @@ class HistoryStore(Protocol):
         """Delete up to ``limit`` rows older than the bounds; return how many went (0: nothing left)."""
 
     def endpoints(self) -> list[EndpointRecord]:
-        """Every endpoint the history has results of, with its latest labels."""
+        """Every endpoint the history knows (with results, or written as configured), with its latest labels."""
+
+    def first_results(self) -> dict[str, float]:
+        """Per endpoint with results, when its first result ever written started (kept when old rows are pruned)."""
 
     def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
         """The endpoint's ICMP cycles started in [start, end), oldest first."""
@@ -183,6 +195,8 @@ class HistorySink:
         self._queue: queue.SimpleQueue[Sequence[Result] | Sequence[EndpointRecord] | _Stop] = queue.SimpleQueue()
         self._backlog: deque[Result] = deque()
         self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
+        self._unwritten: dict[str, EndpointRecord] = {}  # configured sites whose record the store lacks
+        self._written: dict[str, EndpointRecord] = {}  # what the store was last given, per site
         self._store: HistoryStore | None = None
         self._last_logged: dict[str, float] = {}
         self._next_prune = 0.0  # prune soon after start: a long-stopped daemon may have much to drop
@@ -194,6 +208,8 @@ class HistorySink:
 
     # ------------------------------------------------------------------ pipeline side (event loop)
     def set_targets(self, targets: Sequence[Target]) -> None:
+        """Every configured site gets its record written, planned ones too (they have no results): the
+        report counts roll-out from the history (issue 11)."""
         self._queue.put([EndpointRecord.of(t) for t in targets])
 
     def consume(self, cycle: Cycle) -> None:
@@ -242,7 +258,7 @@ class HistorySink:
     def _step(self) -> bool:
         """One round of the writer: take what is queued, write it (or prune); True when stopping."""
         try:
-            item = self._queue.get(timeout=RETRY_SECONDS if self._backlog else self._until_prune())
+            item = self._queue.get(timeout=RETRY_SECONDS if self._backlog or self._unwritten else self._until_prune())
         except queue.Empty:
             item = None
         stop = isinstance(item, _Stop)
@@ -257,13 +273,13 @@ class HistorySink:
                 stop = True
             else:
                 self._take(more)
-        if self._backlog:
+        if self._backlog or self._unwritten:
             self._write()
         elif not stop and self._clock() >= self._next_prune:
             self._prune_slice()
         if not stop:
             return False
-        while self._backlog and time.monotonic() < self._stop_by:  # a store that fails may come back
+        while (self._backlog or self._unwritten) and time.monotonic() < self._stop_by:  # a store may come back
             if not self._write():
                 time.sleep(0.2)
         if self._backlog:
@@ -287,6 +303,8 @@ class HistorySink:
         for entry in item:
             if isinstance(entry, EndpointRecord):
                 self._endpoints[entry.name] = entry
+                if self._written.get(entry.name) != entry:
+                    self._unwritten[entry.name] = entry
             else:
                 self._backlog.append(entry)
         overflow = len(self._backlog) - MAX_BACKLOG_RESULTS
@@ -306,6 +324,9 @@ class HistorySink:
             except Exception as err:
                 self._failed("open", err)
                 return None
+            # a reopened store may be a new file (remounted, replaced): give it every configured site's record
+            self._written.clear()
+            self._unwritten.update(self._endpoints)
         return self._store
 
     def _write(self) -> bool:
@@ -314,18 +335,21 @@ class HistorySink:
         Chunks keep a long backlog (after an outage) from becoming one transaction that shutdown
         or a crash would roll back whole.
         """
-        while self._backlog:
+        while self._backlog or self._unwritten:
             store = self._connected()
             if store is None:
                 return False
             batch = [self._backlog[i] for i in range(min(WRITE_CHUNK_RESULTS, len(self._backlog)))]
             endpoints = {r.target.name: EndpointRecord.of(r.target) for r in batch}
             endpoints.update((name, rec) for name, rec in self._endpoints.items() if name in endpoints)
+            endpoints.update(self._unwritten)  # configured sites go in even without results (planned ones)
             try:
                 store.write(list(endpoints.values()), batch)
             except Exception as err:
                 self._failed("write", err)
                 return False
+            self._written.update(endpoints)
+            self._unwritten.clear()
             for _ in batch:
                 self._backlog.popleft()
             self.stats.written += len(batch)

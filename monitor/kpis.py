@@ -65,11 +65,12 @@ class Span:
 def contracted_bits_per_second(endpoint: EndpointRecord) -> float:
     """The site's contracted download rate: the one place that decides it.
 
-    A per-site ``contracted_mbps`` (when the history knows it) is preferred; until then the target is the contract.
+    The site's ``contracted_mbps`` (kept in the history's endpoint record, issue 11) when set; otherwise
+    the target is the contract.
     """
-    contracted = getattr(endpoint, "contracted_mbps", None)
-    if isinstance(contracted, (int, float)) and contracted > 0:
-        return float(contracted) * 1e6
+    contracted = endpoint.contracted_bits_per_second
+    if contracted is not None and contracted > 0:
+        return contracted
     return endpoint.target_bits_per_second
 
 

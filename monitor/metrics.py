@@ -62,8 +62,12 @@ def label_pairs(pairs: Iterable[tuple[str, str]]) -> str:
 
 # Per-endpoint families, in exposition order: (name, type, help).
 _FAMILIES: tuple[tuple[str, str, str], ...] = (
-    ("connmon_endpoint_info", "gauge", "Descriptive labels of each monitored endpoint (value 1)."),
-    ("connmon_target_bits_per_second", "gauge", "Download rate each endpoint is contracted to reach."),
+    ("connmon_endpoint_info", "gauge",
+     "Descriptive labels of each configured endpoint, its roll-out status and provider included (value 1)."),
+    ("connmon_target_bits_per_second", "gauge", "Download rate each probed endpoint is contracted to reach."),
+    # Issue 11: what the contract says, only for sites whose contracted_mbps is set (it may differ from the target).
+    ("connmon_contracted_bits_per_second", "gauge",
+     "Download rate in the site's contract, where contracted_mbps is set."),
     ("connmon_up", "gauge", "1 if the endpoint answered at least one echo in its last ICMP cycle."),
     ("connmon_icmp_loss_ratio", "gauge", "Share of echoes without a reply in the last ICMP cycle."),
     ("connmon_icmp_jitter_seconds", "gauge",
@@ -156,8 +160,18 @@ class _EndpointState:
         f = self.fragments
         info = label_pairs((("group", t.group), ("host", t.host),
                             ("lat", "" if t.lat is None else repr(t.lat)),
-                            ("lon", "" if t.lon is None else repr(t.lon))))
+                            ("lon", "" if t.lon is None else repr(t.lon)),
+                            ("status", t.status), ("provider", t.provider or "")))
         f[_F["connmon_endpoint_info"]] = f"connmon_endpoint_info{{{lb},{info}}} 1\n"
+        contracted = t.contracted_bits_per_second
+        f[_F["connmon_contracted_bits_per_second"]] = (
+            "" if contracted is None else f"connmon_contracted_bits_per_second{{{lb}}} {floatToGoString(contracted)}\n")
+        if not t.probed:  # planned or retired: counted in connmon_sites and described, but no probe series
+            for index in range(_F["connmon_target_bits_per_second"], len(_FAMILIES)):
+                if index != _F["connmon_contracted_bits_per_second"]:
+                    f[index] = ""
+            self.throughput = None
+            return
         f[_F["connmon_target_bits_per_second"]] = (
             f"connmon_target_bits_per_second{{{lb}}} {floatToGoString(t.target_bits_per_second)}\n")
         last = self.last
@@ -334,6 +348,7 @@ class MetricsSink:
         self._slices: collections.deque[tuple[Sequence[Result], int]] = collections.deque()  # (results, next)
         self._slice_groups: set[str] = set()
         self.agents: AgentRegistry | None = None  # set by the daemon when agent sites are served (issue 10)
+        self._sites = ""  # connmon_sites lines, rendered at set_targets
 
     # ------------------------------------------------------------------ inputs
     def set_targets(self, targets: Sequence[Target]) -> None:
@@ -361,8 +376,9 @@ class MetricsSink:
             groups.setdefault(state.target.group, []).append(state)
         self._groups = groups
         self._blocks = {}
-        cycle_groups = {("icmp", t.group) for t in targets} | {("throughput", t.group) for t in targets
-                                                                if t.throughput.enabled}
+        cycle_groups = {("icmp", t.group) for t in targets if t.probed} | {
+            ("throughput", t.group) for t in targets if t.probed and t.throughput.enabled}
+        self._sites = self._render_sites(targets)
         self._cycles = {key: self._cycles.get(key) or _CycleStats() for key in sorted(cycle_groups)}
         self._rebuild()
 
@@ -502,9 +518,19 @@ class MetricsSink:
         inner = (pairs + self._shard_suffix) if pairs else self._shard_suffix[1:]
         return f"{{{inner}}}" if inner else ""
 
+    def _render_sites(self, targets: Sequence[Target]) -> str:
+        """``connmon_sites``: configured sites by kind, district, link and roll-out status (issue 11)."""
+        counts = collections.Counter((t.kind, t.district, t.link, t.status) for t in targets)
+        names = ("kind", "district", "link", "status")
+        return ("# HELP connmon_sites Configured sites by kind, district, link and roll-out status "
+                "(planned, connected, retired).\n# TYPE connmon_sites gauge\n"
+                + "".join(f"connmon_sites{self._braces(label_pairs(zip(names, key, strict=True)))} {n}\n"
+                          for key, n in sorted(counts.items())))
+
     def _render_tail(self) -> str:
         build = label_pairs((("version", __version__), ("python_version", platform.python_version())))
         return "".join((
+            self._sites,
             self._render_cycles(),
             self._render_tools(),
             "# HELP connmon_build_info Version of connmon and of the Python running it (value 1).\n"

@@ -38,7 +38,8 @@ _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across 
 # EndpointRecord field → column, in record order: the one place a new label column is added.
 _ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "name"), ("kind", "kind"), ("district", "district"), ("link", "link"), ("group", "grp"),
-    ("target_bits_per_second", "target_bps"))
+    ("target_bits_per_second", "target_bps"), ("status", "status"), ("planned_date", "planned_date"),
+    ("provider", "provider"), ("contracted_bits_per_second", "contracted_bps"))
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: endpoints, ICMP cycles, throughput tests (as SQLite's version 1)
@@ -80,6 +81,17 @@ MIGRATIONS: tuple[str, ...] = (
         budget_remaining BIGINT,
         PRIMARY KEY (endpoint_id, started_at)
     );
+    """,
+    # 2: roll-out (issue 11), as SQLite's version 2: status, planned date, provider, contract, first result
+    """
+    ALTER TABLE endpoints ADD COLUMN status TEXT NOT NULL DEFAULT 'connected';
+    ALTER TABLE endpoints ADD COLUMN planned_date DATE;
+    ALTER TABLE endpoints ADD COLUMN provider TEXT;
+    ALTER TABLE endpoints ADD COLUMN contracted_bps DOUBLE PRECISION;
+    ALTER TABLE endpoints ADD COLUMN first_result_at DOUBLE PRECISION;
+    UPDATE endpoints e SET first_result_at = LEAST(
+        (SELECT MIN(started_at) FROM icmp i WHERE i.endpoint_id = e.id),
+        (SELECT MIN(started_at) FROM throughput t WHERE t.endpoint_id = e.id));
     """,
 )
 
@@ -140,6 +152,7 @@ class PostgresStore:
             self._pool.close()
             raise
         self._ids: dict[str, int] = {}
+        self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
 
     def close(self) -> None:
         self._pool.close()
@@ -185,8 +198,11 @@ class PostgresStore:
                         self._ids.update({str(name): int(i) for name, i in cur.fetchall()})
                     icmp_rows = []
                     test_rows = []
+                    first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
                     for result in results:
                         endpoint_id = self._ids[result.target.name]
+                        if endpoint_id not in self._first_known:
+                            first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
                         if isinstance(result, IcmpResult):
                             icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
                                               pack_rtts(result.rtts_seconds),
@@ -211,6 +227,11 @@ class PostgresStore:
                             "target_met = excluded.target_met, error = excluded.error, "
                             "error_detail = excluded.error_detail, budget_remaining = excluded.budget_remaining",
                             test_rows)
+                    if first:
+                        cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
+                                        "(first_result_at IS NULL OR first_result_at > %s)",
+                                        [(at, endpoint_id, at) for endpoint_id, at in first.items()])
+                self._first_known.update(first)  # committed: once per endpoint and process
             except BaseException:
                 self._ids.clear()  # ids learnt inside the rolled-back transaction may be void
                 raise
@@ -236,6 +257,12 @@ class PostgresStore:
         with self._pool.connection() as conn:
             rows = conn.execute(f"SELECT {_ENDPOINT_SELECT} FROM endpoints ORDER BY name").fetchall()  # noqa: S608
         return [EndpointRecord(*row) for row in rows]
+
+    def first_results(self) -> dict[str, float]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL").fetchall()
+        return {str(name): float(at) for name, at in rows}
 
     def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
         with self._pool.connection() as conn:

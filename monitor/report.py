@@ -15,6 +15,16 @@ once, in words a reader can check:
 * **verdict** = ``met`` (every test met the target), ``partly``, ``never``, ``untested`` (ICMP
   data only) or ``no_data``.
 
+Roll-out (issue 11): planned sites are not in the site table or the KPIs (nothing is measured
+there yet), and retired ones only when they have results in the period. The roll-out section
+counts sites per district by status (``planned``, ``connected``, ``retired``) and lists those
+**connected in the period**: sites whose status is ``connected`` and whose connection date falls
+within the period's days. The connection date is the site's ``planned_date`` when it has one
+(keep it when switching a site to connected: it records when the line was due and delivered),
+else the day of the first result the history ever stored for it (in the report's time zone).
+The section is there only when some site is planned or retired or has a ``planned_date``, so a
+history without roll-out keys gives the report it always gave.
+
 Computing is separate from rendering (:mod:`monitor.report_render`), so every format shows
 the same numbers.
 """
@@ -24,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -150,6 +160,37 @@ class GroupSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutCounts:
+    """Sites of one district (or of the whole selection, ``district`` None) by roll-out status."""
+
+    district: str | None
+    planned: int
+    connected: int
+    retired: int
+    connected_in_period: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedSite:
+    """A site connected in the period, with the day it counts from and where that day comes from."""
+
+    name: str
+    kind: str
+    district: str
+    connected_on: dt.date
+    source: Literal["planned_date", "first_result"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """The report's roll-out section: counts per district, the total, and the sites connected in the period."""
+
+    districts: tuple[RolloutCounts, ...]
+    total: RolloutCounts
+    connected: tuple[ConnectedSite, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     period: Period
     kind: str | None
@@ -159,6 +200,7 @@ class Report:
     by_district: tuple[GroupSummary, ...] = ()
     generated_at: float = field(default=0.0)
     kpis: KpiReport | None = None  # the ministry's KPIs (issue 11), see monitor.kpis
+    rollout: Rollout | None = None  # only when some site is planned, retired or has a planned date
 
 
 def plural(kind: str, count: int) -> str:
@@ -234,9 +276,10 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     known = {e.name: e for e in store.endpoints()}
     for endpoint in configured:  # the config's labels are the current ones; sites without data still appear
         known[endpoint.name] = endpoint
-    chosen = [e for e in known.values()
-              if (kind is None or e.kind == kind) and (district is None or e.district == district)]
-    wanted = {e.name for e in configured}
+    selected = [e for e in known.values()
+                if (kind is None or e.kind == kind) and (district is None or e.district == district)]
+    chosen = [e for e in selected if e.status != "planned"]  # nothing is measured at a planned site
+    wanted = {e.name for e in configured if e.status == "connected"}  # retired ones only with results
     rows = [row for row in (site_row(store, e, period) for e in chosen)
             # a site long gone from the config, with nothing in the period, is not part of this report
             if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
@@ -246,8 +289,48 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)
     by_district = tuple(summarise([r for r in rows if r.kind == k and r.district == d], k, d)
                         for k in kinds for d in sorted({r.district for r in rows if r.kind == k}))
+    counted = selected
+    if configured:  # the config is the roll-out's truth; the history also remembers sites removed from it
+        names = {e.name for e in configured}
+        counted = [e for e in selected if e.name in names]
     return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
-                  period_kpis(store, [known[r.name] for r in rows], period, maintenance, thresholds))
+                  period_kpis(store, [known[r.name] for r in rows], period, maintenance, thresholds),
+                  rollout(store, counted, period) if has_rollout(known.values()) else None)
+
+
+def has_rollout(endpoints: Iterable[EndpointRecord]) -> bool:
+    """True when some site uses the roll-out keys: then, and only then, reports show the roll-out."""
+    return any(e.status != "connected" or e.planned_date is not None for e in endpoints)
+
+
+def rollout(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period) -> Rollout:
+    """Count ``endpoints`` per district by status, and find those connected in ``period`` (see the module doc)."""
+    first = store.first_results()
+    zone = ZoneInfo(period.timezone)
+    connected: list[ConnectedSite] = []
+    for e in endpoints:
+        if e.status != "connected":
+            continue
+        if e.planned_date is not None:
+            site = ConnectedSite(e.name, e.kind, e.district, e.planned_date, "planned_date")
+        elif e.name in first:
+            site = ConnectedSite(e.name, e.kind, e.district, dt.datetime.fromtimestamp(first[e.name], zone).date(),
+                                 "first_result")
+        else:
+            continue  # connected, but nothing measured yet and no date written: not known to be new
+        if period.first <= site.connected_on <= period.last:
+            connected.append(site)
+    connected.sort(key=lambda c: (c.connected_on, c.district, c.name))
+    new = {c.name for c in connected}
+
+    def counts(district: str | None, members: Sequence[EndpointRecord]) -> RolloutCounts:
+        statuses = [e.status for e in members]
+        return RolloutCounts(district, statuses.count("planned"), statuses.count("connected"),
+                             statuses.count("retired"), sum(1 for e in members if e.name in new))
+
+    districts = sorted({e.district for e in endpoints})
+    return Rollout(tuple(counts(d, [e for e in endpoints if e.district == d]) for d in districts),
+                   counts(None, endpoints), tuple(connected))
 
 
 def period_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period,

@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from monitor import __version__
 from monitor.kpis import KpiFigures, KpiReport
-from monitor.report import VERDICT_WORDS, Report, ReportFormat, SiteRow, format_mbps
+from monitor.report import VERDICT_WORDS, Report, ReportFormat, Rollout, RolloutCounts, SiteRow, format_mbps
 
 HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
            "loss %", "tests", "failed tests", "download median Mbit/s", "download min Mbit/s", "met %", "verdict")
@@ -70,6 +70,13 @@ def render_table(report: Report) -> str:
                           colalign=_SITE_ALIGN))
     if report.kpis is not None:
         lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
+    if report.rollout is not None:
+        lines += ["", rollout_sentence(report.rollout), "",
+                  tabulate(_rollout_rows(report.rollout), ROLLOUT_HEADERS, tablefmt="simple", disable_numparse=True,
+                           colalign=_ROLLOUT_ALIGN)]
+        if report.rollout.connected:
+            lines += ["", tabulate(_connected_rows(report.rollout), CONNECTED_HEADERS, tablefmt="simple",
+                                   disable_numparse=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -87,6 +94,15 @@ def render_csv(report: Report) -> str:
         writer.writerow([])
         writer.writerow(KPI_CSV_HEADERS)
         writer.writerows(kpi_csv_rows(report.kpis))
+    if report.rollout is not None:  # then the roll-out counts, and the sites connected in the period
+        writer.writerow([])
+        writer.writerow(ROLLOUT_CSV_HEADERS)
+        writer.writerows([["district" if c.district is not None else "all", c.district or "", c.planned,
+                           c.connected, c.connected_in_period, c.retired]
+                          for c in (*report.rollout.districts, report.rollout.total)])
+        writer.writerow([])
+        writer.writerow(CONNECTED_CSV_HEADERS)
+        writer.writerows(_connected_rows(report.rollout))
     return out.getvalue()
 
 
@@ -107,6 +123,13 @@ def render_markdown(report: Report) -> str:
         lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
                   tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], KPI_HEADERS,
                            tablefmt="github", disable_numparse=True, colalign=_KPI_ALIGN), ""]
+    if report.rollout is not None:
+        lines += ["## Roll-out", "", _md_escape(rollout_sentence(report.rollout)), "",
+                  tabulate([[_md_escape(c) for c in row] for row in _rollout_rows(report.rollout)], ROLLOUT_HEADERS,
+                           tablefmt="github", disable_numparse=True, colalign=_ROLLOUT_ALIGN), ""]
+        if report.rollout.connected:
+            lines += [tabulate([[_md_escape(c) for c in row] for row in _connected_rows(report.rollout)],
+                               CONNECTED_HEADERS, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
 
 
@@ -143,6 +166,10 @@ def render_html(report: Report) -> str:
         generated=generated,
         kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=KPI_HEADERS,
         kpi_rows=[] if report.kpis is None else _kpi_rows(report.kpis),
+        rollout=None if report.rollout is None else {
+            "sentence": rollout_sentence(report.rollout), "headers": ROLLOUT_HEADERS,
+            "rows": _rollout_rows(report.rollout), "connected_headers": CONNECTED_HEADERS,
+            "connected": _connected_rows(report.rollout)},
         # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
         scripts=[markupsafe.Markup(_asset(name)) for name in
                  ("chart.umd.min.js", "tablesort.min.js", "tablesort.number.min.js")])
@@ -247,7 +274,47 @@ def render_json(report: Report) -> str:
         "kind": report.kind, "district": report.district,
         "kpis": None if report.kpis is None else kpis_json(report.kpis),
     }
+    if report.rollout is not None:  # absent, not null, without roll-out keys: older documents stay as they were
+        doc["rollout"] = rollout_json(report.rollout)
     return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+# ----------------------------------------------------------------------------- roll-out (issue 11)
+
+ROLLOUT_HEADERS = ("district", "planned", "connected", "connected in the period", "retired")
+ROLLOUT_CSV_HEADERS = ("rollout_scope", "district", "planned", "connected", "connected_in_period", "retired")
+CONNECTED_HEADERS = ("connected in the period", "kind", "district", "on", "date from")
+CONNECTED_CSV_HEADERS = ("connected_site", "kind", "district", "connected_on", "date_from")
+_ROLLOUT_ALIGN = ("left",) + ("right",) * (len(ROLLOUT_HEADERS) - 1)
+
+
+def rollout_sentence(rollout: Rollout) -> str:
+    """E.g. "Roll-out: 5 sites connected (2 of them in the period), 3 planned, 1 retired."."""
+    t = rollout.total
+    return (f"Roll-out: {t.connected} {'site' if t.connected == 1 else 'sites'} connected ({t.connected_in_period} of "
+            f"them in the period), {t.planned} planned, {t.retired} retired. Connected in the period: the site's "
+            "planned_date, or else its first result, falls within the period.")
+
+
+def _rollout_rows(rollout: Rollout) -> list[list[str]]:
+    def row(c: RolloutCounts) -> list[str]:
+        return [c.district if c.district is not None else "all", str(c.planned), str(c.connected),
+                str(c.connected_in_period), str(c.retired)]
+    return [row(c) for c in rollout.districts] + [row(rollout.total)]
+
+
+def _connected_rows(rollout: Rollout) -> list[list[str]]:
+    return [[c.name, c.kind, c.district, c.connected_on.isoformat(), c.source] for c in rollout.connected]
+
+
+def rollout_json(rollout: Rollout) -> dict[str, object]:
+    def counts(c: RolloutCounts) -> dict[str, object]:
+        return {"district": c.district, "planned": c.planned, "connected": c.connected,
+                "connected_in_period": c.connected_in_period, "retired": c.retired}
+    return {"districts": [counts(c) for c in rollout.districts], "total": counts(rollout.total),
+            "connected_in_period": [{"name": c.name, "kind": c.kind, "district": c.district,
+                                     "connected_on": c.connected_on.isoformat(), "date_from": c.source}
+                                    for c in rollout.connected]}
 
 
 RENDERERS: dict[ReportFormat, Callable[[Report], str]] = {

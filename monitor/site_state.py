@@ -23,9 +23,8 @@ SiteJson = dict[str, Any]
 
 
 def site_status(target: Target) -> str:
-    """The site's lifecycle status, read from its target in this one place (only "connected" so far)."""
-    status = getattr(target, "status", None)  # a later config key (planned/retired) lands on Target
-    return status if isinstance(status, str) else "connected"
+    """The site's roll-out status from the config: planned, connected or retired (only connected ones are probed)."""
+    return target.status
 
 
 class SiteStateSink:

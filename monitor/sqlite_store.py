@@ -17,6 +17,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -74,7 +75,41 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint_id, started_at)
     ) WITHOUT ROWID;
     """,
+    # 2: roll-out (issue 11): status, planned date, provider and contract per endpoint, and when its first
+    # result came (kept past pruning, for "connected in the period"); older rows are connected sites
+    """
+    ALTER TABLE endpoints ADD COLUMN status TEXT NOT NULL DEFAULT 'connected';
+    ALTER TABLE endpoints ADD COLUMN planned_date TEXT;
+    ALTER TABLE endpoints ADD COLUMN provider TEXT;
+    ALTER TABLE endpoints ADD COLUMN contracted_bps REAL;
+    ALTER TABLE endpoints ADD COLUMN first_result_at REAL;
+    UPDATE endpoints SET first_result_at = (SELECT MIN(started_at) FROM icmp WHERE icmp.endpoint_id = endpoints.id);
+    UPDATE endpoints SET first_result_at = (SELECT MIN(started_at) FROM throughput t WHERE t.endpoint_id = endpoints.id)
+        WHERE EXISTS (SELECT 1 FROM throughput t WHERE t.endpoint_id = endpoints.id AND
+                      (endpoints.first_result_at IS NULL OR t.started_at < endpoints.first_result_at));
+    """,
 )
+# EndpointRecord field order → column; first_result_at is the store's own and never written from a record
+_ENDPOINT_COLUMNS = ("name", "kind", "district", "link", "grp", "target_bps", "status", "planned_date", "provider",
+                     "contracted_bps")
+_ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(_ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
+                    f"VALUES ({', '.join('?' for _ in _ENDPOINT_COLUMNS)})")
+_ENDPOINT_UPSERT = (_ENDPOINT_INSERT + " ON CONFLICT (name) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in _ENDPOINT_COLUMNS[1:]))
+
+
+def _endpoint_params(rec: EndpointRecord) -> tuple[object, ...]:
+    return (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second, rec.status,
+            None if rec.planned_date is None else rec.planned_date.isoformat(), rec.provider,
+            rec.contracted_bits_per_second)
+
+
+def _endpoint_record(row: Sequence[object]) -> EndpointRecord:
+    name, kind, district, link, group, target, status, planned, provider, contracted = row
+    return EndpointRecord(str(name), str(kind), str(district), str(link), str(group), float(target),  # type: ignore[arg-type]
+                          str(status), None if planned is None else dt.date.fromisoformat(str(planned)),
+                          None if provider is None else str(provider),
+                          None if contracted is None else float(contracted))  # type: ignore[arg-type]
 
 
 def database_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -133,6 +168,7 @@ class SqliteStore:
             self._db.close()
             raise
         self._ids: dict[str, int] = {}
+        self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
         self._prune_cursor = 0  # endpoint id the next prune slice starts at
 
     def schema_version(self) -> int:
@@ -165,15 +201,14 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             for rec in endpoints:
-                db.execute(
-                    "INSERT INTO endpoints (name, kind, district, link, grp, target_bps) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, district = excluded.district, "
-                    "link = excluded.link, grp = excluded.grp, target_bps = excluded.target_bps",
-                    (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second))
+                db.execute(_ENDPOINT_UPSERT, _endpoint_params(rec))
             icmp_rows = []
             test_rows = []
+            first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
             for result in results:
                 endpoint_id = self._endpoint_id(EndpointRecord.of(result.target))
+                if endpoint_id not in self._first_known:
+                    first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
                 if isinstance(result, IcmpResult):
                     icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
                                       pack_rtts(result.rtts_seconds),
@@ -184,7 +219,11 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
             db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
+            db.executemany("UPDATE endpoints SET first_result_at = ? WHERE id = ? AND "
+                           "(first_result_at IS NULL OR first_result_at > ?)",
+                           [(at, endpoint_id, at) for endpoint_id, at in first.items()])
             db.execute("COMMIT")
+            self._first_known.update(first)  # once per endpoint and process: later results are later
         except BaseException:
             self._ids.clear()  # ids handed out inside the rolled-back transaction are void
             if db.in_transaction:
@@ -196,9 +235,7 @@ class SqliteStore:
         if found is None:
             row = self._db.execute("SELECT id FROM endpoints WHERE name = ?", (rec.name,)).fetchone()
             if row is None:
-                cursor = self._db.execute(
-                    "INSERT INTO endpoints (name, kind, district, link, grp, target_bps) VALUES (?, ?, ?, ?, ?, ?)",
-                    (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second))
+                cursor = self._db.execute(_ENDPOINT_INSERT, _endpoint_params(rec))
                 found = int(cursor.lastrowid or 0)
             else:
                 found = int(row[0])
@@ -233,8 +270,12 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ reading
     def endpoints(self) -> list[EndpointRecord]:
-        return [EndpointRecord(*row) for row in self._db.execute(
-            "SELECT name, kind, district, link, grp, target_bps FROM endpoints ORDER BY name")]
+        return [_endpoint_record(row) for row in self._db.execute(
+            f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoints ORDER BY name")]  # noqa: S608 (fixed names)
+
+    def first_results(self) -> dict[str, float]:
+        return {str(name): float(at) for name, at in self._db.execute(
+            "SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL")}
 
     def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
         rows = self._db.execute(

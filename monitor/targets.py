@@ -8,6 +8,7 @@ resolves defaults → group → endpoint here, so nobody downstream repeats the 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from monitor.config import (
     Config,
     IcmpSettings,
     SiteMode,
+    SiteStatus,
     ThroughputSettings,
     expand_url,
     merge_icmp,
@@ -30,7 +32,11 @@ class Target:
     """One endpoint with its final settings and labels.
 
     ``address`` is the canonical IP when ``host`` is a literal, else None: names are resolved
-    at every cycle so that a site whose DNS record changes is followed.
+    at every cycle so that a site whose DNS record changes is followed. ``host`` is "" for a
+    planned site written without one (it is never probed).
+
+    Roll-out (issue 11): ``status`` says whether the site is probed at all (:attr:`probed`); every
+    configured site, probed or not, reaches the sinks, so /metrics and the history count planned ones.
     """
 
     name: str
@@ -46,13 +52,22 @@ class Target:
     icmp: IcmpSettings
     throughput: ThroughputSettings = ThroughputSettings()
     target_upload_bits_per_second: float | None = None  # checked only when configured
+    status: SiteStatus = "connected"
+    planned_date: dt.date | None = None
+    provider: str | None = None
+    contracted_bits_per_second: float | None = None  # the contract, when it differs from the target
+
+    @property
+    def probed(self) -> bool:
+        """Only connected sites are probed: a planned one has no line yet, a retired one none any more."""
+        return self.status == "connected"
     mode: SiteMode = "probe"  # "agent": measured by an agent at the site (issue 10), never by the centre
     agent: AgentSettings | None = None
 
     @property
     def probed_by_centre(self) -> bool:
-        """Whether the centre's own scheduler pings and tests this site (an agent site reports instead)."""
-        return self.mode == "probe"
+        """Whether the centre's own scheduler pings and tests this site: connected, and no agent reports for it."""
+        return self.probed and self.mode == "probe"
 
     @property
     def agent_stale_after_seconds(self) -> float:
@@ -70,17 +85,19 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                         if v is not None)
             up_mbps = next((v for v in (ep.target_upload_mbps, group.target_upload_mbps,
                                         config.defaults.target_upload_mbps) if v is not None), None)
+            host = ep.host or ""
             throughput = merge_throughput(config.defaults.throughput, group.throughput, ep.throughput)
             if (ep.mode or group.mode) == "agent" and throughput.method == "http" and not throughput.directions:
                 throughput = dataclasses.replace(throughput, directions=DIRECTIONS)  # the centre serves both
             if throughput.url or throughput.upload_url:  # `{host}` in a group-wide URL becomes this site's host
                 throughput = dataclasses.replace(
-                    throughput, url=throughput.url and expand_url(throughput.url, ep.host),
-                    upload_url=throughput.upload_url and expand_url(throughput.upload_url, ep.host))
+                    throughput, url=throughput.url and expand_url(throughput.url, host),
+                    upload_url=throughput.upload_url and expand_url(throughput.upload_url, host))
+            contracted = ep.contracted_mbps if ep.contracted_mbps is not None else group.contracted_mbps
             out.append(Target(
                 name=ep.name,
-                host=ep.host,
-                address=normalize_ip(ep.host),
+                host=host,
+                address=normalize_ip(host) if host else None,
                 group=group.name,
                 kind=group.kind,
                 district=ep.district or group.district or "",
@@ -93,8 +110,17 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                 target_upload_bits_per_second=None if up_mbps is None else up_mbps * 1_000_000,
                 mode=ep.mode or group.mode or "probe",
                 agent=ep.agent,
+                status=ep.status or group.status or "connected",
+                planned_date=ep.planned_date or group.planned_date,
+                provider=ep.provider or group.provider,
+                contracted_bits_per_second=None if contracted is None else contracted * 1_000_000,
             ))
     return tuple(out)
+
+
+def probed(targets: Iterable[Target]) -> tuple[Target, ...]:
+    """The targets to schedule: connected ones (planned and retired sites are only counted)."""
+    return tuple(t for t in targets if t.probed)
 
 
 def select(targets: Iterable[Target], names: Sequence[str]) -> tuple[Target, ...]:

@@ -23,6 +23,7 @@ from tests.conftest import write_config
 from tests.netlab import Lab
 from tests.running import running_daemon, samples, scrape_when, value
 from tests.test_api import SPEC
+from tests.test_rollout import arrivals, count_arrivals
 from tests.test_webconfig import HASH, PASSWORD, basic
 
 PORT = 19481
@@ -191,3 +192,33 @@ groups:
             assert value(parsed, "connmon_agent_requests_rejected_total", code=str(code)) >= 1
         assert "ghost" not in text
         assert proc.poll() is None
+
+
+def test_the_centre_never_probes_an_agent_site_even_with_a_host(lab: Lab, tmp_path: Path) -> None:
+    """An agent site is measured from inside: the daemon's cycles and `connmon probe` send it nothing,
+    though its host answers; naming it to `connmon probe` says why (exit 2)."""
+    reference, inside = lab.add_site("ag-reference"), lab.add_site("ag-inside")
+    count_arrivals(inside)
+    cfg = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 1s, count: 2, spacing: 100ms, timeout: 500ms}}
+groups:
+  - name: mixed
+    kind: school
+    throughput: {{method: iperf3, every: 10s, duration: 1s, omit: 0s, timeout: 2s}}
+    endpoints:
+      - {{name: reference, host: {reference.v4}}}
+      - {{name: inside, host: {inside.v4}, mode: agent, agent: {{token_sha256: {token_hash("inside-token")}}}}}
+""", name="mixed.yaml")
+    url = f"http://{lab.prober_v4}:{PORT + 1}/metrics"
+    with running_daemon(lab, cfg, PORT + 1) as proc:
+        parsed = scrape_when(url, lambda s: value(s, "connmon_icmp_packets_sent_total", endpoint="reference") >= 10,
+                             proc)
+        assert arrivals(inside) == (0, 0, 0)
+        one_shot = lab.connmon("probe", "--config", str(cfg), "--json")
+        assert [json.loads(line)["endpoint"] for line in one_shot.stdout.splitlines()] == ["reference"]
+        named = lab.connmon("probe", "--config", str(cfg), "--endpoint", "inside")
+        assert named.returncode == 2 and "mode: agent" in named.stderr and named.stdout == ""
+        parsed = scrape_when(url, lambda s: value(s, "connmon_agent_silent", endpoint="inside") == 1, proc)
+        assert value(parsed, "connmon_up", endpoint="inside") == 0
+        assert arrivals(inside) == (0, 0, 0)

@@ -86,6 +86,7 @@ groups:
     district: Shalkar
     endpoints:
       - {{name: dark, host: {dark.v4}, link: satellite}}
+      - {{name: soon, link: satellite, status: planned, planned_date: 2027-03-01}}
 """)
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  api: {HASH}\n", encoding="utf-8")
@@ -110,8 +111,10 @@ groups:
                         and sites["good"]["icmp"]["cycle_started_at"] > tested["tested_at"] + 4:
                     break  # a cycle after the test (whose traffic may delay echoes on the shaped link)
                 time.sleep(0.25)
-            assert list(sites) == ["good", "dark"]  # config order
+            assert list(sites) == ["good", "dark", "soon"]  # config order, the planned site included
             g, d = sites["good"], sites["dark"]
+            assert (sites["soon"]["status"], sites["soon"]["host"], sites["soon"]["up"], sites["soon"]["icmp"]) == (
+                "planned", "", None, None)
             assert g["labels"] == {"kind": "school", "district": "Aktobe", "link": "fibre", "group": "schools"}
             assert (g["host"], g["lat"], g["lon"], g["status"]) == (good.v4, 50.28, 57.17, "connected")
             assert g["up"] is True and g["icmp"]["loss_ratio"] == 0 and g["icmp"]["received"] == 3

@@ -7,6 +7,7 @@ that loading it must report, in order. To add a case, write the file and its exp
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -200,6 +201,61 @@ def test_targets_carry_canonical_addresses() -> None:
 # ----------------------------------------------------------------------------- durations
 
 
+ROLLOUT = """\
+defaults:
+  target_mbps: 4
+groups:
+  - name: new-clinics
+    kind: clinic
+    status: planned
+    provider: KazSat
+    planned_date: 2026-11-15
+    contracted_mbps: 10
+    endpoints:
+      - {name: no-host-yet, district: Temir}
+      - {name: switched-on, host: 192.0.2.9, status: connected, contracted_mbps: 20, planned_date: "2026-10-01"}
+      - {name: closed, host: 192.0.2.10, status: retired, provider: Kazakhtelecom}
+  - name: schools
+    endpoints:
+      - {name: plain, host: 192.0.2.11}
+"""
+
+
+def test_rollout_keys_cascade_from_group_to_endpoint() -> None:
+    """status, planned_date, provider and contracted_mbps: the endpoint's value, else the group's, else the default."""
+    by_name = {t.name: t for t in build_targets(parse_config(ROLLOUT, "rollout.yaml"))}
+    planned, switched, closed, plain = (by_name[n] for n in ("no-host-yet", "switched-on", "closed", "plain"))
+    assert (planned.status, planned.host, planned.address, planned.probed) == ("planned", "", None, False)
+    assert planned.planned_date == dt.date(2026, 11, 15) and planned.provider == "KazSat"
+    assert planned.contracted_bits_per_second == 10e6 and planned.target_bits_per_second == 4e6
+    assert (switched.status, switched.probed, switched.planned_date) == ("connected", True, dt.date(2026, 10, 1))
+    assert switched.contracted_bits_per_second == 20e6 and switched.provider == "KazSat"
+    assert (closed.status, closed.probed, closed.provider) == ("retired", False, "Kazakhtelecom")
+    assert (plain.status, plain.probed, plain.planned_date, plain.provider, plain.contracted_bits_per_second) == (
+        "connected", True, None, None, None)
+
+
+def test_check_command_says_how_many_sites_are_not_probed(tmp_path: Path) -> None:
+    """`connmon check` counts the planned and retired sites apart, since nothing will probe them."""
+    path = tmp_path / "rollout.yaml"
+    path.write_text(ROLLOUT, encoding="utf-8")
+    proc = run_check(path)
+    assert (proc.returncode, proc.stdout) == (0, f"{path}: OK, 2 groups, 4 endpoints (1 planned and 1 retired: "
+                                                 "not probed)\n")
+
+
+def test_only_a_planned_site_may_leave_out_its_host() -> None:
+    """A connected or retired site without host is a located error; the same site planned is valid."""
+    text = "groups:\n  - name: g\n    endpoints:\n      - {name: s, status: STATUS}\n"
+    assert build_targets(parse_config(text.replace("STATUS", "planned"), "ok.yaml"))[0].host == ""
+    for status in ("connected", "retired"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text.replace("STATUS", status), "bad.yaml")
+        assert [str(p) for p in caught.value.problems] == [
+            "bad.yaml:4:9: groups[0].endpoints[0]: missing required key 'host' (only a site with status: planned "
+            "or mode: agent may leave it out)"]
+
+
 @pytest.mark.parametrize(("text", "seconds"), [
     ("250ms", 0.25), ("60s", 60.0), ("1h30m", 5400.0), ("6h", 21600.0), ("1.5s", 1.5),
     ("2m30s", 150.0), ("1d", 86400.0), (" 5m ", 300.0), ("1h0m1s", 3601.0),
@@ -387,7 +443,7 @@ def test_check_command_reports_a_missing_file(tmp_path: Path) -> None:
 
 _REAL_KEYS = ("defaults", "groups", "name", "kind", "district", "link", "lat", "lon", "target_mbps",
               "icmp", "endpoints", "host", "interval", "count", "spacing", "timeout", "payload_bytes",
-              "family")
+              "family", "status", "planned_date", "provider", "contracted_mbps")
 _YAML_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 _FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

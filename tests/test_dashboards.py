@@ -225,6 +225,9 @@ groups:
     link: satellite
     endpoints:
       - {{name: refused, host: {sites['c'].v4}, lat: 49.9, lon: 57.3}}
+      # roll-out (issue 11): counted by connmon_sites, never probed, so in no up/down panel or the map
+      - {{name: new-clinic, status: planned, planned_date: 2027-01-15, lat: 49.8, lon: 57.4}}
+      - {{name: old-clinic, host: {sites['c'].v4}, status: retired}}
 """)
     prom_config = directory / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump({
@@ -301,7 +304,7 @@ def test_variable_queries_list_the_sites(stack: Stack) -> None:
             found.setdefault(name, set()).update(values)
     assert found["kind"] == {"school", "clinic"}
     assert found["district"] == {"Aktobe", "Kargaly"}
-    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused"}
+    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused", "new-clinic", "old-clinic"}
     assert stack.site in found["endpoint"]
     assert len(found["instance"]) == 1
 
@@ -316,6 +319,20 @@ def test_map_query_gives_coordinates_and_state(stack: Stack) -> None:
             for r in instant(stack.prometheus_url, expr)}
     assert rows == {"a-fibre": ("50.28", "57.17", "1"), "№12 мектеп": ("50.3", "57.2", "1"),
                     "refused": ("49.9", "57.3", "1")}
+
+
+@pytest.mark.netns
+def test_rollout_panel_counts_sites_by_district_and_status(stack: Stack) -> None:
+    """The roll-out panel's query counts every configured site, planned and retired ones included."""
+    overview = load(ROOT / "grafana" / "dashboards" / "region-overview.json")
+    panel = next(p for p in query_panels(overview) if p["title"] == "Sites by roll-out status, per district")
+    expr = substitute(panel["targets"][0]["expr"], {"kind": ".*", "district": ".*"})
+    counts = {(r["metric"]["district"], r["metric"]["status"]): r["value"][1]
+              for r in instant(stack.prometheus_url, expr)}
+    assert counts == {("Aktobe", "connected"): "2", ("Kargaly", "connected"): "1", ("Kargaly", "planned"): "1",
+                      ("Kargaly", "retired"): "1"}
+    probed = instant(stack.prometheus_url, 'count(connmon_up{endpoint=~"new-clinic|old-clinic"})')
+    assert probed == []  # no connmon_up for the planned and the retired site
 
 
 @pytest.mark.netns

@@ -6,6 +6,8 @@ Faults are real: a read-only bind mount and a tmpfs too small for the next write
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import sqlite3
 import subprocess
@@ -150,6 +152,23 @@ def test_the_sink_writes_each_cycle_off_the_calling_thread(tmp_path: Path) -> No
     assert sink.stats.written == 100 and sink.stats.pending == 0
     store = SqliteStore(database_path(tmp_path), read_only=True)
     assert len(list(store.icmp_cycles("b", 0, 1e12))) == 50
+
+
+def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_path: Path) -> None:
+    """set_targets alone writes each site's record (issue 11): a planned site is in the history at once,
+    a reload that connects it updates its record, and the store is not rewritten when nothing changed."""
+    path = database_path(tmp_path)
+    sink = HistorySink(lambda: SqliteStore(path), Retention())
+    planned = dataclasses.replace(target("soon", kind="clinic"), host="", address=None, status="planned",
+                                  planned_date=dt.date(2026, 12, 1), provider="KazSat", contracted_bits_per_second=8e6)
+    sink.set_targets([target("a"), planned])
+    wait_for(lambda: path.exists() and {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"})
+    assert SqliteStore(path, read_only=True).endpoints()[1] == EndpointRecord(
+        "soon", "clinic", "Aktobe", "fibre", "g", 4e6, "planned", dt.date(2026, 12, 1), "KazSat", 8e6)
+    sink.set_targets([target("a"), dataclasses.replace(planned, status="connected")])
+    sink.close()
+    assert SqliteStore(path, read_only=True).endpoints()[1].status == "connected"
+    assert sink.stats.written == 0 and sink.stats.errors["write"] == 0  # records are not results
 
 
 @contextlib.contextmanager

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.config import IcmpSettings
+from monitor.config import IcmpSettings, ThroughputSettings
 from monitor.errors import ICMP_REASONS, ProbeErrorReason
 from monitor.metrics import RTT_BUCKETS_SECONDS, MetricsSink, escape_label_value
 from monitor.results import Cycle, IcmpResult
@@ -234,3 +236,47 @@ def test_a_large_cycle_is_absorbed_in_slices_between_other_work() -> None:
     assert versions == 1  # one new body, whole
     text = b"".join(sink.exposition()).decode()
     assert text.count("connmon_up{") == 2500 and "connmon_up{" in text
+
+
+def test_planned_and_retired_sites_are_counted_and_described_but_have_no_probe_series() -> None:
+    """Issue 11: connmon_sites counts every configured site by status; only connected ones get probe series.
+
+    endpoint_info carries status and provider for every site; connmon_contracted_bits_per_second exists
+    exactly for the sites whose contract is written down; with --shard both carry the shard label.
+    """
+    iperf = ThroughputSettings(method="iperf3")
+    sites = [target("on", provider="KazSat", contracted_bits_per_second=20e6, throughput=iperf),
+             target("on2", district="Temir"),
+             target("soon", host="", address=None, status="planned", throughput=iperf,
+                    contracted_bits_per_second=10e6),
+             target("soon2", host="192.0.2.9", status="planned", link="satellite"),
+             target("gone", status="retired", provider="Old Telecom")]
+    sink = MetricsSink(shard="1")
+    sink.set_targets(sites)
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(sites[0], (0.01,)), result(sites[1], (0.01,)))))
+    p = parsed(sink)
+    counts = {(lb["kind"], lb["district"], lb["link"], lb["status"], lb["shard"]): v for lb, v in p["connmon_sites"]}
+    assert counts == {("school", "Aktobe", "fibre", "connected", "1"): 1,
+                      ("school", "Temir", "fibre", "connected", "1"): 1,
+                      ("school", "Aktobe", "fibre", "planned", "1"): 1,
+                      ("school", "Aktobe", "satellite", "planned", "1"): 1,
+                      ("school", "Aktobe", "fibre", "retired", "1"): 1}
+    info = {lb["endpoint"]: (lb["status"], lb["provider"], lb["host"]) for lb, _ in p["connmon_endpoint_info"]}
+    assert info == {"on": ("connected", "KazSat", "192.0.2.1"), "on2": ("connected", "", "192.0.2.1"),
+                    "soon": ("planned", "", ""), "soon2": ("planned", "", "192.0.2.9"),
+                    "gone": ("retired", "Old Telecom", "192.0.2.1")}
+    assert {lb["endpoint"]: v for lb, v in p["connmon_contracted_bits_per_second"]} == {"on": 20e6, "soon": 10e6}
+    probe_families = [name for name in p if name not in (
+        "connmon_sites", "connmon_endpoint_info", "connmon_contracted_bits_per_second")
+        and p[name] and "endpoint" in p[name][0][0]]
+    assert "connmon_up" in probe_families and "connmon_throughput_tests_total" in probe_families
+    for name in probe_families:  # no up, ICMP, target or throughput series for planned or retired sites
+        assert {lb["endpoint"] for lb, _ in p[name]} <= {"on", "on2"}, name
+    assert {lb["group"] for lb, _ in p["connmon_cycle_duration_seconds_count"]} == {"g"}
+    assert promtool_problems(render(sink)) == []
+
+    sink.set_targets([dataclasses.replace(sites[2], status="connected", host="192.0.2.8", address="192.0.2.8")])
+    p = parsed(sink)  # a reload that connects the site: its probe series appear, the counts follow
+    assert [(lb["status"], v) for lb, v in p["connmon_sites"]] == [("connected", 1)]
+    assert one(p, "connmon_target_bits_per_second", endpoint="soon") == 4e6
+    assert one(p, "connmon_throughput_tests_total", endpoint="soon") == 0

@@ -51,3 +51,34 @@ def test_the_run_command_serves_the_shipped_example(lab: Lab) -> None:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
+
+
+def documented_metrics(readme: str) -> set[str]:
+    """Every ``connmon_*`` name the README mentions, with ``connmon_icmp_{a,b}_total`` spelled out."""
+    names = set(re.findall(r"connmon_[a-z_]*[a-z]", readme))
+    for prefix, choices, suffix in re.findall(r"(connmon_[a-z_]*)\{([a-z_,]+)\}(_[a-z_]+)", readme):
+        names.update(f"{prefix}{choice}{suffix}" for choice in choices.split(","))
+    return names
+
+
+def test_readme_documents_every_exported_metric() -> None:
+    """Each metric family /metrics can export (roll-out ones included) is named in the README."""
+    import dataclasses
+
+    from monitor.config import IcmpSettings, ThroughputSettings
+    from monitor.history import StoreStats
+    from monitor.icmp_engine import EngineStats
+    from monitor.metrics import MetricsSink
+    from monitor.targets import Target
+
+    site = Target("s", "192.0.2.1", "192.0.2.1", "g", "school", "Aktobe", "fibre", None, None, 4e6, IcmpSettings(),
+                  ThroughputSettings(method="iperf3", monthly_budget_bytes=10**9), 1e6,
+                  contracted_bits_per_second=8e6)
+    sink = MetricsSink(engine_stats=lambda: dataclasses.asdict(EngineStats()), tools={"iperf3": True},
+                       store_stats=StoreStats, shard="0")
+    sink.set_targets([site, dataclasses.replace(site, name="p", status="planned")])
+    exposition = b"".join(sink.exposition()).decode("utf-8")
+    exported = {name for name in re.findall(r"^# TYPE (connmon_\w+) ", exposition, flags=re.M)}
+    assert {"connmon_sites", "connmon_contracted_bits_per_second", "connmon_up"} <= exported
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert exported - documented_metrics(readme) == set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import sqlite3
 import subprocess
 import sys
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from monitor.config import load_config, parse_config
 from monitor.errors import ProbeErrorReason
+from monitor.history import EndpointRecord
 from monitor.report import Period, build_report, nearest_rank
 from monitor.report_render import render
 from monitor.results import Result
 from monitor.sqlite_store import SqliteStore, database_path
-from monitor.targets import Target
+from monitor.targets import Target, build_targets
 from tests.conftest import write_config
 from tests.netlab import _child_env
 from tests.test_history import icmp, target, test_
@@ -231,3 +234,154 @@ def test_verdicts_come_from_the_verdict_not_the_download(tmp_path: Path) -> None
     assert rows["both"].download_median_bits_per_second == 5e6  # both downloads were measured
     assert (rows["up-only"].tests, rows["up-only"].verdict) == (1, "met")
     assert rows["up-only"].download_median_bits_per_second is None
+
+
+# ----------------------------------------------------------------------------- roll-out (issue 11)
+
+NOV = Period(dt.date(2026, 11, 1), dt.date(2026, 11, 30), "UTC")
+DAY = 86400.0
+ROLLOUT_CONFIG = """\
+groups:
+  - name: aktobe-schools
+    kind: school
+    district: Aktobe
+    endpoints:
+      - {name: a1, host: 192.0.2.1, planned_date: 2026-11-10, contracted_mbps: 10}
+      - {name: a2, host: 192.0.2.2}
+      - {name: a3, host: 192.0.2.3}
+      - {name: a4, host: 192.0.2.4, status: planned, planned_date: 2026-12-01, provider: KazSat}
+  - name: khromtau-clinics
+    kind: clinic
+    district: Khromtau
+    endpoints:
+      - {name: k1, status: planned}
+      - {name: k2, host: 192.0.2.12, status: retired}
+      - {name: k3, host: 192.0.2.13, planned_date: 2026-10-28}
+      - {name: k4, host: 192.0.2.14}
+  - name: temir-schools
+    kind: school
+    district: Temir
+    endpoints:
+      - {name: t1, host: 192.0.2.21}
+"""
+
+
+def record_rollout(state: Path) -> list[EndpointRecord]:
+    """November 2026 of a region still connecting sites; the right answers, by hand:
+
+    * a1: connected, planned_date 10 Nov → connected in the period (by its date); measured 6 Mbit/s
+      against a 4 Mbit/s target and a 10 Mbit/s contract → meets the target, not 80% of the contract.
+    * a2: first result 20 Oct → connected before the period. a3: first result 5 Nov → in the period.
+    * a4: planned for 1 Dec; k1: planned without a host → planned, in no site row and no KPI.
+    * k2: retired, results in October only → retired, not in November's site rows.
+    * k3: planned_date 28 Oct wins over its first result on 2 Nov → not in the period.
+    * k4: connected, never measured, no date → connected, not known to be new; a "no data" row with --config.
+    * t1: first result 30 Nov 20:00 UTC → in November in UTC, on 1 Dec in Almaty (UTC+5).
+    """
+    config = parse_config(ROLLOUT_CONFIG, "rollout.yaml")
+    targets = {t.name: t for t in build_targets(config)}
+    records = [EndpointRecord.of(t) for t in targets.values()]
+    start = NOV.start
+    rows: list[Result] = [icmp(targets["a1"], start + 9 * DAY + i * HOUR, 0.01) for i in range(3)]
+    rows += [test_(targets["a1"], start + 12 * DAY, 6e6), test_(targets["a1"], start + 13 * DAY, 6e6)]
+    rows += [icmp(targets["a2"], start - 12 * DAY, 0.01), icmp(targets["a2"], start + DAY, 0.01)]
+    rows += [icmp(targets["a3"], start + 4 * DAY + HOUR, 0.01)]
+    rows += [icmp(targets["k2"], start - 20 * DAY, 0.01)]
+    rows += [icmp(targets["k3"], start + DAY + HOUR, None)]
+    rows += [icmp(targets["t1"], NOV.end - 4 * HOUR, 0.01)]
+    store = SqliteStore(database_path(state))
+    store.write(records, rows)
+    store.close()
+    return records
+
+
+def test_rollout_counts_and_sites_connected_in_the_period(tmp_path: Path) -> None:
+    records = record_rollout(tmp_path)
+    store = SqliteStore(database_path(tmp_path), read_only=True)
+    report = build_report(store, NOV, configured=records)
+    assert report.rollout is not None
+    counts = {c.district: (c.planned, c.connected, c.connected_in_period, c.retired)
+              for c in (*report.rollout.districts, report.rollout.total)}
+    assert counts == {"Aktobe": (1, 3, 2, 0), "Khromtau": (1, 2, 0, 1), "Temir": (0, 1, 1, 0), None: (2, 6, 3, 1)}
+    assert [(c.name, c.connected_on.isoformat(), c.source) for c in report.rollout.connected] == [
+        ("a3", "2026-11-05", "first_result"), ("a1", "2026-11-10", "planned_date"),
+        ("t1", "2026-11-30", "first_result")]
+    # planned sites are in no row and no KPI; the retired one has no result in November; k4 is configured
+    assert sorted(r.name for r in report.sites) == ["a1", "a2", "a3", "k3", "k4", "t1"]
+    assert {r.name: r.verdict for r in report.sites}["k4"] == "no_data"
+    assert report.kpis is not None
+    a1 = next(s for s in report.kpis.sites if s.name == "a1")
+    assert (a1.contracted_bits_per_second, a1.median_met_target, a1.at_contract_share) == (10e6, True, False)
+    # in Almaty t1's first result is on 1 December; --district narrows the counts too
+    almaty = build_report(store, Period(NOV.first, NOV.last, "Asia/Almaty"), configured=records)
+    assert almaty.rollout is not None and [c.name for c in almaty.rollout.connected] == ["a3", "a1"]
+    khromtau = build_report(store, NOV, district="Khromtau", configured=records).rollout
+    assert khromtau is not None and [c.district for c in khromtau.districts] == ["Khromtau"]
+    assert (khromtau.total.planned, khromtau.total.connected, khromtau.total.retired) == (1, 2, 1)
+    # without --config the history's records count (the same sites here), and unconfigured k4 has no row
+    alone = build_report(store, NOV)
+    assert alone.rollout is not None and alone.rollout.total == report.rollout.total
+    assert "k4" not in {r.name for r in alone.sites}
+
+
+GOLDEN_ROLLOUT_CSV = """\
+rollout_scope,district,planned,connected,connected_in_period,retired
+district,Aktobe,1,3,2,0
+district,Khromtau,1,2,0,1
+district,Temir,0,1,1,0
+all,,2,6,3,1
+
+connected_site,kind,district,connected_on,date_from
+a3,school,Aktobe,2026-11-05,first_result
+a1,school,Aktobe,2026-11-10,planned_date
+t1,school,Temir,2026-11-30,first_result
+"""
+
+
+def test_rollout_is_in_every_format_and_the_cli(tmp_path: Path) -> None:
+    """The CLI with --config: the roll-out blocks close the CSV; every format shows the counts."""
+    record_rollout(tmp_path)
+    cfg = write_config(tmp_path, ROLLOUT_CONFIG)
+    proc = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-11-01", "--to", "2026-11-30",
+                           "--timezone", "UTC", "--state-dir", str(tmp_path), "--config", str(cfg), "--format", "csv"],
+                          capture_output=True, text=True, timeout=60, check=False, env=_child_env())
+    assert proc.returncode == 0, proc.stderr
+    sites, kpis, counts, connected = proc.stdout.split("\n\n")
+    assert counts + "\n\n" + connected == GOLDEN_ROLLOUT_CSV
+    assert "a4" not in sites and "k1" not in sites and sites.startswith("site,kind,")
+    store = SqliteStore(database_path(tmp_path), read_only=True)
+    report = build_report(store, NOV, configured=[EndpointRecord.of(t) for t in build_targets(load_config(cfg))])
+    sentence = "Roll-out: 6 sites connected (3 of them in the period), 2 planned, 1 retired."
+    for fmt in ("table", "markdown", "html"):
+        text = render(report, fmt)
+        assert sentence in text, fmt
+        assert "2026-11-05" in text and "Khromtau" in text, fmt
+    doc = json.loads(render(report, "json"))
+    assert doc["rollout"]["total"] == {"district": None, "planned": 2, "connected": 6, "connected_in_period": 3,
+                                       "retired": 1}
+    assert [c["name"] for c in doc["rollout"]["connected_in_period"]] == ["a3", "a1", "t1"]
+
+
+def test_no_rollout_section_without_rollout_keys(state: Path) -> None:
+    """A history where every site is connected and none has a planned_date: no roll-out anywhere (golden)."""
+    report = build_report(SqliteStore(database_path(state), read_only=True), OCT)
+    assert report.rollout is None
+    assert "rollout" not in json.loads(render(report, "json"))
+    for fmt in ("table", "csv", "markdown", "html"):
+        assert "oll-out" not in render(report, fmt) and "rollout" not in render(report, fmt), fmt
+
+
+def test_readme_rollout_samples_are_what_connmon_prints(tmp_path: Path) -> None:
+    """The README's roll-out config parses as described, and its report sample is this history's output."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    config = readme.split("### Roll-out: sites not connected yet", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    sites = {t.name: t for t in build_targets(parse_config(config, "README.md"))}
+    assert {n: (t.status, t.host, t.probed) for n, t in sites.items()} == {
+        "shalkar-clinic-07": ("planned", "", False), "shalkar-clinic-02": ("connected", "10.40.2.1", True),
+        "shalkar-clinic-01": ("retired", "10.40.1.1", False)}
+    assert sites["shalkar-clinic-02"].contracted_bits_per_second == 10e6
+    sample = readme.split("### Roll-out in the report", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    records = record_rollout(tmp_path)
+    table = render(build_report(SqliteStore(database_path(tmp_path), read_only=True), NOV, configured=records),
+                   "table")
+    assert table[table.index("Roll-out: "):] == sample

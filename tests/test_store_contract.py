@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from monitor import postgres_store
+from monitor import postgres_store, sqlite_store
 from monitor.errors import ProbeErrorReason
 from monitor.history import EndpointRecord, HistoryStore
 from monitor.postgres_store import PostgresStore, redact
@@ -228,3 +231,90 @@ def test_redact_hides_the_password() -> None:
     """A URL is logged without its password."""
     assert redact("postgresql://u:s3cret@db.example/h") == "postgresql://u:***@db.example/h"
     assert "s3cret" not in redact("postgres://u:s3cret@/h?host=/run/pg")
+
+
+# ----------------------------------------------------------------------------- roll-out (issue 11)
+
+
+def test_rollout_fields_round_trip(open_store: Opener) -> None:
+    """Status, planned date, provider and contract are stored and read back; a planned site needs no results."""
+    store = open_store()
+    planned = EndpointRecord("P", "clinic", "Temir", "satellite", "new-clinics", 4e6, "planned",
+                             dt.date(2026, 11, 15), "KazSat", 10e6)
+    retired = EndpointRecord("R", "school", "Aktobe", "dsl", "g", 2e6, "retired", None, "Old Telecom", None)
+    store.write([planned, retired], [])
+    a = target("A")
+    store.write([EndpointRecord.of(a)], [icmp(a, 100.0, 0.01)])
+    assert store.endpoints() == [EndpointRecord("A", "school", "Aktobe", "fibre", "g", 4e6), planned, retired]
+    connected = dataclasses.replace(planned, status="connected", contracted_bits_per_second=None, provider=None)
+    store.write([connected], [])  # the next config's labels replace the old ones, None included
+    assert open_store().endpoints()[1] == connected
+
+
+def test_first_results_are_kept_when_old_rows_are_pruned(open_store: Opener) -> None:
+    """Each site's first result time is the earliest written, ICMP or test, and outlives pruning."""
+    store = open_store()
+    a, b = target("A"), target("B")
+    store.write([EndpointRecord("P", "clinic", "Temir", "lte", "g", 4e6, "planned")], [])
+    store.write([], [icmp(a, 200.0, 0.01), icmp(a, 300.0, None), test_(a, 150.0, 5e6)])
+    store.write([], [icmp(b, 500.0, 0.01)])
+    later = open_store()  # another process (a restart, another shard) writing later results moves nothing
+    later.write([], [icmp(a, 900.0, 0.01), icmp(b, 400.0, 0.01)])
+    assert later.first_results() == {"A": 150.0, "B": 400.0}
+    while later.prune(1e9, 1e9, 100):
+        pass
+    assert list(later.icmp_cycles("A", 0, 1e9)) == [] and later.throughput_tests("A", 0, 1e9) == []
+    assert open_store().first_results() == {"A": 150.0, "B": 400.0}
+
+
+_V1_ROWS = (  # a version-1 history: one site with a cycle at 300 and a test at 200, one with nothing
+    "INSERT INTO endpoints (id, name, kind, district, link, grp, target_bps) VALUES "
+    "(1, 'old', 'school', 'Aktobe', 'fibre', 'g', 4000000), (2, 'quiet', 'clinic', 'Temir', 'lte', 'g', 2000000)",
+    "INSERT INTO icmp (endpoint_id, started_at, address, sent, rtts) VALUES (1, 300, '192.0.2.1', 0, X'')",
+    "INSERT INTO throughput (endpoint_id, started_at, ended_at, method, bytes, directions, target_bps) VALUES "
+    "(1, 200, 211, 'iperf3', 0, '[]', 4000000)",
+)
+
+
+def _check_migrated(store: HistoryStore) -> None:
+    assert store.endpoints() == [EndpointRecord("old", "school", "Aktobe", "fibre", "g", 4e6),
+                                 EndpointRecord("quiet", "clinic", "Temir", "lte", "g", 2e6)]
+    assert store.first_results() == {"old": 200.0}
+    assert [c.started_at for c in store.icmp_cycles("old", 0, 1e9)] == [300.0]
+    store.write([EndpointRecord("quiet", "clinic", "Temir", "lte", "g", 2e6, "retired", dt.date(2026, 1, 2))], [])
+    assert store.endpoints()[1].status == "retired"
+
+
+def test_sqlite_history_of_the_old_schema_opens_and_migrates(tmp_path: Path) -> None:
+    """A SQLite file made by the version-1 schema (before roll-out) opens, migrates and keeps its rows."""
+    path = tmp_path / "history.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(sqlite_store.MIGRATIONS[0] + ";\n".join(_V1_ROWS) + ";\nPRAGMA user_version = 1;")
+    db.close()
+    store = SqliteStore(path)
+    try:
+        assert store.schema_version() == len(sqlite_store.MIGRATIONS) >= 2
+        _check_migrated(store)
+    finally:
+        store.close()
+
+
+def test_postgres_history_of_the_old_schema_opens_and_migrates(pg_server: PgServer) -> None:  # noqa: F811
+    """A PostgreSQL database made by the version-1 schema opens, migrates and keeps its rows."""
+    db = pg_server.new_database()
+    url = pg_server.url(db)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                     "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        for statement in postgres_store.MIGRATIONS[0].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for statement in _V1_ROWS:
+            conn.execute(statement.replace("X''", "'\\x'::bytea"))
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    store = PostgresStore(url)
+    try:
+        assert store.schema_version() == len(postgres_store.MIGRATIONS) >= 2
+        _check_migrated(store)
+    finally:
+        store.close()
