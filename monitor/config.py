@@ -826,6 +826,8 @@ def _check_whole(w: _Walker, config: Config, name_nodes: dict[str, list[tuple[No
     for group in config.groups:
         for endpoint in group.endpoints:
             _check_throughput(w, config, group, endpoint, reported)
+            if (endpoint.mode or group.mode) == "agent":
+                continue  # its agent pings with its own settings; the centre uses only the interval (stale_after)
             settings = merge_icmp(config.defaults.icmp, group.icmp, endpoint.icmp)
             where, where_path = next(
                 ((lvl.location, lvl.path) for lvl in (endpoint.icmp, group.icmp, config.defaults.icmp)

@@ -300,13 +300,16 @@ class NattedSite:
 
     def drop_echoes(self, probability: float) -> None:
         """Drop the site's echo requests on the way out, at random with ``probability`` (the path's loss)."""
-        self.router.exec("iptables", "-A", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-m",
-                         "statistic", "--mode", "random", "--probability", str(probability), "-j", "DROP")
+        echo = ("-p", "icmp", "--icmp-type", "echo-request")
+        self.router.exec("iptables", "-A", "FORWARD", *echo, "-m", "comment", "--comment", "echo-count")
+        self.router.exec("iptables", "-A", "FORWARD", *echo, "-m", "statistic", "--mode", "random",
+                         "--probability", str(probability), "-j", "DROP")
 
     def forwarded_echoes(self) -> int:
-        """Echo requests the router's FORWARD chain saw (dropped or not): the kernel's count of what was sent."""
+        """Echo requests that reached the router's FORWARD chain (dropped or not), counted by the kernel
+        (a rule without a target, ahead of the drop; only once :meth:`drop_echoes` has put it there)."""
         out = self.router.exec("iptables", "-L", "FORWARD", "-v", "-x", "-n").stdout.splitlines()
-        return sum(int(line.split()[0]) for line in out[2:] if "statistic" in line)
+        return sum(int(line.split()[0]) for line in out[2:] if "echo-count" in line)
 
 
 @dataclass

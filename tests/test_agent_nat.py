@@ -203,7 +203,7 @@ groups:
     mode: agent
     target_mbps: 4
     target_upload_mbps: 0.5
-    throughput: {{method: {method}, every: 1h, duration: 4s, omit: 1s, timeout: 5s, port: {IPERF3_PORT}}}
+    throughput: {{method: {method}, every: 30s, duration: 4s, omit: 1s, timeout: 5s, port: {IPERF3_PORT}}}
     endpoints:
 {agent_site(name)}""")
     base = f"http://{lab.prober_v4}:{port}"
@@ -213,7 +213,7 @@ groups:
         def tested(s: Samples) -> bool:
             alive(site, agent)
             return value(s, "connmon_throughput_tests_total", endpoint=name) >= 1
-        parsed = scrape_when(f"{base}/metrics", tested, centre, attempts=4 * 3600)
+        parsed = scrape_when(f"{base}/metrics", tested, centre, attempts=4 * 90)
     down = value(parsed, "connmon_throughput_bits_per_second", endpoint=name, direction="download")
     up = value(parsed, "connmon_throughput_bits_per_second", endpoint=name, direction="upload")
     assert abs(down / 8e6 - 1) <= 0.10, (down, up)
