@@ -162,7 +162,14 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     planned = dataclasses.replace(target("soon", kind="clinic"), host="", address=None, status="planned",
                                   planned_date=dt.date(2026, 12, 1), provider="KazSat", contracted_bits_per_second=8e6)
     sink.set_targets([target("a"), planned])
-    wait_for(lambda: path.exists() and {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"})
+
+    def both_recorded() -> bool:
+        try:  # the writer thread may have created the file but not yet its tables
+            return path.exists() and {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"}
+        except sqlite3.OperationalError:
+            return False
+
+    wait_for(both_recorded)
     assert SqliteStore(path, read_only=True).endpoints()[1] == EndpointRecord(
         "soon", "clinic", "Aktobe", "fibre", "g", 4e6, "planned", dt.date(2026, 12, 1), "KazSat", 8e6)
     sink.set_targets([target("a"), dataclasses.replace(planned, status="connected")])
