@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 GapCause = Literal["link", "power", "unknown"]
 GAP_CAUSES: tuple[GapCause, ...] = ("link", "power", "unknown")
+REJECTION_CODES = (400, 401, 403, 413, 429)  # what the agent API refuses with (monitor.agent_api)
 BURST = 60
 REFILL_PER_SECOND = 2.0
 

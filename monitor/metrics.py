@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from monitor import __version__
-from monitor.agents import AgentRegistry
+from monitor.agents import REJECTION_CODES, AgentRegistry
 from monitor.compression import CompressedBody, KeyedChunk, compress_chunks, gzip_member
 from monitor.config import DIRECTIONS
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
@@ -624,6 +624,8 @@ class MetricsSink:
                 f'connmon_agent_results_total{{{lb},outcome="accepted"}} {site.accepted}\n'
                 f'connmon_agent_results_total{{{lb},outcome="duplicate"}} {site.duplicates}\n')
             info = site.info
+            families["connmon_agent_spool_dropped_total"].append(  # 0 until the agent says otherwise
+                f"connmon_agent_spool_dropped_total{{{lb}}} {info.spool_dropped if info is not None else 0}\n")
             if info is not None:
                 families["connmon_agent_last_seen_timestamp_seconds"].append(
                     f"connmon_agent_last_seen_timestamp_seconds{{{lb}}} {floatToGoString(site.last_seen)}\n")
@@ -631,17 +633,16 @@ class MetricsSink:
                     f"connmon_agent_info{{{lb},{label_pairs((('version', info.version),))}}} 1\n")
                 families["connmon_agent_uptime_seconds"].append(
                     f"connmon_agent_uptime_seconds{{{lb}}} {floatToGoString(info.uptime_seconds)}\n")
-                families["connmon_agent_spool_dropped_total"].append(
-                    f"connmon_agent_spool_dropped_total{{{lb}}} {info.spool_dropped}\n")
             gateway = site.gateway
             if gateway is not None:
                 families["connmon_agent_gateway_up"].append(f"connmon_agent_gateway_up{{{lb}}} {int(gateway.up)}\n")
                 if gateway.rtt_avg_seconds is not None:
                     families["connmon_agent_gateway_rtt_seconds"].append(
                         f"connmon_agent_gateway_rtt_seconds{{{lb}}} {floatToGoString(gateway.rtt_avg_seconds)}\n")
-        families["connmon_agent_requests_rejected_total"] = [
+        rejected = {**dict.fromkeys(REJECTION_CODES, 0), **registry.rejected} if registry.sites else registry.rejected
+        families["connmon_agent_requests_rejected_total"] = [  # every code from start-up, so increase() sees the first
             f"connmon_agent_requests_rejected_total{self._braces(label_pairs((('code', str(code)),)))} {count}\n"
-            for code, count in sorted(registry.rejected.items())]
+            for code, count in sorted(rejected.items())]
         out = []
         for name, kind, help_text in _AGENT_FAMILIES:
             if families[name]:

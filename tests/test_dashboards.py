@@ -228,6 +228,8 @@ groups:
       # roll-out (issue 11): counted by connmon_sites, never probed, so in no up/down panel or the map
       - {{name: new-clinic, status: planned, planned_date: 2027-01-15, lat: 49.8, lon: 57.4}}
       - {{name: old-clinic, host: {sites['c'].v4}, status: retired}}
+      # measured by an agent at the site (issue 10); none runs here, so it is silent: down, reason agent_silent
+      - {{name: vsat-agent, mode: agent, agent: {{token_sha256: {"a" * 64}, stale_after: 2s}}, lat: 49.7, lon: 57.5}}
 """)
     prom_config = directory / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump({
@@ -304,7 +306,7 @@ def test_variable_queries_list_the_sites(stack: Stack) -> None:
             found.setdefault(name, set()).update(values)
     assert found["kind"] == {"school", "clinic"}
     assert found["district"] == {"Aktobe", "Kargaly"}
-    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused", "new-clinic", "old-clinic"}
+    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused", "new-clinic", "old-clinic", "vsat-agent"}
     assert stack.site in found["endpoint"]
     assert len(found["instance"]) == 1
 
@@ -318,7 +320,7 @@ def test_map_query_gives_coordinates_and_state(stack: Stack) -> None:
     rows = {r["metric"]["endpoint"]: (r["metric"]["lat"], r["metric"]["lon"], r["value"][1])
             for r in instant(stack.prometheus_url, expr)}
     assert rows == {"a-fibre": ("50.28", "57.17", "1"), "№12 мектеп": ("50.3", "57.2", "1"),
-                    "refused": ("49.9", "57.3", "1")}
+                    "refused": ("49.9", "57.3", "1"), "vsat-agent": ("49.7", "57.5", "0")}  # its agent is silent
 
 
 @pytest.mark.netns
@@ -329,7 +331,7 @@ def test_rollout_panel_counts_sites_by_district_and_status(stack: Stack) -> None
     expr = substitute(panel["targets"][0]["expr"], {"kind": ".*", "district": ".*"})
     counts = {(r["metric"]["district"], r["metric"]["status"]): r["value"][1]
               for r in instant(stack.prometheus_url, expr)}
-    assert counts == {("Aktobe", "connected"): "2", ("Kargaly", "connected"): "1", ("Kargaly", "planned"): "1",
+    assert counts == {("Aktobe", "connected"): "2", ("Kargaly", "connected"): "2", ("Kargaly", "planned"): "1",
                       ("Kargaly", "retired"): "1"}
     probed = instant(stack.prometheus_url, 'count(connmon_up{endpoint=~"new-clinic|old-clinic"})')
     assert probed == []  # no connmon_up for the planned and the retired site
@@ -380,7 +382,7 @@ def test_worst_sites_columns_line_up_per_site(stack: Stack) -> None:
         expr = substitute(target["expr"], {**BUILTINS, "kind": ".*", "district": ".*", "endpoint": ".*"})
         for row in instant(stack.prometheus_url, expr):
             by_site.setdefault(row["metric"]["endpoint"], set()).add(tuple(sorted(row["metric"].items())))
-    assert set(by_site) == {"a-fibre", "№12 мектеп", "refused"}
+    assert set(by_site) == {"a-fibre", "№12 мектеп", "refused", "vsat-agent"}
     for site, label_sets in by_site.items():
         assert len(label_sets) == 1, (site, label_sets)
         assert {key for key, _ in next(iter(label_sets))} == {"endpoint", "kind", "district", "link", "instance", "job"}
