@@ -52,7 +52,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for _ in range(600):
         if proc.poll() is not None:
-            raise SystemExit(f"connmon exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            raise SystemExit(f"connmon exited {proc.returncode}; see its log")
         try:
             with opener.open(f"http://127.0.0.1:{port}/-/ready", timeout=2) as response:
                 if response.status == 200:
@@ -66,8 +66,9 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 def start(config: str, state: Path, port: int) -> subprocess.Popen[bytes]:
     path = state / "connmon.yaml"
     path.write_text(config, encoding="utf-8")
+    log = (state / "connmon.log").open("wb")  # a pipe nobody reads would fill and stall the daemon's logging
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(path), "--listen",
-                             f"127.0.0.1:{port}", "--state-dir", str(state)], stderr=subprocess.PIPE,
+                             f"127.0.0.1:{port}", "--state-dir", str(state)], stderr=log,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     wait_ready(port, proc)
     return proc
