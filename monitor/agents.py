@@ -173,25 +173,17 @@ class AgentRegistry:
             site.gaps[cause] += 1
             log.warning("agent site %s reports again after %.0fs of silence: cause %s", site.target.name,
                         now - site.last_seen, cause, extra={"endpoint": site.target.name})
-        icmp: list[IcmpResult] = []
+        measured: list[IcmpResult | ThroughputResult] = []
         for item in fresh:
             result = bind(item, site.target)
-            if isinstance(result, IcmpResult):
-                if item.path == "gateway":
-                    site.gateway = GatewayState(result.up, result.rtt_avg_seconds, result.loss_ratio,
-                                                result.started_at)
-                else:
-                    icmp.append(result)
+            if isinstance(result, IcmpResult) and item.path == "gateway":
+                site.gateway = GatewayState(result.up, result.rtt_avg_seconds, result.loss_ratio, result.started_at)
                 continue
-            if icmp:  # keep the order of what the agent measured: flush ICMP before the test
-                self._publish_icmp(site, icmp)
-                icmp = []
-            if self.on_throughput is not None:
+            if isinstance(result, ThroughputResult) and self.on_throughput is not None:
                 result = self.on_throughput(result, item.slot)
-            self.pipeline.publish(Cycle("agent", site.target.group, result.started_at,
-                                        result.ended_at - result.started_at, (result,)))
-        if icmp:
-            self._publish_icmp(site, icmp)
+            measured.append(result)
+        if measured:  # one cycle per batch, in the order measured: sinks re-render a site once per post, not per result
+            self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at, 0.0, tuple(measured)))
         if fresh:
             site.last_seq = fresh[-1].seq
         site.accepted += len(fresh)
@@ -199,10 +191,6 @@ class AgentRegistry:
         site.info = info
         site.last_seen = now
         return Accepted(len(fresh), duplicates, site.last_seq, cause)
-
-    def _publish_icmp(self, site: AgentSite, results: list[IcmpResult]) -> None:
-        for result in results:  # one cycle each: every sink sees them one after another, as they were measured
-            self.pipeline.publish(Cycle("agent", site.target.group, result.started_at, 0.0, (result,)))
 
     @staticmethod
     def _classify(site: AgentSite, info: AgentInfo, measured_at: Iterable[float], now: float) -> GapCause:
