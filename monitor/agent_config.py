@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from yaml.nodes import Node
 
-from monitor.config import _Loader, _TooManyNodes, _Walker, is_host_name, normalize_ip
+from monitor.config import _Loader, _TooManyNodes, _Walker, is_host_name, normalize_ip, read_config_text
 from monitor.durations import format_duration
 from monitor.errors import ConfigError, ConfigProblem
 
@@ -273,13 +273,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     Raises:
         ConfigError: the file cannot be read or is invalid (every problem listed).
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError([ConfigProblem(source, 1, 1, "", f"cannot read the file: {reason}")]) from None
-    return parse_agent_config(text, source, Path(path).resolve().parent)
+    return parse_agent_config(read_config_text(path), str(path), Path(path).resolve().parent)
 
 
 def default_gateway(route_table: str = "/proc/net/route") -> str | None:

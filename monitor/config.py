@@ -1019,10 +1019,17 @@ def load_config(path: str | Path) -> Config:
     Raises:
         ConfigError: the file cannot be read or is invalid (every problem listed).
     """
-    source = str(path)
+    return parse_config(read_config_text(path), str(path))
+
+
+def read_config_text(path: str | Path) -> str:
+    """A config file's text (the daemon's or an agent's); an unreadable file is a located config error.
+
+    Raises:
+        ConfigError: the file cannot be read or is not UTF-8.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError([ConfigProblem(source, 1, 1, "", f"cannot read the file: {reason}")]) from None
-    return parse_config(text, source)
+        raise ConfigError([ConfigProblem(str(path), 1, 1, "", f"cannot read the file: {reason}")]) from None
