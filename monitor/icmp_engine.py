@@ -10,8 +10,12 @@ buffer silently. So this engine
   the packet template from icmplib's packet builder, then sends prepared bytes with ``sendto``
   (only the sequence number changes per echo; the checksum is adjusted arithmetically);
 * registers each socket once with the event loop and drains it with ``recvmsg`` until it would
-  block, taking the receive time from the kernel (``SO_TIMESTAMPNS``) and the send time right
-  before ``sendto``;
+  block, taking the receive time from the kernel (``SO_TIMESTAMPNS``) and the send time from the
+  kernel too (``SO_TIMESTAMPING`` with ``TX_SCHED``, read from the error queue): a clock read in
+  Python right before ``sendto`` is late by however long the process was preempted, or waited
+  for the GIL, between the read and the send (7–11 ms seen on a loaded 2-core machine, where
+  the kernel's own send-to-reply time was 0.02 ms). The Python clock, bracketing the send, stays
+  as the fallback and as the check that a kernel stamp belongs to the echo it is matched to;
 * raises the receive buffer (``SO_RCVBUFFORCE`` as root) and reads the kernel's drop counter
   (``SO_RXQ_OVFL``) so that an overflow shows in ``connmon_icmp_receive_buffer_drops_total``
   instead of passing silently for network loss;
@@ -26,6 +30,7 @@ back per-echo RTTs. Resolving names is :mod:`monitor.resolver`'s job.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -56,6 +61,13 @@ _UNREACHABLE: dict[int, int] = {socket.AF_INET: 3, socket.AF_INET6: 1}  # destin
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
+# SOF_TIMESTAMPING_* (linux/net_tstamp.h): a software stamp when the packet enters the device
+# layer (before any qdisc, as a user-space clock before sendto would be), reported alone with a
+# per-socket counter that names the send it belongs to; RX_FILTER keeps these stamps off replies.
+_TX_SCHED, _TS_SOFTWARE, _TS_OPT_ID, _TS_OPT_TSONLY, _TS_OPT_RX_FILTER = 1 << 8, 1 << 4, 1 << 7, 1 << 11, 1 << 17
+_TX_STAMP_FLAGS = _TX_SCHED | _TS_SOFTWARE | _TS_OPT_ID | _TS_OPT_TSONLY
+_SO_EE_ORIGIN_TIMESTAMPING = 4
 _UNREACHABLE_CODES: dict[int, dict[int, str]] = {
     socket.AF_INET: {0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
                      3: "port unreachable", 9: "network prohibited", 10: "host prohibited",
@@ -116,6 +128,7 @@ class EngineStats:
     receive_buffer_drops: int = 0  # kernel-side drops on our sockets (SO_RXQ_OVFL)
     send_errors: int = 0
     destination_unreachable: int = 0  # echoes answered by an ICMP destination-unreachable message
+    kernel_send_stamps: int = 0  # echoes whose send time is the kernel's (the rest: Python clock)
 
 
 class _Cycle:
@@ -160,6 +173,21 @@ class _FamilySocket:
                              else (socket.IPPROTO_IPV6, _IPV6_RECVERR))
             self.sock.setsockopt(level, option, 1)
         self.templates: dict[int, tuple[bytearray, int]] = {}
+        self.tx_stamps = self._enable_send_stamps()
+        # (clock before sendto, clock after sendto, pending key) per echo sent, in send order, until
+        # its kernel stamp is read. Sends are sequential, so these brackets are disjoint and ordered:
+        # a stamp belongs to the send whose bracket holds it. That needs no trust in the kernel's
+        # OPT_ID counter, which a send that fails after being counted (an iptables OUTPUT DROP)
+        # would put out of step.
+        self.tx_sent: collections.deque[tuple[int, int, tuple[str, int]]] = collections.deque()
+
+    def _enable_send_stamps(self) -> bool:
+        """Ask for kernel send timestamps; False on a kernel without them (Python clock then)."""
+        for flags in (_TX_STAMP_FLAGS | _TS_OPT_RX_FILTER, _TX_STAMP_FLAGS):
+            if _try_setsockopt(self.sock, socket.SOL_SOCKET, _SO_TIMESTAMPING, flags):
+                return True
+        log.info("kernel send timestamps unavailable; ICMP send times come from the Python clock")
+        return False
 
     def _raise_receive_buffer(self) -> int:
         if not _try_setsockopt(self.sock, socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES):
@@ -324,6 +352,9 @@ class IcmpEngine:
                 entry = pending.get(key)
                 if entry is not None and entry[0] is cycle:
                     del pending[key]
+            if not pending:  # no echo waits for a send stamp any more
+                for fs in self._sockets.values():
+                    fs.tx_sent.clear()
         for outcome in outcomes:
             if outcome.sent and outcome.error is not None and outcome.error != ProbeErrorReason.UNSUPPORTED_FAMILY:
                 # Some echoes went out: the ones that could not be sent count as lost (loss is taken
@@ -368,6 +399,7 @@ class IcmpEngine:
                 sent_ns = clock_ns()
                 try:
                     fs.sock.sendto(packet, (job.address, 0))
+                    after_ns = clock_ns()
                 except BlockingIOError:  # socket send buffer full: let the kernel drain it, then retry
                     if attempt + 1 < _SEND_ATTEMPTS:
                         packet = bytes(packet)  # another cycle may patch the template while we sleep
@@ -390,6 +422,8 @@ class IcmpEngine:
                 outcome.error_detail = err.strerror or str(err)
                 continue
             pending[key] = (cycle, outcome, echo_index, sent_ns, int(job.timeout_seconds * 1e9))
+            if fs.tx_stamps:
+                fs.tx_sent.append((sent_ns, after_ns, key))
             keys.append(key)
             cycle.outstanding += 1
             outcome.sent += 1
@@ -427,6 +461,11 @@ class IcmpEngine:
         identifier = self.identifier
         strip = fs.strip_ip_header
         errors = 0
+        if fs.tx_stamps or not fs.privileged:
+            # Send stamps first: the replies below need them. Always, even with no echo waiting for
+            # one: a non-empty error queue keeps the socket readable (EPOLLERR), and a reader that
+            # left it full would be called again at once, for ever.
+            self._drain_error_queue(fs)
         while True:
             try:
                 data, ancillary, _flags, source = recvmsg(2048, 128)
@@ -493,26 +532,68 @@ class IcmpEngine:
                                      _describe_unreachable(fs.family, data[offset + 1], offender))
 
     def _drain_error_queue(self, fs: _FamilySocket) -> None:
-        """Read a datagram socket's error queue: each entry quotes one of our echoes."""
-        for _ in range(_MAX_ERRORS_PER_DRAIN):
+        """Read a socket's error queue: kernel send stamps and, on a datagram socket, ICMP errors
+        that quote one of our echoes."""
+        recvmsg = fs.sock.recvmsg
+        if fs.privileged:  # a raw socket's queue holds only send stamps (no IP_RECVERR): fast path
+            apply_stamp = self._apply_send_stamp
+            unpack = struct.unpack_from
+            while True:
+                try:
+                    _data, ancillary, _flags, _source = recvmsg(0, 256, _MSG_ERRQUEUE)
+                except OSError:
+                    return
+                for level, kind, value in ancillary:
+                    if kind == _SO_TIMESTAMPING and level == socket.SOL_SOCKET:
+                        seconds, nanoseconds = unpack("qq", value)
+                        apply_stamp(fs, seconds * 1_000_000_000 + nanoseconds)
+                        break
+        icmp_errors = 0
+        while True:
             try:
-                data, ancillary, _flags, source = fs.sock.recvmsg(2048, 256, _MSG_ERRQUEUE)
+                data, ancillary, _flags, source = recvmsg(2048, 256, _MSG_ERRQUEUE)
             except OSError:  # empty (EAGAIN), or nothing more to say
                 return
-            if len(data) < 16 or data[0] != _ECHO_REQUEST[fs.family]:
-                continue
-            for _level, _kind, value in ancillary:
+            stamp_ns = 0
+            send_stamp = False  # an ICMP error carries a stamp too: its receive time
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET:
+                    if kind == _SO_TIMESTAMPING:  # three timespecs; software is the first
+                        seconds, nanoseconds = struct.unpack_from("qq", value)
+                        stamp_ns = seconds * 1_000_000_000 + nanoseconds
+                    continue
                 if len(value) < 16:
                     continue
                 # struct sock_extended_err: errno, origin, type, code, pad, info, data; then the offender
                 _errno, origin, kind, code = struct.unpack_from("IBBB", value)
-                if (origin, kind) not in ((2, 3), (3, 1)):  # ICMP or ICMPv6 destination unreachable
+                if origin == _SO_EE_ORIGIN_TIMESTAMPING:
+                    send_stamp = True
                     continue
+                if (origin, kind) not in ((2, 3), (3, 1)) or len(data) < 16 or data[0] != _ECHO_REQUEST[fs.family]:
+                    continue
+                icmp_errors += 1
                 offender = _sockaddr_address(value[16:], fs.family) or "?"
                 sequence = struct.unpack_from("!H", data, 6)[0]
                 destination = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
                 self._settle_unreachable(destination, sequence, data[8:16],
                                          _describe_unreachable(fs.family, code, offender))
+            if send_stamp and stamp_ns:
+                self._apply_send_stamp(fs, stamp_ns)
+            if icmp_errors >= _MAX_ERRORS_PER_DRAIN:
+                return
+
+    def _apply_send_stamp(self, fs: _FamilySocket, stamp_ns: int) -> None:
+        """Give the echo whose send bracket holds this kernel stamp the kernel's send time."""
+        sent = fs.tx_sent
+        while sent and sent[0][1] < stamp_ns:  # sent before this stamp: no stamp of its own came
+            sent.popleft()
+        if not sent or stamp_ns < sent[0][0]:  # a late stamp of an echo already given up on
+            return
+        _before, _after, key = sent.popleft()
+        entry = self._pending.get(key)
+        if entry is not None:
+            self._pending[key] = (entry[0], entry[1], entry[2], stamp_ns, entry[4])
+            self.stats.kernel_send_stamps += 1
 
     def _settle_unreachable(self, destination: str, sequence: int, cookie: bytes, detail: str) -> None:
         entry = self._pending.get((destination, sequence))

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +17,7 @@ from hypothesis import strategies as st
 from icmplib import ICMPv4Socket
 
 from monitor.icmp_engine import EchoJob, IcmpEngine, checksum_for_sequence
-from tests.conftest import need_root
+from tests.conftest import need, need_root
 
 
 def loopback(n: int) -> list[str]:
@@ -170,6 +175,74 @@ def test_a_send_that_would_block_is_retried_with_its_own_bytes() -> None:
     asyncio.run(main())
 
 
+class _LateSocket:
+    """A real socket whose every fifth ``sendto`` starts 20 ms late, as when the process is preempted
+    (or waits for the GIL) between reading the clock and sending: the echo leaves 20 ms after the
+    Python clock says."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.sends = 0
+        self.late = 0
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        self.sends += 1
+        if self.sends % 5 == 0:
+            self.late += 1
+            time.sleep(0.02)
+        return self.real.sendto(data, address)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+async def late_send_rtts(mode: str) -> dict[str, object]:
+    """Ping 40 loopback sites × 3 through a :class:`_LateSocket`; what a test checks, as JSON-able data."""
+    engine = IcmpEngine.open(mode)
+    fs = engine._sockets[2]  # AF_INET
+    late = _LateSocket(fs.sock)
+    fs.sock = late  # type: ignore[assignment]
+    try:
+        outcomes = await engine.ping([EchoJob(a, 3, 0.05, 2.0) for a in loopback(40)])
+    finally:
+        fs.sock = late.real  # type: ignore[assignment]
+        engine.close()
+    return {"rtts": [r for o in outcomes for r in o.rtts_seconds], "late": late.late,
+            "sent": engine.stats.echoes_sent, "kernel_stamps": engine.stats.kernel_send_stamps}
+
+
+def _assert_send_times_are_the_kernels(found: dict[str, object]) -> None:
+    rtts = found["rtts"]
+    assert isinstance(rtts, list) and len(rtts) == 120 and None not in rtts, rtts
+    assert found["late"] == 24 and found["sent"] == 120
+    assert found["kernel_stamps"] == 120, "every echo's send time should come from the kernel"
+    assert max(rtts) < 0.005, f"max loopback RTT {max(rtts) * 1000:.2f} ms: the send clock was read in Python"
+
+
+def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_raw() -> None:
+    """Send times come from the kernel (SO_TIMESTAMPING): an echo that leaves 20 ms after the Python
+    clock was read (a preempted process on a loaded machine) still reports its true loopback RTT."""
+    need_root()
+    _assert_send_times_are_the_kernels(asyncio.run(late_send_rtts("raw")))
+
+
+def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_unprivileged() -> None:
+    """The same on an unprivileged datagram ICMP socket, whose error queue also carries ICMP errors:
+    run in a child in a fresh network namespace (lo up, ping_group_range open there only)."""
+    need_root()
+    need(shutil.which("unshare") is not None, "needs unshare (util-linux)")
+    code = ("import asyncio, json; from tests.test_icmp_engine import late_send_rtts; "
+            "print(json.dumps(asyncio.run(late_send_rtts('unprivileged'))))")
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", "-ec",
+         "ip link set lo up; sysctl -qw net.ipv4.ping_group_range='0 2147483647'; "
+         f'exec "{sys.executable}" -c "{code}"'],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    _assert_send_times_are_the_kernels(json.loads(proc.stdout))
+
+
 def _quoted_v4(ihl: int, tail: bytes) -> bytes:
     """An ICMP error header, then a quoted IPv4 header claiming ICMP with any IHL, then anything."""
     return b"\x03\x01\0\0\0\0\0\0" + bytes([0x40 | ihl]) + b"\0" * 8 + b"\x01" + b"\0" * 10 + tail
@@ -198,3 +271,37 @@ def test_malformed_icmp_errors_never_raise(packet: tuple[int, bytes]) -> None:
         assert engine.stats.destination_unreachable == 0  # nothing pending could be matched
     finally:
         engine.close()
+
+
+def test_send_stamps_left_after_a_cycle_do_not_keep_the_reader_spinning() -> None:
+    """Kernel send stamps still queued when no echo waits for them are read and dropped: a socket
+    left with a non-empty error queue stays readable and would call its reader in a busy loop."""
+    need_root()
+
+    async def main() -> None:
+        engine = IcmpEngine.open("raw")
+        try:
+            await engine.ping([EchoJob(a, 1, 0.01, 1.0) for a in loopback(5)])
+            fs = engine._sockets[2]  # AF_INET
+            calls = 0
+            real_drain = engine._drain
+
+            def counting_drain(fs_: object) -> None:
+                nonlocal calls
+                calls += 1
+                real_drain(fs_)  # type: ignore[arg-type]
+
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(fs.sock.fileno())
+            loop.add_reader(fs.sock.fileno(), counting_drain, fs)
+            # Echoes sent behind the engine's back: stamps (and replies) nobody waits for.
+            template, base_sum = fs.template(engine.identifier, engine.cookie, 56)
+            for address in loopback(20):
+                fs.sock.sendto(bytes(template), (address, 0))
+            await asyncio.sleep(0.3)
+            assert calls < 20, f"the reader ran {calls} times in 0.3 s: the error queue is never emptied"
+            assert calls >= 1
+        finally:
+            engine.close()
+
+    asyncio.run(main())
