@@ -18,8 +18,12 @@ enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre'
   the machine booted since (a new boot id, with an uptime shorter than the gap), ``link`` when
   the agent kept measuring while the centre heard nothing (its spool holds results from between
   its last post and the moment the centre declared it silent), else
-  ``unknown``; while it is silent the cause is ``unknown``. A power cut leaves no results in the
-  history, so availability in reports leaves those hours out, as ministries ask.
+  ``unknown``; while it is silent the cause is ``unknown``. The classified gap goes down the
+  pipeline with the batch that ended it (:class:`~monitor.results.Gap`) and the history keeps it:
+  reports leave the hours without power out of availability, as ministries ask, and count the
+  other gaps' missing cycles as down (:mod:`monitor.gaps`). A ``power`` gap runs from the last
+  sign of life before the boot (the last post, or a later result measured before the boot) to
+  the boot (now − uptime); a ``link`` or ``unknown`` gap from the last post to the one that ended it.
 * **Rate limit.** Each token may post in bursts of :data:`BURST` requests, refilled at
   :data:`REFILL_PER_SECOND`: enough to drain a day of spool in minutes, not enough to flood.
 """
@@ -31,17 +35,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from monitor.agent_protocol import AgentInfo, Batch, bind
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
 
 log = logging.getLogger(__name__)
 
-GapCause = Literal["link", "power", "unknown"]
-GAP_CAUSES: tuple[GapCause, ...] = ("link", "power", "unknown")
+__all__ = ["GAP_CAUSES", "GapCause"]  # re-exported: the gap's causes were first defined here
 REJECTION_CODES = (400, 401, 403, 413, 429)  # what the agent API refuses with (monitor.agent_api)
 BURST = 60
 REFILL_PER_SECOND = 2.0
@@ -167,8 +169,11 @@ class AgentRegistry:
         fresh = [r for r in batch.results if r.seq > site.last_seq]
         duplicates = len(batch.results) - len(fresh)
         cause: GapCause | None = None
+        gap: Gap | None = None
         if site.silent:
-            cause = self._classify(site, info, [r.result.started_at for r in fresh], now)
+            measured_at = [r.result.started_at for r in fresh]
+            cause = self._classify(site, info, measured_at, now)
+            gap = self._gap(site, info, cause, measured_at, now)
             site.silent, site.gap_cause = False, cause
             site.gaps[cause] += 1
             log.warning("agent site %s reports again after %.0fs of silence: cause %s", site.target.name,
@@ -182,8 +187,10 @@ class AgentRegistry:
             if isinstance(result, ThroughputResult) and self.on_throughput is not None:
                 result = self.on_throughput(result, item.slot)
             measured.append(result)
-        if measured:  # one cycle per batch, in the order measured: sinks re-render a site once per post, not per result
-            self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at, 0.0, tuple(measured)))
+        if measured or gap is not None:  # one cycle per batch, in the order measured: sinks re-render a site once
+            # per post, not per result; the gap this batch ended rides along, so the history writes it in order
+            self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at if measured else now, 0.0,
+                                        tuple(measured), () if gap is None else (gap,)))
         if fresh:
             site.last_seq = fresh[-1].seq
         site.accepted += len(fresh)
@@ -202,6 +209,16 @@ class AgentRegistry:
         if any(site.last_seen < t <= site.silent_since for t in measured_at):
             return "link"  # the agent was up and measuring while the centre heard nothing: its posts did not arrive
         return "unknown"
+
+    @staticmethod
+    def _gap(site: AgentSite, info: AgentInfo, cause: GapCause, measured_at: Sequence[float], now: float) -> Gap:
+        """The span of a classified silence, for the history (see the module doc for its ends)."""
+        start, end = site.last_seen, now
+        if cause == "power":
+            end = max(start, now - info.uptime_seconds)  # the boot: the power came back then at the latest
+            before_boot = [t for t in measured_at if start < t < end]  # spooled before the cut: it still had power
+            start = max([start, *before_boot])
+        return Gap(site.target, start, end, cause, site.target.icmp.interval_seconds)
 
     # ------------------------------------------------------------------ liveness
     def check_silence(self) -> list[str]:

@@ -129,7 +129,8 @@ def _row_json(row: SiteRow) -> dict[str, Any]:
     return {
         "name": row.name, "kind": row.kind, "district": row.district, "link": row.link,
         "target_bits_per_second": row.target_bits_per_second, "cycles": row.cycles, "cycles_up": row.cycles_up,
-        "availability_ratio": row.availability, "echoes": row.echoes, "replies": row.replies,
+        "availability_ratio": row.availability, "cycles_missing": row.cycles_missing,
+        "power_off_seconds": row.power_off_seconds, "echoes": row.echoes, "replies": row.replies,
         "loss_ratio": row.loss, "rtt_median_seconds": row.rtt_median_seconds, "rtt_p95_seconds": row.rtt_p95_seconds,
         "tests": row.tests, "tests_met": row.tests_met, "tests_failed": row.tests_failed,
         "met_ratio": row.met_share, "download_median_bits_per_second": row.download_median_bits_per_second,

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from monitor.config import Retention
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, DirectionResult, Result, ThroughputResult
+from monitor.results import Cycle, DirectionResult, Gap, Result, ThroughputResult
 from monitor.targets import Target
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,17 @@ class StoredTest:
                                 self.budget_remaining_bytes)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredGap:
+    """A classified silence of an agent site as read back (see :class:`~monitor.results.Gap`)."""
+
+    endpoint: str
+    started_at: float
+    ended_at: float
+    cause: str  # link | power | unknown
+    interval_seconds: float
+
+
 class HistoryStore(Protocol):
     """What a history backend does. Every method may raise the backend's errors; callers count them.
 
@@ -124,11 +135,18 @@ class HistoryStore(Protocol):
     or sent twice by an agent, is stored once.
     """
 
-    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
-        """Store ``results`` (and update ``endpoints``' labels) in one transaction."""
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
+        """Store ``results`` and ``gaps`` (and update ``endpoints``' labels) in one transaction.
+
+        A gap is keyed by (endpoint, start): written again, it replaces the one stored.
+        """
 
     def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
-        """Delete up to ``limit`` rows older than the bounds; return how many went (0: nothing left)."""
+        """Delete up to ``limit`` rows older than the bounds; return how many went (0: nothing left).
+
+        Gaps are kept as long as throughput tests (both are few rows, and reports look far back):
+        a gap goes when it *ended* before ``throughput_before``.
+        """
 
     def endpoints(self) -> list[EndpointRecord]:
         """Every endpoint the history knows (with results, or written as configured), with its latest labels."""
@@ -141,6 +159,9 @@ class HistoryStore(Protocol):
 
     def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         """The endpoint's throughput tests started in [start, end), oldest first."""
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        """The endpoint's gaps that overlap [start, end) (ended after start, began before end), oldest first."""
 
     def last_measured_tests(self) -> dict[str, StoredTest]:
         """Per endpoint, its latest test that measured a rate."""
@@ -192,8 +213,8 @@ class HistorySink:
         self.retention = retention
         self._clock = clock
         self.stats = StoreStats()
-        self._queue: queue.SimpleQueue[Sequence[Result] | Sequence[EndpointRecord] | _Stop] = queue.SimpleQueue()
-        self._backlog: deque[Result] = deque()
+        self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop] = queue.SimpleQueue()
+        self._backlog: deque[Result | Gap] = deque()  # gaps travel with results: in order, batched, retried
         self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
         self._unwritten: dict[str, EndpointRecord] = {}  # configured sites whose record the store lacks
         self._written: dict[str, EndpointRecord] = {}  # what the store was last given, per site
@@ -215,18 +236,19 @@ class HistorySink:
     def consume(self, cycle: Cycle) -> None:
         if cycle.probe == "agent" and all(r.error is ProbeErrorReason.AGENT_SILENT for r in cycle.results):
             return  # silence is not a measurement: the agent's spool tells what happened (monitor.agents)
-        if not cycle.results:
+        items: tuple[Result | Gap, ...] = (*cycle.gaps, *cycle.results)
+        if not items:
             return
         with self._lock:
             full = self.stats.pending >= MAX_BACKLOG_RESULTS
             if not full:
-                self.stats.pending += len(cycle.results)
+                self.stats.pending += len(items)
         if full:  # the writer is stuck (a hung disk): do not let the queue grow without bound
-            self.stats.dropped += len(cycle.results)
+            self.stats.dropped += len(items)
             self._say("dropped", f"history: {self.stats.pending} results wait to be written; dropping new "
                                  "ones (connmon_store_results_dropped_total)")
             return
-        self._queue.put(cycle.results)
+        self._queue.put(items)
 
     def cycle_skipped(self, probe: str, group: str) -> None:
         """Nothing ran, so there is nothing to keep (the metrics sink counts skips)."""
@@ -299,7 +321,7 @@ class HistorySink:
     def _until_prune(self) -> float:
         return max(0.05, min(RETRY_SECONDS, self._next_prune - self._clock()))
 
-    def _take(self, item: Sequence[Result] | Sequence[EndpointRecord]) -> None:
+    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord]) -> None:
         for entry in item:
             if isinstance(entry, EndpointRecord):
                 self._endpoints[entry.name] = entry
@@ -343,8 +365,10 @@ class HistorySink:
             endpoints = {r.target.name: EndpointRecord.of(r.target) for r in batch}
             endpoints.update((name, rec) for name, rec in self._endpoints.items() if name in endpoints)
             endpoints.update(self._unwritten)  # configured sites go in even without results (planned ones)
+            results = [r for r in batch if not isinstance(r, Gap)]
+            gaps = [g for g in batch if isinstance(g, Gap)]
             try:
-                store.write(list(endpoints.values()), batch)
+                store.write(list(endpoints.values()), results, gaps)
             except Exception as err:
                 self._failed("write", err)
                 return False

@@ -10,7 +10,10 @@ API's summary compute the same figures. Each figure is defined here, once:
   denominator. The contracted rate comes from :func:`contracted_bits_per_second` only;
 * **availability** = ICMP cycles up / ICMP cycles, over every site's cycles of the period, leaving
   out (from both) the cycles that *started* inside a declared maintenance window of the site
-  (a window's start is inside, its end is not);
+  (a window's start is inside, its end is not). For agent sites (issue 10) the same rule as the
+  report's (:mod:`monitor.gaps`): cycles that started in a ``power`` gap are left out of both, and
+  cycles due in a ``link`` or ``unknown`` gap without a row count as run and down (unless they
+  fall in maintenance);
 * **live / at risk / dropped**: the age of a site's last success (an ICMP cycle with a reply, or
   a throughput test that measured a rate) at the period's end. ``age < at_risk_days`` is live,
   ``at_risk_days ≤ age < dropped_days`` at risk, ``age ≥ dropped_days`` (or no success within
@@ -28,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from monitor.config import Config
+from monitor.gaps import GapAccount
 from monitor.history import EndpointRecord, HistoryStore
 from monitor.windows import MaintenanceWindows
 
@@ -98,6 +102,8 @@ class SiteKpi:
     cycles_in_maintenance: int
     last_success_at: float | None
     status: SiteStatus
+    power_off_seconds: float = 0.0  # time in power gaps (agent sites): left out of availability
+    cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap, no row (down)
 
     @property
     def median_met_target(self) -> bool | None:
@@ -117,6 +123,8 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
     cycles = up = excluded = 0
     last: float | None = None
     look_from = min(span.start, span.end - thresholds.dropped_days * DAY_SECONDS)
+    gaps = GapAccount.of(store, endpoint.name, span.start, span.end)
+    counted: list[float] = []
     for cycle in store.icmp_cycles(endpoint.name, look_from, span.end):
         answered = cycle.received > 0
         if answered:
@@ -126,8 +134,13 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
         if maintenance is not None and maintenance.covers(cycle.started_at):
             excluded += 1
             continue
+        if gaps.without_power(cycle.started_at):
+            continue  # neither up nor run, as in the report
+        counted.append(cycle.started_at)
         cycles += 1
         up += 1 if answered else 0
+    missing = gaps.missing_cycles(counted, None if maintenance is None else maintenance.covers)
+    cycles += missing
     downloads: list[float] = []
     for test in store.throughput_tests(endpoint.name, look_from, span.end):
         measured = [d.bits_per_second for d in test.directions if d.bits_per_second is not None]
@@ -139,7 +152,7 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
     age = None if last is None else span.end - last
     return SiteKpi(endpoint.name, endpoint.kind, endpoint.district, endpoint.target_bits_per_second,
                    contracted_bits_per_second(endpoint), statistics.median(downloads) if downloads else None,
-                   cycles, up, excluded, last, status_of(age, thresholds))
+                   cycles, up, excluded, last, status_of(age, thresholds), gaps.power_seconds, missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +169,7 @@ class KpiFigures:
     live: int
     at_risk: int
     dropped: int
+    power_off_seconds: float = 0.0  # the sites' time in power gaps, left out of availability
 
     @property
     def median_met_target_share(self) -> float | None:
@@ -186,7 +200,7 @@ def figures(sites: Sequence[SiteKpi]) -> KpiFigures:
         sum(1 for s in measured if s.at_contract_share), sum(s.cycles for s in sites),
         sum(s.cycles_up for s in sites), sum(s.cycles_in_maintenance for s in sites),
         sum(1 for s in sites if s.status == "live"), sum(1 for s in sites if s.status == "at_risk"),
-        sum(1 for s in sites if s.status == "dropped"))
+        sum(1 for s in sites if s.status == "dropped"), sum(s.power_off_seconds for s in sites))
 
 
 def change_points(current: float | None, previous: float | None) -> float | None:
@@ -228,6 +242,11 @@ class KpiReport:
     maintenance_considered: bool  # False: no config given, nothing was left out
     groups: tuple[KpiGroup, ...]
     sites: tuple[SiteKpi, ...]
+
+    @property
+    def power_gaps(self) -> bool:
+        """True when some site had time without power in the span: then, and only then, documents show it."""
+        return any(s.power_off_seconds > 0 for s in self.sites)
 
 
 def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple[KpiGroup, ...]:

@@ -28,12 +28,13 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from monitor.history import EndpointRecord, StoredCycle, StoredTest
-from monitor.results import IcmpResult, Result, ThroughputResult
+from monitor.history import EndpointRecord, StoredCycle, StoredGap, StoredTest
+from monitor.results import Gap, IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import _DETAIL_MAX, _directions_from_json, _directions_json, pack_rtts, unpack_rtts
 
 _MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migrations
 _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
+_GAPS_VERSION = 3  # the schema version that added the gap table
 
 # EndpointRecord field → column, in record order: the one place a new label column is added.
 _ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -93,6 +94,18 @@ MIGRATIONS: tuple[str, ...] = (
         (SELECT MIN(started_at) FROM icmp i WHERE i.endpoint_id = e.id),
         (SELECT MIN(started_at) FROM throughput t WHERE t.endpoint_id = e.id));
     """,
+    # 3: agent sites' classified silences (issue 10), as SQLite's version 3
+    """
+    CREATE TABLE gaps (
+        endpoint_id BIGINT NOT NULL REFERENCES endpoints(id),
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION NOT NULL,
+        cause TEXT NOT NULL,
+        interval_seconds DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (endpoint_id, started_at)
+    );
+    CREATE INDEX gaps_ended_at ON gaps (ended_at);
+    """,
 )
 
 _ENDPOINT_UPSERT = (
@@ -148,9 +161,12 @@ class PostgresStore:
                                                 f"connmon knows ({len(MIGRATIONS)}); upgrade connmon")
             else:
                 self._migrate()
+                version = self.schema_version()
         except BaseException:
             self._pool.close()
             raise
+        # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
+        self._has_gaps = version >= _GAPS_VERSION
         self._ids: dict[str, int] = {}
         self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
 
@@ -183,13 +199,13 @@ class PostgresStore:
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
 
     # ------------------------------------------------------------------ writing
-    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
         with self._pool.connection() as conn:
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     if endpoints:
                         cur.executemany(_ENDPOINT_UPSERT, [_endpoint_params(rec) for rec in endpoints])
-                    missing = {EndpointRecord.of(r.target) for r in results if r.target.name not in self._ids}
+                    missing = {EndpointRecord.of(r.target) for r in (*results, *gaps) if r.target.name not in self._ids}
                     if missing:
                         cur.executemany(_ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
                                         [_endpoint_params(rec) for rec in missing])
@@ -227,6 +243,13 @@ class PostgresStore:
                             "target_met = excluded.target_met, error = excluded.error, "
                             "error_detail = excluded.error_detail, budget_remaining = excluded.budget_remaining",
                             test_rows)
+                    if gaps:  # a gap is not a result: first_result_at stays
+                        cur.executemany(
+                            "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, started_at) "
+                            "DO UPDATE SET ended_at = excluded.ended_at, cause = excluded.cause, "
+                            "interval_seconds = excluded.interval_seconds",
+                            [(self._ids[g.target.name], g.started_at, g.ended_at, g.cause, g.interval_seconds)
+                             for g in gaps])
                     if first:
                         cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
                                         "(first_result_at IS NULL OR first_result_at > %s)",
@@ -243,12 +266,14 @@ class PostgresStore:
             row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,)).fetchone()
             if row is None or not row[0]:
                 return 0  # another instance prunes this slice; ours would only wait on the same rows
-            for table, before in (("icmp", icmp_before), ("throughput", throughput_before)):
+            for table, column, before in (("icmp", "started_at", icmp_before),
+                                          ("throughput", "started_at", throughput_before),
+                                          ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
                 if gone >= limit:
                     break
                 cur = conn.execute(
                     f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "  # noqa: S608 (fixed names)
-                    "WHERE started_at < %s LIMIT %s)", (before, limit - gone))
+                    f"WHERE {column} < %s LIMIT %s)", (before, limit - gone))
                 gone += max(0, cur.rowcount)
         return gone
 
@@ -280,6 +305,16 @@ class PostgresStore:
                 "WHERE e.name = %s AND t.started_at >= %s AND t.started_at < %s ORDER BY t.started_at",
                 (endpoint, start, end)).fetchall()
         return [_stored_test(row) for row in rows]
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        if not self._has_gaps:
+            return []
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+                "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = %s AND g.ended_at > %s AND g.started_at < %s "
+                "ORDER BY g.started_at", (endpoint, start, end)).fetchall()
+        return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
 
     def last_measured_tests(self) -> dict[str, StoredTest]:
         return self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")

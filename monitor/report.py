@@ -3,7 +3,11 @@
 Ops staff send it to the telecom operator and the ministry, so every figure is defined here,
 once, in words a reader can check:
 
-* **availability** = ICMP cycles in which the site answered at least one echo / cycles run;
+* **availability** = ICMP cycles in which the site answered at least one echo / cycles run. For an
+  agent site (issue 10), cycles that started while it had no power (a ``power`` gap) are neither
+  up nor run, and the cycles due in a ``link`` or ``unknown`` gap that left no row count as run
+  and down (:mod:`monitor.gaps`); **hours without power** is the time of its power gaps in the
+  period (a column only when some site has any, so older reports read as before);
 * **loss** = echoes without a reply / echoes attempted, over every cycle of the period;
 * **RTT median and p95** over every answered echo (p95 by nearest rank: a value that was measured);
 * **tests** = throughput tests that gave a verdict (every direction checked against a target was
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from monitor.gaps import GapAccount
 from monitor.history import EndpointRecord, HistoryStore
 from monitor.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
 from monitor.windows import MaintenanceWindows
@@ -102,10 +107,16 @@ class SiteRow:
     tests_failed: int
     download_median_bits_per_second: float | None
     download_min_bits_per_second: float | None
+    cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap of an agent site, no row (down)
+    power_off_seconds: float = 0.0  # time in power gaps: left out of availability
 
     @property
     def availability(self) -> float | None:
         return self.cycles_up / self.cycles if self.cycles else None
+
+    @property
+    def hours_without_power(self) -> float:
+        return self.power_off_seconds / 3600.0
 
     @property
     def loss(self) -> float | None:
@@ -202,6 +213,11 @@ class Report:
     kpis: KpiReport | None = None  # the ministry's KPIs (issue 11), see monitor.kpis
     rollout: Rollout | None = None  # only when some site is planned, retired or has a planned date
 
+    @property
+    def power_gaps(self) -> bool:
+        """True when some site had hours without power: then, and only then, the column is shown."""
+        return any(r.power_off_seconds > 0 for r in self.sites)
+
 
 def plural(kind: str, count: int) -> str:
     if count == 1 or kind.endswith("s"):
@@ -222,13 +238,20 @@ def nearest_rank(sorted_values: Sequence[float], share: float) -> float:
 def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> SiteRow:
     cycles = cycles_up = echoes = replies = 0
     rtts: list[float] = []
+    gaps = GapAccount.of(store, endpoint.name, period.start, period.end)
+    counted: list[float] = []
     for cycle in store.icmp_cycles(endpoint.name, period.start, period.end):
+        if gaps.without_power(cycle.started_at):
+            continue  # no power, no link to measure: neither up nor run
+        counted.append(cycle.started_at)
         cycles += 1
         got = [r for r in cycle.rtts_seconds if r is not None]
         cycles_up += 1 if got else 0
         echoes += cycle.attempted
         replies += len(got)
         rtts.extend(got)
+    missing = gaps.missing_cycles(counted)
+    cycles += missing
     rtts.sort()
     tests = met = failed = 0
     downloads: list[float] = []
@@ -247,7 +270,7 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> S
                    cycles, cycles_up, echoes, replies,
                    statistics.median(rtts) if rtts else None, nearest_rank(rtts, 0.95) if rtts else None,
                    tests, met, failed, statistics.median(downloads) if downloads else None,
-                   min(downloads) if downloads else None)
+                   min(downloads) if downloads else None, missing, gaps.power_seconds)
 
 
 def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> GroupSummary:
@@ -283,7 +306,7 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     rows = [row for row in (site_row(store, e, period) for e in chosen)
             # a site long gone from the config, with nothing in the period, is not part of this report
             if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
-            or row.name in wanted]
+            or row.power_off_seconds or row.name in wanted]
     rows.sort(key=lambda r: (_VERDICT_ORDER[r.verdict], r.kind, r.district, r.name))
     kinds = sorted({r.kind for r in rows})
     by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)

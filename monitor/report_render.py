@@ -32,16 +32,35 @@ CSV_HEADERS = ("site", "kind", "district", "link", "target_mbps", "cycles", "cyc
                "tests_met", "download_median_mbps", "download_min_mbps", "met_percent", "verdict")
 
 
+POWER_HEADER = "hours without power"  # after availability, only when some site had power gaps (issue 10)
+POWER_CSV_HEADERS = ("hours_without_power", "cycles_missing")  # after availability_percent, likewise
+_AVAILABILITY_COLUMN = HEADERS.index("availability %") + 1
+_AVAILABILITY_CSV_COLUMN = CSV_HEADERS.index("availability_percent") + 1
+
+
 def _fixed(value: float | None, digits: int, scale: float = 1.0) -> str:
     return "" if value is None else f"{value * scale:.{digits}f}"
 
 
-def _row(r: SiteRow) -> list[str]:
-    return [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
-            _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
-            _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
-            _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
-            _fixed(r.met_share, 0, 100), r.verdict]
+def _headers(report: Report) -> tuple[str, ...]:
+    if not report.power_gaps:
+        return HEADERS
+    return HEADERS[:_AVAILABILITY_COLUMN] + (POWER_HEADER,) + HEADERS[_AVAILABILITY_COLUMN:]
+
+
+def _row(r: SiteRow, power: bool = False) -> list[str]:
+    cells = [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
+             _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
+             _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
+             _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
+             _fixed(r.met_share, 0, 100), r.verdict]
+    if power:
+        cells.insert(_AVAILABILITY_COLUMN, _fixed(r.hours_without_power, 2))
+    return cells
+
+
+def _site_align(report: Report) -> tuple[str, ...]:
+    return ("left",) * 4 + ("right",) * (len(_headers(report)) - 5) + ("left",)  # names left, figures right
 
 
 def _title(report: Report) -> str:
@@ -57,7 +76,6 @@ def _district_rows(report: Report) -> list[list[str]]:
 
 _DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some tests", "never", "not tested",
                      "availability %", "median download Mbit/s")
-_SITE_ALIGN = ("left",) * 4 + ("right",) * (len(HEADERS) - 5) + ("left",)  # names left, figures right
 _DISTRICT_ALIGN = ("left",) * 2 + ("right",) * (len(_DISTRICT_HEADERS) - 2)
 
 
@@ -66,8 +84,9 @@ def render_table(report: Report) -> str:
     lines += [s.sentence() for s in report.by_kind]
     lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True,
                         colalign=_DISTRICT_ALIGN), ""]
-    lines.append(tabulate([_row(r) for r in report.sites], HEADERS, tablefmt="simple", disable_numparse=True,
-                          colalign=_SITE_ALIGN))
+    power = report.power_gaps
+    lines.append(tabulate([_row(r, power) for r in report.sites], _headers(report), tablefmt="simple",
+                          disable_numparse=True, colalign=_site_align(report)))
     if report.kpis is not None:
         lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
     if report.rollout is not None:
@@ -83,16 +102,22 @@ def render_table(report: Report) -> str:
 def render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADERS)
+    power = report.power_gaps
+    cut = _AVAILABILITY_CSV_COLUMN
+    writer.writerow(CSV_HEADERS[:cut] + POWER_CSV_HEADERS + CSV_HEADERS[cut:] if power else CSV_HEADERS)
     for r in report.sites:
-        writer.writerow([r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
-                         r.cycles_up, _fixed(r.availability, 4, 100), _fixed(r.rtt_median_seconds, 3, 1e3),
-                         _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
-                         r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
-                         _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict])
+        cells: list[object] = [
+            r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
+            r.cycles_up, _fixed(r.availability, 4, 100), _fixed(r.rtt_median_seconds, 3, 1e3),
+            _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
+            r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
+            _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict]
+        if power:
+            cells[cut:cut] = [_fixed(r.hours_without_power, 4), r.cycles_missing]
+        writer.writerow(cells)
     if report.kpis is not None:  # a second table after a blank line: the KPIs, with their raw counts
         writer.writerow([])
-        writer.writerow(KPI_CSV_HEADERS)
+        writer.writerow(kpi_csv_headers(report.kpis))
         writer.writerows(kpi_csv_rows(report.kpis))
     if report.rollout is not None:  # then the roll-out counts, and the sites connected in the period
         writer.writerow([])
@@ -117,8 +142,8 @@ def render_markdown(report: Report) -> str:
               tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
                        tablefmt="github", disable_numparse=True, colalign=_DISTRICT_ALIGN),
               "", "## Sites", "",
-              tabulate([[_md_escape(c) for c in _row(r)] for r in report.sites], HEADERS, tablefmt="github",
-                       disable_numparse=True, colalign=_SITE_ALIGN), ""]
+              tabulate([[_md_escape(c) for c in _row(r, report.power_gaps)] for r in report.sites], _headers(report),
+                       tablefmt="github", disable_numparse=True, colalign=_site_align(report)), ""]
     if report.kpis is not None:
         lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
                   tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], KPI_HEADERS,
@@ -160,7 +185,8 @@ def render_html(report: Report) -> str:
     template = env.get_template("report.html.j2")
     generated = dt.datetime.fromtimestamp(report.generated_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return template.render(
-        title=_title(report), report=report, headers=HEADERS, rows=[(_row(r), r) for r in report.sites],
+        title=_title(report), report=report, headers=_headers(report),
+        rows=[(_row(r, report.power_gaps), r) for r in report.sites],
         district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
         summaries=report.by_kind, verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
         generated=generated,
@@ -199,6 +225,8 @@ def kpi_header(kpis: KpiReport) -> str:
     maintenance = ("declared maintenance windows (--config) are left out of availability"
                    if kpis.maintenance_considered else
                    "no maintenance is left out of availability (no --config given)")
+    if kpis.power_gaps:
+        maintenance += "; agent sites' hours without power are left out too"
     return (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
             f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} days before.")
 
@@ -225,43 +253,63 @@ def _kpi_table(kpis: KpiReport, fmt: str) -> str:
     return tabulate(_kpi_rows(kpis), KPI_HEADERS, tablefmt=fmt, disable_numparse=True, colalign=_KPI_ALIGN)
 
 
+def kpi_csv_headers(kpis: KpiReport) -> tuple[str, ...]:
+    """The KPI CSV's header: the hours without power last, only when some site had any."""
+    return KPI_CSV_HEADERS + (("hours_without_power",) if kpis.power_gaps else ())
+
+
 def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
     out: list[list[object]] = []
     for g in kpis.groups:
         c, p, d = g.current, g.previous, g.changes()
+        power: list[object] = [_fixed(c.power_off_seconds, 4, 1 / 3600)] if kpis.power_gaps else []
         out.append([g.scope, g.kind or "", g.district or "", c.sites, c.sites_measured, c.median_met_target,
                     _fixed(c.median_met_target_share, 4, 100), _fixed(p.median_met_target_share, 4, 100),
                     _fixed(d["median_met_target"], 4), c.at_contract_share,
                     _fixed(c.at_contract_share_share, 4, 100), _fixed(p.at_contract_share_share, 4, 100),
                     _fixed(d["at_80_percent_of_contract"], 4), c.cycles, c.cycles_up, c.cycles_in_maintenance,
                     _fixed(c.availability, 4, 100), _fixed(p.availability, 4, 100), _fixed(d["availability"], 4),
-                    c.live, c.at_risk, c.dropped, p.live, p.at_risk, p.dropped])
+                    c.live, c.at_risk, c.dropped, p.live, p.at_risk, p.dropped, *power])
     return out
 
 
-def _figures_json(f: KpiFigures) -> dict[str, object]:
-    return {"sites": f.sites, "sites_measured": f.sites_measured, "median_met_target": f.median_met_target,
-            "at_80_percent_of_contract": f.at_contract_share, "cycles": f.cycles, "cycles_up": f.cycles_up,
-            "cycles_in_maintenance": f.cycles_in_maintenance, "live": f.live, "at_risk": f.at_risk,
-            "dropped": f.dropped, "shares": f.shares()}
+def _figures_json(f: KpiFigures, power: bool) -> dict[str, object]:
+    out: dict[str, object] = {
+        "sites": f.sites, "sites_measured": f.sites_measured, "median_met_target": f.median_met_target,
+        "at_80_percent_of_contract": f.at_contract_share, "cycles": f.cycles, "cycles_up": f.cycles_up,
+        "cycles_in_maintenance": f.cycles_in_maintenance, "live": f.live, "at_risk": f.at_risk,
+        "dropped": f.dropped, "shares": f.shares()}
+    if power:  # absent, not 0, without power gaps: older documents stay as they were
+        out["power_off_seconds"] = f.power_off_seconds
+    return out
 
 
 def kpis_json(kpis: KpiReport) -> dict[str, object]:
     """The KPI document (``--format json`` and the summary API): raw counts, shares in 0..1, changes in pp."""
+    power = kpis.power_gaps
+    sites: list[dict[str, object]] = []
+    for s in kpis.sites:
+        site: dict[str, object] = {
+            "name": s.name, "kind": s.kind, "district": s.district,
+            "target_bits_per_second": s.target_bits_per_second,
+            "contracted_bits_per_second": s.contracted_bits_per_second,
+            "download_median_bits_per_second": s.download_median_bits_per_second,
+            "median_met_target": s.median_met_target, "at_80_percent_of_contract": s.at_contract_share,
+            "cycles": s.cycles, "cycles_up": s.cycles_up, "cycles_in_maintenance": s.cycles_in_maintenance,
+            "last_success_at": s.last_success_at, "status": s.status}
+        if power:
+            site["power_off_seconds"] = s.power_off_seconds
+            site["cycles_missing"] = s.cycles_missing
+        sites.append(site)
     return {
         "period": {"start": kpis.span.start, "end": kpis.span.end},
         "previous_period": {"start": kpis.previous_span.start, "end": kpis.previous_span.end},
         "maintenance_considered": kpis.maintenance_considered,
         "thresholds": {"at_risk_days": kpis.thresholds.at_risk_days, "dropped_days": kpis.thresholds.dropped_days},
-        "groups": [{"scope": g.scope, "kind": g.kind, "district": g.district, "current": _figures_json(g.current),
-                    "previous": _figures_json(g.previous), "change_pp": g.changes()} for g in kpis.groups],
-        "sites": [{"name": s.name, "kind": s.kind, "district": s.district,
-                   "target_bits_per_second": s.target_bits_per_second,
-                   "contracted_bits_per_second": s.contracted_bits_per_second,
-                   "download_median_bits_per_second": s.download_median_bits_per_second,
-                   "median_met_target": s.median_met_target, "at_80_percent_of_contract": s.at_contract_share,
-                   "cycles": s.cycles, "cycles_up": s.cycles_up, "cycles_in_maintenance": s.cycles_in_maintenance,
-                   "last_success_at": s.last_success_at, "status": s.status} for s in kpis.sites],
+        "groups": [{"scope": g.scope, "kind": g.kind, "district": g.district,
+                    "current": _figures_json(g.current, power), "previous": _figures_json(g.previous, power),
+                    "change_pp": g.changes()} for g in kpis.groups],
+        "sites": sites,
     }
 
 

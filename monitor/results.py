@@ -12,7 +12,7 @@ import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
@@ -172,6 +172,26 @@ class ThroughputResult:
 
 Result = IcmpResult | ThroughputResult
 
+GapCause = Literal["link", "power", "unknown"]
+GAP_CAUSES: tuple[GapCause, ...] = ("link", "power", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A classified silence of an agent site (issue 10): when the centre heard nothing, and why.
+
+    Not a measurement, but the history keeps it so that reports can treat the hours right:
+    ``power`` hours are left out of availability (the site had no power), ``link`` and ``unknown``
+    hours count as down time. ``interval_seconds`` is the site's ICMP interval, so a report can
+    tell how many cycles would have run in the gap. The span is half-open: [started_at, ended_at).
+    """
+
+    target: Target
+    started_at: float
+    ended_at: float
+    cause: GapCause
+    interval_seconds: float
+
 
 @dataclass(frozen=True, slots=True)
 class Cycle:
@@ -186,6 +206,7 @@ class Cycle:
     started_at: float
     duration_seconds: float
     results: tuple[Result, ...]
+    gaps: tuple[Gap, ...] = ()  # agent sites only: a silence the batch of ``results`` ended (monitor.agents)
 
 
 class Sink(Protocol):

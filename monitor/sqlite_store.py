@@ -28,8 +28,8 @@ from pathlib import Path
 
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, StoredCycle, StoredTest
-from monitor.results import DirectionResult, IcmpResult, Result, ThroughputResult
+from monitor.history import EndpointRecord, StoredCycle, StoredGap, StoredTest
+from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
 
 DATABASE_NAME = "history.sqlite3"
 _DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the file
@@ -88,7 +88,19 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE EXISTS (SELECT 1 FROM throughput t WHERE t.endpoint_id = endpoints.id AND
                       (endpoints.first_result_at IS NULL OR t.started_at < endpoints.first_result_at));
     """,
+    # 3: agent sites' classified silences (issue 10), so reports leave out the hours without power
+    """
+    CREATE TABLE gaps (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        cause TEXT NOT NULL,
+        interval_seconds REAL NOT NULL,
+        PRIMARY KEY (endpoint_id, started_at)
+    ) WITHOUT ROWID;
+    """,
 )
+_GAPS_VERSION = 3  # the schema version that added the gap table
 # EndpointRecord field order → column; first_result_at is the store's own and never written from a record
 _ENDPOINT_COLUMNS = ("name", "kind", "district", "link", "grp", "target_bps", "status", "planned_date", "provider",
                      "contracted_bps")
@@ -167,6 +179,8 @@ class SqliteStore:
         except BaseException:
             self._db.close()
             raise
+        # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
+        self._has_gaps = self.schema_version() >= _GAPS_VERSION
         self._ids: dict[str, int] = {}
         self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
         self._prune_cursor = 0  # endpoint id the next prune slice starts at
@@ -196,7 +210,7 @@ class SqliteStore:
         self._db.close()
 
     # ------------------------------------------------------------------ writing
-    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -219,6 +233,9 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
             db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
+            db.executemany("INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)",
+                           [(self._endpoint_id(EndpointRecord.of(g.target)), g.started_at, g.ended_at, g.cause,
+                             g.interval_seconds) for g in gaps])  # a gap is not a result: first_result_at stays
             db.executemany("UPDATE endpoints SET first_result_at = ? WHERE id = ? AND "
                            "(first_result_at IS NULL OR first_result_at > ?)",
                            [(at, endpoint_id, at) for endpoint_id, at in first.items()])
@@ -251,10 +268,12 @@ class SqliteStore:
         for endpoint_id in ids:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for table, before in (("icmp", icmp_before), ("throughput", throughput_before)):
+                for table, column, before in (("icmp", "started_at", icmp_before),
+                                              ("throughput", "started_at", throughput_before),
+                                              ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
                     cursor = db.execute(
                         f"DELETE FROM {table} WHERE endpoint_id = ? AND started_at IN "  # noqa: S608 (fixed names)
-                        f"(SELECT started_at FROM {table} WHERE endpoint_id = ? AND started_at < ? "
+                        f"(SELECT started_at FROM {table} WHERE endpoint_id = ? AND {column} < ? "
                         "ORDER BY started_at LIMIT ?)", (endpoint_id, endpoint_id, before, limit - gone))
                     gone += max(0, cursor.rowcount)
                 db.execute("COMMIT")
@@ -294,6 +313,15 @@ class SqliteStore:
             "WHERE e.name = ? AND t.started_at >= ? AND t.started_at < ? ORDER BY t.started_at",
             (endpoint, start, end))
         return [_stored_test(row) for row in rows]
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        if not self._has_gaps:
+            return []
+        rows = self._db.execute(
+            "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+            "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = ? AND g.ended_at > ? AND g.started_at < ? "
+            "ORDER BY g.started_at", (endpoint, start, end))
+        return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
 
     def last_measured_tests(self) -> dict[str, StoredTest]:
         return self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")

@@ -21,7 +21,7 @@ from monitor import history as history_module
 from monitor.config import IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
 from monitor.history import EndpointRecord, HistorySink, month_start
-from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
+from monitor.results import Cycle, DirectionResult, Gap, IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
 from monitor.targets import Target
 from tests.conftest import need_root
@@ -301,9 +301,10 @@ def test_a_long_backlog_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest
     writes: list[int] = []
 
     class Counting(SqliteStore):
-        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                  gaps: Sequence[Gap] = ()) -> None:
             writes.append(len(results))
-            super().write(endpoints, results)
+            super().write(endpoints, results, gaps)
 
     sink = HistorySink(lambda: Counting(database_path(tmp_path)), Retention())
     sites = [target(f"s{i}") for i in range(30)]
