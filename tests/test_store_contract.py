@@ -14,8 +14,9 @@ import pytest
 
 from monitor import postgres_store, sqlite_store
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, HistoryStore
+from monitor.history import EndpointRecord, HistoryStore, StoredGap
 from monitor.postgres_store import PostgresStore, redact
+from monitor.results import Gap
 from monitor.sqlite_store import SqliteStore
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.test_history import icmp, target, test_
@@ -281,8 +282,32 @@ def _check_migrated(store: HistoryStore) -> None:
                                  EndpointRecord("quiet", "clinic", "Temir", "lte", "g", 2e6)]
     assert store.first_results() == {"old": 200.0}
     assert [c.started_at for c in store.icmp_cycles("old", 0, 1e9)] == [300.0]
+    assert store.gaps("old", 0, 1e9) == []  # the gap table (version 3) is there, empty
     store.write([EndpointRecord("quiet", "clinic", "Temir", "lte", "g", 2e6, "retired", dt.date(2026, 1, 2))], [])
     assert store.endpoints()[1].status == "retired"
+    store.write([], [], [Gap(target("old"), 400.0, 1000.0, "power", 60.0)])
+    assert store.gaps("old", 0, 1e9) == [StoredGap("old", 400.0, 1000.0, "power", 60.0)]
+    assert store.first_results() == {"old": 200.0}  # a gap is not a result
+
+
+def test_sqlite_history_of_version_2_opens_and_migrates_and_reads_without_gaps(tmp_path: Path) -> None:
+    """A version-2 file (roll-out, no gap table) reads read-only as having no gaps, then migrates on a write open."""
+    path = tmp_path / "history.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(sqlite_store.MIGRATIONS[0] + ";\n".join(_V1_ROWS) + ";\n" + sqlite_store.MIGRATIONS[1]
+                     + ";\nPRAGMA user_version = 2;")
+    db.close()
+    reader = SqliteStore(path, read_only=True)  # a report on an older history: no table, no gaps, no error
+    try:
+        assert reader.schema_version() == 2 and reader.gaps("old", 0, 1e9) == []
+    finally:
+        reader.close()
+    store = SqliteStore(path)
+    try:
+        assert store.schema_version() == len(sqlite_store.MIGRATIONS) == 3
+        _check_migrated(store)
+    finally:
+        store.close()
 
 
 def test_sqlite_history_of_the_old_schema_opens_and_migrates(tmp_path: Path) -> None:
@@ -294,6 +319,35 @@ def test_sqlite_history_of_the_old_schema_opens_and_migrates(tmp_path: Path) -> 
     store = SqliteStore(path)
     try:
         assert store.schema_version() == len(sqlite_store.MIGRATIONS) >= 2
+        _check_migrated(store)
+    finally:
+        store.close()
+
+
+def test_postgres_history_of_version_2_opens_and_migrates(pg_server: PgServer) -> None:  # noqa: F811
+    """A PostgreSQL database at version 2 (no gap table) reads read-only without gaps, then migrates to 3."""
+    db = pg_server.new_database()
+    url = pg_server.url(db)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                     "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        for statement in postgres_store.MIGRATIONS[0].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for statement in _V1_ROWS:
+            conn.execute(statement.replace("X''", "'\\x'::bytea"))
+        for statement in postgres_store.MIGRATIONS[1].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1), (2)")
+    reader = PostgresStore(url, read_only=True)
+    try:
+        assert reader.schema_version() == 2 and reader.gaps("old", 0, 1e9) == []
+    finally:
+        reader.close()
+    store = PostgresStore(url)
+    try:
+        assert store.schema_version() == len(postgres_store.MIGRATIONS) == 3
         _check_migrated(store)
     finally:
         store.close()
@@ -318,3 +372,38 @@ def test_postgres_history_of_the_old_schema_opens_and_migrates(pg_server: PgServ
         _check_migrated(store)
     finally:
         store.close()
+
+
+# ----------------------------------------------------------------------------- agent gaps (issue 10)
+
+
+def test_gaps_round_trip_overlap_and_replace(open_store: Opener) -> None:
+    """Gaps are written with results in one call, read back by overlap with the span, and replaced by (site, start)."""
+    store = open_store()
+    a, b = target("A"), target("B")
+    store.write([EndpointRecord.of(a)], [icmp(a, 100.0, 0.01)],
+                [Gap(a, 200.0, 500.0, "link", 60.0), Gap(a, 900.0, 1200.0, "power", 60.0),
+                 Gap(b, 300.0, 400.0, "unknown", 30.0)])
+    assert store.gaps("A", 0, 1e9) == [StoredGap("A", 200.0, 500.0, "link", 60.0),
+                                       StoredGap("A", 900.0, 1200.0, "power", 60.0)]
+    assert [g.started_at for g in store.gaps("A", 499.0, 900.0)] == [200.0]  # ends after 499; the next starts at 900
+    assert [g.started_at for g in store.gaps("A", 500.0, 901.0)] == [900.0]  # ended at 500: not in [500, …)
+    assert store.gaps("B", 0, 1e9) == [StoredGap("B", 300.0, 400.0, "unknown", 30.0)]
+    assert store.gaps("nowhere", 0, 1e9) == []
+    store.write([], [], [Gap(a, 200.0, 520.0, "link", 60.0)])  # written again (a retried batch): replaced
+    assert open_store().gaps("A", 0, 600.0) == [StoredGap("A", 200.0, 520.0, "link", 60.0)]
+    assert {e.name for e in store.endpoints()} == {"A", "B"}  # a gap's site is recorded like a result's
+    assert store.first_results() == {"A": 100.0}
+
+
+def test_gaps_are_pruned_with_the_long_retention_once_ended(open_store: Opener) -> None:
+    """A gap goes when it ended before the throughput bound, not by the ICMP one."""
+    store = open_store()
+    a = target("A")
+    store.write([], [], [Gap(a, 10.0, 50.0, "power", 60.0), Gap(a, 60.0, 200.0, "link", 60.0)])
+    while store.prune(icmp_before=1e9, throughput_before=100.0, limit=1):
+        pass
+    assert [g.started_at for g in store.gaps("A", 0, 1e9)] == [60.0]  # ended at 200: kept
+    while store.prune(icmp_before=1e9, throughput_before=1e9, limit=10):
+        pass
+    assert store.gaps("A", 0, 1e9) == []
