@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from monitor.agent_protocol import ProtocolError, decode_batch, encode_agent, encode_icmp, encode_throughput
 from monitor.agents import AgentRegistry, TokenBucket, token_hash
-from monitor.config import AgentSettings, IcmpSettings, ThroughputSettings
+from monitor.config import AgentSettings, IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
+from monitor.history import HistorySink, StoredGap
+from monitor.sqlite_store import SqliteStore
 from monitor.results import Cycle, DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
 from monitor.throughput_plan import ThroughputPlan
@@ -133,6 +136,45 @@ def test_silence_marks_down_and_the_gap_is_classified_link_power_or_unknown(
     outcome = post(registry, TOKENS["vsat-2"], batch("vsat-2", [3], T0 + 2050, boot="boot-2", uptime=1150.0))
     assert outcome.gap_cause == "unknown"
     assert registry.sites["vsat-2"].gaps == {"link": 0, "power": 1, "unknown": 1}
+    # each classified gap went down the pipeline with the batch that ended it, spans as the module doc says
+    gaps = [(g.target.name, g.started_at, g.ended_at, g.cause, g.interval_seconds)
+            for c in sink.cycles for g in c.gaps]
+    assert gaps == [("vsat-1", T0 + 10, T0 + 1000, "link", 60.0),  # from the last post to the one that ended it
+                    # to the boot (now − uptime = T0 + 960), from its last result measured before the boot
+                    ("vsat-2", T0 + 950, T0 + 960, "power", 60.0),
+                    ("vsat-2", T0 + 1000, T0 + 2100, "unknown", 60.0)]
+
+
+def test_a_power_gap_reaches_the_history_store_through_the_pipeline(tmp_path: Path) -> None:
+    """The registry, the one pipeline and the real history writer over a SQLite file: a site that lost power is
+    stored as a power gap from its last sign of life (a spooled result from before the boot) to the boot; a
+    link gap from the last post to the one that ended it; the silence itself is never a row."""
+    clock = Clock()
+    path = tmp_path / "history.sqlite3"
+    sink = HistorySink(lambda: SqliteStore(path), Retention(), clock)
+    registry = AgentRegistry(ResultPipeline([sink]), clock)
+    registry.set_targets([agent_target("vsat-1"), agent_target("vsat-2")])
+    post(registry, TOKENS["vsat-1"], batch("vsat-1", [1, 2], T0 - 120))
+    post(registry, TOKENS["vsat-2"], batch("vsat-2", [1], T0 - 60))
+    clock.now = T0 + 600
+    assert sorted(registry.check_silence()) == ["vsat-1", "vsat-2"]
+    clock.now = T0 + 1000
+    # vsat-1 booted at T0 + 700 (uptime 300); its spool held one result from before the cut (T0 + 30) and one after
+    rebooted = batch("vsat-1", [3, 4], T0 + 30, boot="boot-2", uptime=300.0, spacing=720.0)
+    rebooted["agent"]["sent_at"] = T0 + 1000
+    assert post(registry, TOKENS["vsat-1"], rebooted).gap_cause == "power"
+    assert post(registry, TOKENS["vsat-2"], batch("vsat-2", [2, 3], T0 + 60)).gap_cause == "link"
+    sink.close()
+    store = SqliteStore(path, read_only=True)
+    try:
+        assert store.gaps("vsat-1", 0, 2e9) == [StoredGap("vsat-1", T0 + 30, T0 + 700, "power", 60.0)]
+        assert store.gaps("vsat-2", 0, 2e9) == [StoredGap("vsat-2", T0, T0 + 1000, "link", 60.0)]
+        assert [c.started_at for c in store.icmp_cycles("vsat-1", 0, 2e9)] == [T0 - 120, T0 - 60, T0 + 30, T0 + 750]
+        assert all(c.error != "agent_silent" for n in ("vsat-1", "vsat-2") for c in store.icmp_cycles(n, 0, 2e9))
+    finally:
+        store.close()
+    assert sink.stats.written == 2 + 1 + 2 + 2 + 2  # the results, and the two gaps (a row each, same backlog)
+    assert sink.stats.pending == 0 and sink.stats.dropped == 0
 
 
 def test_a_reload_keeps_sequence_and_liveness_and_forgets_removed_sites(
