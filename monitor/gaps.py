@@ -11,8 +11,9 @@ silence (:class:`~monitor.history.StoredGap`), and this module makes the quotien
 * **link** and **unknown** gaps: the link was down, or nobody knows, so the time counts as down.
   A cycle was due every ``interval_seconds`` after the gap's start (the last post heard), up to
   its end: start + k × interval for k ≥ 1, before the end. The cycles that arrived from the
-  agent's spool for that time count as themselves (the agent measured, mostly unanswered); the
-  due cycles for which no row exists count as run and not up.
+  agent's spool for that time (rows after the gap's start, before its end) count as themselves
+  (the agent measured, mostly unanswered); as many of the due cycles as have no row count as
+  run and not up.
 
 Only the part of a gap inside the span asked for counts, so a gap across a period's border is
 split between the two periods.
@@ -79,8 +80,9 @@ class GapAccount:
         """
         missing = 0
         for gap in self.down:
-            low, high = max(self.start, gap.started_at), min(self.end, gap.ended_at)
-            rows = sum(1 for t in recorded if low <= t < high and (leave_out is None or not leave_out(t)))
+            # the gap starts with the last cycle heard: a row at its very start is that one, not a due one
+            rows = sum(1 for t in recorded if gap.started_at < t < gap.ended_at and self.start <= t < self.end
+                       and (leave_out is None or not leave_out(t)))
             if leave_out is None:
                 due = due_cycles(gap, self.start, self.end)
             else:

@@ -13,8 +13,8 @@ from monitor.agents import AgentRegistry, TokenBucket, token_hash
 from monitor.config import AgentSettings, IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
 from monitor.history import HistorySink, StoredGap
-from monitor.sqlite_store import SqliteStore
 from monitor.results import Cycle, DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.sqlite_store import SqliteStore
 from monitor.targets import Target
 from monitor.throughput_plan import ThroughputPlan
 

@@ -1,0 +1,192 @@
+"""Availability of agent sites with classified gaps (issue 10): a recorded day whose right answers are worked out below.
+
+2026-11-10 (UTC), cycles every 10 minutes (144 marks in the day: 00:00 … 23:50):
+
+* ``vsat-a`` (agent, interval 600 s):
+  - a **power** gap 06:00–10:00: the 24 marks 06:00 … 09:50 have no row, except a stray answered row at 07:00,
+    which is left out (neither up nor run). Hours without power: 4.00.
+  - a **link** gap 12:00–14:00 (the last post heard at 12:00): 11 cycles were due (12:10 … 13:50); the spool
+    brought 5 of them (12:10 … 12:50, unanswered), the other 6 have no row and count as run and down.
+  - an **unknown** gap 20:00–21:00: 5 cycles due (20:10 … 20:50), no row: 5 down.
+  - every other mark has a row (144 − 24 − 11 − 5 = 104), answered except 01:00, 01:10, 01:20, 01:30.
+  → cycles 104 + 5 + 6 + 5 = 120, up 100: availability 83.3333% (without the gap rule: 101 / 110).
+* ``vsat-b`` (agent): a link gap from 23:00 to 01:00 the next day, no row in it; rows 00:00 … 23:00, all
+  answered (139). Only the 5 cycles due before midnight (23:10 … 23:50) are this day's:
+  → cycles 144, up 139: 96.5278%.
+* ``fibre-1`` (probed from the centre, no gaps): 144 answered rows → 100%.
+
+KPIs with a maintenance window at vsat-a 12:00–12:30 (it takes the rows 12:00, 12:10, 12:20 and the due
+cycles 12:10, 12:20): vsat-a counts 103 rows outside gaps and maintenance (99 up) + 3 spooled rows + 6 missing
+(9 due outside maintenance − 3 rows) + 5 unknown = 117 cycles, 99 up, 3 in maintenance.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.api import report_to_json
+from monitor.gaps import GapAccount, due_cycles
+from monitor.history import EndpointRecord, StoredGap
+from monitor.kpis import Span, compute_kpis
+from monitor.report import Period, build_report
+from monitor.report_render import render
+from monitor.results import Gap, Result
+from monitor.sqlite_store import SqliteStore, database_path
+from monitor.windows import MaintenanceWindows
+from tests.netlab import _child_env
+from tests.test_history import icmp, target
+
+DAY = Period(dt.date(2026, 11, 10), dt.date(2026, 11, 10), "UTC")
+D = DAY.start
+MINUTE = 60.0
+HOUR = 3600.0
+STEP = 600.0
+
+
+def at(hours: int, minutes: int = 0) -> float:
+    return D + hours * HOUR + minutes * MINUTE
+
+
+def recorded_day() -> tuple[list[Result], list[Gap]]:
+    a, b, f = target("vsat-a"), target("vsat-b"), target("fibre-1")
+    marks = [D + i * STEP for i in range(144)]
+    power = (at(6), at(10))
+    link_due = {at(12) + k * STEP for k in range(1, 12)}
+    unknown_due = {at(20) + k * STEP for k in range(1, 6)}
+    down = {at(1), at(1, 10), at(1, 20), at(1, 30)}
+    rows: list[Result] = []
+    for t in marks:
+        if power[0] <= t < power[1] or t in link_due or t in unknown_due:
+            continue
+        rows.append(icmp(a, t, None, None) if t in down else icmp(a, t, 0.6, 0.61))
+    rows.append(icmp(a, at(7), 0.6))  # a stray row inside the power gap: left out
+    rows += [icmp(a, at(12) + k * STEP, None, None) for k in range(1, 6)]  # the spool's unanswered cycles
+    rows += [icmp(b, t, 0.6) for t in marks if t <= at(23)]
+    rows += [icmp(b, D + 86400 + 2 * HOUR, 0.6)]  # the next day: not this report's
+    rows += [icmp(f, t, 0.01) for t in marks]
+    gaps = [Gap(a, *power, "power", STEP), Gap(a, at(12), at(14), "link", STEP),
+            Gap(a, at(20), at(21), "unknown", STEP), Gap(b, at(23), D + 86400 + HOUR, "link", STEP)]
+    return rows, gaps
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    store = SqliteStore(database_path(tmp_path))
+    rows, gaps = recorded_day()
+    store.write([], rows, gaps)
+    store.close()
+    return tmp_path
+
+
+def test_due_cycles_follow_the_gap_start_and_split_at_the_period_border() -> None:
+    gap = StoredGap("x", 1000.0, 1000.0 + 7200.0, "link", 600.0)
+    assert due_cycles(gap, 0.0, 1e9) == 11  # 1600 … 7600: a cycle at the gap's end is not due in it
+    assert due_cycles(gap, 0.0, 1000.0 + 3600.0) + due_cycles(gap, 1000.0 + 3600.0, 1e9) == 11  # split, not doubled
+    assert due_cycles(gap, 0.0, 1000.0 + 3600.0) == 5
+    assert due_cycles(StoredGap("x", 0.0, 610.0, "unknown", 600.0), 0.0, 1e9) == 1
+    assert due_cycles(StoredGap("x", 0.0, 600.0, "unknown", 600.0), 0.0, 1e9) == 0
+
+
+def test_availability_leaves_out_power_and_counts_link_and_unknown_gaps_as_down(state: Path) -> None:
+    store = SqliteStore(database_path(state), read_only=True)
+    report = build_report(store, DAY)
+    rows = {r.name: r for r in report.sites}
+    a, b, f = rows["vsat-a"], rows["vsat-b"], rows["fibre-1"]
+    assert (a.cycles, a.cycles_up, a.cycles_missing, a.power_off_seconds) == (120, 100, 11, 4 * HOUR)
+    assert a.availability == 100 / 120 and a.hours_without_power == 4.0
+    assert a.echoes == 104 * 2 + 5 * 2  # the stray row in the power gap is not in the loss either
+    assert (b.cycles, b.cycles_up, b.cycles_missing, b.power_off_seconds) == (144, 139, 5, 0.0)
+    assert (f.cycles, f.cycles_up, f.cycles_missing, f.power_off_seconds) == (144, 144, 0, 0.0)
+    assert report.power_gaps
+    assert report.by_kind[0].availability == (100 + 139 + 144) / (120 + 144 + 144)
+    # the next day holds the rest of vsat-b's gap: 01:00 − 23:00 = 2 h, 11 due; 5 were the 10th's, 6 are the 11th's
+    nxt = {r.name: r for r in build_report(store, Period(dt.date(2026, 11, 11), dt.date(2026, 11, 11), "UTC")).sites}
+    assert (nxt["vsat-b"].cycles, nxt["vsat-b"].cycles_up, nxt["vsat-b"].cycles_missing) == (7, 1, 6)
+
+
+def test_kpis_leave_out_power_hours_and_maintenance_alike(state: Path) -> None:
+    store = SqliteStore(database_path(state), read_only=True)
+    window = MaintenanceWindows("UTC", once=((dt.datetime(2026, 11, 10, 12, 0), dt.datetime(2026, 11, 10, 12, 30)),))
+    endpoints = [EndpointRecord.of(target(n)) for n in ("vsat-a", "vsat-b", "fibre-1")]
+    kpis = compute_kpis(store, endpoints, Span(DAY.start, DAY.end), maintenance={"vsat-a": window})
+    sites = {s.name: s for s in kpis.sites}
+    a = sites["vsat-a"]
+    assert (a.cycles, a.cycles_up, a.cycles_in_maintenance, a.cycles_missing) == (117, 99, 3, 11)
+    assert a.power_off_seconds == 4 * HOUR
+    everyone = kpis.groups[0].current
+    assert (everyone.cycles, everyone.cycles_up) == (117 + 144 + 144, 99 + 139 + 144)
+    assert everyone.availability == (99 + 139 + 144) / (117 + 144 + 144)
+    assert everyone.power_off_seconds == 4 * HOUR and kpis.power_gaps
+    plain = compute_kpis(store, endpoints, Span(DAY.start, DAY.end))  # no maintenance: the report's figures
+    assert {s.name: (s.cycles, s.cycles_up) for s in plain.sites} == {
+        "vsat-a": (120, 100), "vsat-b": (144, 139), "fibre-1": (144, 144)}
+
+
+def test_every_format_shows_the_hours_without_power(state: Path) -> None:
+    report = build_report(SqliteStore(database_path(state), read_only=True), DAY)
+    table = render(report, "table")
+    assert "hours without power" in table and "agent sites' hours without power are left out" in table
+    line = next(ln.split() for ln in table.splitlines() if ln.startswith("vsat-a"))
+    assert line[5:7] == ["83.33", "4.00"]  # availability %, then hours without power
+    md = render(report, "markdown")
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| vsat-a")]
+    assert cells[0][5:7] == ["83.33", "4.00"]
+    html = render(report, "html")
+    assert "<th>hours without power</th>" in html and "<td class=\"\">4.00</td>" in html
+    sites, kpis = render(report, "csv").split("\n\n")
+    by_name = {r["site"]: r for r in csv.DictReader(io.StringIO(sites))}
+    assert (by_name["vsat-a"]["availability_percent"], by_name["vsat-a"]["hours_without_power"],
+            by_name["vsat-a"]["cycles_missing"], by_name["vsat-a"]["cycles"]) == ("83.3333", "4.0000", "11", "120")
+    assert by_name["vsat-b"]["availability_percent"] == "96.5278" and by_name["fibre-1"]["hours_without_power"] == \
+        "0.0000"
+    kpi_rows = list(csv.DictReader(io.StringIO(kpis)))
+    assert kpi_rows[0]["kpi_scope"] == "all" and kpi_rows[0]["hours_without_power"] == "4.0000"
+    doc = json.loads(render(report, "json"))
+    assert doc["kpis"]["groups"][0]["current"]["power_off_seconds"] == 4 * HOUR
+    assert {s["name"]: s["power_off_seconds"] for s in doc["kpis"]["sites"]} == {
+        "vsat-a": 4 * HOUR, "vsat-b": 0.0, "fibre-1": 0.0}
+    api = report_to_json(report)  # GET /api/v1/summary
+    row = next(r for r in api["sites"] if r["name"] == "vsat-a")
+    assert (row["availability_ratio"], row["power_off_seconds"], row["cycles_missing"]) == (100 / 120, 4 * HOUR, 11)
+
+
+def test_no_power_column_without_power_gaps(tmp_path: Path) -> None:
+    """Link gaps alone change availability but add no column: reports without power cuts keep their shape."""
+    store = SqliteStore(database_path(tmp_path))
+    rows, gaps = recorded_day()
+    store.write([], rows, [g for g in gaps if g.cause != "power"])
+    report = build_report(store, DAY)
+    assert not report.power_gaps and not report.kpis.power_gaps  # type: ignore[union-attr]
+    for fmt in ("table", "csv", "markdown", "html", "json"):
+        text = render(report, fmt)
+        assert "without power" not in text and "without_power" not in text and "power_off" not in text, fmt
+    store.close()
+
+
+def test_cli_report_counts_the_gaps(state: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-11-10", "--to", "2026-11-10",
+                           "--timezone", "UTC", "--state-dir", str(state), "--format", "csv"], capture_output=True,
+                          text=True, timeout=60, check=False, env=_child_env())
+    assert proc.returncode == 0, proc.stderr
+    sites = proc.stdout.split("\n\n")[0]
+    header, *lines = sites.splitlines()
+    assert header.startswith("site,kind,district,link,target_mbps,cycles,cycles_up,availability_percent,"
+                             "hours_without_power,cycles_missing,rtt_median_ms,")
+    assert any(ln.startswith("vsat-a,school,Aktobe,fibre,4,120,100,83.3333,4.0000,11,") for ln in lines)
+
+
+def test_gap_account_reads_only_the_span(state: Path) -> None:
+    store = SqliteStore(database_path(state), read_only=True)
+    account = GapAccount.of(store, "vsat-a", at(9), at(12, 30))  # half the power gap, the first half hour of link
+    assert account.power_seconds == HOUR
+    assert account.without_power(at(9, 50)) and not account.without_power(at(10))
+    assert account.missing_cycles([at(12, 10), at(12, 20)]) == 0  # due 12:10, 12:20: both have rows
+    assert account.missing_cycles([]) == 2
