@@ -168,8 +168,15 @@ groups:
     store = SqliteStore(database_path(state))
     try:
         during = [c for c in store.icmp_cycles("vsat-cut", cut_at + 0.5, restored_at - 0.5)]
+        stored_gaps = store.gaps("vsat-cut", 0, 2e9)
     finally:
         store.close()
+    # both classified gaps reached the history through the daemon's one pipeline: the link gap covers the cut,
+    # the power gap comes after it and ends at the second agent's boot
+    assert [(g.cause, g.interval_seconds) for g in stored_gaps] == [("link", 1.0), ("power", 1.0)], stored_gaps
+    link_gap, power_gap = stored_gaps
+    assert link_gap.started_at <= cut_at and link_gap.ended_at >= restored_at
+    assert link_gap.ended_at <= power_gap.started_at < power_gap.ended_at
     assert len(during) >= 3, during
     assert all(c.received == 0 and c.error is None for c in during), during
     gaps = [b.started_at - a.started_at for a, b in zip(during, during[1:], strict=False)]
