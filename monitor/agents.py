@@ -43,7 +43,6 @@ from monitor.targets import Target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GAP_CAUSES", "GapCause"]  # re-exported: the gap's causes were first defined here
 REJECTION_CODES = (400, 401, 403, 413, 429)  # what the agent API refuses with (monitor.agent_api)
 BURST = 60
 REFILL_PER_SECOND = 2.0

@@ -10,7 +10,9 @@ results themselves. This module holds the backend-neutral parts:
   that fails (read-only, full, gone) costs history, never probing or /metrics: the batch stays
   in a bounded backlog that is retried, ``connmon_store_errors_total`` counts the failure and
   the log says it at most once a minute. Pruning runs in the same thread in small slices between
-  writes, so it never holds the database for long.
+  writes, so it never holds the database for long. An agent site's classified silence
+  (:class:`~monitor.results.Gap`, issue 10) rides in the cycle that ended it and takes the same
+  road: queued, batched with the results, written in their transaction, pruned like tests.
 """
 
 from __future__ import annotations
