@@ -24,6 +24,9 @@ enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre'
   other gaps' missing cycles as down (:mod:`monitor.gaps`). A ``power`` gap runs from the last
   sign of life before the boot (the last post, or a later result measured before the boot) to
   the boot (now − uptime); a ``link`` or ``unknown`` gap from the last post to the one that ended it.
+  While the site is silent, the gap so far is published as ``unknown`` (and again every
+  :data:`OPEN_GAP_REFRESH_SECONDS`), so a report made meanwhile counts the silence as down; the
+  classified gap replaces it.
 * **Rate limit.** Each token may post in bursts of :data:`BURST` requests, refilled at
   :data:`REFILL_PER_SECOND`: enough to drain a day of spool in minutes, not enough to flood.
 """
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 REJECTION_CODES = (400, 401, 403, 413, 429)  # what the agent API refuses with (monitor.agent_api)
 BURST = 60
 REFILL_PER_SECOND = 2.0
+OPEN_GAP_REFRESH_SECONDS = 60.0  # a silent site's provisional gap is written up to now this often
 
 
 def token_hash(token: str) -> str:
@@ -93,6 +97,7 @@ class AgentSite:
     info: AgentInfo | None = None
     silent: bool = False
     silent_since: float = 0.0  # when the centre marked it silent
+    gap_written_at: float = 0.0  # when its provisional (unknown) gap was last published, while silent
     gap_cause: GapCause | None = None  # of the current gap while silent, else of the last one
     gaps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GAP_CAUSES, 0))
     accepted: int = 0
@@ -217,7 +222,14 @@ class AgentRegistry:
             end = max(start, now - info.uptime_seconds)  # the boot: the power came back then at the latest
             before_boot = [t for t in measured_at if start < t < end]  # spooled before the cut: it still had power
             start = max([start, *before_boot])
-        return Gap(site.target, start, end, cause, site.target.icmp.interval_seconds)
+        return Gap(site.target, start, end, cause, site.target.icmp.interval_seconds,
+                   None if start == site.last_seen else site.last_seen)  # the provisional gap starts at last_seen
+
+    @staticmethod
+    def _open_gap(site: AgentSite, now: float) -> Gap:
+        """The silence so far, as the history keeps it until the agent tells what happened: unknown, down."""
+        site.gap_written_at = now
+        return Gap(site.target, site.last_seen, now, "unknown", site.target.icmp.interval_seconds)
 
     # ------------------------------------------------------------------ liveness
     def check_silence(self) -> list[str]:
@@ -226,12 +238,17 @@ class AgentRegistry:
         marked: list[str] = []
         for site in self.sites.values():
             stale_after = site.target.agent_stale_after_seconds
-            if site.silent or now - site.last_seen <= stale_after:
+            if site.silent:  # the history's provisional gap grows with the silence, a row update a minute
+                if now - site.gap_written_at >= OPEN_GAP_REFRESH_SECONDS:
+                    self.pipeline.publish(Cycle("agent", site.target.group, now, 0.0, (),
+                                                (self._open_gap(site, now),)))
+                continue
+            if now - site.last_seen <= stale_after:
                 continue
             site.silent, site.silent_since, site.gap_cause = True, now, "unknown"
             marked.append(site.target.name)
             detail = f"nothing received from the site's agent for {now - site.last_seen:.0f}s (stale_after " \
                      f"{stale_after:g}s)"
             self.pipeline.publish(Cycle("agent", site.target.group, now, 0.0, (IcmpResult(
-                site.target, now, None, 0, (), ProbeErrorReason.AGENT_SILENT, detail),)))
+                site.target, now, None, 0, (), ProbeErrorReason.AGENT_SILENT, detail),), (self._open_gap(site, now),)))
         return marked

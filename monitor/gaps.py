@@ -16,7 +16,8 @@ silence (:class:`~monitor.history.StoredGap`), and this module makes the quotien
   run and not up.
 
 Only the part of a gap inside the span asked for counts, so a gap across a period's border is
-split between the two periods.
+split between the two periods. A silence still going on is stored as an ``unknown`` gap up to its
+last refresh (:mod:`monitor.agents`), so it counts as down until the agent tells otherwise.
 """
 
 from __future__ import annotations

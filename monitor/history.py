@@ -140,7 +140,8 @@ class HistoryStore(Protocol):
     def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
         """Store ``results`` and ``gaps`` (and update ``endpoints``' labels) in one transaction.
 
-        A gap is keyed by (endpoint, start): written again, it replaces the one stored.
+        A gap is keyed by (endpoint, start): written again, it replaces the one stored; one with
+        ``replaces_start`` also deletes the endpoint's gap that starts there (its provisional one).
         """
 
     def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
@@ -236,9 +237,10 @@ class HistorySink:
         self._queue.put([EndpointRecord.of(t) for t in targets])
 
     def consume(self, cycle: Cycle) -> None:
-        if cycle.probe == "agent" and all(r.error is ProbeErrorReason.AGENT_SILENT for r in cycle.results):
-            return  # silence is not a measurement: the agent's spool tells what happened (monitor.agents)
-        items: tuple[Result | Gap, ...] = (*cycle.gaps, *cycle.results)
+        results = cycle.results
+        if cycle.probe == "agent":  # silence is not a measurement: the agent's spool tells what happened
+            results = tuple(r for r in results if r.error is not ProbeErrorReason.AGENT_SILENT)  # (monitor.agents)
+        items: tuple[Result | Gap, ...] = (*cycle.gaps, *results)
         if not items:
             return
         with self._lock:

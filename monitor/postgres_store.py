@@ -243,13 +243,16 @@ class PostgresStore:
                             "target_met = excluded.target_met, error = excluded.error, "
                             "error_detail = excluded.error_detail, budget_remaining = excluded.budget_remaining",
                             test_rows)
-                    if gaps:  # a gap is not a result: first_result_at stays
-                        cur.executemany(
+                    for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
+                        endpoint_id = self._ids[gap.target.name]
+                        if gap.replaces_start is not None and gap.replaces_start != gap.started_at:
+                            cur.execute("DELETE FROM gaps WHERE endpoint_id = %s AND started_at = %s",
+                                        (endpoint_id, gap.replaces_start))
+                        cur.execute(  # a gap is not a result: first_result_at stays
                             "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, started_at) "
                             "DO UPDATE SET ended_at = excluded.ended_at, cause = excluded.cause, "
                             "interval_seconds = excluded.interval_seconds",
-                            [(self._ids[g.target.name], g.started_at, g.ended_at, g.cause, g.interval_seconds)
-                             for g in gaps])
+                            (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
                     if first:
                         cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
                                         "(first_result_at IS NULL OR first_result_at > %s)",

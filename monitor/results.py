@@ -184,6 +184,12 @@ class Gap:
     ``power`` hours are left out of availability (the site had no power), ``link`` and ``unknown``
     hours count as down time. ``interval_seconds`` is the site's ICMP interval, so a report can
     tell how many cycles would have run in the gap. The span is half-open: [started_at, ended_at).
+
+    While a site is silent its gap is stored as ``unknown`` up to now, again every minute or so, so
+    that a report made meanwhile (or a site that never comes back) counts the silence as down. The
+    classified gap then replaces that provisional one: the store keys gaps by (site, start), and
+    ``replaces_start`` names the provisional one's start when the classified gap starts elsewhere
+    (a power gap starts at the last result from before the boot).
     """
 
     target: Target
@@ -191,6 +197,7 @@ class Gap:
     ended_at: float
     cause: GapCause
     interval_seconds: float
+    replaces_start: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

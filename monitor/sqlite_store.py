@@ -233,9 +233,13 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
             db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
-            db.executemany("INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)",
-                           [(self._endpoint_id(EndpointRecord.of(g.target)), g.started_at, g.ended_at, g.cause,
-                             g.interval_seconds) for g in gaps])  # a gap is not a result: first_result_at stays
+            for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
+                endpoint_id = self._endpoint_id(EndpointRecord.of(gap.target))
+                if gap.replaces_start is not None and gap.replaces_start != gap.started_at:
+                    db.execute("DELETE FROM gaps WHERE endpoint_id = ? AND started_at = ?",
+                               (endpoint_id, gap.replaces_start))
+                db.execute("INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)",  # not a result: first_result_at stays
+                           (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
             db.executemany("UPDATE endpoints SET first_result_at = ? WHERE id = ? AND "
                            "(first_result_at IS NULL OR first_result_at > ?)",
                            [(at, endpoint_id, at) for endpoint_id, at in first.items()])

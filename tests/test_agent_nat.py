@@ -173,8 +173,11 @@ groups:
         store.close()
     # both classified gaps reached the history through the daemon's one pipeline: the link gap covers the cut,
     # the power gap comes after it and ends at the second agent's boot
-    assert [(g.cause, g.interval_seconds) for g in stored_gaps] == [("link", 1.0), ("power", 1.0)], stored_gaps
-    link_gap, power_gap = stored_gaps
+    # (the provisional unknown gap of each silence was replaced; one more may be there if the centre had time to
+    # mark the site silent between the agent's stop and its own)
+    assert [(g.cause, g.interval_seconds) for g in stored_gaps][:2] == [("link", 1.0), ("power", 1.0)], stored_gaps
+    assert all(g.cause == "unknown" for g in stored_gaps[2:]) and len(stored_gaps) <= 3, stored_gaps
+    link_gap, power_gap = stored_gaps[:2]
     assert link_gap.started_at <= cut_at and link_gap.ended_at >= restored_at
     assert link_gap.ended_at <= power_gap.started_at < power_gap.ended_at
     assert len(during) >= 3, during

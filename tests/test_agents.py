@@ -136,13 +136,35 @@ def test_silence_marks_down_and_the_gap_is_classified_link_power_or_unknown(
     outcome = post(registry, TOKENS["vsat-2"], batch("vsat-2", [3], T0 + 2050, boot="boot-2", uptime=1150.0))
     assert outcome.gap_cause == "unknown"
     assert registry.sites["vsat-2"].gaps == {"link": 0, "power": 1, "unknown": 1}
-    # each classified gap went down the pipeline with the batch that ended it, spans as the module doc says
-    gaps = [(g.target.name, g.started_at, g.ended_at, g.cause, g.interval_seconds)
+    # a silence goes down the pipeline as a provisional unknown gap when marked; each classified gap with the
+    # batch that ended it, spans as the module doc says, replacing the provisional one
+    gaps = [(g.target.name, g.started_at, g.ended_at, g.cause, g.replaces_start)
             for c in sink.cycles for g in c.gaps]
-    assert gaps == [("vsat-1", T0 + 10, T0 + 1000, "link", 60.0),  # from the last post to the one that ended it
+    assert gaps == [("vsat-1", T0 + 10, T0 + 191, "unknown", None), ("vsat-2", T0 + 10, T0 + 191, "unknown", None),
+                    ("vsat-1", T0 + 10, T0 + 1000, "link", None),  # from the last post to the one that ended it
                     # to the boot (now − uptime = T0 + 960), from its last result measured before the boot
-                    ("vsat-2", T0 + 950, T0 + 960, "power", 60.0),
-                    ("vsat-2", T0 + 1000, T0 + 2100, "unknown", 60.0)]
+                    ("vsat-2", T0 + 950, T0 + 960, "power", T0 + 10),
+                    ("vsat-1", T0 + 1000, T0 + 2000, "unknown", None),  # both silent again: vsat-1 still is
+                    ("vsat-2", T0 + 1000, T0 + 2000, "unknown", None),
+                    ("vsat-2", T0 + 1000, T0 + 2100, "unknown", None)]
+    assert all(g.interval_seconds == 60.0 for c in sink.cycles for g in c.gaps)
+
+
+def test_a_long_silence_is_a_growing_unknown_gap_until_the_agent_tells(
+        world: tuple[AgentRegistry, Recorder, Clock]) -> None:
+    """While silent, the provisional gap is published again once a minute (not at every check), up to now."""
+    registry, sink, clock = world
+    clock.now = T0 + 10
+    post(registry, TOKENS["vsat-1"], batch("vsat-1", [1], T0))
+    post(registry, TOKENS["vsat-2"], batch("vsat-2", [1], T0))
+    clock.now = T0 + 200
+    registry.check_silence()
+    for second in range(1, 130):
+        clock.now = T0 + 200 + second
+        registry.check_silence()
+    spans = [(g.started_at, g.ended_at) for c in sink.cycles for g in c.gaps if g.target.name == "vsat-1"]
+    assert spans == [(T0 + 10, T0 + 200), (T0 + 10, T0 + 260), (T0 + 10, T0 + 320)]
+    assert all(not c.results for c in sink.cycles[-2:])  # a refresh carries no result: nothing for the metrics
 
 
 def test_a_power_gap_reaches_the_history_store_through_the_pipeline(tmp_path: Path) -> None:
@@ -164,16 +186,23 @@ def test_a_power_gap_reaches_the_history_store_through_the_pipeline(tmp_path: Pa
     rebooted["agent"]["sent_at"] = T0 + 1000
     assert post(registry, TOKENS["vsat-1"], rebooted).gap_cause == "power"
     assert post(registry, TOKENS["vsat-2"], batch("vsat-2", [2, 3], T0 + 60)).gap_cause == "link"
+    clock.now = T0 + 1500  # both silent again, and still at the next refresh: the history has the silence so far
+    assert sorted(registry.check_silence()) == ["vsat-1", "vsat-2"]
+    clock.now = T0 + 1600
+    registry.check_silence()
     sink.close()
     store = SqliteStore(path, read_only=True)
-    try:
-        assert store.gaps("vsat-1", 0, 2e9) == [StoredGap("vsat-1", T0 + 30, T0 + 700, "power", 60.0)]
-        assert store.gaps("vsat-2", 0, 2e9) == [StoredGap("vsat-2", T0, T0 + 1000, "link", 60.0)]
+    try:  # the classified gaps replaced the provisional ones (the power gap's under another start)
+        assert store.gaps("vsat-1", 0, 2e9) == [StoredGap("vsat-1", T0 + 30, T0 + 700, "power", 60.0),
+                                                StoredGap("vsat-1", T0 + 1000, T0 + 1600, "unknown", 60.0)]
+        assert store.gaps("vsat-2", 0, 2e9) == [StoredGap("vsat-2", T0, T0 + 1000, "link", 60.0),
+                                                StoredGap("vsat-2", T0 + 1000, T0 + 1600, "unknown", 60.0)]
         assert [c.started_at for c in store.icmp_cycles("vsat-1", 0, 2e9)] == [T0 - 120, T0 - 60, T0 + 30, T0 + 750]
         assert all(c.error != "agent_silent" for n in ("vsat-1", "vsat-2") for c in store.icmp_cycles(n, 0, 2e9))
     finally:
         store.close()
-    assert sink.stats.written == 2 + 1 + 2 + 2 + 2  # the results, and the two gaps (a row each, same backlog)
+    # the results, and every gap published (a row each, same backlog): 2 provisional, 2 classified, 2 + 2 more
+    assert sink.stats.written == 2 + 1 + 2 + 2 + 8
     assert sink.stats.pending == 0 and sink.stats.dropped == 0
 
 

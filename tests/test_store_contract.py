@@ -396,6 +396,18 @@ def test_gaps_round_trip_overlap_and_replace(open_store: Opener) -> None:
     assert store.first_results() == {"A": 100.0}
 
 
+def test_a_classified_gap_replaces_the_provisional_one_it_names(open_store: Opener) -> None:
+    """A gap with ``replaces_start`` deletes the site's gap starting there, also when both share one write."""
+    store = open_store()
+    a, b = target("A"), target("B")
+    store.write([], [], [Gap(a, 100.0, 400.0, "unknown", 60.0), Gap(b, 100.0, 400.0, "unknown", 60.0)])
+    store.write([], [], [Gap(a, 100.0, 700.0, "unknown", 60.0), Gap(a, 150.0, 600.0, "power", 60.0, 100.0)])
+    assert store.gaps("A", 0, 1e9) == [StoredGap("A", 150.0, 600.0, "power", 60.0)]
+    assert store.gaps("B", 0, 1e9) == [StoredGap("B", 100.0, 400.0, "unknown", 60.0)]  # another site's: kept
+    store.write([], [], [Gap(a, 150.0, 600.0, "power", 60.0, 100.0)])  # retried: nothing left to delete, same row
+    assert open_store().gaps("A", 0, 1e9) == [StoredGap("A", 150.0, 600.0, "power", 60.0)]
+
+
 def test_gaps_are_pruned_with_the_long_retention_once_ended(open_store: Opener) -> None:
     """A gap goes when it ended before the throughput bound, not by the ICMP one."""
     store = open_store()
