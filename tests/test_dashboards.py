@@ -314,7 +314,8 @@ def test_variable_queries_list_the_sites(stack: Stack) -> None:
     assert found["district"] == {"Aktobe", "Kargaly"}
     # connected sites only: the planned new-clinic and the retired old-clinic have nothing to show
     assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused", "vsat-agent"}
-    described = prom_get(stack.prometheus_url, "/api/v1/label/endpoint/values", **{"match[]": ["connmon_endpoint_info"]})
+    described = prom_get(stack.prometheus_url, "/api/v1/label/endpoint/values",
+                         **{"match[]": ["connmon_endpoint_info"]})
     assert {"new-clinic", "old-clinic"} <= set(described)  # they are there: the status matcher leaves them out
     assert stack.site in found["endpoint"]
     assert len(found["instance"]) == 1
