@@ -407,3 +407,25 @@ def test_the_readme_sample_site_is_what_the_api_answers() -> None:
     assert answer is not None
     assert set(sample) == set(answer) and set(sample["icmp"]) == set(answer["icmp"])
     assert set(sample["throughput"]) == set(answer["throughput"]) and set(sample["labels"]) == set(answer["labels"])
+
+
+def test_the_readme_rollout_sample_is_what_the_summary_answers(tmp_path: Path) -> None:
+    """The README's rollout sample is the summary's section for the sites it describes, computed by the report."""
+    readme = (OPENAPI_PATH.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## API for other systems", 1)[1].split("\n## ", 1)[0]
+    sample = json.loads(section.split("```json\n")[2].split("```", 1)[0])
+    aktobe = [target("school-12"), target("school-31", planned_date=dt.date(2026, 10, 14)),
+              target("school-40", host="", address=None, status="planned", planned_date=dt.date(2027, 2, 1))]
+    shalkar = [target(name, kind="clinic", district="Shalkar", status=status) for name, status in (
+        ("clinic-7", "connected"), ("clinic-9", "planned"), ("clinic-11", "planned"), ("clinic-2", "retired"))]
+    store = SqliteStore(tmp_path / "history.sqlite3")
+    store.write([EndpointRecord.of(t) for t in aktobe + shalkar],
+                [icmp(shalkar[0], dt.datetime(2026, 10, 20, 9, tzinfo=dt.UTC).timestamp(), (0.02,))])
+    store.close()
+    sink = SiteStateSink()
+    sink.set_targets(aktobe + shalkar)
+    api = SiteApi(sink, lambda: SqliteStore(tmp_path / "history.sqlite3", read_only=True))
+    [(status, summary)] = api_answers(api, ["/api/v1/summary?from=2026-10-01&to=2026-10-31&timezone=UTC"])
+    assert status == 200 and isinstance(summary, dict)
+    assert summary["rollout"] == sample
+
