@@ -36,7 +36,6 @@ from monitor.config import Config
 from monitor.history import EmptyHistory, EndpointRecord, HistoryNotCreated, HistoryStore, StoredCycle, StoredTest
 from monitor.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
 from monitor.report import GroupSummary, Period, Report, SiteRow, build_report
-from monitor.report_render import kpis_json, rollout_json
 from monitor.site_state import SiteStateSink
 from monitor.windows import MaintenanceWindows
 
@@ -142,6 +141,10 @@ def _row_json(row: SiteRow) -> dict[str, Any]:
 
 def report_to_json(report: Report) -> dict[str, Any]:
     """The one serialization of a :class:`~monitor.report.Report` (later report fields are added here)."""
+    # Imported here: the renderers bring jinja2 and tabulate, ~4 MB resident that a daemon whose
+    # API is never asked for a summary need not hold (issue 9: memory at 10,000 sites).
+    from monitor.report_render import kpis_json, rollout_json
+
     return {
         "period": {"from": report.period.first.isoformat(), "to": report.period.last.isoformat(),
                    "timezone": report.period.timezone, "start": report.period.start, "end": report.period.end},

@@ -48,6 +48,12 @@ SLICE_RESULTS = 1_000  # results absorbed per event-loop turn (~20 ms of CPU); s
 # How long a changed chunk's plain text waits before it is compressed and let go (a burst of agent
 # posts changes one group many times a second: compress it once, not per post).
 COMPRESS_AFTER_SECONDS = 1.0
+# Endpoints per page: a group's lines are kept in pages of this many endpoints, and a result
+# re-renders only its page. An agent's post changes one site (issue 10): with a 10,000-site group
+# as one block, each post re-rendered and re-joined 44 MB; a page is 200 sites, ~0.9 MB.
+PAGE_ENDPOINTS = 200
+
+_Page = tuple[str, int]  # (group, page number within the group)
 CYCLE_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 # The text format writes floats as Go does (1e+06, +Inf, NaN); prometheus-client's helper is untyped.
@@ -139,6 +145,7 @@ class _EndpointState:
     last: IcmpResult | None = None
     fragments: list[str] = field(default_factory=lambda: [""] * len(_FAMILIES))
     throughput: _ThroughputState | None = None
+    page: _Page = ("", 0)
 
     def absorb(self, result: Result) -> None:
         if isinstance(result, ThroughputResult):
@@ -313,10 +320,12 @@ class _CycleStats:
 class MetricsSink:
     """Owns all exposition state; fed by the result pipeline, read by the web server.
 
-    The body is kept as chunks: one header per family, and one block per (group, family) holding
-    that group's endpoints' lines. A finished cycle re-renders its endpoints and re-joins only its
-    group's blocks (issue 9: at 10,000 endpoints re-joining the whole 40 MB body per cycle was the
-    cost that grew with the fleet); a scrape lists the current chunks without copying them.
+    The body is kept as chunks: one header per family, and one block per (page, family) holding
+    the lines of a page of :data:`PAGE_ENDPOINTS` endpoints of one group. A finished cycle
+    re-renders its endpoints and re-joins only their pages' blocks (issue 9: at 10,000 endpoints
+    re-joining the whole 40 MB body per cycle was the cost that grew with the fleet; issue 10: an
+    agent's post changes one site, and re-joins one page); a scrape lists the current chunks
+    without copying them.
 
     Chunks rest compressed (issue 9: resident memory). A changed chunk is plain text until, a
     second later or at the next gzip scrape, a worker thread deflates it (see
@@ -338,7 +347,7 @@ class MetricsSink:
         self._tools = dict(tools or {})
         self._store_stats = store_stats
         self._endpoints: dict[str, _EndpointState] = {}
-        self._groups: dict[str, list[_EndpointState]] = {}
+        self._pages: dict[_Page, list[_EndpointState]] = {}  # in exposition order
         self._cycles: dict[tuple[str, str], _CycleStats] = {}
         self._engine_stats = engine_stats
         self._clock = clock
@@ -347,8 +356,8 @@ class MetricsSink:
         self._shard_pairs = (("shard", shard),) if shard is not None else ()
         self._shard_suffix = "," + label_pairs(self._shard_pairs) if shard is not None else ""
         self._registry: _Collectable = REGISTRY if shard is None else _LabelledRegistry(REGISTRY, "shard", shard)
-        # group → one chunk key per family; a key names one text for ever (new text, new key)
-        self._blocks: dict[str, list[int]] = {}
+        # page → one chunk key per family; a key names one text for ever (new text, new key)
+        self._blocks: dict[_Page, list[int]] = {}
         self._keys = itertools.count(len(_FAMILIES))  # 0 … len-1 are the family headers
         self._tail = -1
         self._version = 0
@@ -361,7 +370,7 @@ class MetricsSink:
         self._inflated: tuple[int, asyncio.Future[list[bytes]]] | None = None  # plain body of a version
         self._compressor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slices: collections.deque[tuple[Sequence[Result], int]] = collections.deque()  # (results, next)
-        self._slice_groups: set[str] = set()
+        self._slice_pages: set[_Page] = set()
         self.agents: AgentRegistry | None = None  # set by the daemon when agent sites are served (issue 10)
         self._sites = ""  # connmon_sites lines, rendered at set_targets
 
@@ -389,7 +398,13 @@ class MetricsSink:
         groups: dict[str, list[_EndpointState]] = {}
         for state in endpoints.values():
             groups.setdefault(state.target.group, []).append(state)
-        self._groups = groups
+        pages: dict[_Page, list[_EndpointState]] = {}
+        for group, members in groups.items():
+            for number, start in enumerate(range(0, len(members), PAGE_ENDPOINTS)):
+                page = pages[(group, number)] = members[start:start + PAGE_ENDPOINTS]
+                for state in page:
+                    state.page = (group, number)
+        self._pages = pages
         for keys in self._blocks.values():
             for key in keys:
                 self._forget(key)
@@ -430,14 +445,14 @@ class MetricsSink:
     def _absorb_slice(self, loop: asyncio.AbstractEventLoop) -> None:
         results, start = self._slices[0]
         end = min(start + SLICE_RESULTS, len(results))
-        groups = self._absorb_some(results[start:end])
-        self._slice_groups.update(groups)
+        pages = self._absorb_some(results[start:end])
+        self._slice_pages.update(pages)
         if end < len(results):
             self._slices[0] = (results, end)
         else:
             self._slices.popleft()
-            self._rebuild(self._slice_groups)  # the cycle is whole: its groups' blocks change now
-            self._slice_groups = set()
+            self._rebuild(self._slice_pages)  # the cycle is whole: its pages' blocks change now
+            self._slice_pages = set()
         if self._slices:
             loop.call_soon(self._absorb_slice, loop)
 
@@ -455,16 +470,16 @@ class MetricsSink:
     def _absorb(self, results: Sequence[Result]) -> None:
         self._rebuild(self._absorb_some(results))
 
-    def _absorb_some(self, results: Sequence[Result]) -> set[str]:
-        """Absorb and render ``results``; return the groups whose blocks must be re-joined."""
-        changed: set[str] = set()
+    def _absorb_some(self, results: Sequence[Result]) -> set[_Page]:
+        """Absorb and render ``results``; return the pages whose blocks must be re-joined."""
+        changed: set[_Page] = set()
         for result in results:
             state = self._endpoints.get(result.target.name)
             if state is None:  # removed by a reload while its cycle ran
                 continue
             state.absorb(result)
             state.render()
-            changed.add(state.target.group)
+            changed.add(state.page)
         return changed
 
     def restore(self, results: Iterable[ThroughputResult], missed_in_a_row: Mapping[str, int] | None = None,
@@ -475,7 +490,7 @@ class MetricsSink:
         not silence the below-target alert that counts tests; ``verdicts`` the last verdict as it was
         given (against the target of the day, even when the last measured test gave none).
         """
-        changed: set[str] = set()
+        changed: set[_Page] = set()
         for result in results:
             state = self._endpoints.get(result.target.name)
             if state is None or not state.target.throughput.enabled:
@@ -488,7 +503,7 @@ class MetricsSink:
             if verdicts is not None and result.target.name in verdicts:
                 state.throughput.target_met = verdicts[result.target.name]
             state.render()
-            changed.add(state.target.group)
+            changed.add(state.page)
         self._rebuild(changed)
 
     def cycle_skipped(self, probe: str, group: str) -> None:
@@ -498,18 +513,18 @@ class MetricsSink:
             self._rebuild(())
 
     # ------------------------------------------------------------------ output
-    def _rebuild(self, groups: Iterable[str] | None = None) -> None:
-        """Re-join the blocks of ``groups`` (all when None, none for ``()``) and the monitor-wide tail.
+    def _rebuild(self, pages: Iterable[_Page] | None = None) -> None:
+        """Re-join the blocks of ``pages`` (all when None, none for ``()``) and the monitor-wide tail.
 
-        Cost: the changed groups' text, plus a list of (families × groups) references.
+        Cost: the changed pages' text, plus a list of (families × pages) references.
         """
-        wanted = set(self._groups if groups is None else groups)
-        wanted.update(group for group in self._groups if group not in self._blocks)  # never built yet
-        wanted.update(group for group in self._blocks if group not in self._groups)  # gone at a reload
-        for group in wanted:
-            for key in self._blocks.pop(group, ()):  # let the old text go before the new one exists
+        wanted = set(self._pages if pages is None else pages)
+        wanted.update(page for page in self._pages if page not in self._blocks)  # never built yet
+        wanted.update(page for page in self._blocks if page not in self._pages)  # gone at a reload
+        for page in wanted:
+            for key in self._blocks.pop(page, ()):  # let the old text go before the new one exists
                 self._forget(key)
-            members = self._groups.get(group)
+            members = self._pages.get(page)
             if members is None:
                 continue
             for state in members:
@@ -520,12 +535,12 @@ class MetricsSink:
                 key = next(self._keys)
                 self._plain[key] = _join_family(members, index)
                 block.append(key)
-            self._blocks[group] = block
+            self._blocks[page] = block
         self._forget(self._tail)
         self._tail = next(self._keys)
         self._plain[self._tail] = self._render_tail().encode("utf-8")
         order: list[int] = []
-        blocks = [self._blocks[group] for group in self._groups]
+        blocks = [self._blocks[page] for page in self._pages]
         for index in range(len(_FAMILIES)):
             order.append(index)
             order.extend(block[index] for block in blocks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import zlib
 
 import pytest
@@ -206,3 +207,28 @@ def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.Monk
         assert held <= set(sink._order), f"chunks kept outside the body: {sorted(held - set(sink._order))}"
 
     asyncio.run(main())
+
+
+def test_one_sites_result_rejoins_only_its_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result for one site (an agent's post) re-joins only the page of endpoints it is on, not its
+    whole group: the other pages' chunks are the very same objects, and the body is still whole."""
+    monkeypatch.setattr("monitor.metrics.PAGE_ENDPOINTS", 10)
+    targets = fleet(groups=1, per_group=45)  # pages of 10, 10, 10, 10, 5
+    sink = MetricsSink()
+    sink.set_targets(targets)
+    sink.consume(cycle_of(targets, "g0"))
+    before = sink.exposition()[:-1]
+    one = targets[23]  # on the third page (sites 20 … 29)
+    sink.consume(Cycle("agent", "g0", 0.0, 0.0, (result(one, (0.004, 0.004, 0.004)),)))
+    after = sink.exposition()[:-1]
+    kept = {id(chunk) for chunk in before}
+    changed = b"".join(chunk for chunk in after if id(chunk) not in kept)
+    sites = {int(n) for n in re.findall(rb'endpoint="g0-site-(\d+)"', changed)}
+    assert sites == set(range(20, 30)), sorted(sites)
+    text = b"".join(after).decode()
+    ups = [s.labels["endpoint"] for f in text_string_to_metric_families(text) if f.name == "connmon_up"
+           for s in f.samples]
+    assert sorted(ups) == sorted(t.name for t in targets)
+    sent = {s.labels["endpoint"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "connmon_icmp_packets_sent" for s in f.samples}
+    assert sent["g0-site-23"] == 6 and sent["g0-site-22"] == 3  # the post counted, on its own site only
