@@ -215,6 +215,9 @@ class HistorySink:
         self._next_prune = 0.0  # prune soon after start: a long-stopped daemon may have much to drop
         self._lock = threading.Lock()  # ``stats.pending`` is counted up on the loop and down in the writer
         self._stop_by = 0.0  # set by close(): until when a failing store is retried at shutdown
+        # After a failed open, the next try waits RETRY_SECONDS, however many cycles arrive: several
+        # instances must not storm a database server that is restarting with a connection per cycle.
+        self._reopen_at = 0.0
         self.stats.last_write_at = clock()  # "stale since start-up" until the first write, for alerts
         self._thread = threading.Thread(target=self._run, name="connmon-history", daemon=True)
         self._thread.start()
@@ -308,6 +311,7 @@ class HistorySink:
         if not stop:
             return False
         while (self._backlog or self._unwritten) and time.monotonic() < self._stop_by:  # a store may come back
+            self._reopen_at = 0.0  # the last seconds: try as often as the loop goes
             if not self._write():
                 time.sleep(0.2)
         if self._backlog:
@@ -350,9 +354,12 @@ class HistorySink:
 
     def _connected(self) -> HistoryStore | None:
         if self._store is None:
+            if time.monotonic() < self._reopen_at:
+                return None  # tried less than RETRY_SECONDS ago: not one connection attempt per cycle
             try:
                 self._store = self._open_store()
             except Exception as err:
+                self._reopen_at = time.monotonic() + RETRY_SECONDS
                 self._failed("open", err)
                 return None
             # a reopened store may be a new file (remounted, replaced): give it every configured site's record

@@ -195,6 +195,11 @@ groups:
             assert one(up, "connmon_throughput_tests_total") == 0
             assert one(up, "connmon_store_errors_total", operation="restore") == 0
             written = one(up, "connmon_store_results_written_total") or 0
+            proc.terminate()
+            _out, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert stderr.count("history: open failed") == 1, stderr[-3000:]  # the tries, said once a minute
+        assert "restored the last throughput test of 1 endpoints" in stderr, stderr[-3000:]
         reader = PostgresStore(url, read_only=True)
         try:
             early = list(reader.icmp_cycles(name, 0, server_up_at))
