@@ -11,6 +11,9 @@ results themselves. This module holds the backend-neutral parts:
   in a bounded backlog that is retried, ``connmon_store_errors_total`` counts the failure and
   the log says it at most once a minute. Pruning runs in the same thread in small slices between
   writes, so it never holds the database for long.
+* the start-up restore: :meth:`HistorySink.restore` on the event loop for a store that answers
+  at once (SQLite), :meth:`HistorySink.restore_later` in the writer thread for one that may be
+  away (PostgreSQL), so start-up never waits on a server.
 """
 
 from __future__ import annotations
