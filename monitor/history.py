@@ -161,6 +161,53 @@ class HistoryStore(Protocol):
     def close(self) -> None: ...
 
 
+class HistoryNotCreated(FileNotFoundError):
+    """The store is configured but holds no history yet: no SQLite file, or a database without
+    connmon's schema. The daemon's writer creates it at its first write (just after start-up), so
+    the daemon's own readers take it for an empty history (:class:`EmptyHistory`) instead of an
+    error; ``connmon report`` says it, like any store it cannot read."""
+
+
+class EmptyHistory:
+    """A :class:`HistoryStore` with nothing in it, for reading before the writer has created the store.
+
+    Reading it gives what the real store gives before any write: no endpoints, no results.
+    """
+
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result]) -> None:
+        raise RuntimeError("EmptyHistory is read-only")
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        return 0
+
+    def endpoints(self) -> list[EndpointRecord]:
+        return []
+
+    def first_results(self) -> dict[str, float]:
+        return {}
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        return iter(())
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        return []
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        return {}
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        return {}
+
+    def bytes_since(self, endpoint: str, since: float) -> int:
+        return 0
+
+    def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class StoreStats:
     """Counters the metrics sink renders per scrape (written by the writer thread, read by the loop)."""

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from monitor.history import EndpointRecord, StoredCycle, StoredTest
+from monitor.history import EndpointRecord, HistoryNotCreated, StoredCycle, StoredTest
 from monitor.results import IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import _DETAIL_MAX, _directions_from_json, _directions_json, pack_rtts, unpack_rtts
 
@@ -191,6 +191,8 @@ class AsyncPostgresStore:
                 if version > len(MIGRATIONS):
                     raise psycopg.DatabaseError(f"{redact(self.url)} has schema version {version}, newer than this "
                                                 f"connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+                if version == 0:  # no daemon has written to this database yet
+                    raise HistoryNotCreated(f"{redact(self.url)} holds no connmon history (no schema yet)")
             else:
                 await self._migrate()
         except BaseException:

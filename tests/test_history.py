@@ -20,7 +20,7 @@ import pytest
 from monitor import history as history_module
 from monitor.config import IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, HistorySink, month_start
+from monitor.history import EndpointRecord, HistoryNotCreated, HistorySink, month_start
 from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
 from monitor.targets import Target
@@ -164,9 +164,9 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     sink.set_targets([target("a"), planned])
 
     def both_recorded() -> bool:
-        try:  # the writer thread may have created the file but not yet its tables
-            return path.exists() and {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"}
-        except sqlite3.OperationalError:
+        try:  # the writer thread may not have created the file, or its tables, yet
+            return {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"}
+        except HistoryNotCreated:
             return False
 
     wait_for(both_recorded)
