@@ -497,6 +497,8 @@ class MetricsSink:
                 continue
             if state.throughput is None:
                 state.throughput = _ThroughputState()
+            elif state.throughput.tests:  # a late restore (PostgreSQL was away): this process's test is newer
+                continue
             state.throughput.restore(result)
             if missed_in_a_row is not None and result.target.name in missed_in_a_row:
                 state.throughput.missed_in_a_row = missed_in_a_row[result.target.name]
