@@ -10,7 +10,9 @@ Routes (every one described in ``monitor/openapi.yaml``, served at ``/api/v1/ope
 
 Conventions: numbers in base units (seconds, bits per second, ratios 0..1), times as Unix seconds
 (UTC by definition), dates as ``YYYY-MM-DD``. Errors are ``{"error": ..., "parameter": ...}``
-with 400 (a malformed query value), 404 (no such site) or 503 (the history cannot be read).
+with 400 (a malformed query value), 404 (no such site) or 503 (no history is kept, or it cannot be
+read). A history the daemon's writer has not created yet (the first moments after start-up) is
+read as an empty one: the summary answers from the first request, with zero counts and nulls.
 The history is read in a worker thread with a read connection of its own, so the event loop
 (probing, /metrics) never waits on the disk. Auth and TLS are the web server's, as for /metrics.
 """
@@ -31,10 +33,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from monitor.config import Config
-from monitor.history import EndpointRecord, HistoryStore, StoredCycle, StoredTest
+from monitor.history import EmptyHistory, EndpointRecord, HistoryNotCreated, HistoryStore, StoredCycle, StoredTest
 from monitor.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
 from monitor.report import GroupSummary, Period, Report, SiteRow, build_report
-from monitor.report_render import kpis_json
 from monitor.site_state import SiteStateSink
 from monitor.windows import MaintenanceWindows
 
@@ -47,6 +48,7 @@ HISTORY_TESTS = 20  # and its last this many throughput tests
 HISTORY_TESTS_SECONDS = 90 * 24 * 3600.0  # looked for this far back
 SITES_PER_SLICE = 1_000  # /api/v1/sites is built this many sites at a time, letting other loop work run between
 MAX_LABEL_LENGTH = 200  # a kind or district longer than this is malformed, not merely unknown
+NO_HISTORY = "this daemon keeps no history (started with --no-history): there are no report figures to give"
 
 
 class QueryError(ValueError):
@@ -140,6 +142,10 @@ def _row_json(row: SiteRow) -> dict[str, Any]:
 
 def report_to_json(report: Report) -> dict[str, Any]:
     """The one serialization of a :class:`~monitor.report.Report` (later report fields are added here)."""
+    # Imported here: the renderers bring jinja2 and tabulate, ~4 MB resident that a daemon whose
+    # API is never asked for a summary need not hold (issue 9: memory at 10,000 sites).
+    from monitor.report_render import kpis_json, rollout_json
+
     return {
         "period": {"from": report.period.first.isoformat(), "to": report.period.last.isoformat(),
                    "timezone": report.period.timezone, "start": report.period.start, "end": report.period.end},
@@ -151,6 +157,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "by_district": [_summary_json(s) for s in report.by_district],
         "sites": [_row_json(r) for r in report.sites],
         "kpis": None if report.kpis is None else kpis_json(report.kpis),
+        # as in the report: null when no site uses the roll-out keys (status, planned_date)
+        "rollout": None if report.rollout is None else rollout_json(report.rollout),
     }
 
 
@@ -246,8 +254,11 @@ class SiteApi:
 
     def _open(self) -> HistoryStore:
         if self.open_reader is None:
-            raise RuntimeError("this daemon keeps no history (--no-history)")
-        return self.open_reader()
+            raise RuntimeError(NO_HISTORY)
+        try:
+            return self.open_reader()
+        except HistoryNotCreated:  # the writer creates it at its first write: until then nothing is recorded
+            return EmptyHistory()
 
     async def summary(self, request: web.Request) -> web.Response:
         now = self.clock()
@@ -255,6 +266,8 @@ class SiteApi:
             query = parse_summary_query(dict(request.query), self.default_timezone, now)
         except QueryError as err:
             return error_response(400, str(err), err.parameter)
+        if self.open_reader is None:
+            return error_response(503, NO_HISTORY)
         configured = [EndpointRecord.of(t) for t in self.state.targets.values()]
         try:
             data = await asyncio.to_thread(self._report, query, configured, now)

@@ -242,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _exit_without_stuck_lookups(code)
             return code
         from monitor.daemon import serve  # the daemon's imports (aiohttp, apscheduler) only when needed
+        from monitor.malloc_tuning import tune_malloc
 
+        tune_malloc()  # before any thread starts: the arena cap applies to arenas made from now on
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,

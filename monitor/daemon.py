@@ -24,7 +24,7 @@ from monitor.agent_api import AgentApi
 from monitor.agents import AgentRegistry
 from monitor.api import SiteApi
 from monitor.config import Config
-from monitor.history import HistorySink
+from monitor.history import HistorySink, RestoredState
 from monitor.icmp_engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.metrics import MetricsSink
@@ -35,6 +35,7 @@ from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.site_state import SiteStateSink
+from monitor.store_url import is_postgres
 from monitor.store_url import opener as store_opener
 from monitor.targets import Target, probed
 from monitor.web import build_app, start_server
@@ -128,20 +129,33 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         raise
     if web_config is not None:
         log.info("web: %s", web_config.describe())
-    scheduler.start(probed(targets))
-    if history is not None:  # a restart shows the last test at once, and does not fire every due test
-        restored = history.restore(probed(targets))
+    loop = asyncio.get_running_loop()
+
+    def restore(restored: RestoredState | None) -> None:
+        """Show what the history kept; None: the store is away for now (go on, restore when it answers)."""
+        scheduler.throughput_held = False
+        if restored is None:
+            log.warning("history: the store does not answer; throughput tests start without the last results, "
+                        "which are restored when it answers")
+            return
         metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
         site_state.restore(restored.results.values())
         scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
         if restored.results:
             log.info("history: restored the last throughput test of %d endpoints", len(restored.results))
+
+    scheduler.start(probed(targets))
+    if history is not None:  # a restart shows the last test at once, and does not fire every due test
+        if is_postgres(store_url):  # a server may be away: never hold start-up or the loop for it
+            scheduler.throughput_held = True
+            history.restore_later(probed(targets), lambda r: loop.call_soon_threadsafe(restore, r))
+        else:  # a local file answers at once: restored before the first cycle
+            restore(history.restore(probed(targets)))
     ready = True
     log.info("connmon started: %d endpoints (%d probed) from %s%s, listening on %s", len(targets),
              len(probed(targets)), config_path,
              f" (shard {shard})" if shard is not None else "", listen)
 
-    loop = asyncio.get_running_loop()
     stop, hurry = asyncio.Event(), asyncio.Event()
     background: set[asyncio.Task[ReloadOutcome]] = set()
 

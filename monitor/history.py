@@ -13,6 +13,9 @@ results themselves. This module holds the backend-neutral parts:
   writes, so it never holds the database for long. An agent site's classified silence
   (:class:`~monitor.results.Gap`, issue 10) rides in the cycle that ended it and takes the same
   road: queued, batched with the results, written in their transaction, pruned like tests.
+* the start-up restore: :meth:`HistorySink.restore` on the event loop for a store that answers
+  at once (SQLite), :meth:`HistorySink.restore_later` in the writer thread for one that may be
+  away (PostgreSQL), so start-up never waits on a server.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ PRUNE_EVERY_SECONDS = 600.0
 PRUNE_SLICE_ROWS = 5_000  # rows deleted per transaction: short enough that writes never wait long
 LOG_EVERY_SECONDS = 60.0
 WRITE_CHUNK_RESULTS = 10_000
+RESTORE_ATTEMPTS = 3  # a store that opens but fails the restore queries this often is given up on
 MISSED_IN_A_ROW_LOOKBACK = 100  # tests read back to count misses in a row (alerts fire at a few)
 
 
@@ -181,6 +185,56 @@ class HistoryStore(Protocol):
     def close(self) -> None: ...
 
 
+class HistoryNotCreated(FileNotFoundError):
+    """The store is configured but holds no history yet: no SQLite file, or a database without
+    connmon's schema. The daemon's writer creates it at its first write (just after start-up), so
+    the daemon's own readers take it for an empty history (:class:`EmptyHistory`) instead of an
+    error; ``connmon report`` says it, like any store it cannot read."""
+
+
+class EmptyHistory:
+    """A :class:`HistoryStore` with nothing in it, for reading before the writer has created the store.
+
+    Reading it gives what the real store gives before any write: no endpoints, no results.
+    """
+
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
+        raise RuntimeError("EmptyHistory is read-only")
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        return 0
+
+    def endpoints(self) -> list[EndpointRecord]:
+        return []
+
+    def first_results(self) -> dict[str, float]:
+        return {}
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        return iter(())
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        return []
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        return []
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        return {}
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        return {}
+
+    def bytes_since(self, endpoint: str, since: float) -> int:
+        return 0
+
+    def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class StoreStats:
     """Counters the metrics sink renders per scrape (written by the writer thread, read by the loop)."""
@@ -203,6 +257,16 @@ class _Stop:
     """Queue sentinel: flush and end the writer thread."""
 
 
+@dataclass(slots=True)
+class _Restore:
+    """Queue item: read the restored state in the writer thread once the store answers (see ``restore_later``)."""
+
+    targets: tuple[Target, ...]
+    deliver: Callable[[RestoredState | None], object]
+    told_unavailable: bool = False
+    failures: int = 0  # failures after the store opened (a query that fails, not a server that is away)
+
+
 class HistorySink:
     """Result-pipeline sink that keeps every result in a :class:`HistoryStore`.
 
@@ -216,7 +280,9 @@ class HistorySink:
         self.retention = retention
         self._clock = clock
         self.stats = StoreStats()
-        self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop | _Restore] = \
+            queue.SimpleQueue()
+        self._restore: _Restore | None = None  # a restore that waits for the store to answer
         self._backlog: deque[Result | Gap] = deque()  # gaps travel with results: in order, batched, retried
         self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
         self._unwritten: dict[str, EndpointRecord] = {}  # configured sites whose record the store lacks
@@ -226,6 +292,9 @@ class HistorySink:
         self._next_prune = 0.0  # prune soon after start: a long-stopped daemon may have much to drop
         self._lock = threading.Lock()  # ``stats.pending`` is counted up on the loop and down in the writer
         self._stop_by = 0.0  # set by close(): until when a failing store is retried at shutdown
+        # After a failed open, the next try waits RETRY_SECONDS, however many cycles arrive: several
+        # instances must not storm a database server that is restarting with a connection per cycle.
+        self._reopen_at = 0.0
         self.stats.last_write_at = clock()  # "stale since start-up" until the first write, for alerts
         self._thread = threading.Thread(target=self._run, name="connmon-history", daemon=True)
         self._thread.start()
@@ -257,6 +326,18 @@ class HistorySink:
     def cycle_skipped(self, probe: str, group: str) -> None:
         """Nothing ran, so there is nothing to keep (the metrics sink counts skips)."""
 
+    def restore_later(self, targets: Sequence[Target], deliver: Callable[[RestoredState | None], object]) -> None:
+        """Restore in the writer thread, when the store answers; for a store that may be away (PostgreSQL).
+
+        ``deliver`` is called in the writer thread: with None once, when the store could not be
+        opened on the first try (the daemon goes on without the history's figures), then with the
+        restored state when the store answers, before any of this process's results are written
+        (so the month's bytes read back do not include tests the daemon already counts). A store
+        that opens but fails the restore queries is retried :data:`RESTORE_ATTEMPTS` times, then
+        given up (counted in ``connmon_store_errors_total{operation="restore"}``) as at start-up.
+        """
+        self._queue.put(_Restore(tuple(targets), deliver))
+
     def close(self, timeout_seconds: float = 5.0) -> None:
         """Write what is queued, retrying a failing store until ``timeout_seconds``, and close the store.
 
@@ -284,7 +365,8 @@ class HistorySink:
     def _step(self) -> bool:
         """One round of the writer: take what is queued, write it (or prune); True when stopping."""
         try:
-            item = self._queue.get(timeout=RETRY_SECONDS if self._backlog or self._unwritten else self._until_prune())
+            item = self._queue.get(timeout=RETRY_SECONDS if self._backlog or self._unwritten or self._restore
+                                   else self._until_prune())
         except queue.Empty:
             item = None
         stop = isinstance(item, _Stop)
@@ -299,6 +381,8 @@ class HistorySink:
                 stop = True
             else:
                 self._take(more)
+        if self._restore is not None and not stop and not self._restore_step():
+            return False  # the store is away: nothing can be written either; retry in RETRY_SECONDS
         if self._backlog or self._unwritten:
             self._write()
         elif not stop and self._clock() >= self._next_prune:
@@ -306,6 +390,7 @@ class HistorySink:
         if not stop:
             return False
         while (self._backlog or self._unwritten) and time.monotonic() < self._stop_by:  # a store may come back
+            self._reopen_at = 0.0  # the last seconds: try as often as the loop goes
             if not self._write():
                 time.sleep(0.2)
         if self._backlog:
@@ -325,7 +410,10 @@ class HistorySink:
     def _until_prune(self) -> float:
         return max(0.05, min(RETRY_SECONDS, self._next_prune - self._clock()))
 
-    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord]) -> None:
+    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord] | _Restore) -> None:
+        if isinstance(item, _Restore):
+            self._restore = item
+            return
         for entry in item:
             if isinstance(entry, EndpointRecord):
                 self._endpoints[entry.name] = entry
@@ -345,9 +433,12 @@ class HistorySink:
 
     def _connected(self) -> HistoryStore | None:
         if self._store is None:
+            if time.monotonic() < self._reopen_at:
+                return None  # tried less than RETRY_SECONDS ago: not one connection attempt per cycle
             try:
                 self._store = self._open_store()
             except Exception as err:
+                self._reopen_at = time.monotonic() + RETRY_SECONDS
                 self._failed("open", err)
                 return None
             # a reopened store may be a new file (remounted, replaced): give it every configured site's record
@@ -423,34 +514,53 @@ class HistorySink:
             self._last_logged[key] = now
             log.error(message)
 
+    def _restore_step(self) -> bool:
+        """Try the waiting restore; False while the store cannot be opened or the restore must be retried."""
+        request = self._restore
+        assert request is not None
+        store = self._connected()  # a failure is counted as "open" and said once a minute
+        if store is None:
+            if not request.told_unavailable:
+                request.told_unavailable = True
+                self._deliver(request, None)
+            return False
+        try:
+            restored = read_restored(store, request.targets, self._clock())
+        except Exception as err:
+            request.failures += 1
+            self._failed("restore", err)
+            if request.failures < RESTORE_ATTEMPTS:
+                return False
+            log.error("history: could not restore the last throughput results: %s; going on without them", err)
+            self._restore = None
+            if not request.told_unavailable:
+                self._deliver(request, None)
+            return True
+        self._restore = None
+        if self._last_logged.pop("open", None) is not None:
+            log.warning("history: the store answers again")
+        self._deliver(request, restored)
+        return True
+
+    @staticmethod
+    def _deliver(request: _Restore, restored: RestoredState | None) -> None:
+        try:
+            request.deliver(restored)
+        except Exception:  # the daemon's loop may be closing: not a store failure
+            log.debug("history: delivering the restored state failed", exc_info=True)
+
     # ------------------------------------------------------------------ start-up (event loop, before probing)
     def restore(self, targets: Sequence[Target]) -> RestoredState:
         """Read what a restart must not forget: each site's last measured test, last try and month's bytes.
 
-        Runs once at start-up, before the first cycle; a failure is counted and the daemon starts
-        as if the history were empty.
+        Runs once at start-up, before the first cycle, for a store that answers at once (SQLite); a
+        failure is counted and the daemon starts as if the history were empty. A store that may be
+        away uses :meth:`restore_later` instead.
         """
-        wanted = {t.name: t for t in targets if t.throughput.enabled}
-        if not wanted:
-            return RestoredState()
         store: HistoryStore | None = None
         try:
             store = self._open_store()
-            measured = store.last_measured_tests()
-            tried = store.last_tests()
-            used: dict[str, tuple[float, int]] = {}
-            missed: dict[str, int] = {}
-            verdict: dict[str, bool] = {}
-            now = self._clock()
-            for name, target in wanted.items():
-                if name in measured:
-                    verdicts = store.recent_verdicts(name, MISSED_IN_A_ROW_LOOKBACK)
-                    missed[name] = next((i for i, met in enumerate(verdicts) if met), len(verdicts))
-                    if verdicts:
-                        verdict[name] = verdicts[0]
-                if target.throughput.monthly_budget_bytes is not None and name in tried:
-                    since = month_start(now, target.throughput.timezone)
-                    used[name] = (since, store.bytes_since(name, since))
+            return read_restored(store, targets, self._clock())
         except Exception as err:
             self.stats.errors["restore"] += 1
             log.error("history: could not restore the last throughput results: %s; starting without them", err)
@@ -461,12 +571,33 @@ class HistorySink:
                     store.close()
                 except Exception:
                     log.debug("history: close after restore failed", exc_info=True)
-        return RestoredState(
-            results={n: measured[n].as_result(wanted[n]) for n in wanted if n in measured},
-            last_tried={n: tried[n].started_at for n in wanted if n in tried},
-            used_bytes={n: used[n] for n in used}, missed_in_a_row=missed, verdicts=verdict,
-            last_test_bytes={n: sum(d.bytes for d in measured[n].directions) for n in wanted
-                             if n in measured and measured[n].error is None})
+
+
+def read_restored(store: HistoryStore, targets: Sequence[Target], now: float) -> RestoredState:
+    """The restored state of ``targets`` (those with throughput tests) as ``store`` has it at ``now``."""
+    wanted = {t.name: t for t in targets if t.throughput.enabled}
+    if not wanted:
+        return RestoredState()
+    measured = store.last_measured_tests()
+    tried = store.last_tests()
+    used: dict[str, tuple[float, int]] = {}
+    missed: dict[str, int] = {}
+    verdict: dict[str, bool] = {}
+    for name, target in wanted.items():
+        if name in measured:
+            verdicts = store.recent_verdicts(name, MISSED_IN_A_ROW_LOOKBACK)
+            missed[name] = next((i for i, met in enumerate(verdicts) if met), len(verdicts))
+            if verdicts:
+                verdict[name] = verdicts[0]
+        if target.throughput.monthly_budget_bytes is not None and name in tried:
+            since = month_start(now, target.throughput.timezone)
+            used[name] = (since, store.bytes_since(name, since))
+    return RestoredState(
+        results={n: measured[n].as_result(wanted[n]) for n in wanted if n in measured},
+        last_tried={n: tried[n].started_at for n in wanted if n in tried},
+        used_bytes={n: used[n] for n in used}, missed_in_a_row=missed, verdicts=verdict,
+        last_test_bytes={n: sum(d.bytes for d in measured[n].directions) for n in wanted
+                         if n in measured and measured[n].error is None})
 
 
 @dataclass(frozen=True, slots=True)

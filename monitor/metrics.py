@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
+import logging
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,17 +32,28 @@ from prometheus_client.utils import floatToGoString as _untyped_float_to_go_stri
 
 from monitor import __version__
 from monitor.agents import REJECTION_CODES, AgentRegistry
-from monitor.compression import CompressedBody, KeyedChunk, compress_chunks, gzip_member
+from monitor.compression import CompressedBody, Segment, compress_chunks, gzip_member, inflate
 from monitor.config import DIRECTIONS
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.history import StoreStats
 from monitor.results import Cycle, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
 
+log = logging.getLogger(__name__)
+
 # From a LAN (sub-millisecond) to geostationary satellite (~600 ms and more under load).
 RTT_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
                        1.5, 2.5, 5.0)
 SLICE_RESULTS = 1_000  # results absorbed per event-loop turn (~20 ms of CPU); scrapes are served in between
+# How long a changed chunk's plain text waits before it is compressed and let go (a burst of agent
+# posts changes one group many times a second: compress it once, not per post).
+COMPRESS_AFTER_SECONDS = 1.0
+# Endpoints per page: a group's lines are kept in pages of this many endpoints, and a result
+# re-renders only its page. An agent's post changes one site (issue 10): with a 10,000-site group
+# as one block, each post re-rendered and re-joined 44 MB; a page is 200 sites, ~0.9 MB.
+PAGE_ENDPOINTS = 200
+
+_Page = tuple[str, int]  # (group, page number within the group)
 CYCLE_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 # The text format writes floats as Go does (1e+06, +Inf, NaN); prometheus-client's helper is untyped.
@@ -133,6 +145,7 @@ class _EndpointState:
     last: IcmpResult | None = None
     fragments: list[str] = field(default_factory=lambda: [""] * len(_FAMILIES))
     throughput: _ThroughputState | None = None
+    page: _Page = ("", 0)
 
     def absorb(self, result: Result) -> None:
         if isinstance(result, ThroughputResult):
@@ -307,12 +320,19 @@ class _CycleStats:
 class MetricsSink:
     """Owns all exposition state; fed by the result pipeline, read by the web server.
 
-    The body is kept as chunks: one header per family, and one block per (group, family) holding
-    that group's endpoints' lines. A finished cycle re-renders its endpoints and re-joins only its
-    group's blocks (issue 9: at 10,000 endpoints re-joining the whole 40 MB body per cycle was the
-    cost that grew with the fleet); a scrape lists the current chunks without copying them. Gzip
-    is made lazily, once per change, in a worker thread (see :mod:`monitor.compression`), and
-    concurrent scrapers of one version share that one compression.
+    The body is kept as chunks: one header per family, and one block per (page, family) holding
+    the lines of a page of :data:`PAGE_ENDPOINTS` endpoints of one group. A finished cycle
+    re-renders its endpoints and re-joins only their pages' blocks (issue 9: at 10,000 endpoints
+    re-joining the whole 40 MB body per cycle was the cost that grew with the fleet; issue 10: an
+    agent's post changes one site, and re-joins one page); a scrape lists the current chunks
+    without copying them.
+
+    Chunks rest compressed (issue 9: resident memory). A changed chunk is plain text until, a
+    second later or at the next gzip scrape, a worker thread deflates it (see
+    :mod:`monitor.compression`); then its text is let go: 44 MB of text at 10,000 endpoints rests
+    as 1.5 MB. Gzip scrapers (Prometheus always asks for gzip) are served the segments; concurrent
+    ones share one compression. A plain scrape inflates the body once per version in the worker,
+    shared by the plain scrapers of that version and let go when the next version comes.
 
     With ``shard`` set (``--shard I/N``), every series, the monitor-wide ones included, carries
     ``shard="I"`` so that the instances' series never clash where they are aggregated::
@@ -327,7 +347,7 @@ class MetricsSink:
         self._tools = dict(tools or {})
         self._store_stats = store_stats
         self._endpoints: dict[str, _EndpointState] = {}
-        self._groups: dict[str, list[_EndpointState]] = {}
+        self._pages: dict[_Page, list[_EndpointState]] = {}  # in exposition order
         self._cycles: dict[tuple[str, str], _CycleStats] = {}
         self._engine_stats = engine_stats
         self._clock = clock
@@ -336,17 +356,21 @@ class MetricsSink:
         self._shard_pairs = (("shard", shard),) if shard is not None else ()
         self._shard_suffix = "," + label_pairs(self._shard_pairs) if shard is not None else ""
         self._registry: _Collectable = REGISTRY if shard is None else _LabelledRegistry(REGISTRY, "shard", shard)
-        # group → one (key, bytes) block per family; the key changes whenever the bytes do
-        self._blocks: dict[str, list[KeyedChunk]] = {}
+        # page → one chunk key per family; a key names one text for ever (new text, new key)
+        self._blocks: dict[_Page, list[int]] = {}
         self._keys = itertools.count(len(_FAMILIES))  # 0 … len-1 are the family headers
-        self._tail: KeyedChunk = (-1, b"")
+        self._tail = -1
         self._version = 0
-        self._chunks: tuple[KeyedChunk, ...] = ()
+        self._order: tuple[int, ...] = ()  # chunk keys in exposition order
+        self._plain: dict[int, bytes] = dict(enumerate(_HEADERS))  # chunks not compressed yet
+        self._segments: dict[int, Segment] = {}  # chunks compressed; their text was let go
         self._compressed: CompressedBody | None = None
         self._compressing: tuple[int, asyncio.Future[CompressedBody]] | None = None
+        self._compress_timer: asyncio.TimerHandle | None = None
+        self._inflated: tuple[int, asyncio.Future[list[bytes]]] | None = None  # plain body of a version
         self._compressor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slices: collections.deque[tuple[Sequence[Result], int]] = collections.deque()  # (results, next)
-        self._slice_groups: set[str] = set()
+        self._slice_pages: set[_Page] = set()
         self.agents: AgentRegistry | None = None  # set by the daemon when agent sites are served (issue 10)
         self._sites = ""  # connmon_sites lines, rendered at set_targets
 
@@ -374,7 +398,16 @@ class MetricsSink:
         groups: dict[str, list[_EndpointState]] = {}
         for state in endpoints.values():
             groups.setdefault(state.target.group, []).append(state)
-        self._groups = groups
+        pages: dict[_Page, list[_EndpointState]] = {}
+        for group, members in groups.items():
+            for number, start in enumerate(range(0, len(members), PAGE_ENDPOINTS)):
+                page = pages[(group, number)] = members[start:start + PAGE_ENDPOINTS]
+                for state in page:
+                    state.page = (group, number)
+        self._pages = pages
+        for keys in self._blocks.values():
+            for key in keys:
+                self._forget(key)
         self._blocks = {}
         cycle_groups = {("icmp", t.group) for t in targets if t.probed} | {
             ("throughput", t.group) for t in targets if t.probed and t.throughput.enabled}
@@ -412,14 +445,14 @@ class MetricsSink:
     def _absorb_slice(self, loop: asyncio.AbstractEventLoop) -> None:
         results, start = self._slices[0]
         end = min(start + SLICE_RESULTS, len(results))
-        groups = self._absorb_some(results[start:end])
-        self._slice_groups.update(groups)
+        pages = self._absorb_some(results[start:end])
+        self._slice_pages.update(pages)
         if end < len(results):
             self._slices[0] = (results, end)
         else:
             self._slices.popleft()
-            self._rebuild(self._slice_groups)  # the cycle is whole: its groups' blocks change now
-            self._slice_groups = set()
+            self._rebuild(self._slice_pages)  # the cycle is whole: its pages' blocks change now
+            self._slice_pages = set()
         if self._slices:
             loop.call_soon(self._absorb_slice, loop)
 
@@ -437,16 +470,16 @@ class MetricsSink:
     def _absorb(self, results: Sequence[Result]) -> None:
         self._rebuild(self._absorb_some(results))
 
-    def _absorb_some(self, results: Sequence[Result]) -> set[str]:
-        """Absorb and render ``results``; return the groups whose blocks must be re-joined."""
-        changed: set[str] = set()
+    def _absorb_some(self, results: Sequence[Result]) -> set[_Page]:
+        """Absorb and render ``results``; return the pages whose blocks must be re-joined."""
+        changed: set[_Page] = set()
         for result in results:
             state = self._endpoints.get(result.target.name)
             if state is None:  # removed by a reload while its cycle ran
                 continue
             state.absorb(result)
             state.render()
-            changed.add(state.target.group)
+            changed.add(state.page)
         return changed
 
     def restore(self, results: Iterable[ThroughputResult], missed_in_a_row: Mapping[str, int] | None = None,
@@ -457,20 +490,22 @@ class MetricsSink:
         not silence the below-target alert that counts tests; ``verdicts`` the last verdict as it was
         given (against the target of the day, even when the last measured test gave none).
         """
-        changed: set[str] = set()
+        changed: set[_Page] = set()
         for result in results:
             state = self._endpoints.get(result.target.name)
             if state is None or not state.target.throughput.enabled:
                 continue
             if state.throughput is None:
                 state.throughput = _ThroughputState()
+            elif state.throughput.tests:  # a late restore (PostgreSQL was away): this process's test is newer
+                continue
             state.throughput.restore(result)
             if missed_in_a_row is not None and result.target.name in missed_in_a_row:
                 state.throughput.missed_in_a_row = missed_in_a_row[result.target.name]
             if verdicts is not None and result.target.name in verdicts:
                 state.throughput.target_met = verdicts[result.target.name]
             state.render()
-            changed.add(state.target.group)
+            changed.add(state.page)
         self._rebuild(changed)
 
     def cycle_skipped(self, probe: str, group: str) -> None:
@@ -480,38 +515,107 @@ class MetricsSink:
             self._rebuild(())
 
     # ------------------------------------------------------------------ output
-    def _rebuild(self, groups: Iterable[str] | None = None) -> None:
-        """Re-join the blocks of ``groups`` (all when None, none for ``()``) and the monitor-wide tail.
+    def _rebuild(self, pages: Iterable[_Page] | None = None) -> None:
+        """Re-join the blocks of ``pages`` (all when None, none for ``()``) and the monitor-wide tail.
 
-        Cost: the changed groups' text, plus a list of (families × groups) references.
+        Cost: the changed pages' text, plus a list of (families × pages) references.
         """
-        wanted = set(self._groups if groups is None else groups)
-        wanted.update(group for group in self._groups if group not in self._blocks)  # never built yet
-        if wanted:
-            self._chunks = ()  # let the old blocks go before the new ones exist (a scrape in flight keeps its own)
-        for group in wanted:
-            members = self._groups.get(group)
+        wanted = set(self._pages if pages is None else pages)
+        wanted.update(page for page in self._pages if page not in self._blocks)  # never built yet
+        wanted.update(page for page in self._blocks if page not in self._pages)  # gone at a reload
+        for page in wanted:
+            for key in self._blocks.pop(page, ()):  # let the old text go before the new one exists
+                self._forget(key)
+            members = self._pages.get(page)
             if members is None:
                 continue
-            self._blocks.pop(group, None)
             for state in members:
                 if not state.fragments[0]:  # released after the last join: render() is a function of the state
                     state.render()
-            block: list[KeyedChunk] = []
+            block: list[int] = []
             for index in range(len(_FAMILIES)):
-                block.append((next(self._keys), "".join(state.fragments[index] for state in members).encode()))
-                for state in members:  # the text now lives in the block: holding it twice cost 40 MB at 10,000
-                    state.fragments[index] = ""
-            self._blocks[group] = block
-        self._tail = (next(self._keys), self._render_tail().encode("utf-8"))
-        chunks: list[KeyedChunk] = []
-        blocks = [self._blocks[group] for group in self._groups]
-        for index, header in enumerate(_HEADERS):
-            chunks.append((index, header))
-            chunks.extend(block[index] for block in blocks)
-        chunks.append(self._tail)
-        self._chunks = tuple(chunks)
+                key = next(self._keys)
+                self._plain[key] = _join_family(members, index)
+                block.append(key)
+            self._blocks[page] = block
+        self._forget(self._tail)
+        self._tail = next(self._keys)
+        self._plain[self._tail] = self._render_tail().encode("utf-8")
+        order: list[int] = []
+        blocks = [self._blocks[page] for page in self._pages]
+        for index in range(len(_FAMILIES)):
+            order.append(index)
+            order.extend(block[index] for block in blocks)
+        order.append(self._tail)
+        self._order = tuple(order)
         self._version += 1
+        self._inflated = None  # a plain body of the last version: let it go
+        self._compress_soon()
+
+    def _forget(self, key: int) -> None:
+        self._plain.pop(key, None)
+        self._segments.pop(key, None)
+
+    def _compress_soon(self) -> None:
+        """Within :data:`COMPRESS_AFTER_SECONDS`, compress what changed and let its text go.
+
+        Without a running loop (tools, tests) chunks stay plain: nothing would run the worker.
+        """
+        if self._compress_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._compress_timer = loop.call_later(COMPRESS_AFTER_SECONDS, self._compress_now)
+
+    def _compress_now(self) -> None:
+        self._compress_timer = None
+        task = asyncio.ensure_future(self._compressed_body())
+        task.add_done_callback(self._compressed_in_background)
+
+    def _compressed_in_background(self, task: asyncio.Future[CompressedBody]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("metrics: compressing the exposition failed", exc_info=task.exception())
+        elif self._plain_outside_headers():
+            self._compress_soon()  # the body changed while it was compressed
+
+    def _plain_outside_headers(self) -> bool:
+        return any(key >= len(_FAMILIES) and data for key, data in self._plain.items())
+
+    async def _compressed_body(self) -> CompressedBody:
+        """The current version's compressed body; concurrent callers share one compression.
+
+        If the body changes while it is compressed, the callers get the version they waited for:
+        consistent, and a moment old.
+        """
+        body = self._compressed
+        if body is not None and body.version == self._version:
+            return body
+        if self._compressing is None or self._compressing[0] != self._version:
+            if self._compressor is None:
+                self._compressor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="connmon-gzip")
+            segments, plain = self._segments, self._plain
+            items = [(key, segments.get(key) or plain[key]) for key in self._order]
+            future = asyncio.get_running_loop().run_in_executor(
+                self._compressor, compress_chunks, self._version, items)
+            self._compressing = (self._version, future)
+        version, future = self._compressing
+        body = await asyncio.shield(future)
+        if self._compressing is not None and self._compressing[0] == version:
+            self._compressing = None
+            self._rest(body)
+            if self._compressed is None or body.version > self._compressed.version:
+                self._compressed = body
+        return body
+
+    def _rest(self, body: CompressedBody) -> None:
+        """Keep the segments of chunks still current, and let their plain text go."""
+        plain, segments = self._plain, self._segments
+        for key, segment in body.by_key.items():
+            if key in plain:  # still part of the body (a key is never reused)
+                segments[key] = segment
+                del plain[key]
 
     def _braces(self, pairs: str = "") -> str:
         """``{pairs,shard="I"}``, or ``{pairs}``, or nothing when there are no labels at all."""
@@ -575,8 +679,31 @@ class MetricsSink:
         return self._version
 
     def exposition(self) -> list[bytes]:
-        """The body to serve, as chunks: the cached probe series, then small per-scrape parts."""
-        return [data for _key, data in self._chunks] + [self._render_per_scrape()]
+        """The body to serve, as chunks: the cached probe series, then small per-scrape parts.
+
+        Compressed chunks are inflated here, on the caller's thread: for tools and tests; the web
+        server uses :meth:`plain_exposition`.
+        """
+        return [*self._plain_chunks(), self._render_per_scrape()]
+
+    def _plain_chunks(self) -> list[bytes]:
+        plain, segments = self._plain, self._segments
+        return [plain[key] if key in plain else inflate(segments[key]) for key in self._order]
+
+    async def plain_exposition(self) -> list[bytes]:
+        """:meth:`exposition` for a scrape without gzip: the resting segments are inflated once per
+        version in the worker thread, shared by that version's plain scrapers."""
+        if not self._segments:
+            return self.exposition()
+        if self._inflated is None or self._inflated[0] != self._version:
+            if self._compressor is None:
+                self._compressor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="connmon-gzip")
+            plain, segments = self._plain, self._segments
+            items = [plain[key] if key in plain else segments[key] for key in self._order]
+            self._inflated = (self._version, asyncio.get_running_loop().run_in_executor(
+                self._compressor, _inflate_all, items))
+        chunks = await asyncio.shield(self._inflated[1])
+        return [*chunks, self._render_per_scrape()]
 
     async def gzip_exposition(self) -> list[bytes]:
         """The same body as one gzip member, as chunks; the cached part is compressed once per change.
@@ -584,18 +711,7 @@ class MetricsSink:
         The compression runs in a worker thread (zlib releases the GIL), so probing goes on while
         it runs; scrapers arriving meanwhile wait for the same result instead of starting their own.
         """
-        body = self._compressed
-        if body is None or body.version != self._version:
-            if self._compressing is None or self._compressing[0] != self._version:
-                if self._compressor is None:
-                    self._compressor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="connmon-gzip")
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._compressor, compress_chunks, self._version, self._chunks, self._compressed)
-                self._compressing = (self._version, future)
-            body = await asyncio.shield(self._compressing[1])
-            if self._compressed is None or body.version > self._compressed.version:
-                self._compressed = body
-        return gzip_member(body, self._render_per_scrape())
+        return gzip_member(await self._compressed_body(), self._render_per_scrape())
 
     def _render_per_scrape(self) -> bytes:
         """Engine counters and the process collectors: small, and current at every scrape."""
@@ -688,6 +804,23 @@ class MetricsSink:
             out.append(f"# HELP {metric} ICMP engine counter: {name.replace('_', ' ')}.\n"
                        f"# TYPE {metric} counter\n{metric}{braces} {value}\n")
         return "".join(out).encode("utf-8")
+
+
+def _join_family(members: Sequence[_EndpointState], index: int) -> bytes:
+    """One family's lines of a group, as one block; each endpoint's text is let go as it is taken.
+
+    The text then lives in the block alone: holding it twice cost 40 MB at 10,000 endpoints, and a
+    str join then ``.encode()`` held the largest block (the histogram, 23 MB) three times at once.
+    """
+    parts = []
+    for state in members:
+        parts.append(state.fragments[index].encode())
+        state.fragments[index] = ""
+    return b"".join(parts)
+
+
+def _inflate_all(items: Sequence[bytes | Segment]) -> list[bytes]:
+    return [item if isinstance(item, bytes) else inflate(item) for item in items]
 
 
 class _Collectable(Protocol):

@@ -3,9 +3,13 @@
 SQLite (:mod:`monitor.sqlite_store`) stays the default; PostgreSQL is for sites split over
 several instances (``--shard``) whose reports must cover every site. Why these choices:
 
-* **Pooled synchronous connections.** The history sink writes from its one writer thread and
-  ``connmon report`` reads synchronously, so a small :class:`psycopg_pool.ConnectionPool` used
-  from those threads keeps the event loop free without an async driver.
+* **Asynchronous, pooled.** :class:`AsyncPostgresStore` speaks psycopg's async API through a
+  small :class:`psycopg_pool.AsyncConnectionPool`, on one event loop thread of its own
+  (:class:`_IoLoop`), not the daemon's: the daemon's loop never waits on the database or parses
+  its rows. :class:`PostgresStore` is the synchronous face of it that the one store interface
+  (:class:`~monitor.history.HistoryStore`) asks for: the history writer thread and ``connmon
+  report`` call it and wait, so SQLite and PostgreSQL share the writer's backlog, retry and
+  pruning logic.
 * **Endpoints upserted by name** (``ON CONFLICT (name)``), so instances that share a site list,
   or hand a site over between shards, never collide; one transaction per batch, rows sent with
   ``executemany`` (pipelined by psycopg).
@@ -20,21 +24,24 @@ several instances (``--shard``) whose reports must cover every site. Why these c
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator, Sequence
-from typing import Any
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool
 
-from monitor.history import EndpointRecord, StoredCycle, StoredGap, StoredTest
+from monitor.history import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
 from monitor.results import Gap, IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import _DETAIL_MAX, _directions_from_json, _directions_json, pack_rtts, unpack_rtts
 
 _MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migrations
 _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
 _GAPS_VERSION = 3  # the schema version that added the gap table
+_T = TypeVar("_T")
 
 # EndpointRecord field → column, in record order: the one place a new label column is added.
 _ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -141,53 +148,92 @@ def _endpoint_params(rec: EndpointRecord) -> tuple[Any, ...]:
     return tuple(getattr(rec, f) for f, _ in _ENDPOINT_COLUMNS)
 
 
-class PostgresStore:
-    """:class:`~monitor.history.HistoryStore` on a PostgreSQL database shared by several instances."""
+class _IoLoop:
+    """The event loop thread that all of this process's PostgreSQL I/O runs on (started on first use).
+
+    The daemon's own loop times ICMP echoes to the millisecond; parsing a 10,000-row batch there,
+    or waiting on a server that does not answer, would show up as RTT. Here the pools and their
+    connections live on a loop of their own, and callers (the history writer thread, ``connmon
+    report``, the API's worker threads) hand it coroutines and wait for the answer.
+    """
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on the I/O loop and return its result (or raise its error) in the calling thread."""
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="connmon-postgres", daemon=True).start()
+                cls._loop = loop
+            loop = cls._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+class AsyncPostgresStore:
+    """The history on PostgreSQL through psycopg's asynchronous API and an :class:`AsyncConnectionPool`.
+
+    :meth:`open` connects once directly (an unreachable server is the driver's own clear error at
+    once, not a pool timeout), then opens the pool and migrates (or, read-only, checks the schema
+    version). The pool keeps ``min_size`` connections, grows to ``max_size``, checks a connection
+    before lending it (one broken by a server restart is replaced, not handed out) and waits at
+    most ``connect_timeout_seconds`` for one; every failure is raised to the caller, which counts it.
+    """
 
     def __init__(self, url: str, *, read_only: bool = False, connect_timeout_seconds: float = 10.0,
                  max_connections: int = 2) -> None:
         self.url = url
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False,
-                                    kwargs={"autocommit": True, "connect_timeout": int(connect_timeout_seconds)})
-        # One direct connection first: an unreachable server is the driver's own clear error at once,
-        # instead of the pool retrying in the background and logging each attempt.
-        psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout_seconds)).close()
+        self._read_only = read_only
+        self._timeout = connect_timeout_seconds
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            url, min_size=1, max_size=max_connections, open=False, timeout=connect_timeout_seconds,
+            check=AsyncConnectionPool.check_connection, name="connmon-history",
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_seconds))})
+        self._ids: dict[str, int] = {}
+        self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
+        self._has_gaps = False  # set by open: the schema has the gap table
+
+    async def open(self) -> None:
+        await (await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=max(1, int(self._timeout)))).close()
         try:
-            self._pool.open(wait=True, timeout=connect_timeout_seconds)
-            if read_only:
-                version = self.schema_version()
+            await self._pool.open(wait=True, timeout=self._timeout)
+            if self._read_only:
+                version = await self.schema_version()
                 if version > len(MIGRATIONS):
-                    raise psycopg.DatabaseError(f"{redact(url)} has schema version {version}, newer than this "
+                    raise psycopg.DatabaseError(f"{redact(self.url)} has schema version {version}, newer than this "
                                                 f"connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+                if version == 0:  # no daemon has written to this database yet
+                    raise HistoryNotCreated(f"{redact(self.url)} holds no connmon history (no schema yet)")
             else:
-                self._migrate()
-                version = self.schema_version()
+                version = await self._migrate()
         except BaseException:
-            self._pool.close()
+            await self._pool.close()
             raise
         # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
         self._has_gaps = version >= _GAPS_VERSION
-        self._ids: dict[str, int] = {}
-        self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
 
-    def close(self) -> None:
-        self._pool.close()
+    async def close(self) -> None:
+        await self._pool.close()
 
     # ------------------------------------------------------------------ schema
-    def schema_version(self) -> int:
-        with self._pool.connection() as conn:
-            row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    async def schema_version(self) -> int:
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")).fetchone()
             if row is None or not row[0]:
                 return 0
-            found = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+            found = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
             return int(found[0]) if found is not None else 0
 
-    def _migrate(self) -> None:
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                         "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    async def _migrate(self) -> int:
+        """Bring the schema up to date under the migration lock; return the version it is at now."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
             version = int(row[0]) if row is not None else 0
             if version > len(MIGRATIONS):
                 raise psycopg.DatabaseError(f"{redact(self.url)} has schema version {version}, newer than this "
@@ -195,23 +241,27 @@ class PostgresStore:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
-                        conn.execute(statement)  # fixed text of this module
-                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+                        await conn.execute(statement)  # fixed text of this module
+                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        return len(MIGRATIONS)  # every step applied (a newer schema raised above)
 
     # ------------------------------------------------------------------ writing
-    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
-        with self._pool.connection() as conn:
+    async def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                    gaps: Sequence[Gap] = ()) -> None:
+        async with self._pool.connection() as conn:
             try:
-                with conn.transaction(), conn.cursor() as cur:
+                async with conn.transaction(), conn.cursor() as cur:
                     if endpoints:
-                        cur.executemany(_ENDPOINT_UPSERT, [_endpoint_params(rec) for rec in endpoints])
-                    missing = {EndpointRecord.of(r.target) for r in (*results, *gaps) if r.target.name not in self._ids}
+                        await cur.executemany(_ENDPOINT_UPSERT, [_endpoint_params(rec) for rec in endpoints])
+                    missing = {EndpointRecord.of(r.target) for r in (*results, *gaps)
+                               if r.target.name not in self._ids}
                     if missing:
-                        cur.executemany(_ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
-                                        [_endpoint_params(rec) for rec in missing])
-                        cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
-                                    ([rec.name for rec in missing],))
-                        self._ids.update({str(name): int(i) for name, i in cur.fetchall()})
+                        await cur.executemany(
+                            _ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
+                            [_endpoint_params(rec) for rec in missing])
+                        await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
+                                          ([rec.name for rec in missing],))
+                        self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
                     icmp_rows = []
                     test_rows = []
                     first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
@@ -227,13 +277,13 @@ class PostgresStore:
                         elif isinstance(result, ThroughputResult):
                             test_rows.append(_test_row(endpoint_id, result))
                     if icmp_rows:
-                        cur.executemany(
+                        await cur.executemany(
                             "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) "
                             "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET address = excluded.address, "
                             "sent = excluded.sent, rtts = excluded.rtts, "
                             "error = excluded.error, error_detail = excluded.error_detail", icmp_rows)
                     if test_rows:
-                        cur.executemany(
+                        await cur.executemany(
                             "INSERT INTO throughput VALUES (" + ", ".join(["%s"] * 15) + ") "
                             "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET ended_at = excluded.ended_at, "
                             "method = excluded.method, address = excluded.address, "
@@ -246,27 +296,27 @@ class PostgresStore:
                     for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
                         endpoint_id = self._ids[gap.target.name]
                         if gap.replaces_start is not None and gap.replaces_start != gap.started_at:
-                            cur.execute("DELETE FROM gaps WHERE endpoint_id = %s AND started_at = %s",
-                                        (endpoint_id, gap.replaces_start))
-                        cur.execute(  # a gap is not a result: first_result_at stays
+                            await cur.execute("DELETE FROM gaps WHERE endpoint_id = %s AND started_at = %s",
+                                              (endpoint_id, gap.replaces_start))
+                        await cur.execute(  # a gap is not a result: first_result_at stays
                             "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, started_at) "
                             "DO UPDATE SET ended_at = excluded.ended_at, cause = excluded.cause, "
                             "interval_seconds = excluded.interval_seconds",
                             (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
                     if first:
-                        cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
-                                        "(first_result_at IS NULL OR first_result_at > %s)",
-                                        [(at, endpoint_id, at) for endpoint_id, at in first.items()])
+                        await cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
+                                              "(first_result_at IS NULL OR first_result_at > %s)",
+                                              [(at, endpoint_id, at) for endpoint_id, at in first.items()])
                 self._first_known.update(first)  # committed: once per endpoint and process
             except BaseException:
                 self._ids.clear()  # ids learnt inside the rolled-back transaction may be void
                 raise
 
-    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+    async def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
         """Delete up to ``limit`` old rows in one transaction, unless another instance is pruning."""
         gone = 0
-        with self._pool.connection() as conn, conn.transaction():
-            row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,)).fetchone()
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,))).fetchone()
             if row is None or not row[0]:
                 return 0  # another instance prunes this slice; ours would only wait on the same rows
             for table, column, before in (("icmp", "started_at", icmp_before),
@@ -274,80 +324,131 @@ class PostgresStore:
                                           ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
                 if gone >= limit:
                     break
-                cur = conn.execute(
+                cur = await conn.execute(
                     f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "  # noqa: S608 (fixed names)
                     f"WHERE {column} < %s LIMIT %s)", (before, limit - gone))
                 gone += max(0, cur.rowcount)
         return gone
 
     # ------------------------------------------------------------------ reading
-    def endpoints(self) -> list[EndpointRecord]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(f"SELECT {_ENDPOINT_SELECT} FROM endpoints ORDER BY name").fetchall()  # noqa: S608
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(sql, params)).fetchall()
+
+    async def endpoints(self) -> list[EndpointRecord]:
+        rows = await self._rows(f"SELECT {_ENDPOINT_SELECT} FROM endpoints ORDER BY name")  # noqa: S608
         return [EndpointRecord(*row) for row in rows]
 
-    def first_results(self) -> dict[str, float]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL").fetchall()
+    async def first_results(self) -> dict[str, float]:
+        rows = await self._rows("SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL")
         return {str(name): float(at) for name, at in rows}
 
-    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
-                "WHERE e.name = %s AND i.started_at >= %s AND i.started_at < %s ORDER BY i.started_at",
-                (endpoint, start, end)).fetchall()
-        for started_at, sent, rtts, error in rows:
-            yield StoredCycle(float(started_at), int(sent), unpack_rtts(bytes(rtts)), error)
+    async def icmp_cycles(self, endpoint: str, start: float, end: float) -> list[StoredCycle]:
+        rows = await self._rows(
+            "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
+            "WHERE e.name = %s AND i.started_at >= %s AND i.started_at < %s ORDER BY i.started_at",
+            (endpoint, start, end))
+        return [StoredCycle(float(started_at), int(sent), unpack_rtts(bytes(rtts)), error)
+                for started_at, sent, rtts, error in rows]
 
-    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                f"SELECT {_TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
-                "WHERE e.name = %s AND t.started_at >= %s AND t.started_at < %s ORDER BY t.started_at",
-                (endpoint, start, end)).fetchall()
+    async def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        rows = await self._rows(
+            f"SELECT {_TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            "WHERE e.name = %s AND t.started_at >= %s AND t.started_at < %s ORDER BY t.started_at",
+            (endpoint, start, end))
         return [_stored_test(row) for row in rows]
 
-    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+    async def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
         if not self._has_gaps:
             return []
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
-                "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = %s AND g.ended_at > %s AND g.started_at < %s "
-                "ORDER BY g.started_at", (endpoint, start, end)).fetchall()
+        rows = await self._rows(
+            "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+            "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = %s AND g.ended_at > %s AND g.started_at < %s "
+            "ORDER BY g.started_at", (endpoint, start, end))
         return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
 
-    def last_measured_tests(self) -> dict[str, StoredTest]:
-        return self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")
+    async def last_measured_tests(self) -> dict[str, StoredTest]:
+        return await self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")
 
-    def last_tests(self) -> dict[str, StoredTest]:
-        return self._latest("")
+    async def last_tests(self) -> dict[str, StoredTest]:
+        return await self._latest("")
 
-    def _latest(self, where: str) -> dict[str, StoredTest]:
+    async def _latest(self, where: str) -> dict[str, StoredTest]:
         """Per endpoint, its newest matching test: one index descent each (LATERAL), not a scan."""
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                f"SELECT {_TEST_COLUMNS} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
-                f"(SELECT * FROM throughput t WHERE t.endpoint_id = e.id {where} "
-                "ORDER BY t.started_at DESC LIMIT 1) t").fetchall()
+        rows = await self._rows(
+            f"SELECT {_TEST_COLUMNS} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
+            f"(SELECT * FROM throughput t WHERE t.endpoint_id = e.id {where} "
+            "ORDER BY t.started_at DESC LIMIT 1) t")
         return {str(row[0]): _stored_test(row) for row in rows}
 
+    async def bytes_since(self, endpoint: str, since: float) -> int:
+        rows = await self._rows(
+            "SELECT COALESCE(SUM(t.bytes), 0) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = %s AND t.started_at >= %s", (endpoint, since))
+        return int(rows[0][0]) if rows else 0
+
+    async def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        rows = await self._rows(
+            "SELECT t.target_met FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = %s AND t.target_met IS NOT NULL ORDER BY t.started_at DESC LIMIT %s",
+            (endpoint, limit))
+        return [bool(met) for (met,) in rows]
+
+
+class PostgresStore:
+    """:class:`~monitor.history.HistoryStore` on a PostgreSQL database shared by several instances.
+
+    The one store interface is synchronous (the history writer thread, ``connmon report``); each
+    call runs :class:`AsyncPostgresStore`'s coroutine on the I/O loop (:class:`_IoLoop`) and waits
+    in the calling thread, never on the daemon's event loop. Opening it raises when the server does
+    not answer within ``connect_timeout_seconds``, so the caller counts an ``open`` error and retries.
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False, connect_timeout_seconds: float = 10.0,
+                 max_connections: int = 2) -> None:
+        self.url = url
+        self._store = AsyncPostgresStore(url, read_only=read_only, connect_timeout_seconds=connect_timeout_seconds,
+                                         max_connections=max_connections)
+        _IoLoop.run(self._store.open())
+
+    def close(self) -> None:
+        _IoLoop.run(self._store.close())
+
+    def schema_version(self) -> int:
+        return _IoLoop.run(self._store.schema_version())
+
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
+        _IoLoop.run(self._store.write(endpoints, results, gaps))
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        return _IoLoop.run(self._store.prune(icmp_before, throughput_before, limit))
+
+    def endpoints(self) -> list[EndpointRecord]:
+        return _IoLoop.run(self._store.endpoints())
+
+    def first_results(self) -> dict[str, float]:
+        return _IoLoop.run(self._store.first_results())
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        return iter(_IoLoop.run(self._store.icmp_cycles(endpoint, start, end)))
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        return _IoLoop.run(self._store.throughput_tests(endpoint, start, end))
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        return _IoLoop.run(self._store.gaps(endpoint, start, end))
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        return _IoLoop.run(self._store.last_measured_tests())
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        return _IoLoop.run(self._store.last_tests())
+
     def bytes_since(self, endpoint: str, since: float) -> int:
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(t.bytes), 0) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
-                "WHERE e.name = %s AND t.started_at >= %s", (endpoint, since)).fetchone()
-        return int(row[0]) if row is not None else 0
+        return _IoLoop.run(self._store.bytes_since(endpoint, since))
 
     def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT t.target_met FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
-                "WHERE e.name = %s AND t.target_met IS NOT NULL ORDER BY t.started_at DESC LIMIT %s",
-                (endpoint, limit)).fetchall()
-        return [bool(met) for (met,) in rows]
+        return _IoLoop.run(self._store.recent_verdicts(endpoint, limit))
 
 
 def _test_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, StoredCycle, StoredGap, StoredTest
+from monitor.history import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
 from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
 
 DATABASE_NAME = "history.sqlite3"
@@ -161,7 +161,7 @@ class SqliteStore:
         self.path = Path(path)
         if read_only:
             if not self.path.exists():
-                raise FileNotFoundError(f"no history at {self.path} (has the daemon run with this --state-dir?)")
+                raise HistoryNotCreated(f"no history at {self.path} (has the daemon run with this --state-dir?)")
             self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
                                        isolation_level=None, check_same_thread=False)
         else:
@@ -176,6 +176,8 @@ class SqliteStore:
             elif self.schema_version() > len(MIGRATIONS):
                 raise sqlite3.DatabaseError(f"{self.path} has schema version {self.schema_version()}, newer than "
                                             f"this connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+            elif self.schema_version() == 0:  # created by the writer a moment ago, or not connmon's at all
+                raise HistoryNotCreated(f"{self.path} holds no connmon history (no schema yet)")
         except BaseException:
             self._db.close()
             raise

@@ -138,9 +138,21 @@ class ThroughputPlan:
 
         A site whose next regular test is still ahead keeps that time; one that fell due while the
         daemon was down keeps its spread slot (``now + phase × every``), so they do not all fire at once.
+
+        The history may answer late (a PostgreSQL server that was away at start-up): a site already
+        tested by this process keeps the due time its test gave, and the month's bytes read back
+        (which the history had before this process wrote any) are added to the ones it counted.
         """
         for name, state in self.sites.items():
             settings = state.target.throughput
+            if state.month:  # tested here already (``finished`` sets the month)
+                if name in used_bytes:
+                    since, spent = used_bytes[name]
+                    if month_of(since, settings.timezone) == state.month:
+                        state.used_bytes += spent
+                if last_test_bytes is not None and name in last_test_bytes and state.last_test_bytes is None:
+                    state.last_test_bytes = last_test_bytes[name]
+                continue
             last = last_tried.get(name)
             if last is not None and now < last + settings.every_seconds:
                 state.next_due = allowed_start(last + settings.every_seconds, name, settings)

@@ -70,7 +70,7 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
             chunks = await metrics.gzip_exposition()  # compressed once per change, not per scrape
             headers["Content-Encoding"] = "gzip"
         else:
-            chunks = metrics.exposition()
+            chunks = await metrics.plain_exposition()  # inflated once per change, not per scrape
         response = web.StreamResponse(headers=headers)
         response.content_length = sum(len(chunk) for chunk in chunks)
         await response.prepare(request)

@@ -52,36 +52,59 @@ def _as_nobody(*argv: str) -> list[str]:
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv]
 
 
+@dataclass(frozen=True)
+class PgCluster:
+    """A temporary cluster (data directory and socket directory) that a test may start and stop at will."""
+
+    server: PgServer
+    top: Path
+
+    @classmethod
+    def create(cls) -> PgCluster:
+        """Initialise a cluster in a new temporary directory; it is not started."""
+        bin_dir = _bin_dir()
+        need(bin_dir is not None, "needs Debian's postgresql package (scripts/install --test)")
+        need(os.geteuid() == 0, "needs root to run the server as an unprivileged user")
+        assert bin_dir is not None
+        top = Path(tempfile.mkdtemp(prefix="connmon-pg-"))
+        os.chmod(top, 0o755)
+        data, sock = top / "data", top / "sock"
+        data.mkdir()
+        sock.mkdir()
+        shutil.chown(data, "nobody", "nogroup")
+        shutil.chown(sock, "nobody", "nogroup")
+        os.chmod(sock, 0o777)  # clients of any uid (tests, daemons) may connect
+        subprocess.run(_as_nobody(str(bin_dir / "initdb"), "-D", str(data), "-U", "connmon", "--auth=trust",
+                                  "-E", "UTF8", "--locale=C.UTF-8"), check=True, capture_output=True, cwd=top)
+        log = top / "server.log"
+        log.touch()
+        shutil.chown(log, "nobody", "nogroup")
+        return cls(PgServer(bin_dir, sock), top)
+
+    def start(self) -> None:
+        subprocess.run(_as_nobody(str(self.server.bin_dir / "pg_ctl"), "-D", str(self.top / "data"), "-l",
+                                  str(self.top / "server.log"), "-w", "-t", "60", "-o",
+                                  f"-c listen_addresses='' -c unix_socket_directories={self.server.socket_dir} "
+                                  "-c fsync=off", "start"), check=True, capture_output=True, cwd=self.top)
+
+    def stop(self) -> None:
+        subprocess.run(_as_nobody(str(self.server.bin_dir / "pg_ctl"), "-D", str(self.top / "data"), "-m", "fast",
+                                  "-w", "stop"), capture_output=True, cwd=self.top)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL server on a Unix socket in a temporary directory, for the whole session."""
-    bin_dir = _bin_dir()
-    need(bin_dir is not None, "needs Debian's postgresql package (scripts/install --test)")
-    need(os.geteuid() == 0, "needs root to run the server as an unprivileged user")
-    assert bin_dir is not None
-    top = Path(tempfile.mkdtemp(prefix="connmon-pg-"))
-    os.chmod(top, 0o755)
-    data, sock = top / "data", top / "sock"
-    data.mkdir()
-    sock.mkdir()
-    shutil.chown(data, "nobody", "nogroup")
-    shutil.chown(sock, "nobody", "nogroup")
-    os.chmod(sock, 0o777)  # clients of any uid (tests, daemons) may connect
-    subprocess.run(_as_nobody(str(bin_dir / "initdb"), "-D", str(data), "-U", "connmon", "--auth=trust",
-                              "-E", "UTF8", "--locale=C.UTF-8"), check=True, capture_output=True, cwd=top)
-    log = top / "server.log"
-    log.touch()
-    shutil.chown(log, "nobody", "nogroup")
-    server = PgServer(bin_dir, sock)
-    subprocess.run(_as_nobody(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                              "-o", f"-c listen_addresses='' -c unix_socket_directories={sock} -c fsync=off",
-                              "start"), check=True, capture_output=True, cwd=top)
+    cluster = PgCluster.create()
+    cluster.start()
     try:
-        yield server
+        yield cluster.server
     finally:
-        subprocess.run(_as_nobody(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"),
-                       capture_output=True, cwd=top)
-        shutil.rmtree(top, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture()

@@ -3,24 +3,33 @@ document with openapi-core; the current-state sink on its own; the time to build
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
+import sqlite3
+import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from aiohttp import test_utils, web  # test_utils, not its Test* names: pytest would try to collect them
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from monitor.api import OPENAPI_PATH, SITES_PER_SLICE, QueryError, parse_summary_query
+from monitor.api import NO_HISTORY, OPENAPI_PATH, SITES_PER_SLICE, QueryError, SiteApi, parse_summary_query
 from monitor.config import Direction, IcmpSettings
+from monitor.history import EmptyHistory, EndpointRecord
 from monitor.results import Cycle, DirectionResult, IcmpResult, ThroughputResult
 from monitor.site_state import SiteStateSink
+from monitor.sqlite_store import SqliteStore, database_path
+from monitor.store_url import opener as store_opener
 from monitor.targets import Target
 from tests.conftest import need, write_config
-from tests.netlab import Lab, can_measure_throughput
+from tests.netlab import Lab, _child_env, can_measure_throughput
 from tests.running import request, running_daemon
 from tests.test_webconfig import HASH, PASSWORD, basic
 
@@ -95,6 +104,14 @@ groups:
     try:
         with running_daemon(lab, cfg, PORT, "--web.config.file", str(web), "--state-dir",
                             str(tmp_path / "state")) as proc:
+            first: tuple[int, object] | None = None
+            for _ in range(200):  # the summary answers from the start, before the history has anything
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                with contextlib.suppress(OSError):
+                    first = validated(base, "/api/v1/summary", auth)
+                    break
+                time.sleep(0.05)
+            assert first is not None and first[0] == 200, first
             sites: dict[str, dict] = {}
             for _ in range(400):  # the first test starts within `every` (its phase)
                 assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -158,6 +175,30 @@ groups:
             assert whole["current"]["dropped"] == 1 and whole["current"]["live"] == 1  # dark never answered
             kpi_sites = {s["name"]: s for s in kpis["sites"]}
             assert kpi_sites["dark"]["status"] == "dropped" and kpi_sites["good"]["status"] == "live"
+            # roll-out, as the report computes it: the planned site is counted; good and dark were connected
+            # today (no planned_date: their first result), soon is due in 2027
+            day = dt.datetime.now(ZoneInfo(summary["period"]["timezone"])).date().isoformat()
+            rollout = summary["rollout"]
+            assert rollout["total"] == {"district": None, "planned": 1, "connected": 2, "connected_in_period": 2,
+                                        "retired": 0}
+            assert [(c["district"], c["planned"], c["connected"]) for c in rollout["districts"]] == [
+                ("Aktobe", 0, 1), ("Shalkar", 1, 1)]
+            new = {"connected_on": day, "date_from": "first_result"}
+            assert rollout["connected_in_period"] == [{"name": "good", "kind": "school", "district": "Aktobe", **new},
+                                                      {"name": "dark", "kind": "clinic", "district": "Shalkar", **new}]
+            period = summary["period"]
+            report = subprocess.run(  # connmon report over the same history and config: the same section
+                [sys.executable, "-m", "monitor", "report", "--state-dir", str(tmp_path / "state"),
+                 "--config", str(cfg), "--from", period["from"], "--to", period["to"],
+                 "--timezone", period["timezone"], "--format", "json"],
+                capture_output=True, text=True, timeout=60, check=False, env=_child_env())
+            assert report.returncode == 0, report.stderr
+            assert json.loads(report.stdout)["rollout"] == rollout
+            status, before = validated(base, "/api/v1/summary?from=2020-01-01&to=2020-01-31&timezone=UTC", auth)
+            assert status == 200 and isinstance(before, dict) and before["site_count"] == 2  # configured, no data
+            assert before["rollout"]["total"]["connected_in_period"] == 0
+            assert before["rollout"]["connected_in_period"] == []
+            assert {r["verdict"] for r in before["sites"]} == {"no_data"}
             status, schools = validated(base, "/api/v1/summary?kind=school&from=2020-01-01&timezone=UTC", auth)
             assert status == 200 and isinstance(schools, dict)
             assert [r["name"] for r in schools["sites"]] == ["good"] and schools["kind"] == "school"
@@ -217,6 +258,88 @@ def test_the_state_sink_keeps_the_last_results_and_forgets_removed_sites() -> No
     sink.set_targets([a])
     assert sink.site("b") is None and [s["name"] for s in sink.sites()] == ["a"]
     assert "b" not in sink.icmp and "b" not in sink.throughput
+
+
+def api_answers(api: SiteApi, paths: list[str]) -> list[tuple[int, object]]:
+    """GET each path from ``api``'s routes on a real aiohttp server on loopback, each answer checked against the
+    OpenAPI document."""
+    async def run() -> list[tuple[int, object]]:
+        app = web.Application()
+        api.add_routes(app)
+        async with test_utils.TestClient(test_utils.TestServer(app, host="127.0.0.1")) as client:
+            out: list[tuple[int, object]] = []
+            for path in paths:
+                response = await client.get(path)
+                body = await response.text()
+                parsed = urllib.parse.urlsplit(path)
+                SPEC.validate_response(
+                    MockRequest("http://connmon", "get", parsed.path, args=dict(urllib.parse.parse_qsl(parsed.query))),
+                    MockResponse(body.encode(), status_code=response.status, content_type=response.content_type))
+                out.append((response.status, json.loads(body)))
+            return out
+    return asyncio.run(run())
+
+
+def test_the_summary_answers_before_the_history_exists(tmp_path: Path) -> None:
+    """Right after start-up the writer may not have created the store yet (no file, then a file without schema):
+    the summary and a site's history answer 200 from an empty history, then the recorded figures once written.
+    503 (a JSON error) only without a history (--no-history) or with one that cannot be read."""
+    a = target("a", district="Temir")
+    soon = target("soon", host="", address=None, status="planned", planned_date=dt.date(2027, 3, 1))
+    sink = SiteStateSink()
+    sink.set_targets([a, soon])
+    now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC).timestamp()
+    state = tmp_path / "state"
+    api = SiteApi(sink, store_opener(None, str(state), read_only=True), clock=lambda: now)
+    paths = ["/api/v1/summary?timezone=UTC", "/api/v1/sites/a"]
+
+    def empty(answers: list[tuple[int, object]]) -> None:
+        (status, summary), (site_status, site) = answers
+        assert status == 200 and isinstance(summary, dict), summary
+        assert summary["site_count"] == 1 and summary["sites"][0]["verdict"] == "no_data"
+        assert summary["sites"][0]["availability_ratio"] is None and summary["by_kind"][0]["no_data"] == 1
+        assert summary["rollout"]["total"] == {"district": None, "planned": 1, "connected": 1,
+                                               "connected_in_period": 0, "retired": 0}
+        assert summary["rollout"]["connected_in_period"] == []
+        assert site_status == 200 and isinstance(site, dict)
+        assert (site["history"]["icmp_cycles"], site["history"]["throughput_tests"]) == ([], [])
+
+    assert not state.exists()
+    empty(api_answers(api, paths))  # no file yet
+    state.mkdir()
+    sqlite3.connect(database_path(state)).close()  # the writer's file, a moment before its schema
+    empty(api_answers(api, paths))
+    writer = SqliteStore(database_path(state))
+    writer.write([EndpointRecord.of(a), EndpointRecord.of(soon)], [icmp(a, now - 60, (0.01, None))])
+    writer.close()
+    (status, summary), (_, site) = api_answers(api, paths)
+    assert status == 200 and isinstance(summary, dict) and isinstance(site, dict)
+    assert (summary["sites"][0]["cycles"], summary["sites"][0]["loss_ratio"]) == (1, 0.5)
+    assert summary["rollout"]["connected_in_period"] == [{"name": "a", "kind": "school", "district": "Temir",
+                                                          "connected_on": "2026-12-02", "date_from": "first_result"}]
+    assert site["history"]["icmp_cycles"][0]["received"] == 1
+
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not an SQLite database, whatever its name" * 100)
+    broken = SiteApi(sink, store_opener(f"sqlite://{garbage}", str(state), read_only=True), clock=lambda: now)
+    [(status, error)] = api_answers(broken, ["/api/v1/summary"])
+    assert status == 503 and isinstance(error, dict) and error["parameter"] is None
+    assert error["error"].startswith("cannot read the history: ") and "not a database" in error["error"]
+    none = SiteApi(sink, None, clock=lambda: now)  # --no-history
+    (status, error), (site_status, site) = api_answers(none, paths)
+    assert (status, error) == (503, {"error": NO_HISTORY, "parameter": None})
+    assert site_status == 200 and isinstance(site, dict) and site["history"] is None
+
+
+def test_the_summary_has_no_rollout_without_rollout_keys() -> None:
+    """As the report leaves its roll-out section out when every site is connected without planned_date,
+    the summary's rollout is null."""
+    sink = SiteStateSink()
+    sink.set_targets([target("a"), target("b", provider="KazTelecom")])
+    api = SiteApi(sink, lambda: EmptyHistory())
+    [(status, summary)] = api_answers(api, ["/api/v1/summary"])
+    assert status == 200 and isinstance(summary, dict)
+    assert summary["site_count"] == 2 and summary["rollout"] is None
 
 
 @pytest.mark.parametrize(("query", "parameter"), [
@@ -284,3 +407,25 @@ def test_the_readme_sample_site_is_what_the_api_answers() -> None:
     assert answer is not None
     assert set(sample) == set(answer) and set(sample["icmp"]) == set(answer["icmp"])
     assert set(sample["throughput"]) == set(answer["throughput"]) and set(sample["labels"]) == set(answer["labels"])
+
+
+def test_the_readme_rollout_sample_is_what_the_summary_answers(tmp_path: Path) -> None:
+    """The README's rollout sample is the summary's section for the sites it describes, computed by the report."""
+    readme = (OPENAPI_PATH.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## API for other systems", 1)[1].split("\n## ", 1)[0]
+    sample = json.loads(section.split("```json\n")[2].split("```", 1)[0])
+    aktobe = [target("school-12"), target("school-31", planned_date=dt.date(2026, 10, 14)),
+              target("school-40", host="", address=None, status="planned", planned_date=dt.date(2027, 2, 1))]
+    shalkar = [target(name, kind="clinic", district="Shalkar", status=status) for name, status in (
+        ("clinic-7", "connected"), ("clinic-9", "planned"), ("clinic-11", "planned"), ("clinic-2", "retired"))]
+    store = SqliteStore(tmp_path / "history.sqlite3")
+    store.write([EndpointRecord.of(t) for t in aktobe + shalkar],
+                [icmp(shalkar[0], dt.datetime(2026, 10, 20, 9, tzinfo=dt.UTC).timestamp(), (0.02,))])
+    store.close()
+    sink = SiteStateSink()
+    sink.set_targets(aktobe + shalkar)
+    api = SiteApi(sink, lambda: SqliteStore(tmp_path / "history.sqlite3", read_only=True))
+    [(status, summary)] = api_answers(api, ["/api/v1/summary?from=2026-10-01&to=2026-10-31&timezone=UTC"])
+    assert status == 200 and isinstance(summary, dict)
+    assert summary["rollout"] == sample
+

@@ -134,6 +134,12 @@ def test_the_three_dashboards_and_their_variables() -> None:
         assert {"datasource", "kind", "district", "endpoint"} <= set(variables(by_uid[uid]))
     assert variables(by_uid["connmon-site-detail"])["endpoint"]["multi"] is False
     assert variables(by_uid["connmon-region-overview"])["endpoint"]["multi"] is True
+    for uid in ("connmon-region-overview", "connmon-site-detail"):  # only sites with measurements to pick
+        endpoint = variables(by_uid[uid])["endpoint"]
+        assert endpoint["definition"] == endpoint["query"]["query"], uid  # what Grafana shows is what it runs
+        selector = re.fullmatch(r"label_values\((\w+)\{(.*)\}, endpoint\)", endpoint["definition"])
+        assert selector is not None and selector.group(1) == "connmon_endpoint_info", uid
+        assert 'status="connected"' in selector.group(2).split(","), uid  # planned (and retired) sites left out
     types = {p["type"] for p in query_panels(by_uid["connmon-region-overview"])}
     assert {"geomap", "barchart", "table", "stat"} <= types
     assert "heatmap" in {p["type"] for p in query_panels(by_uid["connmon-site-detail"])}
@@ -306,7 +312,11 @@ def test_variable_queries_list_the_sites(stack: Stack) -> None:
             found.setdefault(name, set()).update(values)
     assert found["kind"] == {"school", "clinic"}
     assert found["district"] == {"Aktobe", "Kargaly"}
-    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused", "new-clinic", "old-clinic", "vsat-agent"}
+    # connected sites only: the planned new-clinic and the retired old-clinic have nothing to show
+    assert found["endpoint"] == {"a-fibre", "№12 мектеп", "refused", "vsat-agent"}
+    described = prom_get(stack.prometheus_url, "/api/v1/label/endpoint/values",
+                         **{"match[]": ["connmon_endpoint_info"]})
+    assert {"new-clinic", "old-clinic"} <= set(described)  # they are there: the status matcher leaves them out
     assert stack.site in found["endpoint"]
     assert len(found["instance"]) == 1
 

@@ -20,7 +20,7 @@ import pytest
 from monitor import history as history_module
 from monitor.config import IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, HistorySink, month_start
+from monitor.history import EndpointRecord, HistoryNotCreated, HistorySink, month_start
 from monitor.results import Cycle, DirectionResult, Gap, IcmpResult, Result, ThroughputResult
 from monitor.sqlite_store import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
 from monitor.targets import Target
@@ -164,9 +164,9 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     sink.set_targets([target("a"), planned])
 
     def both_recorded() -> bool:
-        try:  # the writer thread may have created the file but not yet its tables
-            return path.exists() and {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"}
-        except sqlite3.OperationalError:
+        try:  # the writer thread may not have created the file, or its tables, yet
+            return {e.name for e in SqliteStore(path, read_only=True).endpoints()} == {"a", "soon"}
+        except HistoryNotCreated:
             return False
 
     wait_for(both_recorded)
@@ -311,3 +311,64 @@ def test_a_long_backlog_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest
     sink.consume(Cycle("icmp", "g", 1.0, 0.1, tuple(icmp(s, 1.0, 0.001) for s in sites)))
     sink.close()
     assert sum(writes) == 30 and max(writes) <= 7 and sink.stats.written == 30
+
+
+def test_restore_later_waits_for_the_store_and_reads_before_this_process_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that is away: None is delivered once at the first failed open, the restored state when the
+    store answers, read before the backlog of this process is written (its bytes are not counted twice)."""
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
+    now = 1_795_000_000.0
+    a = target("a", budget=10_000_000)
+    path = database_path(tmp_path)
+    store = SqliteStore(path)
+    store.write([], [test_(a, now - 7200, 5e6, moved=3000)])
+    store.close()
+    away = True
+    opens = 0
+
+    def open_store() -> SqliteStore:
+        nonlocal opens
+        opens += 1
+        if away:
+            raise ConnectionError("the server does not answer")
+        return SqliteStore(path)
+
+    delivered: list[object] = []
+    sink = HistorySink(open_store, Retention(), clock=lambda: now)
+    try:
+        sink.restore_later([a], delivered.append)
+        sink.consume(Cycle("throughput", "g", now - 60, 11.0, (test_(a, now - 60, 6e6, moved=700),)))
+        wait_for(lambda: opens >= 3)
+        assert delivered == [None] and sink.stats.errors["open"] >= 2 and sink.stats.written == 0
+        away = False
+        wait_for(lambda: len(delivered) == 2 and sink.stats.written == 1)
+    finally:
+        sink.close()
+    restored = delivered[1]
+    assert isinstance(restored, history_module.RestoredState)
+    assert restored.results["a"].started_at == now - 7200  # read before the new test was written
+    assert restored.used_bytes["a"] == (1_793_491_200.0, 3000)
+    assert sink.stats.errors["restore"] == 0
+
+
+def test_restore_later_gives_up_on_a_store_that_opens_but_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries that fail on an open store are retried a few times, then given up; writing goes on."""
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
+
+    class Broken(SqliteStore):
+        def last_measured_tests(self) -> dict:  # type: ignore[type-arg]
+            raise sqlite3.OperationalError("no such table")
+
+    delivered: list[object] = []
+    a = target("a")
+    sink = HistorySink(lambda: Broken(database_path(tmp_path)), Retention())
+    try:
+        sink.restore_later([a], delivered.append)
+        sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(a, 1.0, 0.01),)))
+        wait_for(lambda: sink.stats.written == 1)
+    finally:
+        sink.close()
+    assert delivered == [None]
+    assert sink.stats.errors["restore"] == history_module.RESTORE_ATTEMPTS

@@ -18,13 +18,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from monitor.history import EndpointRecord
+from monitor.postgres_store import PostgresStore
 from monitor.shard import owner
+from monitor.throughput_plan import phase
 from tests.conftest import need, write_config
 from tests.netlab import Lab, _child_env, can_make_namespaces
-from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.postgres import PgCluster, PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.test_history import target, test_
 from tests.test_history_daemon import one, scrape
 
 PORT = 9171
+LATE_PORT = 19510
 NAMES = [f"site{i}" for i in range(8)]
 DROPPING = {"site2", "site5"}
 COMPARED = ("site", "kind", "district", "link", "target_mbps", "availability_percent", "loss_percent", "verdict")
@@ -130,3 +135,76 @@ groups:
         proc.terminate()
         _out, stderr = proc.communicate(timeout=30)
     assert "s3cret" not in stderr, stderr[-2000:]
+
+
+def test_a_postgres_that_answers_late_gets_the_backlog_and_restores(lab: Lab, tmp_path: Path) -> None:
+    """A daemon started while its PostgreSQL server is down probes and serves /metrics at once, counts the
+    failed opens and keeps its results; once the server is up, the last test is restored from it and
+    every result kept meanwhile is written (the cycles from before the server started are there)."""
+    need(can_make_namespaces()[0], "needs namespaces")
+    site = lab.add_site("pg-late")
+    name = "pgwait"
+    assert phase(name) > 0.5  # its first own test is over 12 h away: the rate shown can only be the restored one
+    cluster = PgCluster.create()
+    try:
+        cluster.start()
+        url = cluster.server.url("postgres")
+        tested_at = time.time() - 600
+        seeded = PostgresStore(url)
+        seeded.write([EndpointRecord.of(target(name))], [test_(target(name), tested_at, 5e6)])
+        seeded.close()
+        cluster.stop()
+        cfg = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 1s, count: 1, timeout: 300ms}}
+  throughput: {{method: iperf3, every: 24h, duration: 1s, omit: 0s, timeout: 3s, directions: [download]}}
+groups:
+  - name: g
+    endpoints:
+      - {{name: {name}, host: {site.v4}}}
+""")
+        with daemon(lab, cfg, LATE_PORT, "--store", url) as proc:
+            down: dict = {}
+            for _ in range(300):  # at once: probing, /metrics, open errors counted, results kept
+                down = scrape(lab, LATE_PORT)
+                if (one(down, "connmon_icmp_packets_sent_total") or 0) >= 3 \
+                        and (one(down, "connmon_store_errors_total", operation="open") or 0) >= 1 \
+                        and (one(down, "connmon_store_pending_results") or 0) >= 3:
+                    break
+                assert proc.poll() is None
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"the daemon did not go on without its store: {down}")
+            assert one(down, "connmon_store_results_written_total") == 0
+            assert one(down, "connmon_throughput_bits_per_second", direction="download") is None
+            assert lab.get(LATE_PORT, "/-/ready")[0] == 200
+            server_up_at = time.time()
+            cluster.start()
+            up: dict = {}
+            for _ in range(600):  # the writer retries every 10 s
+                up = scrape(lab, LATE_PORT)
+                if one(up, "connmon_throughput_bits_per_second", direction="download") is not None \
+                        and one(up, "connmon_store_pending_results") == 0:
+                    break
+                assert proc.poll() is None
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"nothing restored or written once the server was up: {up}")
+            assert one(up, "connmon_throughput_bits_per_second", direction="download") == 5e6
+            assert one(up, "connmon_throughput_last_test_timestamp_seconds") == tested_at
+            assert one(up, "connmon_throughput_tests_total") == 0
+            assert one(up, "connmon_store_errors_total", operation="restore") == 0
+            written = one(up, "connmon_store_results_written_total") or 0
+            proc.terminate()
+            _out, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert stderr.count("history: open failed") == 1, stderr[-3000:]  # the tries, said once a minute
+        assert "restored the last throughput test of 1 endpoints" in stderr, stderr[-3000:]
+        reader = PostgresStore(url, read_only=True)
+        try:
+            early = list(reader.icmp_cycles(name, 0, server_up_at))
+            assert len(early) >= 3 and len(list(reader.icmp_cycles(name, 0, time.time() + 1))) >= written
+        finally:
+            reader.close()
+    finally:
+        cluster.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import zlib
 
 import pytest
@@ -141,3 +142,93 @@ def test_exposition_order_and_families_survive_reloads_that_add_and_remove_group
 def test_accept_encoding(header: str, wanted: bool) -> None:
     """gzip is served when the client accepts it, and only then."""
     assert accepts_gzip(header) is wanted
+
+
+def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a running loop a changed block is compressed soon after and its text let go (issue 9:
+    resident memory); gzip and plain scrapes still give exactly the text rendered, and concurrent
+    plain scrapers of one version share one inflation."""
+    monkeypatch.setattr("monitor.metrics.COMPRESS_AFTER_SECONDS", 0.01)
+    inflated: list[int] = []
+    real = compression.inflate
+
+    def counting(segment: compression.Segment) -> bytes:
+        inflated.append(segment.size)
+        return real(segment)
+
+    monkeypatch.setattr("monitor.metrics.inflate", counting)
+    targets = fleet(groups=3, per_group=30)
+
+    async def main() -> None:
+        sink = MetricsSink()
+        sink.set_targets(targets)
+        sink.consume(cycle_of(targets, "g1"))
+        rendered = cached_part(sink)  # before anything was compressed: the text as rendered
+        assert b'endpoint="g1-site-29"' in rendered
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not sink._plain_outside_headers():
+                break
+        assert not sink._plain_outside_headers(), "the rendered text was never let go"
+        resting = sum(len(s.deflated) for s in sink._segments.values())
+        assert 0 < resting < len(rendered) / 5
+        plains = await asyncio.gather(*(sink.plain_exposition() for _ in range(4)))
+        assert all(b"".join(p[:-1]) == rendered for p in plains)
+        assert len(inflated) == len(sink._segments), "each segment inflated once for four plain scrapers"
+        gz = gzip.decompress(b"".join(await sink.gzip_exposition()))
+        assert gz.startswith(rendered)
+        sink.consume(cycle_of(targets, "g2", rtt=0.02))  # a new version: new text plain, old segments kept
+        again = b"".join((await sink.plain_exposition())[:-1])
+        assert b'connmon_icmp_rtt_seconds_bucket{endpoint="g2-site-0",kind="school"' in again
+        assert again == cached_part(sink)
+        assert zlib.decompress(b"".join(await sink.gzip_exposition()), wbits=31).startswith(again)
+
+    asyncio.run(main())
+
+
+def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No chunk outlives its group: after reloads and cycles, every kept text or segment is in the body."""
+    monkeypatch.setattr("monitor.metrics.COMPRESS_AFTER_SECONDS", 0.01)
+    targets = fleet(groups=4, per_group=5)
+
+    async def main() -> None:
+        sink = MetricsSink()
+        sink.set_targets(targets)
+        for group in ("g0", "g1", "g2", "g3"):
+            sink.consume(cycle_of(targets, group))
+        await asyncio.sleep(0.1)
+        await sink.gzip_exposition()
+        sink.set_targets([t for t in targets if t.group in ("g0", "g3")])
+        sink.consume(cycle_of(targets, "g3"))
+        await asyncio.sleep(0.1)
+        body = gzip.decompress(b"".join(await sink.gzip_exposition()))
+        assert b"g1-site" not in body and b"g3-site-4" in body
+        held = set(sink._plain) | set(sink._segments)
+        assert held <= set(sink._order), f"chunks kept outside the body: {sorted(held - set(sink._order))}"
+
+    asyncio.run(main())
+
+
+def test_one_sites_result_rejoins_only_its_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result for one site (an agent's post) re-joins only the page of endpoints it is on, not its
+    whole group: the other pages' chunks are the very same objects, and the body is still whole."""
+    monkeypatch.setattr("monitor.metrics.PAGE_ENDPOINTS", 10)
+    targets = fleet(groups=1, per_group=45)  # pages of 10, 10, 10, 10, 5
+    sink = MetricsSink()
+    sink.set_targets(targets)
+    sink.consume(cycle_of(targets, "g0"))
+    before = sink.exposition()[:-1]
+    one = targets[23]  # on the third page (sites 20 … 29)
+    sink.consume(Cycle("agent", "g0", 0.0, 0.0, (result(one, (0.004, 0.004, 0.004)),)))
+    after = sink.exposition()[:-1]
+    kept = {id(chunk) for chunk in before}
+    changed = b"".join(chunk for chunk in after if id(chunk) not in kept)
+    sites = {int(n) for n in re.findall(rb'endpoint="g0-site-(\d+)"', changed)}
+    assert sites == set(range(20, 30)), sorted(sites)
+    text = b"".join(after).decode()
+    ups = [s.labels["endpoint"] for f in text_string_to_metric_families(text) if f.name == "connmon_up"
+           for s in f.samples]
+    assert sorted(ups) == sorted(t.name for t in targets)
+    sent = {s.labels["endpoint"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "connmon_icmp_packets_sent" for s in f.samples}
+    assert sent["g0-site-23"] == 6 and sent["g0-site-22"] == 3  # the post counted, on its own site only

@@ -14,7 +14,7 @@ import pytest
 
 from monitor import postgres_store, sqlite_store
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, HistoryStore, StoredGap
+from monitor.history import EndpointRecord, HistoryNotCreated, HistoryStore, StoredGap
 from monitor.postgres_store import PostgresStore, redact
 from monitor.results import Gap
 from monitor.sqlite_store import SqliteStore
@@ -226,6 +226,32 @@ def test_two_instances_migrate_at_once(pg_server: PgServer) -> None:  # noqa: F8
     assert [s.schema_version() for s in stores] == [len(postgres_store.MIGRATIONS)] * 4
     for s in stores:
         s.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite file missing", "sqlite file empty", "postgresql"])
+def test_a_reader_before_the_first_writer_is_told_no_history_yet(backend: str, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """A read-only open of a store no daemon has created yet (no file, a file or database without schema)
+    raises HistoryNotCreated, which the API reads as an empty history; once a writer opened it, it reads."""
+    def reader() -> HistoryStore:
+        return PostgresStore(url, read_only=True) if backend == "postgresql" else SqliteStore(path, read_only=True)
+
+    def writer() -> HistoryStore:
+        return PostgresStore(url) if backend == "postgresql" else SqliteStore(path)
+
+    path, url = tmp_path / "history.sqlite3", ""
+    if backend == "postgresql":
+        url = request.getfixturevalue("pg_url")
+    elif backend == "sqlite file empty":
+        sqlite3.connect(path).close()  # what the writer's connect leaves a moment before its schema
+    with pytest.raises(HistoryNotCreated, match="no connmon history|no history at"):
+        reader()
+    writer().close()
+    store = reader()
+    try:
+        assert store.endpoints() == [] and store.first_results() == {}
+    finally:
+        store.close()
 
 
 def test_redact_hides_the_password() -> None:

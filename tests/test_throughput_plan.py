@@ -130,3 +130,21 @@ def test_a_restart_continues_from_the_history() -> None:
     capped = plan.test_target(plan.sites["school-007"], NOW)  # a whole test (25 MB) would overspend the 1 MB left
     assert capped is not None and capped.throughput.max_bytes is not None and capped.throughput.max_bytes <= 1_000_000
     assert plan.sites["school-008"].remaining(NOW) == 100_000_000
+
+
+def test_a_late_restore_adds_to_what_this_process_counted() -> None:
+    """The history answers after this process tested a site (PostgreSQL was away): the site keeps the due
+    time its own test gave, and the month's bytes read back add to its own; an untested site is restored."""
+    plan = ThroughputPlan()
+    tested, untested = (target(n, monthly_budget_bytes=100_000_000) for n in ("tested", "untested"))
+    plan.set_targets([tested, untested], NOW)
+    down = DirectionResult("download", NOW, NOW + 10, 5e6, 2_000_000, 10.0)
+    plan.finished("tested", ThroughputResult(tested, "iperf3", NOW, NOW + 11, "192.0.2.1", (down,)), NOW + 11)
+    due = plan.sites["tested"].next_due
+    month_start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
+    plan.restore({"tested": NOW - 3600, "untested": NOW - 3600},
+                 {"tested": (month_start, 50_000_000), "untested": (month_start, 10_000_000)}, NOW + 20)
+    assert plan.sites["tested"].next_due == due
+    assert plan.sites["tested"].remaining(NOW + 20) == 100_000_000 - 52_000_000
+    assert plan.sites["untested"].next_due == NOW - 3600 + 6 * 3600
+    assert plan.sites["untested"].remaining(NOW + 20) == 90_000_000
