@@ -350,10 +350,8 @@ def test_sqlite_history_of_the_old_schema_opens_and_migrates(tmp_path: Path) -> 
         store.close()
 
 
-def test_postgres_history_of_version_2_opens_and_migrates(pg_server: PgServer) -> None:  # noqa: F811
-    """A PostgreSQL database at version 2 (no gap table) reads read-only without gaps, then migrates to 3."""
-    db = pg_server.new_database()
-    url = pg_server.url(db)
+def _postgres_version_2(url: str) -> None:
+    """Make the (empty) database at ``url`` a version-2 history holding :data:`_V1_ROWS`."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
                      "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
@@ -366,6 +364,13 @@ def test_postgres_history_of_version_2_opens_and_migrates(pg_server: PgServer) -
             if statement.strip():
                 conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version) VALUES (1), (2)")
+
+
+def test_postgres_history_of_version_2_opens_and_migrates(pg_server: PgServer) -> None:  # noqa: F811
+    """A PostgreSQL database at version 2 (no gap table) reads read-only without gaps, then migrates to 3."""
+    db = pg_server.new_database()
+    url = pg_server.url(db)
+    _postgres_version_2(url)
     reader = PostgresStore(url, read_only=True)
     try:
         assert reader.schema_version() == 2 and reader.gaps("old", 0, 1e9) == []
@@ -377,6 +382,38 @@ def test_postgres_history_of_version_2_opens_and_migrates(pg_server: PgServer) -
         _check_migrated(store)
     finally:
         store.close()
+
+
+def test_instances_opening_a_version_2_history_at_once_add_the_gap_table_once(
+        pg_server: PgServer) -> None:  # noqa: F811
+    """The v3 step runs under the migration lock like the others: four instances that open a v2
+    database together migrate it once, without error, and each then writes and reads gaps."""
+    db = pg_server.new_database()
+    url = pg_server.url(db)
+    _postgres_version_2(url)
+    errors: list[BaseException] = []
+    stores: list[PostgresStore] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(PostgresStore(url))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert pg_server.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version",
+                              db).strip() == "1,2,3"
+        _check_migrated(stores[0])  # writes a gap: every instance reads it
+        assert [s.gaps("old", 0, 1e9) for s in stores] == [[StoredGap("old", 400.0, 1000.0, "power", 60.0)]] * 4
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_postgres_history_of_the_old_schema_opens_and_migrates(pg_server: PgServer) -> None:  # noqa: F811
