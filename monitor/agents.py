@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from monitor.agent_protocol import AgentInfo, Batch, bind
+from monitor.agent_seqs import Position, SeqJournal
 from monitor.errors import ProbeErrorReason
 from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
@@ -125,10 +126,14 @@ class AgentRegistry:
     """
 
     def __init__(self, pipeline: ResultPipeline, clock: Callable[[], float] = time.time,
-                 on_throughput: Callable[[ThroughputResult, str | None], ThroughputResult] | None = None) -> None:
+                 on_throughput: Callable[[ThroughputResult, str | None], ThroughputResult] | None = None,
+                 journal: SeqJournal | None = None) -> None:
         self.pipeline = pipeline
         self.clock = clock
         self.on_throughput = on_throughput
+        # where the last sequence numbers outlive a restart (None: in memory only, as with --no-history)
+        self.journal = journal
+        self._restored: dict[str, Position] = journal.load() if journal is not None else {}
         self.sites: dict[str, AgentSite] = {}
         self._by_hash: dict[str, str] = {}
         self.rejected: dict[int, int] = {}  # HTTP status → requests refused (bad token, bad body, …)
@@ -146,7 +151,8 @@ class AgentRegistry:
                 old.target = target
                 sites[target.name] = old
             else:
-                sites[target.name] = AgentSite(target, last_seen=now)
+                instance, last_seq = self._restored.get(target.name, (None, 0))
+                sites[target.name] = AgentSite(target, last_seen=now, instance=instance, last_seq=last_seq)
             by_hash[target.agent.token_sha256] = target.name
         self.sites, self._by_hash = sites, by_hash
 
@@ -197,11 +203,16 @@ class AgentRegistry:
                                         tuple(measured), () if gap is None else (gap,)))
         if fresh:
             site.last_seq = fresh[-1].seq
+            if self.journal is not None:  # before the answer: a batch the agent repeats stays a duplicate
+                self.journal.record(site.target.name, site.instance, site.last_seq, self._positions)
         site.accepted += len(fresh)
         site.duplicates += duplicates
         site.info = info
         site.last_seen = now
         return Accepted(len(fresh), duplicates, site.last_seq, cause)
+
+    def _positions(self) -> dict[str, Position]:
+        return {name: (s.instance, s.last_seq) for name, s in self.sites.items()}
 
     @staticmethod
     def _classify(site: AgentSite, info: AgentInfo, measured_at: Iterable[float], now: float) -> GapCause:

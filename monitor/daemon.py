@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine, Sequence
 
 from monitor.agent_api import AgentApi
+from monitor.agent_seqs import SeqJournal
 from monitor.agents import AgentRegistry
 from monitor.api import SiteApi
 from monitor.config import Config
@@ -85,7 +86,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     site_state = SiteStateSink()  # the JSON API's current state (issue 11)
     pipeline = ResultPipeline([metrics, site_state, EventLogSink(), *([history] if history is not None else [])])
     # sites behind NAT: their agents post results into the same pipeline (issue 10)
-    agents = AgentRegistry(pipeline, time.time, on_throughput=lambda r, slot: scheduler.agent_test_finished(r, slot))
+    agents = AgentRegistry(pipeline, time.time, on_throughput=lambda r, slot: scheduler.agent_test_finished(r, slot),
+                           journal=SeqJournal.in_dir(state_dir) if state_dir is not None else None)
     metrics.agents = agents
 
     def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
@@ -196,6 +198,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         reload_task.cancel()
     await runner.cleanup()
     pipeline.close()
+    if agents.journal is not None:
+        agents.journal.close()
     engine.close()
     if auth is not None:
         auth.close()

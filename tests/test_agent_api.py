@@ -222,3 +222,51 @@ groups:
         parsed = scrape_when(url, lambda s: value(s, "connmon_agent_silent", endpoint="inside") == 1, proc)
         assert value(parsed, "connmon_up", endpoint="inside") == 0
         assert arrivals(inside) == (0, 0, 0)
+
+
+def test_a_batch_posted_again_after_the_centre_was_killed_is_not_counted_twice(lab: Lab, tmp_path: Path) -> None:
+    """Uploads stay idempotent across a restart of the centre: the agent posts a batch, the centre is
+    killed (SIGKILL) and started again on the same state dir, the agent posts the same batch (it never
+    got the answer): acknowledged as duplicates, no new history row, no count in the metrics."""
+    cfg = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 60s}}
+groups:
+  - name: vsat
+    kind: school
+    district: Shalkar
+    link: satellite
+    mode: agent
+    endpoints:
+      - {{name: vsat-1, agent: {{token_sha256: {token_hash(TOKENS["vsat-1"])}}}}}
+""")
+    state = tmp_path / "state"
+    port = PORT + 7
+    base = f"http://{lab.prober_v4}:{port}"
+    body = json.dumps(batch("vsat-1", 1, 3, time.time() - 10)).encode()
+    with running_daemon(lab, cfg, port, "--state-dir", str(state)) as proc:
+        scrape_when(f"{base}/metrics", lambda s: "connmon_agent_silent" in s, proc)
+        status, _, answer = call(f"{base}/api/v1/agent/results", body, TOKENS["vsat-1"])
+        assert (status, answer["accepted"], answer["duplicates"]) == (200, 3, 0), answer
+        for _ in range(40):  # the history writer batches per cycle
+            if history_rows(state) == 3:
+                break
+            time.sleep(0.25)
+        assert history_rows(state) == 3
+    # running_daemon kills it with SIGKILL: nothing is flushed or closed on the way out
+    with running_daemon(lab, cfg, port, "--state-dir", str(state)) as proc:
+        scrape_when(f"{base}/metrics", lambda s: "connmon_agent_silent" in s, proc)
+        status, _, answer = call(f"{base}/api/v1/agent/results", body, TOKENS["vsat-1"])
+        assert (status, answer["accepted"], answer["duplicates"], answer["last_seq"]) == (200, 0, 3, 3), answer
+        parsed = scrape_when(f"{base}/metrics", lambda s: value(s, "connmon_agent_results_total", endpoint="vsat-1",
+                                                                outcome="duplicate") == 3, proc)
+        assert value(parsed, "connmon_agent_results_total", endpoint="vsat-1", outcome="accepted") == 0
+        status, _, answer = call(f"{base}/api/v1/agent/results",
+                                 json.dumps(batch("vsat-1", 4, 1, time.time() - 5)).encode(), TOKENS["vsat-1"])
+        assert (status, answer["accepted"], answer["last_seq"]) == (200, 1, 4), answer
+        for _ in range(40):
+            if history_rows(state) == 4:
+                break
+            time.sleep(0.25)
+        time.sleep(1.0)
+        assert history_rows(state) == 4

@@ -274,3 +274,60 @@ def test_agents_get_slots_under_the_centres_limit_and_schedule() -> None:
     holder = next(n for n in names if plan.sites[n].running)
     plan.release(holder, T0 + 100)
     assert plan.running == 0
+
+
+def test_a_batch_repeated_after_a_restart_of_the_centre_is_a_duplicate(tmp_path: Path) -> None:
+    """The last sequence numbers outlive the centre (journal in the state dir): a batch the agent posts
+    again after the centre restarted is acknowledged and ignored, not counted twice; a new
+    installation of the agent numbers from 1 again and is taken."""
+    from monitor.agent_seqs import SeqJournal
+
+    def centre() -> tuple[AgentRegistry, Recorder, Clock]:
+        clock, sink = Clock(), Recorder()
+        registry = AgentRegistry(ResultPipeline([sink]), clock, journal=SeqJournal.in_dir(tmp_path))
+        registry.set_targets([agent_target("vsat-1"), agent_target("vsat-2")])
+        return registry, sink, clock
+
+    first, sink, _ = centre()
+    assert post(first, TOKENS["vsat-1"], batch("vsat-1", [1, 2, 3], T0 - 300)).accepted == 3
+    assert post(first, TOKENS["vsat-2"], batch("vsat-2", [1, 2], T0 - 300, instance="pi-2")).accepted == 2
+    assert len(sink.results) == 5
+    # kill -9: nothing closed; the journal's lines are in the kernel's hands
+    second, sink, _ = centre()
+    again = post(second, TOKENS["vsat-1"], batch("vsat-1", [1, 2, 3], T0 - 300))
+    assert (again.accepted, again.duplicates, again.last_seq) == (0, 3, 3)
+    assert sink.results == [], "a repeated batch reached the sinks after the restart"
+    assert post(second, TOKENS["vsat-1"], batch("vsat-1", [3, 4], T0 - 120)).accepted == 1
+    assert post(second, TOKENS["vsat-2"], batch("vsat-2", [1, 2, 3], T0 - 300, instance="pi-2")).accepted == 1
+    reinstalled = post(second, TOKENS["vsat-2"], batch("vsat-2", [1], T0, instance="pi-2-new"))
+    assert (reinstalled.accepted, reinstalled.last_seq) == (1, 1)
+    second.journal.close()  # type: ignore[union-attr]
+    third, sink, _ = centre()
+    assert {name: (s.instance, s.last_seq) for name, s in third.sites.items()} == {
+        "vsat-1": ("inst-1", 4), "vsat-2": ("pi-2-new", 1)}
+    assert len((tmp_path / "agent-sequences.jsonl").read_text().splitlines()) == 2  # compacted at start-up
+
+
+def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A line torn by a crash is skipped; many posts keep the file near one line per site; a journal that
+    cannot be written is said once and the centre goes on in memory."""
+    from monitor import agent_seqs
+    from monitor.agent_seqs import SeqJournal
+
+    monkeypatch.setattr(agent_seqs, "COMPACT_EXTRA_LINES", 5)
+    path = tmp_path / agent_seqs.FILE_NAME
+    path.write_text('{"site": "vsat-1", "instance": "inst-1", "seq": 7}\n{"site": "vsat-1", "inst', encoding="utf-8")
+    journal = SeqJournal(path)
+    assert journal.load() == {"vsat-1": ("inst-1", 7)}
+    for seq in range(8, 40):
+        journal.record("vsat-1", "inst-1", seq)
+    assert len(path.read_text().splitlines()) <= 1 + 5 + 1
+    journal.close()
+    assert SeqJournal(path).load() == {"vsat-1": ("inst-1", 39)}
+    blocked = SeqJournal(tmp_path / "file-not-dir" / agent_seqs.FILE_NAME)
+    (tmp_path / "file-not-dir").write_text("", encoding="utf-8")
+    blocked.record("vsat-1", "inst-1", 1)
+    blocked.record("vsat-1", "inst-1", 2)
+    assert blocked.positions == {"vsat-1": ("inst-1", 2)}
+    assert sum("agent sequence journal" in r.getMessage() for r in caplog.records) == 1
