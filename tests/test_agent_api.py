@@ -95,8 +95,11 @@ def history_rows(state: Path) -> int:
         return int(db.execute("SELECT count(*) FROM icmp").fetchone()[0])
 
 
-def test_bad_agent_requests_get_their_status_and_change_nothing(lab: Lab, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, f"""
+def agent_sites_config(tmp_path: Path, *sites: str) -> Path:
+    """A centre's config with these agent sites (tokens from :data:`TOKENS`) in one satellite group."""
+    endpoints = "\n".join(f"      - {{name: {site}, agent: {{token_sha256: {token_hash(TOKENS[site])}}}}}"
+                           for site in sites)
+    return write_config(tmp_path, f"""
 defaults:
   icmp: {{interval: 60s}}
 groups:
@@ -106,9 +109,12 @@ groups:
     link: satellite
     mode: agent
     endpoints:
-      - {{name: vsat-1, agent: {{token_sha256: {token_hash(TOKENS["vsat-1"])}}}}}
-      - {{name: vsat-2, agent: {{token_sha256: {token_hash(TOKENS["vsat-2"])}}}}}
+{endpoints}
 """)
+
+
+def test_bad_agent_requests_get_their_status_and_change_nothing(lab: Lab, tmp_path: Path) -> None:
+    cfg = agent_sites_config(tmp_path, "vsat-1", "vsat-2")
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  ops: {HASH}\n", encoding="utf-8")
     people = {"Authorization": basic("ops", PASSWORD)}
@@ -228,18 +234,7 @@ def test_a_batch_posted_again_after_the_centre_was_killed_is_not_counted_twice(l
     """Uploads stay idempotent across a restart of the centre: the agent posts a batch, the centre is
     killed (SIGKILL) and started again on the same state dir, the agent posts the same batch (it never
     got the answer): acknowledged as duplicates, no new history row, no count in the metrics."""
-    cfg = write_config(tmp_path, f"""
-defaults:
-  icmp: {{interval: 60s}}
-groups:
-  - name: vsat
-    kind: school
-    district: Shalkar
-    link: satellite
-    mode: agent
-    endpoints:
-      - {{name: vsat-1, agent: {{token_sha256: {token_hash(TOKENS["vsat-1"])}}}}}
-""")
+    cfg = agent_sites_config(tmp_path, "vsat-1")
     state = tmp_path / "state"
     port = PORT + 7
     base = f"http://{lab.prober_v4}:{port}"
