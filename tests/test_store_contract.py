@@ -205,9 +205,8 @@ def test_postgres_refuses_a_newer_schema(pg_server: PgServer) -> None:  # noqa: 
         PostgresStore(pg_server.url(db))
 
 
-def test_two_instances_migrate_at_once(pg_server: PgServer) -> None:  # noqa: F811
-    """Two stores opening a new database at the same moment migrate it once, without error."""
-    url = pg_server.url(pg_server.new_database())
+def _open_at_once(url: str, n: int) -> tuple[list[PostgresStore], list[BaseException]]:
+    """``n`` stores opening ``url`` at the same moment, as instances starting together would."""
     errors: list[BaseException] = []
     stores: list[PostgresStore] = []
 
@@ -217,11 +216,18 @@ def test_two_instances_migrate_at_once(pg_server: PgServer) -> None:  # noqa: F8
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    threads = [threading.Thread(target=open_one) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return stores, errors
+
+
+def test_two_instances_migrate_at_once(pg_server: PgServer) -> None:  # noqa: F811
+    """Two stores opening a new database at the same moment migrate it once, without error."""
+    url = pg_server.url(pg_server.new_database())
+    stores, errors = _open_at_once(url, 4)
     assert errors == []
     assert [s.schema_version() for s in stores] == [len(postgres_store.MIGRATIONS)] * 4
     for s in stores:
@@ -391,20 +397,7 @@ def test_instances_opening_a_version_2_history_at_once_add_the_gap_table_once(
     db = pg_server.new_database()
     url = pg_server.url(db)
     _postgres_version_2(url)
-    errors: list[BaseException] = []
-    stores: list[PostgresStore] = []
-
-    def open_one() -> None:
-        try:
-            stores.append(PostgresStore(url))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=open_one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    stores, errors = _open_at_once(url, 4)
     try:
         assert errors == []
         assert pg_server.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version",
