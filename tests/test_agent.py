@@ -86,7 +86,12 @@ def spooled(tmp_path: Path) -> int:
     if not (tmp_path / "agent-state" / FILE_NAME).exists():
         return 0
     with contextlib.closing(sqlite3.connect(tmp_path / "agent-state" / FILE_NAME, timeout=10)) as db:
-        return int(db.execute("SELECT count(*) FROM results").fetchone()[0])
+        try:
+            return int(db.execute("SELECT count(*) FROM results").fetchone()[0])
+        except sqlite3.OperationalError as err:  # the file exists a moment before the agent made its table
+            if "no such table" not in str(err):
+                raise
+            return 0
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
