@@ -23,6 +23,7 @@ import math
 import os
 import sqlite3
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -170,7 +171,7 @@ class SqliteStore:
         try:
             self._db.execute("PRAGMA busy_timeout = 10000")
             if not read_only:
-                self._db.execute("PRAGMA journal_mode = WAL")
+                self._enter_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._migrate()
             elif self.schema_version() > len(MIGRATIONS):
@@ -189,6 +190,20 @@ class SqliteStore:
 
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _enter_wal(self) -> None:
+        """Switch to WAL; another connection opening the new file at the same moment (the start-up
+        restore beside the writer) can make the switch fail at once with "database is locked",
+        without SQLite's busy handler waiting: so wait here, as the busy timeout would."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _migrate(self) -> None:
         version = self.schema_version()

@@ -372,3 +372,28 @@ def test_restore_later_gives_up_on_a_store_that_opens_but_fails(
         sink.close()
     assert delivered == [None]
     assert sink.stats.errors["restore"] == history_module.RESTORE_ATTEMPTS
+
+
+def test_connections_opening_a_new_history_at_once_all_open(tmp_path: Path) -> None:
+    """The writer and the start-up restore open a fresh file at the same moment: switching it to WAL must
+    wait for the other connection, not fail with "database is locked" (CI saw it once at start-up)."""
+    import threading
+
+    from monitor.sqlite_store import SqliteStore
+
+    errors: list[BaseException] = []
+    for attempt in range(100):
+        path = tmp_path / f"h{attempt}" / "history.sqlite3"
+
+        def open_one(path: Path = path) -> None:
+            try:
+                SqliteStore(path).close()
+            except BaseException as err:  # noqa: BLE001
+                errors.append(err)
+
+        threads = [threading.Thread(target=open_one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
