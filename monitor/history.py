@@ -457,9 +457,7 @@ class HistorySink:
             if store is None:
                 return False
             batch = [self._backlog[i] for i in range(min(WRITE_CHUNK_RESULTS, len(self._backlog)))]
-            endpoints = {r.target.name: EndpointRecord.of(r.target) for r in batch}
-            endpoints.update((name, rec) for name, rec in self._endpoints.items() if name in endpoints)
-            endpoints.update(self._unwritten)  # configured sites go in even without results (planned ones)
+            endpoints = self._records_to_write(batch)
             results = [r for r in batch if not isinstance(r, Gap)]
             gaps = [g for g in batch if isinstance(g, Gap)]
             try:
@@ -478,6 +476,27 @@ class HistorySink:
             if self._last_logged.pop("write", None) is not None:
                 log.warning("history: writing works again")
         return True
+
+    def _records_to_write(self, batch: Sequence[Result | Gap]) -> dict[str, EndpointRecord]:
+        """The endpoint records this batch must upsert: the sites whose labels the store lacks.
+
+        A record the store was last given unchanged is left out: upserting all 10,000 of them with
+        every cycle cost about a third of the writer's time (issue 9). A configured record wins over
+        the one a result carries; configured sites go in even without results (planned ones).
+        """
+        endpoints: dict[str, EndpointRecord] = {}
+        written, configured = self._written, self._endpoints
+        for item in batch:
+            name = item.target.name
+            record = configured.get(name)
+            if record is None:
+                if name in endpoints:
+                    continue
+                record = EndpointRecord.of(item.target)
+            if written.get(name) is not record and written.get(name) != record:
+                endpoints[name] = record
+        endpoints.update(self._unwritten)
+        return endpoints
 
     def _prune_slice(self) -> None:
         store = self._connected()

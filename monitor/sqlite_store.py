@@ -31,6 +31,7 @@ from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.history import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
 from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
+from monitor.targets import Target
 
 DATABASE_NAME = "history.sqlite3"
 _DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the file
@@ -237,7 +238,7 @@ class SqliteStore:
             test_rows = []
             first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
             for result in results:
-                endpoint_id = self._endpoint_id(EndpointRecord.of(result.target))
+                endpoint_id = self._ids.get(result.target.name) or self._endpoint_id(result.target)
                 if endpoint_id not in self._first_known:
                     first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
                 if isinstance(result, IcmpResult):
@@ -251,7 +252,7 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
             for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
-                endpoint_id = self._endpoint_id(EndpointRecord.of(gap.target))
+                endpoint_id = self._endpoint_id(gap.target)
                 if gap.replaces_start is not None and gap.replaces_start != gap.started_at:
                     db.execute("DELETE FROM gaps WHERE endpoint_id = ? AND started_at = ?",
                                (endpoint_id, gap.replaces_start))
@@ -268,16 +269,17 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             raise
 
-    def _endpoint_id(self, rec: EndpointRecord) -> int:
-        found = self._ids.get(rec.name)
+    def _endpoint_id(self, target: Target) -> int:
+        """The row id of ``target``'s endpoint, inserted when new (its record is built only then)."""
+        found = self._ids.get(target.name)
         if found is None:
-            row = self._db.execute("SELECT id FROM endpoints WHERE name = ?", (rec.name,)).fetchone()
+            row = self._db.execute("SELECT id FROM endpoints WHERE name = ?", (target.name,)).fetchone()
             if row is None:
-                cursor = self._db.execute(_ENDPOINT_INSERT, _endpoint_params(rec))
+                cursor = self._db.execute(_ENDPOINT_INSERT, _endpoint_params(EndpointRecord.of(target)))
                 found = int(cursor.lastrowid or 0)
             else:
                 found = int(row[0])
-            self._ids[rec.name] = found
+            self._ids[target.name] = found
         return found
 
     def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
