@@ -84,14 +84,16 @@ class CompressedBody:
     """The cached body as deflate segments, with its CRC-32 and length for the gzip trailer."""
 
     version: int
-    segments: tuple[bytes, ...]
+    # The gzip header and every segment, joined once here: served as the few slices of one buffer,
+    # a 1,000-segment body cost each scrape ~20 ms of event-loop time in per-write overhead (issue 9).
+    head: bytes
     crc32: int
     size: int
     by_key: Mapping[int, Segment]  # segment per chunk key, reused by the next compression
 
     @property
     def compressed_bytes(self) -> int:
-        return sum(len(s) for s in self.segments)
+        return len(self.head) - len(GZIP_HEADER)
 
 
 def compress_chunks(version: int, chunks: Sequence[tuple[int, bytes | Segment]]) -> CompressedBody:
@@ -113,12 +115,13 @@ def compress_chunks(version: int, chunks: Sequence[tuple[int, bytes | Segment]])
         by_key[key] = segment
         crc = crc32_combine(crc, segment)
         size += segment.size
-    return CompressedBody(version, tuple(s.deflated for s in by_key.values()), crc, size, by_key)
+    head = b"".join([GZIP_HEADER, *(s.deflated for s in by_key.values())])
+    return CompressedBody(version, head, crc, size, by_key)
 
 
 def gzip_member(body: CompressedBody, last: bytes) -> list[bytes]:
-    """One gzip member: the cached segments, then ``last`` (compressed now) and the trailer."""
+    """One gzip member: header and cached segments, then ``last`` (compressed now) and the trailer."""
     compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     end = compressor.compress(last) + compressor.flush(zlib.Z_FINISH)
     trailer = struct.pack("<II", zlib.crc32(last, body.crc32), (body.size + len(last)) & 0xFFFFFFFF)
-    return [GZIP_HEADER, *body.segments, end + trailer]
+    return [body.head, end + trailer]

@@ -25,6 +25,7 @@ from monitor.agent_seqs import SeqJournal
 from monitor.agents import AgentRegistry
 from monitor.api import SiteApi
 from monitor.config import Config
+from monitor.gc_tuning import settle_long_lived
 from monitor.history import HistorySink, RestoredState
 from monitor.icmp_engine import IcmpEngine
 from monitor.logs import EventLogSink
@@ -103,6 +104,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         for sink in pipeline.sinks:
             sink.set_targets(new_targets)
         agents.set_targets(new_targets)
+        settle_long_lived()  # the new targets and their state live until the next reload
 
     targets = own_share(every_target, shard)
     _warn_missing_tools(probed(targets), iperf3_path)
@@ -153,6 +155,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
             history.restore_later(probed(targets), lambda r: loop.call_soon_threadsafe(restore, r))
         else:  # a local file answers at once: restored before the first cycle
             restore(history.restore(probed(targets)))
+    settle_long_lived()  # config, targets and per-endpoint state: out of every later collection
     ready = True
     log.info("connmon started: %d endpoints (%d probed) from %s%s, listening on %s", len(targets),
              len(probed(targets)), config_path,

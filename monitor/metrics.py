@@ -44,7 +44,12 @@ log = logging.getLogger(__name__)
 # From a LAN (sub-millisecond) to geostationary satellite (~600 ms and more under load).
 RTT_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
                        1.5, 2.5, 5.0)
-SLICE_RESULTS = 500  # results absorbed per event-loop turn (~20–35 ms of CPU); scrapes are served in between
+# A large cycle is absorbed in event-loop turns of about SLICE_SECONDS, SLICE_RESULTS at a time
+# (~1.5 ms each): scrapes are served in between. A scrape needs ~6 turns, so the turn's length, not
+# the results' count, bounds its latency, on a fast machine or a busy one (issue 9: p99 ≤ 100 ms).
+SLICE_SECONDS = 0.005
+SLICE_RESULTS = 25
+AT_ONCE_RESULTS = 250  # a cycle this small is absorbed at once (~15 ms): no stale body for a turn
 # How long a changed chunk's plain text waits before it is compressed and let go (a burst of agent
 # posts changes one group many times a second: compress it once, not per post).
 COMPRESS_AFTER_SECONDS = 1.0
@@ -440,16 +445,17 @@ class MetricsSink:
 
         Absorbing and rendering 10,000 results takes ~0.2 s of CPU; done in one go on the event
         loop, every scrape that arrived meanwhile waited for it (issue 9: scrape p99 ≤ 100 ms). In
-        slices of :data:`SLICE_RESULTS`, scrapes are served between slices from the last complete
-        body, and the group's new block replaces the old one when the cycle is done. Without a
-        running loop (tools, tests) or for a small cycle, it is absorbed at once.
+        slices of :data:`SLICE_RESULTS`, scrapes are served between slices, and each page of
+        :data:`PAGE_ENDPOINTS` replaces its old text whole once all its results are in: a scrape
+        sees every endpoint's series from one cycle. Without a running loop (tools, tests) or for
+        a small cycle, it is absorbed at once.
         """
         self._count_cycle(cycle)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is None or (len(cycle.results) <= SLICE_RESULTS and not self._slices):
+        if loop is None or (len(cycle.results) <= AT_ONCE_RESULTS and not self._slices):
             self._absorb(cycle.results)
             return
         self._slices.append((cycle.results, 0))
@@ -457,15 +463,26 @@ class MetricsSink:
             loop.call_soon(self._absorb_slice, loop)
 
     def _absorb_slice(self, loop: asyncio.AbstractEventLoop) -> None:
-        results, start = self._slices[0]
-        end = min(start + SLICE_RESULTS, len(results))
-        pages = self._absorb_some(results[start:end])
-        self._slice_pages.update(pages)
+        results, end = self._slices[0]
+        pages: set[_Page] = set()
+        until = time.perf_counter() + SLICE_SECONDS
+        while end < len(results):
+            start, end = end, min(end + SLICE_RESULTS, len(results))
+            pages |= self._absorb_some(results[start:end])
+            if time.perf_counter() >= until:
+                break
+        # Results come in config order, page after page: a page the last slices touched and this one
+        # did not is whole, and is published now. Re-joining every page in the last slice held the
+        # loop for ~90 ms at 10,000 sites (issue 9); a page is ~1 MB of text, 2–4 ms.
+        whole = self._slice_pages - pages
+        self._slice_pages = (self._slice_pages - whole) | pages
         if end < len(results):
             self._slices[0] = (results, end)
+            if whole:
+                self._rebuild(whole)
         else:
             self._slices.popleft()
-            self._rebuild(self._slice_pages)  # the cycle is whole: its pages' blocks change now
+            self._rebuild(self._slice_pages | whole)  # the cycle is whole: its last pages' blocks change now
             self._slice_pages = set()
         if self._slices:
             loop.call_soon(self._absorb_slice, loop)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
 
@@ -47,6 +47,33 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
+def write_pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+    """The body in pieces of about :data:`WRITE_BYTES`: small chunks joined, large ones sliced.
+
+    A plain body is ~1,000 chunks (families × pages); a write each cost a scrape ~20 ms of
+    event-loop time in per-write overhead (issue 9). Slices of a large chunk are views, not
+    copies, so a 40 MB body is never buffered whole per scraper.
+    """
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if len(chunk) >= WRITE_BYTES:
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            view = memoryview(chunk)
+            for start in range(0, len(view), WRITE_BYTES):
+                yield view[start:start + WRITE_BYTES]
+            continue
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
 def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
               reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
               auth: BasicAuth | None = None, api: SiteApi | None = None,
@@ -74,10 +101,8 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
         response = web.StreamResponse(headers=headers)
         response.content_length = sum(len(chunk) for chunk in chunks)
         await response.prepare(request)
-        for chunk in chunks:
-            view = memoryview(chunk)  # slices, not copies: a 40 MB body is never buffered whole per scraper
-            for start in range(0, len(view), WRITE_BYTES):
-                await response.write(view[start:start + WRITE_BYTES])
+        for piece in write_pieces(chunks):
+            await response.write(piece)
         await response.write_eof()
         return response
 

@@ -201,41 +201,48 @@ def test_missed_tests_in_a_row_count_up_and_reset_on_a_met_target() -> None:
 
 def test_a_large_cycle_is_absorbed_in_slices_between_other_work() -> None:
     """On a running loop, 2,500 results are absorbed over several loop turns: other tasks (scrapes)
-    run in between and see the last complete body; the new body appears whole, once, at the end."""
+    run in between; what they see changes a whole page at a time (every endpoint's series from one
+    cycle), pages are published before the cycle's last slice, and the last body has every site."""
     import asyncio
+
+    from monitor.metrics import AT_ONCE_RESULTS, PAGE_ENDPOINTS
 
     targets = [target(f"s{i:04d}") for i in range(2500)]
     sink = MetricsSink()
     sink.set_targets(targets)
+    assert len(targets) > AT_ONCE_RESULTS
 
-    async def run() -> tuple[int, bool, int]:
+    async def run() -> tuple[int, bool, list[int]]:
         ticks = 0
+        seen: list[int] = []  # endpoints with an up line, as each scrape would see it
         stop = asyncio.Event()
 
         async def scraper() -> None:
             nonlocal ticks
             while not stop.is_set():
                 ticks += 1
+                seen.append(b"".join(sink.exposition()).count(b"connmon_up{"))
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(scraper())
         await asyncio.sleep(0)
-        before = sink.version
         sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(result(t, (0.01,)) for t in targets)))
-        untouched = sink.version == before and b"connmon_up{" not in b"".join(sink.exposition())
+        untouched = b"connmon_up{" not in b"".join(sink.exposition())
         at_consume = ticks
-        while sink.version == before:
+        while b"".join(sink.exposition()).count(b"connmon_up{") < len(targets):
             await asyncio.sleep(0)
         stop.set()
         await task
-        return ticks - at_consume, untouched, sink.version - before
+        return ticks - at_consume, untouched, seen
 
-    interleaved, untouched, versions = asyncio.run(run())
+    interleaved, untouched, seen = asyncio.run(run())
     assert untouched  # consume() returned before absorbing: the old body is still served
-    assert interleaved >= 2  # the other task ran between the slices
-    assert versions == 1  # one new body, whole
+    assert interleaved >= 3  # the other task ran between the slices
+    assert all(n % PAGE_ENDPOINTS == 0 or n == len(targets) for n in seen), seen  # whole pages only
+    assert seen == sorted(seen)
+    assert any(0 < n < len(targets) for n in seen)  # pages went out before the cycle's end
     text = b"".join(sink.exposition()).decode()
-    assert text.count("connmon_up{") == 2500 and "connmon_up{" in text
+    assert text.count("connmon_up{") == 2500
 
 
 def test_planned_and_retired_sites_are_counted_and_described_but_have_no_probe_series() -> None:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor import compression
 from monitor.metrics import MetricsSink
 from monitor.results import Cycle
-from monitor.web import accepts_gzip
+from monitor.web import WRITE_BYTES, accepts_gzip, write_pieces
 from tests.promtool import promtool_problems
 from tests.test_metrics import result, target
 
@@ -238,3 +238,15 @@ def test_one_sites_result_rejoins_only_its_page(monkeypatch: pytest.MonkeyPatch)
     sent = {s.labels["endpoint"]: s.value for f in text_string_to_metric_families(text)
             if f.name == "connmon_icmp_packets_sent" for s in f.samples}
     assert sent["g0-site-23"] == 6 and sent["g0-site-22"] == 3  # the post counted, on its own site only
+
+
+def test_a_body_of_many_chunks_is_written_in_few_pieces() -> None:
+    """Issue 9: a write per chunk (~1,000 at 10,000 sites) cost each scrape ~20 ms of event-loop time.
+    Small chunks are joined up to WRITE_BYTES, large ones sliced; the bytes are exactly the body's."""
+    chunks = [bytes([i % 251]) * 4000 for i in range(1000)] + [b"x" * (3 * WRITE_BYTES + 5)] + [b"tail"] * 3
+    pieces = [bytes(p) for p in write_pieces(chunks)]
+    assert b"".join(pieces) == b"".join(chunks)
+    total = sum(map(len, chunks))
+    assert len(pieces) <= total // WRITE_BYTES + 3
+    assert all(len(p) < 2 * WRITE_BYTES for p in pieces)
+    assert list(write_pieces([])) == []
