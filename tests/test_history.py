@@ -397,3 +397,125 @@ def test_connections_opening_a_new_history_at_once_all_open(tmp_path: Path) -> N
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_consume_returns_while_a_write_is_blocked_and_the_write_runs_in_the_writer_thread(tmp_path: Path) -> None:
+    """The event loop never waits on the disk: with the store's write stuck (a hung disk), 100 more cycles
+    are taken at once; the write runs in a thread other than the caller's, and everything lands once it
+    is released."""
+    import threading
+
+    caller = threading.get_ident()
+    entered, release = threading.Event(), threading.Event()
+    writers: list[int] = []
+
+    class Blocking(SqliteStore):
+        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                  gaps: Sequence[Gap] = ()) -> None:
+            writers.append(threading.get_ident())
+            if threading.get_ident() != caller:  # written on the caller's thread, it would wait for ever
+                entered.set()
+                release.wait(60)
+            super().write(endpoints, results, gaps)
+
+    sink = HistorySink(lambda: Blocking(database_path(tmp_path)), Retention())
+    a = target("a")
+    try:
+        sink.consume(Cycle("icmp", "g", 0.0, 0.1, (icmp(a, 0.0, 0.001),)))
+        assert entered.wait(10), "the writer never started the write"
+        for i in range(1, 101):
+            sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
+        assert not release.is_set()  # every call returned while the write was still blocked
+        assert sink.stats.written == 0 and sink.stats.pending == 101
+    finally:
+        release.set()
+        sink.close()
+    assert writers and caller not in writers
+    assert sink.stats.written == 101 and sink.stats.pending == 0
+
+
+def journal_mode(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_a_new_history_file_is_in_wal_mode(tmp_path: Path) -> None:
+    """WAL is a property of the file: any later connection (a report beside the daemon) finds it."""
+    path = database_path(tmp_path)
+    SqliteStore(path).close()
+    assert journal_mode(path) == "wal"
+
+
+def test_retention_defaults_are_35_and_400_days() -> None:
+    assert Retention() == Retention(icmp_seconds=35 * 86400.0, throughput_seconds=400 * 86400.0)
+
+
+def test_the_sink_prunes_old_rows_in_slices_by_its_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a fake clock and a short retention, rows older than it go in slices of PRUNE_SLICE_ROWS (counted
+    in stats.pruned), young ones stay."""
+    monkeypatch.setattr(history_module, "PRUNE_SLICE_ROWS", 7)
+    path = database_path(tmp_path)
+    a, b = target("a"), target("b")
+    now = 1_000_000.0
+    store = SqliteStore(path)
+    store.write([], [icmp(s, now - 7200 + t, 0.001) for s in (a, b) for t in range(20)]  # 40 old cycles
+                + [icmp(s, now - 60 + t, 0.001) for s in (a, b) for t in range(5)]  # 10 young ones
+                + [test_(a, now - 5 * 86400, 5e6), test_(a, now - 86400, 5e6)])  # one old test
+    slices: list[int] = []
+    clock = [now]
+
+    class Counting(SqliteStore):
+        def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+            assert (icmp_before, throughput_before, limit) == (clock[0] - 3600, clock[0] - 2 * 86400, 7)
+            gone = super().prune(icmp_before, throughput_before, limit)
+            slices.append(gone)
+            clock[0] += 1.0  # time passes between slices (the writer waits 0.2 s of it before the next)
+            return gone
+
+    sink = HistorySink(lambda: Counting(path), Retention(icmp_seconds=3600, throughput_seconds=2 * 86400),
+                       clock=lambda: clock[0])
+    try:
+        wait_for(lambda: sink.stats.pruned >= 41)
+    finally:
+        sink.close()
+    assert sink.stats.pruned == 41 and max(slices) <= 7 and len([n for n in slices if n]) == 6  # 7·5 + 6
+    assert len(list(store.icmp_cycles("a", 0, 1e12))) == 5 and len(list(store.icmp_cycles("b", 0, 1e12))) == 5
+    assert [t.started_at for t in store.throughput_tests("a", 0, 1e12)] == [now - 86400]
+    store.close()
+
+
+def test_history_retention_in_the_config_is_read_in_seconds() -> None:
+    """``history: {retention: {icmp: 7d, throughput: 60d}}`` gives those seconds; left out, the defaults; the
+    README's sample is the defaults."""
+    from monitor.config import parse_config
+
+    groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
+    both = parse_config("history: {retention: {icmp: 7d, throughput: 60d}}\n" + groups, "c.yaml")
+    assert both.retention == Retention(icmp_seconds=7 * 86400.0, throughput_seconds=60 * 86400.0)
+    one = parse_config("history:\n  retention:\n    icmp: 36h\n" + groups, "c.yaml")
+    assert one.retention == Retention(icmp_seconds=36 * 3600.0)
+    assert parse_config(groups, "c.yaml").retention == Retention()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    sample = readme.split("**Retention is pruned in slices**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert parse_config(sample + groups, "README.md").retention == Retention()
+
+
+def test_retention_limits_are_the_ones_the_readme_gives() -> None:
+    """README: ``icmp`` 1h to 3650d, ``throughput`` 32d to 3650d; outside is an error naming file, line and key."""
+    from monitor.config import parse_config
+    from monitor.errors import ConfigError
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "accepts `icmp` from 1h to 3650d and `throughput` from\n32d to 3650d" in readme
+    groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
+
+    def retention(icmp: str, throughput: str) -> Retention:
+        return parse_config(f"history: {{retention: {{icmp: {icmp}, throughput: {throughput}}}}}\n" + groups,
+                            "c.yaml").retention
+
+    assert retention("1h", "32d") == Retention(3600.0, 32 * 86400.0)
+    assert retention("3650d", "3650d") == Retention(3650 * 86400.0, 3650 * 86400.0)
+    for icmp_value, throughput_value, key in (("59m", "32d", "icmp"), ("3651d", "32d", "icmp"),
+                                              ("1h", "31d", "throughput"), ("1h", "3651d", "throughput")):
+        with pytest.raises(ConfigError, match=rf"c\.yaml:1:\d+: history\.retention\.{key}: must be between"):
+            retention(icmp_value, throughput_value)
