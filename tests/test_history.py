@@ -47,6 +47,9 @@ def test_(t: Target, at: float, down: float | None, *, moved: int = 1_000_000,
 
 test_.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
+# The sinks below write cycles at small Unix times (1970) and prune as they go: a retention that keeps them.
+KEEP_ALL = Retention(icmp_seconds=1e11, throughput_seconds=1e11)
+
 
 def wait_for(check: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -143,7 +146,7 @@ def test_month_start_is_in_the_sites_time_zone() -> None:
 
 def test_the_sink_writes_each_cycle_off_the_calling_thread(tmp_path: Path) -> None:
     """consume() only queues; the writer thread stores every result; close() writes the rest."""
-    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL)
     a, b = target("a"), target("b")
     sink.set_targets([a, b])
     for i in range(50):
@@ -158,7 +161,7 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     """set_targets alone writes each site's record (issue 11): a planned site is in the history at once,
     a reload that connects it updates its record, and the store is not rewritten when nothing changed."""
     path = database_path(tmp_path)
-    sink = HistorySink(lambda: SqliteStore(path), Retention())
+    sink = HistorySink(lambda: SqliteStore(path), KEEP_ALL)
     planned = dataclasses.replace(target("soon", kind="clinic"), host="", address=None, status="planned",
                                   planned_date=dt.date(2026, 12, 1), provider="KazSat", contracted_bits_per_second=8e6)
     sink.set_targets([target("a"), planned])
@@ -197,7 +200,7 @@ def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
     caplog.set_level(logging.ERROR, logger="monitor.history")
     with mounted("tmpfs", tmp_path / "state", "size=96k") as state:
-        sink = HistorySink(lambda: SqliteStore(database_path(state)), Retention())
+        sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
         a = target("a")
         rtts = tuple(0.001 * k for k in range(50))
         sent = 0
@@ -235,7 +238,7 @@ def test_a_read_only_state_dir_is_counted_and_recovers(tmp_path: Path, monkeypat
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
     with mounted("bind", tmp_path / "state", "") as state:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
-        sink = HistorySink(lambda: SqliteStore(database_path(state)), Retention())
+        sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
         a = target("a")
         try:
             for i in range(1, 11):
@@ -285,7 +288,7 @@ def test_close_with_a_failing_store_counts_and_says_what_was_lost(
     def broken() -> SqliteStore:
         raise sqlite3.OperationalError("disk I/O error")
 
-    sink = HistorySink(broken, Retention())
+    sink = HistorySink(broken, KEEP_ALL)
     a = target("a")
     for i in range(5):
         sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
@@ -306,7 +309,7 @@ def test_a_long_backlog_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest
             writes.append(len(results))
             super().write(endpoints, results, gaps)
 
-    sink = HistorySink(lambda: Counting(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: Counting(database_path(tmp_path)), KEEP_ALL)
     sites = [target(f"s{i}") for i in range(30)]
     sink.consume(Cycle("icmp", "g", 1.0, 0.1, tuple(icmp(s, 1.0, 0.001) for s in sites)))
     sink.close()
@@ -363,7 +366,7 @@ def test_restore_later_gives_up_on_a_store_that_opens_but_fails(
 
     delivered: list[object] = []
     a = target("a")
-    sink = HistorySink(lambda: Broken(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: Broken(database_path(tmp_path)), KEEP_ALL)
     try:
         sink.restore_later([a], delivered.append)
         sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(a, 1.0, 0.01),)))
@@ -418,7 +421,7 @@ def test_consume_returns_while_a_write_is_blocked_and_the_write_runs_in_the_writ
                 release.wait(60)
             super().write(endpoints, results, gaps)
 
-    sink = HistorySink(lambda: Blocking(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: Blocking(database_path(tmp_path)), KEEP_ALL)
     a = target("a")
     try:
         sink.consume(Cycle("icmp", "g", 0.0, 0.1, (icmp(a, 0.0, 0.001),)))
@@ -519,3 +522,47 @@ def test_retention_limits_are_the_ones_the_readme_gives() -> None:
                                               ("1h", "31d", "throughput"), ("1h", "3651d", "throughput")):
         with pytest.raises(ConfigError, match=rf"c\.yaml:1:\d+: history\.retention\.{key}: must be between"):
             retention(icmp_value, throughput_value)
+
+
+def test_pruning_runs_while_cycles_keep_arriving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady producer must not starve pruning: each write is followed by a cycle already queued (the next
+    one arrives while the last is written), yet the rows that fall out of retention go, in slices, before
+    the producer lets up. The fake clock moves a minute per cycle."""
+    import threading
+
+    monkeypatch.setattr(history_module, "PRUNE_SLICE_ROWS", 7)
+    path = database_path(tmp_path)
+    now = 1_000_000.0
+    old, a = target("old"), target("a")
+    store = SqliteStore(path)
+    store.write([], [icmp(old, now - 3000 + t, 0.001) for t in range(40)])  # out of retention after ~10 cycles
+    store.close()
+    clock = [now]
+    cycles = 120
+    busy: dict[str, int] = {}
+    done = threading.Event()
+
+    class Producing(SqliteStore):
+        writes = 0
+
+        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                  gaps: Sequence[Gap] = ()) -> None:
+            super().write(endpoints, results, gaps)
+            Producing.writes += 1
+            if Producing.writes < cycles:  # the next cycle is queued before this write returns
+                clock[0] += 60.0
+                sink.consume(Cycle("icmp", "g", clock[0], 0.1, (icmp(a, clock[0], 0.001),)))
+            elif not done.is_set():
+                busy["pruned"] = sink.stats.pruned
+                busy["old_left"] = len(list(self.icmp_cycles("old", 0, 1e12)))
+                done.set()
+
+    sink = HistorySink(lambda: Producing(path), Retention(icmp_seconds=3600, throughput_seconds=40 * 86400),
+                       clock=lambda: clock[0])
+    try:
+        sink.consume(Cycle("icmp", "g", now, 0.1, (icmp(a, now, 0.001),)))
+        assert done.wait(30), "the producer did not finish"
+    finally:
+        sink.close()
+    assert busy["old_left"] == 0, busy  # pruned while the producer never let the queue run dry
+    assert busy["pruned"] >= 40
