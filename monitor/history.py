@@ -430,7 +430,7 @@ class HistorySink:
             with self._lock:
                 self.stats.pending -= overflow
             self._say("dropped", f"history: the store has failed for long; dropped the {overflow} oldest "
-                                 "unwritten results (connmon_store_dropped_results_total)")
+                                 "unwritten results (connmon_store_results_dropped_total)")
 
     def _connected(self) -> HistoryStore | None:
         if self._store is None:

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import sqlite3
 import subprocess
 import time
@@ -566,3 +567,39 @@ def test_pruning_runs_while_cycles_keep_arriving(tmp_path: Path, monkeypatch: py
         sink.close()
     assert busy["old_left"] == 0, busy  # pruned while the producer never let the queue run dry
     assert busy["pruned"] >= 40
+
+
+def test_the_metrics_the_history_log_names_are_exported() -> None:
+    """A log message that points ops at a metric names one that /metrics has (and the README documents)."""
+    from tests.test_readme import documented_metrics
+
+    source = Path(history_module.__file__).read_text(encoding="utf-8")
+    named = set(re.findall(r"connmon_[a-z_]+", source))
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert named and named <= documented_metrics(readme), named - documented_metrics(readme)
+
+
+def test_store_failures_are_logged_again_once_the_minute_has_passed(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the log interval a failing store is said once however often it fails; once the interval
+    has passed (the constant set to 0 here, instead of waiting a minute) it is said again."""
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 1e9)
+    caplog.set_level(logging.ERROR, logger="monitor.history")
+
+    def broken() -> SqliteStore:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def said() -> int:
+        return sum("open failed" in r.getMessage() for r in caplog.records)
+
+    sink = HistorySink(broken, KEEP_ALL)
+    try:
+        sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(target("a"), 1.0, 0.001),)))
+        wait_for(lambda: sink.stats.errors["open"] >= 5)
+        assert said() == 1
+        monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 0.0)  # the minute has passed
+        failures = sink.stats.errors["open"]
+        wait_for(lambda: said() >= 2 and sink.stats.errors["open"] > failures)
+    finally:
+        sink.close(timeout_seconds=0.5)
