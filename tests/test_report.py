@@ -385,3 +385,26 @@ def test_readme_rollout_samples_are_what_connmon_prints(tmp_path: Path) -> None:
     table = render(build_report(SqliteStore(database_path(tmp_path), read_only=True), NOV, configured=records),
                    "table")
     assert table[table.index("Roll-out: "):] == sample
+
+
+def readme_report_samples() -> dict[str, str]:
+    """The table, CSV and Markdown samples of the README's "History and reports" section, by format."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## History and reports\n", 1)[1].split("\n### Roll-out in the report\n", 1)[0]
+    out = {}
+    for fmt, fence in (("table", "text"), ("csv", "text"), ("markdown", "markdown")):
+        after = section.split(f"`--format {fmt}`", 1)[1]
+        out[fmt] = after.split(f"```{fence}\n", 1)[1].split("```", 1)[0]
+    return out
+
+
+def test_readme_report_samples_are_what_connmon_prints(state: Path) -> None:
+    """The README's table, CSV and Markdown samples are this recorded history's report, up to the KPI section
+    (left out of the samples, as the README says)."""
+    report = build_report(SqliteStore(database_path(state), read_only=True), OCT)
+    samples = readme_report_samples()
+    table = render(report, "table")
+    assert samples["table"] == table[:table.index("\nKPIs for the ministry")]
+    assert samples["csv"] == render(report, "csv").split("\n\n", 1)[0] + "\n"
+    markdown = render(report, "markdown")
+    assert samples["markdown"] == markdown[:markdown.index("## KPIs for the ministry")].rstrip("\n") + "\n"
