@@ -22,7 +22,7 @@ from monitor.sqlite_store import SqliteStore, database_path
 from tests.conftest import need
 from tests.netlab import _child_env
 from tests.test_history import icmp, target, test_
-from tests.test_report import OCT, START, record
+from tests.test_report import DISTRICT_SENTENCES, OCT, START, record
 
 HOSTILE = "</script><script>document.body.setAttribute('data-pwned','1')</script><b>x</b>"
 
@@ -79,6 +79,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     assert chart["data-target-lines"] == [4] and chart["data-target-labels"] == ["target 4 Mbit/s"]
     assert "data-pwned" not in attributes  # the hostile name did not run
     assert "2 of 5 schools met 4 Mbit/s in every test; 2 never did; 1 did in some tests." in dom
+    assert DISTRICT_SENTENCES["school", "Aktobe"] in dom  # the districts' sentences under their kind's
     sites = dom[dom.index('id="sites"'):]
     sites = sites[:sites.index("</table>")]
     assert sites.count("<tr") == 1 + 6  # header + every site
