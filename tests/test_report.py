@@ -463,3 +463,15 @@ def test_cli_district_narrows_the_report(state: Path) -> None:
     assert table.stdout.startswith("connmon report, 2026-10-01 to 2026-10-31 (UTC) — Khromtau\n")
     assert "Aktobe" not in table.stdout and "s1" not in table.stdout.split()
     assert "  " + DISTRICT_SENTENCES["school", "Khromtau"] in table.stdout
+
+
+def test_readme_html_excerpt_is_what_connmon_prints(state: Path) -> None:
+    """Each piece of the README's HTML excerpt (pieces split by a line "…") is in this history's HTML report."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## History and reports\n", 1)[1].split("\n### Roll-out in the report\n", 1)[0]
+    excerpt = section.split("```html\n", 1)[1].split("```", 1)[0]
+    page = render(build_report(SqliteStore(database_path(state), read_only=True), OCT), "html")
+    pieces = excerpt.rstrip("\n").split("\n…\n")
+    assert len(pieces) == 3
+    for piece in pieces:
+        assert piece in page, piece
