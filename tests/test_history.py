@@ -603,3 +603,31 @@ def test_store_failures_are_logged_again_once_the_minute_has_passed(
         wait_for(lambda: said() >= 2 and sink.stats.errors["open"] > failures)
     finally:
         sink.close(timeout_seconds=0.5)
+
+
+def test_overdue_tests_read_back_from_the_history_are_spread_over_every(tmp_path: Path) -> None:
+    """The restart path short of the daemon's loop: 200 sites last tested a day ago in a real history file,
+    restored by the sink and handed to the plan as the daemon does (``plan.restore(last_tried, ...)``): their
+    tests are spread over `every`, not all due at once."""
+    from monitor.throughput_plan import ThroughputPlan
+
+    now = 1_795_000_000.0
+    sites = [dataclasses.replace(target(f"s{i:03d}"), throughput=ThroughputSettings(method="iperf3",
+                                                                                  every_seconds=6 * 3600))
+             for i in range(200)]
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [test_(t, now - 86400, 5e6) for t in sites])
+    store.close()
+    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention(), clock=lambda: now)
+    try:
+        restored = sink.restore(sites)
+    finally:
+        sink.close()
+    assert restored.last_tried == {t.name: now - 86400 for t in sites}
+    plan = ThroughputPlan()
+    plan.set_targets(sites, now)
+    plan.restore(restored.last_tried, restored.used_bytes, now, restored.last_test_bytes)
+    due = sorted(s.next_due - now for s in plan.sites.values())
+    assert due[0] >= 0 and due[-1] < 6 * 3600
+    assert len(plan.due(now + 60, 1000)) < 10  # a handful in the first minute, not 200
+    assert len({round(d) for d in due}) > 150  # spread, not piled on a few instants
