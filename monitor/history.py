@@ -363,7 +363,7 @@ class HistorySink:
                 time.sleep(0.1)
 
     def _step(self) -> bool:
-        """One round of the writer: take what is queued, write it (or prune); True when stopping."""
+        """One round of the writer: take what is queued, write it, prune a slice if one is due; True when stopping."""
         try:
             item = self._queue.get(timeout=RETRY_SECONDS if self._backlog or self._unwritten or self._restore
                                    else self._until_prune())
@@ -383,9 +383,10 @@ class HistorySink:
                 self._take(more)
         if self._restore is not None and not stop and not self._restore_step():
             return False  # the store is away: nothing can be written either; retry in RETRY_SECONDS
-        if self._backlog or self._unwritten:
-            self._write()
-        elif not stop and self._clock() >= self._next_prune:
+        written = self._write() if self._backlog or self._unwritten else True
+        # a slice after a write too: cycles that arrive steadily (the queue never runs dry) must not starve
+        # pruning; a failing store is left alone (the write's retry comes first)
+        if written and not stop and self._clock() >= self._next_prune:
             self._prune_slice()
         if not stop:
             return False
@@ -429,7 +430,7 @@ class HistorySink:
             with self._lock:
                 self.stats.pending -= overflow
             self._say("dropped", f"history: the store has failed for long; dropped the {overflow} oldest "
-                                 "unwritten results (connmon_store_dropped_results_total)")
+                                 "unwritten results (connmon_store_results_dropped_total)")
 
     def _connected(self) -> HistoryStore | None:
         if self._store is None:

@@ -23,7 +23,17 @@ from tabulate import tabulate
 
 from monitor import __version__
 from monitor.kpis import KpiFigures, KpiReport
-from monitor.report import VERDICT_WORDS, Report, ReportFormat, Rollout, RolloutCounts, SiteRow, format_mbps
+from monitor.report import (
+    VERDICT_WORDS,
+    GroupSummary,
+    Report,
+    ReportFormat,
+    Rollout,
+    RolloutCounts,
+    SiteRow,
+    format_mbps,
+    plural,
+)
 
 HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
            "loss %", "tests", "failed tests", "download median Mbit/s", "download min Mbit/s", "met %", "verdict")
@@ -79,9 +89,15 @@ _DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some 
 _DISTRICT_ALIGN = ("left",) * 2 + ("right",) * (len(_DISTRICT_HEADERS) - 2)
 
 
+def summaries(report: Report) -> list[tuple[GroupSummary, list[GroupSummary]]]:
+    """Each kind's summary with its districts' summaries, for the sentences on top of every report."""
+    return [(kind, [d for d in report.by_district if d.kind == kind.kind]) for kind in report.by_kind]
+
+
 def render_table(report: Report) -> str:
     lines = [_title(report), ""]
-    lines += [s.sentence() for s in report.by_kind]
+    for kind, districts in summaries(report):  # each kind, then its districts indented under it
+        lines += [kind.sentence(), *(f"  {d.sentence()}" for d in districts)]
     lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True,
                         colalign=_DISTRICT_ALIGN), ""]
     power = report.power_gaps
@@ -137,7 +153,8 @@ def _md_escape(text: str) -> str:
 
 def render_markdown(report: Report) -> str:
     lines = [f"# {_md_escape(_title(report))}", "", "## Summary", ""]
-    lines += [f"- {_md_escape(s.sentence())}" for s in report.by_kind]
+    for kind, districts in summaries(report):
+        lines += [f"- {_md_escape(kind.sentence())}", *(f"  - {_md_escape(d.sentence())}" for d in districts)]
     lines += ["", "## By district", "",
               tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
                        tablefmt="github", disable_numparse=True, colalign=_DISTRICT_ALIGN),
@@ -159,7 +176,12 @@ def render_markdown(report: Report) -> str:
 
 
 def chart_data(report: Report) -> dict[str, object]:
-    """Per district: the median and the lowest of its sites' median downloads, and the target line."""
+    """Per district: the median and the lowest of its sites' median downloads; a line per distinct target.
+
+    Sites of different targets (4 Mbit/s schools, 2 Mbit/s clinics) share a district's bars, so one
+    line at the most common target would misjudge the others: every target of the sites in the
+    bars gets its own line, labelled with how many sites of which kind have it.
+    """
     districts = sorted({r.district for r in report.sites})
     medians, lowest = [], []
     for district in districts:
@@ -167,12 +189,19 @@ def chart_data(report: Report) -> dict[str, object]:
                  if r.district == district and r.download_median_bits_per_second is not None]
         medians.append(round(statistics.median(rates), 3) if rates else None)
         lowest.append(round(min(rates), 3) if rates else None)
-    targets = [r.target_bits_per_second for r in report.sites]
-    target = statistics.mode(targets) if targets else None
-    label = "" if target is None else (f"target ({format_mbps(target)} Mbit/s"
-                                       + (", most sites'" if len(set(targets)) > 1 else "") + ")")
-    return {"districts": districts, "median": medians, "lowest": lowest,
-            "target": None if target is None else target / 1e6, "target_label": label}
+    # the targets of the sites in the bars; with no download at all, those of every site (an empty chart)
+    charted = [r for r in report.sites if r.download_median_bits_per_second is not None] or list(report.sites)
+    targets = sorted({r.target_bits_per_second for r in charted})
+    lines = []
+    for target in targets:
+        label = f"target {format_mbps(target)} Mbit/s"
+        if len(targets) > 1:
+            kinds = sorted({r.kind for r in charted if r.target_bits_per_second == target})
+            label += " (" + ", ".join(
+                f"{n} {plural(k, n)}" for k in kinds
+                for n in [sum(1 for r in charted if r.kind == k and r.target_bits_per_second == target)]) + ")"
+        lines.append({"mbps": target / 1e6, "label": label})
+    return {"districts": districts, "median": medians, "lowest": lowest, "targets": lines}
 
 
 def _asset(name: str) -> str:
@@ -188,7 +217,7 @@ def render_html(report: Report) -> str:
         title=_title(report), report=report, headers=_headers(report),
         rows=[(_row(r, report.power_gaps), r) for r in report.sites],
         district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
-        summaries=report.by_kind, verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
+        summaries=summaries(report), verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
         generated=generated,
         kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=KPI_HEADERS,
         kpi_rows=[] if report.kpis is None else _kpi_rows(report.kpis),

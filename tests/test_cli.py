@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from monitor import __version__
 from tests.conftest import write_config
 from tests.netlab import Lab, _child_env
@@ -77,3 +79,16 @@ def test_version_and_console_script() -> None:
     script = Path(sys.executable).parent / "connmon"
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
     assert proc.stdout.strip() == f"connmon {__version__}"
+
+
+def test_state_dir_defaults_to_state_without_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain `connmon run` / `connmon report` keeps its history in ./state; CONNMON_STATE_DIR overrides that."""
+    from monitor.cli import _parser
+
+    monkeypatch.delenv("CONNMON_STATE_DIR", raising=False)
+    report_args = ["report", "--from", "2026-10-01", "--to", "2026-10-31"]
+    assert _parser().parse_args(["run", "--config", "c.yaml"]).state_dir == "state"
+    assert _parser().parse_args(report_args).state_dir == "state"
+    monkeypatch.setenv("CONNMON_STATE_DIR", "/srv/connmon")
+    assert _parser().parse_args(["run", "--config", "c.yaml"]).state_dir == "/srv/connmon"
+    assert _parser().parse_args(report_args).state_dir == "/srv/connmon"

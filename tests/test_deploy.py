@@ -239,3 +239,15 @@ def test_readme_unit_excerpts_are_from_the_shipped_units() -> None:
                 assert line in unit_lines, f"{named.group(1)}: {line!r}"
         shown[named.group(1)] += 1
     assert all(shown.values()), shown
+
+
+def test_the_image_keeps_its_history_in_var_lib_connmon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENV CONNMON_STATE_DIR and the CMD both give /var/lib/connmon (the VOLUME): the daemon writes there, and a
+    `docker exec … connmon report` without --state-dir reads the same history."""
+    env = dict(arg.split("=", 1) for args in instructions("ENV") for arg in shlex.split(args))
+    assert env["CONNMON_STATE_DIR"] == "/var/lib/connmon"
+    monkeypatch.setenv("CONNMON_STATE_DIR", env["CONNMON_STATE_DIR"])
+    run = _parser().parse_args(exec_form(instructions("CMD")[0]))
+    assert run.state_dir == "/var/lib/connmon" and not run.no_history
+    report = _parser().parse_args(["report", "--from", "2026-10-01", "--to", "2026-10-31"])
+    assert report.state_dir == "/var/lib/connmon"

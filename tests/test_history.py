@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import sqlite3
 import subprocess
 import time
@@ -46,6 +47,9 @@ def test_(t: Target, at: float, down: float | None, *, moved: int = 1_000_000,
 
 
 test_.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+# The sinks below write cycles at small Unix times (1970) and prune as they go: a retention that keeps them.
+KEEP_ALL = Retention(icmp_seconds=1e11, throughput_seconds=1e11)
 
 
 def wait_for(check: object, timeout: float = 10.0) -> None:
@@ -143,7 +147,7 @@ def test_month_start_is_in_the_sites_time_zone() -> None:
 
 def test_the_sink_writes_each_cycle_off_the_calling_thread(tmp_path: Path) -> None:
     """consume() only queues; the writer thread stores every result; close() writes the rest."""
-    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL)
     a, b = target("a"), target("b")
     sink.set_targets([a, b])
     for i in range(50):
@@ -158,7 +162,7 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     """set_targets alone writes each site's record (issue 11): a planned site is in the history at once,
     a reload that connects it updates its record, and the store is not rewritten when nothing changed."""
     path = database_path(tmp_path)
-    sink = HistorySink(lambda: SqliteStore(path), Retention())
+    sink = HistorySink(lambda: SqliteStore(path), KEEP_ALL)
     planned = dataclasses.replace(target("soon", kind="clinic"), host="", address=None, status="planned",
                                   planned_date=dt.date(2026, 12, 1), provider="KazSat", contracted_bits_per_second=8e6)
     sink.set_targets([target("a"), planned])
@@ -240,7 +244,7 @@ def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
     caplog.set_level(logging.ERROR, logger="monitor.history")
     with mounted("tmpfs", tmp_path / "state", "size=96k") as state:
-        sink = HistorySink(lambda: SqliteStore(database_path(state)), Retention())
+        sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
         a = target("a")
         rtts = tuple(0.001 * k for k in range(50))
         sent = 0
@@ -278,7 +282,7 @@ def test_a_read_only_state_dir_is_counted_and_recovers(tmp_path: Path, monkeypat
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
     with mounted("bind", tmp_path / "state", "") as state:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
-        sink = HistorySink(lambda: SqliteStore(database_path(state)), Retention())
+        sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
         a = target("a")
         try:
             for i in range(1, 11):
@@ -328,7 +332,7 @@ def test_close_with_a_failing_store_counts_and_says_what_was_lost(
     def broken() -> SqliteStore:
         raise sqlite3.OperationalError("disk I/O error")
 
-    sink = HistorySink(broken, Retention())
+    sink = HistorySink(broken, KEEP_ALL)
     a = target("a")
     for i in range(5):
         sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
@@ -349,7 +353,7 @@ def test_a_long_backlog_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest
             writes.append(len(results))
             super().write(endpoints, results, gaps)
 
-    sink = HistorySink(lambda: Counting(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: Counting(database_path(tmp_path)), KEEP_ALL)
     sites = [target(f"s{i}") for i in range(30)]
     sink.consume(Cycle("icmp", "g", 1.0, 0.1, tuple(icmp(s, 1.0, 0.001) for s in sites)))
     sink.close()
@@ -406,7 +410,7 @@ def test_restore_later_gives_up_on_a_store_that_opens_but_fails(
 
     delivered: list[object] = []
     a = target("a")
-    sink = HistorySink(lambda: Broken(database_path(tmp_path)), Retention())
+    sink = HistorySink(lambda: Broken(database_path(tmp_path)), KEEP_ALL)
     try:
         sink.restore_later([a], delivered.append)
         sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(a, 1.0, 0.01),)))
@@ -440,3 +444,233 @@ def test_connections_opening_a_new_history_at_once_all_open(tmp_path: Path) -> N
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_consume_returns_while_a_write_is_blocked_and_the_write_runs_in_the_writer_thread(tmp_path: Path) -> None:
+    """The event loop never waits on the disk: with the store's write stuck (a hung disk), 100 more cycles
+    are taken at once; the write runs in a thread other than the caller's, and everything lands once it
+    is released."""
+    import threading
+
+    caller = threading.get_ident()
+    entered, release = threading.Event(), threading.Event()
+    writers: list[int] = []
+
+    class Blocking(SqliteStore):
+        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                  gaps: Sequence[Gap] = ()) -> None:
+            writers.append(threading.get_ident())
+            if threading.get_ident() != caller:  # written on the caller's thread, it would wait for ever
+                entered.set()
+                release.wait(60)
+            super().write(endpoints, results, gaps)
+
+    sink = HistorySink(lambda: Blocking(database_path(tmp_path)), KEEP_ALL)
+    a = target("a")
+    try:
+        sink.consume(Cycle("icmp", "g", 0.0, 0.1, (icmp(a, 0.0, 0.001),)))
+        assert entered.wait(10), "the writer never started the write"
+        for i in range(1, 101):
+            sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
+        assert not release.is_set()  # every call returned while the write was still blocked
+        assert sink.stats.written == 0 and sink.stats.pending == 101
+    finally:
+        release.set()
+        sink.close()
+    assert writers and caller not in writers
+    assert sink.stats.written == 101 and sink.stats.pending == 0
+
+
+def journal_mode(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_a_new_history_file_is_in_wal_mode(tmp_path: Path) -> None:
+    """WAL is a property of the file: any later connection (a report beside the daemon) finds it."""
+    path = database_path(tmp_path)
+    SqliteStore(path).close()
+    assert journal_mode(path) == "wal"
+
+
+def test_retention_defaults_are_35_and_400_days() -> None:
+    assert Retention() == Retention(icmp_seconds=35 * 86400.0, throughput_seconds=400 * 86400.0)
+
+
+def test_the_sink_prunes_old_rows_in_slices_by_its_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a fake clock and a short retention, rows older than it go in slices of PRUNE_SLICE_ROWS (counted
+    in stats.pruned), young ones stay."""
+    monkeypatch.setattr(history_module, "PRUNE_SLICE_ROWS", 7)
+    path = database_path(tmp_path)
+    a, b = target("a"), target("b")
+    now = 1_000_000.0
+    store = SqliteStore(path)
+    store.write([], [icmp(s, now - 7200 + t, 0.001) for s in (a, b) for t in range(20)]  # 40 old cycles
+                + [icmp(s, now - 60 + t, 0.001) for s in (a, b) for t in range(5)]  # 10 young ones
+                + [test_(a, now - 5 * 86400, 5e6), test_(a, now - 86400, 5e6)])  # one old test
+    slices: list[int] = []
+    clock = [now]
+
+    class Counting(SqliteStore):
+        def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+            assert (icmp_before, throughput_before, limit) == (clock[0] - 3600, clock[0] - 2 * 86400, 7)
+            gone = super().prune(icmp_before, throughput_before, limit)
+            slices.append(gone)
+            clock[0] += 1.0  # time passes between slices (the writer waits 0.2 s of it before the next)
+            return gone
+
+    sink = HistorySink(lambda: Counting(path), Retention(icmp_seconds=3600, throughput_seconds=2 * 86400),
+                       clock=lambda: clock[0])
+    try:
+        wait_for(lambda: sink.stats.pruned >= 41)
+    finally:
+        sink.close()
+    assert sink.stats.pruned == 41 and max(slices) <= 7 and len([n for n in slices if n]) == 6  # 7·5 + 6
+    assert len(list(store.icmp_cycles("a", 0, 1e12))) == 5 and len(list(store.icmp_cycles("b", 0, 1e12))) == 5
+    assert [t.started_at for t in store.throughput_tests("a", 0, 1e12)] == [now - 86400]
+    store.close()
+
+
+def test_history_retention_in_the_config_is_read_in_seconds() -> None:
+    """``history: {retention: {icmp: 7d, throughput: 60d}}`` gives those seconds; left out, the defaults; the
+    README's sample is the defaults."""
+    from monitor.config import parse_config
+
+    groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
+    both = parse_config("history: {retention: {icmp: 7d, throughput: 60d}}\n" + groups, "c.yaml")
+    assert both.retention == Retention(icmp_seconds=7 * 86400.0, throughput_seconds=60 * 86400.0)
+    one = parse_config("history:\n  retention:\n    icmp: 36h\n" + groups, "c.yaml")
+    assert one.retention == Retention(icmp_seconds=36 * 3600.0)
+    assert parse_config(groups, "c.yaml").retention == Retention()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    sample = readme.split("**Retention is pruned in slices**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert parse_config(sample + groups, "README.md").retention == Retention()
+
+
+def test_retention_limits_are_the_ones_the_readme_gives() -> None:
+    """README: ``icmp`` 1h to 3650d, ``throughput`` 32d to 3650d; outside is an error naming file, line and key."""
+    from monitor.config import parse_config
+    from monitor.errors import ConfigError
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "accepts `icmp` from 1h to 3650d and `throughput` from\n32d to 3650d" in readme
+    groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
+
+    def retention(icmp: str, throughput: str) -> Retention:
+        return parse_config(f"history: {{retention: {{icmp: {icmp}, throughput: {throughput}}}}}\n" + groups,
+                            "c.yaml").retention
+
+    assert retention("1h", "32d") == Retention(3600.0, 32 * 86400.0)
+    assert retention("3650d", "3650d") == Retention(3650 * 86400.0, 3650 * 86400.0)
+    for icmp_value, throughput_value, key in (("59m", "32d", "icmp"), ("3651d", "32d", "icmp"),
+                                              ("1h", "31d", "throughput"), ("1h", "3651d", "throughput")):
+        with pytest.raises(ConfigError, match=rf"c\.yaml:1:\d+: history\.retention\.{key}: must be between"):
+            retention(icmp_value, throughput_value)
+
+
+def test_pruning_runs_while_cycles_keep_arriving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady producer must not starve pruning: each write is followed by a cycle already queued (the next
+    one arrives while the last is written), yet the rows that fall out of retention go, in slices, before
+    the producer lets up. The fake clock moves a minute per cycle."""
+    import threading
+
+    monkeypatch.setattr(history_module, "PRUNE_SLICE_ROWS", 7)
+    path = database_path(tmp_path)
+    now = 1_000_000.0
+    old, a = target("old"), target("a")
+    store = SqliteStore(path)
+    store.write([], [icmp(old, now - 3000 + t, 0.001) for t in range(40)])  # out of retention after ~10 cycles
+    store.close()
+    clock = [now]
+    cycles = 120
+    busy: dict[str, int] = {}
+    done = threading.Event()
+
+    class Producing(SqliteStore):
+        writes = 0
+
+        def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                  gaps: Sequence[Gap] = ()) -> None:
+            super().write(endpoints, results, gaps)
+            Producing.writes += 1
+            if Producing.writes < cycles:  # the next cycle is queued before this write returns
+                clock[0] += 60.0
+                sink.consume(Cycle("icmp", "g", clock[0], 0.1, (icmp(a, clock[0], 0.001),)))
+            elif not done.is_set():
+                busy["pruned"] = sink.stats.pruned
+                busy["old_left"] = len(list(self.icmp_cycles("old", 0, 1e12)))
+                done.set()
+
+    sink = HistorySink(lambda: Producing(path), Retention(icmp_seconds=3600, throughput_seconds=40 * 86400),
+                       clock=lambda: clock[0])
+    try:
+        sink.consume(Cycle("icmp", "g", now, 0.1, (icmp(a, now, 0.001),)))
+        assert done.wait(30), "the producer did not finish"
+    finally:
+        sink.close()
+    assert busy["old_left"] == 0, busy  # pruned while the producer never let the queue run dry
+    assert busy["pruned"] >= 40
+
+
+def test_the_metrics_the_history_log_names_are_exported() -> None:
+    """A log message that points ops at a metric names one that /metrics has (and the README documents)."""
+    from tests.test_readme import documented_metrics
+
+    source = Path(history_module.__file__).read_text(encoding="utf-8")
+    named = set(re.findall(r"connmon_[a-z_]+", source))
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert named and named <= documented_metrics(readme), named - documented_metrics(readme)
+
+
+def test_store_failures_are_logged_again_once_the_minute_has_passed(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the log interval a failing store is said once however often it fails; once the interval
+    has passed (the constant set to 0 here, instead of waiting a minute) it is said again."""
+    monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 1e9)
+    caplog.set_level(logging.ERROR, logger="monitor.history")
+
+    def broken() -> SqliteStore:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def said() -> int:
+        return sum("open failed" in r.getMessage() for r in caplog.records)
+
+    sink = HistorySink(broken, KEEP_ALL)
+    try:
+        sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(target("a"), 1.0, 0.001),)))
+        wait_for(lambda: sink.stats.errors["open"] >= 5)
+        assert said() == 1
+        monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 0.0)  # the minute has passed
+        failures = sink.stats.errors["open"]
+        wait_for(lambda: said() >= 2 and sink.stats.errors["open"] > failures)
+    finally:
+        sink.close(timeout_seconds=0.5)
+
+
+def test_overdue_tests_read_back_from_the_history_are_spread_over_every(tmp_path: Path) -> None:
+    """The restart path short of the daemon's loop: 200 sites last tested a day ago in a real history file,
+    restored by the sink and handed to the plan as the daemon does (``plan.restore(last_tried, ...)``): their
+    tests are spread over `every`, not all due at once."""
+    from monitor.throughput_plan import ThroughputPlan
+
+    now = 1_795_000_000.0
+    sites = [dataclasses.replace(target(f"s{i:03d}"), throughput=ThroughputSettings(method="iperf3",
+                                                                                  every_seconds=6 * 3600))
+             for i in range(200)]
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [test_(t, now - 86400, 5e6) for t in sites])
+    store.close()
+    sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention(), clock=lambda: now)
+    try:
+        restored = sink.restore(sites)
+    finally:
+        sink.close()
+    assert restored.last_tried == {t.name: now - 86400 for t in sites}
+    plan = ThroughputPlan()
+    plan.set_targets(sites, now)
+    plan.restore(restored.last_tried, restored.used_bytes, now, restored.last_test_bytes)
+    due = sorted(s.next_due - now for s in plan.sites.values())
+    assert due[0] >= 0 and due[-1] < 6 * 3600
+    assert len(plan.due(now + 60, 1000)) < 10  # a handful in the first minute, not 200
+    assert len({round(d) for d in due}) > 150  # spread, not piled on a few instants

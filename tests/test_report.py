@@ -385,3 +385,93 @@ def test_readme_rollout_samples_are_what_connmon_prints(tmp_path: Path) -> None:
     table = render(build_report(SqliteStore(database_path(tmp_path), read_only=True), NOV, configured=records),
                    "table")
     assert table[table.index("Roll-out: "):] == sample
+
+
+def readme_report_samples() -> dict[str, str]:
+    """The table, CSV and Markdown samples of the README's "History and reports" section, by format."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## History and reports\n", 1)[1].split("\n### Roll-out in the report\n", 1)[0]
+    out = {}
+    for fmt, fence in (("table", "text"), ("csv", "text"), ("markdown", "markdown")):
+        after = section.split(f"`--format {fmt}`", 1)[1]
+        out[fmt] = after.split(f"```{fence}\n", 1)[1].split("```", 1)[0]
+    return out
+
+
+def test_readme_report_samples_are_what_connmon_prints(state: Path) -> None:
+    """The README's table, CSV and Markdown samples are this recorded history's report, up to the KPI section
+    (left out of the samples, as the README says)."""
+    report = build_report(SqliteStore(database_path(state), read_only=True), OCT)
+    samples = readme_report_samples()
+    table = render(report, "table")
+    assert samples["table"] == table[:table.index("\nKPIs for the ministry")]
+    assert samples["csv"] == render(report, "csv").split("\n\n", 1)[0] + "\n"
+    markdown = render(report, "markdown")
+    assert samples["markdown"] == markdown[:markdown.index("## KPIs for the ministry")].rstrip("\n") + "\n"
+
+
+DISTRICT_SENTENCES = {
+    ("clinic", "Khromtau"): "0 of 1 clinic in Khromtau met 2 Mbit/s in every test; 0 never did; 1 was not tested. "
+                            "Up 100.00% of cycles.",
+    ("school", "Aktobe"): "1 of 2 schools in Aktobe met 4 Mbit/s in every test; 0 never did; 1 did in some tests. "
+                          "Up 85.71% of cycles.",  # s1 10 of 10 cycles, s2 2 of 4
+    ("school", "Khromtau"): "0 of 1 school in Khromtau met 4 Mbit/s in every test; 1 never did.",  # s3: no cycle
+}
+
+
+def test_summary_per_district_in_every_format_under_its_kind(state: Path) -> None:
+    """Each kind's sentence is followed by one per district of that kind, in the table, Markdown and HTML."""
+    report = build_report(SqliteStore(database_path(state), read_only=True), OCT)
+    assert {(s.kind, s.district): s.sentence() for s in report.by_district} == DISTRICT_SENTENCES
+    kinds = {s.kind: s.sentence() for s in report.by_kind}
+    order = [kinds["clinic"], DISTRICT_SENTENCES["clinic", "Khromtau"], kinds["school"],
+             DISTRICT_SENTENCES["school", "Aktobe"], DISTRICT_SENTENCES["school", "Khromtau"]]
+    table = render(report, "table").splitlines()
+    assert table[2:7] == [order[0], "  " + order[1], order[2], "  " + order[3], "  " + order[4]]
+    markdown = render(report, "markdown").splitlines()
+    start = markdown.index("## Summary") + 2
+    assert markdown[start:start + 5] == ["- " + order[0], "  - " + order[1], "- " + order[2], "  - " + order[3],
+                                         "  - " + order[4]]
+    page = render(report, "html")
+    summary = page[page.index('<ul class="summary"'):page.index("<h2>Download per district")]
+    assert [summary.index(s) for s in order] == sorted(summary.index(s) for s in order)
+    assert summary.count('data-district="') == 3
+    assert f'<li data-kind="school" data-district="Khromtau">{order[4]}</li>' in summary
+
+
+def test_a_kind_with_several_targets_is_measured_against_their_target(tmp_path: Path) -> None:
+    """Schools of 4 and 20 Mbit/s: the sentence cannot name one figure, so it says "their target"."""
+    fast = target("fast", mbps=20)
+    slow = target("slow")
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [test_(fast, START + HOUR, 25e6), test_(slow, START + HOUR, 3e6)])
+    store.close()
+    report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
+    assert [s.sentence() for s in report.by_kind] == ["1 of 2 schools met their target in every test; 1 never did."]
+    assert [s.sentence() for s in report.by_district] == [
+        "1 of 2 schools in Aktobe met their target in every test; 1 never did."]
+
+
+def test_cli_district_narrows_the_report(state: Path) -> None:
+    """--district through the command line: only that district's sites, summaries and districts."""
+    proc = connmon_report(state, "--district", "Khromtau", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    sites = proc.stdout.split("\n\n")[0].splitlines()
+    assert [line.split(",")[:3] for line in sites[1:]] == [["s3", "school", "Khromtau"], ["c1", "clinic", "Khromtau"]]
+    table = connmon_report(state, "--district", "Khromtau")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("connmon report, 2026-10-01 to 2026-10-31 (UTC) — Khromtau\n")
+    assert "Aktobe" not in table.stdout and "s1" not in table.stdout.split()
+    assert "  " + DISTRICT_SENTENCES["school", "Khromtau"] in table.stdout
+
+
+def test_readme_html_excerpt_is_what_connmon_prints(state: Path) -> None:
+    """Each piece of the README's HTML excerpt (pieces split by a line "…") is in this history's HTML report."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## History and reports\n", 1)[1].split("\n### Roll-out in the report\n", 1)[0]
+    excerpt = section.split("```html\n", 1)[1].split("```", 1)[0]
+    page = render(build_report(SqliteStore(database_path(state), read_only=True), OCT), "html")
+    pieces = excerpt.rstrip("\n").split("\n…\n")
+    assert len(pieces) == 3
+    for piece in pieces:
+        assert piece in page, piece

@@ -7,6 +7,8 @@ made sortable, and hostile site names shown as text, never run as markup.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -14,11 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from monitor.report import build_report
+from monitor.report_render import render
 from monitor.sqlite_store import SqliteStore, database_path
 from tests.conftest import need
 from tests.netlab import _child_env
 from tests.test_history import icmp, target, test_
-from tests.test_report import START, record
+from tests.test_report import DISTRICT_SENTENCES, OCT, START, record
 
 HOSTILE = "</script><script>document.body.setAttribute('data-pwned','1')</script><b>x</b>"
 
@@ -36,6 +40,14 @@ def chromium_dom(page: Path) -> str:
              "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
+def canvas_attributes(dom: str) -> dict[str, object]:
+    """The chart's data-* attributes (JSON values) that the page's script set after Chart.js drew it."""
+    canvas = re.search(r'<canvas id="download-chart"([^>]*)>', dom)
+    assert canvas is not None
+    return {name: json.loads(html.unescape(value)) for name, value in re.findall(r'(data-[a-z-]+)="([^"]*)"',
+                                                                                   canvas.group(1))}
 
 
 def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
@@ -59,8 +71,15 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     attributes = body.group(1)
     assert 'data-ready="1"' in attributes  # every script ran to the end
     assert 'data-chart-bars="4"' in attributes  # Aktobe, Khromtau, Mugalzhar, Шалқар
+    # the bars and the target line as Chart.js drew them (read back from the scale): per district the median
+    # and the lowest of the sites' median downloads (Aktobe: s1 6, s2 4; Khromtau: s3 1.5; Mugalzhar: s5 2;
+    # Шалқар: 9), one dashed line at the schools' 4 Mbit/s (clinic c1 measured no download: no line of its own)
+    chart = canvas_attributes(dom)
+    assert chart["data-median-bars"] == [5, 1.5, 2, 9] and chart["data-lowest-bars"] == [4, 1.5, 2, 9]
+    assert chart["data-target-lines"] == [4] and chart["data-target-labels"] == ["target 4 Mbit/s"]
     assert "data-pwned" not in attributes  # the hostile name did not run
     assert "2 of 5 schools met 4 Mbit/s in every test; 2 never did; 1 did in some tests." in dom
+    assert DISTRICT_SENTENCES["school", "Aktobe"] in dom  # the districts' sentences under their kind's
     sites = dom[dom.index('id="sites"'):]
     sites = sites[:sites.index("</table>")]
     assert sites.count("<tr") == 1 + 6  # header + every site
@@ -74,3 +93,22 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     kpis = kpis[:kpis.index("</table>")]
     assert kpis.count("<tr") == 1 + 1 + 2 + 5  # header, all sites, 2 kinds, 5 kind·district pairs
     assert re.search(r'<td class="text">all sites</td>\s*<td>6</td>', kpis)
+
+
+def test_a_district_of_mixed_targets_gets_a_line_per_target(tmp_path: Path) -> None:
+    """A 2 Mbit/s clinic beside 4 Mbit/s schools: the chart draws both targets, each labelled with its sites,
+    instead of judging the clinic by the schools' line."""
+    record(tmp_path)
+    clinic = target("c2", kind="clinic", district="Khromtau", mbps=2)
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [icmp(clinic, START + 60, 0.004), test_(clinic, START + 120, 2.5e6)])
+    store.close()
+    report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
+    page = tmp_path / "mixed.html"
+    page.write_text(render(report, "html"), encoding="utf-8")
+    dom = chromium_dom(page)
+    assert 'data-ready="1"' in dom
+    chart = canvas_attributes(dom)
+    assert chart["data-target-lines"] == [2, 4]
+    assert chart["data-target-labels"] == ["target 2 Mbit/s (1 clinic)", "target 4 Mbit/s (3 schools)"]
+    assert chart["data-median-bars"] == [5, 2] and chart["data-lowest-bars"] == [4, 1.5]  # Khromtau: s3 1.5, c2 2.5

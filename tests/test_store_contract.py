@@ -475,3 +475,19 @@ def test_gaps_are_pruned_with_the_long_retention_once_ended(open_store: Opener) 
     while store.prune(icmp_before=1e9, throughput_before=1e9, limit=10):
         pass
     assert store.gaps("A", 0, 1e9) == []
+
+
+def test_an_icmp_error_reason_is_read_back(open_store: Opener) -> None:
+    """A cycle that could not probe keeps its reason (the report and the restore read it as stored)."""
+    from monitor.results import IcmpResult
+
+    store = open_store()
+    a = target("A")
+    store.write([EndpointRecord.of(a)], [
+        IcmpResult(a, 100.0, a.address, 0, (None, None), ProbeErrorReason.NO_ROUTE, "ENETUNREACH"),
+        IcmpResult(a, 160.0, a.address, 2, (None, None), ProbeErrorReason.UNREACHABLE, "host unreachable"),
+        icmp(a, 220.0, 0.01)])
+    assert [(c.started_at, c.sent, c.error) for c in store.icmp_cycles("A", 0.0, 1000.0)] == [
+        (100.0, 0, "no_route"), (160.0, 2, "unreachable"), (220.0, 1, None)]
+    assert [ProbeErrorReason.stored(c.error) for c in open_store().icmp_cycles("A", 0.0, 1000.0)] == [
+        ProbeErrorReason.NO_ROUTE, ProbeErrorReason.UNREACHABLE, None]  # another connection reads the same
