@@ -9,6 +9,7 @@ routing tree; a real Alertmanager (Debian's ``prometheus-alertmanager``) on a lo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import need
 
@@ -52,8 +54,6 @@ def test_rule_unit_tests_pass() -> None:
 
 def test_every_alert_has_a_unit_test_and_the_labels_routing_needs() -> None:
     """Each alert appears in a rule unit test, has a severity, and names the site or the monitor."""
-    import yaml
-
     groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     alerts = [rule for group in groups for rule in group["rules"] if "alert" in rule]
     tested = "".join(path.read_text(encoding="utf-8") for path in RULE_TESTS)
@@ -101,20 +101,79 @@ def test_alertmanager_routes_by_kind_and_district(labels: list[str], receivers: 
     assert proc.stdout.strip() == receivers
 
 
-def test_readme_describes_every_alert() -> None:
-    """Each alert has a row in the README's Alerts table, with its `for:` and severity."""
-    import yaml
-
+def readme_alert_rows() -> dict[str, list[str]]:
+    """The README's Alerts table: alert name → its cells (alert, fires when, for, severity, check first)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[1].strip(" `"): line for line in section.splitlines() if line.startswith("| `Connmon")}
-    for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]:
-        for rule in group["rules"]:
-            if "alert" in rule:
-                row = rows[rule["alert"]]
-                cells = [c.strip() for c in row.split("|")]
-                assert cells[3].startswith(rule.get("for", "none")), rule["alert"]
-                assert cells[4] == rule["labels"]["severity"], rule["alert"]
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
+            if line.startswith("| `Connmon")]
+    named = {row[0].strip("`"): row for row in rows}
+    assert len(named) == len(rows), "an alert has two README rows"
+    return named
+
+
+def rule_file() -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """(alert name → rule, recording rule name → its rules) of config/connmon.rules.yml."""
+    rules = [rule for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"] for rule in group["rules"]]
+    alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
+    recorded: dict[str, list[dict[str, Any]]] = {}
+    for rule in rules:
+        if "record" in rule:
+            recorded.setdefault(rule["record"], []).append(rule)
+    return alerts, recorded
+
+
+README_METRIC = re.compile(r"(?<![\w:])(connmon[_:][\w:]+|process_\w+|scrape_\w+|up(?=\{))")
+
+
+def test_readme_describes_every_alert() -> None:
+    """The README's Alerts table lists exactly the rule file's alerts, each with its `for:` and severity."""
+    rows = readme_alert_rows()
+    alerts, _ = rule_file()
+    assert set(rows) == set(alerts)
+    for name, rule in alerts.items():
+        cells = rows[name]
+        assert cells[2].startswith(rule.get("for", "none")), name
+        assert cells[3] == rule["labels"]["severity"], name
+
+
+def test_readme_alert_conditions_name_what_the_rules_query() -> None:
+    """Every metric a README "fires when" cell names in backticks is in that alert's expression, or in
+    the expression of a recording rule the alert uses."""
+    rows = readme_alert_rows()
+    alerts, recorded = rule_file()
+    checked = 0
+    for name, rule in alerts.items():
+        exprs = [rule["expr"]] + [r["expr"] for rec, rs in recorded.items() if rec in rule["expr"] for r in rs]
+        names = {n for e in exprs for n in re.findall(r"[a-zA-Z_:][\w:]*", e)}
+        for span in re.findall(r"`([^`]+)`", rows[name][1]):
+            for metric in README_METRIC.findall(span):
+                assert metric in names, f"{name}: README names {metric}, the rule does not query it"
+                checked += 1
+    assert checked >= 5
+
+
+def test_readme_latency_allowances_are_the_recording_rules() -> None:
+    """The latency row's allowance per link type, and for any other link type, are the rule file's."""
+    cell = readme_alert_rows()["ConnmonSiteHighLatency"][1]
+    seconds = {"s": 1.0, "ms": 0.001}
+    other = re.search(r"any other link type (\d+(?:\.\d+)?) (ms|s)\b", cell)
+    assert other is not None, cell
+    listed = cell.split("allowance of the site's `link`:", 1)[1].split("any other link type", 1)[0]
+    in_readme = {link: round(float(value) * seconds[unit], 6)
+                 for link, value, unit in re.findall(r"(\w+) (\d+(?:\.\d+)?) (ms|s)\b", listed)}
+    in_readme["*"] = round(float(other.group(1)) * seconds[other.group(2)], 6)
+    alerts, recorded = rule_file()
+    in_rules = {}
+    for rule in recorded["connmon:link_rtt_alert_threshold_seconds"]:
+        value = re.fullmatch(r"vector\(([\d.]+)\)", rule["expr"].strip())
+        assert value is not None, rule
+        in_rules[rule["labels"]["link"]] = round(float(value.group(1)), 6)
+    default = re.search(r"unless on \(link\) connmon:link_rtt_alert_threshold_seconds\s*\)\s*>\s*([\d.]+)",
+                        alerts["ConnmonSiteHighLatency"]["expr"])
+    assert default is not None
+    in_rules["*"] = round(float(default.group(1)), 6)
+    assert in_readme == in_rules
 
 
 # ------------------------------------------------------------------------------ a real Alertmanager
