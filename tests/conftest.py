@@ -17,6 +17,9 @@ from tests.netlab import Lab, can_make_namespaces
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _lab_numbers = itertools.count(1)
+# Runs side by side (one per worktree) can put a short tag of their own into every namespace name.
+_LAB_TAG = os.environ.get("CONNMON_TEST_LAB_TAG", "")
+assert _LAB_TAG.isalnum() and len(_LAB_TAG) <= 4 or _LAB_TAG == "", "CONNMON_TEST_LAB_TAG: up to 4 letters or digits"
 
 
 def need(ok: bool, reason: str) -> None:
@@ -36,7 +39,7 @@ def lab() -> Iterator[Lab]:
     """A fresh prober namespace for the module; sites are added by the tests' own fixtures."""
     ok, reason = can_make_namespaces()
     need(ok, reason)
-    the_lab = Lab(tag=str(next(_lab_numbers))).open()
+    the_lab = Lab(tag=f"{_LAB_TAG}{next(_lab_numbers)}").open()
     try:
         yield the_lab
     finally:

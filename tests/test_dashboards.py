@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,13 +145,151 @@ def test_the_three_dashboards_and_their_variables() -> None:
     assert "heatmap" in {p["type"] for p in query_panels(by_uid["connmon-site-detail"])}
 
 
+SITE_LINK_VALUE = re.compile(r"var-endpoint=\$\{(__value\.raw|__data\.fields\.endpoint):percentencode\}(?:&|$)")
+
+
 def test_links_to_the_site_view_use_its_uid_and_variable() -> None:
-    """The worst-sites table and the map link to /d/connmon-site-detail with var-endpoint and the data source."""
+    """The worst-sites table and the map link to /d/connmon-site-detail with var-endpoint and the data source;
+    the site name is percent-encoded (``№12 мектеп``, or a name with ``&`` or ``#``, must reach the variable whole)."""
     overview = load(ROOT / "grafana" / "dashboards" / "region-overview.json")
     urls = re.findall(r'"url": "([^"]*)"', json.dumps(overview))
     site_links = [u for u in urls if u.startswith("/d/connmon-site-detail/")]
     assert len(site_links) >= 2
     assert all("var-endpoint=" in u and "${datasource:queryparam}" in u for u in site_links)
+    for url in site_links:
+        assert SITE_LINK_VALUE.search(url), url
+        assert url.count("var-endpoint=") == 1, url
+    geomap = next(p for p in query_panels(overview) if p["type"] == "geomap")
+    table = next(p for p in query_panels(overview) if p["title"] == "Worst sites")
+    assert "__data.fields.endpoint:percentencode" in json.dumps(geomap["fieldConfig"]["defaults"]["links"])
+    endpoint_column = next(o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "endpoint")
+    assert "__value.raw:percentencode" in json.dumps(endpoint_column["properties"])
+
+
+# (dashboard uid, panel title, panel type, metrics that must all be in the panel's expressions): every
+# panel issue 6 names. Deleting one, changing its kind, or dropping what it must show fails here.
+REQUIRED: list[tuple[str, str, str, tuple[str, ...]]] = [
+    # Region overview
+    ("connmon-region-overview", "Sites up, per kind", "stat", ("connmon_up",)),
+    ("connmon-region-overview", "Sites meeting their bandwidth target, per kind", "stat", ("connmon_target_met",)),
+    ("connmon-region-overview", "Sites by state", "geomap", ("connmon_up", "connmon_endpoint_info")),
+    ("connmon-region-overview", "Sites up and down, per district", "barchart", ("connmon_up",)),
+    ("connmon-region-overview", "Worst sites", "table",
+     ("connmon_up", "connmon_icmp_loss_ratio", "connmon_icmp_rtt_last_seconds", "connmon_throughput_bits_per_second",
+      "connmon_target_bits_per_second", "connmon_target_met")),
+    # Site detail
+    ("connmon-site-detail", "RTT distribution (smoke)", "heatmap", ("connmon_icmp_rtt_seconds_bucket",)),
+    ("connmon-site-detail", "Loss", "timeseries", ("connmon_icmp_loss_ratio",)),
+    ("connmon-site-detail", "Jitter", "timeseries", ("connmon_icmp_jitter_seconds",)),
+    ("connmon-site-detail", "Download and upload against target", "timeseries",
+     ("connmon_throughput_bits_per_second", "connmon_target_bits_per_second", "connmon_target_upload_bits_per_second")),
+    ("connmon-site-detail", "Last ICMP cycle", "stat", ("connmon_last_probe_timestamp_seconds",)),
+    ("connmon-site-detail", "Last measured throughput test", "stat",
+     ("connmon_throughput_last_test_timestamp_seconds",)),
+    ("connmon-site-detail", "Recent errors", "table", ("connmon_probe_errors_total",)),
+    # Monitor health
+    ("connmon-monitor-health", "Cycle duration (p99 and mean)", "timeseries",
+     ("connmon_cycle_duration_seconds_bucket", "connmon_cycle_duration_seconds_sum",
+      "connmon_cycle_duration_seconds_count")),
+    ("connmon-monitor-health", "Skipped cycles", "timeseries", ("connmon_cycles_skipped_total",)),
+    ("connmon-monitor-health", "Scrape", "stat", ("up",)),
+    ("connmon-monitor-health", "Config reload", "stat", ("connmon_config_last_reload_successful",)),
+    ("connmon-monitor-health", "Store errors", "timeseries", ("connmon_store_errors_total",)),
+]
+
+
+def uses_metric(expr: str, metric: str) -> bool:
+    """Whether ``metric`` is selected in ``expr`` as a whole name (``up`` is not found in ``connmon_up``)."""
+    return re.search(r"(?<![\w:])" + re.escape(metric) + r"(?![\w:])", expr) is not None
+
+
+def dashboards_by_uid() -> dict[str, dict[str, Any]]:
+    return {load(p)["uid"]: load(p) for p in DASHBOARDS}
+
+
+def panel(uid: str, title: str) -> dict[str, Any]:
+    found = [p for p in query_panels(dashboards_by_uid()[uid]) if p["title"] == title]
+    assert len(found) == 1, f"{uid}: {len(found)} panels titled {title!r}"
+    return found[0]
+
+
+@pytest.mark.parametrize(("uid", "title", "kind", "metrics"), REQUIRED, ids=[f"{u}/{t}" for u, t, _, _ in REQUIRED])
+def test_required_panel_is_there(uid: str, title: str, kind: str, metrics: tuple[str, ...]) -> None:
+    """Each panel the issue asks for exists once, is of its kind, and queries what it must show."""
+    found = panel(uid, title)
+    assert found["type"] == kind, (title, found["type"])
+    exprs = [t["expr"] for t in found["targets"]]
+    for metric in metrics:
+        assert any(uses_metric(e, metric) for e in exprs), f"{title}: no query selects {metric}"
+
+
+def test_panel_titles_are_unique_per_dashboard() -> None:
+    """REQUIRED and the README find panels by title, so a title names one panel (a row may share it)."""
+    for uid, dashboard in dashboards_by_uid().items():
+        titles = [p["title"] for p in query_panels(dashboard)]
+        assert len(titles) == len(set(titles)), uid
+
+
+def test_rtt_heatmap_draws_the_histogram_buckets() -> None:
+    """The smoke heatmap plots Prometheus' own buckets (format heatmap, one series per le), not a
+    heatmap Grafana would calculate from raw values; its y axis is in seconds."""
+    heatmap = panel("connmon-site-detail", "RTT distribution (smoke)")
+    (target,) = heatmap["targets"]
+    assert target["format"] == "heatmap" and target["legendFormat"] == "{{le}}"
+    assert re.search(r"sum by \(le\) \(increase\(connmon_icmp_rtt_seconds_bucket\{", target["expr"]), target["expr"]
+    assert heatmap["options"]["calculate"] is False
+    assert heatmap["options"]["yAxis"]["unit"] == "s"
+
+
+def test_throughput_panel_draws_the_targets_as_dashed_lines() -> None:
+    """Download and upload against target: each contracted rate is its own series, drawn dashed."""
+    throughput = panel("connmon-site-detail", "Download and upload against target")
+    dashed = [o["matcher"]["options"] for o in throughput["fieldConfig"]["overrides"]
+              if o["matcher"]["id"] == "byRegexp"
+              and any(p["id"] == "custom.lineStyle" and p["value"]["fill"] == "dash" for p in o["properties"])]
+    targets = {t["legendFormat"]: t["expr"] for t in throughput["targets"]}
+    for metric in ("connmon_target_bits_per_second", "connmon_target_upload_bits_per_second"):
+        legend = next(name for name, expr in targets.items() if uses_metric(expr, metric))
+        assert any(re.fullmatch(pattern, legend) for pattern in dashed), (metric, legend, dashed)
+    measured = next(name for name, expr in targets.items() if uses_metric(expr, "connmon_throughput_bits_per_second"))
+    assert not any(re.fullmatch(pattern, measured.replace("{{direction}}", "download")) for pattern in dashed)
+
+
+def test_geomap_places_and_colours_sites_by_state() -> None:
+    """The map's marker layer takes its position from the lat and lon columns (converted to numbers:
+    Prometheus labels are strings) and its colour from the value column through the thresholds:
+    red below 1 (down), green at 1 (up)."""
+    geomap = panel("connmon-region-overview", "Sites by state")
+    (target,) = geomap["targets"]  # one query: its value column is called "Value"
+    assert (target["format"], target["instant"]) == ("table", True)
+    assert re.search(r"group_left \(lat, lon\) connmon_endpoint_info\{", target["expr"]), target["expr"]
+    (layer,) = geomap["options"]["layers"]
+    assert layer["type"] == "markers"
+    assert layer["location"] == {"mode": "coords", "latitude": "lat", "longitude": "lon"}
+    assert layer["config"]["style"]["color"]["field"] == "Value"
+    conversions = [c for t in geomap["transformations"] if t["id"] == "convertFieldType"
+                   for c in t["options"]["conversions"]]
+    assert {c["targetField"]: c["destinationType"] for c in conversions} == {"lat": "number", "lon": "number"}
+    defaults = geomap["fieldConfig"]["defaults"]
+    assert defaults["color"]["mode"] == "thresholds"
+    assert defaults["thresholds"]["mode"] == "absolute"
+    assert [(s["color"], s["value"]) for s in defaults["thresholds"]["steps"]] == [("red", None), ("green", 1)]
+
+
+def test_monitor_health_is_monitor_wide() -> None:
+    """Monitor health has datasource and instance only, every query filters by the instance, and the
+    README says why it has no kind, district or endpoint (its data is per instance, probe and group;
+    test_monitor_health_series_are_not_per_site shows it on real data)."""
+    health = dashboards_by_uid()["connmon-monitor-health"]
+    assert set(variables(health)) == {"datasource", "instance"}
+    for title, expr in expressions(health):
+        selectors = re.findall(r"(?<![\w:])([a-zA-Z_][\w:]*)\{([^}]*)\}", expr)
+        assert selectors, (title, expr)
+        for metric, matchers in selectors:
+            assert 'instance=~"$instance"' in matchers.split(","), (title, metric)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
+    assert "Monitor health is monitor-wide" in section
 
 
 def test_provisioning_points_at_the_mounted_dashboards() -> None:
@@ -371,15 +509,66 @@ def test_prometheus_loads_and_evaluates_the_rule_file(stack: Stack) -> None:
     assert {r["metric"]["link"] for r in thresholds} == {"satellite", "lte", "dsl", "fibre"}
 
 
-def test_readme_describes_every_panel() -> None:
-    """Each dashboard's uid and every panel title (rows included) appear in the README's Dashboards section."""
+# A metric named in a README cell: connmon's own, the process collector's, Prometheus' scrape series.
+README_METRIC = re.compile(r"(?<![\w:])(connmon[_:][\w:]+|process_\w+|scrape_\w+|up(?=\{))")
+
+
+def readme_panel_tables() -> dict[str, list[tuple[str, str, str]]]:
+    """Per dashboard uid, the README's (row, panel, what it shows) lines; an empty row cell repeats the last."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
-    for path in DASHBOARDS:
-        dashboard = load(path)
-        assert f"`{dashboard['uid']}`" in section
-        for panel in all_panels(dashboard):
-            assert f"| {panel['title']} |" in section, f"{path.name}: {panel['title']}"
+    parts = re.split(r"^### .*\(`(connmon-[\w-]+)`\)$", section, flags=re.M)
+    tables: dict[str, list[tuple[str, str, str]]] = {}
+    for uid, body in zip(parts[1::2], parts[2::2], strict=True):
+        rows: list[tuple[str, str, str]] = []
+        for line in body.splitlines():
+            if not line.startswith("| ") or line.startswith(("| row |", "| --- |")):
+                continue
+            row, title, shows = (c.strip() for c in line.strip().strip("|").split(" | ", 2))
+            rows.append((row or rows[-1][0], title, shows))
+        tables[uid] = rows
+    return tables
+
+
+def panels_by_row(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(title of the row the panel is under, panel) for every querying panel, in dashboard order."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    row = ""
+    for top in dashboard["panels"]:
+        if top["type"] == "row":
+            row = top["title"]
+            out.extend((row, nested) for nested in top.get("panels", []))
+        else:
+            out.append((row, top))
+    return out
+
+
+def readme_metrics(cell: str) -> set[str]:
+    """Metric names inside the backtick spans of a README cell."""
+    return {name for span in re.findall(r"`([^`]+)`", cell) for name in README_METRIC.findall(span)}
+
+
+def shows_metric(exprs: list[str], metric: str) -> bool:
+    """A README may name a histogram or summary by its family: its _bucket/_sum/_count series count."""
+    return any(uses_metric(e, name) for e in exprs for name in (metric, f"{metric}_bucket", f"{metric}_sum",
+                                                                 f"{metric}_count"))
+
+
+def test_readme_panel_tables_match_the_dashboards() -> None:
+    """Both ways: the README's table of each dashboard lists exactly its panels, each under its row,
+    and every metric a README line names in backticks is queried by that panel."""
+    tables = readme_panel_tables()
+    by_uid = dashboards_by_uid()
+    assert set(tables) == set(by_uid)
+    for uid, dashboard in by_uid.items():
+        in_readme = [(row, title) for row, title, _ in tables[uid]]
+        in_json = [(row, p["title"]) for row, p in panels_by_row(dashboard)]
+        assert sorted(in_readme) == sorted(in_json), uid
+        panels = {p["title"]: p for _, p in panels_by_row(dashboard)}
+        for _, title, shows in tables[uid]:
+            exprs = [t["expr"] for t in panels[title]["targets"]]
+            for metric in readme_metrics(shows):
+                assert shows_metric(exprs, metric), f"{uid} / {title}: README names {metric}, no query has it"
 
 
 @pytest.mark.netns
@@ -396,3 +585,69 @@ def test_worst_sites_columns_line_up_per_site(stack: Stack) -> None:
     for site, label_sets in by_site.items():
         assert len(label_sets) == 1, (site, label_sets)
         assert {key for key, _ in next(iter(label_sets))} == {"endpoint", "kind", "district", "link", "instance", "job"}
+
+
+# ------------------------------------------------------------------------------ the overview's counts, exactly
+ALL_SITES = {**BUILTINS, "kind": ".*", "district": ".*", "endpoint": ".*"}
+
+
+def target_expr(uid: str, title: str, ref: str) -> str:
+    (target,) = [t for t in panel(uid, title)["targets"] if t["refId"] == ref]
+    return substitute(target["expr"], ALL_SITES)
+
+
+def by_label(url: str, expr: str, label: str) -> dict[str, float]:
+    """The instant result as {value of ``label`` ('' when absent): value}."""
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in instant(url, expr)}
+
+
+def settled(read: Callable[[], dict[str, float]], expected: dict[str, float]) -> dict[str, float]:
+    """Read until the figures are the expected ones (a throughput verdict may still be on its way) or
+    the wait is over; returns the last read, for the caller to assert on."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        got = read()
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(2)
+
+
+# What the stack's sites imply. Connected and probed: a-fibre and №12 мектеп (schools, Aktobe; both
+# answer pings; a-fibre's ~10 Mbit/s meets the default 4 Mbit/s, №12 мектеп's misses its 20), refused
+# (clinic, Kargaly; answers pings, its test server refuses, so no verdict) and vsat-agent (clinic,
+# Kargaly; its agent is silent: down, no verdict). new-clinic (planned) and old-clinic (retired) are
+# counted nowhere here.
+OVERVIEW_FIGURES = [
+    ("Sites up, per kind", "A", "kind", {"school": 2, "clinic": 1}),
+    ("Sites up, per kind", "B", "kind", {"school": 2, "clinic": 2}),  # not 4 clinics: planned/retired left out
+    ("Sites meeting their bandwidth target, per kind", "A", "kind", {"school": 1}),
+    # tested = sites with a verdict: no clinic has one (count(connmon_up) would say 2)
+    ("Sites meeting their bandwidth target, per kind", "B", "kind", {"school": 2}),
+    ("Share of sites up / meeting target", "A", "", {"": 0.75}),
+    ("Share of sites up / meeting target", "B", "", {"": 0.5}),
+    ("Sites up and down, per district", "A", "district", {"Aktobe": 2, "Kargaly": 1}),
+    ("Sites up and down, per district", "B", "district", {"Aktobe": 0, "Kargaly": 1}),  # down, not up again
+]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("title", "ref", "label", "expected"), OVERVIEW_FIGURES,
+                         ids=[f"{t}/{r}" for t, r, _, _ in OVERVIEW_FIGURES])
+def test_region_overview_counts_are_right(stack: Stack, title: str, ref: str, label: str,
+                                          expected: dict[str, float]) -> None:
+    """Region overview's counts, All selected, are exactly what the lab's sites imply."""
+    expr = target_expr("connmon-region-overview", title, ref)
+    assert settled(lambda: by_label(stack.prometheus_url, expr, label), expected) == expected, expr
+
+
+@pytest.mark.netns
+def test_monitor_health_series_are_not_per_site(stack: Stack) -> None:
+    """No Monitor health query returns a series with a site's kind, district or endpoint: a kind,
+    district or endpoint variable would have nothing to filter there (see the README)."""
+    health = dashboards_by_uid()["connmon-monitor-health"]
+    seen = 0
+    for title, expr in expressions(health):
+        for row in instant(stack.prometheus_url, substitute(expr, {**BUILTINS, "instance": ".*"})):
+            assert not {"kind", "district", "endpoint"} & set(row["metric"]), (title, row["metric"])
+            seen += 1
+    assert seen >= len(expressions(health))

@@ -4,16 +4,23 @@ No Docker engine runs here, so the Dockerfile and the compose file are parsed: e
 mounted path must exist, ports must agree with each other and with the Prometheus and Grafana
 configs, the image must run as a non-root user with a health check on /-/healthy. The systemd
 units go through the real ``systemd-analyze verify``. Every connmon command line in these files
-is parsed by connmon's own argument parser.
+is parsed by connmon's own argument parser. The image's own command line runs for real as the
+image's user without any capability, in a network namespace of its own with the README's
+``docker run`` sysctl, and must ping.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +28,9 @@ import yaml
 
 from monitor.cli import _parser
 from tests.conftest import need
+from tests.netlab import _child_env
+from tests.running import samples
+from tests.running import value as sample_value
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = [ROOT / "deploy" / "connmon.service", ROOT / "deploy" / "connmon@.service"]
@@ -251,3 +261,124 @@ def test_the_image_keeps_its_history_in_var_lib_connmon(monkeypatch: pytest.Monk
     assert run.state_dir == "/var/lib/connmon" and not run.no_history
     report = _parser().parse_args(["report", "--from", "2026-10-01", "--to", "2026-10-31"])
     assert report.state_dir == "/var/lib/connmon"
+
+
+# ------------------------------------------------------------------------------ ICMP without root in the image
+IMAGE_LISTEN_PORT = 9522  # on the loopback of the test's own namespace
+
+
+def readme_docker_run() -> list[str]:
+    """The README's `docker run` command of the image (continuation lines joined), as argv."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+              if "docker run" in b and "docker build" in b]
+    assert len(blocks) == 1, "one README block builds and runs the image"
+    line = next(part for part in re.sub(r"\\\n\s*", " ", blocks[0]).splitlines() if part.startswith("docker run"))
+    return shlex.split(line)
+
+
+def image_ids() -> tuple[int, int]:
+    """The uid and gid the Dockerfile gives the image's user."""
+    runs = " ".join(instructions("RUN"))
+    uid = re.search(r"useradd --system --uid (\d+)", runs)
+    gid = re.search(r"groupadd --system --gid (\d+)", runs)
+    assert uid is not None and gid is not None
+    return int(uid.group(1)), int(gid.group(1))
+
+
+def test_readme_docker_run_allows_unprivileged_icmp_for_the_image_user() -> None:
+    """The README runs the image with every capability dropped and with a ping_group_range that holds
+    the image's gid: the default command then has unprivileged ICMP, and needs nothing else."""
+    argv = readme_docker_run()
+    assert argv[-1] == "connmon" and "--cap-drop" in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert not {"--cap-add", "--privileged", "--user", "-u"} & set(argv)
+    sysctls = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--sysctl")
+    low, high = map(int, sysctls["net.ipv4.ping_group_range"].split())
+    _, gid = image_ids()
+    assert low <= gid <= high
+    # the default command leaves --icmp-mode at auto: raw sockets when the process may (it may not
+    # here), else unprivileged ones; the real run below shows the fallback
+    assert _parser().parse_args(exec_form(instructions("CMD")[0])).icmp_mode == "auto"
+
+
+@contextlib.contextmanager
+def loopback_namespace(ping_group_range: str) -> Iterator[str]:
+    """A network namespace of this test's own with only its loopback up and the given sysctl."""
+    name = f"h6img{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.ping_group_range={ping_group_range}"],
+                       check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def image_command(config: Path, state: Path) -> list[str]:
+    """ENTRYPOINT + CMD of the Dockerfile, the site list, listen address and state dir pointed at the test's."""
+    argv = [*exec_form(instructions("ENTRYPOINT")[0]), *exec_form(instructions("CMD")[0])]
+    assert argv[0] == "connmon"
+    replace = {"--config": str(config), "--listen": f"127.0.0.1:{IMAGE_LISTEN_PORT}", "--state-dir": str(state)}
+    for i, arg in enumerate(argv[:-1]):
+        if arg in replace:
+            argv[i + 1] = replace[arg]
+    return [sys.executable, "-m", "monitor", *argv[1:]]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("allowed", [True, False], ids=["readme-sysctl", "no-sysctl"])
+def test_image_command_pings_as_the_image_user_without_capabilities(allowed: bool) -> None:
+    """The image's own command, as its uid/gid with no capability at all (``--cap-drop ALL``): with the
+    README's ping_group_range it pings over unprivileged ICMP; without it, it stops and names the sysctl."""
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv to switch users")
+    uid, gid = image_ids()
+    sysctl = dict(a.split("=", 1) for a in readme_docker_run() if a.startswith("net.ipv4."))
+    directory = Path(tempfile.mkdtemp(prefix="connmon-image-"))
+    try:
+        directory.chmod(0o755)
+        config = directory / "sites.yaml"
+        config.write_text("defaults: {icmp: {interval: 1s, count: 2, spacing: 10ms, timeout: 300ms}}\n"
+                          "groups: [{name: g, endpoints: [{name: loop, host: 127.0.0.1}]}]\n", encoding="utf-8")
+        config.chmod(0o644)
+        state = directory / "state"
+        state.mkdir(mode=0o750)
+        os.chown(state, uid, gid)
+        as_image_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+                         "--bounding-set=-all"]
+        env = {**_child_env(), "CONNMON_STATE_DIR": str(state)}
+        with loopback_namespace(sysctl["net.ipv4.ping_group_range"] if allowed else "1 0") as ns:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *as_image_user, *image_command(config, state)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                if not allowed:
+                    _, stderr = proc.communicate(timeout=60)
+                    assert proc.returncode == 3, stderr
+                    assert "net.ipv4.ping_group_range" in stderr and "Traceback" not in stderr
+                    return
+                scrape = [sys.executable, "-c", "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                          f"'http://127.0.0.1:{IMAGE_LISTEN_PORT}/metrics', timeout=5).read().decode())"]
+                up = None
+                for _ in range(120):  # bounded: until the first cycle is in /metrics
+                    assert proc.poll() is None, proc.communicate()[1][-3000:]
+                    got = subprocess.run(["ip", "netns", "exec", ns, *scrape], capture_output=True, text=True,
+                                         check=False, timeout=30)
+                    if got.returncode == 0 and "connmon_up{" in got.stdout:
+                        up = sample_value(samples(got.stdout), "connmon_up", endpoint="loop")
+                        break
+                    time.sleep(0.25)
+                assert up == 1
+                status = Path(f"/proc/{proc.pid}/status").read_text(encoding="ascii")
+                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+                assert fields["Uid"].split() == [str(uid)] * 4 and fields["Gid"].split() == [str(gid)] * 4
+                assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
+                proc.terminate()
+                _, stderr = proc.communicate(timeout=30)
+                assert "ICMP engine: unprivileged datagram ICMP sockets" in stderr, stderr[-3000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=30)
+    finally:
+        shutil.rmtree(directory)
