@@ -56,6 +56,17 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
         return err.code, dict(err.headers), err.read().decode("utf-8")
 
 
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; waits either way."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def running_daemon(lab: Lab, config: Path, port: int, *extra: str,
                    prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[str]]:

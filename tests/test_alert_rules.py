@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import need
+from tests.running import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -220,12 +221,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _alert(name: str, **labels: str) -> dict[str, Any]:

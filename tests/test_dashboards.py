@@ -28,7 +28,7 @@ import yaml
 
 from tests.conftest import need, write_config
 from tests.netlab import Lab, Site, _child_env, can_measure_throughput
-from tests.running import samples
+from tests.running import samples, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -411,13 +411,7 @@ groups:
         yield Stack(lab, url, exposition, "a-fibre")
     finally:
         for proc in (prometheus, connmon):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         prom_log.close()
         for site in sites.values():
             site.stop_servers()
