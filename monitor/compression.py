@@ -81,7 +81,7 @@ def inflate(segment: Segment) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class CompressedBody:
-    """The cached body as deflate segments, with its CRC-32 and length for the gzip trailer."""
+    """The cached body as joined deflate segments, with its CRC-32 and length for the gzip trailer."""
 
     version: int
     # The gzip header and every segment, joined once here: served as the few slices of one buffer,
@@ -90,10 +90,6 @@ class CompressedBody:
     crc32: int
     size: int
     by_key: Mapping[int, Segment]  # segment per chunk key, reused by the next compression
-
-    @property
-    def compressed_bytes(self) -> int:
-        return len(self.head) - len(GZIP_HEADER)
 
 
 def compress_chunks(version: int, chunks: Sequence[tuple[int, bytes | Segment]]) -> CompressedBody:

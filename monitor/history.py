@@ -494,7 +494,8 @@ class HistorySink:
                 if name in endpoints:
                     continue
                 record = EndpointRecord.of(item.target)
-            if written.get(name) is not record and written.get(name) != record:
+            last = written.get(name)
+            if last is not record and last != record:
                 endpoints[name] = record
         endpoints.update(self._unwritten)
         return endpoints

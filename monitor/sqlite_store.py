@@ -238,7 +238,7 @@ class SqliteStore:
             test_rows = []
             first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
             for result in results:
-                endpoint_id = self._ids.get(result.target.name) or self._endpoint_id(result.target)
+                endpoint_id = self._endpoint_id(result.target)
                 if endpoint_id not in self._first_known:
                     first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
                 if isinstance(result, IcmpResult):
