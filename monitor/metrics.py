@@ -16,11 +16,13 @@ are small and rendered per scrape so they stay current. Sample lines::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import itertools
 import logging
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +136,28 @@ _AGENT_FAMILIES = (
      "Agent API requests refused, by HTTP status (401 token, 403 other site, 400 bad body, 413, 429)."),
 )
 _NO_FRAGMENTS = ("",) * len(_FAMILIES)
+# Which families of an endpoint a change touches, as bits of a mask (bit i: _FAMILIES[i]). A page's
+# block of one family is re-rendered, re-joined and re-compressed only when one of its endpoints
+# changed that family: a healthy site's info, target, up, loss and error-counter lines (30 % of its
+# text) stay as they were from cycle to cycle (issue 9: rendering and compressing them again was a
+# fifth of the daemon's CPU at 10,000 sites).
+_ALL_FAMILIES = (1 << len(_FAMILIES)) - 1
+
+
+def _bits(*names: str) -> int:
+    return sum(1 << _F[name] for name in names)
+
+
+_UP, _LOSS, _HISTOGRAM, _RECEIVED, _SENT, _ERRORS = (_bits(name) for name in (
+    "connmon_up", "connmon_icmp_loss_ratio", "connmon_icmp_rtt_seconds", "connmon_icmp_packets_received_total",
+    "connmon_icmp_packets_sent_total", "connmon_probe_errors_total"))
+_LAST_PROBE = _bits("connmon_last_probe_timestamp_seconds")
+_EVERY_CYCLE = _bits("connmon_icmp_jitter_seconds", "connmon_icmp_rtt_last_seconds",
+                     "connmon_last_probe_timestamp_seconds")
+# A throughput test: its own families, and the two it shares with ICMP (error counters, last probe time).
+_STATIC = _bits("connmon_endpoint_info", "connmon_target_bits_per_second", "connmon_contracted_bits_per_second")
+_THROUGHPUT = (_ALL_FAMILIES & ~((1 << _F["connmon_target_upload_bits_per_second"]) - 1)) | _bits(
+    "connmon_probe_errors_total", "connmon_last_probe_timestamp_seconds")
 # An endpoint's ICMP error counters, one line per reason, as one str.format call.
 _ICMP_ERROR_LINES = "".join(
     f'connmon_probe_errors_total{{{{{{lb}},probe="icmp",reason="{r.value}"}}}} {{{i}}}\n'
@@ -147,7 +171,11 @@ _HEADERS = tuple(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode() f
 
 @dataclass(slots=True)
 class _EndpointState:
-    """What the exposition needs to remember about one endpoint between cycles."""
+    """What the exposition needs to remember about one endpoint between cycles.
+
+    It keeps no rendered text: :meth:`render` is a function of this state, called when the page
+    the endpoint is on is re-joined, for the families in that page's ``dirty`` mask.
+    """
 
     target: Target
     labels: str  # escaped endpoint/kind/district/link pairs, ready to paste
@@ -157,29 +185,39 @@ class _EndpointState:
     received: int = 0
     errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in ICMP_REASONS})
     last: IcmpResult | None = None
-    fragments: list[str] = field(default_factory=lambda: [""] * len(_FAMILIES))
     throughput: _ThroughputState | None = None
     page: _Page = ("", 0)
+    dirty: int = _ALL_FAMILIES  # families whose lines changed since the page was last joined
 
     def absorb(self, result: Result) -> None:
         if isinstance(result, ThroughputResult):
             if self.throughput is None:
                 self.throughput = _ThroughputState()
             self.throughput.absorb(result)
+            self.dirty |= _THROUGHPUT
             return
+        previous = self.last
         self.last = result
-        self.sent += result.sent
-        for rtt in result.replies_seconds:
-            self.received += 1
-            self.rtt_sum += rtt
-            for index, bound in enumerate(RTT_BUCKETS_SECONDS):
-                if rtt <= bound:
-                    self.buckets[index] += 1
-                    break
-            else:
-                self.buckets[-1] += 1
+        changed = _EVERY_CYCLE
+        if result.sent:
+            self.sent += result.sent
+            changed |= _SENT
+        replies = result.replies_seconds
+        if replies:
+            changed |= _HISTOGRAM | _RECEIVED
+            self.received += len(replies)
+            buckets = self.buckets
+            for rtt in replies:
+                self.rtt_sum += rtt
+                buckets[bisect.bisect_left(RTT_BUCKETS_SECONDS, rtt)] += 1  # the first bound ≥ rtt; past the last: +Inf
+        if previous is None or previous.up != result.up:
+            changed |= _UP
+        if previous is None or previous.loss_ratio != result.loss_ratio:
+            changed |= _LOSS
         if result.error is not None:
             self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
+            changed |= _ERRORS
+        self.dirty |= changed
 
     def _static_lines(self) -> tuple[str, str, str]:
         t, lb = self.target, self.labels
@@ -193,53 +231,59 @@ class _EndpointState:
                 "" if contracted is None
                 else f"connmon_contracted_bits_per_second{{{lb}}} {floatToGoString(contracted)}\n")
 
-    def render(self) -> None:
-        """Re-render this endpoint's lines for every family."""
+    def render(self, mask: int, f: list[str]) -> None:
+        """Write this endpoint's lines of the families in ``mask`` into ``f`` (one slot per family,
+        "" where it has none); slots outside ``mask`` are left as they are."""
         t, lb = self.target, self.labels
-        f = self.fragments
-        static = self._static_lines()  # not kept: 3.6 MB at 10,000 endpoints for ~10 µs each (issue 9)
-        f[_F["connmon_endpoint_info"]] = static[0]
-        f[_F["connmon_contracted_bits_per_second"]] = static[2]
+        if mask & _STATIC:
+            static = self._static_lines()
+            f[_F["connmon_endpoint_info"]] = static[0]
+            f[_F["connmon_contracted_bits_per_second"]] = static[2]
+            if t.probed:
+                f[_F["connmon_target_bits_per_second"]] = static[1]
         if not t.probed:  # planned or retired: counted in connmon_sites and described, but no probe series
-            for index in range(_F["connmon_target_bits_per_second"], len(_FAMILIES)):
-                if index != _F["connmon_contracted_bits_per_second"]:
-                    f[index] = ""
             self.throughput = None
             return
-        f[_F["connmon_target_bits_per_second"]] = static[1]
         last = self.last
         if last is not None:
-            f[_F["connmon_up"]] = f"connmon_up{{{lb}}} {1 if last.up else 0}\n"
-            # Per cycle, per endpoint: plain repr() (finite floats; the text format reads any float
-            # notation) instead of the Go-style helper, a quarter of this function's time.
-            f[_F["connmon_icmp_loss_ratio"]] = f"connmon_icmp_loss_ratio{{{lb}}} {last.loss_ratio!r}\n"
-            jitter = last.jitter_seconds
-            f[_F["connmon_icmp_jitter_seconds"]] = (
-                "" if jitter is None else f"connmon_icmp_jitter_seconds{{{lb}}} {jitter!r}\n")
-            stats = (("min", last.rtt_min_seconds), ("avg", last.rtt_avg_seconds), ("max", last.rtt_max_seconds))
-            f[_F["connmon_icmp_rtt_last_seconds"]] = "".join(
-                f'connmon_icmp_rtt_last_seconds{{{lb},stat="{name}"}} {value!r}\n'
-                for name, value in stats if value is not None)
-        f[_F["connmon_last_probe_timestamp_seconds"]] = "" if last is None else (
-            f'connmon_last_probe_timestamp_seconds{{{lb},probe="icmp"}} {float(last.started_at)!r}\n')
-        f[_F["connmon_icmp_rtt_seconds"]] = _HISTOGRAM_LINES.format(
-            *itertools.accumulate(self.buckets), lb=lb, sum=repr(float(self.rtt_sum)), count=sum(self.buckets))
-        f[_F["connmon_icmp_packets_sent_total"]] = f"connmon_icmp_packets_sent_total{{{lb}}} {self.sent}\n"
-        f[_F["connmon_icmp_packets_received_total"]] = (
-            f"connmon_icmp_packets_received_total{{{lb}}} {self.received}\n")
-        errors = self.errors
-        f[_F["connmon_probe_errors_total"]] = (
-            _ICMP_ERROR_LINES.format(*errors.values(), lb=lb) if len(errors) == len(ICMP_REASONS)
-            else "".join(f'connmon_probe_errors_total{{{lb},probe="icmp",reason="{reason}"}} {count}\n'
-                         for reason, count in errors.items()))  # an agent site's: agent_silent too
+            if mask & _UP:
+                f[_F["connmon_up"]] = f"connmon_up{{{lb}}} {1 if last.up else 0}\n"
+            if mask & _LOSS:
+                # Per cycle, per endpoint: plain repr() (finite floats; the text format reads any float
+                # notation) instead of the Go-style helper, a quarter of this function's time.
+                f[_F["connmon_icmp_loss_ratio"]] = f"connmon_icmp_loss_ratio{{{lb}}} {last.loss_ratio!r}\n"
+            if mask & _EVERY_CYCLE:
+                jitter = last.jitter_seconds
+                f[_F["connmon_icmp_jitter_seconds"]] = (
+                    "" if jitter is None else f"connmon_icmp_jitter_seconds{{{lb}}} {jitter!r}\n")
+                replies = last.replies_seconds
+                f[_F["connmon_icmp_rtt_last_seconds"]] = "" if not replies else (
+                    f'connmon_icmp_rtt_last_seconds{{{lb},stat="min"}} {min(replies)!r}\n'
+                    f'connmon_icmp_rtt_last_seconds{{{lb},stat="avg"}} {statistics.fmean(replies)!r}\n'
+                    f'connmon_icmp_rtt_last_seconds{{{lb},stat="max"}} {max(replies)!r}\n')
+                f[_F["connmon_last_probe_timestamp_seconds"]] = (
+                    f'connmon_last_probe_timestamp_seconds{{{lb},probe="icmp"}} {float(last.started_at)!r}\n')
+        if mask & _HISTOGRAM:
+            f[_F["connmon_icmp_rtt_seconds"]] = _HISTOGRAM_LINES.format(
+                *itertools.accumulate(self.buckets), lb=lb, sum=repr(float(self.rtt_sum)), count=sum(self.buckets))
+        if mask & _SENT:
+            f[_F["connmon_icmp_packets_sent_total"]] = f"connmon_icmp_packets_sent_total{{{lb}}} {self.sent}\n"
+        if mask & _RECEIVED:
+            f[_F["connmon_icmp_packets_received_total"]] = (
+                f"connmon_icmp_packets_received_total{{{lb}}} {self.received}\n")
+        if mask & _ERRORS:
+            errors = self.errors
+            f[_F["connmon_probe_errors_total"]] = (
+                _ICMP_ERROR_LINES.format(*errors.values(), lb=lb) if len(errors) == len(ICMP_REASONS)
+                else "".join(f'connmon_probe_errors_total{{{lb},probe="icmp",reason="{reason}"}} {count}\n'
+                             for reason, count in errors.items()))  # an agent site's: agent_silent too
         if t.throughput.enabled:
             if self.throughput is None:
                 self.throughput = _ThroughputState()  # every series exists from start-up, at 0
-            self.throughput.render(t, lb, f)
+            if mask & _THROUGHPUT:
+                self.throughput.render(t, lb, f, mask)
         else:
             self.throughput = None
-            for index in range(_F["connmon_target_upload_bits_per_second"], len(_FAMILIES)):
-                f[index] = ""
 
 
 @dataclass(slots=True)
@@ -288,8 +332,12 @@ class _ThroughputState:
         if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
             self.target_met = result.target_met
 
-    def render(self, t: Target, lb: str, f: list[str]) -> None:
-        """Fill the throughput families' fragments for one endpoint (labels ``lb`` already escaped)."""
+    def render(self, t: Target, lb: str, f: list[str], mask: int) -> None:
+        """Fill the throughput families' fragments for one endpoint (labels ``lb`` already escaped).
+
+        Its error counters and last-attempt time are added to the ICMP ones' fragments, which
+        :meth:`_EndpointState.render` wrote first when ``mask`` holds those families.
+        """
         up_target = t.target_upload_bits_per_second
         f[_F["connmon_target_upload_bits_per_second"]] = (
             "" if up_target is None
@@ -319,10 +367,11 @@ class _ThroughputState:
         remaining = self.budget_remaining if self.budget_remaining is not None else budget
         f[_F["connmon_throughput_budget_remaining_bytes"]] = (
             "" if budget is None else f"connmon_throughput_budget_remaining_bytes{{{lb}}} {remaining}\n")
-        f[_F["connmon_probe_errors_total"]] += "".join(
-            f'connmon_probe_errors_total{{{lb},probe="throughput",reason="{reason}"}} {count}\n'
-            for reason, count in self.errors.items())
-        if self.attempted_at is not None:
+        if mask & _ERRORS:
+            f[_F["connmon_probe_errors_total"]] += "".join(
+                f'connmon_probe_errors_total{{{lb},probe="throughput",reason="{reason}"}} {count}\n'
+                for reason, count in self.errors.items())
+        if self.attempted_at is not None and mask & _LAST_PROBE:
             f[_F["connmon_last_probe_timestamp_seconds"]] += (
                 f'connmon_last_probe_timestamp_seconds{{{lb},probe="throughput"}} '
                 f"{floatToGoString(self.attempted_at)}\n")
@@ -411,7 +460,7 @@ class MetricsSink:
                 state = _EndpointState(target, labels)
             if target.mode == "agent":  # the centre's own reason for an agent site that went quiet
                 state.errors.setdefault(ProbeErrorReason.AGENT_SILENT.value, 0)
-            state.render()
+            state.dirty = _ALL_FAMILIES  # its target may have changed: every line is rendered again
             endpoints[target.name] = state
         self._endpoints = endpoints
         groups: dict[str, list[_EndpointState]] = {}
@@ -464,26 +513,30 @@ class MetricsSink:
 
     def _absorb_slice(self, loop: asyncio.AbstractEventLoop) -> None:
         results, end = self._slices[0]
-        pages: set[_Page] = set()
         until = time.perf_counter() + SLICE_SECONDS
+        published = False
         while end < len(results):
             start, end = end, min(end + SLICE_RESULTS, len(results))
-            pages |= self._absorb_some(results[start:end])
+            pages = self._absorb_some(results[start:end])
+            # Results come in config order, page after page: a page the last slices touched and this
+            # one did not is whole, and is rendered now, inside this turn's time (a page is 200 sites,
+            # ~2 ms). Re-joining every page in the last slice held the loop for ~90 ms at 10,000 sites.
+            whole = self._slice_pages - pages
+            self._slice_pages = (self._slice_pages - whole) | pages
+            if whole:
+                self._rebuild_pages(whole)
+                published = True
             if time.perf_counter() >= until:
                 break
-        # Results come in config order, page after page: a page the last slices touched and this one
-        # did not is whole, and is published now. Re-joining every page in the last slice held the
-        # loop for ~90 ms at 10,000 sites (issue 9); a page is ~1 MB of text, 2–4 ms.
-        whole = self._slice_pages - pages
-        self._slice_pages = (self._slice_pages - whole) | pages
         if end < len(results):
             self._slices[0] = (results, end)
-            if whole:
-                self._rebuild(whole)
         else:
             self._slices.popleft()
-            self._rebuild(self._slice_pages | whole)  # the cycle is whole: its last pages' blocks change now
+            self._rebuild_pages(self._slice_pages)  # the cycle is whole: its last pages' blocks change now
             self._slice_pages = set()
+            published = True
+        if published:
+            self._publish()
         if self._slices:
             loop.call_soon(self._absorb_slice, loop)
 
@@ -509,7 +562,6 @@ class MetricsSink:
             if state is None:  # removed by a reload while its cycle ran
                 continue
             state.absorb(result)
-            state.render()
             changed.add(state.page)
         return changed
 
@@ -535,7 +587,7 @@ class MetricsSink:
                 state.throughput.missed_in_a_row = missed_in_a_row[result.target.name]
             if verdicts is not None and result.target.name in verdicts:
                 state.throughput.target_met = verdicts[result.target.name]
-            state.render()
+            state.dirty |= _THROUGHPUT
             changed.add(state.page)
         self._rebuild(changed)
 
@@ -547,30 +599,51 @@ class MetricsSink:
 
     # ------------------------------------------------------------------ output
     def _rebuild(self, pages: Iterable[_Page] | None = None) -> None:
-        """Re-join the blocks of ``pages`` (all when None, none for ``()``) and the monitor-wide tail.
+        """Re-join the blocks of ``pages`` (all when None, none for ``()``) and publish the body."""
+        self._rebuild_pages(self._pages if pages is None else pages)
+        self._publish()
 
-        Cost: the changed pages' text, plus a list of (families × pages) references.
+    def _rebuild_pages(self, pages: Iterable[_Page]) -> None:
+        """Re-render and re-join the blocks of ``pages`` that changed: of each page only the families
+        its endpoints' ``dirty`` masks name; the other blocks keep their key, so their compressed
+        segment is reused as it is. Pages never built get every family; pages gone at a reload go.
+
+        Cost: the changed families' text of the changed pages.
         """
-        wanted = set(self._pages if pages is None else pages)
+        wanted = set(pages)
         wanted.update(page for page in self._pages if page not in self._blocks)  # never built yet
         wanted.update(page for page in self._blocks if page not in self._pages)  # gone at a reload
+        families = range(len(_FAMILIES))
         for page in wanted:
-            for key in self._blocks.pop(page, ()):  # let the old text go before the new one exists
-                self._forget(key)
+            old = self._blocks.get(page)
             members = self._pages.get(page)
             if members is None:
+                for key in old or ():
+                    self._forget(key)
+                self._blocks.pop(page, None)
                 continue
+            mask = _ALL_FAMILIES if old is None else 0
             for state in members:
-                if not state.fragments[0]:  # released after the last join: render() is a function of the state
-                    state.render()
-            block: list[int] = []
-            for index in range(len(_FAMILIES)):
-                key = next(self._keys)
-                self._plain[key] = "".join([state.fragments[index] for state in members]).encode()
-                block.append(key)
-            for state in members:  # the text now lives in the blocks: holding it twice cost 40 MB at 10,000
-                state.fragments = list(_NO_FRAGMENTS)
+                mask |= state.dirty
+            if not mask:
+                continue
+            rendered: list[list[str]] = []
+            for state in members:
+                f = list(_NO_FRAGMENTS)
+                state.render(mask, f)
+                state.dirty = 0
+                rendered.append(f)
+            block = list(old) if old is not None else [-1] * len(_FAMILIES)
+            for index in families:
+                if mask >> index & 1:
+                    self._forget(block[index])  # let the old text go before the new one exists
+                    key = next(self._keys)
+                    self._plain[key] = "".join([f[index] for f in rendered]).encode()
+                    block[index] = key
             self._blocks[page] = block
+
+    def _publish(self) -> None:
+        """Render the monitor-wide tail and make the current blocks the body scrapes are served."""
         self._forget(self._tail)
         self._tail = next(self._keys)
         self._plain[self._tail] = self._render_tail().encode("utf-8")
