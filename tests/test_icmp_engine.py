@@ -196,10 +196,15 @@ class _LateSocket:
         return getattr(self.real, name)
 
 
-async def late_send_rtts(mode: str) -> dict[str, object]:
-    """Ping 40 loopback sites × 3 through a :class:`_LateSocket`; what a test checks, as JSON-able data."""
+async def late_send_rtts(mode: str, batched: bool = True) -> dict[str, object]:
+    """Ping 40 loopback sites × 3 through a :class:`_LateSocket`; what a test checks, as JSON-able data.
+
+    ``batched=False`` reads the error queue one ``recvmsg`` at a time, as where libc has no recvmmsg."""
     engine = IcmpEngine.open(mode)
     fs = engine._sockets[2]  # AF_INET
+    assert fs.error_batch is not None  # glibc has recvmmsg: the batched reader is the one in use
+    if not batched:
+        fs.error_batch = None
     late = _LateSocket(fs.sock)
     fs.sock = late  # type: ignore[assignment]
     try:
@@ -219,20 +224,22 @@ def _assert_send_times_are_the_kernels(found: dict[str, object]) -> None:
     assert max(rtts) < 0.005, f"max loopback RTT {max(rtts) * 1000:.2f} ms: the send clock was read in Python"
 
 
-def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_raw() -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_raw(batched: bool) -> None:
     """Send times come from the kernel (SO_TIMESTAMPING): an echo that leaves 20 ms after the Python
     clock was read (a preempted process on a loaded machine) still reports its true loopback RTT."""
     need_root()
-    _assert_send_times_are_the_kernels(asyncio.run(late_send_rtts("raw")))
+    _assert_send_times_are_the_kernels(asyncio.run(late_send_rtts("raw", batched)))
 
 
-def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_unprivileged() -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_unprivileged(batched: bool) -> None:
     """The same on an unprivileged datagram ICMP socket, whose error queue also carries ICMP errors:
     run in a child in a fresh network namespace (lo up, ping_group_range open there only)."""
     need_root()
     need(shutil.which("unshare") is not None, "needs unshare (util-linux)")
     code = ("import asyncio, json; from tests.test_icmp_engine import late_send_rtts; "
-            "print(json.dumps(asyncio.run(late_send_rtts('unprivileged'))))")
+            f"print(json.dumps(asyncio.run(late_send_rtts('unprivileged', {batched}))))")
     proc = subprocess.run(
         ["unshare", "--net", "sh", "-ec",
          "ip link set lo up; sysctl -qw net.ipv4.ping_group_range='0 2147483647'; "
@@ -305,3 +312,32 @@ def test_send_stamps_left_after_a_cycle_do_not_keep_the_reader_spinning() -> Non
             engine.close()
 
     asyncio.run(main())
+
+
+def test_batched_error_queue_reads_give_each_send_its_own_stamp() -> None:
+    """recvmmsg in batches of 64: 300 echoes sent back to back leave 300 stamps, read in several
+    batches, in send order, each inside the Python clock's bracket around its own sendto."""
+    need_root()
+    engine = IcmpEngine.open("raw")
+    try:
+        fs = engine._sockets[2]  # AF_INET
+        batch = fs.error_batch
+        assert batch is not None and fs.tx_stamps
+        template, _sum = fs.template(engine.identifier, engine.cookie, 56)
+        brackets = []
+        for address in loopback(300):
+            before = time.time_ns()
+            fs.sock.sendto(bytes(template), (address, 0))
+            brackets.append((before, time.time_ns()))
+        stamps: list[int] = []
+        reads = []
+        deadline = time.monotonic() + 5
+        while len(stamps) < 300 and time.monotonic() < deadline:
+            count = batch.read()
+            reads.append(count)
+            stamps += batch.send_stamps(count)
+        assert batch.read() == 0, "stamps beyond one per send"
+        assert len(stamps) == 300 and max(reads) == batch.batch and len(reads) >= 5, reads
+        assert all(lo <= stamp <= hi for stamp, (lo, hi) in zip(stamps, brackets, strict=True))
+    finally:
+        engine.close()
