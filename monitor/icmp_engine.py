@@ -38,7 +38,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from icmplib import ICMPv4Socket, ICMPv6Socket
@@ -466,10 +466,17 @@ class IcmpEngine:
         return (fs, template, base_sum, (job.address, 0), int(job.timeout_seconds * 1e9), job.timeout_seconds)
 
     @staticmethod
-    def _schedule(jobs: Sequence[EchoJob]) -> list[tuple[float, int, int]]:
-        """(offset seconds from start, job index, echo index) for every echo, in send order."""
+    def _schedule(jobs: Sequence[EchoJob]) -> Iterable[tuple[float, int, int]]:
+        """(offset seconds from start, job index, echo index) for every echo, in send order.
+
+        A round spans at most half the smallest spacing, so where every job has the same spacing
+        (one group, the usual batch) send order is round after round: made lazily, as the sends go,
+        instead of a sorted list of every echo (30,000 tuples, ~15 ms in one step at 10,000 sites).
+        """
         smallest_spacing = min(job.spacing_seconds for job in jobs)
         gap = min(_MAX_ROUND_SPREAD_SECONDS, smallest_spacing * 0.5 / len(jobs))
+        if all(job.spacing_seconds == smallest_spacing for job in jobs):
+            return IcmpEngine._rounds(jobs, gap)
         schedule = [
             (i * gap + k * job.spacing_seconds, i, k)
             for i, job in enumerate(jobs)
@@ -477,6 +484,14 @@ class IcmpEngine:
         ]
         schedule.sort()
         return schedule
+
+    @staticmethod
+    def _rounds(jobs: Sequence[EchoJob], gap: float) -> Iterator[tuple[float, int, int]]:
+        """:meth:`_schedule` for jobs of one spacing, in the order a sort would give (same offsets)."""
+        for k in range(max(job.count for job in jobs)):
+            for i, job in enumerate(jobs):
+                if k < job.count:
+                    yield (i * gap + k * job.spacing_seconds, i, k)
 
     # ------------------------------------------------------------------ receiving
     def _drain(self, fs: _FamilySocket) -> None:

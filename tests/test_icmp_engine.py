@@ -117,7 +117,7 @@ def test_empty_batch_and_ipv6_loopback() -> None:
 def test_schedule_keeps_each_sites_echoes_spacing_apart_and_spreads_a_round() -> None:
     """Echo k of a site leaves at k × spacing (+ its slot); one round spans at most half the spacing."""
     jobs = [EchoJob(a, 3, 0.2, 1.0) for a in loopback(1000)]
-    schedule = IcmpEngine._schedule(jobs)
+    schedule = list(IcmpEngine._schedule(jobs))
     assert len(schedule) == 3000
     assert [offset for offset, _, _ in schedule] == sorted(offset for offset, _, _ in schedule)
     times: dict[int, list[float]] = {}
@@ -128,8 +128,21 @@ def test_schedule_keeps_each_sites_echoes_spacing_apart_and_spreads_a_round() ->
         assert offsets[1] - offsets[0] == pytest.approx(0.2) and offsets[2] - offsets[1] == pytest.approx(0.2)
     first_round = [times[j][0] for j in times]
     assert 0 < max(first_round) <= 0.1  # spread, not one burst, and over at most half the spacing
-    few = IcmpEngine._schedule([EchoJob(a, 1, 0.2, 1.0) for a in loopback(3)])
+    few = list(IcmpEngine._schedule([EchoJob(a, 1, 0.2, 1.0) for a in loopback(3)]))
     assert [round(offset, 6) for offset, _, _ in few] == [0.0, 0.001, 0.002]  # 1 ms apart at most
+
+
+def test_a_schedule_of_one_spacing_made_lazily_is_the_sorted_one() -> None:
+    """Jobs of one spacing (but other counts) get their echoes round after round, lazily: the very
+    order and offsets of sorting every echo; mixed spacings are sorted."""
+    jobs = [EchoJob(a, 1 + i % 4, 0.2, 1.0) for i, a in enumerate(loopback(500))]
+    lazy = IcmpEngine._schedule(jobs)
+    assert not isinstance(lazy, list)
+    gap = min(0.001, 0.2 * 0.5 / len(jobs))
+    assert list(lazy) == sorted((i * gap + k * 0.2, i, k) for i, job in enumerate(jobs) for k in range(job.count))
+    mixed = [EchoJob(a, 3, 0.05 if i % 2 else 0.2, 1.0) for i, a in enumerate(loopback(100))]
+    offsets = [offset for offset, _, _ in IcmpEngine._schedule(mixed)]
+    assert offsets == sorted(offsets) and len(offsets) == 300
 
 
 class _BusySocket:
