@@ -154,8 +154,8 @@ _UP, _LOSS, _HISTOGRAM, _RECEIVED, _SENT, _ERRORS = (_bits(name) for name in (
 _LAST_PROBE = _bits("connmon_last_probe_timestamp_seconds")
 _EVERY_CYCLE = _bits("connmon_icmp_jitter_seconds", "connmon_icmp_rtt_last_seconds",
                      "connmon_last_probe_timestamp_seconds")
-# A throughput test: its own families, and the two it shares with ICMP (error counters, last probe time).
 _STATIC = _bits("connmon_endpoint_info", "connmon_target_bits_per_second", "connmon_contracted_bits_per_second")
+# A throughput test: its own families, and the two it shares with ICMP (error counters, last probe time).
 _THROUGHPUT = (_ALL_FAMILIES & ~((1 << _F["connmon_target_upload_bits_per_second"]) - 1)) | _bits(
     "connmon_probe_errors_total", "connmon_last_probe_timestamp_seconds")
 # An endpoint's ICMP error counters, one line per reason, as one str.format call.
