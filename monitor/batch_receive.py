@@ -150,21 +150,14 @@ class ErrorQueueBatch:
         """(is message ``i`` a send-stamp report, its stamp in ns or 0): a message with an extended
         error of another origin (an ICMP error quoting an echo) is not one."""
         view = self._control_view
-        offset = i * CONTROL_BYTES
-        end = offset + min(CONTROL_BYTES, _SIZE.unpack_from(self._header_view, i * _MMSG_SIZE + _CONTROLLEN_AT)[0])
         stamp = 0
-        while offset + _CMSG_HEADER.size <= end:
-            length, level, kind = _CMSG_HEADER.unpack_from(view, offset)
-            if length < _CMSG_HEADER.size or offset + length > end:
-                break
-            data = offset + _CMSG_HEADER.size
+        for level, kind, start, end in self._control_messages(i):
             if level == socket.SOL_SOCKET:
-                if kind == _SO_TIMESTAMPING and length >= _CMSG_HEADER.size + 16:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(view, data)
+                if kind == _SO_TIMESTAMPING and end - start >= _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(view, start)
                     stamp = seconds * 1_000_000_000 + nanoseconds
-            elif length >= _CMSG_HEADER.size + 16 and view[data + 4] != _SO_EE_ORIGIN_TIMESTAMPING:
+            elif end - start >= 16 and view[start + 4] != _SO_EE_ORIGIN_TIMESTAMPING:
                 return False, stamp  # sock_extended_err.ee_origin: an ICMP error, not a stamp
-            offset += (length + _ALIGN - 1) & ~(_ALIGN - 1)
         return True, stamp
 
     def as_recvmsg(self, i: int, family: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, tuple[str, int]]:
@@ -173,21 +166,27 @@ class ErrorQueueBatch:
         size = min(header.msg_len, self._payload_bytes)
         data = self._payload.raw[i * self._payload_bytes:i * self._payload_bytes + size]
         view = self._control_view
-        offset = i * CONTROL_BYTES
-        end = offset + min(CONTROL_BYTES, header.msg_hdr.msg_controllen)
-        ancillary = []
-        while offset + _CMSG_HEADER.size <= end:
-            length, level, kind = _CMSG_HEADER.unpack_from(view, offset)
-            if length < _CMSG_HEADER.size or offset + length > end:
-                break
-            ancillary.append((level, kind, bytes(view[offset + _CMSG_HEADER.size:offset + length])))
-            offset += (length + _ALIGN - 1) & ~(_ALIGN - 1)
+        ancillary = [(level, kind, bytes(view[start:end])) for level, kind, start, end in self._control_messages(i)]
         name = self._names.raw[i * _NAME_BYTES:(i + 1) * _NAME_BYTES]
         if family == socket.AF_INET6:
             address = socket.inet_ntop(socket.AF_INET6, name[8:24])
         else:
             address = socket.inet_ntop(socket.AF_INET, name[4:8])
         return data, ancillary, header.msg_hdr.msg_flags, (address, 0)
+
+    def _control_messages(self, i: int) -> list[tuple[int, int, int, int]]:
+        """Message ``i``'s control messages as (level, type, data start, data end) in :attr:`_control_view`."""
+        view = self._control_view
+        offset = i * CONTROL_BYTES
+        end = offset + min(CONTROL_BYTES, _SIZE.unpack_from(self._header_view, i * _MMSG_SIZE + _CONTROLLEN_AT)[0])
+        found = []
+        while offset + _CMSG_HEADER.size <= end:
+            length, level, kind = _CMSG_HEADER.unpack_from(view, offset)
+            if length < _CMSG_HEADER.size or offset + length > end:
+                break
+            found.append((level, kind, offset + _CMSG_HEADER.size, offset + length))
+            offset += (length + _ALIGN - 1) & ~(_ALIGN - 1)
+        return found
 
 
 def open_batch(sock: socket.socket) -> ErrorQueueBatch | None:

@@ -415,8 +415,7 @@ class IcmpEngine:
             if key in pending:  # > 65,536 echoes in flight to one address: do not confuse them
                 outcome.error, outcome.error_detail = ProbeErrorReason.SEND_FAILED, "sequence space full"
                 continue
-            total = base_sum + sequence  # the checksum, adjusted for the sequence (checksum_for_sequence)
-            pack_into("!HHH", template, 2, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF, identifier, sequence)
+            pack_into("!HHH", template, 2, checksum_for_sequence(base_sum, sequence), identifier, sequence)
             packet: bytes | bytearray = template  # shared: valid only until this coroutine yields
             for attempt in range(_SEND_ATTEMPTS):
                 sent_ns = clock_ns()
