@@ -44,6 +44,7 @@ from monitor.config import DIRECTIONS, Direction, IcmpSettings
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.results import DirectionResult, IcmpResult, ThroughputResult
 from monitor.targets import Target
+from monitor.text import clean_detail, text_fault
 
 VERSION = 1
 RESULTS_PATH = "/api/v1/agent/results"
@@ -51,6 +52,7 @@ SLOT_PATH = "/api/v1/agent/slot"
 DOWNLOAD_PATH = "/api/v1/agent/download"
 UPLOAD_PATH = "/api/v1/agent/upload"
 
+BODY_IDLE_SECONDS = 30.0  # no byte of a body for this long: 408 (a VSAT link stalls for seconds, not half a minute)
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a batch of 500 ICMP results of 10 echoes is ~150 KB
 MAX_RESULTS_PER_BATCH = 1000
 MAX_ECHOES = 10_000
@@ -61,6 +63,8 @@ MAX_BITS_PER_SECOND = 1e12
 MAX_BYTES = 10**13
 MAX_TEXT = 500
 ICMP_PATHS = ("centre", "gateway")
+MAX_TEST_BYTES = 10 * 1024**3  # the most one direction of a granted HTTP test may move
+UNCAPPED_BITS_PER_SECOND = 1e9  # an uncapped test's allowance: what this rate moves in the test's bound
 
 IcmpPath = Literal["centre", "gateway"]
 
@@ -102,6 +106,21 @@ class Batch:
     results: tuple[AgentResult, ...]
 
 
+def granted_bytes(max_bytes: int | None, omit_seconds: float, duration_seconds: float,
+                  timeout_seconds: float) -> int:
+    """The bytes one direction of a granted HTTP test may move: the grant's cap, else what 1 Gbit/s moves
+    in the test's bound.
+
+    One definition for both ends: the agent asks for this much, and the centre serves and accepts
+    no more under the slot (issue 24: a 1 MB grant had served 50 MB), so a metered site's budget
+    and the centre's uplink are spent only as the plan allows.
+    """
+    if max_bytes is not None:
+        return min(max_bytes, MAX_TEST_BYTES)
+    bound = omit_seconds + duration_seconds + timeout_seconds
+    return min(math.ceil(UNCAPPED_BITS_PER_SECOND / 8 * bound), MAX_TEST_BYTES)
+
+
 # ---------------------------------------------------------------------------------------- encoding (agent)
 def _reason(error: ProbeErrorReason | None) -> str | None:
     return None if error is None else error.value
@@ -110,20 +129,21 @@ def _reason(error: ProbeErrorReason | None) -> str | None:
 def encode_icmp(seq: int, result: IcmpResult, path: IcmpPath = "centre") -> dict[str, Any]:
     return {"seq": seq, "type": "icmp", "path": path, "started_at": result.started_at, "address": result.address,
             "sent": result.sent, "rtts_seconds": list(result.rtts_seconds), "error": _reason(result.error),
-            "error_detail": result.error_detail[:MAX_TEXT]}
+            "error_detail": clean_detail(result.error_detail, MAX_TEXT)}
 
 
 def encode_direction(d: DirectionResult) -> dict[str, Any]:
     return {"direction": d.direction, "started_at": d.started_at, "ended_at": d.ended_at,
             "bits_per_second": d.bits_per_second, "bytes": d.bytes, "measured_seconds": d.measured_seconds,
-            "retransmits": d.retransmits, "error": _reason(d.error), "error_detail": d.error_detail[:MAX_TEXT]}
+            "retransmits": d.retransmits, "error": _reason(d.error),
+            "error_detail": clean_detail(d.error_detail, MAX_TEXT)}
 
 
 def encode_throughput(seq: int, result: ThroughputResult, slot: str | None = None) -> dict[str, Any]:
     return {"seq": seq, "type": "throughput", "method": result.method, "slot": slot,
             "started_at": result.started_at, "ended_at": result.ended_at, "address": result.address,
             "directions": [encode_direction(d) for d in result.directions], "error": _reason(result.error),
-            "error_detail": result.error_detail[:MAX_TEXT]}
+            "error_detail": clean_detail(result.error_detail, MAX_TEXT)}
 
 
 def encode_agent(info: AgentInfo) -> dict[str, Any]:
@@ -143,9 +163,18 @@ class _Reader:
             raise ProtocolError(path, "must be an object")
         return value
 
-    def text(self, value: Any, path: str, *, empty: bool = False, limit: int = MAX_TEXT) -> str:
+    def text(self, value: Any, path: str, *, empty: bool = False, limit: int = MAX_TEXT,
+             free_text: bool = False) -> str:
+        """A string field: a name, id or label unless ``free_text`` (an error's detail, for people).
+
+        Text is checked here, at the edge, so no sink downstream meets what it cannot write
+        (:mod:`monitor.text`: lone surrogates, control characters, bidirectional controls).
+        """
         if not isinstance(value, str) or (not empty and not value) or len(value) > limit:
             raise ProtocolError(path, f"must be a {'' if empty else 'non-empty '}string of at most {limit} characters")
+        fault = text_fault(value, free_text=free_text)
+        if fault is not None:
+            raise ProtocolError(path, fault)
         return value
 
     def number(self, value: Any, path: str, low: float, high: float) -> float:
@@ -244,7 +273,7 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
             target=_PLACEHOLDER, started_at=r.time(obj.get("started_at"), f"{path}.started_at"),
             address=r.optional_address(obj.get("address"), f"{path}.address"), sent=sent, rtts_seconds=rtts,
             error=r.reason(obj.get("error"), f"{path}.error", (*ICMP_REASONS,)),
-            error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True))
+            error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
         return AgentResult(seq, result, icmp_path)
     if kind == "throughput":
         known = {"seq", "type", "method", "slot", "started_at", "ended_at", "address", "directions", "error",
@@ -268,7 +297,7 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
             target=_PLACEHOLDER, method=method, started_at=started, ended_at=ended,
             address=r.optional_address(obj.get("address"), f"{path}.address"), directions=directions,
             error=r.reason(obj.get("error"), f"{path}.error", THROUGHPUT_REASONS),
-            error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True))
+            error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
         return AgentResult(seq, result, "centre", None if slot is None else r.text(slot, f"{path}.slot", limit=64))
     raise ProtocolError(f"{path}.type", "must be icmp or throughput")
 
@@ -292,7 +321,7 @@ def _direction(r: _Reader, value: Any, path: str) -> DirectionResult:
         measured_seconds=r.number(obj.get("measured_seconds", 0.0), f"{path}.measured_seconds", 0.0, 86400.0),
         retransmits=None if retransmits is None else r.integer(retransmits, f"{path}.retransmits", 0, 2**40),
         error=r.reason(obj.get("error"), f"{path}.error", THROUGHPUT_REASONS),
-        error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True))
+        error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
 
 
 def _no_unknown(obj: Mapping[str, Any], known: set[str], path: str) -> None:

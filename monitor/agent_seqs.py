@@ -10,26 +10,37 @@ How: a journal file under the state dir, one JSON line ``{"site", "instance", "s
 last line of a site wins, which is right because a site's lines are appended in the order
 its batches are accepted, and a new installation (``instance``) numbers from 1 again. The file is
 rewritten compacted (temporary file, then rename) at start-up and whenever it holds many more lines
-than sites. A torn last line (a crash while writing) is skipped. A journal that cannot be written is
-said once in the log and the centre goes on with the figures in memory: never a crash.
+than sites. A torn last line (a crash while writing) is skipped.
+
+Journal, then publish (issue 24): a batch is journalled before any of it reaches a sink, and a
+journal that cannot be written (a full or read-only disk) refuses the batch: the agent keeps it
+and posts it again, so a refusal never leaves a batch published but not journalled (which its
+retry would then count twice after a restart, or see as a duplicate). Said in the log once a
+minute at most; tried again with every batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "agent-sequences.jsonl"
 COMPACT_EXTRA_LINES = 10_000  # lines beyond one per site before the file is rewritten
+LOG_EVERY_SECONDS = 60.0
 
 Position = tuple[str | None, int]  # (agent installation, last sequence number accepted)
+
+
+class JournalError(OSError):
+    """The journal could not record a batch: the batch must not be taken (the agent will post it again)."""
 
 
 class SeqJournal:
@@ -38,9 +49,11 @@ class SeqJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.positions: dict[str, Position] = {}
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self._lines = 0
-        self._failed = False
+        self._torn = False  # a write failed part-way: the next line starts on a fresh line
+        self._last_logged = -LOG_EVERY_SECONDS
+        self._failing = False
 
     @classmethod
     def in_dir(cls, state_dir: str | Path) -> SeqJournal:
@@ -50,7 +63,7 @@ class SeqJournal:
         """Read the journal (a missing file is an empty one) and rewrite it compacted."""
         positions: dict[str, Position] = {}
         try:
-            with self.path.open(encoding="utf-8") as f:
+            with self.path.open(encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
                         entry = json.loads(line)
@@ -62,59 +75,85 @@ class SeqJournal:
         except FileNotFoundError:
             pass
         except OSError as err:
-            self._fail(f"cannot read {self.path}: {err}")
+            self._say(f"cannot read {self.path}: {err}")
         self.positions = positions
         self.compact(positions)
         return dict(positions)
 
     def record(self, site: str, instance: str | None, seq: int,
                sites: Callable[[], Mapping[str, Position]] | None = None) -> None:
-        """Journal that ``site``'s batches up to ``seq`` are in; ``sites`` gives all of them, for a compaction."""
-        self.positions[site] = (instance, seq)
-        if self._failed:
-            return
+        """Journal that ``site``'s batches up to ``seq`` are in; ``sites`` gives all of them, for a compaction.
+
+        Raises:
+            JournalError: the line could not be written (a full or read-only disk). Nothing is
+                recorded, in the file or in memory: the caller refuses the batch, and the agent,
+                which keeps it, posts it again (issue 24: a refusal changes nothing).
+        """
+        line = _line(site, instance, seq)
         try:
-            if self._file is None:
+            if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(json.dumps({"site": site, "instance": instance, "seq": seq}, ensure_ascii=False) + "\n")
-            self._file.flush()  # in the kernel's hands: a killed process loses nothing
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            data = (b"\n" if self._torn else b"") + line
+            written = os.write(self._fd, data)  # one system call: in the kernel's hands, a kill loses nothing
+            if written != len(data):
+                self._torn = True
+                raise OSError(errno.ENOSPC, "short write (is the disk full?)")
         except OSError as err:
-            self._fail(f"cannot write {self.path}: {err}")
-            return
+            self._torn = True  # a part of the line may be in the file: the next starts after a newline
+            self.close()
+            self._say(f"cannot write {self.path}: {err}")
+            raise JournalError(err.errno, f"cannot write {self.path}: {err.strerror or err}") from None
+        self._torn = False
+        if self._failing:
+            self._failing = False
+            log.warning("agent sequence journal: writing %s works again", self.path)
+        self.positions[site] = (instance, seq)
         self._lines += 1
         if self._lines > len(self.positions) + COMPACT_EXTRA_LINES:
-            self.compact(sites() if sites is not None else self.positions)
+            # the caller's figures do not hold this batch yet (journal, then publish): it goes in on top
+            self.compact({**sites(), site: (instance, seq)} if sites is not None else self.positions)
 
     def compact(self, positions: Mapping[str, Position]) -> None:
-        """Rewrite the journal with one line per site (atomically: a crash leaves the old or the new)."""
-        if self._failed:
-            return
-        self.close()
+        """Rewrite the journal with one line per site (atomically: a crash leaves the old or the new).
+
+        A compaction that fails leaves the old file, which still holds every position: appending goes on.
+        """
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with temporary.open("w", encoding="utf-8") as f:
+            with temporary.open("wb") as f:
                 for site, (instance, seq) in positions.items():
-                    f.write(json.dumps({"site": site, "instance": instance, "seq": seq}, ensure_ascii=False) + "\n")
+                    f.write(_line(site, instance, seq))
                 f.flush()
                 os.fsync(f.fileno())
+            self.close()
             os.replace(temporary, self.path)
         except OSError as err:
-            self._fail(f"cannot rewrite {self.path}: {err}")
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            self._say(f"cannot rewrite {self.path}: {err}")
             return
+        self._torn = False
         self.positions = dict(positions)
         self._lines = len(positions)
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+                os.close(self._fd)
+            self._fd = None
 
-    def _fail(self, message: str) -> None:
-        if not self._failed:
-            log.error("agent sequence journal: %s; repeated batches after a restart of the centre may be "
-                      "counted twice", message)
-        self._failed = True
-        self.close()
+    def _say(self, message: str) -> None:
+        """One ERROR a minute at most: a full disk must not fill the log as well."""
+        self._failing = True
+        now = time.monotonic()
+        if now - self._last_logged >= LOG_EVERY_SECONDS:
+            self._last_logged = now
+            log.error("agent sequence journal: %s; agents' batches are refused (503) until it can be written, "
+                      "and the agents keep them", message)
+
+
+def _line(site: str, instance: str | None, seq: int) -> bytes:
+    # ASCII escapes: any string the caller holds can be written (a lone surrogate cannot be UTF-8)
+    return (json.dumps({"site": site, "instance": instance, "seq": seq}) + "\n").encode("ascii")

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from monitor.agent_protocol import granted_bytes
 from monitor.config import DIRECTIONS, Direction, IcmpSettings, ThroughputSettings, normalize_ip
 from monitor.errors import ProbeErrorReason
 from monitor.http_transfer import Limits, fetch, send
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 REFUSAL_REASONS = ("not_due", "busy", "budget", "disabled")
 # With no byte cap the download asks for what 1 Gbit/s could move in the test's bound: far more
 # than any site link carries, yet a finite number for the centre to check.
-_UNCAPPED_BITS_PER_SECOND = 1e9
-MAX_DOWNLOAD_BYTES = 10 * 1024**3  # the most the centre serves in one download (monitor.agent_api)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +125,8 @@ def parse_slot_answer(body: Any) -> Grant | Refusal:
 
 
 def download_bytes(grant: Grant) -> int:
-    """The ``bytes`` the download asks the centre to send: the cap, else what 1 Gbit/s moves in the test's bound.
-
-    Never more than the centre serves in one download (it refuses more with 400).
-    """
-    if grant.max_bytes is not None:
-        return min(grant.max_bytes, MAX_DOWNLOAD_BYTES)
-    bound = grant.omit_seconds + grant.duration_seconds + grant.timeout_seconds
-    return min(math.ceil(_UNCAPPED_BITS_PER_SECOND / 8 * bound), MAX_DOWNLOAD_BYTES)
+    """The ``bytes`` the download asks the centre to send: exactly what the grant allows (the centre refuses more)."""
+    return granted_bytes(grant.max_bytes, grant.omit_seconds, grant.duration_seconds, grant.timeout_seconds)
 
 
 def grant_target(config: AgentConfig, grant: Grant) -> Target:

@@ -44,10 +44,11 @@ from monitor.agent_seqs import Position, SeqJournal
 from monitor.errors import ProbeErrorReason
 from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
+from monitor.text import text_fault
 
 log = logging.getLogger(__name__)
 
-REJECTION_CODES = (400, 401, 403, 413, 429)  # what the agent API refuses with (monitor.agent_api)
+REJECTION_CODES = (400, 401, 403, 408, 413, 415, 429, 503)  # what the agent API refuses with (monitor.agent_api)
 BURST = 60
 REFILL_PER_SECOND = 2.0
 OPEN_GAP_REFRESH_SECONDS = 60.0  # a silent site's provisional gap is written up to now this often
@@ -162,8 +163,8 @@ class AgentRegistry:
         if not authorization:
             return None
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
+        if scheme.lower() != "bearer" or not token.strip() or text_fault(token.strip()) is not None:
+            return None  # odd bytes in a header (decoded as surrogates) are no site's token, and no 500 either
         name = self._by_hash.get(token_hash(token))  # a lookup of a hash: timing tells nothing about the token
         return self.sites.get(name) if name is not None else None
 
@@ -171,12 +172,22 @@ class AgentRegistry:
         self.rejected[status] = self.rejected.get(status, 0) + 1
 
     def accept(self, site: AgentSite, batch: Batch) -> Accepted:
-        """Take a checked batch for ``site``: new results go to the sinks, in order; the gap (if any) is classified."""
+        """Take a checked batch for ``site``: new results go to the sinks, in order; the gap (if any) is classified.
+
+        Journal, then publish (issue 24): the batch's last sequence number is journalled before
+        anything changes, so when the journal cannot be written this raises
+        :class:`~monitor.agent_seqs.JournalError` with the site's state, the metrics and the
+        history exactly as they were: the agent's retry is then taken once, as if it were the first.
+        """
         now = self.clock()
         info = batch.agent
-        if info.instance != site.instance:  # a new installation numbers from 1 again
+        new_install = info.instance != site.instance  # a new installation numbers from 1 again
+        last_seq = 0 if new_install else site.last_seq
+        fresh = [r for r in batch.results if r.seq > last_seq]
+        if fresh and self.journal is not None:  # before anything changes: raises, and nothing has
+            self.journal.record(site.target.name, info.instance, fresh[-1].seq, self._positions)
+        if new_install:
             site.instance, site.last_seq = info.instance, 0
-        fresh = [r for r in batch.results if r.seq > site.last_seq]
         duplicates = len(batch.results) - len(fresh)
         cause: GapCause | None = None
         gap: Gap | None = None
@@ -197,14 +208,12 @@ class AgentRegistry:
             if isinstance(result, ThroughputResult) and self.on_throughput is not None:
                 result = self.on_throughput(result, item.slot)
             measured.append(result)
+        if fresh:
+            site.last_seq = fresh[-1].seq
         if measured or gap is not None:  # one cycle per batch, in the order measured: sinks re-render a site once
             # per post, not per result; the gap this batch ended rides along, so the history writes it in order
             self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at if measured else now, 0.0,
                                         tuple(measured), () if gap is None else (gap,)))
-        if fresh:
-            site.last_seq = fresh[-1].seq
-            if self.journal is not None:  # before the answer: a batch the agent repeats stays a duplicate
-                self.journal.record(site.target.name, site.instance, site.last_seq, self._positions)
         site.accepted += len(fresh)
         site.duplicates += duplicates
         site.info = info

@@ -22,6 +22,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor import __version__
+from monitor.agent_protocol import BODY_IDLE_SECONDS
 from monitor.config import ReportSettings, load_config
 from monitor.durations import parse_duration
 from monitor.errors import ConfigError, ConnmonError
@@ -95,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="reload when the config file's content changes (polled)")
     run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
                      metavar="DURATION", help="how often --config.watch looks at the file (default 5s)")
+    run.add_argument("--web.agent-body-timeout", dest="agent_body_timeout", type=_watch_interval,
+                     default=BODY_IDLE_SECONDS, metavar="DURATION",
+                     help="an agent's request body that stops arriving for this long gets 408 "
+                          f"(default {BODY_IDLE_SECONDS:g}s)")
     run.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
                      help="where the history is kept (history.sqlite3); default $CONNMON_STATE_DIR or ./state")
     run.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
@@ -249,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  enable_lifecycle=args.enable_lifecycle,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
                                  shard=args.shard, state_dir=None if args.no_history else args.state_dir,
-                                 store_url=args.store, timezone=local_zone()))
+                                 store_url=args.store, timezone=local_zone(),
+                                 agent_body_timeout_seconds=args.agent_body_timeout))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:

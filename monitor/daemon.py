@@ -21,12 +21,13 @@ import time
 from collections.abc import Coroutine, Sequence
 
 from monitor.agent_api import AgentApi
+from monitor.agent_protocol import BODY_IDLE_SECONDS
 from monitor.agent_seqs import SeqJournal
 from monitor.agents import AgentRegistry
 from monitor.api import SiteApi
 from monitor.config import Config
 from monitor.gc_tuning import settle_long_lived
-from monitor.history import HistorySink, RestoredState
+from monitor.history import HistorySink, RestoredState, set_aside_file
 from monitor.icmp_engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.metrics import MetricsSink
@@ -52,7 +53,8 @@ AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stal
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
                 watch_interval_seconds: float | None = None, shard: Shard | None = None,
-                state_dir: str | None = "state", store_url: str | None = None, timezone: str = "UTC") -> int:
+                state_dir: str | None = "state", store_url: str | None = None, timezone: str = "UTC",
+                agent_body_timeout_seconds: float = BODY_IDLE_SECONDS) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -67,6 +69,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         enable_lifecycle: allow ``POST /-/reload``.
         watch_interval_seconds: poll the config file this often and reload on change; None: don't.
         shard: this instance's share (``--shard I/N``), or None for every endpoint.
+        agent_body_timeout_seconds: an agent's body that stops arriving this long gets 408.
         state_dir: where the history lives (``history.sqlite3``); None keeps no history.
         store_url: ``--store``: ``postgresql://...`` or ``sqlite:///PATH``; None: SQLite under ``state_dir``.
         timezone: the days of the API's summary (``/api/v1/summary``) are in this zone by default.
@@ -79,7 +82,9 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     iperf3_path = find_iperf3()
     reloader = Reloader(config_path, lambda c, t: apply(c, t), lambda ok: metrics.config_loaded(ok))
     config, every_target = reloader.load_initial()
-    history = (HistorySink(store_opener(store_url, state_dir), config.retention)
+    # rows no store can take are kept under the state dir, which the daemon has with PostgreSQL too
+    history = (HistorySink(store_opener(store_url, state_dir), config.retention,
+                           set_aside_path=set_aside_file(state_dir))
                if state_dir is not None else None)
     metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)},
                           shard=shard.label if shard is not None else None,
@@ -123,7 +128,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     api = SiteApi(site_state, store_opener(store_url, state_dir, read_only=True) if state_dir is not None else None,
                   default_timezone=timezone)
     api.set_report_settings(config)
-    agent_api = AgentApi(agents, lambda: scheduler.plan, lambda: scheduler.throughput_max_concurrent)
+    agent_api = AgentApi(agents, lambda: scheduler.plan, lambda: scheduler.throughput_max_concurrent,
+                         body_idle_seconds=agent_body_timeout_seconds)
     app = build_app(metrics, lambda: ready, reload=(lambda: reloader.reload("POST /-/reload"))
                     if enable_lifecycle else None, auth=auth, api=api, agent_api=agent_api)
     try:

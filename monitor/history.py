@@ -13,6 +13,10 @@ results themselves. This module holds the backend-neutral parts:
   writes, so it never holds the database for long. An agent site's classified silence
   (:class:`~monitor.results.Gap`, issue 10) rides in the cycle that ended it and takes the same
   road: queued, batched with the results, written in their transaction, pruned like tests.
+  A row that no store can take (a lone surrogate in an address, a NUL byte for PostgreSQL, a
+  number out of range: :func:`is_row_fault`) is set aside into a JSON-lines file beside the
+  history and counted, and the other rows of its chunk are written (issue 24): retried, it would
+  fail again and again and stop the history of every site.
 * the start-up restore: :meth:`HistorySink.restore` on the event loop for a store that answers
   at once (SQLite), :meth:`HistorySink.restore_later` in the writer thread for one that may be
   away (PostgreSQL), so start-up never waits on a server.
@@ -22,13 +26,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
+import json
 import logging
+import math
+import os
 import queue
+import re
+import sqlite3
+import struct
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -36,6 +49,7 @@ from monitor.config import Retention
 from monitor.errors import ProbeErrorReason
 from monitor.results import Cycle, DirectionResult, Gap, Result, ThroughputResult
 from monitor.targets import Target
+from monitor.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +63,9 @@ LOG_EVERY_SECONDS = 60.0
 WRITE_CHUNK_RESULTS = 10_000
 RESTORE_ATTEMPTS = 3  # a store that opens but fails the restore queries this often is given up on
 MISSED_IN_A_ROW_LOOKBACK = 100  # tests read back to count misses in a row (alerts fire at a few)
+SET_ASIDE_FILE_NAME = "history-set-aside.jsonl"  # in the state directory (the daemon's, whatever the store)
+SET_ASIDE_MAX_BYTES = 10 * 1024 * 1024  # beyond this, rows set aside are only counted: a disk is not filled
+_SET_ASIDE_CAUSES = 50  # distinct causes logged apart; any further ones share one key (the log stays bounded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +262,88 @@ class StoreStats:
     pending: int = 0
     pruned: int = 0
     last_write_at: float = 0.0
+    set_aside: int = 0  # results (gaps too) the store could not write for a reason in the row itself
+    set_aside_lost: int = 0  # of those, the ones not kept in the set-aside file (full, unwritable, none)
+
+
+def is_row_fault(err: BaseException) -> bool:
+    """Whether ``err``, raised by a store's ``write``, is about a value in the rows, not about the store.
+
+    Why the writer must tell them apart (issue 24): a store fault (locked, full, read-only, gone, a
+    lost connection) passes once the store is back, so the chunk waits and is retried. A row fault
+    fails the same row on every retry, so retrying the chunk would stop the history of every site
+    for good; the writer splits the chunk instead and sets the row aside. When unsure, the answer is
+    "store": retrying costs only time, setting aside costs the row its place in the history.
+
+    Row faults:
+
+    * ``UnicodeError`` (a lone surrogate, which UTF-8 cannot encode), ``ValueError``, ``TypeError``,
+      ``OverflowError`` (an integer beyond SQLite's 64 bits), ``struct.error`` (an RTT that is no
+      float): the driver, or the store's own packing, could not convert a value;
+    * ``sqlite3.DataError`` (a value too big) and ``sqlite3.IntegrityError`` (a NOT NULL column given
+      NaN, which SQLite stores as NULL); ``sqlite3.InterfaceError`` and ``ProgrammingError`` only when
+      they are about binding a parameter: a ProgrammingError is also "closed database", a store fault;
+    * ``psycopg.DataError``: SQLSTATE class 22 "data exception" (a number out of range, an invalid
+      text) and the driver's own refusal of a NUL byte in text; ``psycopg.IntegrityError``, class 23.
+      psycopg is looked up among the loaded modules: it is imported only with PostgreSQL, and no
+      error of it can exist before.
+
+    Everything else is a store fault: ``sqlite3.OperationalError``, ``OSError``, psycopg's
+    ``OperationalError`` (its pool's timeout too), ``InternalError`` (a read-only transaction), ...
+    """
+    if isinstance(err, UnicodeError | ValueError | TypeError | OverflowError | struct.error
+                  | sqlite3.DataError | sqlite3.IntegrityError):
+        return True
+    if isinstance(err, sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        return "binding" in str(err)
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(err, psycopg.DataError | psycopg.IntegrityError)
+
+
+# a quoted value ('\ud800', "abc"; not the apostrophe of "can't") or a number (a position, a byte)
+_VALUES = re.compile(r"""(?<!\w)'[^']*'(?!\w)|(?<!\w)"[^"]*"(?!\w)|\d+""")
+
+
+def _cause(err: BaseException) -> str:
+    """The shape of ``err``: its class and message without numbers and quoted values (a position, the
+    character), so that every row failing for one reason is said once, not once per row."""
+    shape = _VALUES.sub("…", str(err))[:200]
+    return f"{type(err).__name__}: {shape}"
+
+
+def _plain(value: object) -> object:
+    """``value`` as JSON can hold it exactly: dataclasses as objects (without the target, named apart),
+    enums as their values, dates as ISO text, NaN and infinities as text (strict JSON has none)."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "target"}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)  # not a type a result holds today; kept readable rather than lost
+
+
+def _kind(item: EndpointRecord | Result | Gap) -> str:
+    if isinstance(item, EndpointRecord):
+        return "endpoint"
+    if isinstance(item, Gap):
+        return "gap"
+    return "throughput" if isinstance(item, ThroughputResult) else "icmp"
+
+
+_WHAT = {"icmp": "an ICMP result", "throughput": "a throughput test", "gap": "a gap", "endpoint": "the record"}
+
+
+def set_aside_file(state_dir: str | os.PathLike[str]) -> Path:
+    """Where the daemon keeps the rows the store refused: beside the SQLite history, and in the state
+    directory with PostgreSQL too (the daemon has one either way; a remote server's disk is not ours)."""
+    return Path(state_dir) / SET_ASIDE_FILE_NAME
 
 
 def month_start(t: float, timezone: str) -> float:
@@ -272,13 +371,17 @@ class HistorySink:
 
     ``open_store`` is called in the writer thread (SQLite connections belong to their thread) and
     again after a failure, so a state dir that comes back (remounted, space freed) is used again.
+    ``set_aside_path`` is the JSON-lines file where rows the store cannot take are kept (see
+    :meth:`_set_aside`); None keeps them nowhere (they are still counted and said).
     """
 
     def __init__(self, open_store: Callable[[], HistoryStore], retention: Retention,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, set_aside_path: Path | None = None) -> None:
         self._open_store = open_store
         self.retention = retention
         self._clock = clock
+        self._set_aside_path = set_aside_path
+        self._said_full = False  # the set-aside file reached SET_ASIDE_MAX_BYTES and the log said so
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop | _Restore] = \
             queue.SimpleQueue()
@@ -287,6 +390,7 @@ class HistorySink:
         self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
         self._unwritten: dict[str, EndpointRecord] = {}  # configured sites whose record the store lacks
         self._written: dict[str, EndpointRecord] = {}  # what the store was last given, per site
+        self._refused: dict[str, EndpointRecord] = {}  # records the store refused alone (set aside), per site
         self._store: HistoryStore | None = None
         self._last_logged: dict[str, float] = {}
         self._next_prune = 0.0  # prune soon after start: a long-stopped daemon may have much to drop
@@ -418,7 +522,7 @@ class HistorySink:
         for entry in item:
             if isinstance(entry, EndpointRecord):
                 self._endpoints[entry.name] = entry
-                if self._written.get(entry.name) != entry:
+                if self._written.get(entry.name) != entry and self._refused.get(entry.name) != entry:
                     self._unwritten[entry.name] = entry
             else:
                 self._backlog.append(entry)
@@ -444,49 +548,144 @@ class HistorySink:
                 return None
             # a reopened store may be a new file (remounted, replaced): give it every configured site's record
             self._written.clear()
-            self._unwritten.update(self._endpoints)
+            self._unwritten.update((n, r) for n, r in self._endpoints.items() if self._refused.get(n) != r)
         return self._store
 
     def _write(self) -> bool:
         """Write the backlog, :data:`WRITE_CHUNK_RESULTS` per transaction; False when the store failed.
 
         Chunks keep a long backlog (after an outage) from becoming one transaction that shutdown
-        or a crash would roll back whole.
+        or a crash would roll back whole. A chunk that fails for a reason in one of its rows
+        (:func:`is_row_fault`) is split in halves, each written in its own transaction, down to
+        single items; an item that fails alone is set aside (:meth:`_set_aside`) and the others
+        are written. Halving, not one transaction per item: a site whose every result is refused
+        (a name no store takes) costs some 30 extra transactions a cycle at 10,000 sites, not 10,000.
+        A store fault anywhere stops the round as before: what is written is out of the backlog,
+        the rest waits for the retry.
         """
         while self._backlog or self._unwritten:
             store = self._connected()
             if store is None:
                 return False
-            batch = [self._backlog[i] for i in range(min(WRITE_CHUNK_RESULTS, len(self._backlog)))]
-            endpoints = self._records_to_write(batch)
-            results = [r for r in batch if not isinstance(r, Gap)]
-            gaps = [g for g in batch if isinstance(g, Gap)]
-            try:
-                store.write(list(endpoints.values()), results, gaps)
-            except Exception as err:
-                self._failed("write", err)
-                return False
-            self._written.update(endpoints)
-            self._unwritten.clear()
-            for _ in batch:
-                self._backlog.popleft()
-            self.stats.written += len(batch)
-            with self._lock:
-                self.stats.pending = max(0, self.stats.pending - len(batch))
-            self.stats.last_write_at = self._clock()
-            if self._last_logged.pop("write", None) is not None:
-                log.warning("history: writing works again")
+            chunk = [self._backlog[i] for i in range(min(WRITE_CHUNK_RESULTS, len(self._backlog)))]
+            # configured sites' records go in even without results (planned ones), ahead of the items
+            parts: list[list[EndpointRecord | Result | Gap]] = [[*self._unwritten.values(), *chunk]]
+            while parts:
+                part = parts.pop()
+                try:
+                    self._write_part(store, part)
+                except Exception as err:
+                    if not is_row_fault(err):
+                        self._failed("write", err)
+                        return False
+                    if len(part) == 1:
+                        self._set_aside(part[0], err)
+                    else:  # the first half is popped first: items leave the backlog in their order
+                        half = len(part) // 2
+                        parts += (part[half:], part[:half])
         return True
+
+    def _write_part(self, store: HistoryStore, part: Sequence[EndpointRecord | Result | Gap]) -> None:
+        """Write ``part`` (records, then the backlog's first items, in order) in one transaction, with the
+        records its items need; once written, its items leave the backlog. Raises what the store raised."""
+        items = [u for u in part if not isinstance(u, EndpointRecord)]
+        endpoints = self._records_to_write(items)
+        endpoints.update((u.name, u) for u in part if isinstance(u, EndpointRecord))
+        store.write(list(endpoints.values()), [r for r in items if not isinstance(r, Gap)],
+                    [g for g in items if isinstance(g, Gap)])
+        self._written.update(endpoints)
+        for name in endpoints:
+            self._unwritten.pop(name, None)
+        for _ in items:
+            self._backlog.popleft()
+        self.stats.written += len(items)
+        with self._lock:
+            self.stats.pending = max(0, self.stats.pending - len(items))
+        self.stats.last_write_at = self._clock()
+        if self._last_logged.pop("write", None) is not None:
+            log.warning("history: writing works again")
+
+    def _set_aside(self, item: EndpointRecord | Result | Gap, err: Exception) -> None:
+        """Take ``item``, which the store refused alone for a reason in its own row, out of the writer's way.
+
+        A result (or gap) leaves the backlog and ``pending`` and is counted in ``set_aside``; a
+        record leaves the records to write and is not offered again until it changes (its site's
+        results go in under the record the store has, or are set aside in turn). Either is kept as
+        one JSON line in the set-aside file for whoever wants to mend and load it, and said at most
+        once a minute per cause, naming the site and the file.
+        """
+        kind = _kind(item)
+        name = item.name if isinstance(item, EndpointRecord) else item.target.name
+        if isinstance(item, EndpointRecord):
+            self._unwritten.pop(name, None)
+            self._refused[name] = item
+        else:
+            self._backlog.popleft()  # the backlog's first item: parts are written in order
+            self.stats.set_aside += 1
+            with self._lock:
+                self.stats.pending = max(0, self.stats.pending - 1)
+        kept = self._keep({"kind": kind, "endpoint": name,
+                           "started_at": None if isinstance(item, EndpointRecord) else _plain(item.started_at),
+                           "fields": _plain(item), "error": f"{type(err).__name__}: {err}",
+                           "set_aside_at": self._clock()})
+        if kept is not None:
+            where = f"kept in {kept}"
+        elif self._set_aside_path is None:
+            where = "not kept (no set-aside file)"
+        else:
+            where = f"not kept: {self._set_aside_path} is full or cannot be written"
+        if kept is None and not isinstance(item, EndpointRecord):
+            self.stats.set_aside_lost += 1
+        cause = _cause(err)
+        key = f"set-aside {cause}"
+        if key not in self._last_logged and sum(k.startswith("set-aside ") for k in self._last_logged) \
+                >= _SET_ASIDE_CAUSES:
+            key = "set-aside (other causes)"
+        self._say(key, f"history: set aside {_WHAT[kind]} of {printable(name)} that the store cannot write "
+                       f"({type(err).__name__}: {printable(str(err)[:300])}); {where} "
+                       "(connmon_store_results_set_aside_total); the other rows are written, and rows set "
+                       "aside for the same reason are said at most once a minute")
+
+    def _keep(self, entry: Mapping[str, object]) -> Path | None:
+        """Append ``entry`` to the set-aside file as one line of ASCII JSON; the file, or None when not kept.
+
+        ``ensure_ascii`` writes a lone surrogate as its ``\\ud800`` escape, so the line is valid UTF-8
+        and ``json.loads`` gives back the very string the store refused. The file stops growing at
+        :data:`SET_ASIDE_MAX_BYTES` (said once); a failure to write it is said and never raised: it
+        must not stop the writer it protects.
+        """
+        path = self._set_aside_path
+        if path is None:
+            return None
+        try:
+            line = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab", opener=lambda p, flags: os.open(p, flags, 0o600)) as out:
+                if os.fstat(out.fileno()).st_size + len(line) > SET_ASIDE_MAX_BYTES:
+                    if not self._said_full:
+                        self._said_full = True
+                        log.error("history: the set-aside file %s has reached %d MiB; results set aside from now "
+                                  "on are only counted (connmon_store_results_set_aside_lost_total)",
+                                  printable(str(path)), SET_ASIDE_MAX_BYTES // (1024 * 1024))
+                    return None
+                out.write(line)
+        except Exception as err:  # full disk, read-only or missing directory: counted by the caller, said here
+            self._say("set-aside file", f"history: cannot write the set-aside file {path}: {err}; results set aside "
+                                        "are only counted (connmon_store_results_set_aside_lost_total)")
+            return None
+        self._said_full = False  # emptied or rotated by hand: say it again when it fills up
+        return path
 
     def _records_to_write(self, batch: Sequence[Result | Gap]) -> dict[str, EndpointRecord]:
         """The endpoint records this batch must upsert: the sites whose labels the store lacks.
 
         A record the store was last given unchanged is left out: upserting all 10,000 of them with
         every cycle cost about a third of the writer's time (issue 9). A configured record wins over
-        the one a result carries; configured sites go in even without results (planned ones).
+        the one a result carries. A record the store refused (set aside) is left out too: its site's
+        results then go in under the record the store has, if it has one.
         """
         endpoints: dict[str, EndpointRecord] = {}
-        written, configured = self._written, self._endpoints
+        written, configured, refused = self._written, self._endpoints, self._refused
         for item in batch:
             name = item.target.name
             record = configured.get(name)
@@ -495,9 +694,8 @@ class HistorySink:
                     continue
                 record = EndpointRecord.of(item.target)
             last = written.get(name)
-            if last is not record and last != record:
+            if last is not record and last != record and (not refused or refused.get(name) != record):
                 endpoints[name] = record
-        endpoints.update(self._unwritten)
         return endpoints
 
     def _prune_slice(self) -> None:
@@ -529,11 +727,15 @@ class HistorySink:
                              f"{len(self._backlog)} results wait to be written (connmon_store_errors_total)")
 
     def _say(self, key: str, message: str) -> None:
-        """Log at most once a minute per kind of failure: a full disk must not fill the journal too."""
+        """Log at most once a minute per kind of failure: a full disk must not fill the journal too.
+
+        The message is made one printable line: an error's text may quote a value from outside (a
+        lone surrogate would fail the log handler, a newline would forge a line).
+        """
         now = time.monotonic()
         if now - self._last_logged.get(key, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
             self._last_logged[key] = now
-            log.error(message)
+            log.error(printable(message))
 
     def _restore_step(self) -> bool:
         """Try the waiting restore; False while the store cannot be opened or the restore must be retried."""

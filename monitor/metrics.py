@@ -40,6 +40,7 @@ from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.history import StoreStats
 from monitor.results import Cycle, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
+from monitor.text import scalar_text
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,12 @@ _CYCLE_LE = [floatToGoString(b) for b in CYCLE_BUCKETS_SECONDS] + ["+Inf"]
 
 
 def escape_label_value(value: str) -> str:
-    """Escape a label value for the text format: backslash, double quote and newline."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """Escape a label value for the text format: backslash, double quote and newline.
+
+    Any lone surrogate becomes U+FFFD, so every value renders as UTF-8: one odd value must never
+    fail the whole exposition (issue 24; text from outside is also refused at the edge).
+    """
+    return scalar_text(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def label_pairs(pairs: Iterable[tuple[str, str]]) -> str:
@@ -882,7 +887,7 @@ class MetricsSink:
         return "".join(out).encode("utf-8")
 
     def _render_store(self) -> bytes:
-        """The history store's health: written, waiting, dropped and failed, current at every scrape."""
+        """The history store's health: written, waiting, dropped, set aside and failed, current at every scrape."""
         if self._store_stats is None:
             return b""
         stats = self._store_stats()
@@ -899,6 +904,14 @@ class MetricsSink:
             "the backlog overflowed.\n"
             f"# TYPE connmon_store_results_dropped_total counter\nconnmon_store_results_dropped_total{braces} "
             f"{stats.dropped}\n"
+            "# HELP connmon_store_results_set_aside_total Results the store could not write for a reason in the row "
+            "itself; kept in the set-aside file.\n"
+            f"# TYPE connmon_store_results_set_aside_total counter\nconnmon_store_results_set_aside_total{braces} "
+            f"{stats.set_aside}\n"
+            "# HELP connmon_store_results_set_aside_lost_total Results set aside that the set-aside file could not "
+            "keep (full or unwritable).\n"
+            "# TYPE connmon_store_results_set_aside_lost_total counter\n"
+            f"connmon_store_results_set_aside_lost_total{braces} {stats.set_aside_lost}\n"
             "# HELP connmon_store_pending_results Results waiting to be written.\n"
             f"# TYPE connmon_store_pending_results gauge\nconnmon_store_pending_results{braces} {stats.pending}\n"
             "# HELP connmon_store_rows_pruned_total Rows deleted from the history because they outlived retention.\n"

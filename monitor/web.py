@@ -14,10 +14,15 @@ compressed once per change (issue 9).
 from __future__ import annotations
 
 import html
+import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily
 
 from monitor import __version__
 from monitor.agent_api import AgentApi
@@ -26,12 +31,59 @@ from monitor.errors import StartupError
 from monitor.listen import parse_listen
 from monitor.metrics import MetricsSink
 from monitor.reload import ReloadOutcome
+from monitor.text import printable
 from monitor.webconfig import BasicAuth
 
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SHUTDOWN_TIMEOUT_SECONDS = 1.0  # requests still running at shutdown get this long (issue 7: exit within 10 s)
 AGENT_PREFIX = "/api/v1/agent/"  # routes that take an agent's bearer token instead of basic auth
 WRITE_BYTES = 256 * 1024  # per write: the transport buffers at most about this much per scraper
+JUNK_LOG_EVERY_SECONDS = 60.0
+
+class MalformedRequestLog(logging.Filter):
+    """Protocol junk is one quiet line: aiohttp logs every malformed request as an ERROR with a traceback.
+
+    Any client could write tracebacks into the log at will (issue 24: a NUL byte in a header).
+    This filter on aiohttp's server logger counts such requests
+    (``connmon_http_malformed_requests_total``) and lets one WARNING a minute through, one line,
+    without a traceback; the request itself is answered 400 by aiohttp. Errors raised by a
+    handler (a bug) keep their traceback.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._last = -JUNK_LOG_EVERY_SECONDS
+        self._unsaid = 0
+        self.count = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The count, for the scrape-time registry (a plain counter: no ``_created`` series)."""
+        yield CounterMetricFamily("connmon_http_malformed_requests",
+                                  "Requests the web server answered 400 because they were not valid HTTP "
+                                  "(bad headers, NUL bytes, absurd Content-Length, ...).", value=self.count)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        self.count += 1
+        self._unsaid += 1
+        now = self._clock()
+        if now - self._last < JUNK_LOG_EVERY_SECONDS:
+            return False
+        self._last, count, self._unsaid = now, self._unsaid, 0
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "malformed HTTP request from %s answered 400: %s (%d since the last such line; " \
+                     "connmon_http_malformed_requests_total)"
+        record.args = (printable(str(remote)), printable(str(error.message or error))[:200], count)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_JUNK_FILTER = MalformedRequestLog()
+REGISTRY.register(_JUNK_FILTER)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -167,6 +219,9 @@ async def start_server(app: web.Application, listen: str, ssl_context: ssl.SSLCo
     mode, so such clients cannot fill the log.
     """
     host, port = parse_listen(listen)
+    server_log = logging.getLogger("aiohttp.server")
+    if _JUNK_FILTER not in server_log.filters:
+        server_log.addFilter(_JUNK_FILTER)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:

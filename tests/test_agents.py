@@ -311,7 +311,7 @@ def test_a_batch_repeated_after_a_restart_of_the_centre_is_a_duplicate(tmp_path:
 def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A line torn by a crash is skipped; many posts keep the file near one line per site; a journal that
-    cannot be written is said once and the centre goes on in memory."""
+    cannot be written refuses each record (said once in the log) until it can be written again."""
     from monitor import agent_seqs
     from monitor.agent_seqs import SeqJournal
 
@@ -327,7 +327,55 @@ def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, 
     assert SeqJournal(path).load() == {"vsat-1": ("inst-1", 39)}
     blocked = SeqJournal(tmp_path / "file-not-dir" / agent_seqs.FILE_NAME)
     (tmp_path / "file-not-dir").write_text("", encoding="utf-8")
-    blocked.record("vsat-1", "inst-1", 1)
-    blocked.record("vsat-1", "inst-1", 2)
-    assert blocked.positions == {"vsat-1": ("inst-1", 2)}
+    for seq in (1, 2):  # refused, not kept in memory only (issue 24: journal, then publish)
+        with pytest.raises(agent_seqs.JournalError):
+            blocked.record("vsat-1", "inst-1", seq)
+    assert blocked.positions == {}
     assert sum("agent sequence journal" in r.getMessage() for r in caplog.records) == 1
+    (tmp_path / "file-not-dir").unlink()
+    blocked.record("vsat-1", "inst-1", 2)  # tried again with every batch: the fault cleared, it works
+    blocked.close()
+    assert SeqJournal(blocked.path).load() == {"vsat-1": ("inst-1", 2)}
+
+
+def test_a_batch_the_journal_cannot_record_changes_nothing_and_its_retry_is_taken_once(tmp_path: Path) -> None:
+    """Journal, then publish (issue 24): with the journal unwritable the batch raises before any sink sees
+    it and before the site's sequence, counters or liveness move; posted again once the journal
+    works, it is taken exactly once, as a single success would have been."""
+    from monitor.agent_seqs import JournalError, SeqJournal
+
+    clock, sink = Clock(), Recorder()
+    blocker = tmp_path / "state"
+    blocker.write_text("", encoding="utf-8")  # a file where the state directory should be: every write fails
+    registry = AgentRegistry(ResultPipeline([sink]), clock, journal=SeqJournal.in_dir(blocker))
+    registry.set_targets([agent_target("vsat-1")])
+    site = registry.sites["vsat-1"]
+    before = (site.instance, site.last_seq, site.accepted, site.duplicates, site.info, site.last_seen)
+    body = batch("vsat-1", [1, 2, 3], T0 - 300)
+    with pytest.raises(JournalError):
+        post(registry, TOKENS["vsat-1"], body)
+    assert sink.cycles == []
+    assert (site.instance, site.last_seq, site.accepted, site.duplicates, site.info, site.last_seen) == before
+    blocker.unlink()
+    blocker.mkdir()
+    taken = post(registry, TOKENS["vsat-1"], body)
+    assert (taken.accepted, taken.duplicates, taken.last_seq) == (3, 0, 3)
+    again = post(registry, TOKENS["vsat-1"], body)
+    assert (again.accepted, again.duplicates) == (0, 3)
+    assert len(sink.results) == 3
+    assert SeqJournal.in_dir(blocker).load() == {"vsat-1": ("inst-1", 3)}
+
+
+def test_a_compaction_while_a_batch_is_journalled_keeps_that_batch(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compaction that a record triggers is given the registry's figures, which do not hold the batch being
+    journalled yet: the batch's own position must still be in the rewritten file."""
+    from monitor import agent_seqs
+    from monitor.agent_seqs import SeqJournal
+
+    monkeypatch.setattr(agent_seqs, "COMPACT_EXTRA_LINES", 0)
+    registry = AgentRegistry(ResultPipeline([Recorder()]), Clock(), journal=SeqJournal.in_dir(tmp_path))
+    registry.set_targets([agent_target("vsat-1")])
+    for first in (1, 3, 5):
+        post(registry, TOKENS["vsat-1"], batch("vsat-1", [first, first + 1], T0 - 300))
+    assert SeqJournal.in_dir(tmp_path).load() == {"vsat-1": ("inst-1", 6)}
