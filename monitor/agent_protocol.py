@@ -184,6 +184,9 @@ class _Reader:
         return float(value)
 
     def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        """A whole number; ``377.0`` is one too (JSON has one number type, and JSON Schema counts it an integer)."""
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ProtocolError(path, f"must be an integer from {low} to {high}")
         return value
@@ -221,6 +224,7 @@ def decode_batch(data: Any, now: float) -> Batch:
         raise ProtocolError(f"$.{sorted(unknown)[0]}", "unknown field")
     site = r.text(body.get("site"), "$.site", limit=200)
     a = r.obj(body.get("agent"), "$.agent")
+    _no_unknown(a, {"version", "instance", "boot_id", "uptime_seconds", "sent_at", "spool_dropped"}, "$.agent")
     agent = AgentInfo(
         version=r.text(a.get("version"), "$.agent.version", limit=64),
         instance=r.text(a.get("instance"), "$.agent.instance", limit=64),

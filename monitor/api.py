@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from monitor.history import EmptyHistory, EndpointRecord, HistoryNotCreated, His
 from monitor.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
 from monitor.report import GroupSummary, Period, Report, SiteRow, build_report
 from monitor.site_state import SiteStateSink
+from monitor.text import scalar_text, text_fault
 from monitor.windows import MaintenanceWindows
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,13 @@ HISTORY_TESTS = 20  # and its last this many throughput tests
 HISTORY_TESTS_SECONDS = 90 * 24 * 3600.0  # looked for this far back
 SITES_PER_SLICE = 1_000  # /api/v1/sites is built this many sites at a time, letting other loop work run between
 MAX_LABEL_LENGTH = 200  # a kind or district longer than this is malformed, not merely unknown
+MAX_TIMEZONE_LENGTH = 200  # IANA names are far shorter; a longer one is malformed
+# The summary's dates (openapi.yaml states the same pattern): YYYY-MM-DD in the years 1970 to 2999. Beyond them a
+# period (and the equally long one before it, which the KPIs compare with) leaves what Unix time and the stores
+# can count in; such a query is malformed (400), not a failure to read the history (503).
+DATE_PATTERN = "^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+FIRST_DATE, LAST_DATE = dt.date(1970, 1, 1), dt.date(2999, 12, 31)
+_DATE = re.compile(DATE_PATTERN)
 NO_HISTORY = "this daemon keeps no history (started with --no-history): there are no report figures to give"
 
 
@@ -67,8 +76,13 @@ class SummaryQuery:
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, content_type=JSON_CONTENT_TYPE,
-                        text=json.dumps(data, ensure_ascii=False, allow_nan=False))
+    """``data`` as JSON in UTF-8; a lone surrogate in one site's text becomes U+FFFD instead of a 500 for all."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # issue 24: odd text that came from outside (it is refused at the edge too)
+        body = scalar_text(text).encode("utf-8")
+    return web.Response(status=status, body=body, content_type=JSON_CONTENT_TYPE, charset="utf-8")
 
 
 def error_response(status: int, message: str, parameter: str | None = None) -> web.Response:
@@ -76,11 +90,15 @@ def error_response(status: int, message: str, parameter: str | None = None) -> w
 
 
 def _label(query: dict[str, str], name: str) -> str | None:
+    """A kind or district: as clean as the names it is compared with (:data:`monitor.text.NAME_PATTERN`)."""
     value = query.get(name)
     if value is None:
         return None
-    if not value.strip() or len(value) > MAX_LABEL_LENGTH or any(ord(c) < 32 for c in value):
-        raise QueryError(name, f"{name}: must be a non-empty label of at most {MAX_LABEL_LENGTH} printable characters")
+    if not value or len(value) > MAX_LABEL_LENGTH:
+        raise QueryError(name, f"{name}: must be a non-empty label of at most {MAX_LABEL_LENGTH} characters")
+    fault = text_fault(value)
+    if fault is not None:
+        raise QueryError(name, f"{name}: {fault}")
     return value
 
 
@@ -89,13 +107,19 @@ def _date(query: dict[str, str], name: str) -> dt.date | None:
     if value is None:
         return None
     try:
+        if not _DATE.fullmatch(value):
+            raise ValueError(value)
         return dt.datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
-        raise QueryError(name, f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+        raise QueryError(name, f"{name}: {value!r} is not a date from {FIRST_DATE} to {LAST_DATE} "
+                               "(YYYY-MM-DD)") from None
 
 
 def parse_summary_query(query: dict[str, str], default_timezone: str, now: float) -> SummaryQuery:
     """The summary's parameters; the period defaults to the current calendar month up to today.
+
+    ``from`` alone runs to today (or to ``from``, when it is later); ``to`` alone starts on the first day
+    of its month, so a period given by one end is never reversed.
 
     Raises:
         QueryError: a malformed value, an unknown time zone or ``from`` after ``to``.
@@ -105,12 +129,15 @@ def parse_summary_query(query: dict[str, str], default_timezone: str, now: float
         raise QueryError(unknown[0], f"{unknown[0]}: unknown parameter (kind, district, from, to, timezone)")
     zone = query.get("timezone", default_timezone)
     try:
+        if not 0 < len(zone) <= MAX_TIMEZONE_LENGTH:
+            raise ValueError(zone)
         ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a key the file system cannot even look up
         raise QueryError("timezone", f"timezone: {zone!r} is not a time zone name (e.g. UTC, Asia/Almaty)") from None
     today = dt.datetime.fromtimestamp(now, ZoneInfo(zone)).date()
-    first = _date(query, "from") or today.replace(day=1)
-    last = _date(query, "to") or max(today, first)
+    given_last = _date(query, "to")
+    first = _date(query, "from") or (given_last or today).replace(day=1)  # to's month, or this one
+    last = given_last or max(today, first)
     if first > last:
         raise QueryError("from", f"from: {first} is after to: {last}")
     return SummaryQuery(Period(first, last, zone), _label(query, "kind"), _label(query, "district"))
