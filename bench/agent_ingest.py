@@ -30,7 +30,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.agents import token_hash  # noqa: E402
+from monitor.agent.centre.registry import token_hash  # noqa: E402
 
 PORT = 19931
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -151,7 +151,7 @@ def measure_fping(addresses: list[str], count: int, address_file: str) -> Result
 # ----------------------------------------------------------------------------- the engine
 
 async def _engine_once(mode: str, addresses: list[str], count: int) -> Result:
-    from monitor.icmp_engine import EchoJob, IcmpEngine
+    from monitor.icmp.engine import EchoJob, IcmpEngine
 
     engine = IcmpEngine.open(mode)
     try:

@@ -22,24 +22,24 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor import __version__
-from monitor.agent_protocol import BODY_IDLE_SECONDS
-from monitor.config import ReportSettings, load_config
-from monitor.durations import parse_duration
+from monitor.agent.protocol import BODY_IDLE_SECONDS
+from monitor.config.durations import parse_duration
+from monitor.config.model import ReportSettings, load_config
+from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ConfigError, ConnmonError
-from monitor.history import EndpointRecord
-from monitor.icmp_engine import IcmpEngine
-from monitor.kpis import Thresholds, maintenance_of
-from monitor.listen import DEFAULT_LISTEN, parse_listen
+from monitor.history.store import EndpointRecord
+from monitor.history.store_url import describe, is_postgres, sqlite_path
+from monitor.history.store_url import opener as store_opener
+from monitor.icmp.engine import IcmpEngine
 from monitor.logs import configure
 from monitor.probes import PROBES, ProbeContext
 from monitor.probes.iperf3 import find_iperf3
-from monitor.report import FORMATS, Period, build_report
+from monitor.report.compliance import FORMATS, Period, build_report
+from monitor.report.kpis import Thresholds, maintenance_of
 from monitor.results import IcmpResult, ThroughputResult
 from monitor.shard import Shard, own_share
-from monitor.store_url import describe, is_postgres, sqlite_path
-from monitor.store_url import opener as store_opener
 from monitor.targets import Target, build_targets, probed, select
-from monitor.windows import MaintenanceWindows
+from monitor.web.listen import DEFAULT_LISTEN, parse_listen
 
 
 def _listen_address(text: str) -> str:
@@ -178,7 +178,7 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 
 def _one_line(err: BaseException) -> str:
     """An error's message on one line, with no password in it (psycopg may quote the URL)."""
-    from monitor.postgres_store import scrub
+    from monitor.history.postgres import scrub
 
     return " ".join(scrub(str(err)).split()) or type(err).__name__
 
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agent-token":
             return _agent_token(args.output)
         if args.command == "agent":
-            from monitor.agent import run_agent  # the agent's imports (aiohttp client) only when needed
+            from monitor.agent.site.main import run_agent  # the agent's imports (aiohttp client) only when needed
 
             code = asyncio.run(run_agent(args.config, args.icmp_mode))
             _exit_without_stuck_lookups(code)
@@ -272,7 +272,7 @@ def _exit_without_stuck_lookups(code: int) -> None:
     the interpreter's final thread join for 30 s or more. Everything worth writing is written by now
     (the daemon closed its sinks), so the log is flushed and the process ends with ``os._exit``.
     """
-    from monitor.resolver import close_pool
+    from monitor.probes.resolver import close_pool
 
     if close_pool(timeout_seconds=1.0):
         return
@@ -285,7 +285,7 @@ def _exit_without_stuck_lookups(code: int) -> None:
 
 def _agent_token(output: str | None) -> int:
     """A new random token for one site's agent, and the line for the site's endpoint in the centre's config."""
-    from monitor.agents import token_hash  # the centre's own hashing, so the two can never disagree
+    from monitor.agent.centre.registry import token_hash  # the centre's own hashing, so the two can never disagree
 
     token = secrets.token_urlsafe(32)
     line = f"agent: {{token_sha256: {token_hash(token)}}}"
@@ -314,7 +314,7 @@ def _check(path: str, web_config_path: str | None) -> int:
         f" ({statuses.count('planned')} planned and {statuses.count('retired')} retired: not probed)")
     print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints{unprobed}")
     if web_config_path is not None:
-        from monitor.webconfig import load_web_config  # bcrypt and ssl only when asked
+        from monitor.web.config import load_web_config  # bcrypt and ssl only when asked
 
         print(f"{web_config_path}: OK, {load_web_config(web_config_path).describe()}")
     return 0
@@ -358,7 +358,7 @@ def _report(args: argparse.Namespace) -> int:
         return 3
     finally:
         store.close()
-    from monitor.report_render import render  # jinja2 and tabulate only for a report
+    from monitor.report.render import render  # jinja2 and tabulate only for a report
 
     text = render(report, args.format)
     if args.output is None:

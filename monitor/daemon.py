@@ -7,7 +7,7 @@ validated in full first; a bad file keeps the running config and sets
 
 Shutdown (issue 7): SIGTERM/SIGINT stop scheduling at once; cycles already running get
 :data:`DRAIN_SECONDS` to finish and be published, the rest are cancelled and get
-:data:`CANCEL_SECONDS` to unwind; then the web server closes (:data:`~monitor.web.SHUTDOWN_TIMEOUT_SECONDS`),
+:data:`CANCEL_SECONDS` to unwind; then the web server closes (:data:`~monitor.web.server.SHUTDOWN_TIMEOUT_SECONDS`),
 sinks flush and the process exits 0, well within 10 s. A second signal skips the wait.
 """
 
@@ -20,29 +20,29 @@ import signal
 import time
 from collections.abc import Coroutine, Sequence
 
-from monitor.agent_api import AgentApi
-from monitor.agent_protocol import BODY_IDLE_SECONDS
-from monitor.agent_seqs import SeqJournal
-from monitor.agents import AgentRegistry
-from monitor.api import SiteApi
-from monitor.config import Config
+from monitor.agent.centre.api import AgentApi
+from monitor.agent.centre.journal import SeqJournal
+from monitor.agent.centre.registry import AgentRegistry
+from monitor.agent.protocol import BODY_IDLE_SECONDS
+from monitor.config.model import Config
+from monitor.exposition.sink import MetricsSink
 from monitor.gc_tuning import settle_long_lived
-from monitor.history import HistorySink, RestoredState, set_aside_file
-from monitor.icmp_engine import IcmpEngine
+from monitor.history.store import HistorySink, RestoredState, set_aside_file
+from monitor.history.store_url import is_postgres
+from monitor.history.store_url import opener as store_opener
+from monitor.icmp.engine import IcmpEngine
 from monitor.logs import EventLogSink
-from monitor.metrics import MetricsSink
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
 from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
-from monitor.site_state import SiteStateSink
-from monitor.store_url import is_postgres
-from monitor.store_url import opener as store_opener
 from monitor.targets import Target, probed
-from monitor.web import build_app, start_server
-from monitor.webconfig import BasicAuth, load_web_config
+from monitor.web.config import BasicAuth, load_web_config
+from monitor.web.server import build_app, start_server
+from monitor.web.site_api import SiteApi
+from monitor.web.site_state import SiteStateSink
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this

@@ -14,9 +14,9 @@ Kubernetes ConfigMap's symlink swap, which inotify on the path misses, and needs
 A file whose content was already tried (good or bad) is not reloaded again, so a broken file is
 reported once, not at every poll.
 
-What it leaves to others: parsing and validation (:mod:`monitor.config`), the job diff that keeps
+What it leaves to others: parsing and validation (:mod:`monitor.config.model`), the job diff that keeps
 unchanged sites' schedules (:mod:`monitor.scheduler`), and keeping unchanged sites' series
-(:mod:`monitor.metrics`).
+(:mod:`monitor.exposition.sink`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from monitor.config import Config, load_config
+from monitor.config.model import Config, load_config
 from monitor.errors import ConfigError
 from monitor.targets import Target, build_targets
 

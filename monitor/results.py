@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from monitor.config import Direction
+from monitor.config.model import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.targets import Target
 
@@ -214,7 +214,7 @@ class Cycle:
     started_at: float
     duration_seconds: float
     results: tuple[Result, ...]
-    gaps: tuple[Gap, ...] = ()  # agent sites only: a silence the batch of ``results`` ended (monitor.agents)
+    gaps: tuple[Gap, ...] = ()  # agent sites only: a silence the batch of ``results`` ended (agent.centre)
 
 
 class Sink(Protocol):

@@ -12,7 +12,7 @@ shard index with a stable hash of (index, name) and the highest score wins. So
 
 The hash is BLAKE2b (stable across processes and Python versions), never ``hash()``, which is
 salted per process. The index I counts from 0, like a StatefulSet ordinal. Series of a sharded
-instance carry ``shard="I"`` (see :mod:`monitor.metrics`); N is left out of the label so that a
+instance carry ``shard="I"`` (see :mod:`monitor.exposition.sink`); N is left out of the label so that a
 site that stays on its instance when N changes keeps its series.
 
 It only selects targets: scheduling, probing and metrics are unaware of the other instances.

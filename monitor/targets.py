@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.config import (
+from monitor.config.model import (
     DIRECTIONS,
     AgentSettings,
     Config,

@@ -31,11 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from monitor.config import ThroughputSettings
+from monitor.config.model import ThroughputSettings
+from monitor.config.windows import current_or_next
 from monitor.errors import ProbeErrorReason
 from monitor.results import ThroughputResult
 from monitor.targets import Target
-from monitor.windows import current_or_next
 
 BUSY_FIRST_RETRY_SECONDS = 30.0
 BUSY_MAX_RETRIES = 5

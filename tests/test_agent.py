@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from monitor import __version__
-from monitor.agents import token_hash
-from monitor.spool import FILE_NAME
-from monitor.sqlite_store import SqliteStore, database_path
+from monitor.agent.centre.registry import token_hash
+from monitor.agent.site.spool import FILE_NAME
+from monitor.history.sqlite import SqliteStore, database_path
 from tests.conftest import write_config
 from tests.netlab import Lab, Site, _child_env
 from tests.running import running_daemon, scrape_when, value

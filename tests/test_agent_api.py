@@ -18,7 +18,7 @@ from typing import Any
 
 from openapi_core.testing import MockRequest, MockResponse
 
-from monitor.agents import BURST, token_hash
+from monitor.agent.centre.registry import BURST, token_hash
 from tests.conftest import write_config
 from tests.netlab import Lab
 from tests.running import running_daemon, samples, scrape_when, value
@@ -34,7 +34,7 @@ def call(url: str, body: bytes | None, token: str | None = None, method: str = "
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
     """One request without proxies: (status, headers, JSON body or text).
 
-    Agent API answers are checked against the OpenAPI document (``monitor/openapi.yaml``), and so are
+    Agent API answers are checked against the OpenAPI document (``monitor/web/openapi.yaml``), and so are
     the requests the test means to be valid (status 200).
     """
     status, got, parsed, raw = _call(url, body, token, method, headers)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.agent_config import AgentConfig, default_gateway, load_agent_config, parse_agent_config
+from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_config, parse_agent_config
 from monitor.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

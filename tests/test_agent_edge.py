@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from monitor.agents import token_hash
+from monitor.agent.centre.registry import token_hash
 from tests.running import samples, stop_process, value
 
 PORT = 19801
@@ -299,7 +299,7 @@ def test_a_body_that_stalls_gets_408_and_changes_nothing(centre: Centre) -> None
 def test_fifty_stalled_bodies_leave_metrics_answering_and_are_bounded(centre: Centre) -> None:
     """Fifty senders that stop half-way hold no more than MAX_BODY_READS reads; the rest get 503 at once;
     /metrics answers all along; every one of them is counted, and an honest agent then gets through."""
-    from monitor.agent_api import MAX_BODY_READS
+    from monitor.agent.centre.api import MAX_BODY_READS
 
     before = metrics(centre)
     body = encode(batch("stall-1", 1, 50))

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.agents import token_hash
-from monitor.sqlite_store import SqliteStore, database_path
+from monitor.agent.centre.registry import token_hash
+from monitor.history.sqlite import SqliteStore, database_path
 from tests.conftest import need, write_config
 from tests.netlab import Lab, NattedSite, _child_env, can_measure_throughput
 from tests.running import Samples, running_daemon, scrape_when, value

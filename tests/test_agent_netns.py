@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from monitor.spool import FILE_NAME
+from monitor.agent.site.spool import FILE_NAME
 from tests.conftest import need
 from tests.netlab import Lab, Site, _child_env, can_measure_throughput, sh
 

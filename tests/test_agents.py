@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from monitor.agent_protocol import ProtocolError, decode_batch, encode_agent, encode_icmp, encode_throughput
-from monitor.agents import AgentRegistry, TokenBucket, token_hash
-from monitor.config import AgentSettings, IcmpSettings, Retention, ThroughputSettings
+from monitor.agent.centre.registry import AgentRegistry, TokenBucket, token_hash
+from monitor.agent.protocol import ProtocolError, decode_batch, encode_agent, encode_icmp, encode_throughput
+from monitor.config.model import AgentSettings, IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.history import HistorySink, StoredGap
+from monitor.history.sqlite import SqliteStore
+from monitor.history.store import HistorySink, StoredGap
 from monitor.results import Cycle, DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
-from monitor.sqlite_store import SqliteStore
 from monitor.targets import Target
 from monitor.throughput_plan import ThroughputPlan
 
@@ -61,7 +61,7 @@ def batch(site: str, seqs: list[int], at: float, *, boot: str = "boot-1", uptime
     placeholder = agent_target(site)
     results = [encode_icmp(seq, IcmpResult(placeholder, at + i * spacing, "10.77.0.1", 3, (0.6, None, 0.61)))
                for i, seq in enumerate(seqs)]
-    from monitor.agent_protocol import AgentInfo
+    from monitor.agent.protocol import AgentInfo
     info = AgentInfo("0.1.0", instance, boot, uptime, at + len(seqs) * spacing)
     return {"site": site, "agent": encode_agent(info), "results": results}
 
@@ -280,7 +280,7 @@ def test_a_batch_repeated_after_a_restart_of_the_centre_is_a_duplicate(tmp_path:
     """The last sequence numbers outlive the centre (journal in the state dir): a batch the agent posts
     again after the centre restarted is acknowledged and ignored, not counted twice; a new
     installation of the agent numbers from 1 again and is taken."""
-    from monitor.agent_seqs import SeqJournal
+    from monitor.agent.centre.journal import SeqJournal
 
     def centre() -> tuple[AgentRegistry, Recorder, Clock]:
         clock, sink = Clock(), Recorder()
@@ -312,8 +312,9 @@ def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, 
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A line torn by a crash is skipped; many posts keep the file near one line per site; a journal that
     cannot be written refuses each record (said once in the log) until it can be written again."""
-    from monitor import agent_seqs
-    from monitor.agent_seqs import SeqJournal
+    from monitor.agent.centre import journal as agent_seqs
+
+    from monitor.agent.centre.journal import SeqJournal
 
     monkeypatch.setattr(agent_seqs, "COMPACT_EXTRA_LINES", 5)
     path = tmp_path / agent_seqs.FILE_NAME
@@ -342,7 +343,7 @@ def test_a_batch_the_journal_cannot_record_changes_nothing_and_its_retry_is_take
     """Journal, then publish (issue 24): with the journal unwritable the batch raises before any sink sees
     it and before the site's sequence, counters or liveness move; posted again once the journal
     works, it is taken exactly once, as a single success would have been."""
-    from monitor.agent_seqs import JournalError, SeqJournal
+    from monitor.agent.centre.journal import JournalError, SeqJournal
 
     clock, sink = Clock(), Recorder()
     blocker = tmp_path / "state"
@@ -370,8 +371,9 @@ def test_a_compaction_while_a_batch_is_journalled_keeps_that_batch(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The compaction that a record triggers is given the registry's figures, which do not hold the batch being
     journalled yet: the batch's own position must still be in the rewritten file."""
-    from monitor import agent_seqs
-    from monitor.agent_seqs import SeqJournal
+    from monitor.agent.centre import journal as agent_seqs
+
+    from monitor.agent.centre.journal import SeqJournal
 
     monkeypatch.setattr(agent_seqs, "COMPACT_EXTRA_LINES", 0)
     registry = AgentRegistry(ResultPipeline([Recorder()]), Clock(), journal=SeqJournal.in_dir(tmp_path))

@@ -20,14 +20,14 @@ from aiohttp import test_utils, web  # test_utils, not its Test* names: pytest w
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from monitor.api import NO_HISTORY, OPENAPI_PATH, SITES_PER_SLICE, QueryError, SiteApi, parse_summary_query
-from monitor.config import Direction, IcmpSettings
-from monitor.history import EmptyHistory, EndpointRecord
+from monitor.config.model import Direction, IcmpSettings
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.history.store import EmptyHistory, EndpointRecord
+from monitor.history.store_url import opener as store_opener
 from monitor.results import Cycle, DirectionResult, IcmpResult, ThroughputResult
-from monitor.site_state import SiteStateSink
-from monitor.sqlite_store import SqliteStore, database_path
-from monitor.store_url import opener as store_opener
 from monitor.targets import Target
+from monitor.web.site_api import NO_HISTORY, OPENAPI_PATH, SITES_PER_SLICE, QueryError, SiteApi, parse_summary_query
+from monitor.web.site_state import SiteStateSink
 from tests.conftest import need, write_config
 from tests.netlab import Lab, _child_env, can_measure_throughput
 from tests.running import request, running_daemon

@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from monitor import config as config_module
-from monitor.config import parse_config
+from monitor.config import model as config_module
+from monitor.config.model import parse_config
 from monitor.errors import ConfigError
-from monitor.webconfig import parse_web_config
+from monitor.web.config import parse_web_config
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from monitor import history as history_module
-from monitor.config import IcmpSettings, Retention, ThroughputSettings
+from monitor.config.model import IcmpSettings, Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, HistoryNotCreated, HistorySink, month_start
+from monitor.history.sqlite import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
+from monitor.history.store import EndpointRecord, HistoryNotCreated, HistorySink, month_start
+from monitor.history import store as history_module
 from monitor.results import Cycle, DirectionResult, Gap, IcmpResult, Result, ThroughputResult
-from monitor.sqlite_store import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
 from monitor.targets import Target
 from tests.conftest import need_root
 
@@ -242,7 +242,7 @@ def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns
     """On a tmpfs that fills up: writes fail and are counted, results wait, and all land after it grows."""
     need_root()
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
-    caplog.set_level(logging.ERROR, logger="monitor.history")
+    caplog.set_level(logging.ERROR, logger="monitor.history.store")
     with mounted("tmpfs", tmp_path / "state", "size=96k") as state:
         sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
         a = target("a")
@@ -327,7 +327,7 @@ def test_close_with_a_failing_store_counts_and_says_what_was_lost(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """At shutdown a store that keeps failing is retried until the deadline; the rest is dropped, said always."""
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
-    caplog.set_level(logging.ERROR, logger="monitor.history")
+    caplog.set_level(logging.ERROR, logger="monitor.history.store")
 
     def broken() -> SqliteStore:
         raise sqlite3.OperationalError("disk I/O error")
@@ -426,7 +426,7 @@ def test_connections_opening_a_new_history_at_once_all_open(tmp_path: Path) -> N
     wait for the other connection, not fail with "database is locked" (CI saw it once at start-up)."""
     import threading
 
-    from monitor.sqlite_store import SqliteStore
+    from monitor.history.sqlite import SqliteStore
 
     errors: list[BaseException] = []
     for attempt in range(100):
@@ -534,7 +534,7 @@ def test_the_sink_prunes_old_rows_in_slices_by_its_retention(tmp_path: Path, mon
 def test_history_retention_in_the_config_is_read_in_seconds() -> None:
     """``history: {retention: {icmp: 7d, throughput: 60d}}`` gives those seconds; left out, the defaults; the
     README's sample is the defaults."""
-    from monitor.config import parse_config
+    from monitor.config.model import parse_config
 
     groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
     both = parse_config("history: {retention: {icmp: 7d, throughput: 60d}}\n" + groups, "c.yaml")
@@ -549,7 +549,7 @@ def test_history_retention_in_the_config_is_read_in_seconds() -> None:
 
 def test_retention_limits_are_the_ones_the_readme_gives() -> None:
     """README: ``icmp`` 1h to 3650d, ``throughput`` 32d to 3650d; outside is an error naming file, line and key."""
-    from monitor.config import parse_config
+    from monitor.config.model import parse_config
     from monitor.errors import ConfigError
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
@@ -628,7 +628,7 @@ def test_store_failures_are_logged_again_once_the_minute_has_passed(
     has passed (the constant set to 0 here, instead of waiting a minute) it is said again."""
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
     monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 1e9)
-    caplog.set_level(logging.ERROR, logger="monitor.history")
+    caplog.set_level(logging.ERROR, logger="monitor.history.store")
 
     def broken() -> SqliteStore:
         raise sqlite3.OperationalError("disk I/O error")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from monitor.sqlite_store import database_path
+from monitor.history.sqlite import database_path
 from tests.conftest import need, write_config
 from tests.netlab import Lab, _child_env, can_measure_throughput
 from tests.running import samples

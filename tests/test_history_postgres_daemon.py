@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from monitor.history import EndpointRecord
-from monitor.postgres_store import PostgresStore
+from monitor.history.postgres import PostgresStore
+from monitor.history.store import EndpointRecord
 from monitor.shard import owner
 from monitor.throughput_plan import phase
 from tests.conftest import need, write_config

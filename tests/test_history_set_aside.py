@@ -22,9 +22,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from monitor import history as history_module
 from monitor.errors import ProbeErrorReason
-from monitor.history import (
+from monitor.exposition.sink import MetricsSink
+from monitor.history.postgres import PostgresStore
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.history.store import (
     SET_ASIDE_FILE_NAME,
     EndpointRecord,
     HistorySink,
@@ -32,10 +34,8 @@ from monitor.history import (
     is_row_fault,
     set_aside_file,
 )
-from monitor.metrics import MetricsSink
-from monitor.postgres_store import PostgresStore
+from monitor.history import store as history_module
 from monitor.results import Cycle, Gap, IcmpResult, Result
-from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.test_history import KEEP_ALL, icmp, target, test_, wait_for
@@ -99,7 +99,7 @@ def test_rows_no_store_takes_are_set_aside_and_every_other_site_is_written(
     Every other row is stored, the bad ones are in the set-aside file with their surrogates intact,
     counted, out of ``pending``, and the writer goes on; each cause is logged once, on one line."""
     name, opener = backend
-    caplog.set_level(logging.ERROR, logger="monitor.history")
+    caplog.set_level(logging.ERROR, logger="monitor.history.store")
     path = tmp_path / "state" / SET_ASIDE_FILE_NAME
     s0, s1, s2, s3, s4, s5 = (target(f"s{i}") for i in range(6))
     odd = target(f"odd{OTHER_SURROGATE}\nname")  # a newline too: the log must stay one line
@@ -295,7 +295,7 @@ def test_the_set_aside_file_is_bounded_and_beyond_it_rows_are_only_counted(
     """Past SET_ASIDE_MAX_BYTES nothing more is appended: the rows are counted (set aside and lost), the log
     says so once, and the writer goes on writing the good rows."""
     monkeypatch.setattr(history_module, "SET_ASIDE_MAX_BYTES", 1500)
-    caplog.set_level(logging.ERROR, logger="monitor.history")
+    caplog.set_level(logging.ERROR, logger="monitor.history.store")
     path = tmp_path / SET_ASIDE_FILE_NAME
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL, set_aside_path=path)
     good, bad = target("good"), target("bad")
@@ -320,7 +320,7 @@ def test_a_set_aside_file_that_cannot_be_written_is_counted_and_said_never_raise
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The set-aside file's directory is a regular file: every row set aside is counted as lost, the
     failure is said once, and the writer goes on (the good rows are all written)."""
-    caplog.set_level(logging.ERROR, logger="monitor.history")
+    caplog.set_level(logging.ERROR, logger="monitor.history.store")
     (tmp_path / "not-a-dir").write_text("")
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL,
                        set_aside_path=tmp_path / "not-a-dir" / SET_ASIDE_FILE_NAME)

@@ -7,10 +7,10 @@ import socket
 
 from aiohttp import web
 
-from monitor.config import IcmpSettings, ThroughputSettings
+from monitor.config.model import IcmpSettings, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.http_transfer import Limits, fetch
 from monitor.probes import ProbeContext, http
+from monitor.probes.http_transfer import Limits, fetch
 from monitor.probes.throughput import measure_site
 from monitor.targets import Target
 

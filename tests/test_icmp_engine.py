@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from icmplib import ICMPv4Socket
 
-from monitor.icmp_engine import EchoJob, IcmpEngine, checksum_for_sequence
+from monitor.icmp.engine import EchoJob, IcmpEngine, checksum_for_sequence
 from tests.conftest import need, need_root
 
 

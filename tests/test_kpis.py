@@ -30,15 +30,15 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import load_config
+from monitor.config.model import load_config
+from monitor.config.windows import MaintenanceWindows, parse_maintenance_window, parse_window
 from monitor.errors import ProbeErrorReason
-from monitor.kpis import DAY_SECONDS, Thresholds, maintenance_of, status_of
-from monitor.report import Period, build_report
-from monitor.report_render import render
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.report.compliance import Period, build_report
+from monitor.report.kpis import DAY_SECONDS, Thresholds, maintenance_of, status_of
+from monitor.report.render import render
 from monitor.results import Result
-from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target
-from monitor.windows import MaintenanceWindows, parse_maintenance_window, parse_window
 from tests.conftest import write_config
 from tests.netlab import _child_env
 from tests.test_history import icmp, target, test_

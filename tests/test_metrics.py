@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.config import IcmpSettings, ThroughputSettings
+from monitor.config.model import IcmpSettings, ThroughputSettings
 from monitor.errors import ICMP_REASONS, ProbeErrorReason
-from monitor.metrics import RTT_BUCKETS_SECONDS, MetricsSink, escape_label_value
+from monitor.exposition.sink import RTT_BUCKETS_SECONDS, MetricsSink, escape_label_value
 from monitor.results import Cycle, IcmpResult
 from monitor.targets import Target
 from tests.promtool import promtool_problems
@@ -144,7 +144,7 @@ def test_a_partly_failed_throughput_test_keeps_the_last_verdict() -> None:
     """Download measured and met, then a test whose download is busy: connmon_target_met stays 1."""
     import dataclasses
 
-    from monitor.config import ThroughputSettings
+    from monitor.config.model import ThroughputSettings
     from monitor.results import Cycle, DirectionResult, ThroughputResult
 
     t = dataclasses.replace(target("s1"), throughput=ThroughputSettings(method="iperf3"))
@@ -171,7 +171,7 @@ def test_missed_tests_in_a_row_count_up_and_reset_on_a_met_target() -> None:
     """Two misses give 2, a failed test (no verdict) leaves it, a met target resets it to 0."""
     import dataclasses
 
-    from monitor.config import ThroughputSettings
+    from monitor.config.model import ThroughputSettings
     from monitor.results import DirectionResult, ThroughputResult
 
     t = dataclasses.replace(target("s1"), throughput=ThroughputSettings(method="iperf3"))
@@ -205,7 +205,7 @@ def test_a_large_cycle_is_absorbed_in_slices_between_other_work() -> None:
     cycle), pages are published before the cycle's last slice, and the last body has every site."""
     import asyncio
 
-    from monitor.metrics import AT_ONCE_RESULTS, PAGE_ENDPOINTS
+    from monitor.exposition.sink import AT_ONCE_RESULTS, PAGE_ENDPOINTS
 
     targets = [target(f"s{i:04d}") for i in range(2500)]
     sink = MetricsSink()

@@ -10,10 +10,10 @@ import zlib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import compression
-from monitor.metrics import MetricsSink
+from monitor.exposition import compression as compression
+from monitor.exposition.sink import MetricsSink
 from monitor.results import Cycle
-from monitor.web import WRITE_BYTES, accepts_gzip, write_pieces
+from monitor.web.server import WRITE_BYTES, accepts_gzip, write_pieces
 from tests.promtool import promtool_problems
 from tests.test_metrics import result, target
 
@@ -148,7 +148,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
     """Under a running loop a changed block is compressed soon after and its text let go (issue 9:
     resident memory); gzip and plain scrapes still give exactly the text rendered, and concurrent
     plain scrapers of one version share one inflation."""
-    monkeypatch.setattr("monitor.metrics.COMPRESS_AFTER_SECONDS", 0.01)
+    monkeypatch.setattr("monitor.exposition.sink.COMPRESS_AFTER_SECONDS", 0.01)
     inflated: list[int] = []
     real = compression.inflate
 
@@ -156,7 +156,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
         inflated.append(segment.size)
         return real(segment)
 
-    monkeypatch.setattr("monitor.metrics.inflate", counting)
+    monkeypatch.setattr("monitor.exposition.sink.inflate", counting)
     targets = fleet(groups=3, per_group=30)
 
     async def main() -> None:
@@ -194,7 +194,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
 
 def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.MonkeyPatch) -> None:
     """No chunk outlives its group: after reloads and cycles, every kept text or segment is in the body."""
-    monkeypatch.setattr("monitor.metrics.COMPRESS_AFTER_SECONDS", 0.01)
+    monkeypatch.setattr("monitor.exposition.sink.COMPRESS_AFTER_SECONDS", 0.01)
     targets = fleet(groups=4, per_group=5)
 
     async def main() -> None:
@@ -218,7 +218,7 @@ def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.Monk
 def test_one_sites_result_rejoins_only_its_page(monkeypatch: pytest.MonkeyPatch) -> None:
     """A result for one site (an agent's post) re-joins only the page of endpoints it is on, not its
     whole group: the other pages' chunks are the very same objects, and the body is still whole."""
-    monkeypatch.setattr("monitor.metrics.PAGE_ENDPOINTS", 10)
+    monkeypatch.setattr("monitor.exposition.sink.PAGE_ENDPOINTS", 10)
     targets = fleet(groups=1, per_group=45)  # pages of 10, 10, 10, 10, 5
     sink = MetricsSink()
     sink.set_targets(targets)

@@ -12,10 +12,10 @@ import random
 
 import pytest
 
-from monitor import metrics
-from monitor.config import ThroughputSettings
+from monitor.config.model import ThroughputSettings
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
-from monitor.metrics import MetricsSink
+from monitor.exposition import sink as metrics
+from monitor.exposition.sink import MetricsSink
 from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
 from tests.promtool import promtool_problems

@@ -65,10 +65,10 @@ def test_readme_documents_every_exported_metric() -> None:
     """Each metric family /metrics can export (roll-out ones included) is named in the README."""
     import dataclasses
 
-    from monitor.config import IcmpSettings, ThroughputSettings
-    from monitor.history import StoreStats
-    from monitor.icmp_engine import EngineStats
-    from monitor.metrics import MetricsSink
+    from monitor.config.model import IcmpSettings, ThroughputSettings
+    from monitor.exposition.sink import MetricsSink
+    from monitor.history.store import StoreStats
+    from monitor.icmp.engine import EngineStats
     from monitor.targets import Target
 
     site = Target("s", "192.0.2.1", "192.0.2.1", "g", "school", "Aktobe", "fibre", None, None, 4e6, IcmpSettings(),

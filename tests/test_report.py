@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import load_config, parse_config
+from monitor.config.model import load_config, parse_config
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord
-from monitor.report import Period, build_report, nearest_rank
-from monitor.report_render import render
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.history.store import EndpointRecord
+from monitor.report.compliance import Period, build_report, nearest_rank
+from monitor.report.render import render
 from monitor.results import Result
-from monitor.sqlite_store import SqliteStore, database_path
 from monitor.targets import Target, build_targets
 from tests.conftest import write_config
 from tests.netlab import _child_env
@@ -101,8 +101,8 @@ groups:
     endpoints:
       - {name: s4, host: 192.0.2.4}
 """)
-    from monitor.config import load_config
-    from monitor.history import EndpointRecord
+    from monitor.config.model import load_config
+    from monitor.history.store import EndpointRecord
     from monitor.targets import build_targets
 
     configured = [EndpointRecord.of(t) for t in build_targets(load_config(str(cfg)))]

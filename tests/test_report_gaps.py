@@ -32,15 +32,15 @@ from pathlib import Path
 
 import pytest
 
-from monitor.api import report_to_json
-from monitor.gaps import GapAccount, due_cycles
-from monitor.history import EndpointRecord, StoredGap
-from monitor.kpis import Span, compute_kpis
-from monitor.report import Period, build_report
-from monitor.report_render import render
+from monitor.config.windows import MaintenanceWindows
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.history.store import EndpointRecord, StoredGap
+from monitor.report.compliance import Period, build_report
+from monitor.report.gaps import GapAccount, due_cycles
+from monitor.report.kpis import Span, compute_kpis
+from monitor.report.render import render
 from monitor.results import Gap, Result
-from monitor.sqlite_store import SqliteStore, database_path
-from monitor.windows import MaintenanceWindows
+from monitor.web.site_api import report_to_json
 from tests.netlab import _child_env
 from tests.test_history import icmp, target
 

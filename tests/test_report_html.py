@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from monitor.report import build_report
-from monitor.report_render import render
-from monitor.sqlite_store import SqliteStore, database_path
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.report.compliance import build_report
+from monitor.report.render import render
 from tests.conftest import need
 from tests.netlab import _child_env
 from tests.test_history import icmp, target, test_

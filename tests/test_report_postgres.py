@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitor.postgres_store import PostgresStore, scrub
-from monitor.sqlite_store import SqliteStore
+from monitor.history.postgres import PostgresStore, scrub
+from monitor.history.sqlite import SqliteStore
 from tests.netlab import _child_env
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.test_report import GOLDEN_CSV, october_rows, record

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.config import IcmpSettings
+from monitor.config.model import IcmpSettings
 from monitor.errors import ProbeErrorReason
 from monitor.results import IcmpResult
 from monitor.targets import Target

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.sqlite_store import SqliteStore, database_path
+from monitor.history.sqlite import SqliteStore, database_path
 from tests.conftest import need, write_config
 from tests.netlab import Lab, Site, can_make_namespaces
 from tests.running import running_daemon, scrape_when, value

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.icmp_engine import EchoJob, IcmpEngine
+from monitor.icmp.engine import EchoJob, IcmpEngine
 from monitor.shard import owner
 from tests.conftest import need_root, write_config
 from tests.netlab import Lab, _child_env

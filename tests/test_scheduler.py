@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import probes
-from monitor.config import IcmpSettings
-from monitor.metrics import MetricsSink
+from monitor.config.model import IcmpSettings
+from monitor.exposition.sink import MetricsSink
 from monitor.probes import ProbeContext
 from monitor.results import IcmpResult, ResultPipeline
 from monitor.scheduler import CycleScheduler, plan_jobs, start_offsets

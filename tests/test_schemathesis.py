@@ -4,7 +4,7 @@
 ``content_type_conformance``, ``response_headers_conformance``, ``response_schema_conformance``,
 ``positive_data_acceptance``, ``negative_data_rejection``, ``missing_required_header``,
 ``unsupported_method``, ``ignored_auth`` and the rest) generates requests from
-``monitor/openapi.yaml`` for every operation, the read API's and the agents', in all its phases
+``monitor/web/openapi.yaml`` for every operation, the read API's and the agents', in all its phases
 (examples, coverage, fuzzing; deterministic, a bounded number of examples), and checks each answer
 against the document. The run must find nothing: no 5xx, no status, header, content type or body
 the document does not describe, no request the document calls valid that the server refuses
@@ -64,10 +64,10 @@ import pytest
 import schemathesis
 import yaml
 
-from monitor.agents import token_hash
-from monitor.api import DATE_PATTERN
+from monitor.agent.centre.registry import token_hash
 from monitor.text import NAME_PATTERN
 from monitor.throughput_plan import phase
+from monitor.web.site_api import DATE_PATTERN
 
 PORT = 19650  # this test's range is 19650-19669
 HOST = "127.0.0.1"
@@ -503,7 +503,7 @@ def test_downloads_and_uploads_stay_within_the_grant(centre: Centre) -> None:
 ])
 def test_summary_values_out_of_the_documents_range_are_malformed(query: dict[str, str], parameter: str) -> None:
     """400 naming the parameter, never 503: a period beyond the years 1970-2999 (the document's QueryDate)."""
-    from monitor.api import QueryError, parse_summary_query
+    from monitor.web.site_api import QueryError, parse_summary_query
 
     with pytest.raises(QueryError) as err:
         parse_summary_query(query, "UTC", 1_796_550_000.0)
@@ -513,7 +513,7 @@ def test_summary_values_out_of_the_documents_range_are_malformed(query: dict[str
 def test_a_summary_given_one_end_is_never_reversed() -> None:
     """``to`` alone starts on the first day of its month; ``from`` alone ends today or on ``from``; both ends of
     the document's range are taken; a label of spaces is a (merely unknown) label."""
-    from monitor.api import parse_summary_query
+    from monitor.web.site_api import parse_summary_query
 
     now = dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC).timestamp()
     period = parse_summary_query({"to": "2020-02-10"}, "UTC", now).period
@@ -526,11 +526,11 @@ def test_a_summary_given_one_end_is_never_reversed() -> None:
 
 def test_the_document_states_the_servers_limits() -> None:
     """The patterns, enums and numeric limits in the document are the constants the server checks with."""
-    from monitor import agent_protocol as protocol
-    from monitor.api import OPENAPI_PATH
+    from monitor.agent import protocol
     from monitor.errors import AGENT_REASONS, ICMP_REASONS, THROUGHPUT_REASONS
     from monitor.results import GAP_CAUSES
     from monitor.text import FREE_TEXT_PATTERN
+    from monitor.web.site_api import OPENAPI_PATH
 
     document = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
     schemas = document["components"]["schemas"]
@@ -569,7 +569,7 @@ def test_agent_bodies_and_methods_are_answered_as_the_document_says(centre: Cent
     from openapi_core import OpenAPI
     from openapi_core.testing import MockRequest, MockResponse
 
-    from monitor.api import OPENAPI_PATH
+    from monitor.web.site_api import OPENAPI_PATH
 
     spec = OpenAPI.from_file_path(str(OPENAPI_PATH))
     site = centre.small

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import IcmpSettings
+from monitor.config.model import IcmpSettings
 from monitor.shard import Shard, owner, score
 from monitor.targets import Target
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from monitor.spool import FILE_NAME, Spool
+from monitor.agent.site.spool import FILE_NAME, Spool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_a_restart_keeps_instance_numbers_results_and_the_dropped_count(tmp_path
 
 _WRITER = """
 import sys
-from monitor.spool import Spool
+from monitor.agent.site.spool import Spool
 spool = Spool.open(sys.argv[1], max_results=1000)
 print("ready", flush=True)
 while True:

@@ -12,12 +12,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from monitor import postgres_store, sqlite_store
 from monitor.errors import ProbeErrorReason
-from monitor.history import EndpointRecord, HistoryNotCreated, HistoryStore, StoredGap
-from monitor.postgres_store import PostgresStore, redact
+from monitor.history import postgres as postgres_store
+from monitor.history import sqlite as sqlite_store
+from monitor.history.postgres import PostgresStore, redact
+from monitor.history.sqlite import SqliteStore
+from monitor.history.store import EndpointRecord, HistoryNotCreated, HistoryStore, StoredGap
 from monitor.results import Gap
-from monitor.sqlite_store import SqliteStore
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.test_history import icmp, target, test_
 

@@ -185,7 +185,7 @@ groups:
 
 def test_iperf3_argv_is_typed_and_never_a_shell() -> None:
     """Settings become separate argv items (no shell): streams, port, end condition, --reverse for upload."""
-    from monitor.config import IcmpSettings, ThroughputSettings
+    from monitor.config.model import IcmpSettings, ThroughputSettings
     from monitor.probes.iperf3 import build_argv
     from monitor.targets import Target
 

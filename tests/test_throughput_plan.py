@@ -6,12 +6,12 @@ import dataclasses
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from monitor.config import IcmpSettings, ThroughputSettings
+from monitor.config.model import IcmpSettings, ThroughputSettings
+from monitor.config.windows import is_allowed, parse_window
 from monitor.errors import ProbeErrorReason
 from monitor.results import DirectionResult, ThroughputResult
 from monitor.targets import Target
 from monitor.throughput_plan import ThroughputPlan, allowed_start, phase
-from monitor.windows import is_allowed, parse_window
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC).timestamp()
 

@@ -23,7 +23,7 @@ import bcrypt
 import pytest
 
 from monitor.errors import ConfigError
-from monitor.webconfig import BasicAuth, load_web_config, parse_web_config
+from monitor.web.config import BasicAuth, load_web_config, parse_web_config
 from tests.conftest import need
 from tests.netlab import Lab, _child_env
 from tests.running import request, running_daemon, scrape_when, value

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from monitor.sizes import parse_size
-from monitor.windows import current_or_next, is_allowed, parse_window
+from monitor.config.sizes import parse_size
+from monitor.config.windows import current_or_next, is_allowed, parse_window
 
 ALMATY = "Asia/Almaty"
 

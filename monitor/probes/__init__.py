@@ -16,9 +16,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from monitor.commands import CommandRunner, run_command
-from monitor.icmp_engine import IcmpEngine
+from monitor.icmp.engine import IcmpEngine
 from monitor.probes import http, icmp, iperf3
+from monitor.probes.commands import CommandRunner, run_command
 from monitor.results import Result
 from monitor.targets import Target
 

@@ -2,7 +2,7 @@
 
 ``url`` is fetched by connmon, so the data flows from the site: it measures the site's *upload*.
 ``upload_url`` receives a generated body, so the data flows to the site: its *download*. The
-transfers themselves (timing, warm-up, receiver-side counting) are in :mod:`monitor.http_transfer`.
+transfers themselves (timing, warm-up, receiver-side counting) are in :mod:`monitor.probes.http_transfer`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from monitor.config import Direction
+from monitor.config.model import Direction
 from monitor.errors import ProbeErrorReason
-from monitor.http_transfer import Limits, fetch, send
+from monitor.probes.http_transfer import Limits, fetch, send
+from monitor.probes.resolver import resolve
 from monitor.probes.throughput import DNS_TIMEOUT_SECONDS, run_tests
-from monitor.resolver import resolve
 from monitor.results import DirectionResult, ThroughputResult
 from monitor.targets import Target
 

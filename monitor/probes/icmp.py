@@ -1,6 +1,6 @@
 """The ICMP probe: resolve each target, ping them all in one batch, return one result each.
 
-The engine (sockets, pacing, reply matching) is in :mod:`monitor.icmp_engine`; this module only
+The engine (sockets, pacing, reply matching) is in :mod:`monitor.icmp.engine`; this module only
 turns targets into echo jobs and outcomes into :class:`~monitor.results.IcmpResult` values.
 """
 
@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from monitor.icmp_engine import EchoJob
-from monitor.resolver import Resolution, resolve_all
+from monitor.icmp.engine import EchoJob
+from monitor.probes.resolver import Resolution, resolve_all
 from monitor.results import IcmpResult
 from monitor.targets import Target
 

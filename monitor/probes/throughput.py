@@ -15,9 +15,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from monitor.config import Direction
+from monitor.config.model import Direction
 from monitor.errors import ProbeErrorReason
-from monitor.resolver import resolve
+from monitor.probes.resolver import resolve
 from monitor.results import DirectionResult, ThroughputResult
 from monitor.targets import Target
 

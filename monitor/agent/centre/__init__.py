@@ -1,0 +1,3 @@
+"""The centre's side of site agents, in the daemon: who may post (registry), the HTTP routes (api) and the
+sequence journal.
+"""

@@ -1,0 +1,274 @@
+"""The centre's side of site agents (issue 10): who may post, what arrived already, and why a site went silent.
+
+Sites behind carrier-grade NAT cannot be reached from the centre, so an agent at the site
+measures and posts its results. This module keeps, per agent site, what the centre needs to
+trust and interpret those posts; :mod:`monitor.agent.centre.api` is its HTTP edge, and accepted results
+enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre's own probes.
+
+* **Tokens.** The config holds only the SHA-256 of each site's token; a post's bearer token is
+  hashed and looked up, so the centre never stores a secret and one token speaks for one site.
+* **Idempotence.** Results carry the agent's sequence number (per agent installation,
+  ``instance``); what is not above the last one accepted is acknowledged and ignored, so an
+  agent may repeat an upload whose answer it did not get.
+* **Liveness.** A site with nothing received for ``stale_after`` (default three ICMP intervals)
+  gets a result with reason ``agent_silent``: ``connmon_up`` goes to 0 and alerts fire as for any
+  down site. Silence is not a measurement, so the history does not keep it
+  (:class:`~monitor.history.store.HistorySink`): the truth of the gap arrives later, from the agent.
+* **Why it was silent.** When the agent reports again, the gap is classified: ``power`` when
+  the machine booted since (a new boot id, with an uptime shorter than the gap), ``link`` when
+  the agent kept measuring while the centre heard nothing (its spool holds results from between
+  its last post and the moment the centre declared it silent), else
+  ``unknown``; while it is silent the cause is ``unknown``. The classified gap goes down the
+  pipeline with the batch that ended it (:class:`~monitor.results.Gap`) and the history keeps it:
+  reports leave the hours without power out of availability, as ministries ask, and count the
+  other gaps' missing cycles as down (:mod:`monitor.report.gaps`). A ``power`` gap runs from the last
+  sign of life before the boot (the last post, or a later result measured before the boot) to
+  the boot (now − uptime); a ``link`` or ``unknown`` gap from the last post to the one that ended it.
+  While the site is silent, the gap so far is published as ``unknown`` (and again every
+  :data:`OPEN_GAP_REFRESH_SECONDS`), so a report made meanwhile counts the silence as down; the
+  classified gap replaces it.
+* **Rate limit.** Each token may post in bursts of :data:`BURST` requests, refilled at
+  :data:`REFILL_PER_SECOND`: enough to drain a day of spool in minutes, not enough to flood.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from monitor.agent.centre.journal import Position, SeqJournal
+from monitor.agent.protocol import AgentInfo, Batch, bind
+from monitor.errors import ProbeErrorReason
+from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.targets import Target
+from monitor.text import text_fault
+
+log = logging.getLogger(__name__)
+
+REJECTION_CODES = (400, 401, 403, 408, 413, 415, 429, 503)  # what the agent API refuses with (monitor.agent.centre.api)
+BURST = 60
+REFILL_PER_SECOND = 2.0
+OPEN_GAP_REFRESH_SECONDS = 60.0  # a silent site's provisional gap is written up to now this often
+
+
+def token_hash(token: str) -> str:
+    """The hash the centre's config holds for a token: SHA-256 of its text, surrounding whitespace stripped."""
+    return hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Requests allowed per token: ``capacity`` at once, refilled continuously."""
+
+    capacity: float = BURST
+    rate: float = REFILL_PER_SECOND
+    tokens: float = BURST
+    at: float = 0.0
+
+    def take(self, now: float) -> float:
+        """0 when a request may go now (and counts it), else the seconds until it may."""
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """The last ICMP result to the site's own gateway (LAN side): tells a LAN fault from an uplink fault."""
+
+    up: bool
+    rtt_avg_seconds: float | None
+    loss_ratio: float
+    at: float
+
+
+@dataclass(slots=True)
+class AgentSite:
+    """What the centre knows about one agent site."""
+
+    target: Target
+    last_seen: float  # when the last batch arrived (start-up time until the first one)
+    instance: str | None = None
+    last_seq: int = 0
+    info: AgentInfo | None = None
+    silent: bool = False
+    silent_since: float = 0.0  # when the centre marked it silent
+    gap_written_at: float = 0.0  # when its provisional (unknown) gap was last published, while silent
+    gap_cause: GapCause | None = None  # of the current gap while silent, else of the last one
+    gaps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GAP_CAUSES, 0))
+    accepted: int = 0
+    duplicates: int = 0
+    gateway: GatewayState | None = None
+    bucket: TokenBucket = field(default_factory=TokenBucket)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The answer to a batch: how many results were new, how many were already there, the last seq kept."""
+
+    accepted: int
+    duplicates: int
+    last_seq: int
+    gap_cause: GapCause | None  # set when this batch ended a silence
+
+
+class AgentRegistry:
+    """Agent sites of the running config, their tokens, sequence numbers and liveness.
+
+    Lives on the event loop (the web handlers and the silence check run there); ``publish`` is the
+    pipeline's, and ``on_throughput`` lets the scheduler book an agent's test against the site's
+    budget and slot (see :meth:`monitor.scheduler.CycleScheduler.agent_test_finished`).
+    """
+
+    def __init__(self, pipeline: ResultPipeline, clock: Callable[[], float] = time.time,
+                 on_throughput: Callable[[ThroughputResult, str | None], ThroughputResult] | None = None,
+                 journal: SeqJournal | None = None) -> None:
+        self.pipeline = pipeline
+        self.clock = clock
+        self.on_throughput = on_throughput
+        # where the last sequence numbers outlive a restart (None: in memory only, as with --no-history)
+        self.journal = journal
+        self._restored: dict[str, Position] = journal.load() if journal is not None else {}
+        self.sites: dict[str, AgentSite] = {}
+        self._by_hash: dict[str, str] = {}
+        self.rejected: dict[int, int] = {}  # HTTP status → requests refused (bad token, bad body, …)
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """The agent sites of the config now running; a site that stays keeps its sequence and liveness."""
+        now = self.clock()
+        sites: dict[str, AgentSite] = {}
+        by_hash: dict[str, str] = {}
+        for target in targets:
+            if target.mode != "agent" or not target.probed or target.agent is None or target.agent.token_sha256 is None:
+                continue  # a planned or retired agent site has no agent to hear from (yet, or any more)
+            old = self.sites.get(target.name)
+            if old is not None:
+                old.target = target
+                sites[target.name] = old
+            else:
+                instance, last_seq = self._restored.get(target.name, (None, 0))
+                sites[target.name] = AgentSite(target, last_seen=now, instance=instance, last_seq=last_seq)
+            by_hash[target.agent.token_sha256] = target.name
+        self.sites, self._by_hash = sites, by_hash
+
+    # ------------------------------------------------------------------ requests
+    def authenticate(self, authorization: str | None) -> AgentSite | None:
+        """The site whose token this ``Authorization: Bearer …`` header carries, or None."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip() or text_fault(token.strip()) is not None:
+            return None  # odd bytes in a header (decoded as surrogates) are no site's token, and no 500 either
+        name = self._by_hash.get(token_hash(token))  # a lookup of a hash: timing tells nothing about the token
+        return self.sites.get(name) if name is not None else None
+
+    def refuse(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
+    def accept(self, site: AgentSite, batch: Batch) -> Accepted:
+        """Take a checked batch for ``site``: new results go to the sinks, in order; the gap (if any) is classified.
+
+        Journal, then publish (issue 24): the batch's last sequence number is journalled before
+        anything changes, so when the journal cannot be written this raises
+        :class:`~monitor.agent.centre.journal.JournalError` with the site's state, the metrics and the
+        history exactly as they were: the agent's retry is then taken once, as if it were the first.
+        """
+        now = self.clock()
+        info = batch.agent
+        new_install = info.instance != site.instance  # a new installation numbers from 1 again
+        last_seq = 0 if new_install else site.last_seq
+        fresh = [r for r in batch.results if r.seq > last_seq]
+        if fresh and self.journal is not None:  # before anything changes: raises, and nothing has
+            self.journal.record(site.target.name, info.instance, fresh[-1].seq, self._positions)
+        if new_install:
+            site.instance, site.last_seq = info.instance, 0
+        duplicates = len(batch.results) - len(fresh)
+        cause: GapCause | None = None
+        gap: Gap | None = None
+        if site.silent:
+            measured_at = [r.result.started_at for r in fresh]
+            cause = self._classify(site, info, measured_at, now)
+            gap = self._gap(site, info, cause, measured_at, now)
+            site.silent, site.gap_cause = False, cause
+            site.gaps[cause] += 1
+            log.warning("agent site %s reports again after %.0fs of silence: cause %s", site.target.name,
+                        now - site.last_seen, cause, extra={"endpoint": site.target.name})
+        measured: list[IcmpResult | ThroughputResult] = []
+        for item in fresh:
+            result = bind(item, site.target)
+            if isinstance(result, IcmpResult) and item.path == "gateway":
+                site.gateway = GatewayState(result.up, result.rtt_avg_seconds, result.loss_ratio, result.started_at)
+                continue
+            if isinstance(result, ThroughputResult) and self.on_throughput is not None:
+                result = self.on_throughput(result, item.slot)
+            measured.append(result)
+        if fresh:
+            site.last_seq = fresh[-1].seq
+        if measured or gap is not None:  # one cycle per batch, in the order measured: sinks re-render a site once
+            # per post, not per result; the gap this batch ended rides along, so the history writes it in order
+            self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at if measured else now, 0.0,
+                                        tuple(measured), () if gap is None else (gap,)))
+        site.accepted += len(fresh)
+        site.duplicates += duplicates
+        site.info = info
+        site.last_seen = now
+        return Accepted(len(fresh), duplicates, site.last_seq, cause)
+
+    def _positions(self) -> dict[str, Position]:
+        return {name: (s.instance, s.last_seq) for name, s in self.sites.items()}
+
+    @staticmethod
+    def _classify(site: AgentSite, info: AgentInfo, measured_at: Iterable[float], now: float) -> GapCause:
+        """Why ``site`` was silent from ``site.last_seen`` until ``now``."""
+        gap = now - site.last_seen
+        before = site.info
+        if before is not None and info.boot_id != before.boot_id and info.uptime_seconds < gap:
+            return "power"
+        if any(site.last_seen < t <= site.silent_since for t in measured_at):
+            return "link"  # the agent was up and measuring while the centre heard nothing: its posts did not arrive
+        return "unknown"
+
+    @staticmethod
+    def _gap(site: AgentSite, info: AgentInfo, cause: GapCause, measured_at: Sequence[float], now: float) -> Gap:
+        """The span of a classified silence, for the history (see the module doc for its ends)."""
+        start, end = site.last_seen, now
+        if cause == "power":
+            end = max(start, now - info.uptime_seconds)  # the boot: the power came back then at the latest
+            before_boot = [t for t in measured_at if start < t < end]  # spooled before the cut: it still had power
+            start = max([start, *before_boot])
+        return Gap(site.target, start, end, cause, site.target.icmp.interval_seconds,
+                   None if start == site.last_seen else site.last_seen)  # the provisional gap starts at last_seen
+
+    @staticmethod
+    def _open_gap(site: AgentSite, now: float) -> Gap:
+        """The silence so far, as the history keeps it until the agent tells what happened: unknown, down."""
+        site.gap_written_at = now
+        return Gap(site.target, site.last_seen, now, "unknown", site.target.icmp.interval_seconds)
+
+    # ------------------------------------------------------------------ liveness
+    def check_silence(self) -> list[str]:
+        """Mark sites silent for longer than their ``stale_after`` as down; returns the names newly marked."""
+        now = self.clock()
+        marked: list[str] = []
+        for site in self.sites.values():
+            stale_after = site.target.agent_stale_after_seconds
+            if site.silent:  # the history's provisional gap grows with the silence, a row update a minute
+                if now - site.gap_written_at >= OPEN_GAP_REFRESH_SECONDS:
+                    self.pipeline.publish(Cycle("agent", site.target.group, now, 0.0, (),
+                                                (self._open_gap(site, now),)))
+                continue
+            if now - site.last_seen <= stale_after:
+                continue
+            site.silent, site.silent_since, site.gap_cause = True, now, "unknown"
+            marked.append(site.target.name)
+            detail = f"nothing received from the site's agent for {now - site.last_seen:.0f}s (stale_after " \
+                     f"{stale_after:g}s)"
+            self.pipeline.publish(Cycle("agent", site.target.group, now, 0.0, (IcmpResult(
+                site.target, now, None, 0, (), ProbeErrorReason.AGENT_SILENT, detail),), (self._open_gap(site, now),)))
+        return marked

@@ -1,0 +1,339 @@
+"""The wire format between a site agent and the centre (issue 10), version 1: JSON over HTTP.
+
+An agent measures from inside a site behind carrier-grade NAT and posts what it measured to the
+centre, ``POST /api/v1/agent/results`` with ``Authorization: Bearer TOKEN``::
+
+    {"site": "school-vsat-01",
+     "agent": {"version": "0.1.0", "instance": "3f2a…", "boot_id": "8c1e…", "uptime_seconds": 5123.4,
+               "sent_at": 1764680000.25, "spool_dropped": 0},
+     "results": [
+       {"seq": 41, "type": "icmp", "path": "centre", "started_at": 1764679940.0, "address": "10.77.0.1",
+        "sent": 10, "rtts_seconds": [0.61, null, 0.62, …], "error": null, "error_detail": ""},
+       {"seq": 42, "type": "throughput", "method": "iperf3", "slot": "a1b2", "started_at": …, "ended_at": …,
+        "address": "10.77.0.1", "error": null, "error_detail": "",
+        "directions": [{"direction": "download", "started_at": …, "ended_at": …, "bits_per_second": 7.9e6,
+                        "bytes": 10400000, "measured_seconds": 10.0, "retransmits": 3,
+                        "error": null, "error_detail": ""}]}]}
+
+Why it looks like this:
+
+* A result is the same fact a centre probe produces (:mod:`monitor.results`), in base units and
+  unrounded, so the centre turns it into the same :class:`~monitor.results.IcmpResult` /
+  :class:`~monitor.results.ThroughputResult` and every sink treats it as its own. The centre's
+  config, not the agent, says which site a result belongs to and with which labels: an agent
+  can only report for the one endpoint its token was issued for.
+* ``seq`` numbers every result of one agent installation (``instance``) from 1, strictly
+  increasing: uploads of the spool can be repeated after a lost answer, and the centre ignores
+  what it already has. A reinstalled agent has a new ``instance`` and starts again at 1.
+* ``boot_id`` and ``uptime_seconds`` let the centre tell, after a silence, a power cut (a new
+  boot that is younger than the gap) from a link cut (the same boot, with spooled results
+  measured during the gap).
+* Everything is checked before anything is used: one bad value rejects the whole batch (400)
+  and nothing of it is written, so a half-applied batch can never be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from monitor.config.model import DIRECTIONS, Direction, IcmpSettings
+from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
+from monitor.results import DirectionResult, IcmpResult, ThroughputResult
+from monitor.targets import Target
+from monitor.text import clean_detail, text_fault
+
+VERSION = 1
+RESULTS_PATH = "/api/v1/agent/results"
+SLOT_PATH = "/api/v1/agent/slot"
+DOWNLOAD_PATH = "/api/v1/agent/download"
+UPLOAD_PATH = "/api/v1/agent/upload"
+
+BODY_IDLE_SECONDS = 30.0  # no byte of a body for this long: 408 (a VSAT link stalls for seconds, not half a minute)
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a batch of 500 ICMP results of 10 echoes is ~150 KB
+MAX_RESULTS_PER_BATCH = 1000
+MAX_ECHOES = 10_000
+MAX_RTT_SECONDS = 120.0  # a reply later than this is not a reply any timeout allows
+MAX_FUTURE_SKEW_SECONDS = 300.0  # an agent's clock may run this much ahead of the centre's
+MAX_AGE_SECONDS = 400 * 86400.0  # older than the longest retention: nothing would keep it
+MAX_BITS_PER_SECOND = 1e12
+MAX_BYTES = 10**13
+MAX_TEXT = 500
+ICMP_PATHS = ("centre", "gateway")
+MAX_TEST_BYTES = 10 * 1024**3  # the most one direction of a granted HTTP test may move
+UNCAPPED_BITS_PER_SECOND = 1e9  # an uncapped test's allowance: what this rate moves in the test's bound
+
+IcmpPath = Literal["centre", "gateway"]
+
+
+class ProtocolError(ValueError):
+    """A batch the centre refuses (HTTP 400): ``field`` names where, as a JSON path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """Who sent a batch: the agent's software and the machine's boot, for liveness and gap causes."""
+
+    version: str
+    instance: str
+    boot_id: str
+    uptime_seconds: float
+    sent_at: float
+    spool_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    """One decoded result with its sequence number; ``path`` says what an ICMP result measured."""
+
+    seq: int
+    result: IcmpResult | ThroughputResult
+    path: IcmpPath = "centre"
+    slot: str | None = None  # the throughput slot this test used (released when the result arrives)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    site: str
+    agent: AgentInfo
+    results: tuple[AgentResult, ...]
+
+
+def granted_bytes(max_bytes: int | None, omit_seconds: float, duration_seconds: float,
+                  timeout_seconds: float) -> int:
+    """The bytes one direction of a granted HTTP test may move: the grant's cap, else what 1 Gbit/s moves
+    in the test's bound.
+
+    One definition for both ends: the agent asks for this much, and the centre serves and accepts
+    no more under the slot (issue 24: a 1 MB grant had served 50 MB), so a metered site's budget
+    and the centre's uplink are spent only as the plan allows.
+    """
+    if max_bytes is not None:
+        return min(max_bytes, MAX_TEST_BYTES)
+    bound = omit_seconds + duration_seconds + timeout_seconds
+    return min(math.ceil(UNCAPPED_BITS_PER_SECOND / 8 * bound), MAX_TEST_BYTES)
+
+
+# ---------------------------------------------------------------------------------------- encoding (agent)
+def _reason(error: ProbeErrorReason | None) -> str | None:
+    return None if error is None else error.value
+
+
+def encode_icmp(seq: int, result: IcmpResult, path: IcmpPath = "centre") -> dict[str, Any]:
+    return {"seq": seq, "type": "icmp", "path": path, "started_at": result.started_at, "address": result.address,
+            "sent": result.sent, "rtts_seconds": list(result.rtts_seconds), "error": _reason(result.error),
+            "error_detail": clean_detail(result.error_detail, MAX_TEXT)}
+
+
+def encode_direction(d: DirectionResult) -> dict[str, Any]:
+    return {"direction": d.direction, "started_at": d.started_at, "ended_at": d.ended_at,
+            "bits_per_second": d.bits_per_second, "bytes": d.bytes, "measured_seconds": d.measured_seconds,
+            "retransmits": d.retransmits, "error": _reason(d.error),
+            "error_detail": clean_detail(d.error_detail, MAX_TEXT)}
+
+
+def encode_throughput(seq: int, result: ThroughputResult, slot: str | None = None) -> dict[str, Any]:
+    return {"seq": seq, "type": "throughput", "method": result.method, "slot": slot,
+            "started_at": result.started_at, "ended_at": result.ended_at, "address": result.address,
+            "directions": [encode_direction(d) for d in result.directions], "error": _reason(result.error),
+            "error_detail": clean_detail(result.error_detail, MAX_TEXT)}
+
+
+def encode_agent(info: AgentInfo) -> dict[str, Any]:
+    return {"version": info.version, "instance": info.instance, "boot_id": info.boot_id,
+            "uptime_seconds": info.uptime_seconds, "sent_at": info.sent_at, "spool_dropped": info.spool_dropped}
+
+
+# ---------------------------------------------------------------------------------------- decoding (centre)
+class _Reader:
+    """Typed access to untrusted JSON; every failure names its path."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def obj(self, value: Any, path: str) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise ProtocolError(path, "must be an object")
+        return value
+
+    def text(self, value: Any, path: str, *, empty: bool = False, limit: int = MAX_TEXT,
+             free_text: bool = False) -> str:
+        """A string field: a name, id or label unless ``free_text`` (an error's detail, for people).
+
+        Text is checked here, at the edge, so no sink downstream meets what it cannot write
+        (:mod:`monitor.text`: lone surrogates, control characters, bidirectional controls).
+        """
+        if not isinstance(value, str) or (not empty and not value) or len(value) > limit:
+            raise ProtocolError(path, f"must be a {'' if empty else 'non-empty '}string of at most {limit} characters")
+        fault = text_fault(value, free_text=free_text)
+        if fault is not None:
+            raise ProtocolError(path, fault)
+        return value
+
+    def number(self, value: Any, path: str, low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise ProtocolError(path, f"must be a number from {low:g} to {high:g}")
+        return float(value)
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        """A whole number; ``377.0`` is one too (JSON has one number type, and JSON Schema counts it an integer)."""
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ProtocolError(path, f"must be an integer from {low} to {high}")
+        return value
+
+    def time(self, value: Any, path: str) -> float:
+        t = self.number(value, path, 0.0, 1e11)
+        if t > self.now + MAX_FUTURE_SKEW_SECONDS:
+            raise ProtocolError(path, f"is {t - self.now:.0f}s in the future (the agent's clock is wrong)")
+        if t < self.now - MAX_AGE_SECONDS:
+            raise ProtocolError(path, "is older than any retention keeps")
+        return t
+
+    def reason(self, value: Any, path: str, allowed: Sequence[ProbeErrorReason]) -> ProbeErrorReason | None:
+        if value is None:
+            return None
+        for reason in allowed:
+            if value == reason.value:
+                return reason
+        raise ProtocolError(path, f"must be null or one of {', '.join(r.value for r in allowed)}")
+
+    def optional_address(self, value: Any, path: str) -> str | None:
+        return None if value is None else self.text(value, path, limit=64)
+
+
+def decode_batch(data: Any, now: float) -> Batch:
+    """Check a whole posted batch; the results are bound to targets later (:func:`bind`).
+
+    Raises:
+        ProtocolError: the first thing wrong, with its path.
+    """
+    r = _Reader(now)
+    body = r.obj(data, "$")
+    unknown = set(body) - {"site", "agent", "results"}
+    if unknown:
+        raise ProtocolError(f"$.{sorted(unknown)[0]}", "unknown field")
+    site = r.text(body.get("site"), "$.site", limit=200)
+    a = r.obj(body.get("agent"), "$.agent")
+    _no_unknown(a, {"version", "instance", "boot_id", "uptime_seconds", "sent_at", "spool_dropped"}, "$.agent")
+    agent = AgentInfo(
+        version=r.text(a.get("version"), "$.agent.version", limit=64),
+        instance=r.text(a.get("instance"), "$.agent.instance", limit=64),
+        boot_id=r.text(a.get("boot_id"), "$.agent.boot_id", limit=64),
+        uptime_seconds=r.number(a.get("uptime_seconds"), "$.agent.uptime_seconds", 0.0, 100 * 365 * 86400.0),
+        sent_at=r.time(a.get("sent_at"), "$.agent.sent_at"),
+        spool_dropped=r.integer(a.get("spool_dropped", 0), "$.agent.spool_dropped", 0, 2**62),
+    )
+    items = body.get("results")
+    if not isinstance(items, list) or len(items) > MAX_RESULTS_PER_BATCH:
+        raise ProtocolError("$.results", f"must be a list of at most {MAX_RESULTS_PER_BATCH} results")
+    decoded: list[tuple[int, dict[str, Any]]] = []
+    last_seq = 0
+    for index, item in enumerate(items):
+        path = f"$.results[{index}]"
+        obj = r.obj(item, path)
+        seq = r.integer(obj.get("seq"), f"{path}.seq", 1, 2**62)
+        if seq <= last_seq:
+            raise ProtocolError(f"{path}.seq", "sequence numbers must increase within a batch")
+        last_seq = seq
+        decoded.append((seq, dict(obj)))
+    return Batch(site, agent, tuple(_placeholder(r, seq, obj, f"$.results[{i}]")
+                                    for i, (seq, obj) in enumerate(decoded)))
+
+
+_PLACEHOLDER = Target(name="", host="", address=None, group="", kind="", district="", link="", lat=None, lon=None,
+                      target_bits_per_second=1.0, icmp=IcmpSettings())
+
+
+def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> AgentResult:
+    """Decode one result against a placeholder target; :func:`bind` puts the site's real target in."""
+    kind = obj.get("type")
+    if kind == "icmp":
+        known = {"seq", "type", "path", "started_at", "address", "sent", "rtts_seconds", "error", "error_detail"}
+        _no_unknown(obj, known, path)
+        icmp_path = obj.get("path", "centre")
+        if icmp_path not in ICMP_PATHS:
+            raise ProtocolError(f"{path}.path", f"must be one of {', '.join(ICMP_PATHS)}")
+        sent = r.integer(obj.get("sent"), f"{path}.sent", 0, MAX_ECHOES)
+        rtts_raw = obj.get("rtts_seconds")
+        if not isinstance(rtts_raw, list) or len(rtts_raw) > MAX_ECHOES:
+            raise ProtocolError(f"{path}.rtts_seconds", f"must be a list of at most {MAX_ECHOES} values")
+        rtts = tuple(None if v is None else r.number(v, f"{path}.rtts_seconds[{i}]", 0.0, MAX_RTT_SECONDS)
+                     for i, v in enumerate(rtts_raw))
+        if sum(1 for v in rtts if v is not None) > sent:
+            raise ProtocolError(f"{path}.rtts_seconds", "more replies than echoes sent")
+        if sent > len(rtts):
+            raise ProtocolError(f"{path}.sent", "more echoes sent than attempts listed in rtts_seconds")
+        result: IcmpResult | ThroughputResult = IcmpResult(
+            target=_PLACEHOLDER, started_at=r.time(obj.get("started_at"), f"{path}.started_at"),
+            address=r.optional_address(obj.get("address"), f"{path}.address"), sent=sent, rtts_seconds=rtts,
+            error=r.reason(obj.get("error"), f"{path}.error", (*ICMP_REASONS,)),
+            error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
+        return AgentResult(seq, result, icmp_path)
+    if kind == "throughput":
+        known = {"seq", "type", "method", "slot", "started_at", "ended_at", "address", "directions", "error",
+                 "error_detail"}
+        _no_unknown(obj, known, path)
+        method = obj.get("method")
+        if method not in ("iperf3", "http"):
+            raise ProtocolError(f"{path}.method", "must be iperf3 or http")
+        started = r.time(obj.get("started_at"), f"{path}.started_at")
+        ended = r.time(obj.get("ended_at"), f"{path}.ended_at")
+        if ended < started:
+            raise ProtocolError(f"{path}.ended_at", "is before started_at")
+        raw_dirs = obj.get("directions")
+        if not isinstance(raw_dirs, list) or len(raw_dirs) > len(DIRECTIONS):
+            raise ProtocolError(f"{path}.directions", f"must be a list of at most {len(DIRECTIONS)} directions")
+        directions = tuple(_direction(r, d, f"{path}.directions[{i}]") for i, d in enumerate(raw_dirs))
+        if len({d.direction for d in directions}) != len(directions):
+            raise ProtocolError(f"{path}.directions", "a direction appears twice")
+        slot = obj.get("slot")
+        result = ThroughputResult(
+            target=_PLACEHOLDER, method=method, started_at=started, ended_at=ended,
+            address=r.optional_address(obj.get("address"), f"{path}.address"), directions=directions,
+            error=r.reason(obj.get("error"), f"{path}.error", THROUGHPUT_REASONS),
+            error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
+        return AgentResult(seq, result, "centre", None if slot is None else r.text(slot, f"{path}.slot", limit=64))
+    raise ProtocolError(f"{path}.type", "must be icmp or throughput")
+
+
+def _direction(r: _Reader, value: Any, path: str) -> DirectionResult:
+    obj = r.obj(value, path)
+    _no_unknown(obj, {"direction", "started_at", "ended_at", "bits_per_second", "bytes", "measured_seconds",
+                      "retransmits", "error", "error_detail"}, path)
+    name = obj.get("direction")
+    if name not in DIRECTIONS:
+        raise ProtocolError(f"{path}.direction", f"must be one of {', '.join(DIRECTIONS)}")
+    direction: Direction = name
+    rate = obj.get("bits_per_second")
+    retransmits = obj.get("retransmits")
+    return DirectionResult(
+        direction=direction,
+        started_at=r.time(obj.get("started_at"), f"{path}.started_at"),
+        ended_at=r.time(obj.get("ended_at"), f"{path}.ended_at"),
+        bits_per_second=None if rate is None else r.number(rate, f"{path}.bits_per_second", 0.0, MAX_BITS_PER_SECOND),
+        bytes=r.integer(obj.get("bytes", 0), f"{path}.bytes", 0, MAX_BYTES),
+        measured_seconds=r.number(obj.get("measured_seconds", 0.0), f"{path}.measured_seconds", 0.0, 86400.0),
+        retransmits=None if retransmits is None else r.integer(retransmits, f"{path}.retransmits", 0, 2**40),
+        error=r.reason(obj.get("error"), f"{path}.error", THROUGHPUT_REASONS),
+        error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
+
+
+def _no_unknown(obj: Mapping[str, Any], known: set[str], path: str) -> None:
+    unknown = set(obj) - known
+    if unknown:
+        raise ProtocolError(f"{path}.{sorted(unknown)[0]}", "unknown field")
+
+
+def bind(result: AgentResult, target: Target) -> IcmpResult | ThroughputResult:
+    """The decoded result as if the centre had measured it: the site's configured target and labels."""
+    return dataclasses.replace(result.result, target=target)

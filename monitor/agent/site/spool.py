@@ -1,0 +1,146 @@
+"""The agent's bounded on-disk spool: results wait here, numbered, until the centre has them.
+
+Why SQLite (stdlib ``sqlite3``) in WAL mode: every append and every acknowledged upload is one
+transaction, so a ``kill -9`` or a crash loses at most the result being written, and the file
+never holds half a result. ``synchronous=NORMAL`` keeps SD cards (Raspberry Pi) from an fsync per
+result; a power cut may then lose the last few commits, never the file's consistency.
+
+What it keeps:
+
+* ``results``: ``seq`` → the encoded result as JSON text (:mod:`monitor.agent.protocol`), in order;
+* ``meta``: ``instance`` (random hex made at the first start: the centre numbers results per
+  instance, so a reinstalled agent, with a new spool, starts again at 1 without clashing),
+  ``next_seq`` (kept even when the spool is empty: sequence numbers never go back), and
+  ``dropped`` (results discarded unsent, reported to the centre as ``agent.spool_dropped``).
+
+The spool is bounded by a count of results: beyond ``max_results`` the *oldest* go first, as
+the newest say most about the site now, and each one dropped is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "spool.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Spool:
+    """Results numbered from 1, oldest first; thread-unsafe by design (the agent has one loop)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, max_results: int) -> None:
+        self._db = db
+        self.path = path
+        self.max_results = max_results
+        self.instance = self._meta("instance")
+
+    @classmethod
+    def open(cls, state_dir: str | Path, max_results: int = 100_000) -> Spool:
+        """Open (or create) the spool in ``state_dir``; the directory is made if missing (mode 0700).
+
+        Raises:
+            OSError, sqlite3.Error: the directory or file cannot be used.
+        """
+        directory = Path(state_dir)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / FILE_NAME
+        db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            with _transaction(db):
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (secrets.token_hex(16),))
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', '1')")
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('dropped', '0')")
+        except BaseException:
+            db.close()
+            raise
+        os.chmod(path, 0o600)
+        return cls(db, path, max_results)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ reading
+    def _meta(self, key: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    @property
+    def next_seq(self) -> int:
+        return int(self._meta("next_seq"))
+
+    @property
+    def dropped(self) -> int:
+        """Results discarded without reaching the centre, over the spool's whole life."""
+        return int(self._meta("dropped"))
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
+
+    def oldest(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``limit`` results, oldest first, as (seq, encoded result)."""
+        rows = self._db.execute("SELECT seq, body FROM results ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(int(seq), json.loads(body)) for seq, body in rows]
+
+    # ------------------------------------------------------------------ writing
+    def append(self, encode: Callable[[int], dict[str, Any]]) -> int:
+        """Number a result and keep it; return its ``seq``. ``encode(seq)`` builds the wire object.
+
+        Beyond ``max_results`` the oldest results are deleted and counted as dropped, in the same
+        transaction: the count and the spool never disagree.
+        """
+        with _transaction(self._db):
+            seq = int(self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+            body = json.dumps(encode(seq), separators=(",", ":"), allow_nan=False)
+            self._db.execute("INSERT INTO results VALUES (?, ?)", (seq, body))
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
+            excess = len(self) - self.max_results
+            if excess > 0:
+                self._discard_oldest(excess)
+        return seq
+
+    def acknowledge(self, last_seq: int) -> int:
+        """The centre has every result up to ``last_seq``: forget them; return how many went."""
+        with _transaction(self._db):
+            return self._db.execute("DELETE FROM results WHERE seq <= ?", (last_seq,)).rowcount
+
+    def drop_through(self, last_seq: int) -> int:
+        """Give up on the results up to ``last_seq`` (a batch the centre keeps refusing): forget and count them."""
+        with _transaction(self._db):
+            gone = self._db.execute("DELETE FROM results WHERE seq <= ?", (last_seq,)).rowcount
+            self._add_dropped(gone)
+        return int(gone)
+
+    def _discard_oldest(self, count: int) -> None:
+        gone = self._db.execute("DELETE FROM results WHERE seq IN (SELECT seq FROM results ORDER BY seq LIMIT ?)",
+                                (count,)).rowcount
+        self._add_dropped(gone)
+
+    def _add_dropped(self, count: int) -> None:
+        self._db.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) WHERE key = 'dropped'",
+                         (count,))
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on an exception) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

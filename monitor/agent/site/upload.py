@@ -1,0 +1,240 @@
+"""The agent's side of the HTTP API: one client for the centre, and the spool's uploader.
+
+The uploader sends the spool oldest first, in batches, and deletes a batch only when the centre
+answered 200: a lost answer means the batch is sent again, and the centre ignores the sequence
+numbers it already has, so nothing is counted twice and nothing is lost. How it treats each
+answer, and why:
+
+* connection error, timeout, 5xx, 429: the centre (or the link) cannot take it now. Keep
+  everything, try again at the next interval, not before ``Retry-After`` when the centre said one.
+* 401, 403: the token is wrong or belongs to another site. Nothing the agent can fix; it keeps
+  the results (a corrected token uploads them) and logs the centre's explanation once per interval.
+* 413: the batch is too large for the centre's limit: the batch size is halved and tried again.
+* 400: the centre refuses something in the batch. Retrying the same bytes gives the same answer,
+  so after :data:`MAX_REFUSALS` refusals in a row of a batch starting at the same ``seq`` the
+  batch is dropped (counted in ``spool_dropped``) rather than blocking the spool for ever. A
+  refusal of the *envelope* (``$.agent``/``$.site``, e.g. the agent's clock is wrong) is not the
+  results' fault and never drops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from monitor import __version__
+from monitor.agent.protocol import RESULTS_PATH, AgentInfo, encode_agent
+from monitor.agent.site.config import AgentConfig
+from monitor.agent.site.spool import Spool
+
+log = logging.getLogger(__name__)
+
+MAX_REFUSALS = 3
+_MAX_ERROR_TEXT = 500
+
+
+class CentreUnreachable(Exception):
+    """No HTTP answer from the centre (connection refused, no route, timeout, TLS failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The centre's HTTP answer: status, body (parsed JSON when it is JSON, else text), Retry-After seconds."""
+
+    status: int
+    body: Any
+    retry_after_seconds: float | None = None
+
+    def describe(self) -> str:
+        """The centre's explanation on one line, for the log."""
+        text = self.body if isinstance(self.body, str) else json.dumps(self.body, ensure_ascii=False)
+        return f"HTTP {self.status}: {' '.join(text.split())[:_MAX_ERROR_TEXT]}"
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | bool:
+    """True (the system's CAs) unless ``ca_file`` names the centre's private CA."""
+    if config.ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(config.ca_file))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from ``Retry-After`` (delta seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class CentreClient:
+    """Posts JSON to the centre with the site's token; one connection pool for the agent's life."""
+
+    def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.tls = tls_context(config)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.token}"}
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self.config.upload_timeout_seconds)
+            # trust_env off: a proxy taken from the environment would be a path nobody configured
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.tls), timeout=timeout, trust_env=False,
+                headers={"User-Agent": f"connmon-agent/{__version__}"})
+        return self._session
+
+    async def post(self, path: str, body: dict[str, Any]) -> Answer:
+        """POST ``body`` as JSON to ``path`` under the centre's URL.
+
+        Raises:
+            CentreUnreachable: no HTTP answer came.
+        """
+        url = self.config.url(path)
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        try:
+            async with self._open().post(url, data=data, headers={**self.headers,
+                                                                  "Content-Type": "application/json"},
+                                         allow_redirects=False) as resp:
+                raw = await resp.read()
+                text = raw.decode("utf-8", errors="replace")
+                parsed: Any = text
+                if resp.content_type == "application/json":
+                    try:
+                        parsed = json.loads(text)
+                    except ValueError:
+                        parsed = text
+                return Answer(resp.status, parsed, parse_retry_after(resp.headers.get("Retry-After"), self.clock()))
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            detail = str(err) or type(err).__name__
+            raise CentreUnreachable(f"{url}: {detail}") from err
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass(slots=True)
+class UploadReport:
+    """What one :meth:`Uploader.drain` did, for the log and for tests."""
+
+    sent: int = 0  # results the centre acknowledged
+    accepted: int = 0
+    duplicates: int = 0
+    dropped: int = 0
+    stopped_by: str = ""  # why results remain: "" (spool empty), "unreachable", "HTTP 503", ...
+    errors: list[str] = field(default_factory=list)
+
+
+class Uploader:
+    """Drains the spool to the centre, batch by batch, as the module's docstring says."""
+
+    def __init__(self, config: AgentConfig, spool: Spool, client: CentreClient, info: Callable[[], AgentInfo],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.spool = spool
+        self.client = client
+        self.info = info
+        self.clock = clock
+        self.batch = config.upload_batch
+        self.not_before = 0.0  # Retry-After
+        self._refused: tuple[int, int] = (0, 0)  # (first seq of the refused batch, refusals in a row)
+
+    async def drain(self, stop: asyncio.Event | None = None) -> UploadReport:
+        """Upload until the spool is empty, the centre says stop, or ``stop`` is set (between batches)."""
+        report = UploadReport()
+        if self.clock() < self.not_before:
+            report.stopped_by = f"Retry-After ({self.not_before - self.clock():.0f}s left)"
+            return report
+        while stop is None or not stop.is_set():
+            pending = self.spool.oldest(self.batch)
+            if not pending:
+                return report
+            first, last = pending[0][0], pending[-1][0]
+            body = {"site": self.config.site, "agent": encode_agent(self.info()),
+                    "results": [result for _, result in pending]}
+            try:
+                answer = await self.client.post(RESULTS_PATH, body)
+            except CentreUnreachable as err:
+                report.stopped_by = "unreachable"
+                report.errors.append(str(err))
+                log.warning("cannot reach the centre (%s); %d results stay in the spool", err, len(self.spool))
+                return report
+            if answer.status == 200:
+                self._refused = (0, 0)
+                self.spool.acknowledge(last)
+                report.sent += len(pending)
+                if isinstance(answer.body, dict):
+                    report.accepted += _count(answer.body.get("accepted"))
+                    report.duplicates += _count(answer.body.get("duplicates"))
+                continue
+            report.stopped_by = f"HTTP {answer.status}"
+            report.errors.append(answer.describe())
+            if answer.status == 413 and self.batch > 1:
+                self.batch = max(1, self.batch // 2)
+                log.warning("the centre refused a batch as too large (%s); sending %d results a batch from now",
+                            answer.describe(), self.batch)
+                continue
+            if answer.status in (400, 413):
+                if self._refuse(first, last, answer, report):
+                    continue
+                return report
+            if answer.status == 429 or answer.status >= 500:
+                if answer.retry_after_seconds is not None:
+                    self.not_before = self.clock() + answer.retry_after_seconds
+                log.warning("the centre cannot take results now (%s); %d stay in the spool%s", answer.describe(),
+                            len(self.spool), "" if answer.retry_after_seconds is None
+                            else f", next try in {answer.retry_after_seconds:.0f}s")
+                return report
+            if answer.status in (401, 403):
+                log.error("the centre refuses this agent's token for site '%s' (%s): check token_file and the "
+                          "site's agent.token_sha256 in the centre's config; %d results kept", self.config.site,
+                          answer.describe(), len(self.spool))
+                return report
+            log.error("unexpected answer from the centre to %s (%s); results kept", RESULTS_PATH, answer.describe())
+            return report
+        report.stopped_by = "stopping"
+        return report
+
+    def _refuse(self, first: int, last: int, answer: Answer, report: UploadReport) -> bool:
+        """Count a refusal of the batch from ``first``; True when it was dropped (go on with the next one)."""
+        envelope = "$.agent" in answer.describe() or "$.site" in answer.describe()
+        seen, count = self._refused
+        count = count + 1 if seen == first else 1
+        self._refused = (first, count)
+        if envelope or count < MAX_REFUSALS:
+            log.error("the centre refused the batch of results %d-%d (%s)%s", first, last, answer.describe(),
+                      "; it is this agent's envelope, not the results: results kept" if envelope
+                      else f"; refusal {count} of {MAX_REFUSALS} before the batch is dropped")
+            return False
+        gone = self.spool.drop_through(last)
+        report.dropped += gone
+        self._refused = (0, 0)
+        log.error("dropped %d results (%d-%d) the centre refused %d times in a row (%s)", gone, first, last,
+                  MAX_REFUSALS, answer.describe())
+        return True
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,469 @@
+"""The shared history backend: one PostgreSQL database that several connmon instances write to.
+
+SQLite (:mod:`monitor.history.sqlite`) stays the default; PostgreSQL is for sites split over
+several instances (``--shard``) whose reports must cover every site. Why these choices:
+
+* **Asynchronous, pooled.** :class:`AsyncPostgresStore` speaks psycopg's async API through a
+  small :class:`psycopg_pool.AsyncConnectionPool`, on one event loop thread of its own
+  (:class:`_IoLoop`), not the daemon's: the daemon's loop never waits on the database or parses
+  its rows. :class:`PostgresStore` is the synchronous face of it that the one store interface
+  (:class:`~monitor.history.store.HistoryStore`) asks for: the history writer thread and ``connmon
+  report`` call it and wait, so SQLite and PostgreSQL share the writer's backlog, retry and
+  pruning logic.
+* **Endpoints upserted by name** (``ON CONFLICT (name)``), so instances that share a site list,
+  or hand a site over between shards, never collide; one transaction per batch, rows sent with
+  ``executemany`` (pipelined by psycopg).
+* **Schema versions** in a ``schema_version`` table; :data:`MIGRATIONS` are ordered steps run
+  under ``pg_advisory_xact_lock``, so two instances that start at once migrate once.
+* **Pruning** takes ``pg_try_advisory_xact_lock`` per slice: an instance that finds another one
+  pruning skips that slice instead of deleting the same rows; deletes are bounded
+  (``ctid IN (SELECT ... LIMIT n)``), so no transaction holds the tables long.
+* The row layout matches SQLite's (RTTs packed into one ``bytea``), and all label columns are
+  mapped in one place (:data:`_ENDPOINT_COLUMNS`), so adding a label is a one-line change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from monitor.history.sqlite import _DETAIL_MAX, _directions_from_json, _directions_json, pack_rtts, unpack_rtts
+from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
+from monitor.results import Gap, IcmpResult, Result, ThroughputResult
+
+_MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migrations
+_PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
+_GAPS_VERSION = 3  # the schema version that added the gap table
+_T = TypeVar("_T")
+
+# EndpointRecord field → column, in record order: the one place a new label column is added.
+_ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "name"), ("kind", "kind"), ("district", "district"), ("link", "link"), ("group", "grp"),
+    ("target_bits_per_second", "target_bps"), ("status", "status"), ("planned_date", "planned_date"),
+    ("provider", "provider"), ("contracted_bits_per_second", "contracted_bps"))
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: endpoints, ICMP cycles, throughput tests (as SQLite's version 1)
+    """
+    CREATE TABLE endpoints (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        district TEXT NOT NULL,
+        link TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        target_bps DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE icmp (
+        endpoint_id BIGINT NOT NULL REFERENCES endpoints(id),
+        started_at DOUBLE PRECISION NOT NULL,
+        address TEXT,
+        sent INTEGER NOT NULL,
+        rtts BYTEA NOT NULL,
+        error TEXT,
+        error_detail TEXT,
+        PRIMARY KEY (endpoint_id, started_at)
+    );
+    CREATE TABLE throughput (
+        endpoint_id BIGINT NOT NULL REFERENCES endpoints(id),
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION NOT NULL,
+        method TEXT NOT NULL,
+        address TEXT,
+        download_bps DOUBLE PRECISION,
+        upload_bps DOUBLE PRECISION,
+        bytes BIGINT NOT NULL,
+        directions TEXT NOT NULL,
+        target_bps DOUBLE PRECISION NOT NULL,
+        target_upload_bps DOUBLE PRECISION,
+        target_met BOOLEAN,
+        error TEXT,
+        error_detail TEXT,
+        budget_remaining BIGINT,
+        PRIMARY KEY (endpoint_id, started_at)
+    );
+    """,
+    # 2: roll-out (issue 11), as SQLite's version 2: status, planned date, provider, contract, first result
+    """
+    ALTER TABLE endpoints ADD COLUMN status TEXT NOT NULL DEFAULT 'connected';
+    ALTER TABLE endpoints ADD COLUMN planned_date DATE;
+    ALTER TABLE endpoints ADD COLUMN provider TEXT;
+    ALTER TABLE endpoints ADD COLUMN contracted_bps DOUBLE PRECISION;
+    ALTER TABLE endpoints ADD COLUMN first_result_at DOUBLE PRECISION;
+    UPDATE endpoints e SET first_result_at = LEAST(
+        (SELECT MIN(started_at) FROM icmp i WHERE i.endpoint_id = e.id),
+        (SELECT MIN(started_at) FROM throughput t WHERE t.endpoint_id = e.id));
+    """,
+    # 3: agent sites' classified silences (issue 10), as SQLite's version 3
+    """
+    CREATE TABLE gaps (
+        endpoint_id BIGINT NOT NULL REFERENCES endpoints(id),
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION NOT NULL,
+        cause TEXT NOT NULL,
+        interval_seconds DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (endpoint_id, started_at)
+    );
+    CREATE INDEX gaps_ended_at ON gaps (ended_at);
+    """,
+)
+
+_ENDPOINT_UPSERT = (
+    f"INSERT INTO endpoints ({', '.join(c for _, c in _ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
+    f"VALUES ({', '.join('%s' for _ in _ENDPOINT_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for f, c in _ENDPOINT_COLUMNS if f != "name"))
+_ENDPOINT_SELECT = ", ".join(c for _, c in _ENDPOINT_COLUMNS)
+_TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
+                 "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+
+
+def scrub(text: str) -> str:
+    """``text`` with any password of a PostgreSQL URL or ``password=`` setting in it hidden."""
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text)
+
+
+def _endpoint_params(rec: EndpointRecord) -> tuple[Any, ...]:
+    return tuple(getattr(rec, f) for f, _ in _ENDPOINT_COLUMNS)
+
+
+class _IoLoop:
+    """The event loop thread that all of this process's PostgreSQL I/O runs on (started on first use).
+
+    The daemon's own loop times ICMP echoes to the millisecond; parsing a 10,000-row batch there,
+    or waiting on a server that does not answer, would show up as RTT. Here the pools and their
+    connections live on a loop of their own, and callers (the history writer thread, ``connmon
+    report``, the API's worker threads) hand it coroutines and wait for the answer.
+    """
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on the I/O loop and return its result (or raise its error) in the calling thread."""
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="connmon-postgres", daemon=True).start()
+                cls._loop = loop
+            loop = cls._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+class AsyncPostgresStore:
+    """The history on PostgreSQL through psycopg's asynchronous API and an :class:`AsyncConnectionPool`.
+
+    :meth:`open` connects once directly (an unreachable server is the driver's own clear error at
+    once, not a pool timeout), then opens the pool and migrates (or, read-only, checks the schema
+    version). The pool keeps ``min_size`` connections, grows to ``max_size``, checks a connection
+    before lending it (one broken by a server restart is replaced, not handed out) and waits at
+    most ``connect_timeout_seconds`` for one; every failure is raised to the caller, which counts it.
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False, connect_timeout_seconds: float = 10.0,
+                 max_connections: int = 2) -> None:
+        self.url = url
+        self._read_only = read_only
+        self._timeout = connect_timeout_seconds
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            url, min_size=1, max_size=max_connections, open=False, timeout=connect_timeout_seconds,
+            check=AsyncConnectionPool.check_connection, name="connmon-history",
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_seconds))})
+        self._ids: dict[str, int] = {}
+        self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
+        self._has_gaps = False  # set by open: the schema has the gap table
+
+    async def open(self) -> None:
+        await (await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=max(1, int(self._timeout)))).close()
+        try:
+            await self._pool.open(wait=True, timeout=self._timeout)
+            if self._read_only:
+                version = await self.schema_version()
+                if version > len(MIGRATIONS):
+                    raise psycopg.DatabaseError(f"{redact(self.url)} has schema version {version}, newer than this "
+                                                f"connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+                if version == 0:  # no daemon has written to this database yet
+                    raise HistoryNotCreated(f"{redact(self.url)} holds no connmon history (no schema yet)")
+            else:
+                version = await self._migrate()
+        except BaseException:
+            await self._pool.close()
+            raise
+        # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
+        self._has_gaps = version >= _GAPS_VERSION
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # ------------------------------------------------------------------ schema
+    async def schema_version(self) -> int:
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")).fetchone()
+            if row is None or not row[0]:
+                return 0
+            found = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
+            return int(found[0]) if found is not None else 0
+
+    async def _migrate(self) -> int:
+        """Bring the schema up to date under the migration lock; return the version it is at now."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
+            version = int(row[0]) if row is not None else 0
+            if version > len(MIGRATIONS):
+                raise psycopg.DatabaseError(f"{redact(self.url)} has schema version {version}, newer than this "
+                                            f"connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)  # fixed text of this module
+                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        return len(MIGRATIONS)  # every step applied (a newer schema raised above)
+
+    # ------------------------------------------------------------------ writing
+    async def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result],
+                    gaps: Sequence[Gap] = ()) -> None:
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    if endpoints:
+                        await cur.executemany(_ENDPOINT_UPSERT, [_endpoint_params(rec) for rec in endpoints])
+                    missing = {EndpointRecord.of(r.target) for r in (*results, *gaps)
+                               if r.target.name not in self._ids}
+                    if missing:
+                        await cur.executemany(
+                            _ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
+                            [_endpoint_params(rec) for rec in missing])
+                        await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
+                                          ([rec.name for rec in missing],))
+                        self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
+                    icmp_rows = []
+                    test_rows = []
+                    first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
+                    for result in results:
+                        endpoint_id = self._ids[result.target.name]
+                        if endpoint_id not in self._first_known:
+                            first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
+                        if isinstance(result, IcmpResult):
+                            icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
+                                              pack_rtts(result.rtts_seconds),
+                                              result.error.value if result.error is not None else None,
+                                              result.error_detail[:_DETAIL_MAX] or None))
+                        elif isinstance(result, ThroughputResult):
+                            test_rows.append(_test_row(endpoint_id, result))
+                    if icmp_rows:
+                        await cur.executemany(
+                            "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET address = excluded.address, "
+                            "sent = excluded.sent, rtts = excluded.rtts, "
+                            "error = excluded.error, error_detail = excluded.error_detail", icmp_rows)
+                    if test_rows:
+                        await cur.executemany(
+                            "INSERT INTO throughput VALUES (" + ", ".join(["%s"] * 15) + ") "
+                            "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET ended_at = excluded.ended_at, "
+                            "method = excluded.method, address = excluded.address, "
+                            "download_bps = excluded.download_bps, upload_bps = excluded.upload_bps, "
+                            "bytes = excluded.bytes, directions = excluded.directions, "
+                            "target_bps = excluded.target_bps, target_upload_bps = excluded.target_upload_bps, "
+                            "target_met = excluded.target_met, error = excluded.error, "
+                            "error_detail = excluded.error_detail, budget_remaining = excluded.budget_remaining",
+                            test_rows)
+                    for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
+                        endpoint_id = self._ids[gap.target.name]
+                        if gap.replaces_start is not None and gap.replaces_start != gap.started_at:
+                            await cur.execute("DELETE FROM gaps WHERE endpoint_id = %s AND started_at = %s",
+                                              (endpoint_id, gap.replaces_start))
+                        await cur.execute(  # a gap is not a result: first_result_at stays
+                            "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, started_at) "
+                            "DO UPDATE SET ended_at = excluded.ended_at, cause = excluded.cause, "
+                            "interval_seconds = excluded.interval_seconds",
+                            (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
+                    if first:
+                        await cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
+                                              "(first_result_at IS NULL OR first_result_at > %s)",
+                                              [(at, endpoint_id, at) for endpoint_id, at in first.items()])
+                self._first_known.update(first)  # committed: once per endpoint and process
+            except BaseException:
+                self._ids.clear()  # ids learnt inside the rolled-back transaction may be void
+                raise
+
+    async def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        """Delete up to ``limit`` old rows in one transaction, unless another instance is pruning."""
+        gone = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,))).fetchone()
+            if row is None or not row[0]:
+                return 0  # another instance prunes this slice; ours would only wait on the same rows
+            for table, column, before in (("icmp", "started_at", icmp_before),
+                                          ("throughput", "started_at", throughput_before),
+                                          ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
+                if gone >= limit:
+                    break
+                cur = await conn.execute(
+                    f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "  # noqa: S608 (fixed names)
+                    f"WHERE {column} < %s LIMIT %s)", (before, limit - gone))
+                gone += max(0, cur.rowcount)
+        return gone
+
+    # ------------------------------------------------------------------ reading
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(sql, params)).fetchall()
+
+    async def endpoints(self) -> list[EndpointRecord]:
+        rows = await self._rows(f"SELECT {_ENDPOINT_SELECT} FROM endpoints ORDER BY name")  # noqa: S608
+        return [EndpointRecord(*row) for row in rows]
+
+    async def first_results(self) -> dict[str, float]:
+        rows = await self._rows("SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL")
+        return {str(name): float(at) for name, at in rows}
+
+    async def icmp_cycles(self, endpoint: str, start: float, end: float) -> list[StoredCycle]:
+        rows = await self._rows(
+            "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
+            "WHERE e.name = %s AND i.started_at >= %s AND i.started_at < %s ORDER BY i.started_at",
+            (endpoint, start, end))
+        return [StoredCycle(float(started_at), int(sent), unpack_rtts(bytes(rtts)), error)
+                for started_at, sent, rtts, error in rows]
+
+    async def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        rows = await self._rows(
+            f"SELECT {_TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            "WHERE e.name = %s AND t.started_at >= %s AND t.started_at < %s ORDER BY t.started_at",
+            (endpoint, start, end))
+        return [_stored_test(row) for row in rows]
+
+    async def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        if not self._has_gaps:
+            return []
+        rows = await self._rows(
+            "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+            "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = %s AND g.ended_at > %s AND g.started_at < %s "
+            "ORDER BY g.started_at", (endpoint, start, end))
+        return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
+
+    async def last_measured_tests(self) -> dict[str, StoredTest]:
+        return await self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")
+
+    async def last_tests(self) -> dict[str, StoredTest]:
+        return await self._latest("")
+
+    async def _latest(self, where: str) -> dict[str, StoredTest]:
+        """Per endpoint, its newest matching test: one index descent each (LATERAL), not a scan."""
+        rows = await self._rows(
+            f"SELECT {_TEST_COLUMNS} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
+            f"(SELECT * FROM throughput t WHERE t.endpoint_id = e.id {where} "
+            "ORDER BY t.started_at DESC LIMIT 1) t")
+        return {str(row[0]): _stored_test(row) for row in rows}
+
+    async def bytes_since(self, endpoint: str, since: float) -> int:
+        rows = await self._rows(
+            "SELECT COALESCE(SUM(t.bytes), 0) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = %s AND t.started_at >= %s", (endpoint, since))
+        return int(rows[0][0]) if rows else 0
+
+    async def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        rows = await self._rows(
+            "SELECT t.target_met FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = %s AND t.target_met IS NOT NULL ORDER BY t.started_at DESC LIMIT %s",
+            (endpoint, limit))
+        return [bool(met) for (met,) in rows]
+
+
+class PostgresStore:
+    """:class:`~monitor.history.store.HistoryStore` on a PostgreSQL database shared by several instances.
+
+    The one store interface is synchronous (the history writer thread, ``connmon report``); each
+    call runs :class:`AsyncPostgresStore`'s coroutine on the I/O loop (:class:`_IoLoop`) and waits
+    in the calling thread, never on the daemon's event loop. Opening it raises when the server does
+    not answer within ``connect_timeout_seconds``, so the caller counts an ``open`` error and retries.
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False, connect_timeout_seconds: float = 10.0,
+                 max_connections: int = 2) -> None:
+        self.url = url
+        self._store = AsyncPostgresStore(url, read_only=read_only, connect_timeout_seconds=connect_timeout_seconds,
+                                         max_connections=max_connections)
+        _IoLoop.run(self._store.open())
+
+    def close(self) -> None:
+        _IoLoop.run(self._store.close())
+
+    def schema_version(self) -> int:
+        return _IoLoop.run(self._store.schema_version())
+
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
+        _IoLoop.run(self._store.write(endpoints, results, gaps))
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        return _IoLoop.run(self._store.prune(icmp_before, throughput_before, limit))
+
+    def endpoints(self) -> list[EndpointRecord]:
+        return _IoLoop.run(self._store.endpoints())
+
+    def first_results(self) -> dict[str, float]:
+        return _IoLoop.run(self._store.first_results())
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        return iter(_IoLoop.run(self._store.icmp_cycles(endpoint, start, end)))
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        return _IoLoop.run(self._store.throughput_tests(endpoint, start, end))
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        return _IoLoop.run(self._store.gaps(endpoint, start, end))
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        return _IoLoop.run(self._store.last_measured_tests())
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        return _IoLoop.run(self._store.last_tests())
+
+    def bytes_since(self, endpoint: str, since: float) -> int:
+        return _IoLoop.run(self._store.bytes_since(endpoint, since))
+
+    def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        return _IoLoop.run(self._store.recent_verdicts(endpoint, limit))
+
+
+def _test_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:
+    return (endpoint_id, r.started_at, r.ended_at, r.method, r.address, r.download_bits_per_second,
+            r.upload_bits_per_second, r.bytes, _directions_json(r.directions), r.target.target_bits_per_second,
+            r.target.target_upload_bits_per_second, r.target_met,
+            r.error.value if r.error is not None else None, r.error_detail[:_DETAIL_MAX] or None,
+            r.budget_remaining_bytes)
+
+
+def _stored_test(row: Sequence[Any]) -> StoredTest:
+    (name, method, started_at, ended_at, address, directions, target, target_upload, met, error, detail,
+     budget) = row
+    return StoredTest(str(name), str(method), float(started_at), float(ended_at),
+                      None if address is None else str(address), _directions_from_json(str(directions)),
+                      float(target), None if target_upload is None else float(target_upload),
+                      None if met is None else bool(met), None if error is None else str(error),
+                      "" if detail is None else str(detail), None if budget is None else int(budget))

@@ -1,0 +1,398 @@
+"""The embedded history backend: one SQLite file in WAL mode under the state directory.
+
+Why these choices:
+
+* **WAL, synchronous=NORMAL.** Readers (``connmon report`` on a live daemon) never block the
+  writer; a transaction is all-or-nothing, so ``kill -9`` in the middle of a write leaves a file
+  that opens cleanly and has lost at most the cycle in flight.
+* **One row per endpoint and cycle, RTTs packed.** An ICMP cycle's echoes go into one BLOB of
+  little-endian doubles (NaN where no reply came): exact RTTs for the report's median and p95,
+  at ~60 bytes a cycle instead of a row per echo.
+* **Primary key (endpoint, start time), WITHOUT ROWID.** A site's rows sit together for the
+  report, a batch retried after an unclear failure is stored once (``INSERT OR REPLACE``), and
+  pruning walks the key one endpoint at a time instead of needing a second index.
+* **Schema versions** live in ``PRAGMA user_version``; :data:`MIGRATIONS` brings any older file
+  up to date when it is opened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import sqlite3
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from monitor.config.model import Direction
+from monitor.errors import ProbeErrorReason
+from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
+from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
+from monitor.targets import Target
+
+DATABASE_NAME = "history.sqlite3"
+_DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the file
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: endpoints, ICMP cycles, throughput tests
+    """
+    CREATE TABLE endpoints (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        district TEXT NOT NULL,
+        link TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        target_bps REAL NOT NULL
+    );
+    CREATE TABLE icmp (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        started_at REAL NOT NULL,
+        address TEXT,
+        sent INTEGER NOT NULL,
+        rtts BLOB NOT NULL,
+        error TEXT,
+        error_detail TEXT,
+        PRIMARY KEY (endpoint_id, started_at)
+    ) WITHOUT ROWID;
+    CREATE TABLE throughput (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        method TEXT NOT NULL,
+        address TEXT,
+        download_bps REAL,
+        upload_bps REAL,
+        bytes INTEGER NOT NULL,
+        directions TEXT NOT NULL,
+        target_bps REAL NOT NULL,
+        target_upload_bps REAL,
+        target_met INTEGER,
+        error TEXT,
+        error_detail TEXT,
+        budget_remaining INTEGER,
+        PRIMARY KEY (endpoint_id, started_at)
+    ) WITHOUT ROWID;
+    """,
+    # 2: roll-out (issue 11): status, planned date, provider and contract per endpoint, and when its first
+    # result came (kept past pruning, for "connected in the period"); older rows are connected sites
+    """
+    ALTER TABLE endpoints ADD COLUMN status TEXT NOT NULL DEFAULT 'connected';
+    ALTER TABLE endpoints ADD COLUMN planned_date TEXT;
+    ALTER TABLE endpoints ADD COLUMN provider TEXT;
+    ALTER TABLE endpoints ADD COLUMN contracted_bps REAL;
+    ALTER TABLE endpoints ADD COLUMN first_result_at REAL;
+    UPDATE endpoints SET first_result_at = (SELECT MIN(started_at) FROM icmp WHERE icmp.endpoint_id = endpoints.id);
+    UPDATE endpoints SET first_result_at = (SELECT MIN(started_at) FROM throughput t WHERE t.endpoint_id = endpoints.id)
+        WHERE EXISTS (SELECT 1 FROM throughput t WHERE t.endpoint_id = endpoints.id AND
+                      (endpoints.first_result_at IS NULL OR t.started_at < endpoints.first_result_at));
+    """,
+    # 3: agent sites' classified silences (issue 10), so reports leave out the hours without power
+    """
+    CREATE TABLE gaps (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        cause TEXT NOT NULL,
+        interval_seconds REAL NOT NULL,
+        PRIMARY KEY (endpoint_id, started_at)
+    ) WITHOUT ROWID;
+    """,
+)
+_GAPS_VERSION = 3  # the schema version that added the gap table
+# EndpointRecord field order → column; first_result_at is the store's own and never written from a record
+_ENDPOINT_COLUMNS = ("name", "kind", "district", "link", "grp", "target_bps", "status", "planned_date", "provider",
+                     "contracted_bps")
+_ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(_ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
+                    f"VALUES ({', '.join('?' for _ in _ENDPOINT_COLUMNS)})")
+_ENDPOINT_UPSERT = (_ENDPOINT_INSERT + " ON CONFLICT (name) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in _ENDPOINT_COLUMNS[1:]))
+
+
+def _endpoint_params(rec: EndpointRecord) -> tuple[object, ...]:
+    return (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second, rec.status,
+            None if rec.planned_date is None else rec.planned_date.isoformat(), rec.provider,
+            rec.contracted_bits_per_second)
+
+
+def _endpoint_record(row: Sequence[object]) -> EndpointRecord:
+    name, kind, district, link, group, target, status, planned, provider, contracted = row
+    return EndpointRecord(str(name), str(kind), str(district), str(link), str(group), float(target),  # type: ignore[arg-type]
+                          str(status), None if planned is None else dt.date.fromisoformat(str(planned)),
+                          None if provider is None else str(provider),
+                          None if contracted is None else float(contracted))  # type: ignore[arg-type]
+
+
+def database_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / DATABASE_NAME
+
+
+def pack_rtts(rtts: Sequence[float | None]) -> bytes:
+    return struct.pack(f"<{len(rtts)}d", *(math.nan if r is None else r for r in rtts))
+
+
+def unpack_rtts(blob: bytes) -> tuple[float | None, ...]:
+    return tuple(None if math.isnan(r) else r for r in struct.unpack(f"<{len(blob) // 8}d", blob))
+
+
+def _directions_json(directions: Sequence[DirectionResult]) -> str:
+    return json.dumps([{
+        "direction": d.direction, "started_at": d.started_at, "ended_at": d.ended_at,
+        "bits_per_second": d.bits_per_second, "bytes": d.bytes, "measured_seconds": d.measured_seconds,
+        "retransmits": d.retransmits, "error": d.error.value if d.error is not None else None,
+        "error_detail": d.error_detail[:_DETAIL_MAX]} for d in directions], separators=(",", ":"))
+
+
+def _directions_from_json(text: str) -> tuple[DirectionResult, ...]:
+    out = []
+    for d in json.loads(text):
+        direction: Direction = "download" if d["direction"] == "download" else "upload"
+        out.append(DirectionResult(direction, d["started_at"], d["ended_at"], d["bits_per_second"], d["bytes"],
+                                   d["measured_seconds"], d["retransmits"], ProbeErrorReason.stored(d["error"]),
+                                   d["error_detail"]))
+    return tuple(out)
+
+
+class SqliteStore:
+    """:class:`~monitor.history.store.HistoryStore` on one SQLite file. One instance per thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if read_only:
+            if not self.path.exists():
+                raise HistoryNotCreated(f"no history at {self.path} (has the daemon run with this --state-dir?)")
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
+                                       isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            if not read_only:
+                self._enter_wal()
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            elif self.schema_version() > len(MIGRATIONS):
+                raise sqlite3.DatabaseError(f"{self.path} has schema version {self.schema_version()}, newer than "
+                                            f"this connmon knows ({len(MIGRATIONS)}); upgrade connmon")
+            elif self.schema_version() == 0:  # created by the writer a moment ago, or not connmon's at all
+                raise HistoryNotCreated(f"{self.path} holds no connmon history (no schema yet)")
+        except BaseException:
+            self._db.close()
+            raise
+        # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
+        self._has_gaps = self.schema_version() >= _GAPS_VERSION
+        self._ids: dict[str, int] = {}
+        self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
+        self._prune_cursor = 0  # endpoint id the next prune slice starts at
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _enter_wal(self) -> None:
+        """Switch to WAL; another connection opening the new file at the same moment (the start-up
+        restore beside the writer) can make the switch fail at once with "database is locked",
+        without SQLite's busy handler waiting: so wait here, as the busy timeout would."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise sqlite3.DatabaseError(f"{self.path} has schema version {version}, newer than this connmon knows "
+                                        f"({len(MIGRATIONS)}); upgrade connmon")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.schema_version() < number:  # another process may have migrated meanwhile
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ writing
+    def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for rec in endpoints:
+                db.execute(_ENDPOINT_UPSERT, _endpoint_params(rec))
+            icmp_rows = []
+            test_rows = []
+            first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
+            for result in results:
+                endpoint_id = self._endpoint_id(result.target)
+                if endpoint_id not in self._first_known:
+                    first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
+                if isinstance(result, IcmpResult):
+                    icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
+                                      pack_rtts(result.rtts_seconds),
+                                      result.error.value if result.error is not None else None,
+                                      result.error_detail[:_DETAIL_MAX] or None))
+                elif isinstance(result, ThroughputResult):
+                    test_rows.append(_test_row(endpoint_id, result))
+            db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
+            db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           test_rows)
+            for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
+                endpoint_id = self._endpoint_id(gap.target)
+                if gap.replaces_start is not None and gap.replaces_start != gap.started_at:
+                    db.execute("DELETE FROM gaps WHERE endpoint_id = ? AND started_at = ?",
+                               (endpoint_id, gap.replaces_start))
+                db.execute("INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)",  # not a result: first_result_at stays
+                           (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
+            db.executemany("UPDATE endpoints SET first_result_at = ? WHERE id = ? AND "
+                           "(first_result_at IS NULL OR first_result_at > ?)",
+                           [(at, endpoint_id, at) for endpoint_id, at in first.items()])
+            db.execute("COMMIT")
+            self._first_known.update(first)  # once per endpoint and process: later results are later
+        except BaseException:
+            self._ids.clear()  # ids handed out inside the rolled-back transaction are void
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _endpoint_id(self, target: Target) -> int:
+        """The row id of ``target``'s endpoint, inserted when new (its record is built only then)."""
+        found = self._ids.get(target.name)
+        if found is None:
+            row = self._db.execute("SELECT id FROM endpoints WHERE name = ?", (target.name,)).fetchone()
+            if row is None:
+                cursor = self._db.execute(_ENDPOINT_INSERT, _endpoint_params(EndpointRecord.of(target)))
+                found = int(cursor.lastrowid or 0)
+            else:
+                found = int(row[0])
+            self._ids[target.name] = found
+        return found
+
+    def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
+        """Delete old rows one endpoint after another, resuming where the last slice stopped."""
+        db = self._db
+        gone = 0
+        ids = [row[0] for row in db.execute("SELECT id FROM endpoints WHERE id >= ? ORDER BY id",
+                                            (self._prune_cursor,))]
+        for endpoint_id in ids:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, column, before in (("icmp", "started_at", icmp_before),
+                                              ("throughput", "started_at", throughput_before),
+                                              ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
+                    cursor = db.execute(
+                        f"DELETE FROM {table} WHERE endpoint_id = ? AND started_at IN "  # noqa: S608 (fixed names)
+                        f"(SELECT started_at FROM {table} WHERE endpoint_id = ? AND {column} < ? "
+                        "ORDER BY started_at LIMIT ?)", (endpoint_id, endpoint_id, before, limit - gone))
+                    gone += max(0, cursor.rowcount)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if gone >= limit:
+                self._prune_cursor = endpoint_id  # this endpoint may have more: start here next time
+                return gone
+        self._prune_cursor = 0
+        return gone
+
+    # ------------------------------------------------------------------ reading
+    def endpoints(self) -> list[EndpointRecord]:
+        return [_endpoint_record(row) for row in self._db.execute(
+            f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoints ORDER BY name")]  # noqa: S608 (fixed names)
+
+    def first_results(self) -> dict[str, float]:
+        return {str(name): float(at) for name, at in self._db.execute(
+            "SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL")}
+
+    def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
+        rows = self._db.execute(
+            "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
+            "WHERE e.name = ? AND i.started_at >= ? AND i.started_at < ? ORDER BY i.started_at",
+            (endpoint, start, end))
+        for started_at, sent, rtts, error in rows:
+            yield StoredCycle(started_at, sent, unpack_rtts(rtts), error)
+
+    _TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
+                     "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
+
+    def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
+        rows = self._db.execute(
+            f"SELECT {self._TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            "WHERE e.name = ? AND t.started_at >= ? AND t.started_at < ? ORDER BY t.started_at",
+            (endpoint, start, end))
+        return [_stored_test(row) for row in rows]
+
+    def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
+        if not self._has_gaps:
+            return []
+        rows = self._db.execute(
+            "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+            "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = ? AND g.ended_at > ? AND g.started_at < ? "
+            "ORDER BY g.started_at", (endpoint, start, end))
+        return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
+
+    def last_measured_tests(self) -> dict[str, StoredTest]:
+        return self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")
+
+    def last_tests(self) -> dict[str, StoredTest]:
+        return self._latest("")
+
+    def _latest(self, where: str) -> dict[str, StoredTest]:
+        """Per endpoint, walk its key backwards from the newest test: a few rows each, whatever the
+        history's length (a scan of 400 days of tests would hold up the start-up)."""
+        out: dict[str, StoredTest] = {}
+        query = (f"SELECT {self._TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+                 f"WHERE t.endpoint_id = ? {where} ORDER BY t.started_at DESC LIMIT 1")
+        for (endpoint_id,) in self._db.execute("SELECT id FROM endpoints").fetchall():
+            row = self._db.execute(query, (endpoint_id,)).fetchone()
+            if row is not None:
+                out[row[0]] = _stored_test(row)
+        return out
+
+    def bytes_since(self, endpoint: str, since: float) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(t.bytes), 0) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = ? AND t.started_at >= ?", (endpoint, since)).fetchone()
+        return int(row[0])
+
+    def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
+        rows = self._db.execute(
+            "SELECT t.target_met FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE e.name = ? AND t.target_met IS NOT NULL ORDER BY t.started_at DESC LIMIT ?", (endpoint, limit))
+        return [bool(met) for (met,) in rows]
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _test_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:
+    return (endpoint_id, r.started_at, r.ended_at, r.method, r.address, r.download_bits_per_second,
+            r.upload_bits_per_second, r.bytes, _directions_json(r.directions), r.target.target_bits_per_second,
+            r.target.target_upload_bits_per_second, None if r.target_met is None else int(r.target_met),
+            r.error.value if r.error is not None else None, r.error_detail[:_DETAIL_MAX] or None,
+            r.budget_remaining_bytes)
+
+
+def _stored_test(row: Sequence[object]) -> StoredTest:
+    (name, method, started_at, ended_at, address, directions, target, target_upload, met, error, detail,
+     budget) = row
+    return StoredTest(str(name), str(method), float(started_at), float(ended_at),  # type: ignore[arg-type]
+                      None if address is None else str(address), _directions_from_json(str(directions)),
+                      float(target), None if target_upload is None else float(target_upload),  # type: ignore[arg-type]
+                      None if met is None else bool(met), None if error is None else str(error),
+                      "" if detail is None else str(detail), None if budget is None else int(budget))  # type: ignore[call-overload]

@@ -1,0 +1,48 @@
+"""``--store URL``: which history backend a URL names, and how to open it.
+
+``postgresql://`` (or ``postgres://``) selects :class:`~monitor.history.postgres.PostgresStore`;
+``sqlite:///path`` an SQLite file; no URL keeps ``history.sqlite3`` under ``--state-dir`` (the
+default). The described form never shows a password, so it can be logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from monitor.history.sqlite import SqliteStore, database_path
+from monitor.history.store import HistoryStore
+
+
+def is_postgres(url: str | None) -> bool:
+    return url is not None and url.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(url: str | None, state_dir: str) -> Path:
+    """The SQLite file a URL (or no URL) names.
+
+    Raises:
+        ValueError: the URL is neither sqlite:/// nor postgresql://.
+    """
+    if url is None:
+        return database_path(state_dir)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite://"))
+    raise ValueError(f"--store {describe(url)}: expected postgresql://..., postgres://... or sqlite:///PATH")
+
+
+def describe(url: str | None) -> str:
+    """The URL with its password hidden."""
+    from monitor.history.postgres import redact
+
+    return "" if url is None else redact(url)
+
+
+def opener(url: str | None, state_dir: str, *, read_only: bool = False) -> Callable[[], HistoryStore]:
+    """A function that opens the named store (called where the store will be used)."""
+    if url is not None and is_postgres(url):
+        from monitor.history.postgres import PostgresStore  # psycopg only when PostgreSQL is used
+
+        return lambda: PostgresStore(url, read_only=read_only)
+    path = sqlite_path(url, state_dir)
+    return lambda: SqliteStore(path, read_only=read_only)

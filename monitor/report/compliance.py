@@ -1,0 +1,364 @@
+"""The compliance report: per site and per kind/district, over a period, from the history.
+
+Ops staff send it to the telecom operator and the ministry, so every figure is defined here,
+once, in words a reader can check:
+
+* **availability** = ICMP cycles in which the site answered at least one echo / cycles run. For an
+  agent site (issue 10), cycles that started while it had no power (a ``power`` gap) are neither
+  up nor run, and the cycles due in a ``link`` or ``unknown`` gap that left no row count as run
+  and down (:mod:`monitor.report.gaps`); **hours without power** is the time of its power gaps in the
+  period (a column only when some site has any, so older reports read as before);
+* **loss** = echoes without a reply / echoes attempted, over every cycle of the period;
+* **RTT median and p95** over every answered echo (p95 by nearest rank: a value that was measured);
+* **tests** = throughput tests that gave a verdict (every direction checked against a target was
+  measured); tests that failed (server down, DNS) are counted apart and give no verdict: a broken
+  test server is not proof that a site is slow. Tests skipped because the month's data budget was
+  spent are neither;
+* **download median and min** over every test that measured the download;
+* **met** = tests whose verdict (against the target the site had when the test ran) was met;
+* **verdict** = ``met`` (every test met the target), ``partly``, ``never``, ``untested`` (ICMP
+  data only) or ``no_data``.
+
+Roll-out (issue 11): planned sites are not in the site table or the KPIs (nothing is measured
+there yet), and retired ones only when they have results in the period. The roll-out section
+counts sites per district by status (``planned``, ``connected``, ``retired``) and lists those
+**connected in the period**: sites whose status is ``connected`` and whose connection date falls
+within the period's days. The connection date is the site's ``planned_date`` when it has one
+(keep it when switching a site to connected: it records when the line was due and delivered),
+else the day of the first result the history ever stored for it (in the report's time zone).
+The section is there only when some site is planned or retired or has a ``planned_date``, so a
+history without roll-out keys gives the report it always gave.
+
+Computing is separate from rendering (:mod:`monitor.report.render`), so every format shows
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from monitor.config.windows import MaintenanceWindows
+from monitor.history.store import EndpointRecord, HistoryStore
+from monitor.report.gaps import GapAccount
+from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
+
+Verdict = Literal["met", "partly", "never", "untested", "no_data"]
+ReportFormat = Literal["table", "csv", "markdown", "html", "json"]
+FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html", "json")  # rendered by monitor.report.render
+VERDICT_WORDS: dict[Verdict, str] = {
+    "met": "met the target in every test",
+    "partly": "met the target in some tests",
+    "never": "never met the target",
+    "untested": "no throughput test",
+    "no_data": "no data",
+}
+_VERDICT_ORDER: dict[Verdict, int] = {"never": 0, "partly": 1, "untested": 2, "no_data": 3, "met": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Whole days ``first`` … ``last`` (inclusive) in ``timezone``, as a half-open span of Unix time."""
+
+    first: dt.date
+    last: dt.date
+    timezone: str
+
+    @property
+    def start(self) -> float:
+        return dt.datetime.combine(self.first, dt.time(), ZoneInfo(self.timezone)).timestamp()
+
+    @property
+    def end(self) -> float:
+        return dt.datetime.combine(self.last + dt.timedelta(days=1), dt.time(), ZoneInfo(self.timezone)).timestamp()
+
+    @property
+    def previous(self) -> Period:
+        """The period of equal length (in days) just before this one."""
+        days = self.last - self.first + dt.timedelta(days=1)
+        return Period(self.first - days, self.first - dt.timedelta(days=1), self.timezone)
+
+    def __str__(self) -> str:
+        return f"{self.first.isoformat()} to {self.last.isoformat()} ({self.timezone})"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    """One site's figures over the period; None where there was nothing to compute from."""
+
+    name: str
+    kind: str
+    district: str
+    link: str
+    target_bits_per_second: float
+    cycles: int
+    cycles_up: int
+    echoes: int
+    replies: int
+    rtt_median_seconds: float | None
+    rtt_p95_seconds: float | None
+    tests: int
+    tests_met: int
+    tests_failed: int
+    download_median_bits_per_second: float | None
+    download_min_bits_per_second: float | None
+    cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap of an agent site, no row (down)
+    power_off_seconds: float = 0.0  # time in power gaps: left out of availability
+
+    @property
+    def availability(self) -> float | None:
+        return self.cycles_up / self.cycles if self.cycles else None
+
+    @property
+    def hours_without_power(self) -> float:
+        return self.power_off_seconds / 3600.0
+
+    @property
+    def loss(self) -> float | None:
+        return 1.0 - self.replies / self.echoes if self.echoes else None
+
+    @property
+    def met_share(self) -> float | None:
+        return self.tests_met / self.tests if self.tests else None
+
+    @property
+    def verdict(self) -> Verdict:
+        if not self.tests:
+            return "untested" if self.cycles else "no_data"
+        if self.tests_met == self.tests:
+            return "met"
+        return "never" if self.tests_met == 0 else "partly"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    """The sites of one kind (and district, when set) in one sentence's worth of counts."""
+
+    kind: str
+    district: str | None
+    sites: int
+    met: int  # met the target in every test
+    never: int
+    partly: int
+    untested: int  # ICMP data but no test (or only failed tests)
+    no_data: int
+    availability: float | None  # cycles up / cycles run, over all of the group's cycles
+    targets_bits_per_second: tuple[float, ...]  # the distinct targets, for the wording
+    download_median_bits_per_second: float | None  # median of the sites' medians
+
+    def sentence(self) -> str:
+        """E.g. "241 of 398 schools met 4 Mbit/s in every test; 12 never did; 20 were not tested"."""
+        noun = plural(self.kind, self.sites)
+        target = (f"{format_mbps(self.targets_bits_per_second[0])} Mbit/s"
+                  if len(self.targets_bits_per_second) == 1 else "their target")
+        where = f" in {self.district}" if self.district is not None else ""
+        parts = [f"{self.met} of {self.sites} {noun}{where} met {target} in every test",
+                 f"{self.never} never did"]
+        if self.partly:
+            parts.append(f"{self.partly} did in some tests")
+        untested = self.untested + self.no_data
+        if untested:
+            parts.append(f"{untested} {'was' if untested == 1 else 'were'} not tested")
+        text = "; ".join(parts)
+        if self.availability is not None:
+            text += f". Up {self.availability * 100:.2f}% of cycles"
+        return text + "."
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutCounts:
+    """Sites of one district (or of the whole selection, ``district`` None) by roll-out status."""
+
+    district: str | None
+    planned: int
+    connected: int
+    retired: int
+    connected_in_period: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedSite:
+    """A site connected in the period, with the day it counts from and where that day comes from."""
+
+    name: str
+    kind: str
+    district: str
+    connected_on: dt.date
+    source: Literal["planned_date", "first_result"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """The report's roll-out section: counts per district, the total, and the sites connected in the period."""
+
+    districts: tuple[RolloutCounts, ...]
+    total: RolloutCounts
+    connected: tuple[ConnectedSite, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    period: Period
+    kind: str | None
+    district: str | None
+    sites: tuple[SiteRow, ...]
+    by_kind: tuple[GroupSummary, ...] = ()
+    by_district: tuple[GroupSummary, ...] = ()
+    generated_at: float = field(default=0.0)
+    kpis: KpiReport | None = None  # the ministry's KPIs (issue 11), see monitor.report.kpis
+    rollout: Rollout | None = None  # only when some site is planned, retired or has a planned date
+
+    @property
+    def power_gaps(self) -> bool:
+        """True when some site had hours without power: then, and only then, the column is shown."""
+        return any(r.power_off_seconds > 0 for r in self.sites)
+
+
+def plural(kind: str, count: int) -> str:
+    if count == 1 or kind.endswith("s"):
+        return kind
+    return kind + "s"
+
+
+def format_mbps(bits_per_second: float) -> str:
+    """4000000 → "4", 2500000 → "2.5": targets are written as people say them."""
+    return f"{bits_per_second / 1e6:.2f}".rstrip("0").rstrip(".")
+
+
+def nearest_rank(sorted_values: Sequence[float], share: float) -> float:
+    """The value at rank ceil(share × n): always one that was measured (no interpolation)."""
+    return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
+
+
+def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> SiteRow:
+    cycles = cycles_up = echoes = replies = 0
+    rtts: list[float] = []
+    gaps = GapAccount.of(store, endpoint.name, period.start, period.end)
+    counted: list[float] = []
+    for cycle in store.icmp_cycles(endpoint.name, period.start, period.end):
+        if gaps.without_power(cycle.started_at):
+            continue  # no power, no link to measure: neither up nor run
+        counted.append(cycle.started_at)
+        cycles += 1
+        got = [r for r in cycle.rtts_seconds if r is not None]
+        cycles_up += 1 if got else 0
+        echoes += cycle.attempted
+        replies += len(got)
+        rtts.extend(got)
+    missing = gaps.missing_cycles(counted)
+    cycles += missing
+    rtts.sort()
+    tests = met = failed = 0
+    downloads: list[float] = []
+    for test in store.throughput_tests(endpoint.name, period.start, period.end):
+        if test.error == "budget":  # skipped on purpose, not a failure: no test ran
+            continue
+        rate = test.direction_rate("download")
+        if rate is not None:  # the download figures keep every measured download
+            downloads.append(rate)
+        if test.target_met is None:  # no verdict: a checked direction failed (counted apart), or none was checked
+            failed += 1 if test.error is not None else 0
+            continue
+        tests += 1
+        met += 1 if test.target_met else 0
+    return SiteRow(endpoint.name, endpoint.kind, endpoint.district, endpoint.link, endpoint.target_bits_per_second,
+                   cycles, cycles_up, echoes, replies,
+                   statistics.median(rtts) if rtts else None, nearest_rank(rtts, 0.95) if rtts else None,
+                   tests, met, failed, statistics.median(downloads) if downloads else None,
+                   min(downloads) if downloads else None, missing, gaps.power_seconds)
+
+
+def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> GroupSummary:
+    counts = dict.fromkeys(_VERDICT_ORDER, 0)
+    for row in rows:
+        counts[row.verdict] += 1
+    cycles = sum(r.cycles for r in rows)
+    medians = [r.download_median_bits_per_second for r in rows if r.download_median_bits_per_second is not None]
+    return GroupSummary(kind, district, len(rows), counts["met"], counts["never"], counts["partly"],
+                        counts["untested"], counts["no_data"],
+                        sum(r.cycles_up for r in rows) / cycles if cycles else None,
+                        tuple(sorted({r.target_bits_per_second for r in rows})),
+                        statistics.median(medians) if medians else None)
+
+
+def build_report(store: HistoryStore, period: Period, *, kind: str | None = None, district: str | None = None,
+                 configured: Sequence[EndpointRecord] = (), now: float = 0.0,
+                 maintenance: Mapping[str, MaintenanceWindows] | None = None,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Report:
+    """The report over ``period`` for the sites of the history (plus ``configured`` ones it lacks).
+
+    Sites are listed worst first (never, partly, untested, no data, met), then by kind, district
+    and name, so the first page is the one to act on. Sites of the history with no result in the
+    period are left out unless ``configured`` names them (they were removed from the config).
+    """
+    known = {e.name: e for e in store.endpoints()}
+    for endpoint in configured:  # the config's labels are the current ones; sites without data still appear
+        known[endpoint.name] = endpoint
+    selected = [e for e in known.values()
+                if (kind is None or e.kind == kind) and (district is None or e.district == district)]
+    chosen = [e for e in selected if e.status != "planned"]  # nothing is measured at a planned site
+    wanted = {e.name for e in configured if e.status == "connected"}  # retired ones only with results
+    rows = [row for row in (site_row(store, e, period) for e in chosen)
+            # a site long gone from the config, with nothing in the period, is not part of this report
+            if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
+            or row.power_off_seconds or row.name in wanted]
+    rows.sort(key=lambda r: (_VERDICT_ORDER[r.verdict], r.kind, r.district, r.name))
+    kinds = sorted({r.kind for r in rows})
+    by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)
+    by_district = tuple(summarise([r for r in rows if r.kind == k and r.district == d], k, d)
+                        for k in kinds for d in sorted({r.district for r in rows if r.kind == k}))
+    counted = selected
+    if configured:  # the config is the roll-out's truth; the history also remembers sites removed from it
+        names = {e.name for e in configured}
+        counted = [e for e in selected if e.name in names]
+    return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
+                  period_kpis(store, [known[r.name] for r in rows], period, maintenance, thresholds),
+                  rollout(store, counted, period) if has_rollout(known.values()) else None)
+
+
+def has_rollout(endpoints: Iterable[EndpointRecord]) -> bool:
+    """True when some site uses the roll-out keys: then, and only then, reports show the roll-out."""
+    return any(e.status != "connected" or e.planned_date is not None for e in endpoints)
+
+
+def rollout(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period) -> Rollout:
+    """Count ``endpoints`` per district by status, and find those connected in ``period`` (see the module doc)."""
+    first = store.first_results()
+    zone = ZoneInfo(period.timezone)
+    connected: list[ConnectedSite] = []
+    for e in endpoints:
+        if e.status != "connected":
+            continue
+        if e.planned_date is not None:
+            site = ConnectedSite(e.name, e.kind, e.district, e.planned_date, "planned_date")
+        elif e.name in first:
+            site = ConnectedSite(e.name, e.kind, e.district, dt.datetime.fromtimestamp(first[e.name], zone).date(),
+                                 "first_result")
+        else:
+            continue  # connected, but nothing measured yet and no date written: not known to be new
+        if period.first <= site.connected_on <= period.last:
+            connected.append(site)
+    connected.sort(key=lambda c: (c.connected_on, c.district, c.name))
+    new = {c.name for c in connected}
+
+    def counts(district: str | None, members: Sequence[EndpointRecord]) -> RolloutCounts:
+        statuses = [e.status for e in members]
+        return RolloutCounts(district, statuses.count("planned"), statuses.count("connected"),
+                             statuses.count("retired"), sum(1 for e in members if e.name in new))
+
+    districts = sorted({e.district for e in endpoints})
+    return Rollout(tuple(counts(d, [e for e in endpoints if e.district == d]) for d in districts),
+                   counts(None, endpoints), tuple(connected))
+
+
+def period_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period,
+                maintenance: Mapping[str, MaintenanceWindows] | None, thresholds: Thresholds) -> KpiReport:
+    """The KPIs of ``endpoints`` over ``period`` and the period of equal length before it (whole local days)."""
+    before = period.previous
+    return compute_kpis(store, endpoints, Span(period.start, period.end), maintenance=maintenance,
+                        thresholds=thresholds, previous_span=Span(before.start, before.end))

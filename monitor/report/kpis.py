@@ -1,0 +1,290 @@
+"""The KPIs ministries report (issue 11), per kind, per district and for the whole selection.
+
+Pure functions over a :class:`~monitor.history.store.HistoryStore`, so ``connmon report`` and the JSON
+API's summary compute the same figures. Each figure is defined here, once:
+
+* **median met target** = sites whose median download over the period is ≥ their target /
+  sites with at least one measured download in the period (sites never measured are not in the
+  denominator; their number is given as ``sites_measured``);
+* **≥ 80% of contract** = sites whose median download is ≥ 0.8 × the contracted rate / the same
+  denominator. The contracted rate comes from :func:`contracted_bits_per_second` only;
+* **availability** = ICMP cycles up / ICMP cycles, over every site's cycles of the period, leaving
+  out (from both) the cycles that *started* inside a declared maintenance window of the site
+  (a window's start is inside, its end is not). For agent sites (issue 10) the same rule as the
+  report's (:mod:`monitor.report.gaps`): cycles that started in a ``power`` gap are left out of both, and
+  cycles due in a ``link`` or ``unknown`` gap without a row count as run and down (unless they
+  fall in maintenance);
+* **live / at risk / dropped**: the age of a site's last success (an ICMP cycle with a reply, or
+  a throughput test that measured a rate) at the period's end. ``age < at_risk_days`` is live,
+  ``at_risk_days ≤ age < dropped_days`` at risk, ``age ≥ dropped_days`` (or no success within
+  ``dropped_days``) dropped. So 20.99 days is live, exactly 21 at risk, exactly 28 dropped;
+* **change** = the figure minus the same figure over the period of equal length just before,
+  in percentage points for shares.
+
+Rendering is :mod:`monitor.report.render`'s job.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from monitor.config.model import Config
+from monitor.config.windows import MaintenanceWindows
+from monitor.history.store import EndpointRecord, HistoryStore
+from monitor.report.gaps import GapAccount
+
+DAY_SECONDS = 86400.0
+CONTRACT_SHARE = 0.8  # sites receiving at least 80% of the contracted speed
+SiteStatus = str  # "live" | "at_risk" | "dropped"
+STATUSES: tuple[SiteStatus, ...] = ("live", "at_risk", "dropped")
+
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Days without a success at the period's end before a site is at risk / dropped."""
+
+    at_risk_days: float = 21.0
+    dropped_days: float = 28.0
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A half-open span of Unix time [start, end)."""
+
+    start: float
+    end: float
+
+    @property
+    def previous(self) -> Span:
+        """The span of equal length just before this one."""
+        return Span(2 * self.start - self.end, self.start)
+
+
+def contracted_bits_per_second(endpoint: EndpointRecord) -> float:
+    """The site's contracted download rate: the one place that decides it.
+
+    The site's ``contracted_mbps`` (kept in the history's endpoint record, issue 11) when set; otherwise
+    the target is the contract.
+    """
+    contracted = endpoint.contracted_bits_per_second
+    if contracted is not None and contracted > 0:
+        return contracted
+    return endpoint.target_bits_per_second
+
+
+def status_of(age_seconds: float | None, thresholds: Thresholds) -> SiteStatus:
+    """live / at_risk / dropped for the age of the last success (None: none found)."""
+    if age_seconds is None or age_seconds >= thresholds.dropped_days * DAY_SECONDS:
+        return "dropped"
+    if age_seconds >= thresholds.at_risk_days * DAY_SECONDS:
+        return "at_risk"
+    return "live"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteKpi:
+    """One site's inputs to the KPIs over one span."""
+
+    name: str
+    kind: str
+    district: str
+    target_bits_per_second: float
+    contracted_bits_per_second: float
+    download_median_bits_per_second: float | None
+    cycles: int  # outside maintenance
+    cycles_up: int
+    cycles_in_maintenance: int
+    last_success_at: float | None
+    status: SiteStatus
+    power_off_seconds: float = 0.0  # time in power gaps (agent sites): left out of availability
+    cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap, no row (down)
+
+    @property
+    def median_met_target(self) -> bool | None:
+        m = self.download_median_bits_per_second
+        return None if m is None else m >= self.target_bits_per_second
+
+    @property
+    def at_contract_share(self) -> bool | None:
+        m = self.download_median_bits_per_second
+        # m ≥ 0.8 × contract, written m × 5 ≥ contract × 4 so that exactly 80% is not lost to 0.8's rounding
+        return None if m is None else m * 5 >= self.contracted_bits_per_second * 4
+
+
+def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintenance: MaintenanceWindows | None,
+             thresholds: Thresholds) -> SiteKpi:
+    """The site's KPI inputs over ``span``; its last success is looked for up to ``dropped_days`` back."""
+    cycles = up = excluded = 0
+    last: float | None = None
+    look_from = min(span.start, span.end - thresholds.dropped_days * DAY_SECONDS)
+    gaps = GapAccount.of(store, endpoint.name, span.start, span.end)
+    counted: list[float] = []
+    for cycle in store.icmp_cycles(endpoint.name, look_from, span.end):
+        answered = cycle.received > 0
+        if answered:
+            last = cycle.started_at
+        if cycle.started_at < span.start:
+            continue
+        if maintenance is not None and maintenance.covers(cycle.started_at):
+            excluded += 1
+            continue
+        if gaps.without_power(cycle.started_at):
+            continue  # neither up nor run, as in the report
+        counted.append(cycle.started_at)
+        cycles += 1
+        up += 1 if answered else 0
+    missing = gaps.missing_cycles(counted, None if maintenance is None else maintenance.covers)
+    cycles += missing
+    downloads: list[float] = []
+    for test in store.throughput_tests(endpoint.name, look_from, span.end):
+        measured = [d.bits_per_second for d in test.directions if d.bits_per_second is not None]
+        if measured:
+            last = test.started_at if last is None else max(last, test.started_at)
+        rate = test.direction_rate("download")
+        if rate is not None and test.started_at >= span.start and test.error != "budget":
+            downloads.append(rate)
+    age = None if last is None else span.end - last
+    return SiteKpi(endpoint.name, endpoint.kind, endpoint.district, endpoint.target_bits_per_second,
+                   contracted_bits_per_second(endpoint), statistics.median(downloads) if downloads else None,
+                   cycles, up, excluded, last, status_of(age, thresholds), gaps.power_seconds, missing)
+
+
+@dataclass(frozen=True, slots=True)
+class KpiFigures:
+    """The KPIs of a set of sites over one span (shares None when their denominator is 0)."""
+
+    sites: int
+    sites_measured: int
+    median_met_target: int
+    at_contract_share: int
+    cycles: int
+    cycles_up: int
+    cycles_in_maintenance: int
+    live: int
+    at_risk: int
+    dropped: int
+    power_off_seconds: float = 0.0  # the sites' time in power gaps, left out of availability
+
+    @property
+    def median_met_target_share(self) -> float | None:
+        return self.median_met_target / self.sites_measured if self.sites_measured else None
+
+    @property
+    def at_contract_share_share(self) -> float | None:
+        return self.at_contract_share / self.sites_measured if self.sites_measured else None
+
+    @property
+    def availability(self) -> float | None:
+        return self.cycles_up / self.cycles if self.cycles else None
+
+    def shares(self) -> dict[str, float | None]:
+        """The shares that have a change in percentage points, by stable name."""
+        return {"median_met_target": self.median_met_target_share,
+                "at_80_percent_of_contract": self.at_contract_share_share,
+                "availability": self.availability,
+                "live": self.live / self.sites if self.sites else None,
+                "at_risk": self.at_risk / self.sites if self.sites else None,
+                "dropped": self.dropped / self.sites if self.sites else None}
+
+
+def figures(sites: Sequence[SiteKpi]) -> KpiFigures:
+    measured = [s for s in sites if s.download_median_bits_per_second is not None]
+    return KpiFigures(
+        len(sites), len(measured), sum(1 for s in measured if s.median_met_target),
+        sum(1 for s in measured if s.at_contract_share), sum(s.cycles for s in sites),
+        sum(s.cycles_up for s in sites), sum(s.cycles_in_maintenance for s in sites),
+        sum(1 for s in sites if s.status == "live"), sum(1 for s in sites if s.status == "at_risk"),
+        sum(1 for s in sites if s.status == "dropped"), sum(s.power_off_seconds for s in sites))
+
+
+def change_points(current: float | None, previous: float | None) -> float | None:
+    """Difference of two shares in percentage points (None when either is missing).
+
+    Rounded to 10 decimals so that 0.4 − 0.5 reads −10, not −9.999999999999998, in a stable document.
+    """
+    return None if current is None or previous is None else round((current - previous) * 100.0, 10)
+
+
+@dataclass(frozen=True, slots=True)
+class KpiGroup:
+    """One line of the KPI table: ``scope`` is "all", "kind" or "district"."""
+
+    scope: str
+    kind: str | None
+    district: str | None
+    current: KpiFigures
+    previous: KpiFigures
+
+    @property
+    def label(self) -> str:
+        if self.scope == "all":
+            return "all sites"
+        return f"{self.kind} · {self.district}" if self.scope == "district" else str(self.kind)
+
+    def changes(self) -> dict[str, float | None]:
+        before = self.previous.shares()
+        return {key: change_points(value, before[key]) for key, value in self.current.shares().items()}
+
+
+@dataclass(frozen=True, slots=True)
+class KpiReport:
+    """The KPIs of a selection over a span and the span before it."""
+
+    span: Span
+    previous_span: Span
+    thresholds: Thresholds
+    maintenance_considered: bool  # False: no config given, nothing was left out
+    groups: tuple[KpiGroup, ...]
+    sites: tuple[SiteKpi, ...]
+
+    @property
+    def power_gaps(self) -> bool:
+        """True when some site had time without power in the span: then, and only then, documents show it."""
+        return any(s.power_off_seconds > 0 for s in self.sites)
+
+
+def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple[KpiGroup, ...]:
+    """All sites, then each kind, then each kind and district (sorted)."""
+    def group(scope: str, kind: str | None, district: str | None) -> KpiGroup:
+        def keep(r: SiteKpi) -> bool:
+            return (kind is None or r.kind == kind) and (district is None or r.district == district)
+        return KpiGroup(scope, kind, district, figures([r for r in current if keep(r)]),
+                        figures([r for r in previous if keep(r)]))
+
+    out = [group("all", None, None)]
+    out += [group("kind", kind, None) for kind in sorted({s.kind for s in current})]
+    out += [group("district", kind, district) for kind, district in sorted({(s.kind, s.district) for s in current})]
+    return tuple(out)
+
+
+def compute_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], span: Span, *,
+                 maintenance: Mapping[str, MaintenanceWindows] | None = None,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS, previous_span: Span | None = None) -> KpiReport:
+    """The KPIs of ``endpoints`` over ``span`` and over the span of equal length before it.
+
+    ``maintenance`` None means no config was given: nothing is left out of availability.
+    """
+    windows = maintenance or {}
+    previous_span = previous_span or span.previous
+    current = tuple(site_kpi(store, e, span, windows.get(e.name), thresholds) for e in endpoints)
+    previous = tuple(site_kpi(store, e, previous_span, windows.get(e.name), thresholds) for e in endpoints)
+    return KpiReport(span, previous_span, thresholds, maintenance is not None, group_kpis(current, previous),
+                     current)
+
+
+def maintenance_of(config: Config) -> dict[str, MaintenanceWindows]:
+    """Each endpoint's declared maintenance: its own block, else its group's (no merging of the two)."""
+    out: dict[str, MaintenanceWindows] = {}
+    for group in config.groups:
+        for endpoint in group.endpoints:
+            chosen = endpoint.maintenance or group.maintenance
+            if chosen is not None:
+                out[endpoint.name] = chosen
+    return out
+

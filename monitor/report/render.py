@@ -1,0 +1,404 @@
+"""The report in each format: a terminal table, CSV for spreadsheets, Markdown, and one HTML file.
+
+Every format shows the figures :mod:`monitor.report.compliance` computed, rounded only here. The HTML
+report is a single self-contained file that opens offline (a ministry's laptop in a school has
+no reason to reach a CDN): its template, Chart.js (the chart) and tablesort (click a column to
+sort) are shipped in the package and inlined; the table and the summary are plain HTML, so the
+page reads even with scripts off.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import statistics
+from collections.abc import Callable
+from importlib import resources
+
+import jinja2
+import markupsafe
+from tabulate import tabulate
+
+from monitor import __version__
+from monitor.report.compliance import (
+    VERDICT_WORDS,
+    GroupSummary,
+    Report,
+    ReportFormat,
+    Rollout,
+    RolloutCounts,
+    SiteRow,
+    format_mbps,
+    plural,
+)
+from monitor.report.kpis import KpiFigures, KpiReport
+
+HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
+           "loss %", "tests", "failed tests", "download median Mbit/s", "download min Mbit/s", "met %", "verdict")
+CSV_HEADERS = ("site", "kind", "district", "link", "target_mbps", "cycles", "cycles_up", "availability_percent",
+               "rtt_median_ms", "rtt_p95_ms", "echoes", "replies", "loss_percent", "tests", "tests_failed",
+               "tests_met", "download_median_mbps", "download_min_mbps", "met_percent", "verdict")
+
+
+POWER_HEADER = "hours without power"  # after availability, only when some site had power gaps (issue 10)
+POWER_CSV_HEADERS = ("hours_without_power", "cycles_missing")  # after availability_percent, likewise
+_AVAILABILITY_COLUMN = HEADERS.index("availability %") + 1
+_AVAILABILITY_CSV_COLUMN = CSV_HEADERS.index("availability_percent") + 1
+
+
+def _fixed(value: float | None, digits: int, scale: float = 1.0) -> str:
+    return "" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _headers(report: Report) -> tuple[str, ...]:
+    if not report.power_gaps:
+        return HEADERS
+    return HEADERS[:_AVAILABILITY_COLUMN] + (POWER_HEADER,) + HEADERS[_AVAILABILITY_COLUMN:]
+
+
+def _row(r: SiteRow, power: bool = False) -> list[str]:
+    cells = [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
+             _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
+             _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
+             _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
+             _fixed(r.met_share, 0, 100), r.verdict]
+    if power:
+        cells.insert(_AVAILABILITY_COLUMN, _fixed(r.hours_without_power, 2))
+    return cells
+
+
+def _site_align(report: Report) -> tuple[str, ...]:
+    return ("left",) * 4 + ("right",) * (len(_headers(report)) - 5) + ("left",)  # names left, figures right
+
+
+def _title(report: Report) -> str:
+    scope = " · ".join(x for x in (report.kind, report.district) if x)
+    return f"connmon report, {report.period}" + (f" — {scope}" if scope else "")
+
+
+def _district_rows(report: Report) -> list[list[str]]:
+    return [[s.kind, s.district or "", str(s.sites), str(s.met), str(s.partly), str(s.never),
+             str(s.untested + s.no_data), _fixed(s.availability, 2, 100),
+             _fixed(s.download_median_bits_per_second, 2, 1e-6)] for s in report.by_district]
+
+
+_DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some tests", "never", "not tested",
+                     "availability %", "median download Mbit/s")
+_DISTRICT_ALIGN = ("left",) * 2 + ("right",) * (len(_DISTRICT_HEADERS) - 2)
+
+
+def summaries(report: Report) -> list[tuple[GroupSummary, list[GroupSummary]]]:
+    """Each kind's summary with its districts' summaries, for the sentences on top of every report."""
+    return [(kind, [d for d in report.by_district if d.kind == kind.kind]) for kind in report.by_kind]
+
+
+def render_table(report: Report) -> str:
+    lines = [_title(report), ""]
+    for kind, districts in summaries(report):  # each kind, then its districts indented under it
+        lines += [kind.sentence(), *(f"  {d.sentence()}" for d in districts)]
+    lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True,
+                        colalign=_DISTRICT_ALIGN), ""]
+    power = report.power_gaps
+    lines.append(tabulate([_row(r, power) for r in report.sites], _headers(report), tablefmt="simple",
+                          disable_numparse=True, colalign=_site_align(report)))
+    if report.kpis is not None:
+        lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
+    if report.rollout is not None:
+        lines += ["", rollout_sentence(report.rollout), "",
+                  tabulate(_rollout_rows(report.rollout), ROLLOUT_HEADERS, tablefmt="simple", disable_numparse=True,
+                           colalign=_ROLLOUT_ALIGN)]
+        if report.rollout.connected:
+            lines += ["", tabulate(_connected_rows(report.rollout), CONNECTED_HEADERS, tablefmt="simple",
+                                   disable_numparse=True)]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    power = report.power_gaps
+    cut = _AVAILABILITY_CSV_COLUMN
+    writer.writerow(CSV_HEADERS[:cut] + POWER_CSV_HEADERS + CSV_HEADERS[cut:] if power else CSV_HEADERS)
+    for r in report.sites:
+        cells: list[object] = [
+            r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
+            r.cycles_up, _fixed(r.availability, 4, 100), _fixed(r.rtt_median_seconds, 3, 1e3),
+            _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
+            r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
+            _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict]
+        if power:
+            cells[cut:cut] = [_fixed(r.hours_without_power, 4), r.cycles_missing]
+        writer.writerow(cells)
+    if report.kpis is not None:  # a second table after a blank line: the KPIs, with their raw counts
+        writer.writerow([])
+        writer.writerow(kpi_csv_headers(report.kpis))
+        writer.writerows(kpi_csv_rows(report.kpis))
+    if report.rollout is not None:  # then the roll-out counts, and the sites connected in the period
+        writer.writerow([])
+        writer.writerow(ROLLOUT_CSV_HEADERS)
+        writer.writerows([["district" if c.district is not None else "all", c.district or "", c.planned,
+                           c.connected, c.connected_in_period, c.retired]
+                          for c in (*report.rollout.districts, report.rollout.total)])
+        writer.writerow([])
+        writer.writerow(CONNECTED_CSV_HEADERS)
+        writer.writerows(_connected_rows(report.rollout))
+    return out.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# {_md_escape(_title(report))}", "", "## Summary", ""]
+    for kind, districts in summaries(report):
+        lines += [f"- {_md_escape(kind.sentence())}", *(f"  - {_md_escape(d.sentence())}" for d in districts)]
+    lines += ["", "## By district", "",
+              tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
+                       tablefmt="github", disable_numparse=True, colalign=_DISTRICT_ALIGN),
+              "", "## Sites", "",
+              tabulate([[_md_escape(c) for c in _row(r, report.power_gaps)] for r in report.sites], _headers(report),
+                       tablefmt="github", disable_numparse=True, colalign=_site_align(report)), ""]
+    if report.kpis is not None:
+        lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
+                  tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], KPI_HEADERS,
+                           tablefmt="github", disable_numparse=True, colalign=_KPI_ALIGN), ""]
+    if report.rollout is not None:
+        lines += ["## Roll-out", "", _md_escape(rollout_sentence(report.rollout)), "",
+                  tabulate([[_md_escape(c) for c in row] for row in _rollout_rows(report.rollout)], ROLLOUT_HEADERS,
+                           tablefmt="github", disable_numparse=True, colalign=_ROLLOUT_ALIGN), ""]
+        if report.rollout.connected:
+            lines += [tabulate([[_md_escape(c) for c in row] for row in _connected_rows(report.rollout)],
+                               CONNECTED_HEADERS, tablefmt="github", disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def chart_data(report: Report) -> dict[str, object]:
+    """Per district: the median and the lowest of its sites' median downloads; a line per distinct target.
+
+    Sites of different targets (4 Mbit/s schools, 2 Mbit/s clinics) share a district's bars, so one
+    line at the most common target would misjudge the others: every target of the sites in the
+    bars gets its own line, labelled with how many sites of which kind have it.
+    """
+    districts = sorted({r.district for r in report.sites})
+    medians, lowest = [], []
+    for district in districts:
+        rates = [r.download_median_bits_per_second / 1e6 for r in report.sites
+                 if r.district == district and r.download_median_bits_per_second is not None]
+        medians.append(round(statistics.median(rates), 3) if rates else None)
+        lowest.append(round(min(rates), 3) if rates else None)
+    # the targets of the sites in the bars; with no download at all, those of every site (an empty chart)
+    charted = [r for r in report.sites if r.download_median_bits_per_second is not None] or list(report.sites)
+    targets = sorted({r.target_bits_per_second for r in charted})
+    lines = []
+    for target in targets:
+        label = f"target {format_mbps(target)} Mbit/s"
+        if len(targets) > 1:
+            kinds = sorted({r.kind for r in charted if r.target_bits_per_second == target})
+            label += " (" + ", ".join(
+                f"{n} {plural(k, n)}" for k in kinds
+                for n in [sum(1 for r in charted if r.kind == k and r.target_bits_per_second == target)]) + ")"
+        lines.append({"mbps": target / 1e6, "label": label})
+    return {"districts": districts, "median": medians, "lowest": lowest, "targets": lines}
+
+
+def _asset(name: str) -> str:
+    return resources.files("monitor.report").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def render_html(report: Report) -> str:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("monitor.report", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+    template = env.get_template("report.html.j2")
+    generated = dt.datetime.fromtimestamp(report.generated_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return template.render(
+        title=_title(report), report=report, headers=_headers(report),
+        rows=[(_row(r, report.power_gaps), r) for r in report.sites],
+        district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
+        summaries=summaries(report), verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
+        generated=generated,
+        kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=KPI_HEADERS,
+        kpi_rows=[] if report.kpis is None else _kpi_rows(report.kpis),
+        rollout=None if report.rollout is None else {
+            "sentence": rollout_sentence(report.rollout), "headers": ROLLOUT_HEADERS,
+            "rows": _rollout_rows(report.rollout), "connected_headers": CONNECTED_HEADERS,
+            "connected": _connected_rows(report.rollout)},
+        # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
+        scripts=[markupsafe.Markup(_asset(name)) for name in
+                 ("chart.umd.min.js", "tablesort.min.js", "tablesort.number.min.js")])
+
+
+# ----------------------------------------------------------------------------- the ministry's KPIs (issue 11)
+
+KPI_HEADERS = ("scope", "sites", "measured", "median ≥ target %", "prev", "Δ pp", "≥ 80% of contract %", "prev",
+               "Δ pp", "availability %", "prev", "Δ pp", "live", "at risk", "dropped", "prev live/at risk/dropped")
+KPI_CSV_HEADERS = ("kpi_scope", "kind", "district", "sites", "sites_measured", "median_met_target",
+                   "median_met_target_percent", "previous_median_met_target_percent", "median_met_target_change_pp",
+                   "at_80_percent_of_contract", "at_80_percent_of_contract_percent",
+                   "previous_at_80_percent_of_contract_percent", "at_80_percent_of_contract_change_pp",
+                   "cycles", "cycles_up", "cycles_in_maintenance", "availability_percent",
+                   "previous_availability_percent", "availability_change_pp", "live", "at_risk", "dropped",
+                   "previous_live", "previous_at_risk", "previous_dropped")
+_KPI_ALIGN = ("left",) + ("right",) * (len(KPI_HEADERS) - 1)
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def kpi_header(kpis: KpiReport) -> str:
+    """What the KPI figures left out, in one sentence for the report's reader."""
+    t = kpis.thresholds
+    maintenance = ("declared maintenance windows (--config) are left out of availability"
+                   if kpis.maintenance_considered else
+                   "no maintenance is left out of availability (no --config given)")
+    if kpis.power_gaps:
+        maintenance += "; agent sites' hours without power are left out too"
+    return (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
+            f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} days before.")
+
+
+def _days(kpis: KpiReport) -> str:
+    return f"{(kpis.span.end - kpis.span.start) / 86400:.0f}"
+
+
+def _kpi_rows(kpis: KpiReport) -> list[list[str]]:
+    rows = []
+    for g in kpis.groups:
+        c, p, d = g.current, g.previous, g.changes()
+        rows.append([g.label, str(c.sites), str(c.sites_measured),
+                     _fixed(c.median_met_target_share, 2, 100), _fixed(p.median_met_target_share, 2, 100),
+                     _signed(d["median_met_target"], 2),
+                     _fixed(c.at_contract_share_share, 2, 100), _fixed(p.at_contract_share_share, 2, 100),
+                     _signed(d["at_80_percent_of_contract"], 2),
+                     _fixed(c.availability, 2, 100), _fixed(p.availability, 2, 100), _signed(d["availability"], 2),
+                     str(c.live), str(c.at_risk), str(c.dropped), f"{p.live}/{p.at_risk}/{p.dropped}"])
+    return rows
+
+
+def _kpi_table(kpis: KpiReport, fmt: str) -> str:
+    return tabulate(_kpi_rows(kpis), KPI_HEADERS, tablefmt=fmt, disable_numparse=True, colalign=_KPI_ALIGN)
+
+
+def kpi_csv_headers(kpis: KpiReport) -> tuple[str, ...]:
+    """The KPI CSV's header: the hours without power last, only when some site had any."""
+    return KPI_CSV_HEADERS + (("hours_without_power",) if kpis.power_gaps else ())
+
+
+def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
+    out: list[list[object]] = []
+    for g in kpis.groups:
+        c, p, d = g.current, g.previous, g.changes()
+        power: list[object] = [_fixed(c.power_off_seconds, 4, 1 / 3600)] if kpis.power_gaps else []
+        out.append([g.scope, g.kind or "", g.district or "", c.sites, c.sites_measured, c.median_met_target,
+                    _fixed(c.median_met_target_share, 4, 100), _fixed(p.median_met_target_share, 4, 100),
+                    _fixed(d["median_met_target"], 4), c.at_contract_share,
+                    _fixed(c.at_contract_share_share, 4, 100), _fixed(p.at_contract_share_share, 4, 100),
+                    _fixed(d["at_80_percent_of_contract"], 4), c.cycles, c.cycles_up, c.cycles_in_maintenance,
+                    _fixed(c.availability, 4, 100), _fixed(p.availability, 4, 100), _fixed(d["availability"], 4),
+                    c.live, c.at_risk, c.dropped, p.live, p.at_risk, p.dropped, *power])
+    return out
+
+
+def _figures_json(f: KpiFigures, power: bool) -> dict[str, object]:
+    out: dict[str, object] = {
+        "sites": f.sites, "sites_measured": f.sites_measured, "median_met_target": f.median_met_target,
+        "at_80_percent_of_contract": f.at_contract_share, "cycles": f.cycles, "cycles_up": f.cycles_up,
+        "cycles_in_maintenance": f.cycles_in_maintenance, "live": f.live, "at_risk": f.at_risk,
+        "dropped": f.dropped, "shares": f.shares()}
+    if power:  # absent, not 0, without power gaps: older documents stay as they were
+        out["power_off_seconds"] = f.power_off_seconds
+    return out
+
+
+def kpis_json(kpis: KpiReport) -> dict[str, object]:
+    """The KPI document (``--format json`` and the summary API): raw counts, shares in 0..1, changes in pp."""
+    power = kpis.power_gaps
+    sites: list[dict[str, object]] = []
+    for s in kpis.sites:
+        site: dict[str, object] = {
+            "name": s.name, "kind": s.kind, "district": s.district,
+            "target_bits_per_second": s.target_bits_per_second,
+            "contracted_bits_per_second": s.contracted_bits_per_second,
+            "download_median_bits_per_second": s.download_median_bits_per_second,
+            "median_met_target": s.median_met_target, "at_80_percent_of_contract": s.at_contract_share,
+            "cycles": s.cycles, "cycles_up": s.cycles_up, "cycles_in_maintenance": s.cycles_in_maintenance,
+            "last_success_at": s.last_success_at, "status": s.status}
+        if power:
+            site["power_off_seconds"] = s.power_off_seconds
+            site["cycles_missing"] = s.cycles_missing
+        sites.append(site)
+    return {
+        "period": {"start": kpis.span.start, "end": kpis.span.end},
+        "previous_period": {"start": kpis.previous_span.start, "end": kpis.previous_span.end},
+        "maintenance_considered": kpis.maintenance_considered,
+        "thresholds": {"at_risk_days": kpis.thresholds.at_risk_days, "dropped_days": kpis.thresholds.dropped_days},
+        "groups": [{"scope": g.scope, "kind": g.kind, "district": g.district,
+                    "current": _figures_json(g.current, power), "previous": _figures_json(g.previous, power),
+                    "change_pp": g.changes()} for g in kpis.groups],
+        "sites": sites,
+    }
+
+
+def render_json(report: Report) -> str:
+    """A stable machine-readable document: the period, the KPIs, and every site's row (base units)."""
+    doc: dict[str, object] = {
+        "format": "connmon-report/1",
+        "period": {"first": report.period.first.isoformat(), "last": report.period.last.isoformat(),
+                   "timezone": report.period.timezone},
+        "kind": report.kind, "district": report.district,
+        "kpis": None if report.kpis is None else kpis_json(report.kpis),
+    }
+    if report.rollout is not None:  # absent, not null, without roll-out keys: older documents stay as they were
+        doc["rollout"] = rollout_json(report.rollout)
+    return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+# ----------------------------------------------------------------------------- roll-out (issue 11)
+
+ROLLOUT_HEADERS = ("district", "planned", "connected", "connected in the period", "retired")
+ROLLOUT_CSV_HEADERS = ("rollout_scope", "district", "planned", "connected", "connected_in_period", "retired")
+CONNECTED_HEADERS = ("connected in the period", "kind", "district", "on", "date from")
+CONNECTED_CSV_HEADERS = ("connected_site", "kind", "district", "connected_on", "date_from")
+_ROLLOUT_ALIGN = ("left",) + ("right",) * (len(ROLLOUT_HEADERS) - 1)
+
+
+def rollout_sentence(rollout: Rollout) -> str:
+    """E.g. "Roll-out: 5 sites connected (2 of them in the period), 3 planned, 1 retired."."""
+    t = rollout.total
+    return (f"Roll-out: {t.connected} {'site' if t.connected == 1 else 'sites'} connected ({t.connected_in_period} of "
+            f"them in the period), {t.planned} planned, {t.retired} retired. Connected in the period: the site's "
+            "planned_date, or else its first result, falls within the period.")
+
+
+def _rollout_rows(rollout: Rollout) -> list[list[str]]:
+    def row(c: RolloutCounts) -> list[str]:
+        return [c.district if c.district is not None else "all", str(c.planned), str(c.connected),
+                str(c.connected_in_period), str(c.retired)]
+    return [row(c) for c in rollout.districts] + [row(rollout.total)]
+
+
+def _connected_rows(rollout: Rollout) -> list[list[str]]:
+    return [[c.name, c.kind, c.district, c.connected_on.isoformat(), c.source] for c in rollout.connected]
+
+
+def rollout_json(rollout: Rollout) -> dict[str, object]:
+    def counts(c: RolloutCounts) -> dict[str, object]:
+        return {"district": c.district, "planned": c.planned, "connected": c.connected,
+                "connected_in_period": c.connected_in_period, "retired": c.retired}
+    return {"districts": [counts(c) for c in rollout.districts], "total": counts(rollout.total),
+            "connected_in_period": [{"name": c.name, "kind": c.kind, "district": c.district,
+                                     "connected_on": c.connected_on.isoformat(), "date_from": c.source}
+                                    for c in rollout.connected]}
+
+
+RENDERERS: dict[ReportFormat, Callable[[Report], str]] = {
+    "table": render_table, "csv": render_csv, "markdown": render_markdown, "html": render_html,
+    "json": render_json}
+
+
+def render(report: Report, fmt: ReportFormat) -> str:
+    return RENDERERS[fmt](report)
+

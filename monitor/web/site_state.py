@@ -1,0 +1,111 @@
+"""Current state per site, for the JSON API (issue 11): the last results, kept as they came.
+
+A result-pipeline sink like :class:`~monitor.exposition.sink.MetricsSink`, but it derives nothing per
+cycle: it keeps references to the last :class:`IcmpResult` and the last measured
+:class:`ThroughputResult` of each endpoint (a dict assignment per result, cheap at 10,000 sites)
+and builds JSON only when asked (:func:`site_json`). What a site's figures mean is defined by
+the result properties (:mod:`monitor.results`), so the API and /metrics cannot disagree.
+
+Conventions of the JSON (documented in ``monitor/web/openapi.yaml``): numbers in base units
+(seconds, bits per second, ratios 0..1), times as Unix seconds (floats, UTC by definition), null
+where nothing is known yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from monitor.results import Cycle, IcmpResult, ThroughputResult
+from monitor.targets import Target
+
+SiteJson = dict[str, Any]
+
+
+def site_status(target: Target) -> str:
+    """The site's roll-out status from the config: planned, connected or retired (only connected ones are probed)."""
+    return target.status
+
+
+class SiteStateSink:
+    """Keeps each configured endpoint's last ICMP result and last measured throughput test."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, Target] = {}
+        self.icmp: dict[str, IcmpResult] = {}
+        self.throughput: dict[str, ThroughputResult] = {}
+        self.last_reply_at: dict[str, float] = {}  # a site down now was last seen at its last answered cycle
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        self.targets = {t.name: t for t in targets}
+        for kept in (self.icmp, self.throughput, self.last_reply_at):
+            for name in [n for n in kept if n not in self.targets]:
+                del kept[name]
+
+    def consume(self, cycle: Cycle) -> None:
+        for result in cycle.results:
+            if isinstance(result, IcmpResult):
+                self.icmp[result.target.name] = result
+                if result.received:
+                    self.last_reply_at[result.target.name] = result.started_at
+            elif result.measured:  # a failed test leaves the last measured rate, as /metrics does
+                self.throughput[result.target.name] = result
+
+    def cycle_skipped(self, probe: str, group: str) -> None:
+        """A skipped cycle changes no site's last result."""
+
+    def restore(self, results: Iterable[ThroughputResult]) -> None:
+        """The last measured tests read back from the history at start-up (a restart shows them at once)."""
+        for result in results:
+            if result.target.name in self.targets and result.target.name not in self.throughput:
+                self.throughput[result.target.name] = result
+
+    def site(self, name: str) -> SiteJson | None:
+        target = self.targets.get(name)
+        return None if target is None else site_json(target, self.icmp.get(name), self.throughput.get(name),
+                                                     self.last_reply_at.get(name))
+
+    def sites(self, targets: Iterable[Target] | None = None) -> list[SiteJson]:
+        """The state of ``targets`` (default every configured site, in config order)."""
+        icmp, throughput, replied = self.icmp, self.throughput, self.last_reply_at
+        chosen = self.targets.values() if targets is None else targets
+        return [site_json(t, icmp.get(t.name), throughput.get(t.name), replied.get(t.name)) for t in chosen]
+
+
+def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | None,
+              last_reply: float | None = None) -> SiteJson:
+    """One site's current state as the API's ``Site`` object (see ``monitor/web/openapi.yaml``).
+
+    ``last_seen_at`` is the later of the last cycle that got a reply and the last measured test.
+    """
+    last_test = test.ended_at if test is not None else None
+    seen = [t for t in (last_reply, last_test) if t is not None]
+    return {
+        "name": target.name,
+        "labels": {"kind": target.kind, "district": target.district, "link": target.link, "group": target.group},
+        "host": target.host,
+        "lat": target.lat,
+        "lon": target.lon,
+        "status": site_status(target),
+        "up": None if icmp is None else icmp.up,
+        "icmp": None if icmp is None else {
+            "cycle_started_at": icmp.started_at,
+            "address": icmp.address,
+            "sent": icmp.sent,
+            "received": icmp.received,
+            "rtt_avg_seconds": icmp.rtt_avg_seconds,
+            "loss_ratio": icmp.loss_ratio,
+            "jitter_seconds": icmp.jitter_seconds,
+            "error": None if icmp.error is None else str(icmp.error),
+        },
+        "throughput": None if test is None else {
+            "tested_at": test.started_at,
+            "method": test.method,
+            "download_bits_per_second": test.download_bits_per_second,
+            "upload_bits_per_second": test.upload_bits_per_second,
+            "target_met": test.target_met,
+        },
+        "target_bits_per_second": target.target_bits_per_second,
+        "target_upload_bits_per_second": target.target_upload_bits_per_second,
+        "last_seen_at": max(seen) if seen else None,
+    }
