@@ -7,7 +7,7 @@
 #   raw ICMP with only CAP_NET_RAW: the binary below has no file capability, so give the process
 #     the ambient capability through your runtime (Kubernetes: capabilities.add [NET_RAW] with
 #     --icmp-mode raw), or use the sysctl.
-# The same image runs a site agent (README, "Agents for sites behind NAT"):
+# The same image runs a site agent (docs/agents.md):
 #   docker run … connmon agent --config /etc/connmon-agent/agent.yaml --icmp-mode unprivileged
 #   with state_dir: /var/lib/connmon in agent.yaml (the volume below, owned by the image's user).
 FROM python:3.11-slim-bookworm

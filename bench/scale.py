@@ -458,7 +458,7 @@ def inner_naive(sites: int) -> int:
 
 
 def measure_config_load(config: Path) -> list[float]:
-    code = ("import time; t=time.perf_counter(); from monitor.config.model import load_config; "
+    code = ("import time; t=time.perf_counter(); from monitor.config import load_config; "
             f"from monitor.targets import build_targets; n=len(build_targets(load_config({str(config)!r}))); "
             "print(time.perf_counter()-t, n)")
     out = []

@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor import __version__
 from monitor.agent.protocol import BODY_IDLE_SECONDS
+from monitor.config import ReportSettings, load_config
 from monitor.config.durations import parse_duration
-from monitor.config.model import ReportSettings, load_config
 from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ConfigError, ConnmonError
 from monitor.history.store import EndpointRecord
@@ -67,7 +67,7 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connmon", description="Connectivity monitor for schools and clinics.")
     parser.add_argument("--version", action="version", version=f"connmon {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -229,7 +229,7 @@ def _zone_of_localtime() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     configure(args.log_level, args.log_format)
     try:
         if args.command == "check":

@@ -1,4 +1,9 @@
-"""``connmon run``: wires config, engine, sinks, scheduler and web server, and handles signals.
+"""``connmon run``: assembles the daemon, runs it until a signal, and shuts it down.
+
+Assembly is in dependency order, each part handed what it needs when it is built, and nothing set
+afterwards (issue 23): the config; the ICMP engine; the history writer; the sinks and the result
+pipeline; the throughput plan (shared by the scheduler and the agents' grants); the agents'
+registry; the probe context and the scheduler; the APIs; the reloader; the web app.
 
 Reload (issue 7): SIGHUP, ``POST /-/reload`` (with ``--web.enable-lifecycle``) and the file
 watcher (``--config.watch``) all go through one :class:`~monitor.reload.Reloader`: the new file is
@@ -19,26 +24,36 @@ import logging
 import signal
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
 
 from monitor.agent.centre.api import AgentApi
+from monitor.agent.centre.exposition import AgentExposition
 from monitor.agent.centre.journal import SeqJournal
-from monitor.agent.centre.registry import AgentRegistry
+from monitor.agent.centre.registry import AgentRegistry, AgentSites
 from monitor.agent.protocol import BODY_IDLE_SECONDS
-from monitor.config.model import Config
+from monitor.agent.protocol import ROUTES_PREFIX as AGENT_ROUTES_PREFIX
+from monitor.config import Config
+from monitor.exposition.scrape import EngineExposition, ScrapeRenderer
 from monitor.exposition.sink import MetricsSink
 from monitor.gc_tuning import settle_long_lived
-from monitor.history.store import HistorySink, RestoredState, set_aside_file
+from monitor.history.exposition import StoreExposition
+from monitor.history.restore import RestoredState
+from monitor.history.set_aside import set_aside_file
 from monitor.history.store_url import is_postgres
 from monitor.history.store_url import opener as store_opener
+from monitor.history.writer import HistorySink
 from monitor.icmp.engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
-from monitor.reload import ConfigWatcher, Reloader, ReloadOutcome
+from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.targets import Target, probed
+from monitor.throughput_plan import ThroughputPlan
 from monitor.web.config import BasicAuth, load_web_config
 from monitor.web.server import build_app, start_server
 from monitor.web.site_api import SiteApi
@@ -48,6 +63,23 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """``connmon run``'s settings beyond the config file (see :func:`serve` for each)."""
+
+    config_path: str
+    listen: str
+    icmp_mode: str = "auto"
+    web_config_path: str | None = None
+    enable_lifecycle: bool = False
+    watch_interval_seconds: float | None = None
+    shard: Shard | None = None
+    state_dir: str | None = "state"
+    store_url: str | None = None
+    timezone: str = "UTC"
+    agent_body_timeout_seconds: float = BODY_IDLE_SECONDS
 
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
@@ -69,151 +101,181 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         enable_lifecycle: allow ``POST /-/reload``.
         watch_interval_seconds: poll the config file this often and reload on change; None: don't.
         shard: this instance's share (``--shard I/N``), or None for every endpoint.
-        agent_body_timeout_seconds: an agent's body that stops arriving this long gets 408.
         state_dir: where the history lives (``history.sqlite3``); None keeps no history.
         store_url: ``--store``: ``postgresql://...`` or ``sqlite:///PATH``; None: SQLite under ``state_dir``.
         timezone: the days of the API's summary (``/api/v1/summary``) are in this zone by default.
+        agent_body_timeout_seconds: an agent's body that stops arriving this long gets 408.
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
         StartupError: no ICMP socket, or the listen address cannot be bound (exit 3).
     """
+    options = Options(config_path, listen, icmp_mode, web_config_path, enable_lifecycle, watch_interval_seconds,
+                      shard, state_dir, store_url, timezone, agent_body_timeout_seconds)
+    loaded = load(config_path)
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
-    iperf3_path = find_iperf3()
-    reloader = Reloader(config_path, lambda c, t: apply(c, t), lambda ok: metrics.config_loaded(ok))
-    config, every_target = reloader.load_initial()
-    # rows no store can take are kept under the state dir, which the daemon has with PostgreSQL too
-    history = (HistorySink(store_opener(store_url, state_dir), config.retention,
-                           set_aside_path=set_aside_file(state_dir))
-               if state_dir is not None else None)
-    metrics = MetricsSink(engine_stats=lambda: dataclasses.asdict(engine.stats), tools={"iperf3": bool(iperf3_path)},
-                          shard=shard.label if shard is not None else None,
-                          store_stats=(lambda: history.stats) if history is not None else None)
-    site_state = SiteStateSink()  # the JSON API's current state (issue 11)
-    pipeline = ResultPipeline([metrics, site_state, EventLogSink(), *([history] if history is not None else [])])
-    # sites behind NAT: their agents post results into the same pipeline (issue 10)
-    agents = AgentRegistry(pipeline, time.time, on_throughput=lambda r, slot: scheduler.agent_test_finished(r, slot),
-                           journal=SeqJournal.in_dir(state_dir) if state_dir is not None else None)
-    metrics.agents = agents
-
-    def apply(new_config: Config, every_target: tuple[Target, ...]) -> None:
-        new_targets = own_share(every_target, shard)
-        _warn_missing_tools(probed(new_targets), iperf3_path)
-        if new_config.throughput_max_concurrent != scheduler.throughput_max_concurrent:
-            scheduler.throughput_max_concurrent = new_config.throughput_max_concurrent
-            ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
-        if history is not None:
-            history.retention = new_config.retention
-        api.set_report_settings(new_config)
-        scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
-        for sink in pipeline.sinks:
-            sink.set_targets(new_targets)
-        agents.set_targets(new_targets)
-        settle_long_lived()  # the new targets and their state live until the next reload
-
-    targets = own_share(every_target, shard)
-    _warn_missing_tools(probed(targets), iperf3_path)
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
-    for sink in pipeline.sinks:
-        sink.set_targets(targets)
-    agents.set_targets(targets)
-    metrics.config_loaded(True)
-    ctx = ProbeContext(engine, time.time, iperf3_path=iperf3_path,
-                       throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
-    scheduler = CycleScheduler(ctx, pipeline, throughput_max_concurrent=config.throughput_max_concurrent)
-    auth = BasicAuth(web_config.users) if web_config is not None and web_config.users else None
-    ready = False
-
-    api = SiteApi(site_state, store_opener(store_url, state_dir, read_only=True) if state_dir is not None else None,
-                  default_timezone=timezone)
-    api.set_report_settings(config)
-    agent_api = AgentApi(agents, lambda: scheduler.plan, lambda: scheduler.throughput_max_concurrent,
-                         body_idle_seconds=agent_body_timeout_seconds)
-    app = build_app(metrics, lambda: ready, reload=(lambda: reloader.reload("POST /-/reload"))
-                    if enable_lifecycle else None, auth=auth, api=api, agent_api=agent_api)
     try:
-        runner = await start_server(app, listen, web_config.ssl_context if web_config is not None else None)
+        daemon = Daemon(options, loaded, engine, BasicAuth(web_config.users)
+                        if web_config is not None and web_config.users else None)
+        runner = await start_server(daemon.app, listen, web_config.ssl_context if web_config is not None else None)
     except BaseException:
         engine.close()
         raise
     if web_config is not None:
         log.info("web: %s", web_config.describe())
-    loop = asyncio.get_running_loop()
+    daemon.start()
+    await daemon.run_until_stopped()
+    await daemon.shut_down(runner)
+    return 0
 
-    def restore(restored: RestoredState | None) -> None:
+
+class Daemon:
+    """The running daemon's parts, built in dependency order; :meth:`apply` is what a reload runs."""
+
+    def __init__(self, options: Options, loaded: Loaded, engine: IcmpEngine, auth: BasicAuth | None) -> None:
+        config, state_dir, store_url = loaded.config, options.state_dir, options.store_url
+        self.options, self.engine, self.auth = options, engine, auth
+        self.iperf3_path = find_iperf3()
+        self.ready = False
+        # rows no store can take are kept under the state dir, which the daemon has with PostgreSQL too
+        self.history = (HistorySink(store_opener(store_url, state_dir), config.retention,
+                                    set_aside_path=set_aside_file(state_dir))
+                        if state_dir is not None else None)
+        agent_sites = AgentSites()  # written by the registry, read by /metrics: built before both
+        # what /metrics renders per scrape, beside the cached body
+        scrape: list[ScrapeRenderer] = [EngineExposition(lambda: dataclasses.asdict(engine.stats))]
+        history = self.history
+        if history is not None:
+            scrape.append(StoreExposition(lambda: history.stats))
+        scrape.append(AgentExposition(agent_sites))
+        self.metrics = MetricsSink(scrape=scrape, tools={"iperf3": bool(self.iperf3_path)},
+                                   shard=options.shard.label if options.shard is not None else None)
+        self.site_state = SiteStateSink()  # the JSON API's current state (issue 11)
+        self.pipeline = ResultPipeline([self.metrics, self.site_state, EventLogSink(),
+                                        *([self.history] if self.history is not None else [])])
+        # one throughput plan for the centre's own tests and the agents' grants
+        self.plan = ThroughputPlan(config.throughput_max_concurrent)
+        # sites behind NAT: their agents post results into the same pipeline (issue 10)
+        self.agents = AgentRegistry(self.pipeline, time.time, book=self.plan.book,
+                                    journal=SeqJournal.in_dir(state_dir) if state_dir is not None else None,
+                                    state=agent_sites)
+        self.targets = own_share(loaded.targets, options.shard)
+        _warn_missing_tools(probed(self.targets), self.iperf3_path)
+        for sink in self.pipeline.sinks:
+            sink.set_targets(self.targets)
+        self.agents.set_targets(self.targets)
+        self.metrics.config_loaded(True)
+        self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
+                                throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
+        self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan)
+        self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
+                           if state_dir is not None else None, default_timezone=options.timezone)
+        self.api.set_report_settings(config)
+        self.agent_api = AgentApi(self.agents, self.plan, body_idle_seconds=options.agent_body_timeout_seconds)
+        self.reloader = Reloader(options.config_path, self.apply, self.metrics.config_loaded, loaded.digest)
+        reloader = self.reloader
+        self.app = build_app(self.metrics, lambda: self.ready,
+                             reload=(lambda: reloader.reload("POST /-/reload")) if options.enable_lifecycle else None,
+                             auth=auth, routes=(self.api, self.agent_api), self_authenticated=(AGENT_ROUTES_PREFIX,))
+        self._stop, self._hurry = asyncio.Event(), asyncio.Event()
+        self._background: set[asyncio.Task[ReloadOutcome]] = set()
+        self._watchers: list[asyncio.Future[None]] = []
+
+    def apply(self, new_config: Config, every_target: tuple[Target, ...]) -> None:
+        """Make the running daemon use a reloaded config (run by the reloader on the event loop)."""
+        new_targets = own_share(every_target, self.options.shard)
+        _warn_missing_tools(probed(new_targets), self.iperf3_path)
+        if new_config.throughput_max_concurrent != self.plan.max_concurrent:
+            self.plan.max_concurrent = new_config.throughput_max_concurrent
+            self.ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
+        if self.history is not None:
+            self.history.retention = new_config.retention
+        self.api.set_report_settings(new_config)
+        self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
+        for sink in self.pipeline.sinks:
+            sink.set_targets(new_targets)
+        self.agents.set_targets(new_targets)
+        self.targets = new_targets
+        settle_long_lived()  # the new targets and their state live until the next reload
+
+    def restore(self, restored: RestoredState | None) -> None:
         """Show what the history kept; None: the store is away for now (go on, restore when it answers)."""
-        scheduler.throughput_held = False
+        self.scheduler.throughput_held = False
         if restored is None:
             log.warning("history: the store does not answer; throughput tests start without the last results, "
                         "which are restored when it answers")
             return
-        metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
-        site_state.restore(restored.results.values())
-        scheduler.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
+        self.metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
+        self.site_state.restore(restored.results.values())
+        self.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
         if restored.results:
             log.info("history: restored the last throughput test of %d endpoints", len(restored.results))
 
-    scheduler.start(probed(targets))
-    if history is not None:  # a restart shows the last test at once, and does not fire every due test
-        if is_postgres(store_url):  # a server may be away: never hold start-up or the loop for it
-            scheduler.throughput_held = True
-            history.restore_later(probed(targets), lambda r: loop.call_soon_threadsafe(restore, r))
-        else:  # a local file answers at once: restored before the first cycle
-            restore(history.restore(probed(targets)))
-    settle_long_lived()  # config, targets and per-endpoint state: out of every later collection
-    ready = True
-    log.info("connmon started: %d endpoints (%d probed) from %s%s, listening on %s", len(targets),
-             len(probed(targets)), config_path,
-             f" (shard {shard})" if shard is not None else "", listen)
+    def start(self) -> None:
+        """Schedule the cycles, restore the history's figures, and take signals: the daemon is ready."""
+        options, targets = self.options, self.targets
+        loop = asyncio.get_running_loop()
+        self.scheduler.start(probed(targets))
+        if self.history is not None:  # a restart shows the last test at once, and does not fire every due test
+            if is_postgres(options.store_url):  # a server may be away: never hold start-up or the loop for it
+                self.scheduler.throughput_held = True
+                self.history.restore_later(probed(targets), lambda r: loop.call_soon_threadsafe(self.restore, r))
+            else:  # a local file answers at once: restored before the first cycle
+                self.restore(self.history.restore(probed(targets)))
+        settle_long_lived()  # config, targets and per-endpoint state: out of every later collection
+        self.ready = True
+        log.info("connmon started: %d endpoints (%d probed) from %s%s, listening on %s", len(targets),
+                 len(probed(targets)), options.config_path,
+                 f" (shard {options.shard})" if options.shard is not None else "", options.listen)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reloader.reload("SIGHUP")))
+        if options.watch_interval_seconds is not None:
+            self._watchers.append(asyncio.ensure_future(
+                ConfigWatcher(self.reloader, options.watch_interval_seconds).run()))
+        self._watchers.append(asyncio.ensure_future(_watch_agents(self.agents, self.agent_api)))
 
-    stop, hurry = asyncio.Event(), asyncio.Event()
-    background: set[asyncio.Task[ReloadOutcome]] = set()
-
-    def spawn(coro: Coroutine[None, None, ReloadOutcome]) -> None:
+    def _spawn(self, coro: Coroutine[None, None, ReloadOutcome]) -> None:
         task = asyncio.ensure_future(coro)
-        background.add(task)
-        task.add_done_callback(background.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reloader.reload("SIGHUP")))
-    watcher = (asyncio.ensure_future(ConfigWatcher(reloader, watch_interval_seconds).run())
-               if watch_interval_seconds is not None else None)
-    agent_watch = asyncio.ensure_future(_watch_agents(agents, agent_api))
-    await stop.wait()
+    async def run_until_stopped(self) -> None:
+        await self._stop.wait()
 
-    # ---------------------------------------------------------------- graceful shutdown
-    ready = False
-    loop.remove_signal_handler(signal.SIGHUP)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: do not wait for running cycles
-        loop.add_signal_handler(sig, hurry.set)
-    reloader.close()
-    if watcher is not None:
-        watcher.cancel()
-    agent_watch.cancel()
-    scheduler.pause()
-    running = set(scheduler.running_cycles)
-    log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
-             DRAIN_SECONDS)
-    left = await _drain(running, hurry, DRAIN_SECONDS)
-    if left:
-        log.warning("cancelling %d cycle(s) still running", len(left))
-        for task in left:
-            task.cancel()
-        await asyncio.wait(left, timeout=CANCEL_SECONDS)
-    scheduler.shutdown()
-    for reload_task in background:
-        reload_task.cancel()
-    await runner.cleanup()
-    pipeline.close()
-    if agents.journal is not None:
-        agents.journal.close()
-    engine.close()
-    if auth is not None:
-        auth.close()
-    log.info("stopped")
-    return 0
+    async def shut_down(self, runner: web.AppRunner) -> None:
+        """Graceful shutdown, in reverse order of assembly (see the module doc)."""
+        loop = asyncio.get_running_loop()
+        self.ready = False
+        loop.remove_signal_handler(signal.SIGHUP)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: do not wait for running cycles
+            loop.add_signal_handler(sig, self._hurry.set)
+        self.reloader.close()
+        for watcher in self._watchers:
+            watcher.cancel()
+        self.scheduler.pause()
+        running = set(self.scheduler.running_cycles)
+        log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
+                 DRAIN_SECONDS)
+        left = await _drain(running, self._hurry, DRAIN_SECONDS)
+        if left:
+            log.warning("cancelling %d cycle(s) still running", len(left))
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=CANCEL_SECONDS)
+        self.scheduler.shutdown()
+        for reload_task in self._background:
+            reload_task.cancel()
+        await runner.cleanup()
+        self.pipeline.close()
+        if self.agents.journal is not None:
+            self.agents.journal.close()
+        self.engine.close()
+        if self.auth is not None:
+            self.auth.close()
+        log.info("stopped")
 
 
 async def _watch_agents(agents: AgentRegistry, agent_api: AgentApi) -> None:

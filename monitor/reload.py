@@ -14,7 +14,7 @@ Kubernetes ConfigMap's symlink swap, which inotify on the path misses, and needs
 A file whose content was already tried (good or bad) is not reloaded again, so a broken file is
 reported once, not at every poll.
 
-What it leaves to others: parsing and validation (:mod:`monitor.config.model`), the job diff that keeps
+What it leaves to others: parsing and validation (:mod:`monitor.config`), the job diff that keeps
 unchanged sites' schedules (:mod:`monitor.scheduler`), and keeping unchanged sites' series
 (:mod:`monitor.exposition.sink`).
 """
@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from monitor.config.model import Config, load_config
+from monitor.config import Config, load_config
 from monitor.errors import ConfigError
 from monitor.targets import Target, build_targets
 
@@ -54,6 +54,29 @@ def file_digest(path: str) -> str | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A config file loaded whole: the config, its targets, and the digest of the content they came from."""
+
+    config: Config
+    targets: tuple[Target, ...]
+    digest: str | None
+
+
+def load(config_path: str) -> Loaded:
+    """Load and validate the file, and build its targets: the start-up load, and each reload's.
+
+    The digest is taken before the parse: if the file changes in between, the watcher sees a
+    digest that differs from what was loaded and reloads once more, which is what we want.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid (at start-up ``connmon run`` exits 2).
+    """
+    digest = file_digest(config_path)
+    config = load_config(config_path)
+    return Loaded(config, build_targets(config), digest)
+
+
 class Reloader:
     """Loads the config file and swaps the result in, one reload at a time.
 
@@ -62,34 +85,22 @@ class Reloader:
         apply: makes the running daemon use new targets (scheduler diff, then sinks). It runs on
             the event loop; if it raises, the reload counts as failed.
         report: called with True after a good reload, False after a failed one.
+        tried_digest: the digest of the content loaded at start-up (:func:`load`), so the watcher
+            does not load it again.
+        loader: loads the file (run in a worker thread); :func:`load` but in tests.
     """
 
     def __init__(self, config_path: str, apply: Callable[[Config, tuple[Target, ...]], None],
-                 report: Callable[[bool], None]) -> None:
+                 report: Callable[[bool], None], tried_digest: str | None = None,
+                 loader: Callable[[str], Loaded] = load) -> None:
         self.config_path = config_path
+        self._load = loader
         self._apply = apply
         self._report = report
         self._lock = asyncio.Lock()
         self._closed = False
-        self.tried_digest: str | None = None  # content of the file at the last load, good or bad
+        self.tried_digest = tried_digest  # content of the file at the last load, good or bad
         self.reloads = 0  # attempts, for tests and logs
-
-    def load_initial(self) -> tuple[Config, tuple[Target, ...]]:
-        """The start-up load: same steps as a reload, but errors propagate (``connmon run`` exits 2).
-
-        Raises:
-            ConfigError: the file is unreadable or invalid.
-        """
-        digest, config, targets = self._build()
-        self.tried_digest = digest
-        return config, targets
-
-    def _build(self) -> tuple[str | None, Config, tuple[Target, ...]]:
-        # The digest is taken before the parse: if the file changes in between, the watcher sees a
-        # digest that differs from what was loaded and reloads once more, which is what we want.
-        digest = file_digest(self.config_path)
-        config = load_config(self.config_path)
-        return digest, config, build_targets(config)
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         """Validate the file in full, then apply it; on any error keep the running config.
@@ -102,13 +113,14 @@ class Reloader:
                 return ReloadOutcome(False, "connmon is shutting down; not reloading")
             self.reloads += 1
             try:
-                digest, config, targets = await asyncio.to_thread(self._build)
+                loaded = await asyncio.to_thread(self._load, self.config_path)
             except ConfigError as err:
                 self.tried_digest = file_digest(self.config_path)
                 self._report(False)
                 log.error("reload failed (%s), keeping the running config:\n%s", trigger, err)
                 return ReloadOutcome(False, str(err))
-            self.tried_digest = digest
+            config, targets = loaded.config, loaded.targets
+            self.tried_digest = loaded.digest
             if self._closed:  # shutdown began while the file was being parsed
                 return ReloadOutcome(False, "connmon is shutting down; not reloading")
             try:

@@ -12,9 +12,9 @@ import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from monitor.config.model import Direction
+from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.targets import Target
 
@@ -105,6 +105,18 @@ class DirectionResult:
     retransmits: int | None = None
     error: ProbeErrorReason | None = None
     error_detail: str = ""
+
+    def as_json(self, error_detail: str) -> dict[str, Any]:
+        """The one JSON shape of a direction, for the agents' wire and the history's rows alike.
+
+        ``error_detail`` as the caller keeps it (cleaned for the wire, cut to the column for the
+        history). The API and ``connmon probe --json`` flatten a test instead (``download_bits_per_second``,
+        ``upload_bits_per_second``, ...): those are published field names, kept as they are.
+        """
+        return {"direction": self.direction, "started_at": self.started_at, "ended_at": self.ended_at,
+                "bits_per_second": self.bits_per_second, "bytes": self.bytes,
+                "measured_seconds": self.measured_seconds, "retransmits": self.retransmits,
+                "error": None if self.error is None else self.error.value, "error_detail": error_detail}
 
 
 @dataclass(frozen=True, slots=True)

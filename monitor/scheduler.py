@@ -5,8 +5,9 @@ started twice: APScheduler then emits ``EVENT_JOB_MAX_INSTANCES``, which is coun
 cycle. First runs are spread over the interval so that not every group fires at once.
 
 Throughput: one dispatcher job ticks every second and starts the tests that
-:class:`~monitor.throughput_plan.ThroughputPlan` says are due, never more than
-``throughput_max_concurrent`` at once; each finished test is published as its own cycle.
+:class:`~monitor.throughput_plan.ThroughputPlan` (handed in: the agents' grants share it) says are
+due, never more than its ``max_concurrent`` at once; each finished test is booked in the plan
+and published as its own cycle.
 """
 
 from __future__ import annotations
@@ -51,13 +52,12 @@ def start_offsets(intervals: Sequence[float]) -> list[float]:
 class CycleScheduler:
     """Owns the APScheduler instance and turns each job run into a published :class:`Cycle`."""
 
-    def __init__(self, ctx: ProbeContext, pipeline: ResultPipeline,
-                 clock: Callable[[], float] = time.time, throughput_max_concurrent: int = 2) -> None:
+    def __init__(self, ctx: ProbeContext, pipeline: ResultPipeline, plan: ThroughputPlan | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ctx = ctx
         self.pipeline = pipeline
         self.clock = clock
-        self.throughput_max_concurrent = throughput_max_concurrent
-        self.plan = ThroughputPlan()
+        self.plan = plan if plan is not None else ThroughputPlan()
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._job_names: dict[str, tuple[str, str]] = {}
@@ -138,7 +138,7 @@ class CycleScheduler:
         if self.throughput_held:
             return
         now = self.clock()
-        for state in self.plan.due(now, self.throughput_max_concurrent - self.plan.running):
+        for state in self.plan.due(now, self.plan.max_concurrent - self.plan.running):
             target = self.plan.test_target(state, now)
             if target is None:
                 self._publish_test(state, ThroughputResult(
@@ -166,23 +166,9 @@ class CycleScheduler:
         self._publish_test(state, dataclasses.replace(result, target=state.target))
 
     def _publish_test(self, state: SiteState, result: ThroughputResult) -> None:
-        name = state.target.name
-        now = self.clock()
-        self.plan.finished(name, result, now)
-        result = dataclasses.replace(result, budget_remaining_bytes=self.plan.remaining_after(name, now))
+        result = self.plan.book(result, self.clock())
         self.pipeline.publish(Cycle("throughput", state.target.group, result.started_at,
                                     result.ended_at - result.started_at, (result,)))
-
-    def agent_test_finished(self, result: ThroughputResult, _slot: str | None) -> ThroughputResult:
-        """An agent's test arrived: book it like one of ours (frees the slot, counts the budget, plans the next).
-
-        Returns the result with the budget left after it, for the sinks. The slot id is not checked:
-        a result is worth keeping even when its grant expired while it was being uploaded.
-        """
-        name = result.target.name
-        now = self.clock()
-        self.plan.finished(name, result, now)
-        return dataclasses.replace(result, budget_remaining_bytes=self.plan.remaining_after(name, now))
 
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
         probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))

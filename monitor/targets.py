@@ -12,19 +12,18 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.config.model import (
+from monitor.config import (
     DIRECTIONS,
     AgentSettings,
     Config,
     IcmpSettings,
+    RolloutStatus,
     SiteMode,
-    SiteStatus,
     ThroughputSettings,
-    expand_url,
     merge_icmp,
     merge_throughput,
-    normalize_ip,
 )
+from monitor.config.hosts import expand_url, normalize_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,7 @@ class Target:
     icmp: IcmpSettings
     throughput: ThroughputSettings = ThroughputSettings()
     target_upload_bits_per_second: float | None = None  # checked only when configured
-    status: SiteStatus = "connected"
+    status: RolloutStatus = "connected"
     planned_date: dt.date | None = None
     provider: str | None = None
     contracted_bits_per_second: float | None = None  # the contract, when it differs from the target

@@ -25,15 +25,14 @@ This module is pure bookkeeping over an injected clock; :mod:`monitor.scheduler`
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
-from monitor.config.model import ThroughputSettings
+from monitor.config import ThroughputSettings
 from monitor.config.windows import current_or_next
 from monitor.errors import ProbeErrorReason
+from monitor.months import month_of
 from monitor.results import ThroughputResult
 from monitor.targets import Target
 
@@ -68,10 +67,6 @@ def allowed_start(t: float, name: str, settings: ThroughputSettings) -> float:
     # Windows too short for a test are refused by the config check; should one slip through, the
     # test still waits for a window rather than running when the operator said it must not.
     return current_or_next(t, settings.windows, settings.timezone)[0]
-
-
-def month_of(t: float, timezone: str) -> str:
-    return dt.datetime.fromtimestamp(t, ZoneInfo(timezone)).strftime("%Y-%m")
 
 
 AGENT_BUSY_RETRY_SECONDS = 30.0  # an agent refused for want of a slot asks again after 30–60 s
@@ -109,10 +104,17 @@ class SiteState:
 
 
 class ThroughputPlan:
-    """Due times, busy retries and budgets of every site with a throughput method."""
+    """Due times, busy retries and budgets of every site with a throughput method.
 
-    def __init__(self) -> None:
+    One plan serves the centre's own tests (:mod:`monitor.scheduler`) and the agents' grants
+    (:mod:`monitor.agent.centre.api`): it is built first and handed to both, so a test is booked
+    by :meth:`book` whoever ran it, and ``max_concurrent`` (``throughput.max_concurrent``, set
+    again at each reload) bounds both together.
+    """
+
+    def __init__(self, max_concurrent: int = 2) -> None:
         self.sites: dict[str, SiteState] = {}
+        self.max_concurrent = max_concurrent
 
     def set_targets(self, targets: Sequence[Target], now: float) -> None:
         """Start (or, at a reload, change) the plan; sites that stay keep their due time and budget."""
@@ -181,7 +183,7 @@ class ThroughputPlan:
         waiting = [s.next_due for s in self.sites.values() if not s.running and s.target.probed_by_centre]
         return min(waiting) if waiting else None
 
-    def grant(self, name: str, now: float, limit: int) -> Grant:
+    def grant(self, name: str, now: float, limit: int | None = None) -> Grant:
         """An agent asks to test its site now (issue 10): the same due time, windows, budget and global
         limit as the centre's own tests, so a hundred agents never saturate the centre's uplink.
 
@@ -195,7 +197,8 @@ class ThroughputPlan:
             return Grant(None, "busy", AGENT_BUSY_RETRY_SECONDS)
         if state.next_due > now:
             return Grant(None, "not_due", state.next_due - now)
-        if self.running >= limit:  # spread the retries so agents refused together do not return together
+        if self.running >= (self.max_concurrent if limit is None else limit):
+            # spread the retries so agents refused together do not return together
             return Grant(None, "busy", AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)))
         target = self.test_target(state, now)
         if target is None:
@@ -252,6 +255,16 @@ class ThroughputPlan:
             return
         state.busy_retries = 0
         state.next_due = allowed_start(max(result.started_at + settings.every_seconds, now), name, settings)
+
+    def book(self, result: ThroughputResult, now: float) -> ThroughputResult:
+        """Book a finished test of the centre's or of an agent (frees its slot, counts the budget, plans the next).
+
+        Returns the result with the budget left after it, for the sinks. An agent's slot id is not
+        checked: a result is worth keeping even when its grant expired while it was being uploaded.
+        """
+        name = result.target.name
+        self.finished(name, result, now)
+        return dataclasses.replace(result, budget_remaining_bytes=self.remaining_after(name, now))
 
     def remaining_after(self, name: str, now: float) -> int | None:
         state = self.sites.get(name)

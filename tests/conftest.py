@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -45,8 +44,3 @@ def lab() -> Iterator[Lab]:
     finally:
         the_lab.close()
 
-
-def write_config(directory: Path, text: str, name: str = "connmon.yaml") -> Path:
-    path = directory / name
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -169,7 +169,7 @@ class Site:
         log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process; read on failure
         # stdout to /dev/null: iperf3 -s prints every interval, and an unread pipe would stall it.
         proc = subprocess.Popen(["ip", "netns", "exec", ns or self.ns, *argv], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=log, env=_child_env())
+                                stdout=subprocess.DEVNULL, stderr=log, env=child_env())
         self.procs.append(proc)
         self._logs[proc.pid] = log
         if port:
@@ -280,7 +280,7 @@ class NattedSite:
         """Start ``argv`` in the site (stderr kept, see :meth:`stderr_of`); killed when the lab closes."""
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the router's stop_servers
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=log, env=env or _child_env())
+                                stderr=log, env=env or child_env())
         self.router.procs.append(proc)
         self.router._logs[proc.pid] = log
         return proc
@@ -435,7 +435,7 @@ class Lab:
     def connmon(self, *args: str, no_net_raw: bool = False,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.connmon_argv(*args, no_net_raw=no_net_raw), capture_output=True,
-                              text=True, timeout=timeout, check=False, env=_child_env())
+                              text=True, timeout=timeout, check=False, env=child_env())
 
     def allow_unprivileged_icmp(self, allow: bool) -> None:
         """Set the prober namespace's own net.ipv4.ping_group_range (it is per namespace)."""
@@ -459,7 +459,7 @@ class Lab:
             return err.code, err.read().decode("utf-8")
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The environment of a connmon child: this checkout's code, and a history of its own.
 
     Every daemon gets a fresh, empty state dir unless its test passes ``--state-dir``: the history

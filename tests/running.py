@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.netlab import Lab, _child_env
+from tests.netlab import Lab, child_env
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
@@ -33,6 +33,12 @@ def value(parsed: Samples, name: str, **labels: str) -> float:
     matches = [v for k, v in parsed.get(name, {}).items() if set(labels.items()) <= set(k)]
     assert len(matches) == 1, f"{name}{labels}: {len(matches)} series"
     return matches[0]
+
+
+def one(parsed: Samples, name: str, **labels: str) -> float | None:
+    """The first of the series of ``name`` with ``labels``, or None when there is none (yet)."""
+    found = [v for k, v in parsed.get(name, {}).items() if set(labels.items()) <= set(k)]
+    return found[0] if found else None
 
 
 def endpoints(parsed: Samples) -> set[str]:
@@ -67,13 +73,21 @@ def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout:
         proc.wait()
 
 
+def scrape(lab: Lab, port: int) -> Samples:
+    """The lab's daemon on ``port``, scraped and parsed; empty when nothing answers (yet)."""
+    try:
+        return samples(lab.get(port, "/metrics")[1])
+    except OSError:
+        return {}
+
+
 @contextlib.contextmanager
 def running_daemon(lab: Lab, config: Path, port: int, *extra: str,
                    prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen[str]]:
     """``connmon run`` in the prober namespace (``prefix`` goes before python, e.g. setpriv); killed at exit."""
     argv = ["ip", "netns", "exec", lab.prober, *prefix, sys.executable, "-m", "monitor", "run",
             "--config", str(config), "--listen", f"{lab.prober_v4}:{port}", *extra]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         yield proc
     finally:

@@ -24,8 +24,8 @@ from monitor import __version__
 from monitor.agent.centre.registry import token_hash
 from monitor.agent.site.spool import FILE_NAME
 from monitor.history.sqlite import SqliteStore, database_path
-from tests.conftest import write_config
-from tests.netlab import Lab, Site, _child_env
+from tests.factories import write_config
+from tests.netlab import Lab, Site, child_env
 from tests.running import running_daemon, scrape_when, value
 
 PORT = 19720
@@ -71,7 +71,7 @@ gateway: auto
 
 @contextlib.contextmanager
 def running_agent(site: Site, config: Path) -> Iterator[subprocess.Popen[str]]:
-    env = {**_child_env(), "CONNMON_AGENT_BOOT_ID": "boot-real", "CONNMON_AGENT_BOOTED_AT": str(time.time() - 500)}
+    env = {**child_env(), "CONNMON_AGENT_BOOT_ID": "boot-real", "CONNMON_AGENT_BOOTED_AT": str(time.time() - 500)}
     proc = subprocess.Popen(["ip", "netns", "exec", site.ns, sys.executable, "-m", "monitor", "agent", "--config",
                              str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -156,7 +156,7 @@ def test_an_https_centre_with_a_private_ca_takes_results_and_serves_the_http_tes
                                                                                   tmp_path: Path) -> None:
     """ca_file: the agent trusts the centre's private CA for its uploads, slot requests and the HTTP test's
     transfers (download and upload, each with the token); without it, nothing reaches the centre."""
-    from tests.test_webconfig import make_pki
+    from tests.pki import make_pki
 
     pki = make_pki(tmp_path, lab.prober_v4)
     web = tmp_path / "web.yml"

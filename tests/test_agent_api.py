@@ -19,12 +19,12 @@ from typing import Any
 from openapi_core.testing import MockRequest, MockResponse
 
 from monitor.agent.centre.registry import BURST, token_hash
-from tests.conftest import write_config
+from tests.api_spec import SPEC
+from tests.arrivals import arrivals, count_arrivals
+from tests.basic_auth import HASH, PASSWORD, basic
+from tests.factories import write_config
 from tests.netlab import Lab
 from tests.running import running_daemon, samples, scrape_when, value
-from tests.test_api import SPEC
-from tests.test_rollout import arrivals, count_arrivals
-from tests.test_webconfig import HASH, PASSWORD, basic
 
 PORT = 19481
 TOKENS = {"vsat-1": "first-sites-token", "vsat-2": "second-sites-token"}

@@ -329,6 +329,25 @@ def test_fifty_stalled_bodies_leave_metrics_answering_and_are_bounded(centre: Ce
     assert ok[0] == 200, ok[2]
 
 
+def test_an_oversized_batch_gets_413_even_from_a_client_that_sends_all_before_reading(centre: Centre) -> None:
+    """A body over the limit (declared, or sent chunked with no length) gets 413, and a client that writes its
+    whole body before it reads (urllib, as many do) still reads that answer, not a reset; nothing is taken."""
+    site = "seg-2"
+    before = metrics(centre)
+    big = b'{"site": "seg-2", "pad": "' + b"x" * (6 * 1024 * 1024) + b'"}'
+    auth = {"Authorization": f"Bearer {TOKENS[site]}", "Content-Type": "application/json"}
+    status, got, answer = http("POST", centre.url("/api/v1/agent/results"), big, auth)
+    assert status == 413, answer
+    assert got.get("Connection", "").lower() == "close"
+    chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))
+    status, _, answer = http("POST", centre.url("/api/v1/agent/results"), chunks,  # type: ignore[arg-type]
+                             {**auth, "Transfer-Encoding": "chunked"})
+    assert status == 413, answer
+    after = metrics(centre)
+    assert rejected(after, 413) - rejected(before, 413) == 2
+    assert accepted(after, site) == accepted(before, site)
+
+
 # ---------------------------------------------------------------------------------------------- text
 LONE_SURROGATE, NUL, C1, BIDI = "\ud800", "\x00", "\x85", "\u202e"
 NAME_FAULTS = {"lone surrogate": LONE_SURROGATE, "NUL": NUL, "C1 control": C1, "bidi override": BIDI}

@@ -21,8 +21,9 @@ import pytest
 
 from monitor.agent.centre.registry import token_hash
 from monitor.history.sqlite import SqliteStore, database_path
-from tests.conftest import need, write_config
-from tests.netlab import Lab, NattedSite, _child_env, can_measure_throughput
+from tests.conftest import need
+from tests.factories import write_config
+from tests.netlab import Lab, NattedSite, can_measure_throughput, child_env
 from tests.running import Samples, running_daemon, scrape_when, value
 
 PORT = 19490
@@ -53,7 +54,7 @@ def agent_site(name: str, **extra: str) -> str:
 
 @contextlib.contextmanager
 def running_agent(site: NattedSite, config: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = site.spawn([sys.executable, "-m", "monitor", "agent", "--config", str(config)], env={**_child_env(), **env})
+    proc = site.spawn([sys.executable, "-m", "monitor", "agent", "--config", str(config)], env={**child_env(), **env})
     try:
         yield proc
     finally:

@@ -24,7 +24,7 @@ import pytest
 
 from monitor.agent.site.spool import FILE_NAME
 from tests.conftest import need
-from tests.netlab import Lab, Site, _child_env, can_measure_throughput, sh
+from tests.netlab import Lab, Site, can_measure_throughput, child_env, sh
 
 STUB = Path(__file__).resolve().parent / "agent_centre_stub.py"
 TOKEN = "agent-test-token-0123456789abcdefghijklmnopqrstuv"
@@ -60,7 +60,7 @@ class Centre:
         argv = ["ip", "netns", "exec", self.lab.prober, sys.executable, str(STUB), "--port", str(CENTRE_PORT),
                 "--token-sha256", hashlib.sha256(TOKEN.encode()).hexdigest(), "--state", str(self.state)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=_child_env())
+                                     stderr=subprocess.PIPE, env=child_env())
         wait_for(lambda: listening(self.lab.prober, CENTRE_PORT), "the stand-in centre to listen", 20)
 
     def stop(self) -> None:
@@ -124,7 +124,7 @@ def agent_config(tmp_path: Path, site: Site, **extra: str) -> Path:
 @contextlib.contextmanager
 def running_agent(site: Site, config: Path, boot_id: str = "boot-one",
                   prefix: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[str]]:
-    env = {**_child_env(), "CONNMON_AGENT_BOOT_ID": boot_id, "CONNMON_AGENT_BOOTED_AT": str(BOOTED_AT)}
+    env = {**child_env(), "CONNMON_AGENT_BOOT_ID": boot_id, "CONNMON_AGENT_BOOTED_AT": str(BOOTED_AT)}
     argv = ["ip", "netns", "exec", site.ns, *prefix, sys.executable, "-m", "monitor", "agent", "--config",
             str(config), "--log-level", "debug"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -8,52 +8,19 @@ from typing import Any
 
 import pytest
 
-from monitor.agent.centre.registry import AgentRegistry, TokenBucket, token_hash
+from monitor.agent.centre.registry import AgentRegistry, TokenBucket
 from monitor.agent.protocol import ProtocolError, decode_batch, encode_agent, encode_icmp, encode_throughput
-from monitor.config.model import AgentSettings, IcmpSettings, Retention, ThroughputSettings
+from monitor.config import Retention
 from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore
-from monitor.history.store import HistorySink, StoredGap
-from monitor.results import Cycle, DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
-from monitor.targets import Target
+from monitor.history.store import StoredGap
+from monitor.history.writer import HistorySink
+from monitor.results import DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.throughput_plan import ThroughputPlan
+from tests.factories import Clock, Recorder, agent_target, agent_token
 
 T0 = 1_790_000_000.0
-TOKENS = {name: f"token-of-{name}" for name in ("vsat-1", "vsat-2")}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Recorder:
-    """A sink that keeps every cycle it is given."""
-
-    def __init__(self) -> None:
-        self.cycles: list[Cycle] = []
-
-    def set_targets(self, targets: Any) -> None: ...
-
-    def consume(self, cycle: Cycle) -> None:
-        self.cycles.append(cycle)
-
-    def cycle_skipped(self, probe: str, group: str) -> None: ...
-
-    @property
-    def results(self) -> list[Any]:
-        return [r for c in self.cycles for r in c.results]
-
-
-def agent_target(name: str, **throughput: Any) -> Target:
-    return Target(name=name, host="", address=None, group="vsat", kind="school", district="Shalkar",
-                  link="satellite", lat=None, lon=None, target_bits_per_second=4e6,
-                  icmp=IcmpSettings(interval_seconds=60.0), mode="agent",
-                  agent=AgentSettings(token_hash(TOKENS[name]), None),
-                  throughput=ThroughputSettings(**throughput))
+TOKENS = {name: agent_token(name) for name in ("vsat-1", "vsat-2")}
 
 
 def batch(site: str, seqs: list[int], at: float, *, boot: str = "boot-1", uptime: float = 10_000.0,
@@ -68,7 +35,7 @@ def batch(site: str, seqs: list[int], at: float, *, boot: str = "boot-1", uptime
 
 @pytest.fixture
 def world() -> tuple[AgentRegistry, Recorder, Clock]:
-    clock, sink = Clock(), Recorder()
+    clock, sink = Clock(T0), Recorder()
     registry = AgentRegistry(ResultPipeline([sink]), clock)
     registry.set_targets([agent_target("vsat-1"), agent_target("vsat-2")])
     return registry, sink, clock
@@ -171,7 +138,7 @@ def test_a_power_gap_reaches_the_history_store_through_the_pipeline(tmp_path: Pa
     """The registry, the one pipeline and the real history writer over a SQLite file: a site that lost power is
     stored as a power gap from its last sign of life (a spooled result from before the boot) to the boot; a
     link gap from the last post to the one that ended it; the silence itself is never a row."""
-    clock = Clock()
+    clock = Clock(T0)
     path = tmp_path / "history.sqlite3"
     sink = HistorySink(lambda: SqliteStore(path), Retention(), clock)
     registry = AgentRegistry(ResultPipeline([sink]), clock)
@@ -283,7 +250,7 @@ def test_a_batch_repeated_after_a_restart_of_the_centre_is_a_duplicate(tmp_path:
     from monitor.agent.centre.journal import SeqJournal
 
     def centre() -> tuple[AgentRegistry, Recorder, Clock]:
-        clock, sink = Clock(), Recorder()
+        clock, sink = Clock(T0), Recorder()
         registry = AgentRegistry(ResultPipeline([sink]), clock, journal=SeqJournal.in_dir(tmp_path))
         registry.set_targets([agent_target("vsat-1"), agent_target("vsat-2")])
         return registry, sink, clock
@@ -313,7 +280,6 @@ def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, 
     """A line torn by a crash is skipped; many posts keep the file near one line per site; a journal that
     cannot be written refuses each record (said once in the log) until it can be written again."""
     from monitor.agent.centre import journal as agent_seqs
-
     from monitor.agent.centre.journal import SeqJournal
 
     monkeypatch.setattr(agent_seqs, "COMPACT_EXTRA_LINES", 5)
@@ -345,7 +311,7 @@ def test_a_batch_the_journal_cannot_record_changes_nothing_and_its_retry_is_take
     works, it is taken exactly once, as a single success would have been."""
     from monitor.agent.centre.journal import JournalError, SeqJournal
 
-    clock, sink = Clock(), Recorder()
+    clock, sink = Clock(T0), Recorder()
     blocker = tmp_path / "state"
     blocker.write_text("", encoding="utf-8")  # a file where the state directory should be: every write fails
     registry = AgentRegistry(ResultPipeline([sink]), clock, journal=SeqJournal.in_dir(blocker))
@@ -372,11 +338,10 @@ def test_a_compaction_while_a_batch_is_journalled_keeps_that_batch(tmp_path: Pat
     """The compaction that a record triggers is given the registry's figures, which do not hold the batch being
     journalled yet: the batch's own position must still be in the rewritten file."""
     from monitor.agent.centre import journal as agent_seqs
-
     from monitor.agent.centre.journal import SeqJournal
 
     monkeypatch.setattr(agent_seqs, "COMPACT_EXTRA_LINES", 0)
-    registry = AgentRegistry(ResultPipeline([Recorder()]), Clock(), journal=SeqJournal.in_dir(tmp_path))
+    registry = AgentRegistry(ResultPipeline([Recorder()]), Clock(T0), journal=SeqJournal.in_dir(tmp_path))
     registry.set_targets([agent_target("vsat-1")])
     for first in (1, 3, 5):
         post(registry, TOKENS["vsat-1"], batch("vsat-1", [first, first + 1], T0 - 300))

@@ -103,13 +103,12 @@ def test_alertmanager_routes_by_kind_and_district(labels: list[str], receivers: 
 
 
 def readme_alert_rows() -> dict[str, list[str]]:
-    """The README's Alerts table: alert name → its cells (alert, fires when, for, severity, check first)."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    """The Alerts table of docs/alerts.md: alert name → its cells (alert, fires when, for, severity, check first)."""
+    section = (ROOT / "docs" / "alerts.md").read_text(encoding="utf-8")
     rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
             if line.startswith("| `Connmon")]
     named = {row[0].strip("`"): row for row in rows}
-    assert len(named) == len(rows), "an alert has two README rows"
+    assert len(named) == len(rows), "an alert has two rows in docs/alerts.md"
     return named
 
 
@@ -128,7 +127,7 @@ README_METRIC = re.compile(r"(?<![\w:])(connmon[_:][\w:]+|process_\w+|scrape_\w+
 
 
 def test_readme_describes_every_alert() -> None:
-    """The README's Alerts table lists exactly the rule file's alerts, each with its `for:` and severity."""
+    """The docs' Alerts table lists exactly the rule file's alerts, each with its `for:` and severity."""
     rows = readme_alert_rows()
     alerts, _ = rule_file()
     assert set(rows) == set(alerts)
@@ -139,7 +138,7 @@ def test_readme_describes_every_alert() -> None:
 
 
 def test_readme_alert_conditions_name_what_the_rules_query() -> None:
-    """Every metric a README "fires when" cell names in backticks is in that alert's expression, or in
+    """Every metric a docs "fires when" cell names in backticks is in that alert's expression, or in
     the expression of a recording rule the alert uses."""
     rows = readme_alert_rows()
     alerts, recorded = rule_file()
@@ -149,7 +148,7 @@ def test_readme_alert_conditions_name_what_the_rules_query() -> None:
         names = {n for e in exprs for n in re.findall(r"[a-zA-Z_:][\w:]*", e)}
         for span in re.findall(r"`([^`]+)`", rows[name][1]):
             for metric in README_METRIC.findall(span):
-                assert metric in names, f"{name}: README names {metric}, the rule does not query it"
+                assert metric in names, f"{name}: docs/alerts.md names {metric}, the rule does not query it"
                 checked += 1
     assert checked >= 5
 

@@ -17,24 +17,22 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import test_utils, web  # test_utils, not its Test* names: pytest would try to collect them
-from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from monitor.config.model import Direction, IcmpSettings
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.store import EmptyHistory, EndpointRecord
 from monitor.history.store_url import opener as store_opener
-from monitor.results import Cycle, DirectionResult, IcmpResult, ThroughputResult
-from monitor.targets import Target
+from monitor.results import Cycle
 from monitor.web.site_api import NO_HISTORY, OPENAPI_PATH, SITES_PER_SLICE, QueryError, SiteApi, parse_summary_query
 from monitor.web.site_state import SiteStateSink
-from tests.conftest import need, write_config
-from tests.netlab import Lab, _child_env, can_measure_throughput
+from tests.api_spec import SPEC
+from tests.basic_auth import HASH, PASSWORD, basic
+from tests.conftest import need
+from tests.factories import icmp, located_target, rate_test, write_config
+from tests.netlab import Lab, can_measure_throughput, child_env
 from tests.running import request, running_daemon
-from tests.test_webconfig import HASH, PASSWORD, basic
 
 PORT = 9171
-SPEC = OpenAPI.from_file_path(str(OPENAPI_PATH))
 
 
 def validated(base: str, path: str, headers: dict[str, str], method: str = "GET") -> tuple[int, object]:
@@ -46,26 +44,6 @@ def validated(base: str, path: str, headers: dict[str, str], method: str = "GET"
         MockRequest("http://connmon", method.lower(), parsed.path, args=dict(urllib.parse.parse_qsl(parsed.query))),
         MockResponse(body.encode(), status_code=status, content_type=content_type))
     return status, json.loads(body) if content_type == "application/json" else body
-
-
-def target(name: str, **kw: object) -> Target:
-    base: dict[str, object] = dict(name=name, host="192.0.2.1", address="192.0.2.1", group="g", kind="school",
-                                   district="Aktobe", link="fibre", lat=50.28, lon=57.17,
-                                   target_bits_per_second=4e6, icmp=IcmpSettings())
-    base.update(kw)
-    return Target(**base)  # type: ignore[arg-type]
-
-
-def icmp(t: Target, at: float, rtts: tuple[float | None, ...]) -> IcmpResult:
-    return IcmpResult(t, at, t.address, len(rtts), rtts)
-
-
-def test(t: Target, at: float, rate: float | None, direction: Direction = "download") -> ThroughputResult:
-    return ThroughputResult(t, "iperf3", at, at + 5, t.address,
-                            (DirectionResult(direction, at, at + 5, bits_per_second=rate),))
-
-
-test.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def test_the_api_of_a_running_daemon_matches_its_openapi_document(lab: Lab, tmp_path: Path) -> None:
@@ -191,7 +169,7 @@ groups:
                 [sys.executable, "-m", "monitor", "report", "--state-dir", str(tmp_path / "state"),
                  "--config", str(cfg), "--from", period["from"], "--to", period["to"],
                  "--timezone", period["timezone"], "--format", "json"],
-                capture_output=True, text=True, timeout=60, check=False, env=_child_env())
+                capture_output=True, text=True, timeout=60, check=False, env=child_env())
             assert report.returncode == 0, report.stderr
             assert json.loads(report.stdout)["rollout"] == rollout
             status, before = validated(base, "/api/v1/summary?from=2020-01-01&to=2020-01-31&timezone=UTC", auth)
@@ -238,16 +216,16 @@ groups:
 def test_the_state_sink_keeps_the_last_results_and_forgets_removed_sites() -> None:
     """A site that stops answering keeps its last reply as last seen; a failed test keeps the last measured
     rate; a restored test shows at start-up; a site removed at reload is gone."""
-    a, b = target("a"), target("b", target_upload_bits_per_second=1e6)
+    a, b = located_target("a"), located_target("b", target_upload_bits_per_second=1e6)
     sink = SiteStateSink()
     sink.set_targets([a, b])
     assert sink.site("a") == {**(sink.site("a") or {}), "up": None, "icmp": None, "throughput": None,
                               "last_seen_at": None}
-    sink.restore([test(b, 50.0, 3e6)])
-    sink.consume(Cycle("icmp", "g", 100.0, 1.0, (icmp(a, 100.0, (0.01, 0.03)), icmp(b, 100.0, (None,)))))
-    sink.consume(Cycle("icmp", "g", 160.0, 1.0, (icmp(a, 160.0, (None, None)),)))
-    sink.consume(Cycle("throughput", "g", 200.0, 5.0, (test(a, 200.0, 5e6),)))
-    sink.consume(Cycle("throughput", "g", 300.0, 5.0, (test(a, 300.0, None),)))
+    sink.restore([rate_test(b, 50.0, 3e6)])
+    sink.consume(Cycle("icmp", "g", 100.0, 1.0, (icmp(a, 100.0, 0.01, 0.03), icmp(b, 100.0, None))))
+    sink.consume(Cycle("icmp", "g", 160.0, 1.0, (icmp(a, 160.0, None, None),)))
+    sink.consume(Cycle("throughput", "g", 200.0, 5.0, (rate_test(a, 200.0, 5e6),)))
+    sink.consume(Cycle("throughput", "g", 300.0, 5.0, (rate_test(a, 300.0, None),)))
     site_a, site_b = sink.site("a"), sink.site("b")
     assert site_a is not None and site_b is not None
     assert site_a["up"] is False and site_a["icmp"]["loss_ratio"] == 1 and site_a["icmp"]["cycle_started_at"] == 160
@@ -284,8 +262,8 @@ def test_the_summary_answers_before_the_history_exists(tmp_path: Path) -> None:
     """Right after start-up the writer may not have created the store yet (no file, then a file without schema):
     the summary and a site's history answer 200 from an empty history, then the recorded figures once written.
     503 (a JSON error) only without a history (--no-history) or with one that cannot be read."""
-    a = target("a", district="Temir")
-    soon = target("soon", host="", address=None, status="planned", planned_date=dt.date(2027, 3, 1))
+    a = located_target("a", district="Temir")
+    soon = located_target("soon", host="", address=None, status="planned", planned_date=dt.date(2027, 3, 1))
     sink = SiteStateSink()
     sink.set_targets([a, soon])
     now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC).timestamp()
@@ -310,7 +288,7 @@ def test_the_summary_answers_before_the_history_exists(tmp_path: Path) -> None:
     sqlite3.connect(database_path(state)).close()  # the writer's file, a moment before its schema
     empty(api_answers(api, paths))
     writer = SqliteStore(database_path(state))
-    writer.write([EndpointRecord.of(a), EndpointRecord.of(soon)], [icmp(a, now - 60, (0.01, None))])
+    writer.write([EndpointRecord.of(a), EndpointRecord.of(soon)], [icmp(a, now - 60, 0.01, None)])
     writer.close()
     (status, summary), (_, site) = api_answers(api, paths)
     assert status == 200 and isinstance(summary, dict) and isinstance(site, dict)
@@ -335,7 +313,7 @@ def test_the_summary_has_no_rollout_without_rollout_keys() -> None:
     """As the report leaves its roll-out section out when every site is connected without planned_date,
     the summary's rollout is null."""
     sink = SiteStateSink()
-    sink.set_targets([target("a"), target("b", provider="KazTelecom")])
+    sink.set_targets([located_target("a"), located_target("b", provider="KazTelecom")])
     api = SiteApi(sink, lambda: EmptyHistory())
     [(status, summary)] = api_answers(api, ["/api/v1/summary"])
     assert status == 200 and isinstance(summary, dict)
@@ -364,14 +342,14 @@ def test_the_default_summary_period_is_this_month_to_today_in_the_zone() -> None
 
 def test_building_the_sites_json_of_10000_sites() -> None:
     """The /api/v1/sites body of 10,000 sites is built and is valid; the time it takes is printed."""
-    targets = [target(f"site-{i:05d}", district=f"d{i % 40}") for i in range(10_000)]
+    targets = [located_target(f"site-{i:05d}", district=f"d{i % 40}") for i in range(10_000)]
     sink = SiteStateSink()
     sink.set_targets(targets)
-    cycle = Cycle("icmp", "g", 1000.0, 1.0, tuple(icmp(t, 1000.0, (0.01, 0.012, None, 0.011)) for t in targets))
+    cycle = Cycle("icmp", "g", 1000.0, 1.0, tuple(icmp(t, 1000.0, 0.01, 0.012, None, 0.011) for t in targets))
     started = time.perf_counter()
     sink.consume(cycle)  # a cycle's cost for the sink: a dict assignment or two per result
     consumed = time.perf_counter() - started
-    sink.consume(Cycle("throughput", "g", 1000.0, 5.0, tuple(test(t, 1000.0, 5e6) for t in targets[::10])))
+    sink.consume(Cycle("throughput", "g", 1000.0, 5.0, tuple(rate_test(t, 1000.0, 5e6) for t in targets[::10])))
     sites: list[dict] = []
     slices: list[float] = []
     for start in range(0, len(targets), SITES_PER_SLICE):  # as the handler builds it, between other loop work
@@ -391,18 +369,18 @@ def test_building_the_sites_json_of_10000_sites() -> None:
 
 
 def test_the_readme_sample_site_is_what_the_api_answers() -> None:
-    """The README's sample site has exactly the fields of a real answer and is valid under the OpenAPI document."""
-    readme = (OPENAPI_PATH.parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## API for other systems", 1)[1]
+    """The docs' sample site (docs/api.md) has exactly the fields of a real answer and is valid under the OpenAPI
+    document."""
+    section = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
     sample = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
     body = json.dumps({"generated_at": 1790000001.0, "sites": [sample]})
     SPEC.validate_response(MockRequest("http://connmon", "get", "/api/v1/sites"),
                            MockResponse(body.encode(), status_code=200, content_type="application/json"))
-    t = target("school-12")
+    t = located_target("school-12")
     real = SiteStateSink()
     real.set_targets([t])
-    real.consume(Cycle("icmp", "g", 1.0, 1.0, (icmp(t, 1.0, (0.02, 0.021)),)))
-    real.consume(Cycle("throughput", "g", 1.0, 5.0, (test(t, 1.0, 9e6),)))
+    real.consume(Cycle("icmp", "g", 1.0, 1.0, (icmp(t, 1.0, 0.02, 0.021),)))
+    real.consume(Cycle("throughput", "g", 1.0, 5.0, (rate_test(t, 1.0, 9e6),)))
     answer = real.site("school-12")
     assert answer is not None
     assert set(sample) == set(answer) and set(sample["icmp"]) == set(answer["icmp"])
@@ -410,17 +388,17 @@ def test_the_readme_sample_site_is_what_the_api_answers() -> None:
 
 
 def test_the_readme_rollout_sample_is_what_the_summary_answers(tmp_path: Path) -> None:
-    """The README's rollout sample is the summary's section for the sites it describes, computed by the report."""
-    readme = (OPENAPI_PATH.parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## API for other systems", 1)[1].split("\n## ", 1)[0]
+    """The docs' rollout sample (docs/api.md) is the summary's section for the sites it describes, computed by the
+    report."""
+    section = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
     sample = json.loads(section.split("```json\n")[2].split("```", 1)[0])
-    aktobe = [target("school-12"), target("school-31", planned_date=dt.date(2026, 10, 14)),
-              target("school-40", host="", address=None, status="planned", planned_date=dt.date(2027, 2, 1))]
-    shalkar = [target(name, kind="clinic", district="Shalkar", status=status) for name, status in (
+    aktobe = [located_target("school-12"), located_target("school-31", planned_date=dt.date(2026, 10, 14)),
+              located_target("school-40", host="", address=None, status="planned", planned_date=dt.date(2027, 2, 1))]
+    shalkar = [located_target(name, kind="clinic", district="Shalkar", status=status) for name, status in (
         ("clinic-7", "connected"), ("clinic-9", "planned"), ("clinic-11", "planned"), ("clinic-2", "retired"))]
     store = SqliteStore(tmp_path / "history.sqlite3")
     store.write([EndpointRecord.of(t) for t in aktobe + shalkar],
-                [icmp(shalkar[0], dt.datetime(2026, 10, 20, 9, tzinfo=dt.UTC).timestamp(), (0.02,))])
+                [icmp(shalkar[0], dt.datetime(2026, 10, 20, 9, tzinfo=dt.UTC).timestamp(), 0.02)])
     store.close()
     sink = SiteStateSink()
     sink.set_targets(aktobe + shalkar)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from monitor import __version__
-from tests.conftest import write_config
-from tests.netlab import Lab, _child_env
+from tests.factories import write_config
+from tests.netlab import Lab, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.yaml"
@@ -22,7 +22,7 @@ JSON_KEYS = {"endpoint", "kind", "up", "sent", "received", "loss_ratio", "rtt_mi
 
 def connmon(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor", *args], capture_output=True, text=True,
-                          timeout=60, check=False, env=_child_env())
+                          timeout=60, check=False, env=child_env())
 
 
 def test_probe_prints_a_table_of_the_shipped_example(lab: Lab) -> None:
@@ -83,12 +83,12 @@ def test_version_and_console_script() -> None:
 
 def test_state_dir_defaults_to_state_without_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain `connmon run` / `connmon report` keeps its history in ./state; CONNMON_STATE_DIR overrides that."""
-    from monitor.cli import _parser
+    from monitor.cli import build_parser
 
     monkeypatch.delenv("CONNMON_STATE_DIR", raising=False)
     report_args = ["report", "--from", "2026-10-01", "--to", "2026-10-31"]
-    assert _parser().parse_args(["run", "--config", "c.yaml"]).state_dir == "state"
-    assert _parser().parse_args(report_args).state_dir == "state"
+    assert build_parser().parse_args(["run", "--config", "c.yaml"]).state_dir == "state"
+    assert build_parser().parse_args(report_args).state_dir == "state"
     monkeypatch.setenv("CONNMON_STATE_DIR", "/srv/connmon")
-    assert _parser().parse_args(["run", "--config", "c.yaml"]).state_dir == "/srv/connmon"
-    assert _parser().parse_args(report_args).state_dir == "/srv/connmon"
+    assert build_parser().parse_args(["run", "--config", "c.yaml"]).state_dir == "/srv/connmon"
+    assert build_parser().parse_args(report_args).state_dir == "/srv/connmon"

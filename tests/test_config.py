@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from monitor.config import Config, IcmpSettings, load_config, parse_config
 from monitor.config.durations import format_duration, parse_duration
-from monitor.config.model import Config, IcmpSettings, load_config, parse_config
 from monitor.errors import ConfigError
 from monitor.targets import build_targets
 

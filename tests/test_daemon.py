@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_config
-from tests.netlab import Lab, _child_env
+from tests.factories import write_config
+from tests.netlab import Lab, child_env
 from tests.promtool import promtool_problems
 from tests.running import samples, value
 
@@ -54,7 +54,7 @@ groups:
 """)
     proc = subprocess.Popen(
         lab.connmon_argv("run", "--config", str(cfg), "--listen", f"{lab.prober_v4}:{PORT}", "--log-format", "json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         yield proc
     finally:

@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import need, write_config
-from tests.netlab import Lab, Site, _child_env, can_measure_throughput
+from tests.conftest import need
+from tests.factories import write_config
+from tests.netlab import Lab, Site, can_measure_throughput, child_env
 from tests.running import samples, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +225,7 @@ def test_required_panel_is_there(uid: str, title: str, kind: str, metrics: tuple
 
 
 def test_panel_titles_are_unique_per_dashboard() -> None:
-    """REQUIRED and the README find panels by title, so a title names one panel (a row may share it)."""
+    """REQUIRED and the docs find panels by title, so a title names one panel (a row may share it)."""
     for uid, dashboard in dashboards_by_uid().items():
         titles = [p["title"] for p in query_panels(dashboard)]
         assert len(titles) == len(set(titles)), uid
@@ -278,7 +279,7 @@ def test_geomap_places_and_colours_sites_by_state() -> None:
 
 def test_monitor_health_is_monitor_wide() -> None:
     """Monitor health has datasource and instance only, every query filters by the instance, and the
-    README says why it has no kind, district or endpoint (its data is per instance, probe and group;
+    docs say why it has no kind, district or endpoint (its data is per instance, probe and group;
     test_monitor_health_series_are_not_per_site shows it on real data)."""
     health = dashboards_by_uid()["connmon-monitor-health"]
     assert set(variables(health)) == {"datasource", "instance"}
@@ -287,8 +288,7 @@ def test_monitor_health_is_monitor_wide() -> None:
         assert selectors, (title, expr)
         for metric, matchers in selectors:
             assert 'instance=~"$instance"' in matchers.split(","), (title, metric)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "dashboards.md").read_text(encoding="utf-8")
     assert "Monitor health is monitor-wide" in section
 
 
@@ -383,13 +383,13 @@ groups:
         "scrape_configs": [{"job_name": "connmon", "static_configs": [{"targets": [f"127.0.0.1:{CONNMON_PORT}"]}]}],
     }), encoding="utf-8")
     connmon = subprocess.Popen(lab.connmon_argv("run", "--config", str(cfg), "--listen", f"127.0.0.1:{CONNMON_PORT}"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_child_env())
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
     prom_log = (directory / "prometheus.log").open("w")
     prometheus = subprocess.Popen(
         ["ip", "netns", "exec", lab.prober, "prometheus", f"--config.file={prom_config}",
          f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address={lab.prober_v4}:{PROMETHEUS_PORT}",
          "--storage.tsdb.retention.time=1h"],
-        stdin=subprocess.DEVNULL, stdout=prom_log, stderr=prom_log, env=_child_env())
+        stdin=subprocess.DEVNULL, stdout=prom_log, stderr=prom_log, env=child_env())
     url = f"http://{lab.prober_v4}:{PROMETHEUS_PORT}"
     try:
         queries = every_query("a-fibre")
@@ -503,15 +503,15 @@ def test_prometheus_loads_and_evaluates_the_rule_file(stack: Stack) -> None:
     assert {r["metric"]["link"] for r in thresholds} == {"satellite", "lte", "dsl", "fibre"}
 
 
-# A metric named in a README cell: connmon's own, the process collector's, Prometheus' scrape series.
+# A metric named in a docs table cell: connmon's own, the process collector's, Prometheus' scrape series.
 README_METRIC = re.compile(r"(?<![\w:])(connmon[_:][\w:]+|process_\w+|scrape_\w+|up(?=\{))")
 
 
 def readme_panel_tables() -> dict[str, list[tuple[str, str, str]]]:
-    """Per dashboard uid, the README's (row, panel, what it shows) lines; an empty row cell repeats the last."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Dashboards\n", 1)[1].split("\n## ", 1)[0]
-    parts = re.split(r"^### .*\(`(connmon-[\w-]+)`\)$", section, flags=re.M)
+    """Per dashboard uid, the docs' (docs/dashboards.md) (row, panel, what it shows) lines; an empty row cell
+    repeats the last."""
+    section = (ROOT / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## .*\(`(connmon-[\w-]+)`\)$", section, flags=re.M)
     tables: dict[str, list[tuple[str, str, str]]] = {}
     for uid, body in zip(parts[1::2], parts[2::2], strict=True):
         rows: list[tuple[str, str, str]] = []
@@ -538,19 +538,19 @@ def panels_by_row(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
 
 
 def readme_metrics(cell: str) -> set[str]:
-    """Metric names inside the backtick spans of a README cell."""
+    """Metric names inside the backtick spans of a docs table cell."""
     return {name for span in re.findall(r"`([^`]+)`", cell) for name in README_METRIC.findall(span)}
 
 
 def shows_metric(exprs: list[str], metric: str) -> bool:
-    """A README may name a histogram or summary by its family: its _bucket/_sum/_count series count."""
+    """The docs may name a histogram or summary by its family: its _bucket/_sum/_count series count."""
     return any(uses_metric(e, name) for e in exprs for name in (metric, f"{metric}_bucket", f"{metric}_sum",
                                                                  f"{metric}_count"))
 
 
 def test_readme_panel_tables_match_the_dashboards() -> None:
-    """Both ways: the README's table of each dashboard lists exactly its panels, each under its row,
-    and every metric a README line names in backticks is queried by that panel."""
+    """Both ways: the docs' table of each dashboard lists exactly its panels, each under its row,
+    and every metric a docs line names in backticks is queried by that panel."""
     tables = readme_panel_tables()
     by_uid = dashboards_by_uid()
     assert set(tables) == set(by_uid)
@@ -562,7 +562,7 @@ def test_readme_panel_tables_match_the_dashboards() -> None:
         for _, title, shows in tables[uid]:
             exprs = [t["expr"] for t in panels[title]["targets"]]
             for metric in readme_metrics(shows):
-                assert shows_metric(exprs, metric), f"{uid} / {title}: README names {metric}, no query has it"
+                assert shows_metric(exprs, metric), f"{uid} / {title}: the docs name {metric}, no query has it"
 
 
 @pytest.mark.netns
@@ -637,7 +637,7 @@ def test_region_overview_counts_are_right(stack: Stack, title: str, ref: str, la
 @pytest.mark.netns
 def test_monitor_health_series_are_not_per_site(stack: Stack) -> None:
     """No Monitor health query returns a series with a site's kind, district or endpoint: a kind,
-    district or endpoint variable would have nothing to filter there (see the README)."""
+    district or endpoint variable would have nothing to filter there (see docs/dashboards.md)."""
     health = dashboards_by_uid()["connmon-monitor-health"]
     seen = 0
     for title, expr in expressions(health):

@@ -5,8 +5,8 @@ mounted path must exist, ports must agree with each other and with the Prometheu
 configs, the image must run as a non-root user with a health check on /-/healthy. The systemd
 units go through the real ``systemd-analyze verify``. Every connmon command line in these files
 is parsed by connmon's own argument parser. The image's own command line runs for real as the
-image's user without any capability, in a network namespace of its own with the README's
-``docker run`` sysctl, and must ping.
+image's user without any capability, in a network namespace of its own with the docs'
+``docker run`` sysctl (docs/deployment.md), and must ping.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.cli import _parser
+from monitor.cli import build_parser
 from tests.conftest import need
-from tests.netlab import _child_env
+from tests.netlab import child_env
 from tests.running import samples
 from tests.running import value as sample_value
 
@@ -100,7 +100,7 @@ def test_healthcheck_port_and_command() -> None:
     health = instructions("HEALTHCHECK")[0]
     assert "http://127.0.0.1:9077/-/healthy" in health
     assert exec_form(instructions("ENTRYPOINT")[0]) == ["connmon"]
-    args = _parser().parse_args(exec_form(instructions("CMD")[0]))
+    args = build_parser().parse_args(exec_form(instructions("CMD")[0]))
     assert args.command == "run" and args.listen == ":9077"
     assert args.config == "/etc/connmon/sites.yaml"
     assert "COPY config/example.yaml /etc/connmon/sites.yaml" in [f"COPY {a}" for a in instructions("COPY")]
@@ -134,7 +134,7 @@ def test_compose_connmon_pings_without_root_or_capabilities() -> None:
     assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
     assert service["read_only"] is True
     assert "connmon-state:/var/lib/connmon" in service["volumes"]
-    args = _parser().parse_args(service["command"])
+    args = build_parser().parse_args(service["command"])
     assert args.icmp_mode == "unprivileged"
     site_list = next(m.split(":")[0] for m in service["volumes"] if m.endswith(f"{args.config}:ro"))
     check = subprocess.run([sys.executable, "-m", "monitor", "check", "--config", str(ROOT / site_list)],
@@ -192,7 +192,7 @@ def test_systemd_unit_is_hardened_and_runs_connmon_as_its_user(path: Path) -> No
     assert s["StateDirectory"][0].startswith("connmon")
     argv = shlex.split(s["ExecStart"][0].replace("%i", "0"))
     assert argv[0] == "/opt/connmon/.venv/bin/connmon"
-    args = _parser().parse_args(argv[1:])
+    args = build_parser().parse_args(argv[1:])
     assert args.command == "run" and args.config == "/etc/connmon/sites.yaml"
 
 
@@ -208,7 +208,7 @@ def test_agent_unit_is_hardened_and_runs_connmon_agent_as_its_own_user() -> None
         assert s[key] == centre[key], key
     assert s["StateDirectory"] == ["connmon-agent"] and s["StateDirectoryMode"] == ["0700"]
     assert s["Restart"] == ["always"] and "ExecReload" not in s
-    args = _parser().parse_args(shlex.split(s["ExecStart"][0])[1:])
+    args = build_parser().parse_args(shlex.split(s["ExecStart"][0])[1:])
     assert args.command == "agent" and args.config == "/etc/connmon-agent/agent.yaml"
     assert shlex.split(s["ExecStart"][0])[0] == "/opt/connmon/.venv/bin/connmon"
 
@@ -216,7 +216,7 @@ def test_agent_unit_is_hardened_and_runs_connmon_agent_as_its_own_user() -> None
 def test_the_image_runs_the_agent_too() -> None:
     """`docker run IMAGE agent --config …`: the ENTRYPOINT is connmon, so the agent command parses after it."""
     entry = exec_form(instructions("ENTRYPOINT")[0])
-    args = _parser().parse_args([*entry[1:], "agent", "--config", "/etc/connmon-agent/agent.yaml",
+    args = build_parser().parse_args([*entry[1:], "agent", "--config", "/etc/connmon-agent/agent.yaml",
                                  "--icmp-mode", "unprivileged"])
     assert entry == ["connmon"] and args.command == "agent" and args.icmp_mode == "unprivileged"
 
@@ -235,14 +235,20 @@ def test_systemd_analyze_verifies_the_unit(path: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and (proc.stdout + proc.stderr).strip() == "", proc.stdout + proc.stderr
 
 
+def documentation() -> str:
+    """The README and every page of docs/, as one text: what the tests below hold to the shipped files."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(page.read_text(encoding="utf-8") for page in pages)
+
+
 def test_readme_unit_excerpts_are_from_the_shipped_units() -> None:
-    """Each ini block of the README that names a unit file shows only lines of that file in deploy/."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """Each ini block of the docs (README and docs/) that names a unit file shows only lines of that file in deploy/."""
+    readme = documentation()
     blocks = re.findall(r"```ini\n(.*?)```", readme, flags=re.S)
     shown = {path.name: 0 for path in [*UNITS, AGENT_UNIT]}
     for block in blocks:
         named = re.match(r"# (?:/etc/systemd/system/|deploy/)(connmon(?:@|-agent)?\.service)", block)
-        assert named, f"a README unit example names no shipped unit:\n{block}"
+        assert named, f"a docs unit example names no shipped unit:\n{block}"
         unit_lines = set((ROOT / "deploy" / named.group(1)).read_text(encoding="utf-8").splitlines())
         for line in block.splitlines()[1:]:
             if line.strip() and line.strip() != "...":
@@ -257,9 +263,9 @@ def test_the_image_keeps_its_history_in_var_lib_connmon(monkeypatch: pytest.Monk
     env = dict(arg.split("=", 1) for args in instructions("ENV") for arg in shlex.split(args))
     assert env["CONNMON_STATE_DIR"] == "/var/lib/connmon"
     monkeypatch.setenv("CONNMON_STATE_DIR", env["CONNMON_STATE_DIR"])
-    run = _parser().parse_args(exec_form(instructions("CMD")[0]))
+    run = build_parser().parse_args(exec_form(instructions("CMD")[0]))
     assert run.state_dir == "/var/lib/connmon" and not run.no_history
-    report = _parser().parse_args(["report", "--from", "2026-10-01", "--to", "2026-10-31"])
+    report = build_parser().parse_args(["report", "--from", "2026-10-01", "--to", "2026-10-31"])
     assert report.state_dir == "/var/lib/connmon"
 
 
@@ -268,11 +274,11 @@ IMAGE_LISTEN_PORT = 9522  # on the loopback of the test's own namespace
 
 
 def readme_docker_run() -> list[str]:
-    """The README's `docker run` command of the image (continuation lines joined), as argv."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The docs' `docker run` command of the image (continuation lines joined), as argv."""
+    readme = documentation()
     blocks = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
               if "docker run" in b and "docker build" in b]
-    assert len(blocks) == 1, "one README block builds and runs the image"
+    assert len(blocks) == 1, "one docs block builds and runs the image"
     line = next(part for part in re.sub(r"\\\n\s*", " ", blocks[0]).splitlines() if part.startswith("docker run"))
     return shlex.split(line)
 
@@ -287,7 +293,7 @@ def image_ids() -> tuple[int, int]:
 
 
 def test_readme_docker_run_allows_unprivileged_icmp_for_the_image_user() -> None:
-    """The README runs the image with every capability dropped and with a ping_group_range that holds
+    """The docs run the image with every capability dropped and with a ping_group_range that holds
     the image's gid: the default command then has unprivileged ICMP, and needs nothing else."""
     argv = readme_docker_run()
     assert argv[-1] == "connmon" and "--cap-drop" in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
@@ -298,7 +304,7 @@ def test_readme_docker_run_allows_unprivileged_icmp_for_the_image_user() -> None
     assert low <= gid <= high
     # the default command leaves --icmp-mode at auto: raw sockets when the process may (it may not
     # here), else unprivileged ones; the real run below shows the fallback
-    assert _parser().parse_args(exec_form(instructions("CMD")[0])).icmp_mode == "auto"
+    assert build_parser().parse_args(exec_form(instructions("CMD")[0])).icmp_mode == "auto"
 
 
 @contextlib.contextmanager
@@ -331,7 +337,7 @@ def image_command(config: Path, state: Path) -> list[str]:
 @pytest.mark.parametrize("allowed", [True, False], ids=["readme-sysctl", "no-sysctl"])
 def test_image_command_pings_as_the_image_user_without_capabilities(allowed: bool) -> None:
     """The image's own command, as its uid/gid with no capability at all (``--cap-drop ALL``): with the
-    README's ping_group_range it pings over unprivileged ICMP; without it, it stops and names the sysctl."""
+    docs' ping_group_range it pings over unprivileged ICMP; without it, it stops and names the sysctl."""
     need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv to switch users")
     uid, gid = image_ids()
     sysctl = dict(a.split("=", 1) for a in readme_docker_run() if a.startswith("net.ipv4."))
@@ -347,7 +353,7 @@ def test_image_command_pings_as_the_image_user_without_capabilities(allowed: boo
         os.chown(state, uid, gid)
         as_image_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
                          "--bounding-set=-all"]
-        env = {**_child_env(), "CONNMON_STATE_DIR": str(state)}
+        env = {**child_env(), "CONNMON_STATE_DIR": str(state)}
         with loopback_namespace(sysctl["net.ipv4.ping_group_range"] if allowed else "1 0") as ns:
             proc = subprocess.Popen(["ip", "netns", "exec", ns, *as_image_user, *image_command(config, state)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import model as config_module
-from monitor.config.model import parse_config
+from monitor.config import parse_config
+from monitor.config.walker import Walker
 from monitor.errors import ConfigError
 from monitor.web.config import parse_web_config
 
@@ -124,14 +124,14 @@ def test_alias_bombs_of_any_shape_stop_within_the_visit_budget(width: int, depth
     well-formed), and the walk never visits more nodes than the budget the text's size allows."""
     text = bomb(width, depth, leaf) + SLOTS[slot]
     visits = 0
-    original = config_module._Walker.visit
+    original = Walker.visit
 
-    def counting(self: config_module._Walker) -> None:
+    def counting(self: Walker) -> None:
         nonlocal visits
         visits += 1
         original(self)
 
-    with mock.patch.object(config_module._Walker, "visit", counting):
+    with mock.patch.object(Walker, "visit", counting):
         try:
             parse_config(text, "bomb.yaml")
         except ConfigError as err:

@@ -18,47 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config.model import IcmpSettings, Retention, ThroughputSettings
+from monitor.config import Retention, ThroughputSettings
 from monitor.errors import ProbeErrorReason
-from monitor.history.sqlite import MIGRATIONS, SqliteStore, database_path, pack_rtts, unpack_rtts
-from monitor.history.store import EndpointRecord, HistoryNotCreated, HistorySink, month_start
-from monitor.history import store as history_module
-from monitor.results import Cycle, DirectionResult, Gap, IcmpResult, Result, ThroughputResult
-from monitor.targets import Target
+from monitor.history import set_aside as set_aside_module
+from monitor.history import writer as history_module
+from monitor.history.codec import pack_rtts, unpack_rtts
+from monitor.history.sqlite import MIGRATIONS, SqliteStore, database_path
+from monitor.history.store import EndpointRecord, HistoryNotCreated
+from monitor.history.writer import HistorySink
+from monitor.months import month_start
+from monitor.results import Cycle, Gap, Result
 from tests.conftest import need_root
-
-
-def target(name: str, *, district: str = "Aktobe", kind: str = "school", mbps: float = 4.0,
-           budget: int | None = None) -> Target:
-    # parsed, never probed: a documentation address
-    return Target(name, "192.0.2.1", "192.0.2.1", "g", kind, district, "fibre", None, None, mbps * 1e6,
-                  IcmpSettings(), ThroughputSettings(method="iperf3", monthly_budget_bytes=budget))
-
-
-def icmp(t: Target, at: float, *rtts: float | None) -> IcmpResult:
-    return IcmpResult(t, at, t.address, len(rtts), tuple(rtts))
-
-
-def test_(t: Target, at: float, down: float | None, *, moved: int = 1_000_000,
-          error: ProbeErrorReason | None = None) -> ThroughputResult:
-    direction = DirectionResult("download", at, at + 10, down, moved, 9.0, 3, error, "why" if error else "")
-    return ThroughputResult(t, "iperf3", at, at + 11, t.address, (direction,), error, "why" if error else "",
-                            budget_remaining_bytes=123)
-
-
-test_.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-# The sinks below write cycles at small Unix times (1970) and prune as they go: a retention that keeps them.
-KEEP_ALL = Retention(icmp_seconds=1e11, throughput_seconds=1e11)
-
-
-def wait_for(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(check) and check():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
+from tests.documented import documented_metrics
+from tests.factories import KEEP_ALL, icmp, iperf3_test, throughput_target
+from tests.polling import wait_for
 
 
 def test_rtts_pack_exactly_with_gaps() -> None:
@@ -69,9 +42,9 @@ def test_rtts_pack_exactly_with_gaps() -> None:
 def test_round_trip_of_cycles_and_tests(tmp_path: Path) -> None:
     """What goes in comes out unchanged: RTTs with their gaps, directions, verdict, target at test time."""
     store = SqliteStore(tmp_path / "h.sqlite3")
-    a, b = target("a"), target("№12 мектеп", mbps=20)
-    store.write([], [icmp(a, 100.0, 0.001, None, 0.003), icmp(b, 100.0, None, None), test_(a, 150.0, 5e6),
-                     test_(b, 160.0, 3e6)])
+    a, b = throughput_target("a"), throughput_target("№12 мектеп", mbps=20)
+    store.write([], [icmp(a, 100.0, 0.001, None, 0.003), icmp(b, 100.0, None, None), iperf3_test(a, 150.0, 5e6),
+                     iperf3_test(b, 160.0, 3e6)])
     cycles = list(store.icmp_cycles("a", 0, 1e12))
     assert [(c.started_at, c.rtts_seconds, c.attempted, c.received) for c in cycles] == \
         [(100.0, (0.001, None, 0.003), 3, 2)]
@@ -89,12 +62,12 @@ def test_round_trip_of_cycles_and_tests(tmp_path: Path) -> None:
 def test_writes_are_idempotent_and_labels_follow_the_config(tmp_path: Path) -> None:
     """A batch written twice is stored once; an endpoint's labels are its latest."""
     store = SqliteStore(tmp_path / "h.sqlite3")
-    a = target("a")
-    batch = [icmp(a, 100.0, 0.001), test_(a, 150.0, 5e6)]
+    a = throughput_target("a")
+    batch = [icmp(a, 100.0, 0.001), iperf3_test(a, 150.0, 5e6)]
     store.write([], batch)
     store.write([], batch)
     assert len(list(store.icmp_cycles("a", 0, 1e12))) == 1 and len(store.throughput_tests("a", 0, 1e12)) == 1
-    moved = target("a", district="Khromtau")
+    moved = throughput_target("a", district="Khromtau")
     store.write([history_module.EndpointRecord.of(moved)], [icmp(moved, 200.0, 0.002)])
     assert [e.district for e in store.endpoints()] == ["Khromtau"]
 
@@ -102,9 +75,9 @@ def test_writes_are_idempotent_and_labels_follow_the_config(tmp_path: Path) -> N
 def test_last_tests_and_month_bytes(tmp_path: Path) -> None:
     """The restore queries: the latest measured test, the latest try, and bytes since a time."""
     store = SqliteStore(tmp_path / "h.sqlite3")
-    a = target("a")
-    store.write([], [test_(a, 100.0, 5e6, moved=10), test_(a, 200.0, 6e6, moved=20),
-                     test_(a, 300.0, None, moved=0, error=ProbeErrorReason.REFUSED)])
+    a = throughput_target("a")
+    store.write([], [iperf3_test(a, 100.0, 5e6, moved=10), iperf3_test(a, 200.0, 6e6, moved=20),
+                     iperf3_test(a, 300.0, None, moved=0, error=ProbeErrorReason.REFUSED)])
     assert store.last_measured_tests()["a"].started_at == 200.0
     assert store.last_tests()["a"].started_at == 300.0
     assert store.bytes_since("a", 150.0) == 20
@@ -115,9 +88,9 @@ def test_last_tests_and_month_bytes(tmp_path: Path) -> None:
 def test_pruning_goes_in_slices_and_keeps_what_is_young(tmp_path: Path) -> None:
     """Rows older than retention go, at most ``limit`` per call, resuming where the last call stopped."""
     store = SqliteStore(tmp_path / "h.sqlite3")
-    sites = [target(f"s{i}") for i in range(3)]
+    sites = [throughput_target(f"s{i}") for i in range(3)]
     store.write([], [icmp(s, float(t), 0.001) for s in sites for t in range(100)]
-                + [test_(s, float(t), 5e6) for s in sites for t in (10, 90)])
+                + [iperf3_test(s, float(t), 5e6) for s in sites for t in (10, 90)])
     slices = []
     while (gone := store.prune(icmp_before=50.0, throughput_before=20.0, limit=40)) > 0:
         slices.append(gone)
@@ -148,7 +121,7 @@ def test_month_start_is_in_the_sites_time_zone() -> None:
 def test_the_sink_writes_each_cycle_off_the_calling_thread(tmp_path: Path) -> None:
     """consume() only queues; the writer thread stores every result; close() writes the rest."""
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL)
-    a, b = target("a"), target("b")
+    a, b = throughput_target("a"), throughput_target("b")
     sink.set_targets([a, b])
     for i in range(50):
         sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001), icmp(b, float(i), None))))
@@ -163,9 +136,9 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     a reload that connects it updates its record, and the store is not rewritten when nothing changed."""
     path = database_path(tmp_path)
     sink = HistorySink(lambda: SqliteStore(path), KEEP_ALL)
-    planned = dataclasses.replace(target("soon", kind="clinic"), host="", address=None, status="planned",
+    planned = dataclasses.replace(throughput_target("soon", kind="clinic"), host="", address=None, status="planned",
                                   planned_date=dt.date(2026, 12, 1), provider="KazSat", contracted_bits_per_second=8e6)
-    sink.set_targets([target("a"), planned])
+    sink.set_targets([throughput_target("a"), planned])
 
     def both_recorded() -> bool:
         try:  # the writer thread may not have created the file, or its tables, yet
@@ -176,7 +149,7 @@ def test_the_sink_writes_every_configured_site_planned_ones_without_results(tmp_
     wait_for(both_recorded)
     assert SqliteStore(path, read_only=True).endpoints()[1] == EndpointRecord(
         "soon", "clinic", "Aktobe", "fibre", "g", 4e6, "planned", dt.date(2026, 12, 1), "KazSat", 8e6)
-    sink.set_targets([target("a"), dataclasses.replace(planned, status="connected")])
+    sink.set_targets([throughput_target("a"), dataclasses.replace(planned, status="connected")])
     sink.close()
     assert SqliteStore(path, read_only=True).endpoints()[1].status == "connected"
     assert sink.stats.written == 0 and sink.stats.errors["write"] == 0  # records are not results
@@ -205,12 +178,12 @@ def test_the_sink_upserts_a_sites_record_only_when_its_labels_changed(tmp_path: 
         return store
 
     sink = HistorySink(open_store, Retention())
-    a, b, gone = target("a"), target("b"), target("gone")
+    a, b, gone = throughput_target("a"), throughput_target("b"), throughput_target("gone")
     sink.set_targets([a, b])
     for i in range(3):
         sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001), icmp(b, float(i), 0.002))))
         wait_for(lambda i=i: sink.stats.written == 2 * (i + 1))
-    moved = target("b", district="Khromtau")
+    moved = throughput_target("b", district="Khromtau")
     sink.set_targets([a, moved])
     sink.consume(Cycle("icmp", "g", 3.0, 0.1, (icmp(a, 3.0, 0.001), icmp(moved, 3.0, 0.002))))
     wait_for(lambda: sink.stats.written == 8)
@@ -242,10 +215,10 @@ def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns
     """On a tmpfs that fills up: writes fail and are counted, results wait, and all land after it grows."""
     need_root()
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
-    caplog.set_level(logging.ERROR, logger="monitor.history.store")
+    caplog.set_level(logging.ERROR, logger="monitor.history")
     with mounted("tmpfs", tmp_path / "state", "size=96k") as state:
         sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
-        a = target("a")
+        a = throughput_target("a")
         rtts = tuple(0.001 * k for k in range(50))
         sent = 0
         try:
@@ -283,7 +256,7 @@ def test_a_read_only_state_dir_is_counted_and_recovers(tmp_path: Path, monkeypat
     with mounted("bind", tmp_path / "state", "") as state:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
         sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
-        a = target("a")
+        a = throughput_target("a")
         try:
             for i in range(1, 11):
                 sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
@@ -301,16 +274,16 @@ def test_a_read_only_state_dir_is_counted_and_recovers(tmp_path: Path, monkeypat
 def test_restore_reads_last_results_and_budget(tmp_path: Path) -> None:
     """restore(): the last measured test per site as a result of today's target, and the month's bytes."""
     now = 1_795_000_000.0  # 2026-11-18 08:26 UTC: mid-month, so every test below is in November
-    a, b = target("a", budget=10_000_000), target("b")
+    a, b = throughput_target("a", budget=10_000_000), throughput_target("b")
     store = SqliteStore(database_path(tmp_path))
-    store.write([], [test_(a, now - 7200, 5e6, moved=3000), test_(a, now - 3600, None, moved=500,
-                                                                 error=ProbeErrorReason.TIMEOUT),
-                     test_(b, now - 300, 1e6), test_(b, now - 200, 5e6), test_(b, now - 100, 3e6),
-                     test_(b, now - 60, 2e6)])
+    store.write([], [iperf3_test(a, now - 7200, 5e6, moved=3000), iperf3_test(a, now - 3600, None, moved=500,
+                                                                             error=ProbeErrorReason.TIMEOUT),
+                     iperf3_test(b, now - 300, 1e6), iperf3_test(b, now - 200, 5e6), iperf3_test(b, now - 100, 3e6),
+                     iperf3_test(b, now - 60, 2e6)])
     store.close()
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention(), clock=lambda: now)
     try:
-        restored = sink.restore([a, b, target("c")])
+        restored = sink.restore([a, b, throughput_target("c")])
     finally:
         sink.close()
     assert restored.results["a"].download_bits_per_second == 5e6 and restored.results["a"].target is a
@@ -327,13 +300,13 @@ def test_close_with_a_failing_store_counts_and_says_what_was_lost(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """At shutdown a store that keeps failing is retried until the deadline; the rest is dropped, said always."""
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
-    caplog.set_level(logging.ERROR, logger="monitor.history.store")
+    caplog.set_level(logging.ERROR, logger="monitor.history")
 
     def broken() -> SqliteStore:
         raise sqlite3.OperationalError("disk I/O error")
 
     sink = HistorySink(broken, KEEP_ALL)
-    a = target("a")
+    a = throughput_target("a")
     for i in range(5):
         sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
     sink.close(timeout_seconds=1.0)
@@ -354,7 +327,7 @@ def test_a_long_backlog_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest
             super().write(endpoints, results, gaps)
 
     sink = HistorySink(lambda: Counting(database_path(tmp_path)), KEEP_ALL)
-    sites = [target(f"s{i}") for i in range(30)]
+    sites = [throughput_target(f"s{i}") for i in range(30)]
     sink.consume(Cycle("icmp", "g", 1.0, 0.1, tuple(icmp(s, 1.0, 0.001) for s in sites)))
     sink.close()
     assert sum(writes) == 30 and max(writes) <= 7 and sink.stats.written == 30
@@ -366,10 +339,10 @@ def test_restore_later_waits_for_the_store_and_reads_before_this_process_writes(
     store answers, read before the backlog of this process is written (its bytes are not counted twice)."""
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
     now = 1_795_000_000.0
-    a = target("a", budget=10_000_000)
+    a = throughput_target("a", budget=10_000_000)
     path = database_path(tmp_path)
     store = SqliteStore(path)
-    store.write([], [test_(a, now - 7200, 5e6, moved=3000)])
+    store.write([], [iperf3_test(a, now - 7200, 5e6, moved=3000)])
     store.close()
     away = True
     opens = 0
@@ -385,7 +358,7 @@ def test_restore_later_waits_for_the_store_and_reads_before_this_process_writes(
     sink = HistorySink(open_store, Retention(), clock=lambda: now)
     try:
         sink.restore_later([a], delivered.append)
-        sink.consume(Cycle("throughput", "g", now - 60, 11.0, (test_(a, now - 60, 6e6, moved=700),)))
+        sink.consume(Cycle("throughput", "g", now - 60, 11.0, (iperf3_test(a, now - 60, 6e6, moved=700),)))
         wait_for(lambda: opens >= 3)
         assert delivered == [None] and sink.stats.errors["open"] >= 2 and sink.stats.written == 0
         away = False
@@ -409,7 +382,7 @@ def test_restore_later_gives_up_on_a_store_that_opens_but_fails(
             raise sqlite3.OperationalError("no such table")
 
     delivered: list[object] = []
-    a = target("a")
+    a = throughput_target("a")
     sink = HistorySink(lambda: Broken(database_path(tmp_path)), KEEP_ALL)
     try:
         sink.restore_later([a], delivered.append)
@@ -466,7 +439,7 @@ def test_consume_returns_while_a_write_is_blocked_and_the_write_runs_in_the_writ
             super().write(endpoints, results, gaps)
 
     sink = HistorySink(lambda: Blocking(database_path(tmp_path)), KEEP_ALL)
-    a = target("a")
+    a = throughput_target("a")
     try:
         sink.consume(Cycle("icmp", "g", 0.0, 0.1, (icmp(a, 0.0, 0.001),)))
         assert entered.wait(10), "the writer never started the write"
@@ -502,12 +475,12 @@ def test_the_sink_prunes_old_rows_in_slices_by_its_retention(tmp_path: Path, mon
     in stats.pruned), young ones stay."""
     monkeypatch.setattr(history_module, "PRUNE_SLICE_ROWS", 7)
     path = database_path(tmp_path)
-    a, b = target("a"), target("b")
+    a, b = throughput_target("a"), throughput_target("b")
     now = 1_000_000.0
     store = SqliteStore(path)
     store.write([], [icmp(s, now - 7200 + t, 0.001) for s in (a, b) for t in range(20)]  # 40 old cycles
                 + [icmp(s, now - 60 + t, 0.001) for s in (a, b) for t in range(5)]  # 10 young ones
-                + [test_(a, now - 5 * 86400, 5e6), test_(a, now - 86400, 5e6)])  # one old test
+                + [iperf3_test(a, now - 5 * 86400, 5e6), iperf3_test(a, now - 86400, 5e6)])  # one old test
     slices: list[int] = []
     clock = [now]
 
@@ -533,8 +506,8 @@ def test_the_sink_prunes_old_rows_in_slices_by_its_retention(tmp_path: Path, mon
 
 def test_history_retention_in_the_config_is_read_in_seconds() -> None:
     """``history: {retention: {icmp: 7d, throughput: 60d}}`` gives those seconds; left out, the defaults; the
-    README's sample is the defaults."""
-    from monitor.config.model import parse_config
+    docs' sample (docs/history.md) is the defaults."""
+    from monitor.config import parse_config
 
     groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
     both = parse_config("history: {retention: {icmp: 7d, throughput: 60d}}\n" + groups, "c.yaml")
@@ -542,17 +515,18 @@ def test_history_retention_in_the_config_is_read_in_seconds() -> None:
     one = parse_config("history:\n  retention:\n    icmp: 36h\n" + groups, "c.yaml")
     assert one.retention == Retention(icmp_seconds=36 * 3600.0)
     assert parse_config(groups, "c.yaml").retention == Retention()
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "history.md").read_text(encoding="utf-8")
     sample = readme.split("**Retention is pruned in slices**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    assert parse_config(sample + groups, "README.md").retention == Retention()
+    assert parse_config(sample + groups, "docs/history.md").retention == Retention()
 
 
 def test_retention_limits_are_the_ones_the_readme_gives() -> None:
-    """README: ``icmp`` 1h to 3650d, ``throughput`` 32d to 3650d; outside is an error naming file, line and key."""
-    from monitor.config.model import parse_config
+    """docs/history.md: ``icmp`` 1h to 3650d, ``throughput`` 32d to 3650d; outside is an error naming file, line
+    and key."""
+    from monitor.config import parse_config
     from monitor.errors import ConfigError
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "history.md").read_text(encoding="utf-8")
     assert "accepts `icmp` from 1h to 3650d and `throughput` from\n32d to 3650d" in readme
     groups = "groups: [{name: g, endpoints: [{name: a, host: 192.0.2.1}]}]\n"
 
@@ -577,7 +551,7 @@ def test_pruning_runs_while_cycles_keep_arriving(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(history_module, "PRUNE_SLICE_ROWS", 7)
     path = database_path(tmp_path)
     now = 1_000_000.0
-    old, a = target("old"), target("a")
+    old, a = throughput_target("old"), throughput_target("a")
     store = SqliteStore(path)
     store.write([], [icmp(old, now - 3000 + t, 0.001) for t in range(40)])  # out of retention after ~10 cycles
     store.close()
@@ -613,12 +587,11 @@ def test_pruning_runs_while_cycles_keep_arriving(tmp_path: Path, monkeypatch: py
 
 
 def test_the_metrics_the_history_log_names_are_exported() -> None:
-    """A log message that points ops at a metric names one that /metrics has (and the README documents)."""
-    from tests.test_readme import documented_metrics
-
-    source = Path(history_module.__file__).read_text(encoding="utf-8")
+    """A log message that points ops at a metric names one that /metrics has (and docs/metrics.md documents)."""
+    source = "".join(Path(module.__file__).read_text(encoding="utf-8")  # the writer and its set-aside file
+                     for module in (history_module, set_aside_module))
     named = set(re.findall(r"connmon_[a-z_]+", source))
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text(encoding="utf-8")
     assert named and named <= documented_metrics(readme), named - documented_metrics(readme)
 
 
@@ -628,7 +601,7 @@ def test_store_failures_are_logged_again_once_the_minute_has_passed(
     has passed (the constant set to 0 here, instead of waiting a minute) it is said again."""
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.05)
     monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 1e9)
-    caplog.set_level(logging.ERROR, logger="monitor.history.store")
+    caplog.set_level(logging.ERROR, logger="monitor.history")
 
     def broken() -> SqliteStore:
         raise sqlite3.OperationalError("disk I/O error")
@@ -638,7 +611,7 @@ def test_store_failures_are_logged_again_once_the_minute_has_passed(
 
     sink = HistorySink(broken, KEEP_ALL)
     try:
-        sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(target("a"), 1.0, 0.001),)))
+        sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(throughput_target("a"), 1.0, 0.001),)))
         wait_for(lambda: sink.stats.errors["open"] >= 5)
         assert said() == 1
         monkeypatch.setattr(history_module, "LOG_EVERY_SECONDS", 0.0)  # the minute has passed
@@ -655,11 +628,11 @@ def test_overdue_tests_read_back_from_the_history_are_spread_over_every(tmp_path
     from monitor.throughput_plan import ThroughputPlan
 
     now = 1_795_000_000.0
-    sites = [dataclasses.replace(target(f"s{i:03d}"), throughput=ThroughputSettings(method="iperf3",
-                                                                                  every_seconds=6 * 3600))
+    sites = [dataclasses.replace(throughput_target(f"s{i:03d}"), throughput=ThroughputSettings(method="iperf3",
+                                                                                             every_seconds=6 * 3600))
              for i in range(200)]
     store = SqliteStore(database_path(tmp_path))
-    store.write([], [test_(t, now - 86400, 5e6) for t in sites])
+    store.write([], [iperf3_test(t, now - 86400, 5e6) for t in sites])
     store.close()
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), Retention(), clock=lambda: now)
     try:

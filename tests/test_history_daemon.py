@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from monitor.history.sqlite import database_path
-from tests.conftest import need, write_config
-from tests.netlab import Lab, _child_env, can_measure_throughput
-from tests.running import samples
+from tests.conftest import need
+from tests.factories import write_config
+from tests.netlab import Lab, can_measure_throughput, child_env
+from tests.running import one, scrape
 
 PORT = 9161
 
@@ -27,7 +28,7 @@ PORT = 9161
 def daemon(lab: Lab, cfg: Path, state: Path, port: int = PORT) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         lab.connmon_argv("run", "--config", str(cfg), "--listen", f"{lab.prober_v4}:{port}", "--state-dir",
-                         str(state)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_child_env())
+                         str(state)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         yield proc
     finally:
@@ -35,18 +36,6 @@ def daemon(lab: Lab, cfg: Path, state: Path, port: int = PORT) -> Iterator[subpr
             proc.kill()
         if proc.stderr is not None and not proc.stderr.closed:  # a test may have read it already
             proc.communicate(timeout=30)
-
-
-def scrape(lab: Lab, port: int = PORT) -> dict:
-    try:
-        return samples(lab.get(port, "/metrics")[1])
-    except OSError:
-        return {}
-
-
-def one(parsed: dict, name: str, **labels: str) -> float | None:
-    found = [v for k, v in parsed.get(name, {}).items() if set(labels.items()) <= set(k)]
-    return found[0] if found else None
 
 
 def integrity(state: Path) -> str:
@@ -82,7 +71,7 @@ groups:
         with daemon(lab, cfg, state) as proc:
             before: dict = {}
             for _ in range(200):  # the first test starts within `every` (its phase), then is written
-                before = scrape(lab)
+                before = scrape(lab, PORT)
                 if (one(before, "connmon_throughput_tests_total") or 0) >= 1 \
                         and (one(before, "connmon_store_results_written_total") or 0) >= 5:
                     break
@@ -92,7 +81,7 @@ groups:
             tested_at = one(before, "connmon_throughput_last_test_timestamp_seconds")
             assert rate is not None and 8e6 < rate < 11e6 and tested_at is not None
             for _ in range(100):  # the test's row is written: nothing waits
-                if one(scrape(lab), "connmon_store_pending_results") == 0:
+                if one(scrape(lab, PORT), "connmon_store_pending_results") == 0:
                     break
                 time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
@@ -101,7 +90,7 @@ groups:
         with daemon(lab, cfg, state) as proc:
             after: dict = {}
             for _ in range(120):
-                after = scrape(lab)
+                after = scrape(lab, PORT)
                 if after:
                     break
                 assert proc.poll() is None

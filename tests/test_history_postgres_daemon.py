@@ -22,11 +22,11 @@ from monitor.history.postgres import PostgresStore
 from monitor.history.store import EndpointRecord
 from monitor.shard import owner
 from monitor.throughput_plan import phase
-from tests.conftest import need, write_config
-from tests.netlab import Lab, _child_env, can_make_namespaces
+from tests.conftest import need
+from tests.factories import iperf3_test, throughput_target, write_config
+from tests.netlab import Lab, can_make_namespaces, child_env
 from tests.postgres import PgCluster, PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
-from tests.test_history import target, test_
-from tests.test_history_daemon import one, scrape
+from tests.running import one, scrape
 
 PORT = 9171
 LATE_PORT = 19510
@@ -39,7 +39,7 @@ COMPARED = ("site", "kind", "district", "link", "target_mbps", "availability_per
 def daemon(lab: Lab, cfg: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(lab.connmon_argv("run", "--config", str(cfg), "--listen", f"{lab.prober_v4}:{port}",
                                              *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_child_env())
+                            env=child_env())
     try:
         yield proc
     finally:
@@ -52,7 +52,7 @@ def report(*args: str) -> list[dict[str, str]]:
     today = dt.datetime.now(dt.UTC).date()
     proc = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", str(today - dt.timedelta(days=1)),
                            "--to", str(today + dt.timedelta(days=1)), "--timezone", "UTC", "--format", "csv", *args],
-                          capture_output=True, text=True, timeout=120, check=False, env=_child_env())
+                          capture_output=True, text=True, timeout=120, check=False, env=child_env())
     assert proc.returncode == 0, proc.stderr
     sites, kpis = proc.stdout.split("\n\n")  # the site table, then the KPI table
     assert kpis.startswith("kpi_scope,")
@@ -151,7 +151,8 @@ def test_a_postgres_that_answers_late_gets_the_backlog_and_restores(lab: Lab, tm
         url = cluster.server.url("postgres")
         tested_at = time.time() - 600
         seeded = PostgresStore(url)
-        seeded.write([EndpointRecord.of(target(name))], [test_(target(name), tested_at, 5e6)])
+        seeded.write([EndpointRecord.of(throughput_target(name))],
+                     [iperf3_test(throughput_target(name), tested_at, 5e6)])
         seeded.close()
         cluster.stop()
         cfg = write_config(tmp_path, f"""

@@ -24,21 +24,19 @@ import pytest
 
 from monitor.errors import ProbeErrorReason
 from monitor.exposition.sink import MetricsSink
+from monitor.history import set_aside as set_aside_module
+from monitor.history import writer as history_module
+from monitor.history.exposition import StoreExposition
 from monitor.history.postgres import PostgresStore
+from monitor.history.set_aside import SET_ASIDE_FILE_NAME, is_row_fault, set_aside_file
 from monitor.history.sqlite import SqliteStore, database_path
-from monitor.history.store import (
-    SET_ASIDE_FILE_NAME,
-    EndpointRecord,
-    HistorySink,
-    HistoryStore,
-    is_row_fault,
-    set_aside_file,
-)
-from monitor.history import store as history_module
+from monitor.history.store import EndpointRecord, HistoryStore
+from monitor.history.writer import HistorySink
 from monitor.results import Cycle, Gap, IcmpResult, Result
 from monitor.targets import Target
+from tests.factories import KEEP_ALL, icmp, iperf3_test, throughput_target
+from tests.polling import wait_for
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
-from tests.test_history import KEEP_ALL, icmp, target, test_, wait_for
 
 Opener = Callable[[], HistoryStore]
 SURROGATE = "\ud800"
@@ -84,7 +82,7 @@ def set_aside_lines(path: Path) -> list[dict[str, Any]]:
 
 def set_aside_total(sink: HistorySink) -> int:
     """``connmon_store_results_set_aside_total`` as /metrics renders it for this sink's counters."""
-    exposition = b"".join(MetricsSink(store_stats=lambda: sink.stats).exposition()).decode("utf-8")
+    exposition = b"".join(MetricsSink(scrape=[StoreExposition(lambda: sink.stats)]).exposition()).decode("utf-8")
     assert "# TYPE connmon_store_results_set_aside_total counter" in exposition
     found = re.search(r"^connmon_store_results_set_aside_total(?:\{[^}]*\})? (\d+)$", exposition, flags=re.M)
     assert found is not None, exposition
@@ -99,10 +97,10 @@ def test_rows_no_store_takes_are_set_aside_and_every_other_site_is_written(
     Every other row is stored, the bad ones are in the set-aside file with their surrogates intact,
     counted, out of ``pending``, and the writer goes on; each cause is logged once, on one line."""
     name, opener = backend
-    caplog.set_level(logging.ERROR, logger="monitor.history.store")
+    caplog.set_level(logging.ERROR, logger="monitor.history")
     path = tmp_path / "state" / SET_ASIDE_FILE_NAME
-    s0, s1, s2, s3, s4, s5 = (target(f"s{i}") for i in range(6))
-    odd = target(f"odd{OTHER_SURROGATE}\nname")  # a newline too: the log must stay one line
+    s0, s1, s2, s3, s4, s5 = (throughput_target(f"s{i}") for i in range(6))
+    odd = throughput_target(f"odd{OTHER_SURROGATE}\nname")  # a newline too: the log must stay one line
     sink = HistorySink(opener, KEEP_ALL, set_aside_path=path)
     sink.set_targets([s0, s1, s2, s3, s4, s5, odd])
     try:
@@ -112,7 +110,7 @@ def test_rows_no_store_takes_are_set_aside_and_every_other_site_is_written(
                 bad_icmp(s2, at, detail=f"no route {OTHER_SURROGATE}"), bad_icmp(s3, at, detail="nul\x00byte"),
                 icmp(s4, at, 0.002), icmp(s5, at, 0.003), icmp(odd, at, 0.004))))
             sink.consume(Cycle("throughput", "g", at, 11.0, (
-                dataclasses.replace(test_(s4, at + 1, None, error=ProbeErrorReason.TIMEOUT),
+                dataclasses.replace(iperf3_test(s4, at + 1, None, error=ProbeErrorReason.TIMEOUT),
                                     error_detail=f"iperf3: {SURROGATE}"),)))
             sink.consume(Cycle("agent", "g", at, 0.1, (icmp(s5, at + 2, 0.001),), gaps=(
                 Gap(s5, at - 50, at, f"power{SURROGATE}", 60.0),)))  # type: ignore[arg-type]  # from outside
@@ -182,7 +180,7 @@ def test_a_failed_write_is_rolled_back_and_leaves_the_store_usable(backend: tupl
     (the transaction is rolled back), its error is a row fault, and the same connection writes on."""
     name, opener = backend
     store = opener()
-    a, b = target("a"), target("b")
+    a, b = throughput_target("a"), throughput_target("b")
     bads: list[IcmpResult] = [bad_icmp(b, 10.0, address=f"192.0.2.{SURROGATE}")]
     if name == "postgresql":
         bads.append(bad_icmp(b, 11.0, detail="nul\x00"))
@@ -207,7 +205,7 @@ def test_a_read_only_sqlite_history_is_a_store_fault_nothing_set_aside(
     read_only = [True]
     aside = tmp_path / SET_ASIDE_FILE_NAME
     sink = HistorySink(lambda: SqliteStore(path, read_only=read_only[0]), KEEP_ALL, set_aside_path=aside)
-    a = target("a")
+    a = throughput_target("a")
     try:
         for i in range(1, 6):
             sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(a, float(i), 0.001),)))
@@ -233,7 +231,7 @@ def test_a_read_only_postgresql_database_is_a_store_fault_nothing_set_aside(
     url = pg_server.url(database)
     aside = tmp_path / SET_ASIDE_FILE_NAME
     sink = HistorySink(lambda: PostgresStore(url, connect_timeout_seconds=5.0), KEEP_ALL, set_aside_path=aside)
-    a = target("a")
+    a = throughput_target("a")
     try:
         sink.consume(Cycle("icmp", "g", 1.0, 0.1, (icmp(a, 1.0, 0.001),)))
         wait_for(lambda: sink.stats.written == 1)
@@ -278,7 +276,7 @@ def test_a_chunk_with_one_bad_row_is_halved_not_written_row_by_row(tmp_path: Pat
         return store
 
     sink = HistorySink(opener, KEEP_ALL, set_aside_path=tmp_path / SET_ASIDE_FILE_NAME)
-    sites = [target(f"s{i:03d}") for i in range(256)]
+    sites = [throughput_target(f"s{i:03d}") for i in range(256)]
     results = [icmp(t, 1.0, 0.001) for t in sites]
     results[77] = bad_icmp(sites[77], 1.0, address=SURROGATE)
     sink.consume(Cycle("icmp", "g", 1.0, 0.1, tuple(results)))
@@ -294,11 +292,11 @@ def test_the_set_aside_file_is_bounded_and_beyond_it_rows_are_only_counted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past SET_ASIDE_MAX_BYTES nothing more is appended: the rows are counted (set aside and lost), the log
     says so once, and the writer goes on writing the good rows."""
-    monkeypatch.setattr(history_module, "SET_ASIDE_MAX_BYTES", 1500)
-    caplog.set_level(logging.ERROR, logger="monitor.history.store")
+    monkeypatch.setattr(set_aside_module, "SET_ASIDE_MAX_BYTES", 1500)
+    caplog.set_level(logging.ERROR, logger="monitor.history")
     path = tmp_path / SET_ASIDE_FILE_NAME
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL, set_aside_path=path)
-    good, bad = target("good"), target("bad")
+    good, bad = throughput_target("good"), throughput_target("bad")
     try:
         for i in range(20):
             sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(good, float(i), 0.001),
@@ -311,7 +309,7 @@ def test_the_set_aside_file_is_bounded_and_beyond_it_rows_are_only_counted(
     assert sink.stats.set_aside == 20 and sink.stats.set_aside_lost == 20 - len(kept)
     full = [r for r in caplog.records if "has reached" in r.getMessage()]
     assert len(full) == 1 and "connmon_store_results_set_aside_lost_total" in full[0].getMessage()
-    exposition = b"".join(MetricsSink(store_stats=lambda: sink.stats).exposition()).decode("utf-8")
+    exposition = b"".join(MetricsSink(scrape=[StoreExposition(lambda: sink.stats)]).exposition()).decode("utf-8")
     assert re.search(rf"^connmon_store_results_set_aside_lost_total(?:\{{[^}}]*\}})? {20 - len(kept)}$", exposition,
                      flags=re.M), exposition
 
@@ -320,11 +318,11 @@ def test_a_set_aside_file_that_cannot_be_written_is_counted_and_said_never_raise
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The set-aside file's directory is a regular file: every row set aside is counted as lost, the
     failure is said once, and the writer goes on (the good rows are all written)."""
-    caplog.set_level(logging.ERROR, logger="monitor.history.store")
+    caplog.set_level(logging.ERROR, logger="monitor.history")
     (tmp_path / "not-a-dir").write_text("")
     sink = HistorySink(lambda: SqliteStore(database_path(tmp_path)), KEEP_ALL,
                        set_aside_path=tmp_path / "not-a-dir" / SET_ASIDE_FILE_NAME)
-    good, bad = target("good"), target("bad")
+    good, bad = throughput_target("good"), throughput_target("bad")
     try:
         for i in range(5):
             sink.consume(Cycle("icmp", "g", float(i), 0.1, (icmp(good, float(i), 0.001),
@@ -366,10 +364,10 @@ def test_row_faults_and_store_faults_are_told_apart() -> None:
 
 def test_the_daemon_keeps_the_set_aside_file_in_its_state_dir() -> None:
     """The daemon passes ``set_aside_file(state_dir)``: the file sits beside the SQLite history (and in the
-    state dir with a PostgreSQL one), under the name the README gives."""
+    state dir with a PostgreSQL one), under the name the docs give (docs/history.md)."""
     assert set_aside_file("/var/lib/connmon") == Path("/var/lib/connmon/history-set-aside.jsonl")
     assert set_aside_file("/var/lib/connmon").parent == database_path("/var/lib/connmon").parent
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "history.md").read_text(encoding="utf-8")
     assert f"`{SET_ASIDE_FILE_NAME}`" in readme and "connmon_store_results_set_aside_total" in readme
     source = (Path(__file__).resolve().parent.parent / "monitor" / "daemon.py").read_text(encoding="utf-8")
     assert "set_aside_path=set_aside_file(state_dir)" in source

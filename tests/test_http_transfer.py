@@ -7,18 +7,19 @@ import socket
 
 from aiohttp import web
 
-from monitor.config.model import IcmpSettings, ThroughputSettings
+from monitor.config import ThroughputSettings
 from monitor.errors import ProbeErrorReason
 from monitor.probes import ProbeContext, http
 from monitor.probes.http_transfer import Limits, fetch
 from monitor.probes.throughput import measure_site
 from monitor.targets import Target
+from tests.factories import target
 
 
 def _target(url: str | None = None, upload_url: str | None = None) -> Target:
     settings = ThroughputSettings(method="http", url=url, upload_url=upload_url, duration_seconds=1.0,
                                   omit_seconds=0.0, timeout_seconds=1.0)
-    return Target("loop", "127.0.0.1", "127.0.0.1", "g", "school", "", "", None, None, 4e6, IcmpSettings(), settings)
+    return target("loop", host="127.0.0.1", address="127.0.0.1", throughput=settings)
 
 
 async def _small_page_server() -> tuple[web.AppRunner, int]:

@@ -18,10 +18,8 @@ from icmplib import ICMPv4Socket
 
 from monitor.icmp.engine import EchoJob, IcmpEngine, checksum_for_sequence
 from tests.conftest import need, need_root
-
-
-def loopback(n: int) -> list[str]:
-    return [f"127.3.{i // 250}.{i % 250 + 1}" for i in range(n)]
+from tests.factories import loopback
+from tests.late_send import late_send_rtts
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -47,7 +45,7 @@ def test_rtts_come_from_the_kernel_even_when_the_loop_stalls() -> None:
         try:
             loop = asyncio.get_running_loop()
             loop.call_later(0.05, time.sleep, 0.2)  # blocks the loop while replies queue up
-            outcomes = await engine.ping([EchoJob(a, 5, 0.02, 2.0) for a in loopback(50)])
+            outcomes = await engine.ping([EchoJob(a, 5, 0.02, 2.0) for a in loopback(50, 3)])
         finally:
             engine.close()
         assert all(o.sent == 5 for o in outcomes)
@@ -66,7 +64,7 @@ def test_every_echo_of_a_2000_site_burst_is_accounted_for() -> None:
     async def main() -> tuple[int, int, int]:
         engine = IcmpEngine.open("raw")
         try:
-            outcomes = await engine.ping([EchoJob(a, 1, 0.001, 2.0) for a in loopback(2000)])
+            outcomes = await engine.ping([EchoJob(a, 1, 0.001, 2.0) for a in loopback(2000, 3)])
         finally:
             engine.close()
         return (sum(o.sent for o in outcomes), sum(1 for o in outcomes for r in o.rtts_seconds if r),
@@ -84,7 +82,7 @@ def test_a_second_pinger_with_the_same_identifier_does_not_corrupt_results() -> 
         first, second = IcmpEngine.open("raw"), IcmpEngine.open("raw")
         second.identifier = first.identifier  # the worst case: identical ids and sequence numbers
         try:
-            jobs = [EchoJob(a, 4, 0.01, 1.0) for a in loopback(100)]
+            jobs = [EchoJob(a, 4, 0.01, 1.0) for a in loopback(100, 3)]
             a, b = await asyncio.gather(first.ping(jobs), second.ping(jobs))
         finally:
             first.close()
@@ -116,7 +114,7 @@ def test_empty_batch_and_ipv6_loopback() -> None:
 
 def test_schedule_keeps_each_sites_echoes_spacing_apart_and_spreads_a_round() -> None:
     """Echo k of a site leaves at k × spacing (+ its slot); one round spans at most half the spacing."""
-    jobs = [EchoJob(a, 3, 0.2, 1.0) for a in loopback(1000)]
+    jobs = [EchoJob(a, 3, 0.2, 1.0) for a in loopback(1000, 3)]
     schedule = list(IcmpEngine._schedule(jobs))
     assert len(schedule) == 3000
     assert [offset for offset, _, _ in schedule] == sorted(offset for offset, _, _ in schedule)
@@ -128,19 +126,19 @@ def test_schedule_keeps_each_sites_echoes_spacing_apart_and_spreads_a_round() ->
         assert offsets[1] - offsets[0] == pytest.approx(0.2) and offsets[2] - offsets[1] == pytest.approx(0.2)
     first_round = [times[j][0] for j in times]
     assert 0 < max(first_round) <= 0.1  # spread, not one burst, and over at most half the spacing
-    few = list(IcmpEngine._schedule([EchoJob(a, 1, 0.2, 1.0) for a in loopback(3)]))
+    few = list(IcmpEngine._schedule([EchoJob(a, 1, 0.2, 1.0) for a in loopback(3, 3)]))
     assert [round(offset, 6) for offset, _, _ in few] == [0.0, 0.001, 0.002]  # 1 ms apart at most
 
 
 def test_a_schedule_of_one_spacing_made_lazily_is_the_sorted_one() -> None:
     """Jobs of one spacing (but other counts) get their echoes round after round, lazily: the very
     order and offsets of sorting every echo; mixed spacings are sorted."""
-    jobs = [EchoJob(a, 1 + i % 4, 0.2, 1.0) for i, a in enumerate(loopback(500))]
+    jobs = [EchoJob(a, 1 + i % 4, 0.2, 1.0) for i, a in enumerate(loopback(500, 3))]
     lazy = IcmpEngine._schedule(jobs)
     assert not isinstance(lazy, list)
     gap = min(0.001, 0.2 * 0.5 / len(jobs))
     assert list(lazy) == sorted((i * gap + k * 0.2, i, k) for i, job in enumerate(jobs) for k in range(job.count))
-    mixed = [EchoJob(a, 3, 0.05 if i % 2 else 0.2, 1.0) for i, a in enumerate(loopback(100))]
+    mixed = [EchoJob(a, 3, 0.05 if i % 2 else 0.2, 1.0) for i, a in enumerate(loopback(100, 3))]
     offsets = [offset for offset, _, _ in IcmpEngine._schedule(mixed)]
     assert offsets == sorted(offsets) and len(offsets) == 300
 
@@ -176,7 +174,7 @@ def test_a_send_that_would_block_is_retried_with_its_own_bytes() -> None:
         fs = engine._sockets[2]  # AF_INET
         fs.sock = _BusySocket(fs.sock)  # type: ignore[assignment]
         try:
-            a, b = await asyncio.gather(engine.ping([EchoJob(x, 3, 0.01, 1.0) for x in loopback(50)]),
+            a, b = await asyncio.gather(engine.ping([EchoJob(x, 3, 0.01, 1.0) for x in loopback(50, 3)]),
                                         engine.ping(second))
         finally:
             fs.sock = fs.sock.real  # type: ignore[attr-defined]
@@ -186,47 +184,6 @@ def test_a_send_that_would_block_is_retried_with_its_own_bytes() -> None:
         assert engine.stats.replies_unmatched == 0 and engine.stats.send_errors == 0
 
     asyncio.run(main())
-
-
-class _LateSocket:
-    """A real socket whose every fifth ``sendto`` starts 20 ms late, as when the process is preempted
-    (or waits for the GIL) between reading the clock and sending: the echo leaves 20 ms after the
-    Python clock says."""
-
-    def __init__(self, real: object) -> None:
-        self.real = real
-        self.sends = 0
-        self.late = 0
-
-    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
-        self.sends += 1
-        if self.sends % 5 == 0:
-            self.late += 1
-            time.sleep(0.02)
-        return self.real.sendto(data, address)  # type: ignore[attr-defined, no-any-return]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.real, name)
-
-
-async def late_send_rtts(mode: str, batched: bool = True) -> dict[str, object]:
-    """Ping 40 loopback sites × 3 through a :class:`_LateSocket`; what a test checks, as JSON-able data.
-
-    ``batched=False`` reads the error queue one ``recvmsg`` at a time, as where libc has no recvmmsg."""
-    engine = IcmpEngine.open(mode)
-    fs = engine._sockets[2]  # AF_INET
-    assert fs.error_batch is not None  # glibc has recvmmsg: the batched reader is the one in use
-    if not batched:
-        fs.error_batch = None
-    late = _LateSocket(fs.sock)
-    fs.sock = late  # type: ignore[assignment]
-    try:
-        outcomes = await engine.ping([EchoJob(a, 3, 0.05, 2.0) for a in loopback(40)])
-    finally:
-        fs.sock = late.real  # type: ignore[assignment]
-        engine.close()
-    return {"rtts": [r for o in outcomes for r in o.rtts_seconds], "late": late.late,
-            "sent": engine.stats.echoes_sent, "kernel_stamps": engine.stats.kernel_send_stamps}
 
 
 def _assert_send_times_are_the_kernels(found: dict[str, object]) -> None:
@@ -251,7 +208,7 @@ def test_a_send_delayed_after_the_clock_read_does_not_inflate_rtt_unprivileged(b
     run in a child in a fresh network namespace (lo up, ping_group_range open there only)."""
     need_root()
     need(shutil.which("unshare") is not None, "needs unshare (util-linux)")
-    code = ("import asyncio, json; from tests.test_icmp_engine import late_send_rtts; "
+    code = ("import asyncio, json; from tests.late_send import late_send_rtts; "
             f"print(json.dumps(asyncio.run(late_send_rtts('unprivileged', {batched}))))")
     proc = subprocess.run(
         ["unshare", "--net", "sh", "-ec",
@@ -301,7 +258,7 @@ def test_send_stamps_left_after_a_cycle_do_not_keep_the_reader_spinning() -> Non
     async def main() -> None:
         engine = IcmpEngine.open("raw")
         try:
-            await engine.ping([EchoJob(a, 1, 0.01, 1.0) for a in loopback(5)])
+            await engine.ping([EchoJob(a, 1, 0.01, 1.0) for a in loopback(5, 3)])
             fs = engine._sockets[2]  # AF_INET
             calls = 0
             real_drain = engine._drain
@@ -316,7 +273,7 @@ def test_send_stamps_left_after_a_cycle_do_not_keep_the_reader_spinning() -> Non
             loop.add_reader(fs.sock.fileno(), counting_drain, fs)
             # Echoes sent behind the engine's back: stamps (and replies) nobody waits for.
             template, base_sum = fs.template(engine.identifier, engine.cookie, 56)
-            for address in loopback(20):
+            for address in loopback(20, 3):
                 fs.sock.sendto(bytes(template), (address, 0))
             await asyncio.sleep(0.3)
             assert calls < 20, f"the reader ran {calls} times in 0.3 s: the error queue is never emptied"
@@ -338,7 +295,7 @@ def test_batched_error_queue_reads_give_each_send_its_own_stamp() -> None:
         assert batch is not None and fs.tx_stamps
         template, _sum = fs.template(engine.identifier, engine.cookie, 56)
         brackets = []
-        for address in loopback(300):
+        for address in loopback(300, 3):
             before = time.time_ns()
             fs.sock.sendto(bytes(template), (address, 0))
             brackets.append((before, time.time_ns()))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config.model import load_config
+from monitor.config import load_config
 from monitor.config.windows import MaintenanceWindows, parse_maintenance_window, parse_window
 from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
@@ -39,9 +39,8 @@ from monitor.report.kpis import DAY_SECONDS, Thresholds, maintenance_of, status_
 from monitor.report.render import render
 from monitor.results import Result
 from monitor.targets import Target
-from tests.conftest import write_config
-from tests.netlab import _child_env
-from tests.test_history import icmp, target, test_
+from tests.factories import icmp, iperf3_test, throughput_target, write_config
+from tests.netlab import child_env
 
 NOV = Period(dt.date(2026, 11, 1), dt.date(2026, 11, 30), "UTC")
 START, END = NOV.start, NOV.end  # 2026-11-01 and 2026-12-01 00:00 UTC
@@ -87,19 +86,19 @@ groups:
 def record(state: Path) -> None:
     """November 2026 and the October before it, as the module docstring works them out."""
     def school(name: str, district: str = "Aktobe") -> Target:
-        return target(name, district=district, mbps=10)
+        return throughput_target(name, district=district, mbps=10)
 
     at_target, below = school("at-target"), school("below")
     p80, p79 = school("p80", "Khromtau"), school("p79", "Khromtau")
-    maint = target("maint", kind="clinic", district="Khromtau", mbps=10)
-    maint_own = target("maint-own", kind="clinic", district="Khromtau", mbps=10)
+    maint = throughput_target("maint", kind="clinic", district="Khromtau", mbps=10)
+    maint_own = throughput_target("maint-own", kind="clinic", district="Khromtau", mbps=10)
     live, risk21, risk28, drop = school("live-20.99"), school("risk-21"), school("risk-27.99"), school("drop-28")
     rows: list[Result] = [
-        test_(at_target, START + 4 * D, 9e6), test_(at_target, START + 5 * D, 10e6),
-        test_(at_target, START + 6 * D, 11e6), icmp(at_target, END - D, 0.01),
-        test_(below, START + 4 * D, 9.9e6), icmp(below, END - 2 * D, 0.01),
-        test_(p80, START + 4 * D, 8e6), icmp(p80, END - 2 * D, 0.01),
-        test_(p79, START + 4 * D, 7.9e6), icmp(p79, END - 2 * D, 0.01),
+        iperf3_test(at_target, START + 4 * D, 9e6), iperf3_test(at_target, START + 5 * D, 10e6),
+        iperf3_test(at_target, START + 6 * D, 11e6), icmp(at_target, END - D, 0.01),
+        iperf3_test(below, START + 4 * D, 9.9e6), icmp(below, END - 2 * D, 0.01),
+        iperf3_test(p80, START + 4 * D, 8e6), icmp(p80, END - 2 * D, 0.01),
+        iperf3_test(p79, START + 4 * D, 7.9e6), icmp(p79, END - 2 * D, 0.01),
         icmp(maint, START + D / 2, 0.02),
         icmp(maint, SUNDAY_0200_ALMATY, None), icmp(maint, SUNDAY_0200_ALMATY + 119 * 60, None),
         icmp(maint, SUNDAY_0200_ALMATY + 120 * 60, 0.02),  # 04:00 Almaty: the window has ended
@@ -107,12 +106,12 @@ def record(state: Path) -> None:
         icmp(maint_own, SUNDAY_0200_ALMATY, None), icmp(maint_own, MONDAY_0030_UTC, None),
         icmp(maint_own, END - D / 2, 0.02),  # Monday 30 November 12:00 UTC, after its window
         icmp(live, END - 20.99 * D, 0.01),
-        test_(risk21, END - 21 * D, 10e6),
-        test_(risk21, END - D, None, moved=0, error=ProbeErrorReason.REFUSED),
+        iperf3_test(risk21, END - 21 * D, 10e6),
+        iperf3_test(risk21, END - D, None, moved=0, error=ProbeErrorReason.REFUSED),
         icmp(risk28, END - 27.99 * D, 0.01),
         icmp(drop, END - 28 * D, 0.01), icmp(drop, END - 3600, None),
         # October (the previous period: 2 to 31 October)
-        test_(at_target, START - 22 * D, 5e6), test_(p79, START - 7 * D, 10e6),
+        iperf3_test(at_target, START - 22 * D, 5e6), iperf3_test(p79, START - 7 * D, 10e6),
         icmp(maint, START - 12 * D, 0.02), icmp(maint, START - 11 * D, None),
     ]
     store = SqliteStore(database_path(state))
@@ -130,7 +129,7 @@ def state(tmp_path: Path) -> Path:
 def connmon_report(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-11-01", "--to", "2026-11-30",
                            "--timezone", "UTC", "--state-dir", str(state), *args], capture_output=True, text=True,
-                          timeout=60, check=False, env=_child_env())
+                          timeout=60, check=False, env=child_env())
 
 
 def test_status_boundaries_are_inclusive_at_the_threshold() -> None:
@@ -233,9 +232,9 @@ def test_every_format_renders_the_kpi_section(state: Path) -> None:
 
 
 def test_readme_kpi_sample_is_real_output(state: Path) -> None:
-    """The README's KPI sample is what `connmon report --config` prints for this recorded history."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### KPIs for the ministry", 1)[1].split("\n### ", 1)[0]
+    """The docs' KPI sample (docs/reports.md) is what `connmon report --config` prints for this recorded history."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "reports.md").read_text(encoding="utf-8")
+    section = readme.split("## KPIs for the ministry", 1)[1].split("\n## ", 1)[0]
     sample = section.split("```text\n", 1)[1].split("\n```", 1)[0]
     proc = connmon_report(state, "--config", str(state / "connmon.yaml"))
     assert proc.returncode == 0, proc.stderr

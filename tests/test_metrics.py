@@ -7,26 +7,15 @@ import dataclasses
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.config.model import IcmpSettings, ThroughputSettings
+from monitor.config import ThroughputSettings
 from monitor.errors import ICMP_REASONS, ProbeErrorReason
-from monitor.exposition.sink import RTT_BUCKETS_SECONDS, MetricsSink, escape_label_value
+from monitor.exposition.families import RTT_BUCKETS_SECONDS, escape_label_value
+from monitor.exposition.sink import MetricsSink
 from monitor.results import Cycle, IcmpResult
-from monitor.targets import Target
+from tests.factories import SOME_TIME, icmp, located_target
 from tests.promtool import promtool_problems
 
 TRICKY_NAMES = ['№12 мектеп', 'Ақтөбе "Central" #3', "back\\slash", "two\nlines", "🏫 school", "a,b=c{d}"]
-
-
-def target(name: str, **kw: object) -> Target:
-    base: dict[str, object] = dict(name=name, host="192.0.2.1", address="192.0.2.1", group="g", kind="school",
-                                   district="Aktobe", link="fibre", lat=50.28, lon=57.17,
-                                   target_bits_per_second=4e6, icmp=IcmpSettings())
-    base.update(kw)
-    return Target(**base)  # type: ignore[arg-type]
-
-
-def result(t: Target, rtts: tuple[float | None, ...], error: ProbeErrorReason | None = None) -> IcmpResult:
-    return IcmpResult(t, 1_700_000_000.0, t.address, len(rtts), rtts, error)
 
 
 def render(sink: MetricsSink) -> str:
@@ -49,10 +38,10 @@ def one(p: dict, name: str, **labels: str) -> float:
 
 def test_tricky_names_survive_into_labels_exactly() -> None:
     """Cyrillic, quotes, backslashes, newlines and emoji in names parse back to the same string."""
-    targets = [target(n, district=n) for n in TRICKY_NAMES]
+    targets = [located_target(n, district=n) for n in TRICKY_NAMES]
     sink = MetricsSink()
     sink.set_targets(targets)
-    sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(result(t, (0.01,)) for t in targets)))
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(icmp(t, SOME_TIME, 0.01) for t in targets)))
     p = parsed(sink)
     ups = {lb["endpoint"]: (lb["district"], v) for lb, v in p["connmon_up"]}
     assert ups == {n: (n, 1.0) for n in TRICKY_NAMES}
@@ -62,11 +51,11 @@ def test_tricky_names_survive_into_labels_exactly() -> None:
 
 def test_histogram_counters_and_last_cycle_gauges() -> None:
     """RTTs land in cumulative buckets; counters add up over cycles; gauges show the last cycle."""
-    t = target("s1")
+    t = located_target("s1")
     sink = MetricsSink()
     sink.set_targets([t])
-    sink.consume(Cycle("icmp", "g", 0.0, 0.5, (result(t, (0.0004, 0.003, None, 0.7)),)))
-    sink.consume(Cycle("icmp", "g", 60.0, 0.5, (result(t, (10.0, None)),)))
+    sink.consume(Cycle("icmp", "g", 0.0, 0.5, (icmp(t, SOME_TIME, 0.0004, 0.003, None, 0.7),)))
+    sink.consume(Cycle("icmp", "g", 60.0, 0.5, (icmp(t, SOME_TIME, 10.0, None),)))
     p = parsed(sink)
     buckets = {lb["le"]: v for lb, v in p["connmon_icmp_rtt_seconds_bucket"]}
     assert buckets["0.0005"] == 1 and buckets["0.005"] == 2 and buckets["0.5"] == 2
@@ -87,7 +76,7 @@ def test_histogram_counters_and_last_cycle_gauges() -> None:
 def test_series_exist_before_the_first_cycle_and_errors_start_at_zero() -> None:
     """Before any result, counters and info exist (errors at 0 for every reason); 'up' does not."""
     sink = MetricsSink()
-    sink.set_targets([target("s1")])
+    sink.set_targets([located_target("s1")])
     p = parsed(sink)
     assert "connmon_up" not in p
     reasons = {lb["reason"]: v for lb, v in p["connmon_probe_errors_total"]}
@@ -98,7 +87,7 @@ def test_series_exist_before_the_first_cycle_and_errors_start_at_zero() -> None:
 
 def test_error_results_count_by_reason_and_mark_down() -> None:
     """An unprobeable endpoint is down with loss 1 and its reason counted."""
-    t = target("s1", host="nosuch.example", address=None)
+    t = located_target("s1", host="nosuch.example", address=None)
     sink = MetricsSink()
     sink.set_targets([t])
     for _ in range(3):
@@ -111,13 +100,13 @@ def test_error_results_count_by_reason_and_mark_down() -> None:
 
 def test_reload_drops_removed_endpoints_and_keeps_unchanged_state() -> None:
     """Setting new targets removes series of endpoints that went, keeps counters of those that stay."""
-    a, b = target("a"), target("b", group="gone")
+    a, b = located_target("a"), located_target("b", group="gone")
     sink = MetricsSink()
     sink.set_targets([a, b])
-    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(a, (0.01,)),)))
-    sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (result(b, (0.01,)),)))
-    sink.set_targets([a, target("c")])
-    sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (result(b, (0.01,)),)))  # its last cycle, finishing late
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (icmp(a, SOME_TIME, 0.01),)))
+    sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (icmp(b, SOME_TIME, 0.01),)))
+    sink.set_targets([a, located_target("c")])
+    sink.consume(Cycle("icmp", "gone", 0.0, 0.1, (icmp(b, SOME_TIME, 0.01),)))  # its last cycle, finishing late
     p = parsed(sink)
     assert {lb["group"] for lb, _ in p["connmon_cycle_duration_seconds_count"]} == {"g"}
     assert one(p, "connmon_cycle_duration_seconds_count", group="g") == 1
@@ -130,7 +119,7 @@ def test_skipped_cycles_and_reload_state_are_exposed() -> None:
     """Skipped cycles are counted per group; a failed reload shows 0 and keeps the last good time."""
     times = iter([100.0, 200.0])
     sink = MetricsSink(clock=lambda: next(times))
-    sink.set_targets([target("a")])
+    sink.set_targets([located_target("a")])
     sink.config_loaded(True)
     sink.cycle_skipped("icmp", "g")
     sink.config_loaded(False)
@@ -144,10 +133,10 @@ def test_a_partly_failed_throughput_test_keeps_the_last_verdict() -> None:
     """Download measured and met, then a test whose download is busy: connmon_target_met stays 1."""
     import dataclasses
 
-    from monitor.config.model import ThroughputSettings
+    from monitor.config import ThroughputSettings
     from monitor.results import Cycle, DirectionResult, ThroughputResult
 
-    t = dataclasses.replace(target("s1"), throughput=ThroughputSettings(method="iperf3"))
+    t = dataclasses.replace(located_target("s1"), throughput=ThroughputSettings(method="iperf3"))
     sink = MetricsSink()
     sink.set_targets([t])
     good = ThroughputResult(t, "iperf3", 1.0, 11.0, "192.0.2.1",
@@ -171,10 +160,10 @@ def test_missed_tests_in_a_row_count_up_and_reset_on_a_met_target() -> None:
     """Two misses give 2, a failed test (no verdict) leaves it, a met target resets it to 0."""
     import dataclasses
 
-    from monitor.config.model import ThroughputSettings
+    from monitor.config import ThroughputSettings
     from monitor.results import DirectionResult, ThroughputResult
 
-    t = dataclasses.replace(target("s1"), throughput=ThroughputSettings(method="iperf3"))
+    t = dataclasses.replace(located_target("s1"), throughput=ThroughputSettings(method="iperf3"))
     sink = MetricsSink()
     sink.set_targets([t])
     assert "connmon_target_missed_consecutive_tests" not in parsed(sink)  # no verdict yet, no series
@@ -205,9 +194,10 @@ def test_a_large_cycle_is_absorbed_in_slices_between_other_work() -> None:
     cycle), pages are published before the cycle's last slice, and the last body has every site."""
     import asyncio
 
-    from monitor.exposition.sink import AT_ONCE_RESULTS, PAGE_ENDPOINTS
+    from monitor.exposition.pages import PAGE_ENDPOINTS
+    from monitor.exposition.sink import AT_ONCE_RESULTS
 
-    targets = [target(f"s{i:04d}") for i in range(2500)]
+    targets = [located_target(f"s{i:04d}") for i in range(2500)]
     sink = MetricsSink()
     sink.set_targets(targets)
     assert len(targets) > AT_ONCE_RESULTS
@@ -226,7 +216,7 @@ def test_a_large_cycle_is_absorbed_in_slices_between_other_work() -> None:
 
         task = asyncio.create_task(scraper())
         await asyncio.sleep(0)
-        sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(result(t, (0.01,)) for t in targets)))
+        sink.consume(Cycle("icmp", "g", 0.0, 0.1, tuple(icmp(t, SOME_TIME, 0.01) for t in targets)))
         untouched = b"connmon_up{" not in b"".join(sink.exposition())
         at_consume = ticks
         while b"".join(sink.exposition()).count(b"connmon_up{") < len(targets):
@@ -252,15 +242,15 @@ def test_planned_and_retired_sites_are_counted_and_described_but_have_no_probe_s
     exactly for the sites whose contract is written down; with --shard both carry the shard label.
     """
     iperf = ThroughputSettings(method="iperf3")
-    sites = [target("on", provider="KazSat", contracted_bits_per_second=20e6, throughput=iperf),
-             target("on2", district="Temir"),
-             target("soon", host="", address=None, status="planned", throughput=iperf,
-                    contracted_bits_per_second=10e6),
-             target("soon2", host="192.0.2.9", status="planned", link="satellite"),
-             target("gone", status="retired", provider="Old Telecom")]
+    sites = [located_target("on", provider="KazSat", contracted_bits_per_second=20e6, throughput=iperf),
+             located_target("on2", district="Temir"),
+             located_target("soon", host="", address=None, status="planned", throughput=iperf,
+                            contracted_bits_per_second=10e6),
+             located_target("soon2", host="192.0.2.9", status="planned", link="satellite"),
+             located_target("gone", status="retired", provider="Old Telecom")]
     sink = MetricsSink(shard="1")
     sink.set_targets(sites)
-    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (result(sites[0], (0.01,)), result(sites[1], (0.01,)))))
+    sink.consume(Cycle("icmp", "g", 0.0, 0.1, (icmp(sites[0], SOME_TIME, 0.01), icmp(sites[1], SOME_TIME, 0.01))))
     p = parsed(sink)
     counts = {(lb["kind"], lb["district"], lb["link"], lb["status"], lb["shard"]): v for lb, v in p["connmon_sites"]}
     assert counts == {("school", "Aktobe", "fibre", "connected", "1"): 1,

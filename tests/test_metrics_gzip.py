@@ -11,21 +11,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.exposition import compression as compression
+from monitor.exposition.scrape import EngineExposition
 from monitor.exposition.sink import MetricsSink
 from monitor.results import Cycle
 from monitor.web.server import WRITE_BYTES, accepts_gzip, write_pieces
+from tests.factories import SOME_TIME, icmp, located_target
 from tests.promtool import promtool_problems
-from tests.test_metrics import result, target
 
 ENGINE = {"echoes_sent": 7, "replies_matched": 6}
 
 
 def fleet(groups: int = 3, per_group: int = 40) -> list:
-    return [target(f"g{g}-site-{i}", group=f"g{g}") for g in range(groups) for i in range(per_group)]
+    return [located_target(f"g{g}-site-{i}", group=f"g{g}") for g in range(groups) for i in range(per_group)]
 
 
 def cycle_of(targets: list, group: str, rtt: float = 0.001) -> Cycle:
-    return Cycle("icmp", group, 0.0, 0.2, tuple(result(t, (rtt, None, rtt)) for t in targets if t.group == group))
+    return Cycle("icmp", group, 0.0, 0.2,
+                 tuple(icmp(t, SOME_TIME, rtt, None, rtt) for t in targets if t.group == group))
 
 
 def cached_part(sink: MetricsSink) -> bytes:
@@ -36,7 +38,7 @@ def cached_part(sink: MetricsSink) -> bytes:
 def test_gzip_body_is_the_plain_body_as_one_valid_gzip_member() -> None:
     """Concatenated sync-flushed segments decompress (gzip and zlib alike) to exactly the plain text."""
     targets = fleet()
-    sink = MetricsSink(engine_stats=lambda: ENGINE)
+    sink = MetricsSink(scrape=[EngineExposition(lambda: ENGINE)])
     sink.set_targets(targets)
     sink.consume(cycle_of(targets, "g1"))
     packed = b"".join(asyncio.run(sink.gzip_exposition()))
@@ -101,7 +103,7 @@ def test_shard_label_on_every_series_and_none_without_shard() -> None:
     """With a shard, every sample (monitor-wide and process ones too) has shard="I"; without, none has."""
     targets = fleet(groups=2, per_group=3)
     for shard in ("3", None):
-        sink = MetricsSink(engine_stats=lambda: ENGINE, shard=shard)
+        sink = MetricsSink(scrape=[EngineExposition(lambda: ENGINE)], shard=shard)
         sink.set_targets(targets)
         sink.consume(cycle_of(targets, "g0"))
         sink.cycle_skipped("icmp", "g1")
@@ -118,7 +120,7 @@ def test_shard_label_on_every_series_and_none_without_shard() -> None:
 
 def test_exposition_order_and_families_survive_reloads_that_add_and_remove_groups() -> None:
     """After a reload that adds and removes groups, each family appears once and holds every endpoint."""
-    a, b = fleet(groups=2, per_group=5), [target(f"new-{i}", group="new") for i in range(5)]
+    a, b = fleet(groups=2, per_group=5), [located_target(f"new-{i}", group="new") for i in range(5)]
     sink = MetricsSink()
     sink.set_targets(a)
     sink.consume(cycle_of(a, "g0"))
@@ -148,7 +150,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
     """Under a running loop a changed block is compressed soon after and its text let go (issue 9:
     resident memory); gzip and plain scrapes still give exactly the text rendered, and concurrent
     plain scrapers of one version share one inflation."""
-    monkeypatch.setattr("monitor.exposition.sink.COMPRESS_AFTER_SECONDS", 0.01)
+    monkeypatch.setattr("monitor.exposition.body.COMPRESS_AFTER_SECONDS", 0.01)
     inflated: list[int] = []
     real = compression.inflate
 
@@ -156,7 +158,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
         inflated.append(segment.size)
         return real(segment)
 
-    monkeypatch.setattr("monitor.exposition.sink.inflate", counting)
+    monkeypatch.setattr("monitor.exposition.body.inflate", counting)
     targets = fleet(groups=3, per_group=30)
 
     async def main() -> None:
@@ -167,14 +169,14 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
         assert b'endpoint="g1-site-29"' in rendered
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if not sink._plain_outside_headers():
+            if not sink._body._plain_outside_headers():
                 break
-        assert not sink._plain_outside_headers(), "the rendered text was never let go"
-        resting = sum(len(s.deflated) for s in sink._segments.values())
+        assert not sink._body._plain_outside_headers(), "the rendered text was never let go"
+        resting = sum(len(s.deflated) for s in sink._body._segments.values())
         assert 0 < resting < len(rendered) / 5
         plains = await asyncio.gather(*(sink.plain_exposition() for _ in range(4)))
         assert all(b"".join(p[:-1]) == rendered for p in plains)
-        assert len(inflated) == len(sink._segments), "each segment inflated once for four plain scrapers"
+        assert len(inflated) == len(sink._body._segments), "each segment inflated once for four plain scrapers"
         gz = gzip.decompress(b"".join(await sink.gzip_exposition()))
         assert gz.startswith(rendered)
         sink.consume(cycle_of(targets, "g2", rtt=0.02))  # a new version: new text plain, old segments kept
@@ -185,7 +187,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
         assert gzip.decompress(b"".join(await sink.gzip_exposition())).startswith(rendered)
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if not sink._plain_outside_headers():
+            if not sink._body._plain_outside_headers():
                 break
         assert zlib.decompress(b"".join(await sink.gzip_exposition()), wbits=31).startswith(again)
 
@@ -194,7 +196,7 @@ def test_chunks_rest_compressed_and_both_scrapes_give_the_same_text(monkeypatch:
 
 def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.MonkeyPatch) -> None:
     """No chunk outlives its group: after reloads and cycles, every kept text or segment is in the body."""
-    monkeypatch.setattr("monitor.exposition.sink.COMPRESS_AFTER_SECONDS", 0.01)
+    monkeypatch.setattr("monitor.exposition.body.COMPRESS_AFTER_SECONDS", 0.01)
     targets = fleet(groups=4, per_group=5)
 
     async def main() -> None:
@@ -209,8 +211,9 @@ def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.Monk
         await asyncio.sleep(0.1)
         body = gzip.decompress(b"".join(await sink.gzip_exposition()))
         assert b"g1-site" not in body and b"g3-site-4" in body
-        held = set(sink._plain) | set(sink._segments)
-        assert held <= set(sink._order), f"chunks kept outside the body: {sorted(held - set(sink._order))}"
+        body = sink._body
+        held = set(body._plain) | set(body._segments)
+        assert held <= set(body._order), f"chunks kept outside the body: {sorted(held - set(body._order))}"
 
     asyncio.run(main())
 
@@ -218,14 +221,14 @@ def test_a_reload_that_drops_a_group_lets_its_chunks_go(monkeypatch: pytest.Monk
 def test_one_sites_result_rejoins_only_its_page(monkeypatch: pytest.MonkeyPatch) -> None:
     """A result for one site (an agent's post) re-joins only the page of endpoints it is on, not its
     whole group: the other pages' chunks are the very same objects, and the body is still whole."""
-    monkeypatch.setattr("monitor.exposition.sink.PAGE_ENDPOINTS", 10)
+    monkeypatch.setattr("monitor.exposition.pages.PAGE_ENDPOINTS", 10)
     targets = fleet(groups=1, per_group=45)  # pages of 10, 10, 10, 10, 5
     sink = MetricsSink()
     sink.set_targets(targets)
     sink.consume(cycle_of(targets, "g0"))
     before = sink.exposition()[:-1]
     one = targets[23]  # on the third page (sites 20 … 29)
-    sink.consume(Cycle("agent", "g0", 0.0, 0.0, (result(one, (0.004, 0.004, 0.004)),)))
+    sink.consume(Cycle("agent", "g0", 0.0, 0.0, (icmp(one, SOME_TIME, 0.004, 0.004, 0.004),)))
     after = sink.exposition()[:-1]
     kept = {id(chunk) for chunk in before}
     changed = b"".join(chunk for chunk in after if id(chunk) not in kept)

@@ -12,14 +12,16 @@ import random
 
 import pytest
 
-from monitor.config.model import ThroughputSettings
+from monitor.config import ThroughputSettings
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
+from monitor.exposition import pages
 from monitor.exposition import sink as metrics
+from monitor.exposition.endpoint import ALL_FAMILIES
 from monitor.exposition.sink import MetricsSink
 from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
+from tests.factories import icmp, located_target
 from tests.promtool import promtool_problems
-from tests.test_metrics import result, target
 
 
 def cached_part(sink: MetricsSink) -> bytes:
@@ -30,20 +32,20 @@ def cached_part(sink: MetricsSink) -> bytes:
 def rendered_whole(sink: MetricsSink) -> bytes:
     """The body a sink in the same state gives when every line of every endpoint is rendered anew."""
     twin = copy.copy(sink)  # the states, pages and chunk maps copied; the registry and clock shared
-    twin._endpoints, twin._pages = copy.deepcopy((sink._endpoints, sink._pages))
-    twin._blocks = {page: list(keys) for page, keys in sink._blocks.items()}
-    twin._plain, twin._segments = dict(sink._plain), dict(sink._segments)
+    twin._endpoints, twin._pages = copy.deepcopy((sink._endpoints, sink._pages))  # pages: states and block keys
+    twin._body = copy.copy(sink._body)
+    twin._body._plain, twin._body._segments = dict(sink._body._plain), dict(sink._body._segments)
     for state in twin._endpoints.values():
-        state.dirty = metrics._ALL_FAMILIES
+        state.dirty = ALL_FAMILIES
     twin._rebuild()
     return cached_part(twin)
 
 
 def fleet() -> list[Target]:
-    plain = [target(f"site-{i}") for i in range(7)]
-    measured = [dataclasses.replace(target(f"tput-{i}"), throughput=ThroughputSettings(method="iperf3"))
+    plain = [located_target(f"site-{i}") for i in range(7)]
+    measured = [dataclasses.replace(located_target(f"tput-{i}"), throughput=ThroughputSettings(method="iperf3"))
                 for i in range(4)]
-    agents = [dataclasses.replace(target(f"agent-{i}"), mode="agent") for i in range(2)]
+    agents = [dataclasses.replace(located_target(f"agent-{i}"), mode="agent") for i in range(2)]
     return plain + measured + agents
 
 
@@ -116,11 +118,11 @@ def test_the_incremental_body_is_the_body_rendered_whole_after_every_step(seed: 
 
 def test_a_large_cycle_absorbed_in_slices_gives_the_body_rendered_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """The sliced path (a running loop, pages published as they fill) renders the same lines."""
-    monkeypatch.setattr(metrics, "PAGE_ENDPOINTS", 7)
+    monkeypatch.setattr(pages, "PAGE_ENDPOINTS", 7)
     monkeypatch.setattr(metrics, "SLICE_RESULTS", 3)
     monkeypatch.setattr(metrics, "AT_ONCE_RESULTS", 5)
     rng = random.Random(7)
-    targets = [target(f"site-{i}") for i in range(60)]
+    targets = [located_target(f"site-{i}") for i in range(60)]
 
     async def main() -> None:
         sink = MetricsSink()
@@ -138,13 +140,12 @@ def test_a_healthy_cycle_leaves_the_lines_it_did_not_change_as_they_were() -> No
     """A second answered cycle changes RTTs, counters and times, not the sites' info, target, up,
     loss or error-counter lines: those chunks are the very same objects (nothing rendered, joined
     or compressed again). A loss, then an error, re-render just their families."""
-    targets = [target(f"site-{i}") for i in range(30)]
+    targets = [located_target(f"site-{i}") for i in range(30)]
     sink = MetricsSink()
     sink.set_targets(targets)
 
     def cycle(at: float, rtts: tuple[float | None, ...], error: ProbeErrorReason | None = None) -> None:
-        sink.consume(Cycle("icmp", "g", at, 1.0, tuple(dataclasses.replace(result(t, rtts, error), started_at=at)
-                                                      for t in targets)))
+        sink.consume(Cycle("icmp", "g", at, 1.0, tuple(icmp(t, at, *rtts, error=error) for t in targets)))
 
     def changed_families(before: list[bytes]) -> set[str]:
         kept = {id(chunk) for chunk in before}

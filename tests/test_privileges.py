@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import Lab, Site, _child_env
+from tests.netlab import Lab, Site, child_env
 from tests.running import running_daemon, scrape_when, value
 
 MONITOR = Path(__file__).resolve().parent.parent / "monitor"
@@ -82,7 +82,7 @@ def test_without_either_privilege_start_up_names_both_fixes(lab: Lab, site: Site
     config = write_sites(readable_dir, site)
     proc = subprocess.run(["ip", "netns", "exec", lab.prober, *AS_NOBODY, "--inh-caps=-all", sys.executable, "-m",
                            "monitor", "run", "--config", str(config), "--listen", f"{lab.prober_v4}:9133"],
-                          capture_output=True, text=True, env=_child_env(), timeout=60, check=False)
+                          capture_output=True, text=True, env=child_env(), timeout=60, check=False)
     assert proc.returncode == 3, proc.stderr
     assert "CAP_NET_RAW" in proc.stderr and "net.ipv4.ping_group_range" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_config
+from tests.factories import write_config
 from tests.netlab import Lab, Site
 
 RESPONDER_DELAY_SECONDS = 0.3

@@ -1,4 +1,5 @@
-"""The README's two set-up commands, as an operator would use them."""
+"""The README's two set-up commands, as an operator would use them; and the docs/ pages held to the code:
+every exported metric, every log ``logger`` name, every link from the README into the docs."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.netlab import Lab, _child_env
+from tests.documented import documented_metrics
+from tests.factories import throughput_target
+from tests.netlab import Lab, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 
 
 def set_up_commands() -> list[str]:
@@ -31,7 +35,7 @@ def test_the_run_command_serves_the_shipped_example(lab: Lab) -> None:
     """`./scripts/run` installs (or finds installed) connmon and serves the example's four sites, all up."""
     listen = f"{lab.prober_v4}:9077"
     proc = subprocess.Popen(["ip", "netns", "exec", lab.prober, str(ROOT / "scripts" / "run"), "--listen", listen],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         ups: dict[str, float] = {}
         for _ in range(120):  # bounded: up to a minute for the install check, start-up and a cycle per group
@@ -53,32 +57,59 @@ def test_the_run_command_serves_the_shipped_example(lab: Lab) -> None:
     assert proc.returncode == 0, stderr
 
 
-def documented_metrics(readme: str) -> set[str]:
-    """Every ``connmon_*`` name the README mentions, with ``connmon_icmp_{a,b}_total`` spelled out."""
-    names = set(re.findall(r"connmon_[a-z_]*[a-z]", readme))
-    for prefix, choices, suffix in re.findall(r"(connmon_[a-z_]*)\{([a-z_,]+)\}(_[a-z_]+)", readme):
-        names.update(f"{prefix}{choice}{suffix}" for choice in choices.split(","))
-    return names
-
-
 def test_readme_documents_every_exported_metric() -> None:
-    """Each metric family /metrics can export (roll-out ones included) is named in the README."""
+    """Each metric family /metrics can export (roll-out ones included) is named in the docs' Metrics page."""
     import dataclasses
 
-    from monitor.config.model import IcmpSettings, ThroughputSettings
+    from monitor.exposition.scrape import EngineExposition
     from monitor.exposition.sink import MetricsSink
+    from monitor.history.exposition import StoreExposition
     from monitor.history.store import StoreStats
     from monitor.icmp.engine import EngineStats
-    from monitor.targets import Target
 
-    site = Target("s", "192.0.2.1", "192.0.2.1", "g", "school", "Aktobe", "fibre", None, None, 4e6, IcmpSettings(),
-                  ThroughputSettings(method="iperf3", monthly_budget_bytes=10**9), 1e6,
-                  contracted_bits_per_second=8e6)
-    sink = MetricsSink(engine_stats=lambda: dataclasses.asdict(EngineStats()), tools={"iperf3": True},
-                       store_stats=StoreStats, shard="0")
+    site = dataclasses.replace(throughput_target("s", budget=10**9), target_upload_bits_per_second=1e6,
+                               contracted_bits_per_second=8e6)
+    sink = MetricsSink(scrape=[EngineExposition(lambda: dataclasses.asdict(EngineStats())),
+                               StoreExposition(StoreStats)], tools={"iperf3": True}, shard="0")
     sink.set_targets([site, dataclasses.replace(site, name="p", status="planned")])
     exposition = b"".join(sink.exposition()).decode("utf-8")
     exported = {name for name in re.findall(r"^# TYPE (connmon_\w+) ", exposition, flags=re.M)}
     assert {"connmon_sites", "connmon_contracted_bits_per_second", "connmon_up"} <= exported
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (DOCS / "metrics.md").read_text(encoding="utf-8")
     assert exported - documented_metrics(readme) == set()
+
+
+def code_logger_names() -> set[str]:
+    """The names of the loggers monitor/ writes with: a module's path for ``getLogger(__name__)``, else the literal."""
+    names = set()
+    for path in (ROOT / "monitor").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for arg in re.findall(r"getLogger\((__name__|\"[^\"]+\")\)", path.read_text(encoding="utf-8")):
+            names.add(module if arg == "__name__" else arg.strip('"'))
+    return names
+
+
+def test_docs_list_every_logger_name() -> None:
+    """The docs' table of JSON-log ``logger`` names (How it is built) has exactly the loggers the code writes with."""
+    page = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    section = page.split("## Log `logger` names", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip().strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    now = {re.findall(r"`([^`]+)`", cells[1])[0] for cells in rows[2:]}  # below the header and its --- line
+    assert {"monitor.events", "monitor.daemon", "aiohttp.server"} <= code_logger_names()
+    assert now == code_logger_names()
+
+
+def test_readme_links_into_the_docs_resolve() -> None:
+    """Every relative link of the README names a file of the repository, and a heading of it where it has an anchor;
+    the README is the front page, at most 300 lines."""
+    from markdown.extensions.toc import slugify
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 300
+    links = re.findall(r"\]\(((?!https?:|<)[^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    assert {path for path, _ in links} >= {"docs/configuration.md", "docs/architecture.md"}
+    for path, anchor in links:
+        assert (ROOT / path).exists(), path
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(encoding="utf-8"), flags=re.M)
+            assert anchor in {slugify(h, "-") for h in headings}, f"{path}#{anchor}"

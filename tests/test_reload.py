@@ -133,31 +133,31 @@ def test_concurrent_reloads_are_serialised_and_each_reports(tmp_path: Path) -> N
     import asyncio
     import threading
 
-    from monitor.reload import Reloader
+    from monitor.reload import Loaded, Reloader, load
 
     config = tmp_path / "c.yaml"
     config.write_text(config_text(FIRST), encoding="utf-8")
     applied: list[int] = []
     reports: list[bool] = []
-    reloader = Reloader(str(config), lambda _config, targets: applied.append(len(targets)), reports.append)
-    assert len(reloader.load_initial()[1]) == 3
+    initial = load(str(config))
+    assert len(initial.targets) == 3
     active, most = 0, 0
     guard = threading.Lock()
-    build = reloader._build
 
-    def slow_build() -> tuple:
+    def slow_build(path: str) -> Loaded:
         nonlocal active, most
         with guard:
             active += 1
             most = max(most, active)
         time.sleep(0.05)  # long enough for the others to pile up if the lock did not hold them
         try:
-            return build()
+            return load(path)
         finally:
             with guard:
                 active -= 1
 
-    reloader._build = slow_build  # type: ignore[method-assign]
+    reloader = Reloader(str(config), lambda _config, targets: applied.append(len(targets)), reports.append,
+                        initial.digest, loader=slow_build)
 
     async def scenario() -> list[bool]:
         outcomes = await asyncio.gather(*(reloader.reload(f"caller {i}") for i in range(5)))
@@ -173,13 +173,12 @@ def test_watcher_skips_unchanged_and_already_tried_content(tmp_path: Path) -> No
     """The watcher reloads on new content only: not on a touch, not again for content already tried."""
     import asyncio
 
-    from monitor.reload import ConfigWatcher, Reloader
+    from monitor.reload import ConfigWatcher, Reloader, load
 
     config = tmp_path / "c.yaml"
     config.write_text(config_text(FIRST), encoding="utf-8")
     reports: list[bool] = []
-    reloader = Reloader(str(config), lambda _config, _targets: None, reports.append)
-    reloader.load_initial()
+    reloader = Reloader(str(config), lambda _config, _targets: None, reports.append, load(str(config)).digest)
 
     async def scenario() -> None:
         task = asyncio.ensure_future(ConfigWatcher(reloader, 0.02).run())

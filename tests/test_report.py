@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config.model import load_config, parse_config
+from monitor.config import load_config, parse_config
 from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.store import EndpointRecord
@@ -20,50 +20,14 @@ from monitor.report.compliance import Period, build_report, nearest_rank
 from monitor.report.render import render
 from monitor.results import Result
 from monitor.targets import Target, build_targets
-from tests.conftest import write_config
-from tests.netlab import _child_env
-from tests.test_history import icmp, target, test_
-
-OCT = Period(dt.date(2026, 10, 1), dt.date(2026, 10, 31), "UTC")
-START = OCT.start  # 2026-10-01 00:00 UTC
-END = OCT.end  # 2026-11-01 00:00 UTC
-HOUR = 3600.0
-
-
-def record(state: Path) -> None:
-    store = SqliteStore(database_path(state))
-    store.write([], october_rows())
-    store.close()
-
-
-def october_rows() -> list[Result]:
-    """The history of October 2026 (UTC), with rows just outside the month that must not count.
-
-    s1 (school, Aktobe, 4 Mbit/s): 10 cycles of (10, 20, lost, 30) ms → availability 100%, loss 25%,
-       RTT median 20 ms, p95 30 ms (rank 29 of 30); tests 5, 6, 7 Mbit/s → met, median 6, min 5.
-    s2 (school, Aktobe, 4): 4 cycles, two without any reply → availability 50%, loss 50%;
-       tests 3 and 5 Mbit/s → partly, 50% met.
-    s3 (school, Khromtau, 4): tests 1 and 2 Mbit/s and one refused → never, 1 failed test.
-    c1 (clinic, Khromtau, 2): ICMP only → untested.
-    """
-    s1, s2, s3 = target("s1"), target("s2"), target("s3", district="Khromtau")
-    c1 = target("c1", kind="clinic", district="Khromtau", mbps=2)
-    rows: list[Result] = [icmp(s1, START + i * HOUR, 0.010, 0.020, None, 0.030) for i in range(9)]
-    rows.append(icmp(s1, END - 60, 0.010, 0.020, None, 0.030))  # the month's last minute counts
-    rows += [icmp(s1, START - 1, None, None, None, None), icmp(s1, END, None, None, None, None)]  # outside
-    rows += [icmp(s2, START + i * HOUR, *((0.005, 0.005) if i % 2 else (None, None))) for i in range(4)]
-    rows += [icmp(c1, START + HOUR, 0.600, 0.700)]
-    rows += [test_(s1, START + d * 86400, rate) for d, rate in ((1, 5e6), (2, 7e6), (3, 6e6))]
-    rows += [test_(s1, END + 10, 1e6)]  # November: outside
-    rows += [test_(s2, START + 86400, 3e6), test_(s2, START + 2 * 86400, 5e6)]
-    rows += [test_(s3, START + 86400, 1e6), test_(s3, START + 2 * 86400, 2e6),
-             test_(s3, START + 3 * 86400, None, moved=0, error=ProbeErrorReason.REFUSED)]
-    return rows
+from tests.factories import HOUR, OCT, START, icmp, iperf3_test, record_october, throughput_target, write_config
+from tests.netlab import child_env
+from tests.report_golden import DISTRICT_SENTENCES, GOLDEN_CSV
 
 
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
-    record(tmp_path)
+    record_october(tmp_path)
     return tmp_path
 
 
@@ -101,7 +65,7 @@ groups:
     endpoints:
       - {name: s4, host: 192.0.2.4}
 """)
-    from monitor.config.model import load_config
+    from monitor.config import load_config
     from monitor.history.store import EndpointRecord
     from monitor.targets import build_targets
 
@@ -130,20 +94,10 @@ def test_filters_and_time_zone_boundaries(state: Path) -> None:
     assert s1.cycles == 10 and s1.cycles_up == 9
 
 
-GOLDEN_CSV = """\
-site,kind,district,link,target_mbps,cycles,cycles_up,availability_percent,rtt_median_ms,rtt_p95_ms,echoes,replies,\
-loss_percent,tests,tests_failed,tests_met,download_median_mbps,download_min_mbps,met_percent,verdict
-s3,school,Khromtau,fibre,4,0,0,,,,0,0,,2,1,0,1.500,1.000,0.00,never
-s2,school,Aktobe,fibre,4,4,2,50.0000,5.000,5.000,8,4,50.0000,2,0,1,4.000,3.000,50.00,partly
-c1,clinic,Khromtau,fibre,2,1,1,100.0000,650.000,700.000,2,2,0.0000,0,0,0,,,,untested
-s1,school,Aktobe,fibre,4,10,10,100.0000,20.000,30.000,40,30,25.0000,3,0,3,6.000,5.000,100.00,met
-"""
-
-
 def connmon_report(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-10-01", "--to", "2026-10-31",
                            "--timezone", "UTC", "--state-dir", str(state), *args], capture_output=True, text=True,
-                          timeout=60, check=False, env=_child_env())
+                          timeout=60, check=False, env=child_env())
 
 
 def test_cli_csv_is_golden(state: Path) -> None:
@@ -175,7 +129,7 @@ def test_cli_errors_are_clear(tmp_path: Path, state: Path) -> None:
     assert missing.returncode == 3 and "cannot read the history" in missing.stderr
     backwards = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-10-31", "--to",
                                 "2026-10-01", "--state-dir", str(state)], capture_output=True, text=True, check=False,
-                               env=_child_env())
+                               env=child_env())
     assert backwards.returncode == 2 and "before --from" in backwards.stderr
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -200,12 +154,11 @@ def test_verdicts_come_from_the_verdict_not_the_download(tmp_path: Path) -> None
     upload-only site is judged by its upload; budget skips are not failures; a site long removed from
     the config with nothing in the period is left out."""
     from monitor.results import DirectionResult, ThroughputResult
-    from tests.test_history import target as make
 
-    both = make("both")
+    both = throughput_target("both")
     both = dataclasses.replace(both, target_upload_bits_per_second=1e6)
-    up_only = dataclasses.replace(make("up-only"), target_upload_bits_per_second=5e6)
-    gone = make("gone")
+    up_only = dataclasses.replace(throughput_target("up-only"), target_upload_bits_per_second=5e6)
+    gone = throughput_target("gone")
 
     def run(t: Target, at: float, down: float | None, up: float | None,
             error: ProbeErrorReason | None = None) -> ThroughputResult:
@@ -283,7 +236,7 @@ def record_rollout(state: Path) -> list[EndpointRecord]:
     records = [EndpointRecord.of(t) for t in targets.values()]
     start = NOV.start
     rows: list[Result] = [icmp(targets["a1"], start + 9 * DAY + i * HOUR, 0.01) for i in range(3)]
-    rows += [test_(targets["a1"], start + 12 * DAY, 6e6), test_(targets["a1"], start + 13 * DAY, 6e6)]
+    rows += [iperf3_test(targets["a1"], start + 12 * DAY, 6e6), iperf3_test(targets["a1"], start + 13 * DAY, 6e6)]
     rows += [icmp(targets["a2"], start - 12 * DAY, 0.01), icmp(targets["a2"], start + DAY, 0.01)]
     rows += [icmp(targets["a3"], start + 4 * DAY + HOUR, 0.01)]
     rows += [icmp(targets["k2"], start - 20 * DAY, 0.01)]
@@ -344,7 +297,7 @@ def test_rollout_is_in_every_format_and_the_cli(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, ROLLOUT_CONFIG)
     proc = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-11-01", "--to", "2026-11-30",
                            "--timezone", "UTC", "--state-dir", str(tmp_path), "--config", str(cfg), "--format", "csv"],
-                          capture_output=True, text=True, timeout=60, check=False, env=_child_env())
+                          capture_output=True, text=True, timeout=60, check=False, env=child_env())
     assert proc.returncode == 0, proc.stderr
     sites, kpis, counts, connected = proc.stdout.split("\n\n")
     assert counts + "\n\n" + connected == GOLDEN_ROLLOUT_CSV
@@ -372,15 +325,18 @@ def test_no_rollout_section_without_rollout_keys(state: Path) -> None:
 
 
 def test_readme_rollout_samples_are_what_connmon_prints(tmp_path: Path) -> None:
-    """The README's roll-out config parses as described, and its report sample is this history's output."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    config = readme.split("### Roll-out: sites not connected yet", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    sites = {t.name: t for t in build_targets(parse_config(config, "README.md"))}
+    """The docs' roll-out config (docs/configuration.md) parses as described, and their report sample
+    (docs/reports.md) is this history's output."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    readme = (docs / "configuration.md").read_text(encoding="utf-8")
+    config = readme.split("## Roll-out: sites not connected yet", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    sites = {t.name: t for t in build_targets(parse_config(config, "docs/configuration.md"))}
     assert {n: (t.status, t.host, t.probed) for n, t in sites.items()} == {
         "shalkar-clinic-07": ("planned", "", False), "shalkar-clinic-02": ("connected", "10.40.2.1", True),
         "shalkar-clinic-01": ("retired", "10.40.1.1", False)}
     assert sites["shalkar-clinic-02"].contracted_bits_per_second == 10e6
-    sample = readme.split("### Roll-out in the report", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    readme = (docs / "reports.md").read_text(encoding="utf-8")
+    sample = readme.split("## Roll-out in the report", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     records = record_rollout(tmp_path)
     table = render(build_report(SqliteStore(database_path(tmp_path), read_only=True), NOV, configured=records),
                    "table")
@@ -388,9 +344,9 @@ def test_readme_rollout_samples_are_what_connmon_prints(tmp_path: Path) -> None:
 
 
 def readme_report_samples() -> dict[str, str]:
-    """The table, CSV and Markdown samples of the README's "History and reports" section, by format."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## History and reports\n", 1)[1].split("\n### Roll-out in the report\n", 1)[0]
+    """The table, CSV and Markdown samples of the docs' Reports page (docs/reports.md), by format."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "reports.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Roll-out in the report\n", 1)[0]
     out = {}
     for fmt, fence in (("table", "text"), ("csv", "text"), ("markdown", "markdown")):
         after = section.split(f"`--format {fmt}`", 1)[1]
@@ -399,8 +355,8 @@ def readme_report_samples() -> dict[str, str]:
 
 
 def test_readme_report_samples_are_what_connmon_prints(state: Path) -> None:
-    """The README's table, CSV and Markdown samples are this recorded history's report, up to the KPI section
-    (left out of the samples, as the README says)."""
+    """The docs' table, CSV and Markdown samples are this recorded history's report, up to the KPI section
+    (left out of the samples, as the docs say)."""
     report = build_report(SqliteStore(database_path(state), read_only=True), OCT)
     samples = readme_report_samples()
     table = render(report, "table")
@@ -408,15 +364,6 @@ def test_readme_report_samples_are_what_connmon_prints(state: Path) -> None:
     assert samples["csv"] == render(report, "csv").split("\n\n", 1)[0] + "\n"
     markdown = render(report, "markdown")
     assert samples["markdown"] == markdown[:markdown.index("## KPIs for the ministry")].rstrip("\n") + "\n"
-
-
-DISTRICT_SENTENCES = {
-    ("clinic", "Khromtau"): "0 of 1 clinic in Khromtau met 2 Mbit/s in every test; 0 never did; 1 was not tested. "
-                            "Up 100.00% of cycles.",
-    ("school", "Aktobe"): "1 of 2 schools in Aktobe met 4 Mbit/s in every test; 0 never did; 1 did in some tests. "
-                          "Up 85.71% of cycles.",  # s1 10 of 10 cycles, s2 2 of 4
-    ("school", "Khromtau"): "0 of 1 school in Khromtau met 4 Mbit/s in every test; 1 never did.",  # s3: no cycle
-}
 
 
 def test_summary_per_district_in_every_format_under_its_kind(state: Path) -> None:
@@ -441,10 +388,10 @@ def test_summary_per_district_in_every_format_under_its_kind(state: Path) -> Non
 
 def test_a_kind_with_several_targets_is_measured_against_their_target(tmp_path: Path) -> None:
     """Schools of 4 and 20 Mbit/s: the sentence cannot name one figure, so it says "their target"."""
-    fast = target("fast", mbps=20)
-    slow = target("slow")
+    fast = throughput_target("fast", mbps=20)
+    slow = throughput_target("slow")
     store = SqliteStore(database_path(tmp_path))
-    store.write([], [test_(fast, START + HOUR, 25e6), test_(slow, START + HOUR, 3e6)])
+    store.write([], [iperf3_test(fast, START + HOUR, 25e6), iperf3_test(slow, START + HOUR, 3e6)])
     store.close()
     report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
     assert [s.sentence() for s in report.by_kind] == ["1 of 2 schools met their target in every test; 1 never did."]
@@ -466,9 +413,10 @@ def test_cli_district_narrows_the_report(state: Path) -> None:
 
 
 def test_readme_html_excerpt_is_what_connmon_prints(state: Path) -> None:
-    """Each piece of the README's HTML excerpt (pieces split by a line "…") is in this history's HTML report."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## History and reports\n", 1)[1].split("\n### Roll-out in the report\n", 1)[0]
+    """Each piece of the docs' HTML excerpt (docs/reports.md; pieces split by a line "…") is in this history's HTML
+    report."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "reports.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Roll-out in the report\n", 1)[0]
     excerpt = section.split("```html\n", 1)[1].split("```", 1)[0]
     page = render(build_report(SqliteStore(database_path(state), read_only=True), OCT), "html")
     pieces = excerpt.rstrip("\n").split("\n…\n")

@@ -41,8 +41,8 @@ from monitor.report.kpis import Span, compute_kpis
 from monitor.report.render import render
 from monitor.results import Gap, Result
 from monitor.web.site_api import report_to_json
-from tests.netlab import _child_env
-from tests.test_history import icmp, target
+from tests.factories import icmp, throughput_target
+from tests.netlab import child_env
 
 DAY = Period(dt.date(2026, 11, 10), dt.date(2026, 11, 10), "UTC")
 D = DAY.start
@@ -56,7 +56,7 @@ def at(hours: int, minutes: int = 0) -> float:
 
 
 def recorded_day() -> tuple[list[Result], list[Gap]]:
-    a, b, f = target("vsat-a"), target("vsat-b"), target("fibre-1")
+    a, b, f = throughput_target("vsat-a"), throughput_target("vsat-b"), throughput_target("fibre-1")
     marks = [D + i * STEP for i in range(144)]
     power = (at(6), at(10))
     link_due = {at(12) + k * STEP for k in range(1, 12)}
@@ -115,7 +115,7 @@ def test_availability_leaves_out_power_and_counts_link_and_unknown_gaps_as_down(
 def test_kpis_leave_out_power_hours_and_maintenance_alike(state: Path) -> None:
     store = SqliteStore(database_path(state), read_only=True)
     window = MaintenanceWindows("UTC", once=((dt.datetime(2026, 11, 10, 12, 0), dt.datetime(2026, 11, 10, 12, 30)),))
-    endpoints = [EndpointRecord.of(target(n)) for n in ("vsat-a", "vsat-b", "fibre-1")]
+    endpoints = [EndpointRecord.of(throughput_target(n)) for n in ("vsat-a", "vsat-b", "fibre-1")]
     kpis = compute_kpis(store, endpoints, Span(DAY.start, DAY.end), maintenance={"vsat-a": window})
     sites = {s.name: s for s in kpis.sites}
     a = sites["vsat-a"]
@@ -174,7 +174,7 @@ def test_no_power_column_without_power_gaps(tmp_path: Path) -> None:
 def test_cli_report_counts_the_gaps(state: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-11-10", "--to", "2026-11-10",
                            "--timezone", "UTC", "--state-dir", str(state), "--format", "csv"], capture_output=True,
-                          text=True, timeout=60, check=False, env=_child_env())
+                          text=True, timeout=60, check=False, env=child_env())
     assert proc.returncode == 0, proc.stderr
     sites = proc.stdout.split("\n\n")[0]
     header, *lines = sites.splitlines()

@@ -20,9 +20,9 @@ from monitor.history.sqlite import SqliteStore, database_path
 from monitor.report.compliance import build_report
 from monitor.report.render import render
 from tests.conftest import need
-from tests.netlab import _child_env
-from tests.test_history import icmp, target, test_
-from tests.test_report import DISTRICT_SENTENCES, OCT, START, record
+from tests.factories import OCT, START, icmp, iperf3_test, record_october, throughput_target
+from tests.netlab import child_env
+from tests.report_golden import DISTRICT_SENTENCES
 
 HOSTILE = "</script><script>document.body.setAttribute('data-pwned','1')</script><b>x</b>"
 
@@ -51,16 +51,16 @@ def canvas_attributes(dom: str) -> dict[str, object]:
 
 
 def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
-    record(tmp_path)
-    hostile, third = target(HOSTILE, district="Шалқар"), target("s5", district="Mugalzhar")
+    record_october(tmp_path)
+    hostile, third = throughput_target(HOSTILE, district="Шалқар"), throughput_target("s5", district="Mugalzhar")
     store = SqliteStore(database_path(tmp_path))
-    store.write([], [icmp(hostile, START + 60, 0.004), test_(hostile, START + 120, 9e6),
-                     icmp(third, START + 60, 0.004), test_(third, START + 120, 2e6)])
+    store.write([], [icmp(hostile, START + 60, 0.004), iperf3_test(hostile, START + 120, 9e6),
+                     icmp(third, START + 60, 0.004), iperf3_test(third, START + 120, 2e6)])
     store.close()
     page = tmp_path / "october.html"
     argv = [sys.executable, "-m", "monitor", "report", "--from", "2026-10-01", "--to", "2026-10-31",
             "--timezone", "UTC", "--state-dir", str(tmp_path), "--format", "html", "--output", str(page)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=_child_env())
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=child_env())
     assert proc.returncode == 0, proc.stderr
     source = page.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//""", source)  # offline
@@ -98,10 +98,10 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
 def test_a_district_of_mixed_targets_gets_a_line_per_target(tmp_path: Path) -> None:
     """A 2 Mbit/s clinic beside 4 Mbit/s schools: the chart draws both targets, each labelled with its sites,
     instead of judging the clinic by the schools' line."""
-    record(tmp_path)
-    clinic = target("c2", kind="clinic", district="Khromtau", mbps=2)
+    record_october(tmp_path)
+    clinic = throughput_target("c2", kind="clinic", district="Khromtau", mbps=2)
     store = SqliteStore(database_path(tmp_path))
-    store.write([], [icmp(clinic, START + 60, 0.004), test_(clinic, START + 120, 2.5e6)])
+    store.write([], [icmp(clinic, START + 60, 0.004), iperf3_test(clinic, START + 120, 2.5e6)])
     store.close()
     report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
     page = tmp_path / "mixed.html"

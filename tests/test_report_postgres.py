@@ -8,21 +8,22 @@ from pathlib import Path
 
 from monitor.history.postgres import PostgresStore, scrub
 from monitor.history.sqlite import SqliteStore
-from tests.netlab import _child_env
+from tests.factories import october_rows, record_october
+from tests.netlab import child_env
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
-from tests.test_report import GOLDEN_CSV, october_rows, record
+from tests.report_golden import GOLDEN_CSV
 
 
 def report(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor", "report", "--from", "2026-10-01", "--to", "2026-10-31",
                            "--timezone", "UTC", "--format", "csv", *args], capture_output=True, text=True,
-                          timeout=60, check=False, env=_child_env())
+                          timeout=60, check=False, env=child_env())
 
 
 def golden_report(state: Path) -> str:
     """The SQLite report of the same rows, site table and KPI table: the golden site table is checked in
     tests/test_report.py, so equality here means the backends agree on every figure, KPIs included."""
-    record(state)
+    record_october(state)
     proc = report("--state-dir", str(state))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n\n")[0] + "\n" == GOLDEN_CSV

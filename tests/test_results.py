@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.config.model import IcmpSettings
 from monitor.errors import ProbeErrorReason
 from monitor.results import IcmpResult
-from monitor.targets import Target
+from tests.factories import icmp, target
 
-T = Target(name="s", host="192.0.2.1", address="192.0.2.1", group="g", kind="school", district="", link="",
-           lat=None, lon=None, target_bits_per_second=4e6, icmp=IcmpSettings())
+T = target("s")
 
 
 def result(rtts: tuple[float | None, ...], sent: int | None = None) -> IcmpResult:
-    return IcmpResult(T, 0.0, T.address, len(rtts) if sent is None else sent, rtts)
+    return icmp(T, 0.0, *rtts, sent=sent)
 
 
 def test_min_avg_max_and_jitter_as_mean_absolute_difference_of_consecutive_echoes() -> None:

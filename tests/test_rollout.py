@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from monitor.history.sqlite import SqliteStore, database_path
-from tests.conftest import need, write_config
-from tests.netlab import Lab, Site, can_make_namespaces
+from tests.arrivals import arrivals, count_arrivals
+from tests.conftest import need
+from tests.factories import write_config
+from tests.netlab import Lab, can_make_namespaces
 from tests.running import running_daemon, scrape_when, value
 
 PORT = 19601
@@ -58,23 +60,6 @@ def lab() -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.close()
-
-
-def count_arrivals(site: Site) -> None:
-    """Counting rules without a target (they match and go on): every ICMP packet, every IPv4 packet."""
-    site.exec("iptables", "-A", "INPUT", "-p", "icmp")
-    site.exec("iptables", "-A", "INPUT")
-    site.exec("ip6tables", "-A", "INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request")
-
-
-def arrivals(site: Site) -> tuple[int, int, int]:
-    """(ICMP packets, all IPv4 packets, IPv6 echo requests) that reached the site so far."""
-    counts = []
-    for tool in ("iptables", "ip6tables"):
-        lines = site.exec(tool, "-L", "INPUT", "-v", "-x", "-n").stdout.splitlines()[2:]
-        counts += [int(line.split()[0]) for line in lines if line.strip()]
-    assert len(counts) == 3, counts
-    return counts[0], counts[1], counts[2]
 
 
 def test_a_planned_site_is_counted_and_never_probed_until_connected(lab: Lab, tmp_path: Path) -> None:

@@ -19,12 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.icmp.engine import EchoJob, IcmpEngine
 from monitor.shard import owner
-from tests.conftest import need_root, write_config
-from tests.netlab import Lab, _child_env
-
-
-def loopback(n: int, second_octet: int = 8) -> list[str]:
-    return [f"127.{second_octet}.{i // 250}.{i % 250 + 1}" for i in range(n)]
+from tests.conftest import need_root
+from tests.factories import loopback, write_config
+from tests.netlab import Lab, child_env
 
 
 def test_2000_sites_in_one_burst_beside_a_second_pinger_lose_nothing() -> None:
@@ -36,7 +33,7 @@ def test_2000_sites_in_one_burst_beside_a_second_pinger_lose_nothing() -> None:
         first, second = IcmpEngine.open("raw"), IcmpEngine.open("raw")
         second.identifier = first.identifier
         try:
-            jobs = [EchoJob(a, 1, 0.001, 2.0) for a in loopback(2000)]
+            jobs = [EchoJob(a, 1, 0.001, 2.0) for a in loopback(2000, 8)]
             a, b = await asyncio.gather(first.ping(jobs), second.ping(jobs))
         finally:
             first.close()
@@ -133,7 +130,7 @@ groups:
     procs = [subprocess.Popen(
         lab.connmon_argv("run", "--config", str(cfg), "--listen", f"{lab.prober_v4}:{BASE_PORT + i}",
                          "--shard", f"{i}/{SHARDS}", "--icmp-mode", "raw"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_child_env()) for i in range(SHARDS)]
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()) for i in range(SHARDS)]
     try:
         yield names
     finally:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import probes
-from monitor.config.model import IcmpSettings
 from monitor.exposition.sink import MetricsSink
 from monitor.probes import ProbeContext
 from monitor.results import IcmpResult, ResultPipeline
 from monitor.scheduler import CycleScheduler, plan_jobs, start_offsets
 from monitor.targets import Target
-
-
-def target(name: str, group: str, interval: float) -> Target:
-    return Target(name=name, host="192.0.2.1", address="192.0.2.1", group=group, kind="school", district="",
-                  link="", lat=None, lon=None, target_bits_per_second=4e6,
-                  icmp=dataclasses.replace(IcmpSettings(), interval_seconds=interval))
+from tests.factories import scheduled_target
 
 
 def test_start_offsets_spread_groups_over_their_interval() -> None:
@@ -32,7 +25,8 @@ def test_start_offsets_spread_groups_over_their_interval() -> None:
 
 def test_plan_jobs_batches_by_group_and_interval() -> None:
     """Endpoints of one group share a job unless an endpoint overrides the interval."""
-    ts = [target("a", "g1", 60), target("b", "g1", 60), target("c", "g1", 30), target("d", "g2", 60)]
+    ts = [scheduled_target("a", "g1", 60), scheduled_target("b", "g1", 60), scheduled_target("c", "g1", 30),
+          scheduled_target("d", "g2", 60)]
     plan = plan_jobs(ts)
     assert {k: [t.name for t in v] for k, v in plan.items()} == {
         ("g1", 60): ["a", "b"], ("g1", 30): ["c"], ("g2", 60): ["d"]}
@@ -52,7 +46,7 @@ def test_a_cycle_still_running_is_never_started_twice(monkeypatch: pytest.Monkey
 
     monkeypatch.setitem(probes.PROBES, "icmp", slow_probe)
     sink = MetricsSink()
-    ts = [target("a", "g", 1.0)]
+    ts = [scheduled_target("a", "g", 1.0)]
     sink.set_targets(ts)
 
     async def main() -> None:
@@ -76,7 +70,7 @@ def test_a_cycle_still_running_is_never_started_twice(monkeypatch: pytest.Monkey
 
 def test_the_real_scheduler_spreads_first_runs_and_limits_instances() -> None:
     """Jobs handed to APScheduler start spread over the interval and allow one instance each."""
-    ts = [target(f"s{i}", f"g{i}", 60.0) for i in range(4)]
+    ts = [scheduled_target(f"s{i}", f"g{i}", 60.0) for i in range(4)]
 
     async def main() -> list[tuple[float, int]]:
         scheduler = CycleScheduler(ProbeContext(None, lambda: 0.0), ResultPipeline([]))  # type: ignore[arg-type]
@@ -90,8 +84,9 @@ def test_the_real_scheduler_spreads_first_runs_and_limits_instances() -> None:
 
 def test_reload_keeps_the_schedule_of_jobs_that_stay() -> None:
     """Re-setting targets keeps surviving jobs' next run, removes gone ones, adds new ones."""
-    before = [target("a", "g1", 60.0), target("b", "g2", 60.0)]
-    after = [target("a", "g1", 60.0), target("c", "g3", 60.0), target("d", "g3", 60.0000001)]
+    before = [scheduled_target("a", "g1", 60.0), scheduled_target("b", "g2", 60.0)]
+    after = [scheduled_target("a", "g1", 60.0), scheduled_target("c", "g3", 60.0),
+             scheduled_target("d", "g3", 60.0000001)]
 
     async def main() -> tuple[dict[str, object], dict[str, object], list[str]]:
         scheduler = CycleScheduler(ProbeContext(None, lambda: 0.0), ResultPipeline([]))  # type: ignore[arg-type]

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config.model import IcmpSettings
 from monitor.shard import Shard, owner, score
-from monitor.targets import Target
+from tests.factories import target
 
 NAMES = [f"school-{i:05d}" for i in range(10_000)] + ["№12 мектеп", "Ақтөбе \"Central\"", "🏫", ""]
-
-
-def target(name: str) -> Target:
-    return Target(name=name, host="192.0.2.1", address="192.0.2.1", group="g", kind="school", district="",
-                  link="", lat=None, lon=None, target_bits_per_second=4e6, icmp=IcmpSettings())
 
 
 @pytest.mark.parametrize("count", range(1, 9))

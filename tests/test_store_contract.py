@@ -19,8 +19,8 @@ from monitor.history.postgres import PostgresStore, redact
 from monitor.history.sqlite import SqliteStore
 from monitor.history.store import EndpointRecord, HistoryNotCreated, HistoryStore, StoredGap
 from monitor.results import Gap
+from tests.factories import icmp, iperf3_test, throughput_target
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
-from tests.test_history import icmp, target, test_
 
 Opener = Callable[[], HistoryStore]
 
@@ -49,10 +49,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
 def test_cycles_and_tests_round_trip(open_store: Opener) -> None:
     """What is written is read back exactly: RTTs with gaps, test directions, verdicts, errors."""
     store = open_store()
-    a = target("A")
+    a = throughput_target("A")
     store.write([EndpointRecord.of(a)], [icmp(a, 100.0, 0.01, None, 0.03), icmp(a, 200.0, None),
-                                         test_(a, 150.0, 5e6), test_(a, 250.0, None,
-                                                                     error=ProbeErrorReason.TIMEOUT)])
+                                         iperf3_test(a, 150.0, 5e6), iperf3_test(a, 250.0, None,
+                                                                                 error=ProbeErrorReason.TIMEOUT)])
     cycles = list(store.icmp_cycles("A", 0.0, 1000.0))
     assert [(c.started_at, c.sent, c.rtts_seconds) for c in cycles] == [(100.0, 3, (0.01, None, 0.03)),
                                                                         (200.0, 1, (None,))]
@@ -67,8 +67,8 @@ def test_cycles_and_tests_round_trip(open_store: Opener) -> None:
 def test_writes_are_idempotent(open_store: Opener) -> None:
     """A batch written twice is stored once."""
     store = open_store()
-    a = target("A")
-    batch = [icmp(a, 100.0, 0.01), test_(a, 150.0, 5e6)]
+    a = throughput_target("A")
+    batch = [icmp(a, 100.0, 0.01), iperf3_test(a, 150.0, 5e6)]
     store.write([EndpointRecord.of(a)], batch)
     store.write([EndpointRecord.of(a)], batch)
     assert len(list(store.icmp_cycles("A", 0, 1e9))) == 1
@@ -78,8 +78,8 @@ def test_writes_are_idempotent(open_store: Opener) -> None:
 def test_endpoints_are_upserted_by_name(open_store: Opener) -> None:
     """An endpoint's labels are the latest written; endpoints come back sorted by name."""
     store = open_store()
-    store.write([EndpointRecord.of(target("B")), EndpointRecord.of(target("A"))], [])
-    store.write([EndpointRecord.of(target("A", district="Almaty", kind="clinic", mbps=8.0))], [])
+    store.write([EndpointRecord.of(throughput_target("B")), EndpointRecord.of(throughput_target("A"))], [])
+    store.write([EndpointRecord.of(throughput_target("A", district="Almaty", kind="clinic", mbps=8.0))], [])
     assert store.endpoints() == [EndpointRecord("A", "clinic", "Almaty", "fibre", "g", 8e6),
                                  EndpointRecord("B", "school", "Aktobe", "fibre", "g", 4e6)]
 
@@ -87,9 +87,9 @@ def test_endpoints_are_upserted_by_name(open_store: Opener) -> None:
 def test_latest_tests_bytes_and_verdicts(open_store: Opener) -> None:
     """last_tests, last_measured_tests, bytes_since and recent_verdicts read the right rows."""
     store = open_store()
-    a, b = target("A"), target("B")
-    store.write([], [test_(a, 100.0, 5e6, moved=10), test_(a, 200.0, 1e6, moved=20),
-                     test_(a, 300.0, None, moved=40, error=ProbeErrorReason.TIMEOUT), test_(b, 100.0, 9e6)])
+    a, b = throughput_target("A"), throughput_target("B")
+    store.write([], [iperf3_test(a, 100.0, 5e6, moved=10), iperf3_test(a, 200.0, 1e6, moved=20),
+                     iperf3_test(a, 300.0, None, moved=40, error=ProbeErrorReason.TIMEOUT), iperf3_test(b, 100.0, 9e6)])
     assert {k: v.started_at for k, v in store.last_tests().items()} == {"A": 300.0, "B": 100.0}
     assert {k: v.started_at for k, v in store.last_measured_tests().items()} == {"A": 200.0, "B": 100.0}
     assert store.bytes_since("A", 150.0) == 60
@@ -101,9 +101,9 @@ def test_latest_tests_bytes_and_verdicts(open_store: Opener) -> None:
 def test_prune_deletes_old_rows_in_bounded_slices(open_store: Opener) -> None:
     """Pruning removes only rows older than the bounds, at most ``limit`` per call, until 0."""
     store = open_store()
-    a, b = target("A"), target("B")
+    a, b = throughput_target("A"), throughput_target("B")
     store.write([], [icmp(t, float(at), 0.01) for t in (a, b) for at in range(10)]
-                + [test_(a, 5.0, 1e6), test_(a, 50.0, 1e6)])
+                + [iperf3_test(a, 5.0, 1e6), iperf3_test(a, 50.0, 1e6)])
     total = 0
     while (gone := store.prune(icmp_before=6.0, throughput_before=10.0, limit=4)) > 0:
         assert gone <= 4
@@ -117,7 +117,7 @@ def test_schema_version_is_current_and_reopen_keeps_data(open_store: Opener) -> 
     """A new store is at the latest schema version; opening it again migrates nothing and keeps rows."""
     store = open_store()
     assert store.schema_version() >= 1  # type: ignore[attr-defined]
-    store.write([], [icmp(target("A"), 1.0, 0.01)])
+    store.write([], [icmp(throughput_target("A"), 1.0, 0.01)])
     again = open_store()
     assert again.schema_version() == store.schema_version()  # type: ignore[attr-defined]
     assert len(list(again.icmp_cycles("A", 0, 10))) == 1
@@ -126,12 +126,12 @@ def test_schema_version_is_current_and_reopen_keeps_data(open_store: Opener) -> 
 def test_concurrent_writers_share_one_store(open_store: Opener) -> None:
     """Two stores writing at once (as two shards) lose nothing and share endpoints by name."""
     stores = [open_store(), open_store()]
-    shared = target("shared")
+    shared = throughput_target("shared")
     errors: list[BaseException] = []
 
     def writer(n: int) -> None:
         try:
-            own = target(f"own{n}")
+            own = throughput_target(f"own{n}")
             for i in range(30):
                 stores[n].write([EndpointRecord.of(shared), EndpointRecord.of(own)],
                                 [icmp(own, float(i), 0.01), icmp(shared, float(i * 2 + n), 0.02)])
@@ -153,7 +153,7 @@ def test_concurrent_writers_share_one_store(open_store: Opener) -> None:
 def test_concurrent_prune_deletes_each_row_once(open_store: Opener) -> None:
     """Two pruners at once remove every old row exactly once and nothing newer."""
     store = open_store()
-    a = target("A")
+    a = throughput_target("A")
     store.write([], [icmp(a, float(at), 0.01) for at in range(400)])
     pruners = [open_store(), open_store()]
     counts = [0, 0]
@@ -179,7 +179,7 @@ def test_postgres_migrates_from_an_older_version(pg_server: PgServer) -> None:  
     db = pg_server.new_database()
     url = pg_server.url(db)
     store = PostgresStore(url)
-    store.write([], [icmp(target("A"), 1.0, 0.01)])
+    store.write([], [icmp(throughput_target("A"), 1.0, 0.01)])
     store.close()
     pg_server.psql("DELETE FROM schema_version", db)  # as if written by an older connmon
     pg_server.psql("ALTER TABLE endpoints ADD COLUMN IF NOT EXISTS probe_marker INTEGER", db)
@@ -277,7 +277,7 @@ def test_rollout_fields_round_trip(open_store: Opener) -> None:
                              dt.date(2026, 11, 15), "KazSat", 10e6)
     retired = EndpointRecord("R", "school", "Aktobe", "dsl", "g", 2e6, "retired", None, "Old Telecom", None)
     store.write([planned, retired], [])
-    a = target("A")
+    a = throughput_target("A")
     store.write([EndpointRecord.of(a)], [icmp(a, 100.0, 0.01)])
     assert store.endpoints() == [EndpointRecord("A", "school", "Aktobe", "fibre", "g", 4e6), planned, retired]
     connected = dataclasses.replace(planned, status="connected", contracted_bits_per_second=None, provider=None)
@@ -288,9 +288,9 @@ def test_rollout_fields_round_trip(open_store: Opener) -> None:
 def test_first_results_are_kept_when_old_rows_are_pruned(open_store: Opener) -> None:
     """Each site's first result time is the earliest written, ICMP or test, and outlives pruning."""
     store = open_store()
-    a, b = target("A"), target("B")
+    a, b = throughput_target("A"), throughput_target("B")
     store.write([EndpointRecord("P", "clinic", "Temir", "lte", "g", 4e6, "planned")], [])
-    store.write([], [icmp(a, 200.0, 0.01), icmp(a, 300.0, None), test_(a, 150.0, 5e6)])
+    store.write([], [icmp(a, 200.0, 0.01), icmp(a, 300.0, None), iperf3_test(a, 150.0, 5e6)])
     store.write([], [icmp(b, 500.0, 0.01)])
     later = open_store()  # another process (a restart, another shard) writing later results moves nothing
     later.write([], [icmp(a, 900.0, 0.01), icmp(b, 400.0, 0.01)])
@@ -318,7 +318,7 @@ def _check_migrated(store: HistoryStore) -> None:
     assert store.gaps("old", 0, 1e9) == []  # the gap table (version 3) is there, empty
     store.write([EndpointRecord("quiet", "clinic", "Temir", "lte", "g", 2e6, "retired", dt.date(2026, 1, 2))], [])
     assert store.endpoints()[1].status == "retired"
-    store.write([], [], [Gap(target("old"), 400.0, 1000.0, "power", 60.0)])
+    store.write([], [], [Gap(throughput_target("old"), 400.0, 1000.0, "power", 60.0)])
     assert store.gaps("old", 0, 1e9) == [StoredGap("old", 400.0, 1000.0, "power", 60.0)]
     assert store.first_results() == {"old": 200.0}  # a gap is not a result
 
@@ -437,7 +437,7 @@ def test_postgres_history_of_the_old_schema_opens_and_migrates(pg_server: PgServ
 def test_gaps_round_trip_overlap_and_replace(open_store: Opener) -> None:
     """Gaps are written with results in one call, read back by overlap with the span, and replaced by (site, start)."""
     store = open_store()
-    a, b = target("A"), target("B")
+    a, b = throughput_target("A"), throughput_target("B")
     store.write([EndpointRecord.of(a)], [icmp(a, 100.0, 0.01)],
                 [Gap(a, 200.0, 500.0, "link", 60.0), Gap(a, 900.0, 1200.0, "power", 60.0),
                  Gap(b, 300.0, 400.0, "unknown", 30.0)])
@@ -456,7 +456,7 @@ def test_gaps_round_trip_overlap_and_replace(open_store: Opener) -> None:
 def test_a_classified_gap_replaces_the_provisional_one_it_names(open_store: Opener) -> None:
     """A gap with ``replaces_start`` deletes the site's gap starting there, also when both share one write."""
     store = open_store()
-    a, b = target("A"), target("B")
+    a, b = throughput_target("A"), throughput_target("B")
     store.write([], [], [Gap(a, 100.0, 400.0, "unknown", 60.0), Gap(b, 100.0, 400.0, "unknown", 60.0)])
     store.write([], [], [Gap(a, 100.0, 700.0, "unknown", 60.0), Gap(a, 150.0, 600.0, "power", 60.0, 100.0)])
     assert store.gaps("A", 0, 1e9) == [StoredGap("A", 150.0, 600.0, "power", 60.0)]
@@ -468,7 +468,7 @@ def test_a_classified_gap_replaces_the_provisional_one_it_names(open_store: Open
 def test_gaps_are_pruned_with_the_long_retention_once_ended(open_store: Opener) -> None:
     """A gap goes when it ended before the throughput bound, not by the ICMP one."""
     store = open_store()
-    a = target("A")
+    a = throughput_target("A")
     store.write([], [], [Gap(a, 10.0, 50.0, "power", 60.0), Gap(a, 60.0, 200.0, "link", 60.0)])
     while store.prune(icmp_before=1e9, throughput_before=100.0, limit=1):
         pass
@@ -483,7 +483,7 @@ def test_an_icmp_error_reason_is_read_back(open_store: Opener) -> None:
     from monitor.results import IcmpResult
 
     store = open_store()
-    a = target("A")
+    a = throughput_target("A")
     store.write([EndpointRecord.of(a)], [
         IcmpResult(a, 100.0, a.address, 0, (None, None), ProbeErrorReason.NO_ROUTE, "ENETUNREACH"),
         IcmpResult(a, 160.0, a.address, 2, (None, None), ProbeErrorReason.UNREACHABLE, "host unreachable"),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need, write_config
-from tests.netlab import Lab, Site, _child_env, can_measure_throughput
+from tests.conftest import need
+from tests.factories import write_config
+from tests.netlab import Lab, Site, can_measure_throughput, child_env
 from tests.promtool import promtool_problems
 from tests.running import samples
 
@@ -62,7 +63,7 @@ groups:
 """)
     proc = subprocess.Popen(
         lab.connmon_argv("run", "--config", str(cfg), "--listen", f"{lab.prober_v4}:{PORT}", "--log-format", "json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     seen: dict[str, set[tuple[float, float]]] = {}
     last: dict = {}
     text = ""
@@ -164,7 +165,7 @@ groups:
 """)
     argv = ["env", "PATH=/usr/sbin", *lab.connmon_argv("run", "--config", str(cfg), "--listen",
                                                         f"{lab.prober_v4}:{PORT + 1}")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         parsed: dict = {}
         for _ in range(120):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need, write_config
+from tests.conftest import need
+from tests.factories import write_config
 from tests.netlab import Lab, Site, can_measure_throughput
 
 DURATION = 5  # seconds measured per direction, after 1 s of omitted slow start
@@ -185,12 +186,12 @@ groups:
 
 def test_iperf3_argv_is_typed_and_never_a_shell() -> None:
     """Settings become separate argv items (no shell): streams, port, end condition, --reverse for upload."""
-    from monitor.config.model import IcmpSettings, ThroughputSettings
+    from monitor.config import ThroughputSettings
     from monitor.probes.iperf3 import build_argv
-    from monitor.targets import Target
+    from tests.factories import target
 
     settings = ThroughputSettings(method="iperf3", parallel=4, port=5301, duration_seconds=7.5, omit_seconds=2)
-    t = Target("s; rm -rf /", "192.0.2.1", "192.0.2.1", "g", "", "", "", None, None, 4e6, IcmpSettings(), settings)
+    t = target("s; rm -rf /", kind="", throughput=settings)
     assert build_argv("/usr/bin/iperf3", "192.0.2.1", "download", t) == [
         "/usr/bin/iperf3", "--client", "192.0.2.1", "--port", "5301", "--json", "--omit", "2", "--parallel", "4",
         "--connect-timeout", "10000", "--time", "8"]

@@ -6,26 +6,21 @@ import dataclasses
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from monitor.config.model import IcmpSettings, ThroughputSettings
+from monitor.config import ThroughputSettings
 from monitor.config.windows import is_allowed, parse_window
 from monitor.errors import ProbeErrorReason
 from monitor.results import DirectionResult, ThroughputResult
 from monitor.targets import Target
 from monitor.throughput_plan import ThroughputPlan, allowed_start, phase
+from tests.factories import throughput_target
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC).timestamp()
-
-
-def target(name: str, **settings: object) -> Target:
-    base = ThroughputSettings(method="iperf3")
-    return Target(name, "192.0.2.1", "192.0.2.1", "g", "school", "d", "fibre", None, None, 4e6, IcmpSettings(),
-                  dataclasses.replace(base, **settings))  # type: ignore[arg-type]
 
 
 def test_first_tests_are_spread_over_the_interval() -> None:
     """500 sites' first tests fall across the whole 6 h, no more than a few in any 10-minute slice."""
     plan = ThroughputPlan()
-    plan.set_targets([target(f"school-{i:03d}") for i in range(500)], NOW)
+    plan.set_targets([throughput_target(f"school-{i:03d}", district="d") for i in range(500)], NOW)
     offsets = sorted(s.next_due - NOW for s in plan.sites.values())
     assert offsets[0] >= 0 and offsets[-1] < 6 * 3600
     slices = [0] * 36
@@ -38,7 +33,7 @@ def test_first_tests_are_spread_over_the_interval() -> None:
 def test_due_respects_the_limit_and_marks_running() -> None:
     """due() hands out at most `limit` sites and never one that is already running."""
     plan = ThroughputPlan()
-    plan.set_targets([target(f"s{i}", every_seconds=60.0) for i in range(5)], NOW)
+    plan.set_targets([throughput_target(f"s{i}", district="d", every_seconds=60.0) for i in range(5)], NOW)
     later = NOW + 120
     first = plan.due(later, 2)
     assert len(first) == 2 and plan.running == 2
@@ -66,7 +61,7 @@ def _result(t: Target, started: float, error: ProbeErrorReason | None = None, mo
 
 def test_busy_server_is_retried_with_backoff_then_waits_for_the_next_slot() -> None:
     """Busy: retries after 30 s, 60 s, 120 s, …; after five, the next regular test is `every` later."""
-    t = target("s", every_seconds=6 * 3600.0)
+    t = throughput_target("s", district="d", every_seconds=6 * 3600.0)
     plan = ThroughputPlan()
     plan.set_targets([t], NOW)
     now = NOW
@@ -82,8 +77,8 @@ def test_busy_server_is_retried_with_backoff_then_waits_for_the_next_slot() -> N
 
 def test_budget_caps_then_skips() -> None:
     """A site with 100 MB a month: tests are capped to what is left, then skipped (None) until next month."""
-    t = target("sat", method="http", url="http://192.0.2.1/blob", monthly_budget_bytes=100_000_000,
-               directions=("upload",))
+    t = throughput_target("sat", district="d", method="http", url="http://192.0.2.1/blob",
+                          monthly_budget_bytes=100_000_000, directions=("upload",))
     plan = ThroughputPlan()
     plan.set_targets([t], NOW)
     state = plan.sites["sat"]
@@ -101,14 +96,14 @@ def test_budget_caps_then_skips() -> None:
 
 def test_reload_keeps_due_times_and_spending() -> None:
     """A reload that leaves a site's settings alone keeps its due time and its month's spending."""
-    t = target("s", monthly_budget_bytes=10**9)
+    t = throughput_target("s", district="d", monthly_budget_bytes=10**9)
     plan = ThroughputPlan()
     plan.set_targets([t], NOW)
     plan.finished("s", _result(t, NOW, moved=5_000), NOW)
     due = plan.sites["s"].next_due
-    plan.set_targets([dataclasses.replace(t, district="other"), target("new")], NOW + 5)
+    plan.set_targets([dataclasses.replace(t, district="other"), throughput_target("new", district="d")], NOW + 5)
     assert plan.sites["s"].next_due == due and plan.sites["s"].used_bytes == 5_000
-    plan.set_targets([target("new")], NOW + 6)
+    plan.set_targets([throughput_target("new", district="d")], NOW + 6)
     assert set(plan.sites) == {"new"}
 
 
@@ -116,7 +111,7 @@ def test_a_restart_continues_from_the_history() -> None:
     """After a day down, the 500 overdue sites are spread over `every`, not fired at once; a site tested
     an hour before the restart waits for its regular slot; the month's bytes count against the budget."""
     plan = ThroughputPlan()
-    sites = [target(f"school-{i:03d}", monthly_budget_bytes=100_000_000) for i in range(500)]
+    sites = [throughput_target(f"school-{i:03d}", district="d", monthly_budget_bytes=100_000_000) for i in range(500)]
     plan.set_targets(sites, NOW)
     last = {t.name: NOW - 86400 for t in sites}
     last["school-007"] = NOW - 3600
@@ -136,7 +131,8 @@ def test_a_late_restore_adds_to_what_this_process_counted() -> None:
     """The history answers after this process tested a site (PostgreSQL was away): the site keeps the due
     time its own test gave, and the month's bytes read back add to its own; an untested site is restored."""
     plan = ThroughputPlan()
-    tested, untested = (target(n, monthly_budget_bytes=100_000_000) for n in ("tested", "untested"))
+    tested, untested = (throughput_target(n, district="d", monthly_budget_bytes=100_000_000)
+                        for n in ("tested", "untested"))
     plan.set_targets([tested, untested], NOW)
     down = DirectionResult("download", NOW, NOW + 10, 5e6, 2_000_000, 10.0)
     plan.finished("tested", ThroughputResult(tested, "iperf3", NOW, NOW + 11, "192.0.2.1", (down,)), NOW + 11)

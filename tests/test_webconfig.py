@@ -1,6 +1,6 @@
 """The web config (exporter-toolkit format): validation, basic auth, and a real TLS server with a real client.
 
-Certificates are made here with the ``openssl`` command: a CA, a server certificate for the lab's
+Certificates are made with the ``openssl`` command (:mod:`tests.pki`): a CA, a server certificate for the lab's
 prober address, and a client certificate for the mutual-TLS case.
 """
 
@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -24,47 +23,13 @@ import pytest
 
 from monitor.errors import ConfigError
 from monitor.web.config import BasicAuth, load_web_config, parse_web_config
-from tests.conftest import need
-from tests.netlab import Lab, _child_env
+from tests.basic_auth import HASH, PASSWORD, basic
+from tests.netlab import Lab, child_env
+from tests.pki import Pki, make_pki, openssl
 from tests.running import request, running_daemon, scrape_when, value
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "web-config.example.yml"
-PASSWORD = "s3cret: with colon, ünïcode"
-HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()  # cost 4: fast tests, same code path
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@dataclass
-class Pki:
-    dir: Path
-    ca: Path
-    server_crt: Path
-    server_key: Path
-    client_crt: Path
-    client_key: Path
-    other_key: Path
-
-
-def make_pki(directory: Path, server_ip: str) -> Pki:
-    """A CA; a server certificate for ``server_ip`` and a client certificate, both signed by it."""
-    need(shutil.which("openssl") is not None, "needs the openssl command")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=connmon test CA",
-            cwd=directory)
-    for name, ext in (("server", f"subjectAltName=IP:{server_ip}"), ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=connmon {name}",
-                "-addext", ext, cwd=directory)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.crt", "-days", "2", "-copy_extensions", "copy", cwd=directory)
-    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key",
-            cwd=directory)
-    d = directory
-    return Pki(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key",
-               d / "other.key")
 
 
 @pytest.fixture(scope="module")
@@ -157,22 +122,18 @@ def test_check_and_run_refuse_a_bad_web_config_with_exit_2(tmp_path: Path) -> No
     web.write_text("basic_auth_users:\n  alice: hunter2\n", encoding="utf-8")
     for command in (["check"], ["run", "--listen", "127.0.0.1:1"]):  # run never gets to bind
         proc = subprocess.run([sys.executable, "-m", "monitor", *command, "--config", str(sites),
-                               "--web.config.file", str(web)], capture_output=True, text=True, env=_child_env(),
+                               "--web.config.file", str(web)], capture_output=True, text=True, env=child_env(),
                               timeout=60, check=False)
         assert proc.returncode == 2, proc.stderr
         assert f"{web}:2:10: basic_auth_users.alice: must be a bcrypt hash" in proc.stderr
         assert "Traceback" not in proc.stderr
     web.write_text(f"basic_auth_users:\n  alice: {HASH}\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "monitor", "check", "--config", str(sites), "--web.config.file",
-                           str(web)], capture_output=True, text=True, env=_child_env(), timeout=60, check=False)
+                           str(web)], capture_output=True, text=True, env=child_env(), timeout=60, check=False)
     assert proc.returncode == 0 and "plain HTTP, basic auth for 1 user(s)" in proc.stdout
 
 
 # ----------------------------------------------------------------------------- basic auth
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
 
 def test_basic_auth_accepts_only_the_right_password_and_caches_bcrypt() -> None:
     """Right password: yes, and bcrypt runs once for repeats; wrong password, unknown user, junk headers: no."""

@@ -40,13 +40,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from monitor.config.model import DIRECTIONS, Direction, IcmpSettings
+from monitor.config import DIRECTIONS, THROUGHPUT_METHODS, Direction, IcmpSettings
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.results import DirectionResult, IcmpResult, ThroughputResult
 from monitor.targets import Target
 from monitor.text import clean_detail, text_fault
 
 VERSION = 1
+ROUTES_PREFIX = "/api/v1/agent/"  # the agents' routes: each site's bearer token, not the web config's basic auth
 RESULTS_PATH = "/api/v1/agent/results"
 SLOT_PATH = "/api/v1/agent/slot"
 DOWNLOAD_PATH = "/api/v1/agent/download"
@@ -133,10 +134,7 @@ def encode_icmp(seq: int, result: IcmpResult, path: IcmpPath = "centre") -> dict
 
 
 def encode_direction(d: DirectionResult) -> dict[str, Any]:
-    return {"direction": d.direction, "started_at": d.started_at, "ended_at": d.ended_at,
-            "bits_per_second": d.bits_per_second, "bytes": d.bytes, "measured_seconds": d.measured_seconds,
-            "retransmits": d.retransmits, "error": _reason(d.error),
-            "error_detail": clean_detail(d.error_detail, MAX_TEXT)}
+    return d.as_json(clean_detail(d.error_detail, MAX_TEXT))
 
 
 def encode_throughput(seq: int, result: ThroughputResult, slot: str | None = None) -> dict[str, Any]:
@@ -284,8 +282,8 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
                  "error_detail"}
         _no_unknown(obj, known, path)
         method = obj.get("method")
-        if method not in ("iperf3", "http"):
-            raise ProtocolError(f"{path}.method", "must be iperf3 or http")
+        if method not in THROUGHPUT_METHODS:
+            raise ProtocolError(f"{path}.method", f"must be one of {', '.join(THROUGHPUT_METHODS)}")
         started = r.time(obj.get("started_at"), f"{path}.started_at")
         ended = r.time(obj.get("ended_at"), f"{path}.ended_at")
         if ended < started:

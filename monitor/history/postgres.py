@@ -18,8 +18,9 @@ several instances (``--shard``) whose reports must cover every site. Why these c
 * **Pruning** takes ``pg_try_advisory_xact_lock`` per slice: an instance that finds another one
   pruning skips that slice instead of deleting the same rows; deletes are bounded
   (``ctid IN (SELECT ... LIMIT n)``), so no transaction holds the tables long.
-* The row layout matches SQLite's (RTTs packed into one ``bytea``), and all label columns are
-  mapped in one place (:data:`_ENDPOINT_COLUMNS`), so adding a label is a one-line change.
+* The row layout matches SQLite's (RTTs packed into one ``bytea``): both backends turn values into
+  rows and back with the one codec, :mod:`monitor.history.codec`, where the label columns are mapped
+  too, so adding a label is done once for both.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from monitor.history.sqlite import _DETAIL_MAX, _directions_from_json, _directions_json, pack_rtts, unpack_rtts
+from monitor.history import codec
 from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
 from monitor.results import Gap, IcmpResult, Result, ThroughputResult
 
@@ -42,12 +43,6 @@ _MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migr
 _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
 _GAPS_VERSION = 3  # the schema version that added the gap table
 _T = TypeVar("_T")
-
-# EndpointRecord field → column, in record order: the one place a new label column is added.
-_ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("name", "name"), ("kind", "kind"), ("district", "district"), ("link", "link"), ("group", "grp"),
-    ("target_bits_per_second", "target_bps"), ("status", "status"), ("planned_date", "planned_date"),
-    ("provider", "provider"), ("contracted_bits_per_second", "contracted_bps"))
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: endpoints, ICMP cycles, throughput tests (as SQLite's version 1)
@@ -116,16 +111,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 _ENDPOINT_UPSERT = (
-    f"INSERT INTO endpoints ({', '.join(c for _, c in _ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
-    f"VALUES ({', '.join('%s' for _ in _ENDPOINT_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for f, c in _ENDPOINT_COLUMNS if f != "name"))
-_ENDPOINT_SELECT = ", ".join(c for _, c in _ENDPOINT_COLUMNS)
-_TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
-                 "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
-
-
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
+    f"INSERT INTO endpoints ({', '.join(codec.ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
+    f"VALUES ({', '.join('%s' for _ in codec.ENDPOINT_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in codec.ENDPOINT_COLUMNS[1:]))
 
 
 def redact(url: str) -> str:
@@ -142,10 +130,6 @@ def scrub(text: str) -> str:
     """``text`` with any password of a PostgreSQL URL or ``password=`` setting in it hidden."""
     text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", text)
-
-
-def _endpoint_params(rec: EndpointRecord) -> tuple[Any, ...]:
-    return tuple(getattr(rec, f) for f, _ in _ENDPOINT_COLUMNS)
 
 
 class _IoLoop:
@@ -252,13 +236,13 @@ class AsyncPostgresStore:
             try:
                 async with conn.transaction(), conn.cursor() as cur:
                     if endpoints:
-                        await cur.executemany(_ENDPOINT_UPSERT, [_endpoint_params(rec) for rec in endpoints])
+                        await cur.executemany(_ENDPOINT_UPSERT, [codec.endpoint_params(rec) for rec in endpoints])
                     missing = {EndpointRecord.of(r.target) for r in (*results, *gaps)
                                if r.target.name not in self._ids}
                     if missing:
                         await cur.executemany(
                             _ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
-                            [_endpoint_params(rec) for rec in missing])
+                            [codec.endpoint_params(rec) for rec in missing])
                         await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
                                           ([rec.name for rec in missing],))
                         self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
@@ -270,12 +254,9 @@ class AsyncPostgresStore:
                         if endpoint_id not in self._first_known:
                             first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
                         if isinstance(result, IcmpResult):
-                            icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
-                                              pack_rtts(result.rtts_seconds),
-                                              result.error.value if result.error is not None else None,
-                                              result.error_detail[:_DETAIL_MAX] or None))
+                            icmp_rows.append(codec.icmp_row(endpoint_id, result))
                         elif isinstance(result, ThroughputResult):
-                            test_rows.append(_test_row(endpoint_id, result))
+                            test_rows.append(codec.throughput_row(endpoint_id, result))
                     if icmp_rows:
                         await cur.executemany(
                             "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -301,8 +282,7 @@ class AsyncPostgresStore:
                         await cur.execute(  # a gap is not a result: first_result_at stays
                             "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, started_at) "
                             "DO UPDATE SET ended_at = excluded.ended_at, cause = excluded.cause, "
-                            "interval_seconds = excluded.interval_seconds",
-                            (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
+                            "interval_seconds = excluded.interval_seconds", codec.gap_row(endpoint_id, gap))
                     if first:
                         await cur.executemany("UPDATE endpoints SET first_result_at = %s WHERE id = %s AND "
                                               "(first_result_at IS NULL OR first_result_at > %s)",
@@ -336,8 +316,8 @@ class AsyncPostgresStore:
             return await (await conn.execute(sql, params)).fetchall()
 
     async def endpoints(self) -> list[EndpointRecord]:
-        rows = await self._rows(f"SELECT {_ENDPOINT_SELECT} FROM endpoints ORDER BY name")  # noqa: S608
-        return [EndpointRecord(*row) for row in rows]
+        rows = await self._rows(f"SELECT {', '.join(codec.ENDPOINT_COLUMNS)} FROM endpoints ORDER BY name")  # noqa: S608
+        return [codec.endpoint_record(row) for row in rows]
 
     async def first_results(self) -> dict[str, float]:
         rows = await self._rows("SELECT name, first_result_at FROM endpoints WHERE first_result_at IS NOT NULL")
@@ -345,27 +325,26 @@ class AsyncPostgresStore:
 
     async def icmp_cycles(self, endpoint: str, start: float, end: float) -> list[StoredCycle]:
         rows = await self._rows(
-            "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
+            f"SELECT {codec.CYCLE_COLUMNS} FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "  # noqa: S608
             "WHERE e.name = %s AND i.started_at >= %s AND i.started_at < %s ORDER BY i.started_at",
             (endpoint, start, end))
-        return [StoredCycle(float(started_at), int(sent), unpack_rtts(bytes(rtts)), error)
-                for started_at, sent, rtts, error in rows]
+        return [codec.stored_cycle(row) for row in rows]
 
     async def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         rows = await self._rows(
-            f"SELECT {_TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            f"SELECT {codec.TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
             "WHERE e.name = %s AND t.started_at >= %s AND t.started_at < %s ORDER BY t.started_at",
             (endpoint, start, end))
-        return [_stored_test(row) for row in rows]
+        return [codec.stored_test(row) for row in rows]
 
     async def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
         if not self._has_gaps:
             return []
         rows = await self._rows(
-            "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+            f"SELECT {codec.GAP_COLUMNS} FROM gaps g "  # noqa: S608 (fixed names)
             "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = %s AND g.ended_at > %s AND g.started_at < %s "
             "ORDER BY g.started_at", (endpoint, start, end))
-        return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
+        return [codec.stored_gap(endpoint, row) for row in rows]
 
     async def last_measured_tests(self) -> dict[str, StoredTest]:
         return await self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")
@@ -376,10 +355,10 @@ class AsyncPostgresStore:
     async def _latest(self, where: str) -> dict[str, StoredTest]:
         """Per endpoint, its newest matching test: one index descent each (LATERAL), not a scan."""
         rows = await self._rows(
-            f"SELECT {_TEST_COLUMNS} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
+            f"SELECT {codec.TEST_COLUMNS} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
             f"(SELECT * FROM throughput t WHERE t.endpoint_id = e.id {where} "
             "ORDER BY t.started_at DESC LIMIT 1) t")
-        return {str(row[0]): _stored_test(row) for row in rows}
+        return {str(row[0]): codec.stored_test(row) for row in rows}
 
     async def bytes_since(self, endpoint: str, since: float) -> int:
         rows = await self._rows(
@@ -450,20 +429,3 @@ class PostgresStore:
     def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
         return _IoLoop.run(self._store.recent_verdicts(endpoint, limit))
 
-
-def _test_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:
-    return (endpoint_id, r.started_at, r.ended_at, r.method, r.address, r.download_bits_per_second,
-            r.upload_bits_per_second, r.bytes, _directions_json(r.directions), r.target.target_bits_per_second,
-            r.target.target_upload_bits_per_second, r.target_met,
-            r.error.value if r.error is not None else None, r.error_detail[:_DETAIL_MAX] or None,
-            r.budget_remaining_bytes)
-
-
-def _stored_test(row: Sequence[Any]) -> StoredTest:
-    (name, method, started_at, ended_at, address, directions, target, target_upload, met, error, detail,
-     budget) = row
-    return StoredTest(str(name), str(method), float(started_at), float(ended_at),
-                      None if address is None else str(address), _directions_from_json(str(directions)),
-                      float(target), None if target_upload is None else float(target_upload),
-                      None if met is None else bool(met), None if error is None else str(error),
-                      "" if detail is None else str(detail), None if budget is None else int(budget))

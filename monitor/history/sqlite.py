@@ -17,24 +17,18 @@ Why these choices:
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
 import os
 import sqlite3
-import struct
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from monitor.config.model import Direction
-from monitor.errors import ProbeErrorReason
+from monitor.history import codec
 from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
-from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
+from monitor.results import Gap, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
 
 DATABASE_NAME = "history.sqlite3"
-_DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the file
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: endpoints, ICMP cycles, throughput tests
@@ -103,57 +97,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 _GAPS_VERSION = 3  # the schema version that added the gap table
-# EndpointRecord field order → column; first_result_at is the store's own and never written from a record
-_ENDPOINT_COLUMNS = ("name", "kind", "district", "link", "grp", "target_bps", "status", "planned_date", "provider",
-                     "contracted_bps")
-_ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(_ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
-                    f"VALUES ({', '.join('?' for _ in _ENDPOINT_COLUMNS)})")
+_ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(codec.ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
+                    f"VALUES ({', '.join('?' for _ in codec.ENDPOINT_COLUMNS)})")
 _ENDPOINT_UPSERT = (_ENDPOINT_INSERT + " ON CONFLICT (name) DO UPDATE SET "
-                    + ", ".join(f"{c} = excluded.{c}" for c in _ENDPOINT_COLUMNS[1:]))
-
-
-def _endpoint_params(rec: EndpointRecord) -> tuple[object, ...]:
-    return (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second, rec.status,
-            None if rec.planned_date is None else rec.planned_date.isoformat(), rec.provider,
-            rec.contracted_bits_per_second)
-
-
-def _endpoint_record(row: Sequence[object]) -> EndpointRecord:
-    name, kind, district, link, group, target, status, planned, provider, contracted = row
-    return EndpointRecord(str(name), str(kind), str(district), str(link), str(group), float(target),  # type: ignore[arg-type]
-                          str(status), None if planned is None else dt.date.fromisoformat(str(planned)),
-                          None if provider is None else str(provider),
-                          None if contracted is None else float(contracted))  # type: ignore[arg-type]
+                    + ", ".join(f"{c} = excluded.{c}" for c in codec.ENDPOINT_COLUMNS[1:]))
 
 
 def database_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / DATABASE_NAME
-
-
-def pack_rtts(rtts: Sequence[float | None]) -> bytes:
-    return struct.pack(f"<{len(rtts)}d", *(math.nan if r is None else r for r in rtts))
-
-
-def unpack_rtts(blob: bytes) -> tuple[float | None, ...]:
-    return tuple(None if math.isnan(r) else r for r in struct.unpack(f"<{len(blob) // 8}d", blob))
-
-
-def _directions_json(directions: Sequence[DirectionResult]) -> str:
-    return json.dumps([{
-        "direction": d.direction, "started_at": d.started_at, "ended_at": d.ended_at,
-        "bits_per_second": d.bits_per_second, "bytes": d.bytes, "measured_seconds": d.measured_seconds,
-        "retransmits": d.retransmits, "error": d.error.value if d.error is not None else None,
-        "error_detail": d.error_detail[:_DETAIL_MAX]} for d in directions], separators=(",", ":"))
-
-
-def _directions_from_json(text: str) -> tuple[DirectionResult, ...]:
-    out = []
-    for d in json.loads(text):
-        direction: Direction = "download" if d["direction"] == "download" else "upload"
-        out.append(DirectionResult(direction, d["started_at"], d["ended_at"], d["bits_per_second"], d["bytes"],
-                                   d["measured_seconds"], d["retransmits"], ProbeErrorReason.stored(d["error"]),
-                                   d["error_detail"]))
-    return tuple(out)
 
 
 class SqliteStore:
@@ -233,7 +184,7 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             for rec in endpoints:
-                db.execute(_ENDPOINT_UPSERT, _endpoint_params(rec))
+                db.execute(_ENDPOINT_UPSERT, codec.endpoint_params(rec))
             icmp_rows = []
             test_rows = []
             first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
@@ -242,12 +193,9 @@ class SqliteStore:
                 if endpoint_id not in self._first_known:
                     first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
                 if isinstance(result, IcmpResult):
-                    icmp_rows.append((endpoint_id, result.started_at, result.address, result.sent,
-                                      pack_rtts(result.rtts_seconds),
-                                      result.error.value if result.error is not None else None,
-                                      result.error_detail[:_DETAIL_MAX] or None))
+                    icmp_rows.append(codec.icmp_row(endpoint_id, result))
                 elif isinstance(result, ThroughputResult):
-                    test_rows.append(_test_row(endpoint_id, result))
+                    test_rows.append(codec.throughput_row(endpoint_id, result))
             db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
             db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
@@ -257,7 +205,7 @@ class SqliteStore:
                     db.execute("DELETE FROM gaps WHERE endpoint_id = ? AND started_at = ?",
                                (endpoint_id, gap.replaces_start))
                 db.execute("INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)",  # not a result: first_result_at stays
-                           (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds))
+                           codec.gap_row(endpoint_id, gap))
             db.executemany("UPDATE endpoints SET first_result_at = ? WHERE id = ? AND "
                            "(first_result_at IS NULL OR first_result_at > ?)",
                            [(at, endpoint_id, at) for endpoint_id, at in first.items()])
@@ -275,7 +223,7 @@ class SqliteStore:
         if found is None:
             row = self._db.execute("SELECT id FROM endpoints WHERE name = ?", (target.name,)).fetchone()
             if row is None:
-                cursor = self._db.execute(_ENDPOINT_INSERT, _endpoint_params(EndpointRecord.of(target)))
+                cursor = self._db.execute(_ENDPOINT_INSERT, codec.endpoint_params(EndpointRecord.of(target)))
                 found = int(cursor.lastrowid or 0)
             else:
                 found = int(row[0])
@@ -312,8 +260,8 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ reading
     def endpoints(self) -> list[EndpointRecord]:
-        return [_endpoint_record(row) for row in self._db.execute(
-            f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoints ORDER BY name")]  # noqa: S608 (fixed names)
+        return [codec.endpoint_record(row) for row in self._db.execute(
+            f"SELECT {', '.join(codec.ENDPOINT_COLUMNS)} FROM endpoints ORDER BY name")]  # noqa: S608 (fixed names)
 
     def first_results(self) -> dict[str, float]:
         return {str(name): float(at) for name, at in self._db.execute(
@@ -321,30 +269,27 @@ class SqliteStore:
 
     def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
         rows = self._db.execute(
-            "SELECT i.started_at, i.sent, i.rtts, i.error FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "
+            f"SELECT {codec.CYCLE_COLUMNS} FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "  # noqa: S608
             "WHERE e.name = ? AND i.started_at >= ? AND i.started_at < ? ORDER BY i.started_at",
             (endpoint, start, end))
-        for started_at, sent, rtts, error in rows:
-            yield StoredCycle(started_at, sent, unpack_rtts(rtts), error)
-
-    _TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
-                     "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
+        for row in rows:
+            yield codec.stored_cycle(row)
 
     def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         rows = self._db.execute(
-            f"SELECT {self._TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            f"SELECT {codec.TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
             "WHERE e.name = ? AND t.started_at >= ? AND t.started_at < ? ORDER BY t.started_at",
             (endpoint, start, end))
-        return [_stored_test(row) for row in rows]
+        return [codec.stored_test(row) for row in rows]
 
     def gaps(self, endpoint: str, start: float, end: float) -> list[StoredGap]:
         if not self._has_gaps:
             return []
         rows = self._db.execute(
-            "SELECT g.started_at, g.ended_at, g.cause, g.interval_seconds FROM gaps g "
+            f"SELECT {codec.GAP_COLUMNS} FROM gaps g "  # noqa: S608 (fixed names)
             "JOIN endpoints e ON e.id = g.endpoint_id WHERE e.name = ? AND g.ended_at > ? AND g.started_at < ? "
             "ORDER BY g.started_at", (endpoint, start, end))
-        return [StoredGap(endpoint, float(a), float(b), str(cause), float(interval)) for a, b, cause, interval in rows]
+        return [codec.stored_gap(endpoint, row) for row in rows]
 
     def last_measured_tests(self) -> dict[str, StoredTest]:
         return self._latest("AND (t.download_bps IS NOT NULL OR t.upload_bps IS NOT NULL)")
@@ -356,12 +301,12 @@ class SqliteStore:
         """Per endpoint, walk its key backwards from the newest test: a few rows each, whatever the
         history's length (a scan of 400 days of tests would hold up the start-up)."""
         out: dict[str, StoredTest] = {}
-        query = (f"SELECT {self._TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+        query = (f"SELECT {codec.TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
                  f"WHERE t.endpoint_id = ? {where} ORDER BY t.started_at DESC LIMIT 1")
         for (endpoint_id,) in self._db.execute("SELECT id FROM endpoints").fetchall():
             row = self._db.execute(query, (endpoint_id,)).fetchone()
             if row is not None:
-                out[row[0]] = _stored_test(row)
+                out[row[0]] = codec.stored_test(row)
         return out
 
     def bytes_since(self, endpoint: str, since: float) -> int:
@@ -379,20 +324,3 @@ class SqliteStore:
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
-
-def _test_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:
-    return (endpoint_id, r.started_at, r.ended_at, r.method, r.address, r.download_bits_per_second,
-            r.upload_bits_per_second, r.bytes, _directions_json(r.directions), r.target.target_bits_per_second,
-            r.target.target_upload_bits_per_second, None if r.target_met is None else int(r.target_met),
-            r.error.value if r.error is not None else None, r.error_detail[:_DETAIL_MAX] or None,
-            r.budget_remaining_bytes)
-
-
-def _stored_test(row: Sequence[object]) -> StoredTest:
-    (name, method, started_at, ended_at, address, directions, target, target_upload, met, error, detail,
-     budget) = row
-    return StoredTest(str(name), str(method), float(started_at), float(ended_at),  # type: ignore[arg-type]
-                      None if address is None else str(address), _directions_from_json(str(directions)),
-                      float(target), None if target_upload is None else float(target_upload),  # type: ignore[arg-type]
-                      None if met is None else bool(met), None if error is None else str(error),
-                      "" if detail is None else str(detail), None if budget is None else int(budget))  # type: ignore[call-overload]

@@ -103,7 +103,7 @@ _SEND_ERRORS = {
 class EchoJob:
     """Echoes to send to one address in one call of :meth:`IcmpEngine.ping`."""
 
-    address: str  # canonical IP literal (see monitor.config.model.normalize_ip)
+    address: str  # canonical IP literal (see monitor.config.hosts.normalize_ip)
     count: int
     spacing_seconds: float
     timeout_seconds: float

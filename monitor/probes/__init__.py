@@ -43,4 +43,4 @@ PROBES: dict[str, ProbeFn] = {
     "iperf3": iperf3.run,
     "http": http.run,
 }
-THROUGHPUT_METHODS = ("iperf3", "http")
+# one probe per throughput method the config knows (monitor.config.THROUGHPUT_METHODS; tests hold them equal)

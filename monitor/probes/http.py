@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from monitor.config.model import Direction
+from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.probes.http_transfer import Limits, fetch, send
 from monitor.probes.resolver import resolve

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from monitor.config.model import Direction
+from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.probes.throughput import run_tests
 from monitor.results import DirectionResult, ThroughputResult

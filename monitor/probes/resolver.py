@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from monitor.config.model import AddressFamilyChoice, normalize_ip
+from monitor.config import AddressFamilyChoice
+from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason
 
 _FAMILY = {"any": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}

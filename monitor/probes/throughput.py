@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from monitor.config.model import Direction
+from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.probes.resolver import resolve
 from monitor.results import DirectionResult, ThroughputResult

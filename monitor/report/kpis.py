@@ -30,7 +30,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from monitor.config.model import Config
+from monitor.config import Config
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
 from monitor.report.gaps import GapAccount

@@ -14,7 +14,8 @@ reads the same keys with the same meaning (issue 7) rather than inventing its ow
 
 Everything is checked at start-up (files readable, key matching the certificate, hashes that are
 bcrypt) and reported as a :class:`~monitor.errors.ConfigError` with file, line and key, so a typo
-stops ``connmon run`` with exit 2 instead of serving /metrics unprotected. Keys exporter-toolkit
+stops ``connmon run`` with exit 2 instead of serving /metrics unprotected. The file is read with the
+site config's walker (:mod:`monitor.config.walker`), so its problems are located the same way. Keys exporter-toolkit
 has but connmon does not implement (``cipher_suites``, ``http_server_config``, ...) are refused,
 not ignored: a security setting silently dropped is worse than one that stops start-up.
 
@@ -32,7 +33,6 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
-import difflib
 import hashlib
 import re
 import ssl
@@ -41,12 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from monitor.errors import ConfigError, ConfigProblem
+from monitor.config.walker import TAG, Walker, is_null, parse_document, read_config_text
 
-_TAG = "tag:yaml.org,2002:"
 _TOP_KEYS = ("tls_server_config", "basic_auth_users")
 _TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version")
 # exporter-toolkit keys connmon does not implement: refused with this reason instead of "unknown".
@@ -88,49 +86,25 @@ class WebConfig:
         return f"{tls}, {auth}, from {self.source}"
 
 
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.list: list[ConfigProblem] = []
+def _mapping(w: Walker, node: Node, path: str, allowed: tuple[str, ...] | None) -> dict[str, Node]:
+    """Key → value node; an empty value is an empty mapping (``basic_auth_users:``), as in exporter-toolkit.
 
-    def add(self, node: Node | None, path: str, message: str) -> None:
-        line, column = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (1, 1)
-        self.list.append(ConfigProblem(self.source, line, column, path, message))
+    ``allowed`` None takes any key (user names). Keys exporter-toolkit has and connmon does not are
+    refused with their reason (:data:`_UNSUPPORTED`).
+    """
+    if is_null(node):
+        return {}
+    if not isinstance(node, MappingNode):
+        w.problem(node, path or "(top level)", "must be a mapping")
+        return {}
+    return w.mapping(node, path, allowed, unsupported=_UNSUPPORTED) or {}
 
-    def mapping(self, node: Node, path: str, allowed: tuple[str, ...] | None) -> dict[str, tuple[Node, Node]]:
-        """Key → (key node, value node); reports a wrong type, unknown, unsupported and duplicate keys.
 
-        ``allowed`` None takes any key (user names).
-        """
-        if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
-            return {}
-        if not isinstance(node, MappingNode):
-            self.add(node, path or "(top level)", "must be a mapping")
-            return {}
-        out: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag != _TAG + "str":
-                self.add(key_node, path or "(top level)", "keys must be plain words")
-                continue
-            key = str(key_node.value)
-            key_path = f"{path}.{key}" if path else key
-            if key in out:
-                self.add(key_node, key_path, f"duplicate key (first given at line {out[key][0].start_mark.line + 1})")
-            elif allowed is None or key in allowed:
-                out[key] = (key_node, value_node)
-            elif key in _UNSUPPORTED:
-                self.add(key_node, key_path, _UNSUPPORTED[key])
-            else:
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
-                self.add(key_node, key_path, f"unknown key '{key}'; {hint}")
-        return out
-
-    def string(self, node: Node, path: str) -> str | None:
-        if not isinstance(node, ScalarNode) or node.tag != _TAG + "str" or not str(node.value).strip():
-            self.add(node, path, "must be non-empty text (quote it if YAML reads it as something else)")
-            return None
-        return str(node.value)
+def _text(w: Walker, node: Node, path: str) -> str | None:
+    if not isinstance(node, ScalarNode) or node.tag != TAG + "str" or not str(node.value).strip():
+        w.problem(node, path, "must be non-empty text (quote it if YAML reads it as something else)")
+        return None
+    return str(node.value)
 
 
 def _no_password() -> bytes:
@@ -141,8 +115,8 @@ class _EncryptedKey(Exception):
     """Raised from the password callback: the key file is encrypted."""
 
 
-def _readable(problems: _Problems, base: Path, node: Node, path: str) -> Path | None:
-    text = problems.string(node, path)
+def _readable(w: Walker, base: Path, node: Node, path: str) -> Path | None:
+    text = _text(w, node, path)
     if text is None:
         return None
     file = base / text  # an absolute path stays as it is
@@ -150,51 +124,51 @@ def _readable(problems: _Problems, base: Path, node: Node, path: str) -> Path | 
         with open(file, "rb"):
             pass
     except OSError as err:
-        problems.add(node, path, f"cannot read {str(file)!r}: {err.strerror or err}")
+        w.problem(node, path, f"cannot read {str(file)!r}: {err.strerror or err}")
         return None
     return file
 
 
-def _tls(problems: _Problems, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str]:
-    values = problems.mapping(node, "tls_server_config", _TLS_KEYS)
+def _tls(w: Walker, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str]:
+    values = _mapping(w, node, "tls_server_config", _TLS_KEYS)
     files: dict[str, Path | None] = {}
     for name in ("cert_file", "key_file", "client_ca_file"):
         if name in values:
-            files[name] = _readable(problems, base, values[name][1], f"tls_server_config.{name}")
+            files[name] = _readable(w, base, values[name], f"tls_server_config.{name}")
     for key in ("cert_file", "key_file"):
         if key not in values:
-            problems.add(node, "tls_server_config", f"missing required key '{key}'")
+            w.problem(node, "tls_server_config", f"missing required key '{key}'")
     versions: dict[str, ssl.TLSVersion] = {}
     for key in ("min_version", "max_version"):
         if key in values:
-            text = problems.string(values[key][1], f"tls_server_config.{key}")
+            text = _text(w, values[key], f"tls_server_config.{key}")
             if text is not None and text not in TLS_VERSIONS:
-                problems.add(values[key][1], f"tls_server_config.{key}",
-                             f"must be one of {', '.join(TLS_VERSIONS)}, got '{text}'")
+                w.problem(values[key], f"tls_server_config.{key}",
+                          f"must be one of {', '.join(TLS_VERSIONS)}, got '{text}'")
             elif text is not None:
                 versions[key] = TLS_VERSIONS[text]
     if "min_version" in versions and "max_version" in versions and versions["min_version"] > versions["max_version"]:
-        problems.add(values["max_version"][1], "tls_server_config.max_version", "is lower than min_version")
+        w.problem(values["max_version"], "tls_server_config.max_version", "is lower than min_version")
     auth = "NoClientCert"
     if "client_auth_type" in values:
-        text = problems.string(values["client_auth_type"][1], "tls_server_config.client_auth_type")
+        text = _text(w, values["client_auth_type"], "tls_server_config.client_auth_type")
         if text in ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert"):
-            problems.add(values["client_auth_type"][1], "tls_server_config.client_auth_type",
-                         f"'{text}' accepts certificates without verifying them, which connmon cannot do; "
+            w.problem(values["client_auth_type"], "tls_server_config.client_auth_type",
+                      f"'{text}' accepts certificates without verifying them, which connmon cannot do; "
                          "use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file")
         elif text is not None and text not in CLIENT_AUTH_TYPES:
-            problems.add(values["client_auth_type"][1], "tls_server_config.client_auth_type",
-                         f"must be one of {', '.join(CLIENT_AUTH_TYPES)}, got '{text}'")
+            w.problem(values["client_auth_type"], "tls_server_config.client_auth_type",
+                      f"must be one of {', '.join(CLIENT_AUTH_TYPES)}, got '{text}'")
         elif text is not None:
             auth = text
     if auth != "NoClientCert" and "client_ca_file" not in values:
-        problems.add(values["client_auth_type"][1], "tls_server_config.client_auth_type",
-                     f"{auth} needs client_ca_file (the CA that signs the clients' certificates)")
+        w.problem(values["client_auth_type"], "tls_server_config.client_auth_type",
+                  f"{auth} needs client_ca_file (the CA that signs the clients' certificates)")
     if "client_ca_file" in values and auth == "NoClientCert":  # as exporter-toolkit: a CA alone is a mistake
-        problems.add(values["client_ca_file"][1], "tls_server_config.client_ca_file",
-                     "a client CA is given without client_auth_type (e.g. RequireAndVerifyClientCert)")
+        w.problem(values["client_ca_file"], "tls_server_config.client_ca_file",
+                  "a client CA is given without client_auth_type (e.g. RequireAndVerifyClientCert)")
     cert_path, key_path = files.get("cert_file"), files.get("key_file")
-    if problems.list or cert_path is None or key_path is None:
+    if w.problems or cert_path is None or key_path is None:
         return None, auth
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = versions.get("min_version", ssl.TLSVersion.TLSv1_2)
@@ -203,45 +177,45 @@ def _tls(problems: _Problems, node: Node, base: Path) -> tuple[ssl.SSLContext | 
     try:  # the certificate alone first, so a bad one is blamed on cert_file and not on the key
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(cert_path))
     except (ssl.SSLError, ValueError) as err:
-        problems.add(values["cert_file"][1], "tls_server_config.cert_file",
-                     f"{str(cert_path)!r} is not a PEM certificate: {getattr(err, 'reason', None) or err}")
+        w.problem(values["cert_file"], "tls_server_config.cert_file",
+                  f"{str(cert_path)!r} is not a PEM certificate: {getattr(err, 'reason', None) or err}")
         return None, auth
     try:
         context.load_cert_chain(str(cert_path), str(key_path), password=_no_password)
     except _EncryptedKey:
-        problems.add(values["key_file"][1], "tls_server_config.key_file",
-                     f"{str(key_path)!r} is encrypted; give connmon an unencrypted key readable only by its user")
+        w.problem(values["key_file"], "tls_server_config.key_file",
+                  f"{str(key_path)!r} is encrypted; give connmon an unencrypted key readable only by its user")
         return None, auth
     except (ssl.SSLError, ValueError) as err:
         reason = getattr(err, "reason", None) or str(err)
-        problems.add(values["key_file"][1], "tls_server_config.key_file",
-                     f"{str(key_path)!r} is not a PEM private key matching cert_file ({reason})")
+        w.problem(values["key_file"], "tls_server_config.key_file",
+                  f"{str(key_path)!r} is not a PEM private key matching cert_file ({reason})")
         return None, auth
     ca = files.get("client_ca_file")
     if ca is not None:
         try:
             context.load_verify_locations(cafile=str(ca))
         except (ssl.SSLError, ValueError) as err:
-            problems.add(values["client_ca_file"][1], "tls_server_config.client_ca_file",
-                         f"{str(ca)!r} holds no PEM CA certificate: {getattr(err, 'reason', None) or err}")
+            w.problem(values["client_ca_file"], "tls_server_config.client_ca_file",
+                      f"{str(ca)!r} holds no PEM CA certificate: {getattr(err, 'reason', None) or err}")
             return None, auth
     context.verify_mode = CLIENT_AUTH_TYPES[auth]
     return context, auth
 
 
-def _users(problems: _Problems, node: Node) -> dict[str, bytes]:
+def _users(w: Walker, node: Node) -> dict[str, bytes]:
     users: dict[str, bytes] = {}
-    for user, (_key_node, value_node) in problems.mapping(node, "basic_auth_users", None).items():
+    for user, value_node in _mapping(w, node, "basic_auth_users", None).items():
         path = f"basic_auth_users.{user}"
         if ":" in user:
-            problems.add(value_node, path, "a user name cannot contain ':' (basic auth splits at the first one)")
+            w.problem(value_node, path, "a user name cannot contain ':' (basic auth splits at the first one)")
             continue
-        text = problems.string(value_node, path)
+        text = _text(w, value_node, path)
         if text is None:
             continue
         found = _BCRYPT_HASH.fullmatch(text)
         if found is None or not 4 <= int(found.group(1)) <= 31:
-            problems.add(value_node, path, "must be a bcrypt hash ($2y$10$... , 60 characters), not the password; "
+            w.problem(value_node, path, "must be a bcrypt hash ($2y$10$... , 60 characters), not the password; "
                          "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'")
             continue
         users[user] = text.encode("ascii")
@@ -254,28 +228,17 @@ def parse_web_config(text: str, source: str) -> WebConfig:
     Raises:
         ConfigError: every problem, located at the key it concerns.
     """
-    problems = _Problems(source)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(str(part) for part in (err.context, err.problem) if part)
-        raise ConfigError([ConfigProblem(source, line, column, "", f"YAML syntax: {message}")]) from None
-    except (yaml.YAMLError, UnicodeEncodeError) as err:
-        raise ConfigError([ConfigProblem(source, 1, 1, "", f"YAML: {err}")]) from None
+    # an empty file: plain HTTP, no auth (as exporter-toolkit)
+    return parse_document(text, source, lambda w, root: _walk(w, root, source), empty=lambda: WebConfig(source))
+
+
+def _walk(w: Walker, root: Node, source: str) -> WebConfig:
     config = WebConfig(source)
-    if root is None:  # an empty file: plain HTTP, no auth (as exporter-toolkit)
-        return config
-    top = problems.mapping(root, "", _TOP_KEYS)
+    top = _mapping(w, root, "", _TOP_KEYS)
     if "tls_server_config" in top:
-        config.ssl_context, config.client_auth_type = _tls(problems, top["tls_server_config"][1],
-                                                           Path(source).parent)
+        config.ssl_context, config.client_auth_type = _tls(w, top["tls_server_config"], Path(source).parent)
     if "basic_auth_users" in top:
-        users_node = top["basic_auth_users"][1]
-        config.users = _users(problems, users_node)
-    if problems.list:
-        raise ConfigError(problems.list)
+        config.users = _users(w, top["basic_auth_users"])
     return config
 
 
@@ -285,12 +248,7 @@ def load_web_config(path: str) -> WebConfig:
     Raises:
         ConfigError: the file is unreadable or invalid.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError([ConfigProblem(path, 1, 1, "", f"cannot read the file: {reason}")]) from None
-    return parse_web_config(text, path)
+    return parse_web_config(read_config_text(path), path)
 
 
 class BasicAuth:

@@ -17,7 +17,8 @@ import html
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -25,18 +26,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily
 
 from monitor import __version__
-from monitor.agent.centre.api import AgentApi
 from monitor.errors import StartupError
-from monitor.exposition.sink import MetricsSink
 from monitor.reload import ReloadOutcome
 from monitor.text import printable
 from monitor.web.config import BasicAuth
 from monitor.web.listen import parse_listen
-from monitor.web.site_api import SiteApi
 
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SHUTDOWN_TIMEOUT_SECONDS = 1.0  # requests still running at shutdown get this long (issue 7: exit within 10 s)
-AGENT_PREFIX = "/api/v1/agent/"  # routes that take an agent's bearer token instead of basic auth
 WRITE_BYTES = 256 * 1024  # per write: the transport buffers at most about this much per scraper
 JUNK_LOG_EVERY_SECONDS = 60.0
 
@@ -126,10 +123,24 @@ def write_pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
         yield b"".join(pending)
 
 
-def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
+class RouteSet(Protocol):
+    """Routes the daemon hands the server: the site API, the agents' API. The server knows no more of them."""
+
+    def add_routes(self, app: web.Application) -> None: ...
+
+
+class Exposition(Protocol):
+    """The /metrics body, ready-made: cached chunks, plain or gzipped."""
+
+    async def plain_exposition(self) -> Sequence[bytes]: ...
+
+    async def gzip_exposition(self) -> Sequence[bytes]: ...
+
+
+def build_app(metrics: Exposition, is_ready: Callable[[], bool],
               reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
-              auth: BasicAuth | None = None, api: SiteApi | None = None,
-              agent_api: AgentApi | None = None) -> web.Application:
+              auth: BasicAuth | None = None, routes: Sequence[RouteSet] = (),
+              self_authenticated: Sequence[str] = ()) -> web.Application:
     """The routes.
 
     Args:
@@ -138,9 +149,9 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
         reload: the daemon's reload coroutine when ``--web.enable-lifecycle`` is given, else None
             (``/-/reload`` then answers 403).
         auth: basic-auth users from the web config, or None for none (it guards every route, the API's too).
-        api: the JSON API (``/api/v1/...``), or None for none.
-        agent_api: the site agents' routes (``/api/v1/agent/...``, issue 10), or None for none. They
-            authenticate with each site's bearer token, not with basic auth.
+        routes: further route sets: the JSON API (``/api/v1/...``), the site agents' routes (issue 10).
+        self_authenticated: path prefixes of routes that check their own credentials instead of basic
+            auth (the agents' routes take each site's bearer token).
     """
 
     async def serve_metrics(request: web.Request) -> web.StreamResponse:
@@ -185,7 +196,8 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
         @web.middleware
         async def require_auth(request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            if _is_agent_route(request) or await auth.check(request.headers.get("Authorization")):
+            if _is_self_authenticated(request, self_authenticated) \
+                    or await auth.check(request.headers.get("Authorization")):
                 return await handler(request)
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
 
@@ -196,19 +208,17 @@ def build_app(metrics: MetricsSink, is_ready: Callable[[], bool],
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/", index)
-    if api is not None:
-        api.add_routes(app)
-    if agent_api is not None:
-        agent_api.add_routes(app)
+    for route_set in routes:
+        route_set.add_routes(app)
     for method in ("POST", "PUT"):
         app.router.add_route(method, "/-/reload", reload_config)
     return app
 
 
-def _is_agent_route(request: web.Request) -> bool:
-    """Whether the route that matched (not the raw path, which ``..`` could dress up) is an agent route."""
+def _is_self_authenticated(request: web.Request, prefixes: Sequence[str]) -> bool:
+    """Whether the route that matched (not the raw path, which ``..`` could dress up) checks its own credentials."""
     resource = request.match_info.route.resource
-    return resource is not None and resource.canonical.startswith(AGENT_PREFIX)
+    return resource is not None and resource.canonical.startswith(tuple(prefixes))
 
 
 async def start_server(app: web.Application, listen: str, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:

@@ -33,18 +33,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from monitor.config.model import Config
+from monitor.config import Config
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EmptyHistory, EndpointRecord, HistoryNotCreated, HistoryStore, StoredCycle, StoredTest
 from monitor.report.compliance import GroupSummary, Period, Report, SiteRow, build_report
 from monitor.report.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
-from monitor.text import scalar_text, text_fault
+from monitor.text import text_fault
+from monitor.web.answers import error_response, json_response, json_text_response
 from monitor.web.site_state import SiteStateSink
 
 log = logging.getLogger(__name__)
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
-JSON_CONTENT_TYPE = "application/json"
 HISTORY_ICMP_SECONDS = 24 * 3600.0  # a site's page shows the last day of ICMP cycles
 HISTORY_TESTS = 20  # and its last this many throughput tests
 HISTORY_TESTS_SECONDS = 90 * 24 * 3600.0  # looked for this far back
@@ -73,20 +73,6 @@ class SummaryQuery:
     period: Period
     kind: str | None
     district: str | None
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    """``data`` as JSON in UTF-8; a lone surrogate in one site's text becomes U+FFFD instead of a 500 for all."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-    try:
-        body = text.encode("utf-8")
-    except UnicodeEncodeError:  # issue 24: odd text that came from outside (it is refused at the edge too)
-        body = scalar_text(text).encode("utf-8")
-    return web.Response(status=status, body=body, content_type=JSON_CONTENT_TYPE, charset="utf-8")
-
-
-def error_response(status: int, message: str, parameter: str | None = None) -> web.Response:
-    return json_response({"error": message, "parameter": parameter}, status)
 
 
 def _label(query: dict[str, str], name: str) -> str | None:
@@ -252,7 +238,7 @@ class SiteApi:
             sites.extend(self.state.sites(targets[start:start + SITES_PER_SLICE]))
         data = {"generated_at": generated_at, "sites": sites}  # fresh objects: safe to dump in a thread
         text = await asyncio.to_thread(json.dumps, data, ensure_ascii=False, allow_nan=False)
-        return web.Response(content_type=JSON_CONTENT_TYPE, text=text)
+        return json_text_response(text)
 
     async def site(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

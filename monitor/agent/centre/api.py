@@ -34,7 +34,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ from monitor.agent.protocol import (
 )
 from monitor.text import text_fault
 from monitor.throughput_plan import ThroughputPlan
-from monitor.web.site_api import error_response, json_response
+from monitor.web.answers import error_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +82,14 @@ class AgentApi:
 
     Args:
         registry: the agent sites, their tokens and sequence numbers.
-        plan: the scheduler's throughput plan now (it changes with a reload).
-        max_concurrent: the throughput tests allowed at once now.
+        plan: the throughput plan the centre's own tests use too (grants within its ``max_concurrent``).
         body_idle_seconds: how long a body may stop arriving before it gets 408.
     """
 
-    def __init__(self, registry: AgentRegistry, plan: Callable[[], ThroughputPlan],
-                 max_concurrent: Callable[[], int], body_idle_seconds: float = BODY_IDLE_SECONDS) -> None:
+    def __init__(self, registry: AgentRegistry, plan: ThroughputPlan,
+                 body_idle_seconds: float = BODY_IDLE_SECONDS) -> None:
         self.registry = registry
         self.plan = plan
-        self.max_concurrent = max_concurrent
         self.body_idle_seconds = body_idle_seconds
         self.slots: dict[str, Slot] = {}
         self.reading = 0  # bodies being read now
@@ -104,13 +102,16 @@ class AgentApi:
 
     # ------------------------------------------------------------------ helpers
     def _refuse(self, status: int, message: str, parameter: str | None = None,
-                headers: dict[str, str] | None = None, close: web.Request | None = None) -> web.Response:
+                headers: dict[str, str] | None = None, close: web.Request | None = None,
+                stop_reading: bool = False) -> web.Response:
         """The refusal, counted by status.
 
-        ``close``: the request whose body is left unread. Its connection is closed after the answer,
-        and nothing more of the body is read meanwhile: TCP's flow control then stops the sender
-        within its buffers, so a refused upload or batch does not go on crossing a metered link
-        while the server would otherwise read and discard it (aiohttp lingers up to 10 s).
+        ``close``: the request whose body is left unread: its connection is closed after the
+        answer. aiohttp then reads and discards what still comes for up to 10 s, so a client that
+        sends its whole body before it reads (most do) gets the answer, not a reset.
+        ``stop_reading``: for test traffic beyond a grant, nothing more is read at all: TCP's flow
+        control stops the sender within its buffers, so a metered link does not go on carrying
+        bytes the plan did not allow (an agent reads the answer while it sends).
         """
         self.registry.refuse(status)
         response = error_response(status, message, parameter)
@@ -118,7 +119,7 @@ class AgentApi:
             response.headers.update(headers)
         if close is not None:
             response.force_close()
-            if close.body_exists and not close.content.is_eof() and close.transport is not None:
+            if stop_reading and close.body_exists and not close.content.is_eof() and close.transport is not None:
                 close.transport.pause_reading()
         return response
 
@@ -204,7 +205,7 @@ class AgentApi:
             return self._refuse(403, f"this token is for site {site.target.name!r}", "site")
         now = self.registry.clock()
         self.expire_slots()
-        grant = self.plan().grant(site.target.name, now, self.max_concurrent())
+        grant = self.plan.grant(site.target.name, now)
         if grant.target is None:
             return json_response({"granted": False, "reason": grant.reason,
                                   "retry_after_seconds": round(grant.retry_after_seconds, 3)})
@@ -231,7 +232,7 @@ class AgentApi:
         for slot_id, slot in list(self.slots.items()):
             if slot.expires_at <= now:
                 del self.slots[slot_id]
-                self.plan().release(slot.site, now)
+                self.plan.release(slot.site, now)
                 log.warning("throughput slot of agent site %s expired without a result", slot.site,
                             extra={"endpoint": slot.site})
 
@@ -285,7 +286,8 @@ class AgentApi:
                                 "slot", close=request)
         declared = request.content_length
         if declared is not None and declared > slot.upload_left:
-            return self._refuse(413, f"the slot allows {slot.upload_left} more bytes of upload", close=request)
+            return self._refuse(413, f"the slot allows {slot.upload_left} more bytes of upload", close=request,
+                                stop_reading=True)
         received = 0
         try:  # counted and dropped: the agent measures what was acknowledged
             async for piece in body_pieces(request, slot.upload_left, self.body_idle_seconds, None):
@@ -293,7 +295,7 @@ class AgentApi:
         except _Refusal as refusal:
             if refusal.status == 413:  # the grant is spent: nothing more is taken under this slot
                 slot.upload_left = 0
-            return refusal.answer(self, request)
+            return refusal.answer(self, request, stop_reading=refusal.status == 413)
         slot.upload_left -= received
         return json_response({"bytes": received})
 
@@ -347,8 +349,9 @@ class _Refusal(Exception):
         super().__init__(message)
         self.status, self.message, self.close, self.headers = status, message, close, headers
 
-    def answer(self, api: AgentApi, request: web.Request) -> web.Response:
-        return api._refuse(self.status, self.message, headers=self.headers, close=request if self.close else None)
+    def answer(self, api: AgentApi, request: web.Request, stop_reading: bool = False) -> web.Response:
+        return api._refuse(self.status, self.message, headers=self.headers, close=request if self.close else None,
+                           stop_reading=stop_reading)
 
 
 def _no_constant(name: str) -> Any:

@@ -13,7 +13,7 @@ enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre'
 * **Liveness.** A site with nothing received for ``stale_after`` (default three ICMP intervals)
   gets a result with reason ``agent_silent``: ``connmon_up`` goes to 0 and alerts fire as for any
   down site. Silence is not a measurement, so the history does not keep it
-  (:class:`~monitor.history.store.HistorySink`): the truth of the gap arrives later, from the agent.
+  (:class:`~monitor.history.writer.HistorySink`): the truth of the gap arrives later, from the agent.
 * **Why it was silent.** When the agent reports again, the gap is classified: ``power`` when
   the machine booted since (a new boot id, with an uptime shorter than the gap), ``link`` when
   the agent kept measuring while the centre heard nothing (its spool holds results from between
@@ -118,26 +118,47 @@ class Accepted:
     gap_cause: GapCause | None  # set when this batch ended a silence
 
 
+@dataclass(slots=True)
+class AgentSites:
+    """What the centre knows of its agent sites now, and the requests it refused.
+
+    The registry writes it; the exposition reads it at each scrape
+    (:class:`~monitor.agent.centre.exposition.AgentExposition`). It is built first and handed to
+    both, because the registry publishes into the pipeline that holds the metrics sink: neither
+    could be handed the other.
+    """
+
+    by_name: dict[str, AgentSite] = field(default_factory=dict)
+    rejected: dict[int, int] = field(default_factory=dict)  # HTTP status → requests refused (bad token, …)
+
+
 class AgentRegistry:
     """Agent sites of the running config, their tokens, sequence numbers and liveness.
 
     Lives on the event loop (the web handlers and the silence check run there); ``publish`` is the
-    pipeline's, and ``on_throughput`` lets the scheduler book an agent's test against the site's
-    budget and slot (see :meth:`monitor.scheduler.CycleScheduler.agent_test_finished`).
+    pipeline's, and ``book`` books an agent's test in the throughput plan against the site's budget
+    and slot, as the centre's own (:meth:`monitor.throughput_plan.ThroughputPlan.book`).
     """
 
     def __init__(self, pipeline: ResultPipeline, clock: Callable[[], float] = time.time,
-                 on_throughput: Callable[[ThroughputResult, str | None], ThroughputResult] | None = None,
-                 journal: SeqJournal | None = None) -> None:
+                 book: Callable[[ThroughputResult, float], ThroughputResult] | None = None,
+                 journal: SeqJournal | None = None, state: AgentSites | None = None) -> None:
         self.pipeline = pipeline
         self.clock = clock
-        self.on_throughput = on_throughput
+        self.book = book
         # where the last sequence numbers outlive a restart (None: in memory only, as with --no-history)
         self.journal = journal
         self._restored: dict[str, Position] = journal.load() if journal is not None else {}
-        self.sites: dict[str, AgentSite] = {}
+        self.state = state if state is not None else AgentSites()
         self._by_hash: dict[str, str] = {}
-        self.rejected: dict[int, int] = {}  # HTTP status → requests refused (bad token, bad body, …)
+
+    @property
+    def sites(self) -> dict[str, AgentSite]:
+        return self.state.by_name
+
+    @property
+    def rejected(self) -> dict[int, int]:
+        return self.state.rejected
 
     def set_targets(self, targets: Sequence[Target]) -> None:
         """The agent sites of the config now running; a site that stays keeps its sequence and liveness."""
@@ -155,7 +176,7 @@ class AgentRegistry:
                 instance, last_seq = self._restored.get(target.name, (None, 0))
                 sites[target.name] = AgentSite(target, last_seen=now, instance=instance, last_seq=last_seq)
             by_hash[target.agent.token_sha256] = target.name
-        self.sites, self._by_hash = sites, by_hash
+        self.state.by_name, self._by_hash = sites, by_hash
 
     # ------------------------------------------------------------------ requests
     def authenticate(self, authorization: str | None) -> AgentSite | None:
@@ -205,8 +226,8 @@ class AgentRegistry:
             if isinstance(result, IcmpResult) and item.path == "gateway":
                 site.gateway = GatewayState(result.up, result.rtt_avg_seconds, result.loss_ratio, result.started_at)
                 continue
-            if isinstance(result, ThroughputResult) and self.on_throughput is not None:
-                result = self.on_throughput(result, item.slot)
+            if isinstance(result, ThroughputResult) and self.book is not None:
+                result = self.book(result, now)
             measured.append(result)
         if fresh:
             site.last_seq = fresh[-1].seq

@@ -1,10 +1,11 @@
 """The site agent's config (``agent.yaml``): YAML text → validated, frozen :class:`AgentConfig`.
 
 It is a second, small schema read with the same walker as the centre's config
-(:class:`monitor.config.model._Walker`), so an operator at a school gets the same kind of message:
-``FILE:LINE:COL: key: message``, every problem at once. The agent knows only its centre, its
-site's name and how to prove who it is; *what* the site is (labels, targets, when to test
-throughput) stays in the centre's config, so a site cannot describe itself differently.
+(:class:`monitor.config.walker.Walker`), so an operator at a school gets the same kind of message:
+``FILE:LINE:COL: key: message``, every problem at once, and a host is held to the same syntax.
+The agent knows only its centre, its site's name and how to prove who it is; *what* the site is
+(labels, targets, when to test throughput) stays in the centre's config, so a site cannot describe
+itself differently.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from yaml.nodes import Node
 
 from monitor.config.durations import format_duration
-from monitor.config.model import _Loader, _TooManyNodes, _Walker, is_host_name, normalize_ip, read_config_text
-from monitor.errors import ConfigError, ConfigProblem
+from monitor.config.hosts import normalize_ip
+from monitor.config.walker import Walker, parse_document, read_config_text
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class AgentConfig:
         return self.centre + path
 
 
-def _centre(w: _Walker, node: Node, path: str) -> str | None:
+def _centre(w: Walker, node: Node, path: str) -> str | None:
     text = w.string(node, path)
     if text is None:
         return None
@@ -101,18 +101,7 @@ def _centre(w: _Walker, node: Node, path: str) -> str | None:
     return text.rstrip("/")
 
 
-def _host(w: _Walker, node: Node, path: str) -> str | None:
-    text = w.string(node, path)
-    if text is None:
-        return None
-    text = text.strip()
-    if normalize_ip(text) is None and not is_host_name(text):
-        w.problem(node, path, f"'{text}' is not an IP address or host name")
-        return None
-    return text
-
-
-def _gateway(w: _Walker, node: Node, path: str) -> str | None:
+def _gateway(w: Walker, node: Node, path: str) -> str | None:
     text = w.string(node, path)
     if text is None:
         return None
@@ -126,19 +115,12 @@ def _gateway(w: _Walker, node: Node, path: str) -> str | None:
     return address
 
 
-def _boolean(w: _Walker, node: Node, path: str) -> bool | None:
-    scalar = w.scalar(node, path, ("bool",), "true or false")
-    if scalar is None:
-        return None
-    return bool(scalar.value.lower() in ("true", "yes", "on"))
-
-
-def _path(w: _Walker, node: Node, path: str) -> Path | None:
+def _path(w: Walker, node: Node, path: str) -> Path | None:
     text = w.string(node, path)
     return None if text is None else Path(text.strip())
 
 
-def _readable_file(w: _Walker, node: Node, path: str, base: Path) -> Path | None:
+def _readable_file(w: Walker, node: Node, path: str, base: Path) -> Path | None:
     found = _path(w, node, path)
     if found is None:
         return None
@@ -149,7 +131,7 @@ def _readable_file(w: _Walker, node: Node, path: str, base: Path) -> Path | None
     return found
 
 
-def _read_token(w: _Walker, node: Node, path: str, token_file: Path) -> str | None:
+def _read_token(w: Walker, node: Node, path: str, token_file: Path) -> str | None:
     """The token, stripped of surrounding whitespace as the centre hashes it; a warning if others may read it."""
     try:
         data = token_file.read_bytes()[:_MAX_TOKEN_BYTES + 1]
@@ -177,31 +159,12 @@ def parse_agent_config(text: str, source: str, base: Path | None = None) -> Agen
     Raises:
         ConfigError: every problem, each with file, line, column and key.
     """
-    base = base if base is not None else Path(source).resolve().parent
-    w = _Walker(source, 10_000 + 8 * len(text))
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(str(part) for part in (err.context, err.problem) if part)
-        raise ConfigError([ConfigProblem(source, line, column, "", f"YAML syntax: {message}")]) from None
-    except yaml.YAMLError as err:
-        raise ConfigError([ConfigProblem(source, 1, 1, "", f"YAML: {err}")]) from None
-    if root is None:
-        raise ConfigError([ConfigProblem(source, 1, 1, "", "the file is empty; it needs centre, site and "
-                                                           "token_file")])
-    try:
-        config = _walk(w, root, source, base)
-    except _TooManyNodes:  # the walker's node budget (aliases that multiply)
-        w.problems.append(ConfigProblem(source, 1, 1, "", "the document is too large; refusing to read it"))
-        config = None
-    if w.problems or config is None:
-        raise ConfigError(w.problems)
-    return config
+    where = base if base is not None else Path(source).resolve().parent
+    return parse_document(text, source, lambda w, root: _walk(w, root, source, where),
+                          empty="the file is empty; it needs centre, site and token_file")
 
 
-def _walk(w: _Walker, root: Node, source: str, base: Path) -> AgentConfig | None:
+def _walk(w: Walker, root: Node, source: str, base: Path) -> AgentConfig | None:
     top = w.mapping(root, "", _TOP_KEYS, required=("centre", "site", "token_file"))
     if top is None:
         return None
@@ -222,7 +185,7 @@ def _walk(w: _Walker, root: Node, source: str, base: Path) -> AgentConfig | None
             "spacing": lambda n, p: w.duration(n, p, 0.001, 60.0),
             "timeout": lambda n, p: w.duration(n, p, 0.001, 60.0),
             "payload_bytes": lambda n, p: w.number(n, p, 16, 1400, integer=True),
-            "host": lambda n, p: _host(w, n, p),
+            "host": w.host,
         })
         icmp = AgentIcmp(count=got.get("count", icmp.count), spacing_seconds=got.get("spacing", icmp.spacing_seconds),
                          timeout_seconds=got.get("timeout", icmp.timeout_seconds),
@@ -230,7 +193,7 @@ def _walk(w: _Walker, root: Node, source: str, base: Path) -> AgentConfig | None
     throughput_enabled = False
     if "throughput" in top:
         values = w.mapping(top["throughput"], "throughput", ("enabled",)) or {}
-        got = w.fields(values, "throughput", {"enabled": lambda n, p: _boolean(w, n, p)})
+        got = w.fields(values, "throughput", {"enabled": w.boolean})
         throughput_enabled = bool(got.get("enabled", False))
     spool_max = 100_000
     if "spool" in top:

@@ -37,7 +37,8 @@ from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_c
 from monitor.agent.site.spool import Spool
 from monitor.agent.site.throughput import Grant, Refusal, parse_slot_answer, run_granted_test
 from monitor.agent.site.upload import CentreClient, CentreUnreachable, Uploader
-from monitor.config.model import IcmpSettings, normalize_ip
+from monitor.config import IcmpSettings
+from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason, StartupError
 from monitor.icmp.engine import IcmpEngine
 from monitor.probes import ProbeContext, icmp

@@ -27,10 +27,11 @@ import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from monitor.agent.protocol import granted_bytes
-from monitor.config.model import DIRECTIONS, Direction, IcmpSettings, ThroughputSettings, normalize_ip
+from monitor.config import DIRECTIONS, THROUGHPUT_METHODS, Direction, IcmpSettings, TestMethod, ThroughputSettings
+from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason
 from monitor.probes import iperf3
 from monitor.probes.http_transfer import Limits, fetch, send
@@ -61,7 +62,7 @@ class Grant:
 
     slot: str
     expires_at: float
-    method: Literal["iperf3", "http"]
+    method: TestMethod
     directions: tuple[Direction, ...]
     duration_seconds: float
     omit_seconds: float
@@ -105,7 +106,7 @@ def parse_slot_answer(body: Any) -> Grant | Refusal:
     if not isinstance(slot, str) or not 0 < len(slot) <= 64:
         raise ValueError(f"slot: must be a string of 1 to 64 characters, got {slot!r}")
     method = body.get("method")
-    if method not in ("iperf3", "http"):
+    if method not in THROUGHPUT_METHODS:
         raise ValueError(f"method: must be iperf3 or http, got {method!r}")
     directions = body.get("directions")
     if not isinstance(directions, list) or not directions or any(d not in DIRECTIONS for d in directions) \

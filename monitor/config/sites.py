@@ -1,0 +1,242 @@
+"""The site config's loader: YAML text → validated, frozen :class:`~monitor.config.model.Config`.
+
+This module knows the file's structure (the top level, defaults, groups, endpoints, an endpoint's
+agent) and reads it with the one :class:`~monitor.config.walker.Walker`, so every problem is reported
+as ``FILE:LINE:COL: path.to.key: message`` and all of them are collected before one
+:class:`~monitor.errors.ConfigError` is raised. The settings blocks are read by
+:mod:`monitor.config.settings`, the rules across entries checked by :mod:`monitor.config.checks`.
+It does not apply the defaults → group → endpoint cascade for the rest of the program
+(that is :mod:`monitor.targets`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from monitor.config import settings
+from monitor.config.checks import NameNodes, check_config
+from monitor.config.model import (
+    ROLLOUT_STATUSES,
+    SITE_MODES,
+    AgentSettings,
+    Config,
+    Defaults,
+    EndpointConfig,
+    GroupConfig,
+    ReportSettings,
+    Retention,
+    RolloutStatus,
+)
+from monitor.config.walker import TAG, Walker, first_value, parse_document, read_config_text
+
+_ROLLOUT_KEYS = ("status", "planned_date", "provider", "contracted_mbps")  # group and endpoint (issue 11)
+_ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
+                  "throughput", "maintenance", *_ROLLOUT_KEYS, "mode", "agent")
+_GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
+               "endpoints", "maintenance", *_ROLLOUT_KEYS, "mode")
+_AGENT_KEYS = ("token_sha256", "stale_after")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
+_TOP_KEYS = ("defaults", "groups", "throughput", "history", "report")
+
+Readers = dict[str, Callable[[Node, str], Any]]
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid (every problem listed).
+    """
+    return parse_config(read_config_text(path), str(path))
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate YAML ``text`` (named ``source`` in messages) and return the config.
+
+    Raises:
+        ConfigError: listing every problem, each with file, line, column and key path.
+    """
+    return parse_document(text, source, lambda w, root: _read(w, root, source),
+                          empty="the file is empty; it needs at least 'groups:'")
+
+
+def _read(w: Walker, root: Node, source: str) -> Config | None:
+    config, names = _walk_top(w, root, source)
+    if config is not None:
+        check_config(w, config, names)
+    return config
+
+
+def _walk_top(w: Walker, root: Node, source: str) -> tuple[Config | None, NameNodes]:
+    names: NameNodes = {"endpoint": [], "group": []}
+    top = w.mapping(root, "", _TOP_KEYS, required=("groups",))
+    if top is None:
+        return None, names
+    defaults = Defaults()
+    if "defaults" in top:
+        values = w.mapping(top["defaults"], "defaults", _DEFAULT_KEYS) or {}
+        read = w.fields(values, "defaults", {
+            "target_mbps": lambda n, p: settings.mbps(w, n, p),
+            "target_upload_mbps": lambda n, p: settings.mbps(w, n, p),
+            "icmp": lambda n, p: settings.icmp_overrides(w, n, p),
+            "throughput": lambda n, p: settings.throughput_overrides(w, n, p),
+        })
+        defaults = Defaults(**read)
+    max_concurrent = 2
+    if "throughput" in top:
+        values = w.mapping(top["throughput"], "throughput", ("max_concurrent",)) or {}
+        if "max_concurrent" in values:
+            got = w.number(values["max_concurrent"], "throughput.max_concurrent", 1, 1000, integer=True)
+            max_concurrent = int(got) if got is not None else max_concurrent
+    retention = Retention()
+    if "history" in top:
+        history = w.mapping(top["history"], "history", ("retention",)) or {}
+        if "retention" in history:
+            kept = w.mapping(history["retention"], "history.retention", ("icmp", "throughput")) or {}
+            read = w.fields(kept, "history.retention", {
+                "icmp": lambda n, p: w.duration(n, p, 3600.0, 3650 * 86400.0),
+                # at least a month: the monthly budget and the restart restore read this month's tests
+                "throughput": lambda n, p: w.duration(n, p, 32 * 86400.0, 3650 * 86400.0),
+            })
+            retention = Retention(icmp_seconds=read.get("icmp", retention.icmp_seconds),
+                                  throughput_seconds=read.get("throughput", retention.throughput_seconds))
+    report = settings.report_settings(w, top["report"]) if "report" in top else ReportSettings()
+    groups: list[GroupConfig] = []
+    endpoint_readers = _endpoint_readers(w)  # built once per file: 10,000 endpoints need not build 10,000 dicts
+    for gi, gnode in enumerate(w.sequence(top["groups"], "groups") or () if "groups" in top else ()):
+        group = _group(w, gnode, f"groups[{gi}]", endpoint_readers)
+        if group is None:
+            continue
+        groups.append(group)
+        _collect_names(gnode, f"groups[{gi}]", names)
+    config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent,
+                    retention=retention, report=report)
+    return config, names
+
+
+def _cascade_readers(w: Walker) -> Readers:
+    """Readers of the keys a group and its endpoints share (:class:`~monitor.config.model.Cascade`)."""
+    return {
+        "district": w.string,
+        "link": w.string,
+        "target_mbps": lambda n, p: settings.mbps(w, n, p),
+        "target_upload_mbps": lambda n, p: settings.mbps(w, n, p),
+        "icmp": lambda n, p: settings.icmp_overrides(w, n, p),
+        "throughput": lambda n, p: settings.throughput_overrides(w, n, p),
+        "maintenance": lambda n, p: settings.maintenance(w, n, p),
+        # roll-out (issue 11)
+        "status": lambda n, p: w.choice(n, p, ROLLOUT_STATUSES),
+        "planned_date": lambda n, p: settings.date(w, n, p),
+        "provider": w.string,
+        "contracted_mbps": lambda n, p: settings.mbps(w, n, p),
+        "mode": lambda n, p: w.choice(n, p, SITE_MODES),
+    }
+
+
+def _endpoint_readers(w: Walker) -> Readers:
+    return {
+        "name": w.string,
+        "host": w.host,
+        "lat": lambda n, p: w.number(n, p, -90.0, 90.0),
+        "lon": lambda n, p: w.number(n, p, -180.0, 180.0),
+        **_cascade_readers(w),
+        "agent": lambda n, p: _agent_settings(w, n, p),
+    }
+
+
+def _group(w: Walker, node: Node, path: str, endpoint_readers: Readers) -> GroupConfig | None:
+    values = w.mapping(node, path, _GROUP_KEYS, required=("name", "endpoints"))
+    if values is None:
+        return None
+    read = w.fields(values, path, {"name": w.string, "kind": w.string, **_cascade_readers(w)})
+    group_status: RolloutStatus | None = read.get("status", "connected") if "status" in read \
+        or "status" not in values else None
+    endpoints: list[EndpointConfig] = []
+    if "endpoints" in values:
+        items = w.sequence(values["endpoints"], f"{path}.endpoints")
+        for index, item in enumerate(items or ()):
+            endpoint = _endpoint(w, item, f"{path}.endpoints[{index}]", endpoint_readers, group_status,
+                                 read.get("mode"))
+            if endpoint is not None:
+                endpoints.append(endpoint)
+    if "name" not in read:
+        return None
+    read.setdefault("kind", "")
+    return GroupConfig(location=w.where(node), endpoints=tuple(endpoints), **read)
+
+
+def _endpoint(w: Walker, node: Node, path: str, readers: Readers, group_status: RolloutStatus | None = "connected",
+              group_mode: str | None = None) -> EndpointConfig | None:
+    """One endpoint; ``group_status``: the group's status (None when it was invalid); ``group_mode``: its mode."""
+    values = w.mapping(node, path, _ENDPOINT_KEYS, required=("name",))
+    if values is None:
+        return None
+    read = w.fields(values, path, readers)
+    status = read.get("status", group_status) if "status" in read or "status" not in values else None
+    if "mode" in values and "mode" not in read:
+        return None  # the mode was invalid (reported): do not also report a host it may not need
+    mode = read.get("mode") or group_mode or "probe"
+    if mode == "agent":  # measured from inside the site (issue 10): the centre needs its token, not its address
+        if "agent" not in values:
+            w.problem(node, path, "missing required key 'agent' (mode: agent needs agent.token_sha256)")
+            return None
+    elif "agent" in values:
+        w.problem(values["agent"], f"{path}.agent", "only an endpoint with mode: agent has an agent block")
+        return None
+    host_optional = mode == "agent" or status == "planned"
+    if "host" not in values and status is not None and not host_optional:
+        # only a planned site may be written before its address is known (and an agent's site needs none);
+        # an invalid status says nothing
+        w.problem(node, path, "missing required key 'host' (only a site with status: planned or mode: agent "
+                              "may leave it out)")
+    if "name" not in read or ("host" not in read and ("host" in values or not host_optional)):
+        return None
+    read.setdefault("host", None)
+    return EndpointConfig(location=w.where(node), path=path, **read)
+
+
+def _agent_settings(w: Walker, node: Node, path: str) -> AgentSettings | None:
+    values = w.mapping(node, path, _AGENT_KEYS, required=("token_sha256",))
+    if values is None:
+        return None
+    read = w.fields(values, path, {
+        "token_sha256": lambda n, p: _token_hash(w, n, p),
+        "stale_after": lambda n, p: w.duration(n, p, 1.0, 30 * 86400.0),
+    })
+    return AgentSettings(read.get("token_sha256"), read.get("stale_after"))
+
+
+def _token_hash(w: Walker, node: Node, path: str) -> str | None:
+    text = w.string(node, path)
+    if text is None:
+        return None
+    if not _SHA256_HEX.fullmatch(text.strip().lower()):
+        w.problem(node, path, "must be the SHA-256 of the agent's token as 64 hex digits "
+                              "(`connmon agent-token` makes a token and prints its hash)")
+        return None
+    return text.strip().lower()
+
+
+def _collect_names(gnode: Node, gpath: str, names: NameNodes) -> None:
+    """Remember the name nodes of a valid group and its endpoints, for the uniqueness check.
+
+    Only the first of duplicated keys counts, so a key given twice is one problem, not two.
+    """
+    if not isinstance(gnode, MappingNode):  # pragma: no cover - a group that was read is a mapping
+        return
+    name = first_value(gnode, "name")
+    if name is not None:
+        names["group"].append((name, f"{gpath}.name"))
+    endpoints = first_value(gnode, "endpoints")
+    if isinstance(endpoints, SequenceNode):
+        for ei, enode in enumerate(endpoints.value):
+            if isinstance(enode, MappingNode):
+                v = first_value(enode, "name")
+                if isinstance(v, ScalarNode) and v.tag == TAG + "str":
+                    names["endpoint"].append((v, f"{gpath}.endpoints[{ei}].name"))
