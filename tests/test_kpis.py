@@ -36,7 +36,7 @@ from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.report.compliance import Period, build_report
 from monitor.report.kpis import DAY_SECONDS, Thresholds, maintenance_of, status_of
-from monitor.report.render import render
+from monitor.report.render import kpi_header, render
 from monitor.results import Result
 from monitor.targets import Target
 from tests.factories import icmp, iperf3_test, throughput_target, write_config
@@ -191,6 +191,9 @@ def test_kpis_match_the_recorded_history(state: Path) -> None:
     bare = build_report(store, NOV).kpis  # no config: nothing left out
     assert bare is not None and not bare.maintenance_considered
     assert (bare.groups[0].current.cycles, bare.groups[0].current.cycles_up) == (17, 11)
+    assert kpi_header(bare).endswith("previous period: the 30 days before.")
+    one_day = build_report(store, Period(dt.date(2026, 11, 30), dt.date(2026, 11, 30), "UTC")).kpis
+    assert one_day is not None and kpi_header(one_day).endswith("previous period: the 1 day before.")
 
 
 def test_cli_csv_and_json_are_golden(state: Path) -> None:

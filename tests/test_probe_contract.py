@@ -104,7 +104,7 @@ async def icmp_sites() -> AsyncIterator[World]:
     expected: Expected = {"answers": None, "partly": None, "silent": None,
                           "unreachable": ProbeErrorReason.UNREACHABLE, "no route": ProbeErrorReason.NO_ROUTE,
                           "answers too": None}
-    yield World(ProbeContext(engine), sites, expected)  # type: ignore[arg-type]  # a stand-in for IcmpEngine
+    yield World(ProbeContext(engine), sites, expected)  # a Pinger, as the real engine is
 
 
 # ----------------------------------------------------------------------------- iperf3

@@ -15,19 +15,29 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from monitor.icmp.engine import IcmpEngine
+from monitor.icmp.engine import EchoJob, EchoOutcome
 from monitor.probes import http, icmp, iperf3
 from monitor.probes.commands import CommandRunner, run_command
 from monitor.results import Result
 from monitor.targets import Target
 
 
+class Pinger(Protocol):
+    """What the ICMP probe needs of an engine (:class:`monitor.icmp.engine.IcmpEngine` is the real one)."""
+
+    @property
+    def families(self) -> frozenset[int]: ...
+
+    async def ping(self, jobs: Sequence[EchoJob]) -> list[EchoOutcome]: ...
+
+
 @dataclass(slots=True)
 class ProbeContext:
     """What probes need from outside: the engines, a clock (injected so tests can pin time), limits."""
 
-    icmp_engine: IcmpEngine | None
+    icmp_engine: Pinger | None
     clock: Callable[[], float] = time.time
     run_command: CommandRunner = run_command
     iperf3_path: str | None = None  # None: not installed, iperf3 tests report tool_missing

@@ -257,11 +257,13 @@ def kpi_header(kpis: KpiReport) -> str:
     if kpis.power_gaps:
         maintenance += "; agent sites' hours without power are left out too"
     return (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
-            f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} days before.")
+            f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} before.")
 
 
 def _days(kpis: KpiReport) -> str:
-    return f"{(kpis.span.end - kpis.span.start) / 86400:.0f}"
+    """The period's length in days, as words: "30 days", "1 day" (a report of one day is common)."""
+    days = f"{(kpis.span.end - kpis.span.start) / 86400:.0f}"
+    return f"{days} day" if days == "1" else f"{days} days"
 
 
 def _kpi_rows(kpis: KpiReport) -> list[list[str]]:
