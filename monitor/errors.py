@@ -34,6 +34,8 @@ class ProbeErrorReason(enum.StrEnum):
     FAILED = "failed"  # any other failure the test tool reported (its message is in the detail)
     # Site agents (issue 10):
     AGENT_SILENT = "agent_silent"  # nothing arrived from the site's agent within stale_after
+    # Where is the fault (issue 21):
+    MONITOR_CUT_OFF = "monitor_cut_off"  # no reply while the centre's own way out was down: not the site's fault
 
     @classmethod
     def stored(cls, value: str | None) -> ProbeErrorReason | None:
@@ -46,12 +48,16 @@ class ProbeErrorReason(enum.StrEnum):
             return cls.FAILED
 
 
-ICMP_REASONS: tuple[ProbeErrorReason, ...] = (
+MEASURED_ICMP_REASONS: tuple[ProbeErrorReason, ...] = (
     ProbeErrorReason.DNS, ProbeErrorReason.NO_ROUTE, ProbeErrorReason.PERMISSION, ProbeErrorReason.UNREACHABLE,
     ProbeErrorReason.UNSUPPORTED_FAMILY, ProbeErrorReason.SEND_FAILED)
-"""Reasons an ICMP cycle can report; each exists as a series at 0 from start-up."""
+"""Reasons an ICMP probe itself reports (at the centre, or an agent at its site)."""
 
-AGENT_REASONS: tuple[ProbeErrorReason, ...] = (*ICMP_REASONS, ProbeErrorReason.AGENT_SILENT)
+ICMP_REASONS: tuple[ProbeErrorReason, ...] = (*MEASURED_ICMP_REASONS, ProbeErrorReason.MONITOR_CUT_OFF)
+"""Reasons an ICMP cycle can show; each exists as a series at 0 from start-up. ``monitor_cut_off`` is the
+centre's verdict on a silent site while its own uplink was down (:mod:`monitor.centre_path`), never an agent's."""
+
+AGENT_REASONS: tuple[ProbeErrorReason, ...] = (*MEASURED_ICMP_REASONS, ProbeErrorReason.AGENT_SILENT)
 """Reasons an agent site's ICMP series can show: what its agent reports, and the centre's own ``agent_silent``."""
 
 THROUGHPUT_REASONS: tuple[ProbeErrorReason, ...] = (

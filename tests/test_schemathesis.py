@@ -527,7 +527,7 @@ def test_a_summary_given_one_end_is_never_reversed() -> None:
 def test_the_document_states_the_servers_limits() -> None:
     """The patterns, enums and numeric limits in the document are the constants the server checks with."""
     from monitor.agent import protocol
-    from monitor.errors import AGENT_REASONS, ICMP_REASONS, THROUGHPUT_REASONS
+    from monitor.errors import AGENT_REASONS, MEASURED_ICMP_REASONS, THROUGHPUT_REASONS
     from monitor.results import GAP_CAUSES
     from monitor.text import FREE_TEXT_PATTERN
     from monitor.web.site_api import OPENAPI_PATH
@@ -540,7 +540,7 @@ def test_the_document_states_the_servers_limits() -> None:
     assert (schemas["CleanName"]["maxLength"], schemas["CleanId"]["maxLength"]) == (200, 64)
     assert schemas["FreeText"]["maxLength"] == protocol.MAX_TEXT
     icmp, test = schemas["AgentIcmpResult"]["properties"], schemas["AgentThroughputResult"]["properties"]
-    assert icmp["error"]["enum"] == [*(r.value for r in ICMP_REASONS), None]
+    assert icmp["error"]["enum"] == [*(r.value for r in MEASURED_ICMP_REASONS), None]
     assert schemas["ThroughputReason"]["enum"] == [*(r.value for r in THROUGHPUT_REASONS), None]
     site_icmp = schemas["Site"]["properties"]["icmp"]["oneOf"][1]["properties"]
     assert site_icmp["error"]["enum"] == [*(r.value for r in AGENT_REASONS), None]

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from monitor.config import DIRECTIONS, THROUGHPUT_METHODS, Direction, IcmpSettings
-from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
+from monitor.errors import MEASURED_ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.results import DirectionResult, IcmpResult, ThroughputResult
 from monitor.targets import Target
 from monitor.text import clean_detail, text_fault
@@ -274,7 +274,7 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
         result: IcmpResult | ThroughputResult = IcmpResult(
             target=_PLACEHOLDER, started_at=r.time(obj.get("started_at"), f"{path}.started_at"),
             address=r.optional_address(obj.get("address"), f"{path}.address"), sent=sent, rtts_seconds=rtts,
-            error=r.reason(obj.get("error"), f"{path}.error", (*ICMP_REASONS,)),
+            error=r.reason(obj.get("error"), f"{path}.error", MEASURED_ICMP_REASONS),
             error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
         return AgentResult(seq, result, icmp_path)
     if kind == "throughput":

@@ -202,6 +202,21 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class UplinkCheck:
+    """One check of the centre's own way out (its gateway, an address beyond its ISP): pinged every fastest cycle."""
+
+    name: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """The centre itself (issue 21): the checks that tell its own uplink is down, so sites are not blamed."""
+
+    uplink: tuple[UplinkCheck, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid config file."""
 
@@ -211,6 +226,7 @@ class Config:
     throughput_max_concurrent: int = 2  # tests at once across all sites, so our own uplink is not the bottleneck
     retention: Retention = field(default_factory=Retention)
     report: ReportSettings = field(default_factory=ReportSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
 
 _S = TypeVar("_S", IcmpSettings, ThroughputSettings)

@@ -28,9 +28,11 @@ from monitor.config.model import (
     Defaults,
     EndpointConfig,
     GroupConfig,
+    MonitorSettings,
     ReportSettings,
     Retention,
     RolloutStatus,
+    UplinkCheck,
 )
 from monitor.config.walker import TAG, Walker, first_value, parse_document, read_config_text
 
@@ -42,7 +44,7 @@ _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload
 _AGENT_KEYS = ("token_sha256", "stale_after")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
-_TOP_KEYS = ("defaults", "groups", "throughput", "history", "report")
+_TOP_KEYS = ("defaults", "groups", "throughput", "history", "report", "monitor")
 
 Readers = dict[str, Callable[[Node, str], Any]]
 
@@ -115,9 +117,32 @@ def _walk_top(w: Walker, root: Node, source: str) -> tuple[Config | None, NameNo
             continue
         groups.append(group)
         _collect_names(gnode, f"groups[{gi}]", names)
+    monitor = _monitor(w, top["monitor"]) if "monitor" in top else MonitorSettings()
     config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent,
-                    retention=retention, report=report)
+                    retention=retention, report=report, monitor=monitor)
     return config, names
+
+
+def _monitor(w: Walker, node: Node) -> MonitorSettings:
+    """``monitor: {uplink: [{name, host}, ...]}``: the centre's own way out (issue 21)."""
+    values = w.mapping(node, "monitor", ("uplink",)) or {}
+    checks: list[UplinkCheck] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(w.sequence(values["uplink"], "monitor.uplink") or () if "uplink" in values else ()):
+        path = f"monitor.uplink[{i}]"
+        fields = w.mapping(item, path, ("name", "host"), required=("name", "host"))
+        if fields is None:
+            continue
+        read = w.fields(fields, path, {"name": w.string, "host": w.host})
+        if "name" not in read or "host" not in read:
+            continue
+        if read["name"] in seen:
+            w.problem(fields["name"], f"{path}.name",
+                      f"duplicate uplink check name '{read['name']}' (first at monitor.uplink[{seen[read['name']]}])")
+            continue
+        seen[read["name"]] = i
+        checks.append(UplinkCheck(read["name"], read["host"]))
+    return MonitorSettings(tuple(checks))
 
 
 def _cascade_readers(w: Walker) -> Readers:
