@@ -1,7 +1,8 @@
 """``connmon run``: assembles the daemon, runs it until a signal, and shuts it down.
 
 Assembly is in dependency order, each part handed what it needs when it is built, and nothing set
-afterwards (issue 23): the config; the ICMP engine; the history writer; the sinks and the result
+afterwards (issue 23): the config; the ICMP engine; the history writer; the centre's own path
+(issue 21: its uplink checks, read by /metrics and fed by the scheduler); the sinks and the result
 pipeline; the throughput plan (shared by the scheduler and the agents' grants); the agents'
 registry; the probe context and the scheduler; the APIs; the reloader; the web app.
 
@@ -34,6 +35,8 @@ from monitor.agent.centre.journal import SeqJournal
 from monitor.agent.centre.registry import AgentRegistry, AgentSites
 from monitor.agent.protocol import BODY_IDLE_SECONDS
 from monitor.agent.protocol import ROUTES_PREFIX as AGENT_ROUTES_PREFIX
+from monitor.centre_path import CentrePath
+from monitor.centre_path_exposition import CentrePathExposition
 from monitor.config import Config
 from monitor.exposition.scrape import EngineExposition, ScrapeRenderer
 from monitor.exposition.sink import MetricsSink
@@ -52,7 +55,7 @@ from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
 from monitor.results import ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
-from monitor.targets import Target, probed
+from monitor.targets import Target, probed, uplink_targets
 from monitor.throughput_plan import ThroughputPlan
 from monitor.web.config import BasicAuth, load_web_config
 from monitor.web.server import build_app, start_server
@@ -144,12 +147,15 @@ class Daemon:
                                     set_aside_path=set_aside_file(state_dir))
                         if state_dir is not None else None)
         agent_sites = AgentSites()  # written by the registry, read by /metrics: built before both
+        # the centre's own way out (issue 21): fed by the scheduler, read by /metrics; built before both
+        self.centre_path = CentrePath(uplink_targets(config, loaded.targets))
         # what /metrics renders per scrape, beside the cached body
         scrape: list[ScrapeRenderer] = [EngineExposition(lambda: dataclasses.asdict(engine.stats))]
         history = self.history
         if history is not None:
             scrape.append(StoreExposition(lambda: history.stats))
         scrape.append(AgentExposition(agent_sites))
+        scrape.append(CentrePathExposition(self.centre_path))
         self.metrics = MetricsSink(scrape=scrape, tools={"iperf3": bool(self.iperf3_path)},
                                    shard=options.shard.label if options.shard is not None else None)
         self.site_state = SiteStateSink()  # the JSON API's current state (issue 11)
@@ -169,7 +175,7 @@ class Daemon:
         self.metrics.config_loaded(True)
         self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
                                 throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
-        self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan)
+        self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path)
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
                            if state_dir is not None else None, default_timezone=options.timezone)
         self.api.set_report_settings(config)
@@ -193,6 +199,7 @@ class Daemon:
         if self.history is not None:
             self.history.retention = new_config.retention
         self.api.set_report_settings(new_config)
+        self.centre_path.set_checks(uplink_targets(new_config, every_target))  # the scheduler's uplink job follows
         self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
         for sink in self.pipeline.sinks:
             sink.set_targets(new_targets)

@@ -1,7 +1,12 @@
 """Logging: one line per event, with level and endpoint, as text or JSON; and the event-log sink.
 
 The sink logs *changes* (an endpoint going down, coming back, failing for a new reason), not
-every cycle, so that 500 sites at one cycle a minute do not bury the one that matters.
+every cycle, so that 500 sites at one cycle a minute do not bury the one that matters. A change of
+a site's state to one that names a cause outside the site's link (issue 21: ``maintenance``,
+``monitor_cut_off``, ``power``) is said in one line of its own, with ``state=`` (one line, cut here)::
+
+    2026-12-06T11:40:02.120Z WARNING endpoint=school-001 probe=icmp reason=monitor_cut_off address=10.77.0.2
+    state=monitor_cut_off state monitor_cut_off: no reply while the centre's uplink checks all failed (gateway, isp-1)
 """
 
 from __future__ import annotations
@@ -10,15 +15,16 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult, ThroughputResult
+from monitor.results import Cycle, GapCause, IcmpResult, ThroughputResult
+from monitor.site_states import CAUSE_STATES, MaintenanceWatch, SiteStateName, derive, describe
 from monitor.targets import Target
 
 log = logging.getLogger("monitor.events")
 
-_EXTRA_KEYS = ("endpoint", "group", "probe", "reason", "address")
+_EXTRA_KEYS = ("endpoint", "group", "probe", "reason", "address", "state")
 
 
 class TextFormatter(logging.Formatter):
@@ -84,23 +90,47 @@ def configure(level: str = "info", fmt: str = "text") -> None:
 
 
 class EventLogSink:
-    """Logs endpoint state changes derived from results."""
+    """Logs endpoint state changes derived from results.
 
-    def __init__(self) -> None:
+    Two kinds of line: the site's own (up, down, cannot probe: when its last result's verdict or
+    reason changed, as before issue 21), and its state's (:mod:`monitor.site_states`), when the state
+    changed to one with a cause, or from one with a cause while the site's own line says nothing
+    (``state up (was maintenance)``). A result that the state's line explains (``monitor_cut_off``)
+    gets no line of its own. ``clock`` is now, for the maintenance windows, which are asked at each
+    cycle: a window that opens is logged without waiting for the site's next result.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._state: dict[str, tuple[bool, str | None]] = {}
+        self._clock = clock
+        self._targets: dict[str, Target] = {}
+        self._last: dict[str, IcmpResult] = {}
+        self._gap_cause: dict[str, GapCause] = {}
+        self._site_state: dict[str, SiteStateName] = {}
+        self._maintenance = MaintenanceWatch()
 
     def set_targets(self, targets: Sequence[Target]) -> None:
         names = {t.name for t in targets}
         self._state = {name: state for name, state in self._state.items() if name in names}
+        self._targets = {t.name: t for t in targets}
+        for kept in (self._last, self._gap_cause, self._site_state):
+            for name in [n for n in kept if n not in names]:
+                del kept[name]
+        self._maintenance.watch(t for t in targets if t.probed)  # a planned site's window is nobody's news
 
     def consume(self, cycle: Cycle) -> None:
+        for name in self._maintenance.update(self._clock()) if self._maintenance.watching else ():
+            self._log_state(name, said=False)
         up = 0
         for result in cycle.results:
             if isinstance(result, ThroughputResult):
                 log_throughput(result)
                 continue
             up += result.up
-            self._log_change(result)
+            self._log_state(result.target.name, said=self._log_change(result), result=result)
+        for gap in cycle.gaps:  # after the results the batch that ended the silence brought: only a lasting state
+            self._gap_cause[gap.target.name] = gap.cause
+            self._log_state(gap.target.name, said=False)
         log.debug("cycle done: %d of %d endpoints up in %.2fs", up, len(cycle.results), cycle.duration_seconds,
                   extra={"probe": cycle.probe, "group": cycle.group})
 
@@ -108,13 +138,36 @@ class EventLogSink:
         log.warning("cycle skipped: the previous one is still running",
                     extra={"probe": probe, "group": group})
 
-    def _log_change(self, result: IcmpResult) -> None:
+    def _log_state(self, name: str, *, said: bool, result: IcmpResult | None = None) -> None:
+        """Log a change of site ``name``'s state (``result``: its new last one, if any), unless the site's own
+        line (``said``) already told it."""
+        if name not in self._targets:  # removed by a reload while its cycle ran
+            return
+        if result is not None:
+            self._last[name] = result
+        last, window = self._last.get(name), self._maintenance.window(name)
+        state = derive(last, window, self._gap_cause.get(name))
+        previous = self._site_state.get(name, SiteStateName.UNKNOWN)
+        self._site_state[name] = state
+        if state is previous:
+            return
+        extra = {"endpoint": name, "probe": "icmp", "state": state.value,
+                 "address": None if last is None else last.address,
+                 "reason": None if last is None or last.error is None else last.error.value}
+        if state in CAUSE_STATES:
+            level = logging.INFO if state is SiteStateName.MAINTENANCE else logging.WARNING
+            log.log(level, "state %s: %s", state.value, describe(state, last, window), extra=extra)
+        elif previous in CAUSE_STATES and not said:
+            log.info("state %s (was %s)", state.value, previous.value, extra=extra)
+
+    def _log_change(self, result: IcmpResult) -> bool:
+        """Log a change of the site's own verdict or reason; True if a line was written."""
         name = result.target.name
         reason = result.error.value if result.error else None
         previous = self._state.get(name)
         self._state[name] = (result.up, reason)
-        if previous == (result.up, reason):
-            return
+        if previous == (result.up, reason) or result.error is ProbeErrorReason.MONITOR_CUT_OFF:
+            return False  # monitor_cut_off: the state's line says it (issue 21)
         extra = {"endpoint": name, "probe": "icmp", "address": result.address, "reason": reason}
         if result.error is ProbeErrorReason.UNREACHABLE:
             log.warning("down: %s (%d echoes)", result.error_detail, result.sent, extra=extra)
@@ -127,6 +180,7 @@ class EventLogSink:
                      rtt * 1000, extra=extra)
         else:
             log.warning("down: no reply to %d echoes", result.sent, extra=extra)
+        return True
 
 
 def describe_throughput(result: ThroughputResult) -> str:

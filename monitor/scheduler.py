@@ -8,6 +8,14 @@ Throughput: one dispatcher job ticks every second and starts the tests that
 :class:`~monitor.throughput_plan.ThroughputPlan` (handed in: the agents' grants share it) says are
 due, never more than its ``max_concurrent`` at once; each finished test is booked in the plan
 and published as its own cycle.
+
+The centre's own path (issue 21): with a :class:`~monitor.centre_path.CentrePath` handed in, its
+uplink checks run in a job of their own (at their targets' interval: the fastest of the sites'),
+and their results go to the centre path, never to the pipeline. Every ICMP cycle of the sites goes
+through :meth:`~monitor.centre_path.CentrePath.classify` before it is published, so no sink sees a
+silent site as ``down`` while the centre itself is cut off. A site cycle that ends while an uplink
+run is under way waits for it (at most that run's bound): the two often run side by side, and the
+verdict for the cycle is the run that saw the same minute of the network.
 """
 
 from __future__ import annotations
@@ -24,13 +32,17 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.centre_path import CentrePath
 from monitor.errors import ProbeErrorReason
 from monitor.probes import PROBES, ProbeContext
-from monitor.results import Cycle, ResultPipeline, ThroughputResult
+from monitor.results import Cycle, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
 from monitor.throughput_plan import SiteState, ThroughputPlan
 
 log = logging.getLogger(__name__)
+
+UPLINK_JOB_ID = "uplink"  # the centre's uplink checks (issue 21); site jobs are "icmp:GROUP:INTERVAL"
+UPLINK_WAIT_SLACK_SECONDS = 1.0  # a site cycle waits for a running uplink run at most its bound plus this
 
 
 def plan_jobs(targets: Sequence[Target]) -> dict[tuple[str, float], list[Target]]:
@@ -53,11 +65,15 @@ class CycleScheduler:
     """Owns the APScheduler instance and turns each job run into a published :class:`Cycle`."""
 
     def __init__(self, ctx: ProbeContext, pipeline: ResultPipeline, plan: ThroughputPlan | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, centre_path: CentrePath | None = None) -> None:
         self.ctx = ctx
         self.pipeline = pipeline
         self.clock = clock
         self.plan = plan if plan is not None else ThroughputPlan()
+        self.centre_path = centre_path
+        self._uplink_interval: float | None = None  # the uplink job's interval; None: no job
+        self._uplink_idle = asyncio.Event()  # clear while an uplink run is under way
+        self._uplink_idle.set()
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._job_names: dict[str, tuple[str, str]] = {}
@@ -99,6 +115,31 @@ class CycleScheduler:
                 misfire_grace_time=max(1, int(interval)), next_run_time=first)
             self._job_names[job_id] = ("icmp", group)
         log.info("scheduled %d ICMP jobs for %d endpoints (%d new)", len(batches), len(targets), len(new))
+        self._set_uplink_job()
+
+    def _set_uplink_job(self) -> None:
+        """One job for the centre path's uplink checks, as configured now; none without checks.
+
+        At a reload, a job whose interval stays keeps its schedule and probes the new checks from its
+        next run; otherwise it starts again, its first run at once (the verdict is wanted early).
+        """
+        checks = self.centre_path.checks if self.centre_path is not None else ()
+        interval = checks[0].icmp.interval_seconds if checks else None
+        if self._uplink_interval is not None and interval != self._uplink_interval:
+            self._scheduler.remove_job(UPLINK_JOB_ID)
+            self._uplink_interval = None
+        if interval is None:
+            return
+        if self._uplink_interval is not None:
+            self._scheduler.modify_job(UPLINK_JOB_ID, args=(checks,))
+            return
+        now = dt.datetime.now(dt.UTC)
+        self._scheduler.add_job(
+            self.run_uplink, IntervalTrigger(seconds=interval, start_date=now, timezone=dt.UTC), args=(checks,),
+            id=UPLINK_JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)),
+            next_run_time=now)
+        self._uplink_interval = interval
+        log.info("scheduled the centre's %d uplink check(s) every %gs", len(checks), interval)
 
     @staticmethod
     def _job_id(group: str, interval: float) -> str:
@@ -122,6 +163,12 @@ class CycleScheduler:
         started = time.monotonic()
         try:
             results = await PROBES[probe](targets, self.ctx)
+            cycle = Cycle(probe, group, started_at, time.monotonic() - started, tuple(results))
+            centre_path = self.centre_path
+            if centre_path is not None and probe == "icmp":
+                if not self._uplink_idle.is_set() and not all(isinstance(r, IcmpResult) and r.up for r in results):
+                    await self._wait_for_uplink(centre_path)
+                cycle = _classified(centre_path, cycle)
         except asyncio.CancelledError:  # shutdown: a half-done cycle is dropped, not published
             log.info("cycle cancelled by shutdown", extra={"probe": probe, "group": group})
             return
@@ -131,7 +178,31 @@ class CycleScheduler:
         finally:
             if task is not None:
                 self.running_cycles.discard(task)
-        self.pipeline.publish(Cycle(probe, group, started_at, time.monotonic() - started, tuple(results)))
+        self.pipeline.publish(cycle)
+
+    async def _wait_for_uplink(self, centre_path: CentrePath) -> None:
+        """Wait until the uplink run under way has been recorded (bounded by its own cycle bound)."""
+        bound = max((c.icmp.cycle_bound_seconds for c in centre_path.checks), default=0.0)
+        try:
+            await asyncio.wait_for(self._uplink_idle.wait(), bound + UPLINK_WAIT_SLACK_SECONDS)
+        except TimeoutError:
+            log.warning("the centre's uplink checks did not finish in time; classifying the cycle by their last run")
+
+    async def run_uplink(self, checks: Sequence[Target]) -> None:
+        """Ping the centre's uplink checks once and give the results to the centre path; never raises."""
+        centre_path = self.centre_path
+        if centre_path is None or not checks:
+            return
+        self._uplink_idle.clear()
+        try:
+            results = await PROBES["icmp"](checks, self.ctx)
+            centre_path.record([r for r in results if isinstance(r, IcmpResult)])
+        except asyncio.CancelledError:  # shutdown
+            return
+        except Exception:  # the verdict stays as the last run left it
+            log.exception("the uplink checks failed to run", extra={"probe": "icmp", "group": checks[0].group})
+        finally:
+            self._uplink_idle.set()
 
     async def dispatch_throughput(self) -> None:
         """Start every throughput test that is due, up to the global limit; never raises."""
@@ -171,5 +242,18 @@ class CycleScheduler:
                                     result.ended_at - result.started_at, (result,)))
 
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
+        if event.job_id == UPLINK_JOB_ID:  # not a site group's cycle: no series of its own
+            log.warning("the centre's uplink checks skipped a run: the previous one is still running")
+            return
         probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))
         self.pipeline.cycle_skipped(probe, group)
+
+
+def _classified(centre_path: CentrePath, cycle: Cycle) -> Cycle:
+    """The cycle as the centre path judges it; as measured if judging fails (a bug must not lose the cycle)."""
+    try:
+        return centre_path.classify(cycle)
+    except Exception:
+        log.exception("classifying a cycle by the centre's own path failed; publishing it as measured",
+                      extra={"probe": cycle.probe, "group": cycle.group})
+        return cycle

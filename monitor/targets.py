@@ -24,6 +24,7 @@ from monitor.config import (
     merge_throughput,
 )
 from monitor.config.hosts import expand_url, normalize_ip
+from monitor.config.windows import MaintenanceWindows
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class Target:
         return self.status == "connected"
     mode: SiteMode = "probe"  # "agent": measured by an agent at the site (issue 10), never by the centre
     agent: AgentSettings | None = None
+    maintenance: MaintenanceWindows | None = None  # declared maintenance: its own block, else its group's (issue 21)
 
     @property
     def probed_by_centre(self) -> bool:
@@ -113,8 +115,37 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                 planned_date=ep.planned_date or group.planned_date,
                 provider=ep.provider or group.provider,
                 contracted_bits_per_second=None if contracted is None else contracted * 1_000_000,
+                maintenance=ep.maintenance or group.maintenance,
             ))
     return tuple(out)
+
+
+UPLINK_GROUP = "monitor.uplink"  # the group of the uplink checks' targets: never a sink's, so it cannot clash
+
+
+def uplink_targets(config: Config, sites: Sequence[Target] | None = None) -> tuple[Target, ...]:
+    """The centre's uplink checks (``monitor: {uplink: [...]}``, issue 21) as targets, for the scheduler only.
+
+    They are never handed to a sink: their results only tell :class:`monitor.centre_path.CentrePath`
+    whether the centre itself is cut off. They are pinged at the fastest ICMP interval of the sites
+    the centre probes, with that site's count, spacing and timeout (which the config check made fit
+    that interval), in the address family of the defaults; without such a site, with the defaults.
+
+    Args:
+        config: the whole config.
+        sites: its targets (:func:`build_targets`), when already built; every shard's, so that all
+            instances check their uplink alike.
+    """
+    checks = config.monitor.uplink
+    if not checks:
+        return ()
+    defaults = merge_icmp(config.defaults.icmp)
+    probed_sites = [t for t in (build_targets(config) if sites is None else sites) if t.probed_by_centre]
+    fastest = min((t.icmp for t in probed_sites), key=lambda s: s.interval_seconds, default=defaults)
+    settings = dataclasses.replace(fastest, family=defaults.family, payload_bytes=defaults.payload_bytes)
+    return tuple(Target(name=c.name, host=c.host, address=normalize_ip(c.host), group=UPLINK_GROUP, kind="uplink",
+                        district="", link="", lat=None, lon=None, target_bits_per_second=0.0, icmp=settings)
+                 for c in checks)
 
 
 def probed(targets: Iterable[Target]) -> tuple[Target, ...]:

@@ -234,7 +234,8 @@ SITE = {"kind": "school", "district": "Aktobe", "link": "fibre", "job": "connmon
 
 def test_alertmanager_inhibits_what_the_readme_says(alertmanager: str) -> None:
     """A down site holds back its own loss, latency, stale and test-failure alerts (not another site's,
-    nor its below-target alert); connmon down holds back the stale alerts of that instance only.
+    nor its below-target alert); connmon down holds back the stale alerts of that instance only, and
+    a cut-off connmon (issue 21) the loss and test-failure alerts of its own sites only.
     A critical clinic alert outside Aktobe goes to the pager and to health-ops."""
     sent = [
         _alert("ConnmonSiteDown", endpoint="dead", severity="critical", **SITE),
@@ -250,13 +251,19 @@ def test_alertmanager_inhibits_what_the_readme_says(alertmanager: str) -> None:
         _alert("ConnmonIcmpStale", endpoint="near", severity="warning", probe="icmp", **SITE),
         _alert("ConnmonSiteDown", endpoint="clinic-k", kind="clinic", district="Kargaly", link="lte",
                severity="critical", job="connmon", instance="mon:9077"),
+        _alert("ConnmonMonitorCutOff", job="connmon", instance="mon3:9077", kind="monitor", severity="critical"),
+        _alert("ConnmonSiteHighLoss", endpoint="cut", severity="warning", **{**SITE, "instance": "mon3:9077"}),
+        _alert("ConnmonThroughputTestsFailing", endpoint="cut", severity="warning", probe="throughput",
+               **{**SITE, "instance": "mon3:9077"}),
     ]
     _http(f"{alertmanager}/api/v2/alerts", sent)
     held_back = {("ConnmonSiteHighLoss", "dead"): ("ConnmonSiteDown", "dead"),
                  ("ConnmonSiteHighLatency", "dead"): ("ConnmonSiteDown", "dead"),
                  ("ConnmonThroughputTestsFailing", "dead"): ("ConnmonSiteDown", "dead"),
                  ("ConnmonIcmpStale", "far"): ("ConnmonDown", "mon2:9077"),
-                 ("ConnmonThroughputStale", "far"): ("ConnmonDown", "mon2:9077")}
+                 ("ConnmonThroughputStale", "far"): ("ConnmonDown", "mon2:9077"),
+                 ("ConnmonSiteHighLoss", "cut"): ("ConnmonMonitorCutOff", "mon3:9077"),
+                 ("ConnmonThroughputTestsFailing", "cut"): ("ConnmonMonitorCutOff", "mon3:9077")}
 
     def key(alert: dict[str, Any]) -> tuple[str, str]:
         labels = alert["labels"]

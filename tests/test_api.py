@@ -19,16 +19,19 @@ import pytest
 from aiohttp import test_utils, web  # test_utils, not its Test* names: pytest would try to collect them
 from openapi_core.testing import MockRequest, MockResponse
 
+from monitor.centre_path import RESOLVER_DETAIL, UPLINK_DETAIL
+from monitor.config.windows import MaintenanceWindows, parse_window
+from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.store import EmptyHistory, EndpointRecord
 from monitor.history.store_url import opener as store_opener
-from monitor.results import Cycle
+from monitor.results import Cycle, Gap, IcmpResult
 from monitor.web.site_api import NO_HISTORY, OPENAPI_PATH, SITES_PER_SLICE, QueryError, SiteApi, parse_summary_query
 from monitor.web.site_state import SiteStateSink
 from tests.api_spec import SPEC
 from tests.basic_auth import HASH, PASSWORD, basic
 from tests.conftest import need
-from tests.factories import icmp, located_target, rate_test, write_config
+from tests.factories import Clock, agent_target, icmp, located_target, rate_test, write_config
 from tests.netlab import Lab, can_measure_throughput, child_env
 from tests.running import request, running_daemon
 
@@ -236,6 +239,44 @@ def test_the_state_sink_keeps_the_last_results_and_forgets_removed_sites() -> No
     sink.set_targets([a])
     assert sink.site("b") is None and [s["name"] for s in sink.sites()] == ["a"]
     assert "b" not in sink.icmp and "b" not in sink.throughput
+
+
+def test_each_sites_state_and_cause_are_in_its_json() -> None:
+    """Issue 21: every site has a state and a cause, valid under the document: a site in its declared window is in
+    maintenance naming the window, one probed while the centre was cut off names the rule, a silent agent site that
+    had no power names it; up, down and unknown have no cause. The window closes with the clock alone."""
+    almaty = ZoneInfo("Asia/Almaty")
+    night = MaintenanceWindows("Asia/Almaty", weekly=(parse_window("Sun 02:00-04:00"),))
+    now = dt.datetime(2026, 12, 6, 3, tzinfo=almaty).timestamp()  # a Sunday, 03:00 there
+    sites = [located_target("in-window", maintenance=night), located_target("cut"), located_target("resolver"),
+             located_target("dark"), located_target("fine"), located_target("new"), agent_target("vsat")]
+    clock = Clock(now)
+    sink = SiteStateSink(clock)
+    sink.set_targets(sites)
+    window, cut, resolver, dark, fine, _, vsat = sites
+    sink.consume(Cycle("icmp", "g", now, 1.0, (
+        icmp(window, now, 0.01),
+        IcmpResult(cut, now, cut.address, 1, (None,), ProbeErrorReason.MONITOR_CUT_OFF,
+                   f"{UPLINK_DETAIL} (gateway, isp-1)"),
+        IcmpResult(resolver, now, None, 0, (), ProbeErrorReason.MONITOR_CUT_OFF,
+                   f"{RESOLVER_DETAIL} (4 names in a cycle of group g)"),
+        icmp(dark, now, None), icmp(fine, now, 0.02))))
+    sink.consume(Cycle("agent", "vsat", now, 0.0, (
+        IcmpResult(vsat, now, None, 0, (), ProbeErrorReason.AGENT_SILENT, "nothing received"),)))
+    sink.consume(Cycle("agent", "vsat", now + 60, 0.0, (), (Gap(vsat, now - 600, now + 30, "power", 60.0),)))
+    api = SiteApi(sink, None, clock=clock)
+    (status, body), (one_status, one_site) = api_answers(api, ["/api/v1/sites", "/api/v1/sites/cut"])
+    assert status == one_status == 200 and isinstance(body, dict) and isinstance(one_site, dict)
+    shown = {s["name"]: (s["state"], s["cause"]) for s in body["sites"]}
+    assert shown == {"in-window": ("maintenance", {"maintenance": "Sun 02:00-04:00 Asia/Almaty"}),
+                     "cut": ("monitor_cut_off", {"monitor": "uplink"}),
+                     "resolver": ("monitor_cut_off", {"monitor": "resolver"}),
+                     "dark": ("down", None), "fine": ("up", None), "new": ("unknown", None),
+                     "vsat": ("power", {"power": "site"})}
+    assert (one_site["state"], one_site["up"], one_site["icmp"]["error"]) == ("monitor_cut_off", False,
+                                                                              "monitor_cut_off")
+    clock.now = dt.datetime(2026, 12, 6, 4, tzinfo=almaty).timestamp()  # the window has closed
+    assert (sink.site("in-window") or {})["state"] == "up"
 
 
 def api_answers(api: SiteApi, paths: list[str]) -> list[tuple[int, object]]:

@@ -352,6 +352,8 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     directory = tmp_path_factory.mktemp("dash")
     cfg = write_config(directory, f"""
 throughput: {{max_concurrent: 1}}
+monitor:  # an uplink check, so that connmon_uplink_up, which the rule file names, is exported (issue 21)
+  uplink: [{{name: gateway, host: {sites['a'].v4}}}]
 defaults:
   target_upload_mbps: 1
   icmp: {{interval: 2s, count: 3, spacing: 100ms, timeout: 500ms}}

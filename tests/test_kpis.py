@@ -242,3 +242,28 @@ def test_readme_kpi_sample_is_real_output(state: Path) -> None:
     proc = connmon_report(state, "--config", str(state / "connmon.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout[proc.stdout.index("KPIs for the ministry"):].rstrip("\n") == sample
+
+
+def test_cut_off_cycles_change_no_kpi_count_and_are_stated_in_hours(state: Path) -> None:
+    """Two cut-off cycles (issue 21) after at-target's last answer: the KPI figures stay the hand-worked ones,
+    and the header, the CSV's last column and the JSON say the 20 minutes."""
+    store = SqliteStore(database_path(state))
+    at_target = throughput_target("at-target", mbps=10)
+    store.write([], [icmp(at_target, END - D + 600, None, error=ProbeErrorReason.MONITOR_CUT_OFF),
+                     icmp(at_target, END - D + 1200, None, error=ProbeErrorReason.MONITOR_CUT_OFF)])
+    store.close()
+    config = load_config(state / "connmon.yaml")
+    report = build_report(SqliteStore(database_path(state), read_only=True), NOV, maintenance=maintenance_of(config))
+    assert report.kpis is not None and report.kpis.monitor_cut_off
+    whole = report.kpis.groups[0]
+    assert (whole.current.cycles, whole.current.cycles_up, whole.current.cycles_in_maintenance) == (13, 11, 4)
+    assert (whole.current.monitor_cut_off_seconds, whole.previous.monitor_cut_off_seconds) == (1200.0, 0.0)
+    assert "; the hours the monitor was cut off itself are left out too; at risk after 21 days" in \
+        kpi_header(report.kpis)
+    kpi_csv = render(report, "csv").split("\n\n")[1].splitlines()
+    assert kpi_csv[0].endswith(",previous_dropped,hours_monitor_cut_off") and kpi_csv[1].endswith(",0.3333")
+    doc = json.loads(render(report, "json"))["kpis"]
+    assert {s["name"]: s["monitor_cut_off_seconds"] for s in doc["sites"] if s["monitor_cut_off_seconds"]} == {
+        "at-target": 1200.0}
+    row = next(r for r in report.sites if r.name == "at-target")
+    assert (row.cycles, row.cycles_up, row.monitor_cut_off_seconds) == (1, 1, 1200.0)

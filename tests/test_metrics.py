@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import ThroughputSettings
+from monitor.config.windows import MaintenanceWindows, parse_window
 from monitor.errors import ICMP_REASONS, ProbeErrorReason
 from monitor.exposition.families import RTT_BUCKETS_SECONDS, escape_label_value
 from monitor.exposition.sink import MetricsSink
-from monitor.results import Cycle, IcmpResult
-from tests.factories import SOME_TIME, icmp, located_target
+from monitor.results import Cycle, Gap, IcmpResult
+from monitor.site_states import SITE_STATES
+from tests.factories import SOME_TIME, Clock, agent_target, icmp, located_target
 from tests.promtool import promtool_problems
 
 TRICKY_NAMES = ['№12 мектеп', 'Ақтөбе "Central" #3', "back\\slash", "two\nlines", "🏫 school", "a,b=c{d}"]
@@ -277,3 +281,61 @@ def test_planned_and_retired_sites_are_counted_and_described_but_have_no_probe_s
     assert [(lb["status"], v) for lb, v in p["connmon_sites"]] == [("connected", 1)]
     assert one(p, "connmon_target_bits_per_second", endpoint="soon") == 4e6
     assert one(p, "connmon_throughput_tests_total", endpoint="soon") == 0
+
+
+def test_each_probed_site_is_in_exactly_one_state_and_maintenance_follows_its_window() -> None:
+    """Issue 21: connmon_site_state has one series per state, exactly one at 1, from start-up (unknown); a result
+    with monitor_cut_off makes that state (and counts the reason); an open window makes maintenance and
+    connmon_maintenance 1, and closes without a result of the site's own (another group's cycle tells); a silent
+    agent site known to have had no power is in power; planned sites have neither family."""
+    almaty = ZoneInfo("Asia/Almaty")
+
+    def at(hour: int, minute: int = 0) -> float:
+        return dt.datetime(2026, 12, 6, hour, minute, tzinfo=almaty).timestamp()  # a Sunday
+
+    night = MaintenanceWindows("Asia/Almaty", weekly=(parse_window("Sun 02:00-04:00"),))
+    a, b = located_target("a", maintenance=night), located_target("b")
+    vsat = agent_target("vsat")
+    soon = located_target("soon", status="planned", maintenance=night)
+    clock = Clock(at(1))
+    sink = MetricsSink(clock=clock)
+    sink.set_targets([a, b, vsat, soon])
+
+    def states() -> dict[str, str]:
+        p = parsed(sink)
+        assert {lb["endpoint"] for lb, _ in p["connmon_site_state"]} == {"a", "b", "vsat"}
+        assert {lb["endpoint"] for lb, _ in p["connmon_maintenance"]} == {"a", "b", "vsat"}
+        shown = {}
+        for name in ("a", "b", "vsat"):
+            values = {lb["state"]: v for lb, v in p["connmon_site_state"] if lb["endpoint"] == name}
+            assert sorted(values) == sorted(s.value for s in SITE_STATES)
+            [state] = [s for s, v in values.items() if v == 1]
+            assert sum(values.values()) == 1
+            assert one(p, "connmon_maintenance", endpoint=name) == (state == "maintenance")
+            shown[name] = state
+        assert promtool_problems(render(sink)) == []
+        return shown
+
+    assert states() == {"a": "unknown", "b": "unknown", "vsat": "unknown"}
+    cut = IcmpResult(b, at(1), b.address, 2, (None, None), ProbeErrorReason.MONITOR_CUT_OFF,
+                     "no reply while the centre's uplink checks all failed (gateway)")
+    sink.consume(Cycle("icmp", "g", at(1), 1.0, (icmp(a, at(1), 0.01), cut, icmp(vsat, at(1), 0.6))))
+    assert states() == {"a": "up", "b": "monitor_cut_off", "vsat": "up"}
+    p = parsed(sink)
+    assert one(p, "connmon_probe_errors_total", endpoint="b", reason="monitor_cut_off") == 1
+    assert one(p, "connmon_up", endpoint="b") == 0  # the raw truth stays
+
+    clock.now = at(2, 1)
+    sink.consume(Cycle("icmp", "other", at(2, 1), 0.0, ()))
+    assert states() == {"a": "maintenance", "b": "monitor_cut_off", "vsat": "up"}
+    clock.now = at(3)
+    silent = IcmpResult(vsat, at(3), None, 0, (), ProbeErrorReason.AGENT_SILENT, "nothing received")
+    sink.consume(Cycle("agent", "vsat", at(3), 0.0, (silent,), (Gap(vsat, at(1), at(3), "unknown", 60.0),)))
+    assert states() == {"a": "maintenance", "b": "monitor_cut_off", "vsat": "down"}
+    sink.consume(Cycle("agent", "vsat", at(3, 30), 0.0, (), (Gap(vsat, at(1), at(3, 20), "power", 60.0),)))
+    assert states() == {"a": "maintenance", "b": "monitor_cut_off", "vsat": "power"}
+    clock.now = at(4)
+    sink.consume(Cycle("icmp", "g", at(4), 1.0, (icmp(b, at(4), None),)))
+    assert states() == {"a": "up", "b": "down", "vsat": "power"}
+    sink.set_targets([a, b, vsat, dataclasses.replace(soon, status="connected")])  # a reload: soon is probed now
+    assert one(parsed(sink), "connmon_site_state", endpoint="soon", state="unknown") == 1

@@ -1,26 +1,31 @@
 """Issue 9: a page's block of one family is rendered again only when one of its endpoints changed
 that family. These tests hold the incremental body to the body rendered whole from the same state,
 after every step of a long random run, and check that a healthy cycle leaves the lines it did not
-change (info, target, up, loss, error counters) as the very same chunks."""
+change (info, target, up, loss, error counters, state) as the very same chunks. Issue 21: the runs
+cut the centre off, open and close maintenance windows and classify agent sites' silences, so the
+sites' states change with and without a result of their own."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import dataclasses
+import datetime as dt
 import random
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from monitor.config import ThroughputSettings
+from monitor.config.windows import MaintenanceWindows, TimeWindow
 from monitor.errors import ICMP_REASONS, THROUGHPUT_REASONS, ProbeErrorReason
 from monitor.exposition import pages
 from monitor.exposition import sink as metrics
 from monitor.exposition.endpoint import ALL_FAMILIES
 from monitor.exposition.sink import MetricsSink
-from monitor.results import Cycle, DirectionResult, IcmpResult, Result, ThroughputResult
+from monitor.results import GAP_CAUSES, Cycle, DirectionResult, Gap, IcmpResult, Result, ThroughputResult
 from monitor.targets import Target
-from tests.factories import icmp, located_target
+from tests.factories import Clock, icmp, located_target
 from tests.promtool import promtool_problems
 
 
@@ -41,11 +46,28 @@ def rendered_whole(sink: MetricsSink) -> bytes:
     return cached_part(twin)
 
 
+START = 1_700_000_000.0  # the random runs' first cycle; they last 20 minutes
+
+
+def windows_of_the_run() -> tuple[MaintenanceWindows, MaintenanceWindows]:
+    """Two maintenance windows that open and close during a run: a weekly one in UTC from its 2nd to its 7th
+    minute, a dated one in Almaty from its 9th to its 14th."""
+    utc = dt.datetime.fromtimestamp(START, dt.UTC)
+    first = utc.hour * 60 + utc.minute + 2
+    weekly = MaintenanceWindows("UTC", weekly=(TimeWindow(first, first + 5, frozenset({utc.weekday()})),))
+    local = dt.datetime.fromtimestamp(START + 9 * 60, ZoneInfo("Asia/Almaty")).replace(tzinfo=None, second=0)
+    return weekly, MaintenanceWindows("Asia/Almaty", once=((local, local + dt.timedelta(minutes=5)),))
+
+
+WEEKLY, DATED = windows_of_the_run()
+
+
 def fleet() -> list[Target]:
-    plain = [located_target(f"site-{i}") for i in range(7)]
-    measured = [dataclasses.replace(located_target(f"tput-{i}"), throughput=ThroughputSettings(method="iperf3"))
-                for i in range(4)]
-    agents = [dataclasses.replace(located_target(f"agent-{i}"), mode="agent") for i in range(2)]
+    plain = [located_target(f"site-{i}", maintenance=(WEEKLY, WEEKLY, DATED, None)[i % 4]) for i in range(7)]
+    measured = [dataclasses.replace(located_target(f"tput-{i}", maintenance=DATED if i == 0 else None),
+                                    throughput=ThroughputSettings(method="iperf3")) for i in range(4)]
+    agents = [dataclasses.replace(located_target(f"agent-{i}", maintenance=WEEKLY if i == 0 else None), mode="agent")
+              for i in range(2)]
     return plain + measured + agents
 
 
@@ -57,6 +79,9 @@ def icmp_result(rng: random.Random, t: Target, started_at: float) -> IcmpResult:
     error = rng.choice(ICMP_REASONS) if roll < 0.25 else None
     if t.mode == "agent" and roll > 0.9:
         error = ProbeErrorReason.AGENT_SILENT
+    if t.mode != "agent" and roll > 0.9:  # the centre cut off (issue 21): no reply, and the centre's reason
+        return IcmpResult(t, started_at, t.address, len(rtts), (None,) * len(rtts), ProbeErrorReason.MONITOR_CUT_OFF,
+                          "no reply while the centre's uplink checks all failed (gateway)")
     return IcmpResult(t, started_at, t.address, len(rtts), rtts, error)
 
 
@@ -80,26 +105,34 @@ def changed_target(rng: random.Random, t: Target) -> Target:
         ("host", f"192.0.2.{rng.randint(2, 200)}"), ("provider", rng.choice((None, "KazTelecom", "Beeline"))),
         ("status", rng.choice(("planned", "connected", "retired"))), ("lat", rng.choice((None, 51.5))),
         ("target_bits_per_second", rng.choice((2e6, 4e6, 8e6))),
-        ("contracted_bits_per_second", rng.choice((None, 1e7))),
+        ("contracted_bits_per_second", rng.choice((None, 1e7))), ("maintenance", rng.choice((None, WEEKLY, DATED))),
     ))
     return dataclasses.replace(t, **{field: value})
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_incremental_body_is_the_body_rendered_whole_after_every_step(seed: int) -> None:
-    """Cycles with answers, losses, errors and no address at all; throughput tests that met, missed,
-    failed or were skipped; restores; reloads that move, re-target, plan or retire sites. After
-    every step the body equals the one rendered whole from the same state (a missed change would
-    leave a stale line behind), and promtool accepts it."""
+    """Cycles with answers, losses, errors, the centre cut off and no address at all; throughput tests
+    that met, missed, failed or were skipped; restores; agent sites' silences classified; maintenance
+    windows opening and closing; reloads that move, re-target, plan, retire sites or change their
+    windows. After every step the body equals the one rendered whole from the same state (a missed
+    change would leave a stale line behind), and promtool accepts it."""
     rng = random.Random(seed)
     targets = fleet()
-    sink = MetricsSink()
+    clock = Clock(START)
+    sink = MetricsSink(clock=clock)
     sink.set_targets(targets)
-    now = 1_700_000_000.0
+    now = START
+    states: set[str] = set()
     for step in range(120):
         now += 10
+        clock.now = now
         roll = rng.random()
-        if roll < 0.08:
+        if roll < 0.04:
+            agents = [t for t in targets if t.mode == "agent"]
+            sink.consume(Cycle("agent", "g", now, 0.0, (), tuple(
+                Gap(t, now - 60, now, rng.choice(GAP_CAUSES), 60.0) for t in agents if rng.random() < 0.7)))
+        elif roll < 0.08:
             index = rng.randrange(len(targets))
             targets[index] = changed_target(rng, targets[index])
             sink.set_targets(targets)
@@ -113,6 +146,8 @@ def test_the_incremental_body_is_the_body_rendered_whole_after_every_step(seed: 
             results += [throughput_result(rng, t, now) for t in probed if t.throughput.enabled and rng.random() < 0.3]
             sink.consume(Cycle("icmp", "g", now, 2.0, tuple(results)))
         assert cached_part(sink) == rendered_whole(sink), f"seed {seed}, step {step}"
+        states.update(s.state.value for s in sink._endpoints.values() if s.target.probed)
+    assert {"up", "down", "monitor_cut_off", "maintenance"} <= states
     assert promtool_problems(b"".join(sink.exposition()).decode()) == []
 
 
@@ -166,6 +201,7 @@ def test_a_healthy_cycle_leaves_the_lines_it_did_not_change_as_they_were() -> No
     before = sink.exposition()[:-1]
     cycle(4.0, (None, None, None), ProbeErrorReason.UNREACHABLE)
     assert changed_families(before) == {
-        "connmon_up", "connmon_icmp_loss_ratio", "connmon_probe_errors_total", "connmon_icmp_packets_sent_total",
+        "connmon_up", "connmon_site_state", "connmon_icmp_loss_ratio", "connmon_probe_errors_total",
+        "connmon_icmp_packets_sent_total",
         "connmon_last_probe_timestamp_seconds"}  # no RTT: no jitter, no last RTTs, an unchanged histogram
     assert cached_part(sink) == rendered_whole(sink)

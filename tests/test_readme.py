@@ -12,7 +12,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.documented import documented_metrics
-from tests.factories import throughput_target
+from tests.factories import icmp, throughput_target
 from tests.netlab import Lab, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,8 @@ def test_readme_documents_every_exported_metric() -> None:
     """Each metric family /metrics can export (roll-out ones included) is named in the docs' Metrics page."""
     import dataclasses
 
+    from monitor.centre_path import CentrePath
+    from monitor.centre_path_exposition import CentrePathExposition
     from monitor.exposition.scrape import EngineExposition
     from monitor.exposition.sink import MetricsSink
     from monitor.history.exposition import StoreExposition
@@ -69,12 +71,16 @@ def test_readme_documents_every_exported_metric() -> None:
 
     site = dataclasses.replace(throughput_target("s", budget=10**9), target_upload_bits_per_second=1e6,
                                contracted_bits_per_second=8e6)
+    gateway = dataclasses.replace(site, name="gateway")
+    centre_path = CentrePath([gateway])
+    centre_path.record([icmp(gateway, 0.0, None)])  # connmon_uplink_up appears after a check's first run
     sink = MetricsSink(scrape=[EngineExposition(lambda: dataclasses.asdict(EngineStats())),
-                               StoreExposition(StoreStats)], tools={"iperf3": True}, shard="0")
+                               StoreExposition(StoreStats), CentrePathExposition(centre_path)],
+                       tools={"iperf3": True}, shard="0")
     sink.set_targets([site, dataclasses.replace(site, name="p", status="planned")])
     exposition = b"".join(sink.exposition()).decode("utf-8")
     exported = {name for name in re.findall(r"^# TYPE (connmon_\w+) ", exposition, flags=re.M)}
-    assert {"connmon_sites", "connmon_contracted_bits_per_second", "connmon_up"} <= exported
+    assert {"connmon_sites", "connmon_contracted_bits_per_second", "connmon_up", "connmon_uplink_up"} <= exported
     readme = (DOCS / "metrics.md").read_text(encoding="utf-8")
     assert exported - documented_metrics(readme) == set()
 

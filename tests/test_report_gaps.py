@@ -1,4 +1,5 @@
-"""Availability of agent sites with classified gaps (issue 10): a recorded day whose right answers are worked out below.
+"""Availability of agent sites with classified gaps (issue 10), and of sites probed while the centre was cut off
+itself (issue 21, the second half of the module): recorded days whose right answers are worked out below.
 
 2026-11-10 (UTC), cycles every 10 minutes (144 marks in the day: 00:00 … 23:50):
 
@@ -33,12 +34,13 @@ from pathlib import Path
 import pytest
 
 from monitor.config.windows import MaintenanceWindows
+from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.store import EndpointRecord, StoredGap
 from monitor.report.compliance import Period, build_report
-from monitor.report.gaps import GapAccount, due_cycles
+from monitor.report.gaps import GapAccount, cut_off_seconds, due_cycles
 from monitor.report.kpis import Span, compute_kpis
-from monitor.report.render import render
+from monitor.report.render import kpi_header, render
 from monitor.results import Gap, Result
 from monitor.web.site_api import report_to_json
 from tests.factories import icmp, throughput_target
@@ -190,3 +192,152 @@ def test_gap_account_reads_only_the_span(state: Path) -> None:
     assert account.without_power(at(9, 50)) and not account.without_power(at(10))
     assert account.missing_cycles([at(12, 10), at(12, 20)]) == 0  # due 12:10, 12:20: both have rows
     assert account.missing_cycles([]) == 2
+
+
+# ------------------------------------------------------------------------------ the monitor cut off (issue 21)
+# The same day, 2026-11-10 (UTC), for three sites probed from the centre every 10 minutes:
+#
+# * ``centre-a``: the centre was cut off 03:00–05:00: its 12 cycles 03:00 … 04:50 have error
+#   monitor_cut_off (unanswered); of the other 132, all but 01:00 and 01:10 answered.
+#   → cycles 132, up 130: 98.4848%; hours monitor cut off 12 × 10 min = 2.00.
+# * ``centre-b``: the same cut-off, but it answered at 03:00 (a site that answers stays up): 11 cut-off
+#   cycles 03:10 … 04:50, and the day ends cut off at 23:50 (no next cycle: the one before gives 10 min).
+#   → cycles 132, up 132: 100%; 12 × 10 min = 2.00 hours.
+# * ``centre-c``: answered 00:00 … 11:50 and 18:00 … 23:50; cut off at 12:00, then the daemon was stopped
+#   until 18:00: the cycle stands for 10 minutes (the time since the one before), not 6 hours.
+#   → cycles 108, up 108: 100%; 0.1667 hours.
+#
+# KPIs with a maintenance window at centre-a 03:00–03:30: 3 of its cut-off cycles are in maintenance,
+# the other 9 are left out: cycles 132, up 130, in maintenance 3, cut off 9 × 10 min = 1.50 hours.
+CUT_FROM, CUT_TO = at(3), at(5)
+
+
+def cut_off_day() -> list[Result]:
+    a, b, c = throughput_target("centre-a"), throughput_target("centre-b"), throughput_target("centre-c")
+    marks = [D + i * STEP for i in range(144)]
+    cut = ProbeErrorReason.MONITOR_CUT_OFF
+    rows: list[Result] = []
+    for t in marks:
+        if CUT_FROM <= t < CUT_TO:
+            rows.append(icmp(a, t, None, None, error=cut))
+        else:
+            rows.append(icmp(a, t, None, None) if t in (at(1), at(1, 10)) else icmp(a, t, 0.01, 0.02))
+        if CUT_FROM < t < CUT_TO or t == at(23, 50):
+            rows.append(icmp(b, t, None, None, error=cut))
+        else:
+            rows.append(icmp(b, t, 0.01))
+        if t < at(12) or t >= at(18):
+            rows.append(icmp(c, t, 0.01))
+    rows.append(icmp(c, at(12), None, None, error=cut))
+    return rows
+
+
+@pytest.fixture
+def cut_off_state(tmp_path: Path) -> Path:
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], cut_off_day())
+    store.close()
+    return tmp_path
+
+
+def test_cut_off_time_is_the_shorter_spacing_to_a_neighbour_and_ends_with_the_span() -> None:
+    """A cut-off cycle stands for the time to its nearer neighbour; a lone one adds none; the span's end caps it."""
+    assert cut_off_seconds([0.0, 600.0, 1200.0], [1], 1e9) == 600.0
+    assert cut_off_seconds([0.0, 600.0, 7200.0], [1], 1e9) == 600.0  # a stopped monitor after it: not 6600
+    assert cut_off_seconds([0.0, 5000.0, 5600.0], [1], 1e9) == 600.0  # a restart before it
+    assert cut_off_seconds([0.0, 600.0], [0, 1], 1e9) == 1200.0  # the last one goes by the one before
+    assert cut_off_seconds([0.0, 600.0], [1], 700.0) == 100.0  # not past the span's end
+    assert cut_off_seconds([300.0], [0], 1e9) == 0.0  # no neighbour to go by
+    assert cut_off_seconds([0.0, 600.0], [], 1e9) == 0.0
+
+
+def test_availability_leaves_out_the_cycles_of_a_cut_off_monitor(cut_off_state: Path) -> None:
+    """Cycles with error monitor_cut_off are neither up nor run; their time is stated per site."""
+    store = SqliteStore(database_path(cut_off_state), read_only=True)
+    report = build_report(store, DAY)
+    rows = {r.name: r for r in report.sites}
+    a, b, c = rows["centre-a"], rows["centre-b"], rows["centre-c"]
+    assert (a.cycles, a.cycles_up, a.monitor_cut_off_seconds) == (132, 130, 2 * HOUR)
+    assert a.availability == 130 / 132 and a.hours_monitor_cut_off == 2.0
+    assert a.echoes == 132 * 2  # the cut-off cycles are not in the loss either
+    assert (b.cycles, b.cycles_up, b.monitor_cut_off_seconds) == (132, 132, 2 * HOUR)
+    assert (c.cycles, c.cycles_up, c.monitor_cut_off_seconds) == (108, 108, STEP)
+    assert report.monitor_cut_off and not report.power_gaps
+    assert report.by_kind[0].availability == (130 + 132 + 108) / (132 + 132 + 108)
+
+
+def test_kpis_leave_out_the_cut_off_cycles_and_maintenance_comes_first(cut_off_state: Path) -> None:
+    """A cut-off cycle inside a declared window counts as maintenance; the others are left out with their time."""
+    store = SqliteStore(database_path(cut_off_state), read_only=True)
+    window = MaintenanceWindows("UTC", once=((dt.datetime(2026, 11, 10, 3, 0), dt.datetime(2026, 11, 10, 3, 30)),))
+    endpoints = [EndpointRecord.of(throughput_target(n)) for n in ("centre-a", "centre-b", "centre-c")]
+    kpis = compute_kpis(store, endpoints, Span(DAY.start, DAY.end), maintenance={"centre-a": window})
+    sites = {s.name: s for s in kpis.sites}
+    a = sites["centre-a"]
+    assert (a.cycles, a.cycles_up, a.cycles_in_maintenance, a.monitor_cut_off_seconds) == (132, 130, 3, 1.5 * HOUR)
+    everyone = kpis.groups[0].current
+    assert (everyone.cycles, everyone.cycles_up) == (132 + 132 + 108, 130 + 132 + 108)
+    assert everyone.monitor_cut_off_seconds == 1.5 * HOUR + 2 * HOUR + STEP and kpis.monitor_cut_off
+    assert kpis.groups[0].previous.monitor_cut_off_seconds == 0.0
+
+
+def test_every_format_shows_the_hours_monitor_cut_off(cut_off_state: Path) -> None:
+    report = build_report(SqliteStore(database_path(cut_off_state), read_only=True), DAY)
+    table = render(report, "table")
+    assert "hours monitor cut off" in table and "the hours the monitor was cut off itself are left out" in table
+    line = next(ln.split() for ln in table.splitlines() if ln.startswith("centre-a"))
+    assert line[5:7] == ["98.48", "2.00"]  # availability %, then hours monitor cut off
+    assert "hours without power" not in table  # each column only when some site has any
+    md = render(report, "markdown")
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| centre-c")]
+    assert cells[0][5:7] == ["100.00", "0.17"]
+    html = render(report, "html")
+    assert "<th>hours monitor cut off</th>" in html and "<td class=\"\">2.00</td>" in html
+    sites, kpis = render(report, "csv").split("\n\n")
+    header = sites.splitlines()[0]
+    assert ",availability_percent,hours_monitor_cut_off,rtt_median_ms," in header
+    by_name = {r["site"]: r for r in csv.DictReader(io.StringIO(sites))}
+    assert (by_name["centre-a"]["availability_percent"], by_name["centre-a"]["hours_monitor_cut_off"],
+            by_name["centre-a"]["cycles"]) == ("98.4848", "2.0000", "132")
+    assert by_name["centre-c"]["hours_monitor_cut_off"] == "0.1667"
+    kpi_rows = list(csv.DictReader(io.StringIO(kpis)))
+    assert kpi_rows[0]["kpi_scope"] == "all" and kpi_rows[0]["hours_monitor_cut_off"] == "4.1667"
+    assert "hours_without_power" not in kpi_rows[0]
+    doc = json.loads(render(report, "json"))
+    assert doc["kpis"]["groups"][0]["current"]["monitor_cut_off_seconds"] == 4 * HOUR + STEP
+    assert {s["name"]: s["monitor_cut_off_seconds"] for s in doc["kpis"]["sites"]} == {
+        "centre-a": 2 * HOUR, "centre-b": 2 * HOUR, "centre-c": STEP}
+    assert "power_off_seconds" not in doc["kpis"]["sites"][0]
+    api = report_to_json(report)  # GET /api/v1/summary
+    row = next(r for r in api["sites"] if r["name"] == "centre-a")
+    assert (row["availability_ratio"], row["monitor_cut_off_seconds"], row["power_off_seconds"]) == (
+        130 / 132, 2 * HOUR, 0.0)
+
+
+def test_power_and_cut_off_columns_side_by_side(tmp_path: Path) -> None:
+    """With both, the hours without power come first, then the hours monitor cut off, after availability."""
+    store = SqliteStore(database_path(tmp_path))
+    rows, gaps = recorded_day()
+    store.write([], rows + cut_off_day(), gaps)
+    report = build_report(store, DAY)
+    table = render(report, "table")
+    header = next(ln for ln in table.splitlines() if ln.startswith("site "))
+    assert header.index("availability %") < header.index("hours without power") < header.index(
+        "hours monitor cut off") < header.index("RTT median ms")
+    assert next(ln.split() for ln in table.splitlines() if ln.startswith("vsat-a"))[5:8] == ["83.33", "4.00", "0.00"]
+    assert next(ln.split() for ln in table.splitlines() if ln.startswith("centre-a"))[5:8] == ["98.48", "0.00", "2.00"]
+    sites = render(report, "csv").split("\n\n")[0]
+    assert ",availability_percent,hours_without_power,cycles_missing,hours_monitor_cut_off,rtt_median_ms," in \
+        sites.splitlines()[0]
+    assert "the hours the monitor was cut off itself" in kpi_header(report.kpis)  # type: ignore[arg-type]
+    store.close()
+
+
+def test_no_cut_off_column_without_a_cut_off(state: Path) -> None:
+    """A report without cut-off cycles keeps its shape: no column, no sentence, no JSON key but the summary row's."""
+    report = build_report(SqliteStore(database_path(state), read_only=True), DAY)
+    assert not report.monitor_cut_off and not report.kpis.monitor_cut_off  # type: ignore[union-attr]
+    for fmt in ("table", "csv", "markdown", "html", "json"):
+        text = render(report, fmt)
+        assert "cut off" not in text and "cut_off" not in text, fmt
+    assert all(r["monitor_cut_off_seconds"] == 0.0 for r in report_to_json(report)["sites"])

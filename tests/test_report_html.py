@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.report.compliance import build_report
 from monitor.report.render import render
@@ -112,3 +113,27 @@ def test_a_district_of_mixed_targets_gets_a_line_per_target(tmp_path: Path) -> N
     assert chart["data-target-lines"] == [2, 4]
     assert chart["data-target-labels"] == ["target 2 Mbit/s (1 clinic)", "target 4 Mbit/s (3 schools)"]
     assert chart["data-median-bars"] == [5, 2] and chart["data-lowest-bars"] == [4, 1.5]  # Khromtau: s3 1.5, c2 2.5
+
+
+def test_the_hours_monitor_cut_off_show_as_a_sortable_column(tmp_path: Path) -> None:
+    """A site with a cut-off cycle (issue 21) gives the site table its hours column, which tablesort takes,
+    and the KPI header says those hours are left out."""
+    record_october(tmp_path)
+    site = throughput_target("s6", district="Mugalzhar")
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [icmp(site, START + 60, 0.004),
+                     icmp(site, START + 660, None, error=ProbeErrorReason.MONITOR_CUT_OFF),
+                     icmp(site, START + 1260, 0.004)])
+    store.close()
+    report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
+    page = tmp_path / "cut-off.html"
+    page.write_text(render(report, "html"), encoding="utf-8")
+    dom = chromium_dom(page)
+    assert 'data-ready="1"' in dom
+    sites = dom[dom.index('id="sites"'):]
+    sites = sites[:sites.index("</table>")]
+    assert re.search(r'<th[^>]*role="columnheader"[^>]*>hours monitor cut off</th>', sites)
+    # s6: two cycles counted, both answered; its cut-off cycle stands for 10 minutes
+    assert re.search(r'<td class="text">s6</td>(\s*<td[^>]*>[^<]*</td>){4}\s*<td class="">100.00</td>\s*'
+                     r'<td class="">0.17</td>', sites)
+    assert "the hours the monitor was cut off itself are left out too" in dom

@@ -527,10 +527,12 @@ def test_a_summary_given_one_end_is_never_reversed() -> None:
 def test_the_document_states_the_servers_limits() -> None:
     """The patterns, enums and numeric limits in the document are the constants the server checks with."""
     from monitor.agent import protocol
-    from monitor.errors import AGENT_REASONS, MEASURED_ICMP_REASONS, THROUGHPUT_REASONS
+    from monitor.errors import MEASURED_ICMP_REASONS, THROUGHPUT_REASONS
     from monitor.results import GAP_CAUSES
+    from monitor.site_states import SITE_STATES
     from monitor.text import FREE_TEXT_PATTERN
     from monitor.web.site_api import OPENAPI_PATH
+    from monitor.web.site_state import SITE_ICMP_REASONS
 
     document = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
     schemas = document["components"]["schemas"]
@@ -543,7 +545,8 @@ def test_the_document_states_the_servers_limits() -> None:
     assert icmp["error"]["enum"] == [*(r.value for r in MEASURED_ICMP_REASONS), None]
     assert schemas["ThroughputReason"]["enum"] == [*(r.value for r in THROUGHPUT_REASONS), None]
     site_icmp = schemas["Site"]["properties"]["icmp"]["oneOf"][1]["properties"]
-    assert site_icmp["error"]["enum"] == [*(r.value for r in AGENT_REASONS), None]
+    assert site_icmp["error"]["enum"] == [*(r.value for r in SITE_ICMP_REASONS), None]
+    assert schemas["Site"]["properties"]["state"]["enum"] == [s.value for s in SITE_STATES]
     results = document["paths"]["/api/v1/agent/results"]["post"]["responses"]["200"]
     gap = results["content"]["application/json"]["schema"]["properties"]["gap_cause"]
     assert gap["enum"] == [*GAP_CAUSES, None]

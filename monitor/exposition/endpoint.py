@@ -6,6 +6,7 @@ they are joined into and their compression are :mod:`monitor.exposition.pages` a
 :mod:`monitor.exposition.body`. Sample lines::
 
     connmon_up{endpoint="school-001",kind="school",district="Aktobe",link="fibre"} 1
+    connmon_site_state{endpoint="school-001",kind="school",district="Aktobe",link="fibre",state="up"} 1
     connmon_icmp_rtt_seconds_bucket{endpoint="school-001",kind="school",district="Aktobe",link="fibre",le="0.01"} 42
 """
 
@@ -26,7 +27,8 @@ from monitor.exposition.families import (
     floatToGoString,
     label_pairs,
 )
-from monitor.results import IcmpResult, Result, ThroughputResult
+from monitor.results import GapCause, IcmpResult, Result, ThroughputResult
+from monitor.site_states import SITE_STATES, SiteStateName, derive
 from monitor.targets import Target
 
 Page = tuple[str, int]  # (group, page number within the group)
@@ -48,6 +50,7 @@ _UP, _LOSS, _HISTOGRAM, _RECEIVED, _SENT, _ERRORS = (_bits(name) for name in (
     "connmon_up", "connmon_icmp_loss_ratio", "connmon_icmp_rtt_seconds", "connmon_icmp_packets_received_total",
     "connmon_icmp_packets_sent_total", "connmon_probe_errors_total"))
 _LAST_PROBE = _bits("connmon_last_probe_timestamp_seconds")
+_STATE, _MAINTENANCE = _bits("connmon_site_state"), _bits("connmon_maintenance")
 _EVERY_CYCLE = _bits("connmon_icmp_jitter_seconds", "connmon_icmp_rtt_last_seconds",
                      "connmon_last_probe_timestamp_seconds")
 _STATIC = _bits("connmon_endpoint_info", "connmon_target_bits_per_second", "connmon_contracted_bits_per_second")
@@ -58,6 +61,10 @@ THROUGHPUT = (ALL_FAMILIES & ~((1 << _F["connmon_target_upload_bits_per_second"]
 _ICMP_ERROR_LINES = "".join(
     f'connmon_probe_errors_total{{{{{{lb}},probe="icmp",reason="{r.value}"}}}} {{{i}}}\n'
     for i, r in enumerate(ICMP_REASONS))
+# An endpoint's state lines, one str.format call ({lb}: its labels) per state it can be in (issue 21):
+#   connmon_site_state{endpoint="s",kind="school",district="Aktobe",link="fibre",state="maintenance"} 1
+_STATE_LINES = {state: "".join(f'connmon_site_state{{{{{{lb}},state="{s.value}"}}}} {int(s is state)}\n'
+                               for s in SITE_STATES) for state in SITE_STATES}
 # One endpoint's RTT histogram as one str.format call: {0}…{15} cumulative counts, {lb} its labels.
 _HISTOGRAM_LINES = "".join(
     [f'connmon_icmp_rtt_seconds_bucket{{{{{{lb}},le="{le}"}}}} {{{i}}}\n' for i, le in enumerate(RTT_LE)]
@@ -81,6 +88,10 @@ class EndpointState:
     errors: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in ICMP_REASONS})
     last: IcmpResult | None = None
     throughput: ThroughputState | None = None
+    # Issue 21: the inputs of its state besides ``last`` (both set by the sink), and the state they give.
+    window: str | None = None  # the declared maintenance window open now
+    gap_cause: GapCause | None = None  # an agent site's current or last silence's cause
+    state: SiteStateName = SiteStateName.UNKNOWN
     page: Page = ("", 0)
     dirty: int = ALL_FAMILIES  # families whose lines changed since the page was last joined
 
@@ -107,12 +118,31 @@ class EndpointState:
                 buckets[bisect.bisect_left(RTT_BUCKETS_SECONDS, rtt)] += 1  # the first bound ≥ rtt; past the last: +Inf
         if previous is None or previous.up != result.up:
             changed |= _UP
+            self.reassess()
+        elif previous.error is not result.error:
+            self.reassess()
         if previous is None or previous.loss_ratio != result.loss_ratio:
             changed |= _LOSS
         if result.error is not None:
             self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
             changed |= _ERRORS
         self.dirty |= changed
+
+    def reassess(self) -> bool:
+        """Derive the state again (its window, its gap or its last result changed); True if it changed.
+
+        Only a change re-renders ``connmon_site_state`` (and ``connmon_maintenance`` when it goes in or
+        out of maintenance), as for the other families.
+        """
+        state = derive(self.last, self.window, self.gap_cause)
+        if state is self.state:
+            return False
+        changed = _STATE
+        if (state is SiteStateName.MAINTENANCE) != (self.state is SiteStateName.MAINTENANCE):
+            changed |= _MAINTENANCE
+        self.state = state
+        self.dirty |= changed
+        return True
 
     def restore(self, result: ThroughputResult, missed_in_a_row: int | None, verdict: bool | None) -> bool:
         """Show a test from the history (see :meth:`ThroughputState.restore`); False if it is not shown."""
@@ -155,6 +185,11 @@ class EndpointState:
         if not t.probed:  # planned or retired: counted in connmon_sites and described, but no probe series
             self.throughput = None
             return
+        if mask & _STATE:
+            f[_F["connmon_site_state"]] = _STATE_LINES[self.state].format(lb=lb)
+        if mask & _MAINTENANCE:
+            f[_F["connmon_maintenance"]] = (
+                f"connmon_maintenance{{{lb}}} {int(self.state is SiteStateName.MAINTENANCE)}\n")
         last = self.last
         if last is not None:
             if mask & _UP:

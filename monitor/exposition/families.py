@@ -71,6 +71,11 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("connmon_contracted_bits_per_second", "gauge",
      "Download rate in the site's contract, where contracted_mbps is set."),
     ("connmon_up", "gauge", "1 if the endpoint answered at least one echo in its last ICMP cycle."),
+    # Issue 21: the cause a site's silence is charged to, one series per state at 1 (kube-state-metrics' enum).
+    ("connmon_site_state", "gauge",
+     "1 for the site's state now, 0 for the others: up, down, upstream_down, monitor_cut_off, maintenance, power, "
+     "unknown."),
+    ("connmon_maintenance", "gauge", "1 while a declared maintenance window of the site is open, else 0."),
     ("connmon_icmp_loss_ratio", "gauge", "Share of echoes without a reply in the last ICMP cycle."),
     ("connmon_icmp_jitter_seconds", "gauge",
      "Mean absolute RTT difference of consecutive echoes in the last ICMP cycle."),

@@ -35,6 +35,7 @@ from monitor.exposition.monitor_wide import MonitorWide
 from monitor.exposition.pages import Pages
 from monitor.exposition.scrape import ProcessExposition, ScrapeRenderer
 from monitor.results import Cycle, Result, ThroughputResult
+from monitor.site_states import MaintenanceWatch
 from monitor.targets import Target
 
 # A large cycle is absorbed in event-loop turns of about SLICE_SECONDS, SLICE_RESULTS at a time
@@ -69,6 +70,8 @@ class MetricsSink:
     def __init__(self, *, scrape: Sequence[ScrapeRenderer] = (), clock: Callable[[], float] = time.time,
                  shard: str | None = None, tools: Mapping[str, bool] | None = None) -> None:
         self._shard = ShardLabels.of(shard)
+        self._clock = clock
+        self._maintenance = MaintenanceWatch()  # which sites have a window open (issue 21), asked per minute
         self._scrape = (*scrape, ProcessExposition(self._shard))
         self._endpoints: dict[str, EndpointState] = {}
         self._pages = Pages()
@@ -99,6 +102,12 @@ class MetricsSink:
             state.dirty = ALL_FAMILIES  # its target may have changed: every line is rendered again
             endpoints[target.name] = state
         self._endpoints = endpoints
+        self._maintenance.watch(t for t in targets if t.probed)  # their windows may have changed too
+        if self._maintenance.watching:
+            self._maintenance.update(self._clock())
+        for state in endpoints.values():
+            state.window = self._maintenance.window(state.target.name)
+            state.reassess()
         self._pages.arrange(endpoints.values(), self._body)
         self._monitor.set_targets(targets)
         self._rebuild()
@@ -118,16 +127,41 @@ class MetricsSink:
         (tools, tests) or for a small cycle, it is absorbed at once.
         """
         self._monitor.count_cycle(cycle)
+        reassessed = self._reassess(cycle)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is None or (len(cycle.results) <= AT_ONCE_RESULTS and not self._slices):
-            self._absorb(cycle.results)
+            self._rebuild(self._absorb_some(cycle.results) | reassessed)
             return
+        self._slice_pages |= reassessed  # re-joined between slices as the pages they fill: never one half absorbed
         self._slices.append((cycle.results, 0))
         if len(self._slices) == 1:
             loop.call_soon(self._absorb_slice, loop)
+
+    def _reassess(self, cycle: Cycle) -> set[Page]:
+        """The states a cycle changes besides its results' (issue 21); the pages to re-join.
+
+        A maintenance window that opened or closed since the last cycle (any group's: a site without
+        results, such as a silent agent site, goes into maintenance too, within a cycle of a window's
+        start), and an agent site's silence that was classified.
+        """
+        pages: set[Page] = set()
+        endpoints = self._endpoints
+        for name in self._maintenance.update(self._clock()) if self._maintenance.watching else ():
+            state = endpoints.get(name)
+            if state is not None:
+                state.window = self._maintenance.window(name)
+                if state.reassess():
+                    pages.add(state.page)
+        for gap in cycle.gaps:
+            state = endpoints.get(gap.target.name)
+            if state is not None and state.gap_cause != gap.cause:
+                state.gap_cause = gap.cause
+                if state.reassess():
+                    pages.add(state.page)
+        return pages
 
     def _absorb_slice(self, loop: asyncio.AbstractEventLoop) -> None:
         results, end = self._slices[0]
@@ -157,9 +191,6 @@ class MetricsSink:
             self._publish()
         if self._slices:
             loop.call_soon(self._absorb_slice, loop)
-
-    def _absorb(self, results: Sequence[Result]) -> None:
-        self._rebuild(self._absorb_some(results))
 
     def _absorb_some(self, results: Sequence[Result]) -> set[Page]:
         """Absorb and render ``results``; return the pages whose blocks must be re-joined."""

@@ -7,7 +7,10 @@ once, in words a reader can check:
   agent site (issue 10), cycles that started while it had no power (a ``power`` gap) are neither
   up nor run, and the cycles due in a ``link`` or ``unknown`` gap that left no row count as run
   and down (:mod:`monitor.report.gaps`); **hours without power** is the time of its power gaps in the
-  period (a column only when some site has any, so older reports read as before);
+  period (a column only when some site has any, so older reports read as before). Cycles the centre
+  probed while it was cut off itself (error ``monitor_cut_off``, issue 21) are neither up nor run
+  either: the site's silence was not its own; **hours monitor cut off** is their time (the same rule
+  in :mod:`monitor.report.gaps`; a column only when some site has any);
 * **loss** = echoes without a reply / echoes attempted, over every cycle of the period;
 * **RTT median and p95** over every answered echo (p95 by nearest rank: a value that was measured);
 * **tests** = throughput tests that gave a verdict (every direction checked against a target was
@@ -45,7 +48,7 @@ from zoneinfo import ZoneInfo
 
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
-from monitor.report.gaps import GapAccount
+from monitor.report.gaps import MONITOR_CUT_OFF, GapAccount, cut_off_seconds
 from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
 
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
@@ -109,6 +112,7 @@ class SiteRow:
     download_min_bits_per_second: float | None
     cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap of an agent site, no row (down)
     power_off_seconds: float = 0.0  # time in power gaps: left out of availability
+    monitor_cut_off_seconds: float = 0.0  # time the centre was cut off itself (issue 21): left out likewise
 
     @property
     def availability(self) -> float | None:
@@ -117,6 +121,10 @@ class SiteRow:
     @property
     def hours_without_power(self) -> float:
         return self.power_off_seconds / 3600.0
+
+    @property
+    def hours_monitor_cut_off(self) -> float:
+        return self.monitor_cut_off_seconds / 3600.0
 
     @property
     def loss(self) -> float | None:
@@ -218,6 +226,11 @@ class Report:
         """True when some site had hours without power: then, and only then, the column is shown."""
         return any(r.power_off_seconds > 0 for r in self.sites)
 
+    @property
+    def monitor_cut_off(self) -> bool:
+        """True when the monitor was cut off from some site in the period: then, and only then, the column is shown."""
+        return any(r.monitor_cut_off_seconds > 0 for r in self.sites)
+
 
 def plural(kind: str, count: int) -> str:
     if count == 1 or kind.endswith("s"):
@@ -240,9 +253,15 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> S
     rtts: list[float] = []
     gaps = GapAccount.of(store, endpoint.name, period.start, period.end)
     counted: list[float] = []
+    starts: list[float] = []
+    cut_off: list[int] = []
     for cycle in store.icmp_cycles(endpoint.name, period.start, period.end):
+        starts.append(cycle.started_at)
         if gaps.without_power(cycle.started_at):
             continue  # no power, no link to measure: neither up nor run
+        if cycle.error == MONITOR_CUT_OFF:
+            cut_off.append(len(starts) - 1)
+            continue  # the centre could not reach anyone: neither up nor run (issue 21)
         counted.append(cycle.started_at)
         cycles += 1
         got = [r for r in cycle.rtts_seconds if r is not None]
@@ -270,7 +289,8 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> S
                    cycles, cycles_up, echoes, replies,
                    statistics.median(rtts) if rtts else None, nearest_rank(rtts, 0.95) if rtts else None,
                    tests, met, failed, statistics.median(downloads) if downloads else None,
-                   min(downloads) if downloads else None, missing, gaps.power_seconds)
+                   min(downloads) if downloads else None, missing, gaps.power_seconds,
+                   cut_off_seconds(starts, cut_off, period.end))
 
 
 def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> GroupSummary:
@@ -306,7 +326,7 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     rows = [row for row in (site_row(store, e, period) for e in chosen)
             # a site long gone from the config, with nothing in the period, is not part of this report
             if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
-            or row.power_off_seconds or row.name in wanted]
+            or row.power_off_seconds or row.monitor_cut_off_seconds or row.name in wanted]
     rows.sort(key=lambda r: (_VERDICT_ORDER[r.verdict], r.kind, r.district, r.name))
     kinds = sorted({r.kind for r in rows})
     by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)

@@ -1,4 +1,7 @@
-"""How an agent site's classified silences (issue 10) count in availability: the one rule, for reports and KPIs.
+"""How silences that are not the site's count in availability: the one rule, for reports and KPIs.
+
+Two kinds: an agent site's classified silences (issue 10, below), and the cycles the centre
+probed while it was cut off itself (issue 21, :func:`cut_off_seconds`).
 
 Availability is ICMP cycles up / cycles run. For a site probed from the centre every cycle
 leaves a row, answered or not. An agent site's silence may leave none: the centre hears
@@ -18,6 +21,16 @@ silence (:class:`~monitor.history.store.StoredGap`), and this module makes the q
 Only the part of a gap inside the span asked for counts, so a gap across a period's border is
 split between the two periods. A silence still going on is stored as an ``unknown`` gap up to its
 last refresh (:mod:`monitor.agent.centre.registry`), so it counts as down until the agent tells otherwise.
+
+**Monitor cut off** (issue 21): a cycle of a site probed from the centre whose error is
+``monitor_cut_off`` went unanswered while the centre's own way out was down (every uplink check
+failed, or the resolver failed for every name). It says nothing of the site, so it is left out of
+both counts, as a power gap's cycles are. The history keeps such cycles, not a gap with a start and
+an end, so their time is measured from the cycles themselves: each stands for the time until the
+site's next cycle, or the time since its previous one when that is shorter (so a monitor stopped
+or restarted next to it does not add its downtime), never past the span's end. A site's only
+cycle in the span has no neighbour to go by and adds no time (it is still left out). At a steady
+interval this is the number of such cycles × the interval.
 """
 
 from __future__ import annotations
@@ -26,7 +39,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from monitor.errors import ProbeErrorReason
 from monitor.history.store import HistoryStore, StoredGap
+
+MONITOR_CUT_OFF: str = ProbeErrorReason.MONITOR_CUT_OFF.value  # a stored cycle's error when the centre was cut off
 
 
 def due_cycles(gap: StoredGap, start: float, end: float) -> int:
@@ -90,3 +106,28 @@ class GapAccount:
                 due = sum(1 for t in due_times(gap, self.start, self.end) if not leave_out(t))
             missing += max(0, due - rows)
         return missing
+
+
+def cut_off_seconds(starts: Sequence[float], cut_off: Sequence[int], end: float) -> float:
+    """The time the monitor was cut off from one site, from its cycles in a span (see the module doc).
+
+    Args:
+        starts: the start times of every cycle of the site in the span, oldest first (left out or
+            not: a neighbour is a neighbour).
+        cut_off: the indices in ``starts`` of the cycles whose error is ``monitor_cut_off``.
+        end: the span's end.
+
+    Returns:
+        Seconds; 0.0 without such cycles.
+    """
+    total = 0.0
+    last = len(starts) - 1
+    for i in cut_off:
+        spacings: list[float] = []
+        if i < last:
+            spacings.append(starts[i + 1] - starts[i])
+        if i > 0:
+            spacings.append(starts[i] - starts[i - 1])
+        if spacings:
+            total += max(0.0, min(min(spacings), end - starts[i]))
+    return total

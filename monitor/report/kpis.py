@@ -13,7 +13,10 @@ API's summary compute the same figures. Each figure is defined here, once:
   (a window's start is inside, its end is not). For agent sites (issue 10) the same rule as the
   report's (:mod:`monitor.report.gaps`): cycles that started in a ``power`` gap are left out of both, and
   cycles due in a ``link`` or ``unknown`` gap without a row count as run and down (unless they
-  fall in maintenance);
+  fall in maintenance). Cycles probed while the centre was cut off itself (error
+  ``monitor_cut_off``, issue 21) are left out of both too, with their time stated as the report's
+  (:func:`monitor.report.gaps.cut_off_seconds`; maintenance first: a cut-off cycle in a window is
+  counted as in maintenance);
 * **live / at risk / dropped**: the age of a site's last success (an ICMP cycle with a reply, or
   a throughput test that measured a rate) at the period's end. ``age < at_risk_days`` is live,
   ``at_risk_days ≤ age < dropped_days`` at risk, ``age ≥ dropped_days`` (or no success within
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from monitor.config import Config
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
-from monitor.report.gaps import GapAccount
+from monitor.report.gaps import MONITOR_CUT_OFF, GapAccount, cut_off_seconds
 
 DAY_SECONDS = 86400.0
 CONTRACT_SHARE = 0.8  # sites receiving at least 80% of the contracted speed
@@ -104,6 +107,7 @@ class SiteKpi:
     status: SiteStatus
     power_off_seconds: float = 0.0  # time in power gaps (agent sites): left out of availability
     cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap, no row (down)
+    monitor_cut_off_seconds: float = 0.0  # time the centre was cut off itself (issue 21): left out of availability
 
     @property
     def median_met_target(self) -> bool | None:
@@ -125,17 +129,23 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
     look_from = min(span.start, span.end - thresholds.dropped_days * DAY_SECONDS)
     gaps = GapAccount.of(store, endpoint.name, span.start, span.end)
     counted: list[float] = []
+    starts: list[float] = []
+    cut_off: list[int] = []
     for cycle in store.icmp_cycles(endpoint.name, look_from, span.end):
         answered = cycle.received > 0
         if answered:
             last = cycle.started_at
         if cycle.started_at < span.start:
             continue
+        starts.append(cycle.started_at)
         if maintenance is not None and maintenance.covers(cycle.started_at):
             excluded += 1
             continue
         if gaps.without_power(cycle.started_at):
             continue  # neither up nor run, as in the report
+        if cycle.error == MONITOR_CUT_OFF:
+            cut_off.append(len(starts) - 1)
+            continue  # neither up nor run, as in the report (issue 21)
         counted.append(cycle.started_at)
         cycles += 1
         up += 1 if answered else 0
@@ -152,7 +162,8 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
     age = None if last is None else span.end - last
     return SiteKpi(endpoint.name, endpoint.kind, endpoint.district, endpoint.target_bits_per_second,
                    contracted_bits_per_second(endpoint), statistics.median(downloads) if downloads else None,
-                   cycles, up, excluded, last, status_of(age, thresholds), gaps.power_seconds, missing)
+                   cycles, up, excluded, last, status_of(age, thresholds), gaps.power_seconds, missing,
+                   cut_off_seconds(starts, cut_off, span.end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,7 @@ class KpiFigures:
     at_risk: int
     dropped: int
     power_off_seconds: float = 0.0  # the sites' time in power gaps, left out of availability
+    monitor_cut_off_seconds: float = 0.0  # the sites' time the centre was cut off itself, left out likewise
 
     @property
     def median_met_target_share(self) -> float | None:
@@ -200,7 +212,8 @@ def figures(sites: Sequence[SiteKpi]) -> KpiFigures:
         sum(1 for s in measured if s.at_contract_share), sum(s.cycles for s in sites),
         sum(s.cycles_up for s in sites), sum(s.cycles_in_maintenance for s in sites),
         sum(1 for s in sites if s.status == "live"), sum(1 for s in sites if s.status == "at_risk"),
-        sum(1 for s in sites if s.status == "dropped"), sum(s.power_off_seconds for s in sites))
+        sum(1 for s in sites if s.status == "dropped"), sum(s.power_off_seconds for s in sites),
+        sum(s.monitor_cut_off_seconds for s in sites))
 
 
 def change_points(current: float | None, previous: float | None) -> float | None:
@@ -247,6 +260,11 @@ class KpiReport:
     def power_gaps(self) -> bool:
         """True when some site had time without power in the span: then, and only then, documents show it."""
         return any(s.power_off_seconds > 0 for s in self.sites)
+
+    @property
+    def monitor_cut_off(self) -> bool:
+        """True when the monitor was cut off from some site in the span: then, and only then, documents show it."""
+        return any(s.monitor_cut_off_seconds > 0 for s in self.sites)
 
 
 def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple[KpiGroup, ...]:

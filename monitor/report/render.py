@@ -44,6 +44,9 @@ CSV_HEADERS = ("site", "kind", "district", "link", "target_mbps", "cycles", "cyc
 
 POWER_HEADER = "hours without power"  # after availability, only when some site had power gaps (issue 10)
 POWER_CSV_HEADERS = ("hours_without_power", "cycles_missing")  # after availability_percent, likewise
+# after availability (and the power columns), only when the monitor was cut off from some site (issue 21)
+CUT_OFF_HEADER = "hours monitor cut off"
+CUT_OFF_CSV_HEADERS = ("hours_monitor_cut_off",)
 _AVAILABILITY_COLUMN = HEADERS.index("availability %") + 1
 _AVAILABILITY_CSV_COLUMN = CSV_HEADERS.index("availability_percent") + 1
 
@@ -53,19 +56,19 @@ def _fixed(value: float | None, digits: int, scale: float = 1.0) -> str:
 
 
 def _headers(report: Report) -> tuple[str, ...]:
-    if not report.power_gaps:
-        return HEADERS
-    return HEADERS[:_AVAILABILITY_COLUMN] + (POWER_HEADER,) + HEADERS[_AVAILABILITY_COLUMN:]
+    extra = ((POWER_HEADER,) if report.power_gaps else ()) + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ())
+    return HEADERS[:_AVAILABILITY_COLUMN] + extra + HEADERS[_AVAILABILITY_COLUMN:]
 
 
-def _row(r: SiteRow, power: bool = False) -> list[str]:
+def _row(r: SiteRow, power: bool = False, cut_off: bool = False) -> list[str]:
     cells = [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
              _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
              _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
              _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
              _fixed(r.met_share, 0, 100), r.verdict]
-    if power:
-        cells.insert(_AVAILABILITY_COLUMN, _fixed(r.hours_without_power, 2))
+    extra = ([_fixed(r.hours_without_power, 2)] if power else []) + (
+        [_fixed(r.hours_monitor_cut_off, 2)] if cut_off else [])
+    cells[_AVAILABILITY_COLUMN:_AVAILABILITY_COLUMN] = extra
     return cells
 
 
@@ -100,8 +103,8 @@ def render_table(report: Report) -> str:
         lines += [kind.sentence(), *(f"  {d.sentence()}" for d in districts)]
     lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True,
                         colalign=_DISTRICT_ALIGN), ""]
-    power = report.power_gaps
-    lines.append(tabulate([_row(r, power) for r in report.sites], _headers(report), tablefmt="simple",
+    power, cut_off = report.power_gaps, report.monitor_cut_off
+    lines.append(tabulate([_row(r, power, cut_off) for r in report.sites], _headers(report), tablefmt="simple",
                           disable_numparse=True, colalign=_site_align(report)))
     if report.kpis is not None:
         lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
@@ -118,9 +121,10 @@ def render_table(report: Report) -> str:
 def render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    power = report.power_gaps
+    power, cut_off = report.power_gaps, report.monitor_cut_off
     cut = _AVAILABILITY_CSV_COLUMN
-    writer.writerow(CSV_HEADERS[:cut] + POWER_CSV_HEADERS + CSV_HEADERS[cut:] if power else CSV_HEADERS)
+    writer.writerow(CSV_HEADERS[:cut] + (POWER_CSV_HEADERS if power else ()) + (CUT_OFF_CSV_HEADERS if cut_off else ())
+                    + CSV_HEADERS[cut:])
     for r in report.sites:
         cells: list[object] = [
             r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
@@ -128,8 +132,8 @@ def render_csv(report: Report) -> str:
             _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
             r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
             _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict]
-        if power:
-            cells[cut:cut] = [_fixed(r.hours_without_power, 4), r.cycles_missing]
+        cells[cut:cut] = ([_fixed(r.hours_without_power, 4), r.cycles_missing] if power else []) + (
+            [_fixed(r.hours_monitor_cut_off, 4)] if cut_off else [])
         writer.writerow(cells)
     if report.kpis is not None:  # a second table after a blank line: the KPIs, with their raw counts
         writer.writerow([])
@@ -159,7 +163,8 @@ def render_markdown(report: Report) -> str:
               tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
                        tablefmt="github", disable_numparse=True, colalign=_DISTRICT_ALIGN),
               "", "## Sites", "",
-              tabulate([[_md_escape(c) for c in _row(r, report.power_gaps)] for r in report.sites], _headers(report),
+              tabulate([[_md_escape(c) for c in _row(r, report.power_gaps, report.monitor_cut_off)]
+                        for r in report.sites], _headers(report),
                        tablefmt="github", disable_numparse=True, colalign=_site_align(report)), ""]
     if report.kpis is not None:
         lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
@@ -215,7 +220,7 @@ def render_html(report: Report) -> str:
     generated = dt.datetime.fromtimestamp(report.generated_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return template.render(
         title=_title(report), report=report, headers=_headers(report),
-        rows=[(_row(r, report.power_gaps), r) for r in report.sites],
+        rows=[(_row(r, report.power_gaps, report.monitor_cut_off), r) for r in report.sites],
         district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
         summaries=summaries(report), verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
         generated=generated,
@@ -256,6 +261,8 @@ def kpi_header(kpis: KpiReport) -> str:
                    "no maintenance is left out of availability (no --config given)")
     if kpis.power_gaps:
         maintenance += "; agent sites' hours without power are left out too"
+    if kpis.monitor_cut_off:
+        maintenance += "; the hours the monitor was cut off itself are left out too"
     return (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
             f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} before.")
 
@@ -285,8 +292,9 @@ def _kpi_table(kpis: KpiReport, fmt: str) -> str:
 
 
 def kpi_csv_headers(kpis: KpiReport) -> tuple[str, ...]:
-    """The KPI CSV's header: the hours without power last, only when some site had any."""
-    return KPI_CSV_HEADERS + (("hours_without_power",) if kpis.power_gaps else ())
+    """The KPI CSV's header: hours without power, then hours monitor cut off, last; each only when some site has any."""
+    return (KPI_CSV_HEADERS + (("hours_without_power",) if kpis.power_gaps else ())
+            + (CUT_OFF_CSV_HEADERS if kpis.monitor_cut_off else ()))
 
 
 def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
@@ -294,6 +302,8 @@ def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
     for g in kpis.groups:
         c, p, d = g.current, g.previous, g.changes()
         power: list[object] = [_fixed(c.power_off_seconds, 4, 1 / 3600)] if kpis.power_gaps else []
+        if kpis.monitor_cut_off:
+            power.append(_fixed(c.monitor_cut_off_seconds, 4, 1 / 3600))
         out.append([g.scope, g.kind or "", g.district or "", c.sites, c.sites_measured, c.median_met_target,
                     _fixed(c.median_met_target_share, 4, 100), _fixed(p.median_met_target_share, 4, 100),
                     _fixed(d["median_met_target"], 4), c.at_contract_share,
@@ -304,7 +314,7 @@ def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
     return out
 
 
-def _figures_json(f: KpiFigures, power: bool) -> dict[str, object]:
+def _figures_json(f: KpiFigures, power: bool, cut_off: bool) -> dict[str, object]:
     out: dict[str, object] = {
         "sites": f.sites, "sites_measured": f.sites_measured, "median_met_target": f.median_met_target,
         "at_80_percent_of_contract": f.at_contract_share, "cycles": f.cycles, "cycles_up": f.cycles_up,
@@ -312,12 +322,14 @@ def _figures_json(f: KpiFigures, power: bool) -> dict[str, object]:
         "dropped": f.dropped, "shares": f.shares()}
     if power:  # absent, not 0, without power gaps: older documents stay as they were
         out["power_off_seconds"] = f.power_off_seconds
+    if cut_off:  # likewise absent without a cut-off monitor (issue 21)
+        out["monitor_cut_off_seconds"] = f.monitor_cut_off_seconds
     return out
 
 
 def kpis_json(kpis: KpiReport) -> dict[str, object]:
     """The KPI document (``--format json`` and the summary API): raw counts, shares in 0..1, changes in pp."""
-    power = kpis.power_gaps
+    power, cut_off = kpis.power_gaps, kpis.monitor_cut_off
     sites: list[dict[str, object]] = []
     for s in kpis.sites:
         site: dict[str, object] = {
@@ -331,6 +343,8 @@ def kpis_json(kpis: KpiReport) -> dict[str, object]:
         if power:
             site["power_off_seconds"] = s.power_off_seconds
             site["cycles_missing"] = s.cycles_missing
+        if cut_off:
+            site["monitor_cut_off_seconds"] = s.monitor_cut_off_seconds
         sites.append(site)
     return {
         "period": {"start": kpis.span.start, "end": kpis.span.end},
@@ -338,7 +352,8 @@ def kpis_json(kpis: KpiReport) -> dict[str, object]:
         "maintenance_considered": kpis.maintenance_considered,
         "thresholds": {"at_risk_days": kpis.thresholds.at_risk_days, "dropped_days": kpis.thresholds.dropped_days},
         "groups": [{"scope": g.scope, "kind": g.kind, "district": g.district,
-                    "current": _figures_json(g.current, power), "previous": _figures_json(g.previous, power),
+                    "current": _figures_json(g.current, power, cut_off),
+                    "previous": _figures_json(g.previous, power, cut_off),
                     "change_pp": g.changes()} for g in kpis.groups],
         "sites": sites,
     }

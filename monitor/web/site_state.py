@@ -6,6 +6,11 @@ cycle: it keeps references to the last :class:`IcmpResult` and the last measured
 and builds JSON only when asked (:func:`site_json`). What a site's figures mean is defined by
 the result properties (:mod:`monitor.results`), so the API and /metrics cannot disagree.
 
+Each site's ``state`` and ``cause`` (issue 21) are derived when asked, by the one function the
+exposition and the event log use too (:func:`monitor.site_states.site_state`), from the last ICMP
+result, the site's declared maintenance windows at the sink's clock, and an agent site's last
+silence (its :class:`~monitor.results.Gap`, which the cycles carry).
+
 Conventions of the JSON (documented in ``monitor/web/openapi.yaml``): numbers in base units
 (seconds, bits per second, ratios 0..1), times as Unix seconds (floats, UTC by definition), null
 where nothing is known yet.
@@ -13,13 +18,20 @@ where nothing is known yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from monitor.results import Cycle, IcmpResult, ThroughputResult
+from monitor.errors import AGENT_REASONS, ICMP_REASONS, ProbeErrorReason
+from monitor.results import Cycle, GapCause, IcmpResult, ThroughputResult
+from monitor.site_states import MaintenanceWatch, SiteState, site_state
 from monitor.targets import Target
 
 SiteJson = dict[str, Any]
+
+SITE_ICMP_REASONS: tuple[ProbeErrorReason, ...] = tuple(dict.fromkeys((*ICMP_REASONS, *AGENT_REASONS)))
+"""What a site's ``icmp.error`` can say: the ICMP reasons (``monitor_cut_off`` included) and an agent site's
+``agent_silent`` (``openapi.yaml`` lists the same, in this order)."""
 
 
 def site_status(target: Target) -> str:
@@ -28,21 +40,30 @@ def site_status(target: Target) -> str:
 
 
 class SiteStateSink:
-    """Keeps each configured endpoint's last ICMP result and last measured throughput test."""
+    """Keeps each configured endpoint's last ICMP result and last measured throughput test.
 
-    def __init__(self) -> None:
+    ``clock`` is now, for the maintenance windows of the sites' states.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.targets: dict[str, Target] = {}
         self.icmp: dict[str, IcmpResult] = {}
         self.throughput: dict[str, ThroughputResult] = {}
         self.last_reply_at: dict[str, float] = {}  # a site down now was last seen at its last answered cycle
+        self.gap_cause: dict[str, GapCause] = {}  # an agent site's current or last silence's cause
+        self.clock = clock
+        self._maintenance = MaintenanceWatch()
 
     def set_targets(self, targets: Sequence[Target]) -> None:
         self.targets = {t.name: t for t in targets}
-        for kept in (self.icmp, self.throughput, self.last_reply_at):
+        for kept in (self.icmp, self.throughput, self.last_reply_at, self.gap_cause):
             for name in [n for n in kept if n not in self.targets]:
                 del kept[name]
+        self._maintenance.watch(targets)
 
     def consume(self, cycle: Cycle) -> None:
+        for gap in cycle.gaps:
+            self.gap_cause[gap.target.name] = gap.cause
         for result in cycle.results:
             if isinstance(result, IcmpResult):
                 self.icmp[result.target.name] = result
@@ -60,26 +81,37 @@ class SiteStateSink:
             if result.target.name in self.targets and result.target.name not in self.throughput:
                 self.throughput[result.target.name] = result
 
+    def state(self, target: Target, now: float) -> SiteState:
+        """The site's state now and its cause (issue 21)."""
+        name = target.name
+        return site_state(target, self.icmp.get(name), now, self.gap_cause.get(name), watch=self._maintenance)
+
     def site(self, name: str) -> SiteJson | None:
         target = self.targets.get(name)
         return None if target is None else site_json(target, self.icmp.get(name), self.throughput.get(name),
-                                                     self.last_reply_at.get(name))
+                                                     self.last_reply_at.get(name), self.state(target, self.clock()))
 
     def sites(self, targets: Iterable[Target] | None = None) -> list[SiteJson]:
         """The state of ``targets`` (default every configured site, in config order)."""
         icmp, throughput, replied = self.icmp, self.throughput, self.last_reply_at
         chosen = self.targets.values() if targets is None else targets
-        return [site_json(t, icmp.get(t.name), throughput.get(t.name), replied.get(t.name)) for t in chosen]
+        now = self.clock()
+        return [site_json(t, icmp.get(t.name), throughput.get(t.name), replied.get(t.name), self.state(t, now))
+                for t in chosen]
 
 
 def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | None,
-              last_reply: float | None = None) -> SiteJson:
+              last_reply: float | None = None, state: SiteState | None = None) -> SiteJson:
     """One site's current state as the API's ``Site`` object (see ``monitor/web/openapi.yaml``).
 
-    ``last_seen_at`` is the later of the last cycle that got a reply and the last measured test.
+    ``last_seen_at`` is the later of the last cycle that got a reply and the last measured test;
+    ``state`` as :func:`monitor.site_states.site_state` gives it (default: from ``icmp`` and the
+    site's windows now, no silence known).
     """
     last_test = test.ended_at if test is not None else None
     seen = [t for t in (last_reply, last_test) if t is not None]
+    if state is None:
+        state = site_state(target, icmp, time.time())
     return {
         "name": target.name,
         "labels": {"kind": target.kind, "district": target.district, "link": target.link, "group": target.group},
@@ -108,4 +140,5 @@ def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | 
         "target_bits_per_second": target.target_bits_per_second,
         "target_upload_bits_per_second": target.target_upload_bits_per_second,
         "last_seen_at": max(seen) if seen else None,
+        **state.as_json(),
     }
