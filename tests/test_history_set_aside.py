@@ -8,7 +8,6 @@ and read back through the store API, on real SQLite files and on a real PostgreS
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -37,6 +36,7 @@ from monitor.targets import Target
 from tests.factories import KEEP_ALL, icmp, iperf3_test, throughput_target
 from tests.polling import wait_for
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.stores import StoreOpeners
 
 Opener = Callable[[], HistoryStore]
 SURROGATE = "\ud800"
@@ -46,23 +46,10 @@ OTHER_SURROGATE = "\udc80"
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Opener]]:
     """The backend's name and an opener of new connections to one fresh store of it."""
-    opened: list[HistoryStore] = []
-    if request.param == "sqlite":
-        path = database_path(tmp_path / "state")
-
-        def opener() -> HistoryStore:
-            opened.append(SqliteStore(path))
-            return opened[-1]
-    else:
-        url = request.getfixturevalue("pg_url")
-
-        def opener() -> HistoryStore:
-            opened.append(PostgresStore(url))
-            return opened[-1]
+    opener = StoreOpeners(request.param, database_path(tmp_path / "state"),
+                          request.getfixturevalue("pg_url") if request.param == "postgresql" else None)
     yield request.param, opener
-    for store in opened:
-        with contextlib.suppress(Exception):  # closed already by the sink
-            store.close()
+    opener.close_all(closed_already=True)
 
 
 def bad_icmp(t: Target, at: float, *, address: str | None = None, detail: str | None = None) -> IcmpResult:

@@ -21,6 +21,7 @@ from monitor.history.store import EndpointRecord, HistoryNotCreated, HistoryStor
 from monitor.results import Gap
 from tests.factories import icmp, iperf3_test, throughput_target
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.stores import StoreOpeners
 
 Opener = Callable[[], HistoryStore]
 
@@ -28,22 +29,10 @@ Opener = Callable[[], HistoryStore]
 @pytest.fixture(params=["sqlite", "postgresql"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a new connection to one fresh store of the backend under test."""
-    opened: list[HistoryStore] = []
-    if request.param == "sqlite":
-        path = tmp_path / "history.sqlite3"
-
-        def opener() -> HistoryStore:
-            opened.append(SqliteStore(path))
-            return opened[-1]
-    else:
-        url = request.getfixturevalue("pg_url")
-
-        def opener() -> HistoryStore:
-            opened.append(PostgresStore(url))
-            return opened[-1]
+    opener = StoreOpeners(request.param, tmp_path / "history.sqlite3",
+                          request.getfixturevalue("pg_url") if request.param == "postgresql" else None)
     yield opener
-    for store in opened:
-        store.close()
+    opener.close_all()
 
 
 def test_cycles_and_tests_round_trip(open_store: Opener) -> None:

@@ -236,19 +236,21 @@ class AgentApi:
                 log.warning("throughput slot of agent site %s expired without a result", slot.site,
                             extra={"endpoint": slot.site})
 
-    def _granted(self, request: web.Request, site: AgentSite) -> Slot | None:
-        slot = self.slots.get(request.query.get("slot", ""))
-        if slot is None or slot.site != site.target.name or slot.expires_at <= self.registry.clock():
-            return None
-        return slot
-
-    async def download(self, request: web.Request) -> web.StreamResponse:
+    def _granted(self, request: web.Request) -> Slot | web.Response:
+        """The live slot of the posting site that the request names; else the refusal to send (401, 429, 403)."""
         site = self._site(request)
         if isinstance(site, web.Response):
             return site
-        slot = self._granted(request, site)
-        if slot is None:
-            return self._refuse(403, "no granted throughput slot for this site (ask POST /api/v1/agent/slot)", "slot")
+        slot = self.slots.get(request.query.get("slot", ""))
+        if slot is None or slot.site != site.target.name or slot.expires_at <= self.registry.clock():
+            return self._refuse(403, "no granted throughput slot for this site (ask POST /api/v1/agent/slot)",
+                                "slot", close=request if request.body_exists else None)
+        return slot
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        slot = self._granted(request)
+        if isinstance(slot, web.Response):
+            return slot
         raw = request.query.get("bytes")
         if raw is None:
             size = slot.download_left  # what the grant still allows
@@ -277,13 +279,9 @@ class AgentApi:
         return response
 
     async def upload(self, request: web.Request) -> web.Response:
-        site = self._site(request)
-        if isinstance(site, web.Response):
-            return site
-        slot = self._granted(request, site)
-        if slot is None:
-            return self._refuse(403, "no granted throughput slot for this site (ask POST /api/v1/agent/slot)",
-                                "slot", close=request)
+        slot = self._granted(request)
+        if isinstance(slot, web.Response):
+            return slot
         declared = request.content_length
         if declared is not None and declared > slot.upload_left:
             return self._refuse(413, f"the slot allows {slot.upload_left} more bytes of upload", close=request,
