@@ -20,13 +20,15 @@ import datetime as dt
 import json
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.history.store import EndpointRecord, StoredCycle, StoredGap, StoredTest
-from monitor.results import DirectionResult, Gap, IcmpResult, ThroughputResult
+from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
+from monitor.targets import Target
 
 DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the history
 
@@ -64,6 +66,31 @@ def directions_from_json(text: str) -> tuple[DirectionResult, ...]:
 
 
 # ---------------------------------------------------------------------- writing: values → row values
+@dataclass(slots=True)
+class ResultRows:
+    """A batch of results as the rows of both tables, and each new endpoint's earliest result in it."""
+
+    icmp: list[tuple[object, ...]] = field(default_factory=list)
+    throughput: list[tuple[object, ...]] = field(default_factory=list)
+    first: dict[int, float] = field(default_factory=dict)  # endpoint id → its earliest result in this batch
+
+
+def result_rows(results: Sequence[Result], endpoint_id: Callable[[Target], int],
+                first_known: Container[int]) -> ResultRows:
+    """The rows of ``results`` for either backend; ``first`` only for endpoints not in ``first_known``."""
+    rows = ResultRows()
+    first = rows.first
+    for result in results:
+        eid = endpoint_id(result.target)
+        if eid not in first_known:
+            first[eid] = min(first.get(eid, result.started_at), result.started_at)
+        if isinstance(result, IcmpResult):
+            rows.icmp.append(icmp_row(eid, result))
+        elif isinstance(result, ThroughputResult):
+            rows.throughput.append(throughput_row(eid, result))
+    return rows
+
+
 def endpoint_params(rec: EndpointRecord) -> tuple[object, ...]:
     """The record's values for :data:`ENDPOINT_COLUMNS`, in that order."""
     return (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second, rec.status,

@@ -37,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from monitor.history import codec
 from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
-from monitor.results import Gap, IcmpResult, Result, ThroughputResult
+from monitor.results import Gap, Result
 
 _MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migrations
 _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
@@ -246,17 +246,9 @@ class AsyncPostgresStore:
                         await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
                                           ([rec.name for rec in missing],))
                         self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
-                    icmp_rows = []
-                    test_rows = []
-                    first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
-                    for result in results:
-                        endpoint_id = self._ids[result.target.name]
-                        if endpoint_id not in self._first_known:
-                            first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
-                        if isinstance(result, IcmpResult):
-                            icmp_rows.append(codec.icmp_row(endpoint_id, result))
-                        elif isinstance(result, ThroughputResult):
-                            test_rows.append(codec.throughput_row(endpoint_id, result))
+                    ids = self._ids
+                    rows = codec.result_rows(results, lambda t: ids[t.name], self._first_known)
+                    icmp_rows, test_rows, first = rows.icmp, rows.throughput, rows.first
                     if icmp_rows:
                         await cur.executemany(
                             "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) "

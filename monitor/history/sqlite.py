@@ -25,7 +25,7 @@ from pathlib import Path
 
 from monitor.history import codec
 from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
-from monitor.results import Gap, IcmpResult, Result, ThroughputResult
+from monitor.results import Gap, Result
 from monitor.targets import Target
 
 DATABASE_NAME = "history.sqlite3"
@@ -185,17 +185,8 @@ class SqliteStore:
         try:
             for rec in endpoints:
                 db.execute(_ENDPOINT_UPSERT, codec.endpoint_params(rec))
-            icmp_rows = []
-            test_rows = []
-            first: dict[int, float] = {}  # endpoint id → its earliest result in this batch
-            for result in results:
-                endpoint_id = self._endpoint_id(result.target)
-                if endpoint_id not in self._first_known:
-                    first[endpoint_id] = min(first.get(endpoint_id, result.started_at), result.started_at)
-                if isinstance(result, IcmpResult):
-                    icmp_rows.append(codec.icmp_row(endpoint_id, result))
-                elif isinstance(result, ThroughputResult):
-                    test_rows.append(codec.throughput_row(endpoint_id, result))
+            rows = codec.result_rows(results, self._endpoint_id, self._first_known)
+            icmp_rows, test_rows, first = rows.icmp, rows.throughput, rows.first
             db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
             db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
