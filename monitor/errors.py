@@ -36,6 +36,8 @@ class ProbeErrorReason(enum.StrEnum):
     AGENT_SILENT = "agent_silent"  # nothing arrived from the site's agent within stale_after
     # Where is the fault (issue 21):
     MONITOR_CUT_OFF = "monitor_cut_off"  # no reply while the centre's own way out was down: not the site's fault
+    UPSTREAM_DOWN = "upstream_down"  # no reply while an upstream node of the site (its chain) was down
+    MAINTENANCE = "maintenance"  # no reply while a maintenance window of the site (or of a node above it) was open
 
     @classmethod
     def stored(cls, value: str | None) -> ProbeErrorReason | None:
@@ -53,7 +55,8 @@ MEASURED_ICMP_REASONS: tuple[ProbeErrorReason, ...] = (
     ProbeErrorReason.UNSUPPORTED_FAMILY, ProbeErrorReason.SEND_FAILED)
 """Reasons an ICMP probe itself reports (at the centre, or an agent at its site)."""
 
-ICMP_REASONS: tuple[ProbeErrorReason, ...] = (*MEASURED_ICMP_REASONS, ProbeErrorReason.MONITOR_CUT_OFF)
+ICMP_REASONS: tuple[ProbeErrorReason, ...] = (*MEASURED_ICMP_REASONS, ProbeErrorReason.MONITOR_CUT_OFF,
+                                              ProbeErrorReason.UPSTREAM_DOWN, ProbeErrorReason.MAINTENANCE)
 """Reasons an ICMP cycle can show; each exists as a series at 0 from start-up. ``monitor_cut_off`` is the
 centre's verdict on a silent site while its own uplink was down (:mod:`monitor.centre_path`), never an agent's."""
 

@@ -108,6 +108,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX gaps_ended_at ON gaps (ended_at);
     """,
+    # 4: maintenance windows opened through the API, and traces (issue 21), as SQLite's version 4
+    """
+    CREATE TABLE maintenance (
+        id BIGSERIAL PRIMARY KEY,
+        target TEXT NOT NULL,
+        target_kind TEXT NOT NULL,
+        starts_at DOUBLE PRECISION NOT NULL,
+        ends_at DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL,
+        opened_at DOUBLE PRECISION NOT NULL,
+        closed_at DOUBLE PRECISION
+    );
+    CREATE INDEX maintenance_ends_at ON maintenance (ends_at);
+    CREATE TABLE traces (
+        endpoint_id BIGINT NOT NULL REFERENCES endpoints(id),
+        at DOUBLE PRECISION NOT NULL,
+        hops TEXT NOT NULL,
+        last_answering_hop TEXT,
+        reached BOOLEAN NOT NULL,
+        PRIMARY KEY (endpoint_id, at)
+    );
+    """,
 )
 
 _ENDPOINT_UPSERT = (

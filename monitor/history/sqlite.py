@@ -95,6 +95,29 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint_id, started_at)
     ) WITHOUT ROWID;
     """,
+    # 4: where is the fault (issue 21): maintenance windows opened at run time through the API (kept across
+    # restarts), and the traces taken when a site or an upstream node went down
+    """
+    CREATE TABLE maintenance (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        target_kind TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        closed_at REAL
+    );
+    CREATE INDEX maintenance_ends_at ON maintenance (ends_at);
+    CREATE TABLE traces (
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id),
+        at REAL NOT NULL,
+        hops TEXT NOT NULL,
+        last_answering_hop TEXT,
+        reached INTEGER NOT NULL,
+        PRIMARY KEY (endpoint_id, at)
+    ) WITHOUT ROWID;
+    """,
 )
 _GAPS_VERSION = 3  # the schema version that added the gap table
 _ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(codec.ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
