@@ -64,6 +64,7 @@ class Target:
     mode: SiteMode = "probe"  # "agent": measured by an agent at the site (issue 10), never by the centre
     agent: AgentSettings | None = None
     maintenance: MaintenanceWindows | None = None  # declared maintenance: its own block, else its group's (issue 21)
+    upstream: str | None = None  # the nearest upstream node it hangs from (its own, else its group's); for a node, its parent
 
     @property
     def probed_by_centre(self) -> bool:
@@ -116,6 +117,7 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                 provider=ep.provider or group.provider,
                 contracted_bits_per_second=None if contracted is None else contracted * 1_000_000,
                 maintenance=ep.maintenance or group.maintenance,
+                upstream=ep.upstream or group.upstream,
             ))
     return tuple(out)
 

@@ -146,6 +146,7 @@ class Cascade:
     provider: str | None = None
     contracted_mbps: float | None = None  # what the contract says, when it differs from target_mbps
     mode: SiteMode | None = None  # None: the group's, else "probe"
+    upstream: str | None = None  # the nearest upstream node (``upstreams:``) the sites hang from (issue 21)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,24 @@ class MonitorSettings:
     uplink: tuple[UplinkCheck, ...] = ()
 
 
+UPSTREAM_KINDS: tuple[str, ...] = ("router", "pop", "teleport", "switch", "hub", "radio", "other")
+"""What an upstream node may be (``kind:`` of an entry of ``upstreams:``): a label value, so a closed set."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamNode:
+    """One node of the ``upstreams:`` forest (issue 21): a router, an ISP's point of presence, a teleport.
+
+    ``upstream`` names its parent node (None: a root, reached from the centre directly).
+    """
+
+    name: str
+    host: str
+    kind: str = "router"
+    upstream: str | None = None
+    location: Location | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid config file."""
@@ -227,6 +246,7 @@ class Config:
     retention: Retention = field(default_factory=Retention)
     report: ReportSettings = field(default_factory=ReportSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    upstreams: tuple[UpstreamNode, ...] = ()  # the forest of upstream nodes, in file order (issue 21)
 
 
 _S = TypeVar("_S", IcmpSettings, ThroughputSettings)

@@ -12,7 +12,7 @@ It does not apply the defaults → group → endpoint cascade for the rest of th
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from monitor.config.checks import NameNodes, check_config
 from monitor.config.model import (
     ROLLOUT_STATUSES,
     SITE_MODES,
+    UPSTREAM_KINDS,
     AgentSettings,
     Config,
     Defaults,
@@ -33,18 +34,20 @@ from monitor.config.model import (
     Retention,
     RolloutStatus,
     UplinkCheck,
+    UpstreamNode,
 )
 from monitor.config.walker import TAG, Walker, first_value, parse_document, read_config_text
 
 _ROLLOUT_KEYS = ("status", "planned_date", "provider", "contracted_mbps")  # group and endpoint (issue 11)
 _ENDPOINT_KEYS = ("name", "host", "district", "link", "lat", "lon", "target_mbps", "target_upload_mbps", "icmp",
-                  "throughput", "maintenance", *_ROLLOUT_KEYS, "mode", "agent")
+                  "throughput", "maintenance", *_ROLLOUT_KEYS, "mode", "agent", "upstream")
 _GROUP_KEYS = ("name", "kind", "district", "link", "target_mbps", "target_upload_mbps", "icmp", "throughput",
-               "endpoints", "maintenance", *_ROLLOUT_KEYS, "mode")
+               "endpoints", "maintenance", *_ROLLOUT_KEYS, "mode", "upstream")
 _AGENT_KEYS = ("token_sha256", "stale_after")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_KEYS = ("target_mbps", "target_upload_mbps", "icmp", "throughput")
-_TOP_KEYS = ("defaults", "groups", "throughput", "history", "report", "monitor")
+_TOP_KEYS = ("defaults", "groups", "throughput", "history", "report", "monitor", "upstreams")
+_UPSTREAM_KEYS = ("name", "host", "kind", "upstream")
 
 Readers = dict[str, Callable[[Node, str], Any]]
 
@@ -109,18 +112,79 @@ def _walk_top(w: Walker, root: Node, source: str) -> tuple[Config | None, NameNo
             retention = Retention(icmp_seconds=read.get("icmp", retention.icmp_seconds),
                                   throughput_seconds=read.get("throughput", retention.throughput_seconds))
     report = settings.report_settings(w, top["report"]) if "report" in top else ReportSettings()
+    upstreams = _upstreams(w, top["upstreams"]) if "upstreams" in top else ()
+    node_names = frozenset(n.name for n in upstreams)
     groups: list[GroupConfig] = []
-    endpoint_readers = _endpoint_readers(w)  # built once per file: 10,000 endpoints need not build 10,000 dicts
+    endpoint_readers = _endpoint_readers(w, node_names)  # built once per file, not once per endpoint
     for gi, gnode in enumerate(w.sequence(top["groups"], "groups") or () if "groups" in top else ()):
-        group = _group(w, gnode, f"groups[{gi}]", endpoint_readers)
+        group = _group(w, gnode, f"groups[{gi}]", endpoint_readers, node_names)
         if group is None:
             continue
         groups.append(group)
         _collect_names(gnode, f"groups[{gi}]", names)
     monitor = _monitor(w, top["monitor"]) if "monitor" in top else MonitorSettings()
     config = Config(source=source, defaults=defaults, groups=tuple(groups), throughput_max_concurrent=max_concurrent,
-                    retention=retention, report=report, monitor=monitor)
+                    retention=retention, report=report, monitor=monitor, upstreams=upstreams)
+    _check_node_names(w, upstreams, names)
     return config, names
+
+
+def _upstreams(w: Walker, node: Node) -> tuple[UpstreamNode, ...]:
+    """``upstreams: [{name, host, upstream, kind}, ...]``: the forest of upstream nodes (issue 21).
+
+    Every problem is located: a duplicate name, a parent that is not a node of the list, and a cycle
+    (reported once, at the ``upstream`` key of the first node of the list that is on it).
+    """
+    nodes: list[UpstreamNode] = []
+    seen: dict[str, int] = {}
+    parent_nodes: dict[str, tuple[Node, str]] = {}
+    for i, item in enumerate(w.sequence(node, "upstreams") or ()):
+        path = f"upstreams[{i}]"
+        fields = w.mapping(item, path, _UPSTREAM_KEYS, required=("name", "host"))
+        if fields is None:
+            continue
+        read = w.fields(fields, path, {"name": w.string, "host": w.host, "upstream": w.string,
+                                       "kind": lambda n, p: w.choice(n, p, UPSTREAM_KINDS)})
+        if "name" not in read or "host" not in read:
+            continue
+        name = read["name"]
+        if name in seen:
+            w.problem(fields["name"], f"{path}.name",
+                      f"duplicate upstream node name '{name}' (first at upstreams[{seen[name]}])")
+            continue
+        seen[name] = i
+        if "upstream" in read:
+            parent_nodes[name] = (fields["upstream"], f"{path}.upstream")
+        nodes.append(UpstreamNode(name, read["host"], read.get("kind", "router"), read.get("upstream"),
+                                  w.where(item)))
+    parents = {n.name: n.upstream for n in nodes}
+    for n in nodes:
+        if n.upstream is not None and n.upstream not in parents:
+            key, path = parent_nodes[n.name]
+            w.problem(key, path, f"unknown upstream node '{n.upstream}' (the nodes are: {', '.join(parents)})")
+    on_cycle: set[str] = set()
+    for n in nodes:
+        chain: list[str] = []
+        at: str | None = n.name
+        while at is not None and at in parents and at not in chain:
+            chain.append(at)
+            at = parents[at]
+        if at is not None and at in chain and n.name == at and n.name not in on_cycle:
+            cycle = chain[chain.index(at):]
+            on_cycle.update(cycle)
+            key, path = parent_nodes[n.name]
+            w.problem(key, path, "the upstream nodes form a cycle: " + " → ".join([*cycle, at]))
+    return tuple(nodes)  # with a problem the file is refused anyway; the names still check the sites' upstream keys
+
+
+def _check_node_names(w: Walker, upstreams: Sequence[UpstreamNode], names: NameNodes) -> None:
+    """An upstream node's name must not be a site's too: both are kept in the history under their name."""
+    nodes = {n.name: n for n in upstreams}
+    for node, path in names["endpoint"]:
+        if isinstance(node, ScalarNode) and node.value in nodes:
+            where = nodes[node.value].location
+            w.problem(node, path, f"'{node.value}' is also the name of an upstream node"
+                                  f"{f' (at {where})' if where is not None else ''}; names must differ")
 
 
 def _monitor(w: Walker, node: Node) -> MonitorSettings:
@@ -145,8 +209,11 @@ def _monitor(w: Walker, node: Node) -> MonitorSettings:
     return MonitorSettings(tuple(checks))
 
 
-def _cascade_readers(w: Walker) -> Readers:
-    """Readers of the keys a group and its endpoints share (:class:`~monitor.config.model.Cascade`)."""
+def _cascade_readers(w: Walker, node_names: frozenset[str] = frozenset()) -> Readers:
+    """Readers of the keys a group and its endpoints share (:class:`~monitor.config.model.Cascade`).
+
+    ``node_names``: the upstream nodes of the file, which ``upstream:`` must name one of.
+    """
     return {
         "district": w.string,
         "link": w.string,
@@ -161,25 +228,38 @@ def _cascade_readers(w: Walker) -> Readers:
         "provider": w.string,
         "contracted_mbps": lambda n, p: settings.mbps(w, n, p),
         "mode": lambda n, p: w.choice(n, p, SITE_MODES),
+        "upstream": lambda n, p: _upstream_name(w, n, p, node_names),
     }
 
 
-def _endpoint_readers(w: Walker) -> Readers:
+def _upstream_name(w: Walker, node: Node, path: str, node_names: frozenset[str]) -> str | None:
+    name = w.string(node, path)
+    if name is None:
+        return None
+    if name not in node_names:
+        known = ", ".join(sorted(node_names)) if node_names else "none: the file has no 'upstreams:' list"
+        w.problem(node, path, f"unknown upstream node '{name}' (the nodes are: {known})")
+        return None
+    return name
+
+
+def _endpoint_readers(w: Walker, node_names: frozenset[str] = frozenset()) -> Readers:
     return {
         "name": w.string,
         "host": w.host,
         "lat": lambda n, p: w.number(n, p, -90.0, 90.0),
         "lon": lambda n, p: w.number(n, p, -180.0, 180.0),
-        **_cascade_readers(w),
+        **_cascade_readers(w, node_names),
         "agent": lambda n, p: _agent_settings(w, n, p),
     }
 
 
-def _group(w: Walker, node: Node, path: str, endpoint_readers: Readers) -> GroupConfig | None:
+def _group(w: Walker, node: Node, path: str, endpoint_readers: Readers,
+           node_names: frozenset[str] = frozenset()) -> GroupConfig | None:
     values = w.mapping(node, path, _GROUP_KEYS, required=("name", "endpoints"))
     if values is None:
         return None
-    read = w.fields(values, path, {"name": w.string, "kind": w.string, **_cascade_readers(w)})
+    read = w.fields(values, path, {"name": w.string, "kind": w.string, **_cascade_readers(w, node_names)})
     group_status: RolloutStatus | None = read.get("status", "connected") if "status" in read \
         or "status" not in values else None
     endpoints: list[EndpointConfig] = []
