@@ -57,6 +57,8 @@ from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.targets import Target, probed, uplink_targets
 from monitor.throughput_plan import ThroughputPlan
+from monitor.upstreams import UpstreamTree, node_targets
+from monitor.upstreams_exposition import UpstreamExposition
 from monitor.web.config import BasicAuth, load_web_config
 from monitor.web.server import build_app, start_server
 from monitor.web.site_api import SiteApi
@@ -149,6 +151,9 @@ class Daemon:
         agent_sites = AgentSites()  # written by the registry, read by /metrics: built before both
         # the centre's own way out (issue 21): fed by the scheduler, read by /metrics; built before both
         self.centre_path = CentrePath(uplink_targets(config, loaded.targets))
+        # the upstream nodes (issue 21): fed by the scheduler, read by /metrics; every shard checks all of them
+        self.upstreams = UpstreamTree(cut_off=lambda: self.centre_path.cut_off)
+        self.upstreams.set_nodes(node_targets(config, loaded.targets), loaded.targets)
         # what /metrics renders per scrape, beside the cached body
         scrape: list[ScrapeRenderer] = [EngineExposition(lambda: dataclasses.asdict(engine.stats))]
         history = self.history
@@ -156,6 +161,7 @@ class Daemon:
             scrape.append(StoreExposition(lambda: history.stats))
         scrape.append(AgentExposition(agent_sites))
         scrape.append(CentrePathExposition(self.centre_path))
+        scrape.append(UpstreamExposition(self.upstreams))
         self.metrics = MetricsSink(scrape=scrape, tools={"iperf3": bool(self.iperf3_path)},
                                    shard=options.shard.label if options.shard is not None else None)
         self.site_state = SiteStateSink()  # the JSON API's current state (issue 11)
@@ -175,7 +181,10 @@ class Daemon:
         self.metrics.config_loaded(True)
         self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
                                 throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
-        self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path)
+        self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path,
+                                        upstreams=self.upstreams)
+        if self.history is not None:  # a node's own runs are kept for the report's upstream section
+            self.scheduler.node_history = self.history.consume
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
                            if state_dir is not None else None, default_timezone=options.timezone)
         self.api.set_report_settings(config)
@@ -200,6 +209,7 @@ class Daemon:
             self.history.retention = new_config.retention
         self.api.set_report_settings(new_config)
         self.centre_path.set_checks(uplink_targets(new_config, every_target))  # the scheduler's uplink job follows
+        self.upstreams.set_nodes(node_targets(new_config, every_target), every_target)  # so does its node job
         self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
         for sink in self.pipeline.sinks:
             sink.set_targets(new_targets)

@@ -16,11 +16,19 @@ through :meth:`~monitor.centre_path.CentrePath.classify` before it is published,
 silent site as ``down`` while the centre itself is cut off. A site cycle that ends while an uplink
 run is under way waits for it (at most that run's bound): the two often run side by side, and the
 verdict for the cycle is the run that saw the same minute of the network.
+
+Upstream nodes (issue 21): with an :class:`~monitor.upstreams.UpstreamTree` handed in, its nodes run
+in a job of their own like the uplink checks, and a site cycle with silent sites whose chain holds a
+node not run since the cycle began pings those nodes first
+(:meth:`~monitor.upstreams.UpstreamTree.stale_nodes`), so that a router cut a moment ago makes its
+sites ``upstream_down`` from their first silent cycle, not ``down`` until the node job comes round.
+The tree classifies before the centre path (``monitor_cut_off`` wins over ``upstream_down``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -38,10 +46,12 @@ from monitor.probes import PROBES, ProbeContext
 from monitor.results import Cycle, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
 from monitor.throughput_plan import SiteState, ThroughputPlan
+from monitor.upstreams import UpstreamTree
 
 log = logging.getLogger(__name__)
 
 UPLINK_JOB_ID = "uplink"  # the centre's uplink checks (issue 21); site jobs are "icmp:GROUP:INTERVAL"
+UPSTREAMS_JOB_ID = "upstreams"  # the upstream nodes (issue 21)
 UPLINK_WAIT_SLACK_SECONDS = 1.0  # a site cycle waits for a running uplink run at most its bound plus this
 
 
@@ -65,8 +75,12 @@ class CycleScheduler:
     """Owns the APScheduler instance and turns each job run into a published :class:`Cycle`."""
 
     def __init__(self, ctx: ProbeContext, pipeline: ResultPipeline, plan: ThroughputPlan | None = None,
-                 clock: Callable[[], float] = time.time, centre_path: CentrePath | None = None) -> None:
+                 clock: Callable[[], float] = time.time, centre_path: CentrePath | None = None,
+                 upstreams: UpstreamTree | None = None) -> None:
         self.ctx = ctx
+        self.upstreams = upstreams
+        self._upstreams_interval: float | None = None
+        self._nodes_lock = asyncio.Lock()  # one on-demand node run at a time: the next cycle then finds them fresh
         self.pipeline = pipeline
         self.clock = clock
         self.plan = plan if plan is not None else ThroughputPlan()
@@ -78,6 +92,8 @@ class CycleScheduler:
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._job_names: dict[str, tuple[str, str]] = {}
         self.running_cycles: set[asyncio.Task[None]] = set()
+        # where the nodes' own runs are kept (the history only: they are not sites); None: nowhere
+        self.node_history: Callable[[Cycle], None] | None = None
         # True while the history's restore is awaited (a store that may answer late): a test run before
         # it would not know the site's last test time or the month's bytes. ICMP is never held.
         self.throughput_held = False
@@ -116,6 +132,27 @@ class CycleScheduler:
             self._job_names[job_id] = ("icmp", group)
         log.info("scheduled %d ICMP jobs for %d endpoints (%d new)", len(batches), len(targets), len(new))
         self._set_uplink_job()
+        self._set_upstreams_job()
+
+    def _set_upstreams_job(self) -> None:
+        """One job for the upstream nodes, as configured now (none without nodes); as the uplink job at a reload."""
+        nodes = self.upstreams.nodes if self.upstreams is not None else ()
+        interval = nodes[0].icmp.interval_seconds if nodes else None
+        if self._upstreams_interval is not None and interval != self._upstreams_interval:
+            self._scheduler.remove_job(UPSTREAMS_JOB_ID)
+            self._upstreams_interval = None
+        if interval is None:
+            return
+        if self._upstreams_interval is not None:
+            self._scheduler.modify_job(UPSTREAMS_JOB_ID, args=(nodes,))
+            return
+        now = dt.datetime.now(dt.UTC)
+        self._scheduler.add_job(
+            self._run_nodes_job, IntervalTrigger(seconds=interval, start_date=now, timezone=dt.UTC), args=(nodes,),
+            id=UPSTREAMS_JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)),
+            next_run_time=now)
+        self._upstreams_interval = interval
+        log.info("scheduled the %d upstream node(s) every %gs", len(nodes), interval)
 
     def _set_uplink_job(self) -> None:
         """One job for the centre path's uplink checks, as configured now; none without checks.
@@ -164,6 +201,8 @@ class CycleScheduler:
         try:
             results = await PROBES[probe](targets, self.ctx)
             cycle = Cycle(probe, group, started_at, time.monotonic() - started, tuple(results))
+            if self.upstreams is not None and probe == "icmp":
+                cycle = await self._by_upstreams(self.upstreams, cycle)
             centre_path = self.centre_path
             if centre_path is not None and probe == "icmp":
                 if not self._uplink_idle.is_set() and not all(isinstance(r, IcmpResult) and r.up for r in results):
@@ -187,6 +226,42 @@ class CycleScheduler:
             await asyncio.wait_for(self._uplink_idle.wait(), bound + UPLINK_WAIT_SLACK_SECONDS)
         except TimeoutError:
             log.warning("the centre's uplink checks did not finish in time; classifying the cycle by their last run")
+
+    async def _by_upstreams(self, tree: UpstreamTree, cycle: Cycle) -> Cycle:
+        """The cycle classified by the upstream tree, after pinging the nodes it needs fresh; as measured on a bug."""
+        try:
+            if tree.stale_nodes(cycle):
+                async with self._nodes_lock:
+                    stale = tree.stale_nodes(cycle)  # another cycle may have run them while this one waited
+                    if stale:
+                        await self.run_nodes(stale)
+            return tree.classify(cycle)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("classifying a cycle by the upstream nodes failed; publishing it as measured",
+                          extra={"probe": cycle.probe, "group": cycle.group})
+            return cycle
+
+    async def run_nodes(self, nodes: Sequence[Target]) -> None:
+        """Ping upstream nodes once and give the results to the tree; never raises (but for shutdown)."""
+        tree = self.upstreams
+        if tree is None or not nodes:
+            return
+        try:
+            results = await PROBES["icmp"](nodes, self.ctx)
+            tree.record([r for r in results if isinstance(r, IcmpResult)])
+            if self.node_history is not None:
+                self.node_history(Cycle("icmp", nodes[0].group, results[0].started_at if results else self.clock(),
+                                        0.0, tuple(results)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the node states stay as the last run left them
+            log.exception("the upstream nodes failed to run", extra={"probe": "icmp", "group": nodes[0].group})
+
+    async def _run_nodes_job(self, nodes: Sequence[Target]) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # shutdown
+            await self.run_nodes(nodes)
 
     async def run_uplink(self, checks: Sequence[Target]) -> None:
         """Ping the centre's uplink checks once and give the results to the centre path; never raises."""
@@ -244,6 +319,9 @@ class CycleScheduler:
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
         if event.job_id == UPLINK_JOB_ID:  # not a site group's cycle: no series of its own
             log.warning("the centre's uplink checks skipped a run: the previous one is still running")
+            return
+        if event.job_id == UPSTREAMS_JOB_ID:
+            log.warning("the upstream nodes skipped a run: the previous one is still running")
             return
         probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))
         self.pipeline.cycle_skipped(probe, group)

@@ -5,7 +5,7 @@ which cause explains the site's silence, the most outward one first::
 
     maintenance       a declared maintenance window of the site is open now (the config's ``maintenance:``)
     monitor_cut_off   its last result was given that reason: no reply while the centre itself was cut off
-    upstream_down     an upstream node of the site is down (in the enum, not produced yet: a later slice)
+    upstream_down     its last result was given that reason: no reply while a node of its upstream chain was down
     power             an agent site whose agent is silent, and whose silence was classified as a power cut
     down              its last result got no reply
     up                its last result got one
@@ -34,6 +34,7 @@ from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ProbeErrorReason
 from monitor.results import GapCause, IcmpResult
 from monitor.targets import Target
+from monitor.upstreams import upstream_of
 
 
 class SiteStateName(enum.StrEnum):
@@ -65,6 +66,7 @@ class SiteState:
         {"state": "monitor_cut_off", "cause": {"monitor": "uplink"}}
         {"state": "maintenance", "cause": {"maintenance": "Sun 02:00-04:00 Asia/Almaty"}}
         {"state": "power", "cause": {"power": "site"}}
+        {"state": "upstream_down", "cause": {"upstream": "khromtau-agg"}}
     """
 
     state: SiteStateName
@@ -90,6 +92,8 @@ def derive(last: IcmpResult | None, window: str | None, last_gap_cause: GapCause
     error = last.error
     if error is ProbeErrorReason.MONITOR_CUT_OFF:
         return SiteStateName.MONITOR_CUT_OFF
+    if error is ProbeErrorReason.UPSTREAM_DOWN:
+        return SiteStateName.UPSTREAM_DOWN
     if error is ProbeErrorReason.AGENT_SILENT and last_gap_cause == "power":
         return SiteStateName.POWER
     return SiteStateName.UP if last.up else SiteStateName.DOWN
@@ -117,6 +121,8 @@ def site_state(target: Target, last: IcmpResult | None, now: float, last_gap_cau
         return SiteState(state, MappingProxyType({"maintenance": window or ""}))
     if state is SiteStateName.MONITOR_CUT_OFF and last is not None:
         return SiteState(state, MappingProxyType({"monitor": cut_off_cause(last) or "uplink"}))
+    if state is SiteStateName.UPSTREAM_DOWN and last is not None:
+        return SiteState(state, MappingProxyType({"upstream": upstream_of(last.error, last.error_detail) or ""}))
     if state is SiteStateName.POWER:
         return SiteState(state, MappingProxyType({"power": "site"}))
     return SiteState(state, None)
@@ -132,7 +138,8 @@ def describe(state: SiteStateName, last: IcmpResult | None, window: str | None) 
     if state is SiteStateName.POWER:
         return "the site's agent was silent because the site had no power (its machine booted again)"
     if state is SiteStateName.UPSTREAM_DOWN:
-        return "an upstream node of the site is down"
+        node = upstream_of(last.error, last.error_detail) if last is not None else None
+        return f"upstream node {node} is down" if node else "an upstream node of the site is down"
     return state.value
 
 

@@ -64,7 +64,7 @@ class Target:
     mode: SiteMode = "probe"  # "agent": measured by an agent at the site (issue 10), never by the centre
     agent: AgentSettings | None = None
     maintenance: MaintenanceWindows | None = None  # declared maintenance: its own block, else its group's (issue 21)
-    upstream: str | None = None  # the nearest upstream node it hangs from (its own, else its group's); for a node, its parent
+    upstream: str | None = None  # nearest upstream node (its own, else its group's); a node: its parent
 
     @property
     def probed_by_centre(self) -> bool:

@@ -65,7 +65,9 @@ def test_every_alert_has_a_unit_test_and_the_labels_routing_needs() -> None:
         annotations = rule["annotations"]
         assert "Check first" in annotations["description"], rule["alert"]
         # a per-site alert names the site; a monitor alert says so in kind (for Alertmanager's routing)
-        assert "$labels.endpoint" in annotations["summary"] or rule["labels"].get("kind") == "monitor", rule["alert"]
+        assert ("$labels.endpoint" in annotations["summary"] or rule["labels"].get("kind") == "monitor"
+                or ("$labels.upstream" in annotations["summary"] and rule["labels"].get("kind") == "upstream")), \
+            rule["alert"]
 
 
 def test_prometheus_config_passes_promtool_check_config() -> None:
@@ -93,6 +95,7 @@ def test_alertmanager_config_passes_amtool() -> None:
     (["kind=clinic", "district=Martuk", "severity=critical"], "health-pager,health-ops"),
     (["kind=clinic", "severity=critical"], "health-pager,health-ops"),
     (["kind=monitor", "severity=critical"], "monitoring-team"),
+    (["kind=upstream", "upstream=agg", "severity=critical"], "network-ops"),
     (["alertname=Other"], "ops-default"),
 ])
 def test_alertmanager_routes_by_kind_and_district(labels: list[str], receivers: str) -> None:
@@ -235,7 +238,8 @@ SITE = {"kind": "school", "district": "Aktobe", "link": "fibre", "job": "connmon
 def test_alertmanager_inhibits_what_the_readme_says(alertmanager: str) -> None:
     """A down site holds back its own loss, latency, stale and test-failure alerts (not another site's,
     nor its below-target alert); connmon down holds back the stale alerts of that instance only, and
-    a cut-off connmon (issue 21) the loss and test-failure alerts of its own sites only.
+    a cut-off connmon (issue 21) the loss and test-failure alerts of its own sites only, and its
+    upstream-node alerts (not another instance's).
     A critical clinic alert outside Aktobe goes to the pager and to health-ops."""
     sent = [
         _alert("ConnmonSiteDown", endpoint="dead", severity="critical", **SITE),
@@ -255,6 +259,10 @@ def test_alertmanager_inhibits_what_the_readme_says(alertmanager: str) -> None:
         _alert("ConnmonSiteHighLoss", endpoint="cut", severity="warning", **{**SITE, "instance": "mon3:9077"}),
         _alert("ConnmonThroughputTestsFailing", endpoint="cut", severity="warning", probe="throughput",
                **{**SITE, "instance": "mon3:9077"}),
+        _alert("ConnmonUpstreamDown", upstream="agg", node_kind="router", kind="upstream", severity="critical",
+               job="connmon", instance="mon3:9077"),
+        _alert("ConnmonUpstreamDown", upstream="isp", node_kind="pop", kind="upstream", severity="critical",
+               job="connmon", instance="mon:9077"),
     ]
     _http(f"{alertmanager}/api/v2/alerts", sent)
     held_back = {("ConnmonSiteHighLoss", "dead"): ("ConnmonSiteDown", "dead"),
@@ -263,11 +271,12 @@ def test_alertmanager_inhibits_what_the_readme_says(alertmanager: str) -> None:
                  ("ConnmonIcmpStale", "far"): ("ConnmonDown", "mon2:9077"),
                  ("ConnmonThroughputStale", "far"): ("ConnmonDown", "mon2:9077"),
                  ("ConnmonSiteHighLoss", "cut"): ("ConnmonMonitorCutOff", "mon3:9077"),
-                 ("ConnmonThroughputTestsFailing", "cut"): ("ConnmonMonitorCutOff", "mon3:9077")}
+                 ("ConnmonThroughputTestsFailing", "cut"): ("ConnmonMonitorCutOff", "mon3:9077"),
+                 ("ConnmonUpstreamDown", "agg"): ("ConnmonMonitorCutOff", "mon3:9077")}
 
     def key(alert: dict[str, Any]) -> tuple[str, str]:
         labels = alert["labels"]
-        return labels["alertname"], labels.get("endpoint", labels["instance"])
+        return labels["alertname"], labels.get("endpoint", labels.get("upstream", labels["instance"]))
 
     deadline = time.monotonic() + 60
     while True:  # the inhibitor sees new alerts shortly after they are stored
