@@ -14,7 +14,8 @@ The centre is **cut off** when
   name resolve, or until no cycle with names has confirmed it for two of its intervals (a reload may
   take the names away).
 
-While it is cut off, :meth:`CentrePath.classify` rewrites the ``error`` of each centre-probed site
+While it is cut off, and for a cycle that began before the centre was found back (its echoes were
+lost while it was still cut off), :meth:`CentrePath.classify` rewrites the ``error`` of each centre-probed site
 that did not answer to ``monitor_cut_off``, its ``error_detail`` saying why; a site that answered
 stays as it is, and so does everything an agent posts (agents never go through here). The probe's
 raw facts (sent, RTTs: ``connmon_up``) are kept. The event log gets one line when the centre becomes
@@ -87,6 +88,11 @@ class CentrePath:
         self._resolver: _ResolverFailure | None = None
         self._cause: CutOffCause | None = None
         self._why = ""
+        # when the centre was last found back (the start of the run that answered, or the resolver verdict's
+        # lapse), and why it had been cut off: a silent cycle that began before then overlapped the cut
+        self._back_at: float | None = None
+        self._was_why = ""
+        self._previous_why = ""
 
     # ------------------------------------------------------------------ facts in
     @property
@@ -141,9 +147,11 @@ class CentrePath:
             return cycle
         self._judge_resolver(cycle)
         self._update()
-        if self._cause is None:
-            return cycle
         why = self._why
+        if self._cause is None:
+            if self._back_at is None or cycle.started_at >= self._back_at:
+                return cycle
+            why = self._was_why  # the cycle began while the centre was still cut off: its silence is that
         results = tuple(_rewritten(r, why) if isinstance(r, IcmpResult) and not r.up and r.target.probed_by_centre
                         and r.error is not ProbeErrorReason.MONITOR_CUT_OFF else r for r in cycle.results)
         if all(new is old for new, old in zip(results, cycle.results, strict=True)):
@@ -182,11 +190,16 @@ class CentrePath:
         else:
             cause, why = None, ""
         was = self._cause
+        self._previous_why = self._why
         self._cause, self._why = cause, why
         if cause is not None and was is None:
             log.warning("the centre is cut off: %s; sites that do not answer are recorded as monitor_cut_off, "
                         "not down", why)
         elif cause is None and was is not None:
+            self._was_why = self._previous_why
+            answered = [r.started_at for r in self._last.values() if r.up]
+            # the uplink rule knows when the way out answered again; the resolver rule does not (a lapse)
+            self._back_at = max(answered) if was == "uplink" and answered else None
             log.info("the centre is no longer cut off: %s; sites that do not answer are down again",
                      self._back(was, lapsed))
 

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TLS and basic auth, in Prometheus exporter-toolkit's web-config format")
     run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
                      help="allow POST /-/reload (as Prometheus)")
+    run.add_argument("--web.enable-admin-api", dest="enable_admin_api", action="store_true",
+                     help="allow the API's writes: opening and closing maintenance windows (POST and DELETE "
+                          "/api/v1/maintenance); behind basic auth when --web.config.file sets users")
     run.add_argument("--config.watch", dest="config_watch", action="store_true",
                      help="reload when the config file's content changes (polled)")
     run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
@@ -141,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
                         help="the daemon's --store (postgresql://... or sqlite:///PATH); default --state-dir's")
     report.add_argument("--config", help="also list configured sites the history has no data of, with "
-                                         "today's labels; its maintenance windows are left out of the KPIs' "
-                                         "availability, and its report: block sets the thresholds")
+                                         "today's labels; its maintenance windows are left out of availability "
+                                         "(site table and KPIs; their hours are stated), and its report: block "
+                                         "sets the thresholds")
     report.add_argument("--at-risk-days", type=_days, default=None, metavar="DAYS",
                         help="a site without a success for this long at the period's end is at risk (default 21)")
     report.add_argument("--dropped-days", type=_days, default=None, metavar="DAYS",
@@ -251,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tune_malloc()  # before any thread starts: the arena cap applies to arenas made from now on
         code = asyncio.run(serve(args.config, args.listen, args.icmp_mode, web_config_path=args.web_config_file,
-                                 enable_lifecycle=args.enable_lifecycle,
+                                 enable_lifecycle=args.enable_lifecycle, enable_admin_api=args.enable_admin_api,
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
                                  shard=args.shard, state_dir=None if args.no_history else args.state_dir,
                                  store_url=args.store, timezone=local_zone(),

@@ -2,9 +2,11 @@
 
 Assembly is in dependency order, each part handed what it needs when it is built, and nothing set
 afterwards (issue 23): the config; the ICMP engine; the history writer; the centre's own path
-(issue 21: its uplink checks, read by /metrics and fed by the scheduler); the sinks and the result
-pipeline; the throughput plan (shared by the scheduler and the agents' grants); the agents'
-registry; the probe context and the scheduler; the APIs; the reloader; the web app.
+(issue 21: its uplink checks, read by /metrics and fed by the scheduler); the tracer (issue 21: a sink,
+told by the upstream tree of nodes going down, read by /metrics and the API); the maintenance book (issue
+21: the config's windows and the API's, asked by the upstream tree, the sinks, the pipeline's stage and
+the plan); the sinks and the result pipeline; the throughput plan (shared by the scheduler and the
+agents' grants); the agents' registry; the probe context and the scheduler; the APIs; the reloader; the web app.
 
 Reload (issue 7): SIGHUP, ``POST /-/reload`` (with ``--web.enable-lifecycle``) and the file
 watcher (``--config.watch``) all go through one :class:`~monitor.reload.Reloader`: the new file is
@@ -24,7 +26,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,22 +46,28 @@ from monitor.gc_tuning import settle_long_lived
 from monitor.history.exposition import StoreExposition
 from monitor.history.restore import RestoredState
 from monitor.history.set_aside import set_aside_file
+from monitor.history.store import HistoryNotCreated, HistoryStore, StoredWindow
 from monitor.history.store_url import is_postgres
 from monitor.history.store_url import opener as store_opener
 from monitor.history.writer import HistorySink
 from monitor.icmp.engine import IcmpEngine
 from monitor.logs import EventLogSink
+from monitor.maintenance import MaintenanceBook
+from monitor.maintenance_exposition import MaintenanceExposition
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
 from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
-from monitor.results import ResultPipeline
+from monitor.results import Cycle, ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.targets import Target, probed, uplink_targets
 from monitor.throughput_plan import ThroughputPlan
+from monitor.tracer import Tracer
+from monitor.tracer_exposition import TraceExposition
 from monitor.upstreams import UpstreamTree, node_targets
 from monitor.upstreams_exposition import UpstreamExposition
 from monitor.web.config import BasicAuth, load_web_config
+from monitor.web.maintenance_api import MaintenanceApi
 from monitor.web.server import build_app, start_server
 from monitor.web.site_api import SiteApi
 from monitor.web.site_state import SiteStateSink
@@ -68,6 +76,7 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
+MAINTENANCE_REFRESH_SECONDS = 60.0  # how often the store's maintenance windows are read again (shared stores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +94,14 @@ class Options:
     store_url: str | None = None
     timezone: str = "UTC"
     agent_body_timeout_seconds: float = BODY_IDLE_SECONDS
+    enable_admin_api: bool = False
 
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
                 watch_interval_seconds: float | None = None, shard: Shard | None = None,
                 state_dir: str | None = "state", store_url: str | None = None, timezone: str = "UTC",
-                agent_body_timeout_seconds: float = BODY_IDLE_SECONDS) -> int:
+                agent_body_timeout_seconds: float = BODY_IDLE_SECONDS, enable_admin_api: bool = False) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -110,13 +120,15 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         store_url: ``--store``: ``postgresql://...`` or ``sqlite:///PATH``; None: SQLite under ``state_dir``.
         timezone: the days of the API's summary (``/api/v1/summary``) are in this zone by default.
         agent_body_timeout_seconds: an agent's body that stops arriving this long gets 408.
+        enable_admin_api: allow the API's writes (maintenance windows, issue 21).
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
         StartupError: no ICMP socket, or the listen address cannot be bound (exit 3).
     """
     options = Options(config_path, listen, icmp_mode, web_config_path, enable_lifecycle, watch_interval_seconds,
-                      shard, state_dir, store_url, timezone, agent_body_timeout_seconds)
+                      shard, state_dir, store_url, timezone, agent_body_timeout_seconds,
+                      enable_admin_api=enable_admin_api)
     loaded = load(config_path)
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
     engine = IcmpEngine.open(icmp_mode)
@@ -151,9 +163,18 @@ class Daemon:
         agent_sites = AgentSites()  # written by the registry, read by /metrics: built before both
         # the centre's own way out (issue 21): fed by the scheduler, read by /metrics; built before both
         self.centre_path = CentrePath(uplink_targets(config, loaded.targets))
+        # traces when sites and upstream nodes go down (issue 21): a sink, told by the tree too; read by
+        # /metrics and the API, written to the history
+        self.tracer = Tracer(engine, time.time, traces_per_minute=config.monitor.traces_per_minute,
+                             record=self.history.trace_taken if self.history is not None else None)
         # the upstream nodes (issue 21): fed by the scheduler, read by /metrics; every shard checks all of them
-        self.upstreams = UpstreamTree(cut_off=lambda: self.centre_path.cut_off)
+        # maintenance windows (issue 21), the config's and the API's: asked by the tree, the sinks, the plan
+        self.maintenance = MaintenanceBook()
+        self.upstreams = UpstreamTree(cut_off=lambda: self.centre_path.cut_off,
+                                      in_maintenance=self.maintenance.node_window,
+                                      went_down=self.tracer.node_went_down)  # a node that goes down is traced
         self.upstreams.set_nodes(node_targets(config, loaded.targets), loaded.targets)
+        self.maintenance.set_targets(own_share(loaded.targets, options.shard), self.upstreams.nodes)
         # what /metrics renders per scrape, beside the cached body
         scrape: list[ScrapeRenderer] = [EngineExposition(lambda: dataclasses.asdict(engine.stats))]
         history = self.history
@@ -162,13 +183,19 @@ class Daemon:
         scrape.append(AgentExposition(agent_sites))
         scrape.append(CentrePathExposition(self.centre_path))
         scrape.append(UpstreamExposition(self.upstreams))
+        scrape.append(TraceExposition(self.tracer))
+        scrape.append(MaintenanceExposition(self.maintenance))
         self.metrics = MetricsSink(scrape=scrape, tools={"iperf3": bool(self.iperf3_path)},
-                                   shard=options.shard.label if options.shard is not None else None)
-        self.site_state = SiteStateSink()  # the JSON API's current state (issue 11)
-        self.pipeline = ResultPipeline([self.metrics, self.site_state, EventLogSink(),
-                                        *([self.history] if self.history is not None else [])])
-        # one throughput plan for the centre's own tests and the agents' grants
-        self.plan = ThroughputPlan(config.throughput_max_concurrent)
+                                   shard=options.shard.label if options.shard is not None else None,
+                                   maintenance=self.maintenance)
+        # the JSON API's current state (issue 11)
+        self.site_state = SiteStateSink(maintenance=self.maintenance, last_trace=self.tracer.last_trace)
+        # every cycle, the centre's and the agents', is judged for maintenance before the sinks see it
+        self.pipeline = ResultPipeline([self.metrics, self.site_state, EventLogSink(maintenance=self.maintenance),
+                                        *([self.history] if self.history is not None else []), self.tracer],
+                                       stages=(self.maintenance.classify,))
+        # one throughput plan for the centre's own tests and the agents' grants; none starts in maintenance
+        self.plan = ThroughputPlan(config.throughput_max_concurrent, paused=self.maintenance.window)
         # sites behind NAT: their agents post results into the same pipeline (issue 10)
         self.agents = AgentRegistry(self.pipeline, time.time, book=self.plan.book,
                                     journal=SeqJournal.in_dir(state_dir) if state_dir is not None else None,
@@ -184,16 +211,23 @@ class Daemon:
         self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path,
                                         upstreams=self.upstreams)
         if self.history is not None:  # a node's own runs are kept for the report's upstream section
-            self.scheduler.node_history = self.history.consume
+            self.scheduler.node_history = self._keep_node_run
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
                            if state_dir is not None else None, default_timezone=options.timezone)
         self.api.set_report_settings(config)
         self.agent_api = AgentApi(self.agents, self.plan, body_idle_seconds=options.agent_body_timeout_seconds)
+        self.maintenance_api = MaintenanceApi(self.maintenance, store_opener(store_url, state_dir)
+                                              if state_dir is not None else None,
+                                              writes_enabled=options.enable_admin_api)
+        if options.enable_admin_api and auth is None:
+            log.warning("--web.enable-admin-api without basic auth (--web.config.file): anyone who reaches %s "
+                        "can open and close maintenance windows", options.listen)
         self.reloader = Reloader(options.config_path, self.apply, self.metrics.config_loaded, loaded.digest)
         reloader = self.reloader
         self.app = build_app(self.metrics, lambda: self.ready,
                              reload=(lambda: reloader.reload("POST /-/reload")) if options.enable_lifecycle else None,
-                             auth=auth, routes=(self.api, self.agent_api), self_authenticated=(AGENT_ROUTES_PREFIX,))
+                             auth=auth, routes=(self.api, self.maintenance_api, self.agent_api),
+                             self_authenticated=(AGENT_ROUTES_PREFIX,))
         self._stop, self._hurry = asyncio.Event(), asyncio.Event()
         self._background: set[asyncio.Task[ReloadOutcome]] = set()
         self._watchers: list[asyncio.Future[None]] = []
@@ -207,15 +241,34 @@ class Daemon:
             self.ctx.throughput_slots = asyncio.Semaphore(new_config.throughput_max_concurrent)
         if self.history is not None:
             self.history.retention = new_config.retention
+        self.tracer.traces_per_minute = new_config.monitor.traces_per_minute
         self.api.set_report_settings(new_config)
         self.centre_path.set_checks(uplink_targets(new_config, every_target))  # the scheduler's uplink job follows
         self.upstreams.set_nodes(node_targets(new_config, every_target), every_target)  # so does its node job
+        self.maintenance.set_targets(new_targets, self.upstreams.nodes)
         self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
         for sink in self.pipeline.sinks:
             sink.set_targets(new_targets)
         self.agents.set_targets(new_targets)
         self.targets = new_targets
         settle_long_lived()  # the new targets and their state live until the next reload
+
+    def _keep_node_run(self, cycle: Cycle) -> None:
+        """Write a run of the upstream nodes to the history: only the nodes of this instance's share.
+
+        Every instance pings every node (each needs the verdict for its own sites), but a shared
+        history must hold each node's runs once, so the shard that the node's name falls to keeps them.
+        """
+        history, shard = self.history, self.options.shard
+        if history is None:
+            return
+        if shard is not None:
+            own = {t.name for t in own_share(self.upstreams.nodes, shard)}
+            results = tuple(r for r in cycle.results if r.target.name in own)
+            if not results:
+                return
+            cycle = dataclasses.replace(cycle, results=results)
+        history.consume(self.maintenance.classify(cycle))  # a node's silent run in its window: maintenance
 
     def restore(self, restored: RestoredState | None) -> None:
         """Show what the history kept; None: the store is away for now (go on, restore when it answers)."""
@@ -224,8 +277,10 @@ class Daemon:
             log.warning("history: the store does not answer; throughput tests start without the last results, "
                         "which are restored when it answers")
             return
+        self.maintenance.load(restored.maintenance)  # windows opened through the API survive a restart
         self.metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
         self.site_state.restore(restored.results.values())
+        self.tracer.restore(restored.traces)  # each site's last trace, for the API
         self.plan.restore(restored.last_tried, restored.used_bytes, time.time(), restored.last_test_bytes)
         if restored.results:
             log.info("history: restored the last throughput test of %d endpoints", len(restored.results))
@@ -253,6 +308,9 @@ class Daemon:
             self._watchers.append(asyncio.ensure_future(
                 ConfigWatcher(self.reloader, options.watch_interval_seconds).run()))
         self._watchers.append(asyncio.ensure_future(_watch_agents(self.agents, self.agent_api)))
+        if options.state_dir is not None:  # windows another instance opened in a shared store (issue 21)
+            self._watchers.append(asyncio.ensure_future(_refresh_maintenance(
+                self.maintenance, store_opener(options.store_url, options.state_dir, read_only=True))))
 
     def _spawn(self, coro: Coroutine[None, None, ReloadOutcome]) -> None:
         task = asyncio.ensure_future(coro)
@@ -283,6 +341,7 @@ class Daemon:
                 task.cancel()
             await asyncio.wait(left, timeout=CANCEL_SECONDS)
         self.scheduler.shutdown()
+        await self.tracer.stop()  # traces still running are cancelled: nothing is left on the loop
         for reload_task in self._background:
             reload_task.cancel()
         await runner.cleanup()
@@ -304,6 +363,38 @@ async def _watch_agents(agents: AgentRegistry, agent_api: AgentApi) -> None:
             agent_api.expire_slots()
         except Exception:  # a bug here must not stop the watch for every other agent site
             log.exception("agent liveness check failed")
+
+
+async def _refresh_maintenance(book: MaintenanceBook, open_reader: Callable[[], HistoryStore]) -> None:
+    """Every minute: read the store's open and upcoming maintenance windows again, in a worker thread.
+
+    Instances that share a PostgreSQL history (``--shard``) see each other's windows (a window on an
+    upstream node holds sites of every shard) and early closes within a minute.
+    """
+    failed = False
+    while True:
+        await asyncio.sleep(MAINTENANCE_REFRESH_SECONDS)
+        edits, now = book.edits, time.time()
+        try:
+            windows = await asyncio.to_thread(_read_windows, open_reader, now)
+        except Exception as err:  # the store is away: the book keeps what it has; said once per outage
+            if not failed:
+                log.warning("maintenance: cannot read the windows from the history: %s", err)
+            failed = True
+            continue
+        failed = False
+        book.sync(windows, now, edits)
+
+
+def _read_windows(open_reader: Callable[[], HistoryStore], now: float) -> list[StoredWindow]:
+    try:
+        store = open_reader()
+    except HistoryNotCreated:
+        return []
+    try:
+        return store.maintenance_windows(now, float("inf"))
+    finally:
+        store.close()
 
 
 async def _drain(cycles: set[asyncio.Task[None]], hurry: asyncio.Event,

@@ -16,11 +16,15 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from monitor.errors import ProbeErrorReason
 from monitor.results import Cycle, GapCause, IcmpResult, ThroughputResult
 from monitor.site_states import CAUSE_STATES, MaintenanceWatch, SiteStateName, derive, describe
 from monitor.targets import Target
+
+if TYPE_CHECKING:
+    from monitor.maintenance import MaintenanceBook
 
 log = logging.getLogger("monitor.events")
 
@@ -100,14 +104,14 @@ class EventLogSink:
     cycle: a window that opens is logged without waiting for the site's next result.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, maintenance: MaintenanceBook | None = None) -> None:
         self._state: dict[str, tuple[bool, str | None]] = {}
         self._clock = clock
         self._targets: dict[str, Target] = {}
         self._last: dict[str, IcmpResult] = {}
         self._gap_cause: dict[str, GapCause] = {}
         self._site_state: dict[str, SiteStateName] = {}
-        self._maintenance = MaintenanceWatch()
+        self._maintenance = MaintenanceWatch(maintenance)  # the daemon's book: the API's windows too
 
     def set_targets(self, targets: Sequence[Target]) -> None:
         names = {t.name for t in targets}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -248,13 +248,27 @@ class ClosableSink(Protocol):
         """Flush and release what the sink holds; called once, after the last cycle was published."""
 
 
-class ResultPipeline:
-    """Fans every finished cycle out to the sinks; a failing sink never stops the others."""
+Stage = Callable[[Cycle], Cycle]
+"""A judgement every cycle passes before the sinks, the centre's and the agents' alike (issue 21: maintenance)."""
 
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+
+class ResultPipeline:
+    """Fans every finished cycle out to the sinks; a failing sink never stops the others.
+
+    ``stages`` run first, in order, on every published cycle (e.g.
+    :meth:`monitor.maintenance.MaintenanceBook.classify`); a stage that fails leaves the cycle as it was.
+    """
+
+    def __init__(self, sinks: Sequence[Sink], stages: Sequence[Stage] = ()) -> None:
         self.sinks = list(sinks)
+        self.stages = tuple(stages)
 
     def publish(self, cycle: Cycle) -> None:
+        for stage in self.stages:
+            try:
+                cycle = stage(cycle)
+            except Exception:  # a bug in a judgement must not lose the cycle
+                log.exception("a stage failed on a %s cycle; publishing it as it was", cycle.probe)
         for sink in self.sinks:
             try:
                 sink.consume(cycle)
@@ -276,3 +290,35 @@ class ResultPipeline:
                     sink.close()
                 except Exception:
                     log.exception("sink %s failed to close", type(sink).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One TTL of a trace: who answered (None: nobody in time) and the answer's round trip."""
+
+    ttl: int
+    address: str | None
+    rtt_seconds: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ttl": self.ttl, "address": self.address, "rtt_seconds": self.rtt_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """The path toward ``target`` (an address) as seen at Unix time ``at`` (issue 21, :mod:`monitor.icmp.trace`).
+
+    ``hops`` run from TTL 1 to the destination when it answered (``reached``), else to one past the
+    last hop that answered (that silent hop is where the path ends). ``last_answering_hop`` is the
+    address of the farthest hop that answered, the destination itself when reached; None when
+    nothing did. Read back from the history, ``target`` is "" (the history keeps the hops, not the address).
+    """
+
+    at: float
+    target: str
+    hops: tuple[Hop, ...]
+    last_answering_hop: str | None
+    reached: bool
+
+    def hops_json(self) -> list[dict[str, Any]]:
+        return [h.as_json() for h in self.hops]

@@ -15,7 +15,9 @@ and their results go to the centre path, never to the pipeline. Every ICMP cycle
 through :meth:`~monitor.centre_path.CentrePath.classify` before it is published, so no sink sees a
 silent site as ``down`` while the centre itself is cut off. A site cycle that ends while an uplink
 run is under way waits for it (at most that run's bound): the two often run side by side, and the
-verdict for the cycle is the run that saw the same minute of the network.
+verdict for the cycle is the run that saw the same minute of the network. A cycle with silent sites
+that ends when no uplink run has begun since it began runs the checks itself first, for the same
+reason: a cut a moment ago must not be charged to the sites for a cycle.
 
 Upstream nodes (issue 21): with an :class:`~monitor.upstreams.UpstreamTree` handed in, its nodes run
 in a job of their own like the uplink checks, and a site cycle with silent sites whose chain holds a
@@ -205,8 +207,7 @@ class CycleScheduler:
                 cycle = await self._by_upstreams(self.upstreams, cycle)
             centre_path = self.centre_path
             if centre_path is not None and probe == "icmp":
-                if not self._uplink_idle.is_set() and not all(isinstance(r, IcmpResult) and r.up for r in results):
-                    await self._wait_for_uplink(centre_path)
+                await self._fresh_uplink(centre_path, cycle)
                 cycle = _classified(centre_path, cycle)
         except asyncio.CancelledError:  # shutdown: a half-done cycle is dropped, not published
             log.info("cycle cancelled by shutdown", extra={"probe": probe, "group": group})
@@ -218,6 +219,18 @@ class CycleScheduler:
             if task is not None:
                 self.running_cycles.discard(task)
         self.pipeline.publish(cycle)
+
+    async def _fresh_uplink(self, centre_path: CentrePath, cycle: Cycle) -> None:
+        """Before a cycle with silent results is judged: the uplink verdict of the same minute of the network.
+
+        An uplink run under way is waited for; with none since the cycle began, the checks are run now.
+        """
+        if all(isinstance(r, IcmpResult) and r.up for r in cycle.results):
+            return
+        if not self._uplink_idle.is_set():
+            await self._wait_for_uplink(centre_path)
+        elif _stale(centre_path, cycle.started_at):
+            await self._run_uplink(centre_path.checks)
 
     async def _wait_for_uplink(self, centre_path: CentrePath) -> None:
         """Wait until the uplink run under way has been recorded (bounded by its own cycle bound)."""
@@ -250,10 +263,13 @@ class CycleScheduler:
             return
         try:
             results = await PROBES["icmp"](nodes, self.ctx)
+            cycle = Cycle("icmp", nodes[0].group, results[0].started_at if results else self.clock(), 0.0,
+                          tuple(results))
+            if self.centre_path is not None:  # a node silent because the centre is cut off is not down
+                await self._fresh_uplink(self.centre_path, cycle)
             tree.record([r for r in results if isinstance(r, IcmpResult)])
-            if self.node_history is not None:
-                self.node_history(Cycle("icmp", nodes[0].group, results[0].started_at if results else self.clock(),
-                                        0.0, tuple(results)))
+            if self.node_history is not None:  # kept as the sites' are: silent while cut off is not the node's fault
+                self.node_history(cycle if self.centre_path is None else _classified(self.centre_path, cycle))
         except asyncio.CancelledError:
             raise
         except Exception:  # the node states stay as the last run left them
@@ -265,6 +281,11 @@ class CycleScheduler:
 
     async def run_uplink(self, checks: Sequence[Target]) -> None:
         """Ping the centre's uplink checks once and give the results to the centre path; never raises."""
+        with contextlib.suppress(asyncio.CancelledError):  # shutdown
+            await self._run_uplink(checks)
+
+    async def _run_uplink(self, checks: Sequence[Target]) -> None:
+        """:meth:`run_uplink`, but a shutdown's cancellation goes on to the caller (a cycle must not publish)."""
         centre_path = self.centre_path
         if centre_path is None or not checks:
             return
@@ -272,8 +293,8 @@ class CycleScheduler:
         try:
             results = await PROBES["icmp"](checks, self.ctx)
             centre_path.record([r for r in results if isinstance(r, IcmpResult)])
-        except asyncio.CancelledError:  # shutdown
-            return
+        except asyncio.CancelledError:
+            raise
         except Exception:  # the verdict stays as the last run left it
             log.exception("the uplink checks failed to run", extra={"probe": "icmp", "group": checks[0].group})
         finally:
@@ -325,6 +346,12 @@ class CycleScheduler:
             return
         probe, group = self._job_names.get(event.job_id, ("unknown", event.job_id))
         self.pipeline.cycle_skipped(probe, group)
+
+
+def _stale(centre_path: CentrePath, since: float) -> bool:
+    """Whether some uplink check has not been run since ``since`` (a silent cycle's start)."""
+    last = centre_path.uplink
+    return any(c.name not in last or last[c.name].started_at < since for c in centre_path.checks)
 
 
 def _classified(centre_path: CentrePath, cycle: Cycle) -> Cycle:

@@ -3,7 +3,8 @@
 A site's raw facts are its last ICMP result (``connmon_up`` stays that raw truth); its *state* says
 which cause explains the site's silence, the most outward one first::
 
-    maintenance       a declared maintenance window of the site is open now (the config's ``maintenance:``)
+    maintenance       a maintenance window of the site, or of a node above it, is open now (the config's
+                      ``maintenance:``, or one opened through the API: :mod:`monitor.maintenance`)
     monitor_cut_off   its last result was given that reason: no reply while the centre itself was cut off
     upstream_down     its last result was given that reason: no reply while a node of its upstream chain was down
     power             an agent site whose agent is silent, and whose silence was classified as a power cut
@@ -28,6 +29,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from monitor.centre_path import cut_off_cause
 from monitor.config.windows import MaintenanceWindows
@@ -35,6 +37,9 @@ from monitor.errors import ProbeErrorReason
 from monitor.results import GapCause, IcmpResult
 from monitor.targets import Target
 from monitor.upstreams import upstream_of
+
+if TYPE_CHECKING:
+    from monitor.maintenance import MaintenanceBook
 
 
 class SiteStateName(enum.StrEnum):
@@ -164,32 +169,44 @@ def open_window(windows: MaintenanceWindows | None, t: float) -> str | None:
 
 
 class MaintenanceWatch:
-    """Which sites have a declared maintenance window open, asked again when the minute changes.
+    """Which sites have a maintenance window open, asked again when the minute changes.
 
-    A window starts and ends on a whole minute of local time, which is a whole minute of Unix time in
-    every time zone in use, so the answer holds for the rest of the minute it was asked in. Sites that
-    share their windows (a group's block) are asked once. Cost: nothing within a minute; once a
-    minute, one :meth:`MaintenanceWindows.covers` per distinct set of windows.
+    A declared window starts and ends on a whole minute of local time, which is a whole minute of Unix
+    time in every time zone in use, so the answer holds for the rest of the minute it was asked in.
+    Sites that share their windows (a group's block) are asked once. Cost: nothing within a minute;
+    once a minute, one :meth:`MaintenanceWindows.covers` per distinct set of windows.
+
+    With a :class:`~monitor.maintenance.MaintenanceBook` handed in (the daemon's: the config's windows
+    and those opened through the API, on sites and upstream nodes), the book answers, at most once a
+    minute and at a run-time window's start or end; the watch only tells which of its sites changed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, book: MaintenanceBook | None = None) -> None:
+        self._book = book
+        self._names: frozenset[str] = frozenset()  # with a book: the sites watched
+        self._seen: Mapping[str, str] | None = None  # with a book: its answer last compared
         self._windows: dict[str, MaintenanceWindows] = {}  # the sites that declare any, in config order
         self._open: dict[str, str] = {}  # site → its window open now
         self._minute: float | None = None
 
     def watch(self, targets: Iterable[Target]) -> None:
         """Watch these sites' windows (at start and at each reload); they are asked again at the next update."""
+        targets = list(targets)
+        self._names = frozenset(t.name for t in targets)
         self._windows = {t.name: t.maintenance for t in targets if t.maintenance is not None}
-        self._open = {name: window for name, window in self._open.items() if name in self._windows}
-        self._minute = None
+        keep = self._names if self._book is not None else self._windows
+        self._open = {name: window for name, window in self._open.items() if name in keep}
+        self._minute, self._seen = None, None
 
     @property
     def watching(self) -> bool:
-        """Whether any site declares a window (without, a sink need not even read its clock)."""
-        return bool(self._windows)
+        """Whether any site declares a window, or one was opened (without, a sink need not even read its clock)."""
+        return self._book.active if self._book is not None else bool(self._windows)
 
     def update(self, now: float) -> list[str]:
         """Ask the windows at ``now`` if the minute changed since the last time; the sites whose open window changed."""
+        if self._book is not None:
+            return self._from_book(self._book, now)
         minute = now // 60
         if minute == self._minute:
             return []
@@ -203,6 +220,18 @@ class MaintenanceWatch:
             if window is not None:
                 opened[name] = window
         changed = [name for name in self._windows if opened.get(name) != self._open.get(name)]
+        self._open = opened
+        return changed
+
+    def _from_book(self, book: MaintenanceBook, now: float) -> list[str]:
+        found = book.open_now(now)
+        if found is self._seen:  # the book's answer has not changed (the same object)
+            return []
+        self._seen = found
+        names = self._names
+        opened = {name: window for name, window in found.items() if name in names}
+        changed = [name for name in opened if opened[name] != self._open.get(name)]
+        changed += [name for name in self._open if name not in opened]
         self._open = opened
         return changed
 

@@ -15,6 +15,11 @@ metered satellite links), so unlike ICMP they are planned one site at a time:
   once ``monthly_budget`` is spent, tests are skipped with reason ``budget``; a test is capped
   so it cannot overspend what is left.
 
+* **Maintenance** (issue 21). While a maintenance window holds a site (``paused``, the daemon's
+  :class:`~monitor.maintenance.MaintenanceBook`), no test of it starts and an agent's request is
+  refused with ``maintenance``; a test that fell due meanwhile runs once the window ends, within
+  ``max_concurrent`` like any other.
+
 * **Restart.** With a history, :meth:`ThroughputPlan.restore` gives each site its last test time
   and this month's bytes back: a site tested an hour before the restart waits for its regular
   slot, and only sites whose test fell due while the daemon was down are spread over ``every``.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from monitor.config import ThroughputSettings
@@ -71,6 +76,7 @@ def allowed_start(t: float, name: str, settings: ThroughputSettings) -> float:
 
 AGENT_BUSY_RETRY_SECONDS = 30.0  # an agent refused for want of a slot asks again after 30–60 s
 AGENT_DISABLED_RETRY_SECONDS = 3600.0  # no throughput method for the site: ask rarely (a reload may add one)
+AGENT_MAINTENANCE_RETRY_SECONDS = 300.0  # in a maintenance window: ask again in 5 min (it may be closed early)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,7 @@ class Grant:
     """The answer to an agent's request for a test slot: the (budget-capped) target when granted."""
 
     target: Target | None
-    reason: str  # granted, not_due, busy, budget, disabled
+    reason: str  # granted, not_due, busy, budget, disabled, maintenance
     retry_after_seconds: float
 
 
@@ -112,9 +118,11 @@ class ThroughputPlan:
     again at each reload) bounds both together.
     """
 
-    def __init__(self, max_concurrent: int = 2) -> None:
+    def __init__(self, max_concurrent: int = 2,
+                 paused: Callable[[str, float], str | None] = lambda _name, _now: None) -> None:
         self.sites: dict[str, SiteState] = {}
         self.max_concurrent = max_concurrent
+        self.paused = paused  # the maintenance window holding a site at a time, else None
 
     def set_targets(self, targets: Sequence[Target], now: float) -> None:
         """Start (or, at a reload, change) the plan; sites that stay keep their due time and budget."""
@@ -168,8 +176,10 @@ class ThroughputPlan:
         """Up to ``limit`` sites whose test is due and not running, earliest first; marked running."""
         if limit <= 0:
             return []
+        paused = self.paused
         ready = sorted((s for s in self.sites.values()
-                        if not s.running and s.next_due <= now and s.target.probed_by_centre),
+                        if not s.running and s.next_due <= now and s.target.probed_by_centre
+                        and paused(s.target.name, now) is None),
                        key=lambda s: s.next_due)[:limit]
         for state in ready:
             state.running = True
@@ -197,6 +207,8 @@ class ThroughputPlan:
             return Grant(None, "busy", AGENT_BUSY_RETRY_SECONDS)
         if state.next_due > now:
             return Grant(None, "not_due", state.next_due - now)
+        if self.paused(name, now) is not None:
+            return Grant(None, "maintenance", AGENT_MAINTENANCE_RETRY_SECONDS * (1.0 + phase(name)))
         if self.running >= (self.max_concurrent if limit is None else limit):
             # spread the retries so agents refused together do not return together
             return Grant(None, "busy", AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)))

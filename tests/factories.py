@@ -151,6 +151,59 @@ def record_october(state: Path) -> None:
     store.close()
 
 
+def upstream_node(name: str, kind: str) -> Target:
+    """An upstream node (issue 21) as the daemon keeps it in the history: group monitor.upstreams, its kind."""
+    from monitor.upstreams import UPSTREAM_GROUP
+
+    return target(name, group=UPSTREAM_GROUP, kind=kind, target_bits_per_second=0.0)
+
+
+def cause_day(day: float) -> list[Result]:
+    """A day from ``day`` (midnight), every 10 minutes, with silences of every cause (issue 21).
+
+    Sites school-1 and school-2 (Aktobe) hang from the router ``agg``, itself behind the point of presence
+    ``isp``; clinic-1 (Khromtau) from neither. The hours each report figure should give are worked out in
+    :mod:`tests.test_report_gaps`.
+    """
+    from monitor.upstreams import upstream_detail
+
+    s1, s2 = throughput_target("school-1"), throughput_target("school-2")
+    c1 = throughput_target("clinic-1", kind="clinic", district="Khromtau", mbps=2)
+    agg, isp = upstream_node("agg", "router"), upstream_node("isp", "pop")
+    step, hour = 600.0, 3600.0
+
+    def at(hours: int, minutes: int = 0) -> float:
+        return day + hours * hour + minutes * 60.0
+
+    def upstream(t: Target, when: float, node: str) -> IcmpResult:
+        return IcmpResult(t, when, t.address, 2, (None, None), ProbeErrorReason.UPSTREAM_DOWN,
+                          upstream_detail(node) + "; the probe said timeout")
+
+    def silent(t: Target, when: float, error: ProbeErrorReason | None = None) -> IcmpResult:
+        return icmp(t, when, None, None, error=error)
+
+    rows: list[Result] = []
+    for t in (day + i * step for i in range(144)):
+        if at(2) <= t < at(3):
+            rows += [upstream(s1, t, "agg"), upstream(s2, t, "agg"), silent(agg, t), icmp(isp, t, 0.001)]
+        elif at(5) <= t < at(5, 30):
+            rows += [upstream(s1, t, "isp"), icmp(s2, t, 0.01), silent(agg, t), silent(isp, t)]
+        elif at(15) <= t < at(16):
+            cut = ProbeErrorReason.MONITOR_CUT_OFF
+            rows += [silent(s1, t, cut), icmp(s2, t, 0.01), silent(agg, t, cut), silent(isp, t, cut)]
+        else:
+            if t in (at(8), at(8, 10)):
+                rows.append(silent(s1, t, ProbeErrorReason.TIMEOUT))
+            elif at(12) <= t < at(13):
+                rows.append(silent(s1, t, ProbeErrorReason.MAINTENANCE))
+            else:
+                rows.append(icmp(s1, t, 0.01, 0.02))
+            rows.append(silent(s2, t) if t == at(20) or at(22) <= t < at(22, 30) else icmp(s2, t, 0.01))
+            rows += [icmp(agg, t, 0.002), icmp(isp, t, 0.001)]
+        rows.append(silent(c1, t, ProbeErrorReason.DNS) if t == at(9) else icmp(c1, t, 0.6))
+    return rows
+
+
 # ----------------------------------------------------------------------------- configs, clocks, sinks
 
 def write_config(directory: Path, text: str, name: str = "connmon.yaml") -> Path:

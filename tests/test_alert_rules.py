@@ -66,8 +66,8 @@ def test_every_alert_has_a_unit_test_and_the_labels_routing_needs() -> None:
         assert "Check first" in annotations["description"], rule["alert"]
         # a per-site alert names the site; a monitor alert says so in kind (for Alertmanager's routing)
         assert ("$labels.endpoint" in annotations["summary"] or rule["labels"].get("kind") == "monitor"
-                or ("$labels.upstream" in annotations["summary"] and rule["labels"].get("kind") == "upstream")), \
-            rule["alert"]
+                or (("$labels.upstream" in annotations["summary"] or "$labels.hop" in annotations["summary"])
+                    and rule["labels"].get("kind") == "upstream")), rule["alert"]
 
 
 def test_prometheus_config_passes_promtool_check_config() -> None:

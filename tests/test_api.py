@@ -26,6 +26,7 @@ from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.store import EmptyHistory, EndpointRecord
 from monitor.history.store_url import opener as store_opener
 from monitor.results import Cycle, Gap, IcmpResult
+from monitor.upstreams import UPSTREAM_GROUP, upstream_detail
 from monitor.web.site_api import NO_HISTORY, OPENAPI_PATH, SITES_PER_SLICE, QueryError, SiteApi, parse_summary_query
 from monitor.web.site_state import SiteStateSink
 from tests.api_spec import SPEC
@@ -448,3 +449,44 @@ def test_the_readme_rollout_sample_is_what_the_summary_answers(tmp_path: Path) -
     assert status == 200 and isinstance(summary, dict)
     assert summary["rollout"] == sample
 
+
+
+def test_the_summary_splits_downtime_by_cause_and_lists_the_upstream_nodes(tmp_path: Path) -> None:
+    """A history with an upstream node and silences of every cause (issue 21): the summary, checked against the
+    OpenAPI document, gives each site's and district's hours by cause and the node's section, not the node as a
+    site."""
+    a, b = located_target("a"), located_target("b")
+    agg = located_target("agg", group=UPSTREAM_GROUP, kind="router", district="", link="")
+    now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC).timestamp()
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
+    rows: list[IcmpResult] = []
+    for i in range(6):  # every 10 minutes from midnight; a's second and third cycles charged to agg
+        t = start + i * 600
+        rows.append(IcmpResult(a, t, a.address, 1, (None,), ProbeErrorReason.UPSTREAM_DOWN, upstream_detail("agg"))
+                    if i in (1, 2) else icmp(a, t, 0.01))
+        rows.append(icmp(b, t, None, error=ProbeErrorReason.MAINTENANCE) if i == 3 else
+                    icmp(b, t, None, error=ProbeErrorReason.TIMEOUT) if i == 4 else icmp(b, t, 0.01))
+        rows.append(icmp(agg, t, None) if i in (1, 2) else icmp(agg, t, 0.002))
+    state = tmp_path / "state"
+    state.mkdir()
+    store = SqliteStore(database_path(state))
+    store.write([], rows)
+    store.close()
+    sink = SiteStateSink()
+    sink.set_targets([a, b])
+    api = SiteApi(sink, store_opener(None, str(state), read_only=True), clock=lambda: now)
+    [(status, summary)] = api_answers(api, ["/api/v1/summary?timezone=UTC"])
+    assert status == 200 and isinstance(summary, dict)
+    assert [s["name"] for s in summary["sites"]] == ["a", "b"] and summary["site_count"] == 2
+    site = {s["name"]: s for s in summary["sites"]}
+    assert (site["a"]["cycles"], site["a"]["cycles_up"], site["a"]["upstream_down_seconds"],
+            site["a"]["site_down_seconds"]) == (6, 4, {"agg": 1200.0}, 0.0)
+    assert (site["b"]["cycles"], site["b"]["cycles_up"], site["b"]["maintenance_seconds"],
+            site["b"]["site_down_seconds"], site["b"]["upstream_down_seconds"]) == (5, 4, 600.0, 600.0, {})
+    district = summary["by_district"][0]
+    assert (district["upstream_down_seconds"], district["site_down_seconds"], district["maintenance_seconds"]) == (
+        {"agg": 1200.0}, 600.0, 600.0)
+    assert summary["upstreams"] == [{"name": "agg", "kind": "router", "cycles": 6, "cycles_up": 4,
+                                     "availability_ratio": 4 / 6, "down_seconds": 1200.0, "sites": 1,
+                                     "site_seconds": 1200.0}]
+    assert summary["kpis"]["groups"][0]["current"]["upstream_down_seconds"] == {"agg": 1200.0}

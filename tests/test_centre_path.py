@@ -84,6 +84,19 @@ def test_one_check_answering_or_one_not_run_yet_is_not_cut_off() -> None:
     assert {name: r.up for name, r in path.uplink.items()} == {"gateway": False, "isp-1": True}
 
 
+def test_a_silent_cycle_that_began_before_the_centre_was_back_is_still_cut_off() -> None:
+    """The cut ended while a cycle's echoes were already lost: that cycle is monitor_cut_off, not down; a
+    cycle begun after the run that found the centre back is judged on its own."""
+    path = cut_off_path("gateway")
+    path.record([icmp(check("gateway"), 200.0, 0.01)])  # the run begun at 200 answers: back
+    assert not path.cut_off
+    lost = path.classify(Cycle("icmp", "g", 199.5, 0.8, (icmp(target("a"), 199.5, None),)))
+    after = path.classify(Cycle("icmp", "g", 200.0, 0.8, (icmp(target("a"), 200.0, None),)))
+    assert [r.error for r in lost.results] == [CUT]
+    assert cut_off_cause(lost.results[0]) == "uplink"
+    assert [r.error for r in after.results] == [None]
+
+
 def test_without_uplink_checks_a_silent_cycle_is_left_as_measured() -> None:
     """No checks configured and no resolver failure: every site that did not answer stays down, unchanged."""
     path = CentrePath()
@@ -331,6 +344,28 @@ def test_uplink_results_go_to_the_centre_path_and_site_cycles_are_classified(mon
     assert path.cut_off
     assert [c.group for c in recorder.cycles] == ["g"]  # the uplink run was never published
     assert [(r.target.name, r.error) for r in recorder.results] == [("a", CUT), ("b", None)]
+
+
+def test_a_silent_cycle_with_no_uplink_run_since_it_began_runs_the_checks_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The way out was cut after the last uplink run: the silent cycle runs the checks itself, so its sites
+    are monitor_cut_off at once, not down for a cycle; a cycle whose sites all answer runs nothing."""
+    checks = [check("gateway")]
+    fake = FakeIcmp(answering={"gateway", "a"})
+    scheduler, path, recorder = scheduler_with(monkeypatch, fake, checks)  # the fake stamps runs at t=100
+
+    async def main() -> None:
+        await scheduler.run_uplink(checks)
+        fake.uplink_started.clear()
+        await scheduler.run_cycle("icmp", "g", [target("a")])  # answers: nothing else runs
+        assert not fake.uplink_started.is_set()
+        fake.answering = set()  # now the way out is cut; the uplink job has not come round
+        await scheduler.run_cycle("icmp", "g", [target("a")])
+        assert fake.uplink_started.is_set()
+
+    asyncio.run(main())
+    assert path.cut_off
+    assert [(r.target.name, r.error) for r in recorder.results] == [("a", None), ("a", CUT)]
 
 
 def test_a_site_cycle_waits_for_the_uplink_run_under_way(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,7 @@ from tests.running import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNMON_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT, WEBHOOK_PORT = 19970, 19971, 19972, 19973
+LEARNING_PORT = 19974  # a second connmon, with no upstreams: declared (the topology is learned from traces)
 WATCHED = ("ConnmonSiteDown", "ConnmonUpstreamDown", "ConnmonMonitorCutOff", "ConnmonCommonFault")
 SCALE = 30  # the rules' for: durations are divided by this
 QUIET_SECONDS = 20  # after the expected notification, how long nothing else may arrive (> SiteDown's scaled for:)
@@ -98,9 +99,10 @@ class Centre:
     fl: FaultLab
     directory: Path
     state: Path
+    port: int = CONNMON_PORT
 
     def api(self, path: str) -> Any:
-        status, body = self.fl.lab.get(CONNMON_PORT, path)
+        status, body = self.fl.lab.get(self.port, path)
         assert status == 200, (path, status, body[:500])
         return json.loads(body)
 
@@ -137,7 +139,7 @@ class Centre:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(work / "rules.yml")],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{v4}:{ALERTMANAGER_PORT}"]}]}]},
-            "scrape_configs": [{"job_name": "connmon", "static_configs": [{"targets": [f"127.0.0.1:{CONNMON_PORT}"]}]}],
+            "scrape_configs": [{"job_name": "connmon", "static_configs": [{"targets": [f"127.0.0.1:{self.port}"]}]}],
         }), encoding="utf-8")
         receiver = Receiver(work / "notifications.jsonl")
         log = (work / "stack.log").open("w")
@@ -183,34 +185,47 @@ class Centre:
         time.sleep(QUIET_SECONDS)  # anything else that was going to arrive has arrived
 
 
+@contextmanager
+def running_connmon(fl: FaultLab, directory: Path, port: int, *, upstreams: bool) -> Iterator[Centre]:
+    """connmon in the lab's centre on ``port``, with the lab's uplink checks, and its upstreams if asked."""
+    directory.mkdir(exist_ok=True)
+    state = directory / "state"
+    config = write_config(directory, fl.config_yaml(upstreams=upstreams, uplink=True))
+    log = (directory / "connmon.log").open("w")
+    proc = subprocess.Popen(fl.lab.connmon_argv("run", "--config", str(config), "--listen", f"0.0.0.0:{port}",
+                                                "--state-dir", str(state)),
+                            stdout=log, stderr=log, env=child_env())
+    c = Centre(fl, directory, state, port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (directory / "connmon.log").read_text()[-3000:]
+            try:
+                if all(s["state"] == "up" for s in c.states().values()):
+                    break
+            except (OSError, AssertionError, json.JSONDecodeError):
+                pass
+            assert time.monotonic() < deadline, (directory / "connmon.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield c
+    finally:
+        stop_process(proc)
+        log.close()
+
+
 @pytest.fixture(scope="module")
-def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
-    """The lab, and connmon in its centre with the lab's upstreams and uplink checks."""
+def fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultLab, Path]]:
     need_root()
-    directory = tmp_path_factory.mktemp("faults")
     with FaultLab(tag="fs").open() as fl:
-        state = directory / "state"
-        config = write_config(directory, fl.config_yaml(upstreams=True, uplink=True))
-        log = (directory / "connmon.log").open("w")
-        proc = subprocess.Popen(fl.lab.connmon_argv("run", "--config", str(config), "--listen",
-                                                    f"0.0.0.0:{CONNMON_PORT}", "--state-dir", str(state)),
-                                stdout=log, stderr=log, env=child_env())
-        c = Centre(fl, directory, state)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, (directory / "connmon.log").read_text()[-3000:]
-                try:
-                    if all(s["state"] == "up" for s in c.states().values()):
-                        break
-                except (OSError, AssertionError, json.JSONDecodeError):
-                    pass
-                assert time.monotonic() < deadline, (directory / "connmon.log").read_text()[-3000:]
-                time.sleep(0.5)
-            yield c
-        finally:
-            stop_process(proc)
-            log.close()
+        yield fl, tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def centre(fault_lab: tuple[FaultLab, Path]) -> Iterator[Centre]:
+    """connmon in the lab's centre with the lab's upstreams and uplink checks."""
+    fl, directory = fault_lab
+    with running_connmon(fl, directory / "declared", CONNMON_PORT, upstreams=True) as c:
+        yield c
 
 
 def _all_up(c: Centre) -> Callable[[], bool]:
@@ -238,7 +253,7 @@ def test_a_dead_router_makes_one_upstream_alert_for_its_three_sites(centre: Cent
                 ("/hook/network", "ConnmonUpstreamDown", "agg")], receiver.notifications()
             assert notifications == Counter({"ConnmonUpstreamDown": 1})
         c.wait_for("all sites up again", _all_up(c))
-    metrics = c.fl.lab.get(CONNMON_PORT, "/metrics")[1]
+    metrics = c.fl.lab.get(c.port, "/metrics")[1]
     assert 'connmon_upstream_sites{upstream="agg",kind="router"} 3' in metrics
     assert 'connmon_upstream_sites{upstream="isp",kind="router"} 5' in metrics
 
@@ -253,6 +268,9 @@ def test_a_dead_site_alone_is_down_and_pages_once(centre: Centre) -> None:
             c.wait_for_notification(receiver, "ConnmonSiteDown")
             assert [(name, labels.get("endpoint")) for _, name, labels in receiver.firing()] == [
                 ("ConnmonSiteDown", "agg-2")]
+            # where the path ends: the trace taken when it went down stops at agg, the router before it
+            trace = next(s for s in c.api("/api/v1/sites")["sites"] if s["name"] == "agg-2")["last_trace"]
+            assert trace is not None and trace["last_answering_hop"] == c.fl.routers["agg"].v4, trace
         finally:
             c.fl.restore_site("agg-2")
         c.wait_for("all sites up again", _all_up(c))
@@ -281,3 +299,39 @@ def test_the_centre_cut_off_is_one_alert_and_charged_to_no_site(centre: Centre) 
     finally:
         db.close()
     assert rows and {error for _, error in rows} == {"monitor_cut_off"}, rows
+    # and the day's report (the API's summary) charges none of it to the sites: the cut-off time is stated,
+    # and the sites that were never cut on their own have no downtime of their own nor an upstream's
+    summary = c.api("/api/v1/summary?timezone=UTC")
+    sites = {r["name"]: r for r in summary["sites"]}
+    assert set(sites) == set(c.states())  # the upstream nodes are not sites
+    assert all(r["monitor_cut_off_seconds"] > 0 for r in sites.values()), sites
+    for name in ("beside", "isp-1", "isp-2"):
+        assert (sites[name]["site_down_seconds"], sites[name]["upstream_down_seconds"]) == (0, {}), sites[name]
+        assert sites[name]["availability_ratio"] == 1.0, sites[name]
+    # the earlier scenarios are charged where they belong: agg's sites to agg, agg-2's own cut to agg-2
+    assert all(set(sites[n]["upstream_down_seconds"]) == {"agg"} for n in SITES_BEHIND["agg"]), sites
+    assert sites["agg-2"]["site_down_seconds"] > 0 and sites["agg-1"]["site_down_seconds"] == 0
+    # the nodes' own section: agg's own downtime and the site-hours behind it; isp never went down (the
+    # centre's cut is not its fault either)
+    nodes = {u["name"]: u for u in summary["upstreams"]}
+    assert nodes["agg"]["down_seconds"] > 0 and nodes["agg"]["site_seconds"] > 0, nodes
+    assert nodes["isp"]["down_seconds"] == 0 and nodes["isp"]["site_seconds"] == 0, nodes
+
+
+def test_a_dead_router_with_no_upstreams_declared_is_one_common_fault(fault_lab: tuple[FaultLab, Path]) -> None:
+    """No upstreams: in the config: agg dead makes the traces of its three sites end at isp, and the receiver
+    gets one ConnmonCommonFault naming isp's address, and no ConnmonSiteDown; nothing about isp's own sites."""
+    fl, directory = fault_lab
+    with running_connmon(fl, directory / "learned", LEARNING_PORT, upstreams=False) as c:
+        with c.alerting("agg-cut-learned") as receiver, fl.router_cut("agg"):
+            behind = set(SITES_BEHIND["agg"])
+            c.wait_for("agg's sites down", lambda: all(c.states()[n]["state"] == "down" for n in behind), seconds=10)
+            c.wait_for_notification(receiver, "ConnmonCommonFault")
+            firing = receiver.firing()
+            assert [(path, name, labels.get("hop")) for path, name, labels in firing] == [
+                ("/hook/network", "ConnmonCommonFault", fl.routers["isp"].v4)], receiver.notifications()
+            metrics = fl.lab.get(c.port, "/metrics")[1]
+            named = set(re.findall(r'connmon_common_fault_site\{[^}]*endpoint="([^"]+)"', metrics))
+            assert named == behind, metrics[-2000:]
+            assert all(c.states()[n]["state"] == "up" for n in (*SITES_BEHIND["isp"], "beside"))
+        c.wait_for("all sites up again", _all_up(c))

@@ -235,16 +235,19 @@ def _quoted_v6(tail: bytes) -> bytes:
     st.tuples(st.just(2), st.binary(max_size=120)),
     st.tuples(st.just(2), st.builds(_quoted_v4, st.integers(0, 15), st.binary(max_size=40))),
     st.tuples(st.just(10), st.binary(max_size=120)),
-    st.tuples(st.just(10), st.builds(_quoted_v6, st.binary(max_size=40)))))
-def test_malformed_icmp_errors_never_raise(packet: tuple[int, bytes]) -> None:
-    """Whatever arrives as a destination-unreachable message (truncated, lying headers), parsing never raises."""
+    st.tuples(st.just(10), st.builds(_quoted_v6, st.binary(max_size=40)))), time_exceeded=st.booleans())
+def test_malformed_icmp_errors_never_raise(packet: tuple[int, bytes], time_exceeded: bool) -> None:
+    """Whatever arrives as a destination-unreachable or time-exceeded message (truncated, lying headers),
+    parsing never raises."""
     need_root()
     family, data = packet
+    if time_exceeded and data:  # the same body as a hop's answer to a trace (issue 21)
+        data = bytes([11 if family == 2 else 3]) + data[1:]
     engine = IcmpEngine.open("raw")
     try:
         fs = engine._sockets.get(family)
         if fs is not None:
-            engine._raw_unreachable(fs, data, 0, "192.0.2.1")
+            engine._raw_error(fs, data, 0, "192.0.2.1", 0)
         assert engine.stats.destination_unreachable == 0  # nothing pending could be matched
     finally:
         engine.close()

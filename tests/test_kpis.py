@@ -11,6 +11,12 @@ target (and, for now, contract) is 10 Mbit/s. Sites straddle each boundary:
   04:00 Almaty (the window's end) is not inside. maint-own has its own window (Mon 00:00-01:00 UTC),
   which replaces the group's: its Sunday-02:00-Almaty down cycle counts, its Monday 00:30 one not.
   With the config: 13 cycles, 11 up (84.6154%), 4 left out; without: 17 cycles, 11 up (64.7059%).
+  The site table follows the same rule (issue 21): maint 3 cycles, 3 up; maint-own 2, 1 up.
+* downtime by cause (issue 21; each silent cycle stands for the time to its nearer neighbour, the rows here
+  are days apart): maint is silent in maintenance 119 min (to the next row) + 1 min + 4 h (its one-off
+  window's end comes before the next row) = 6.00 h; maint-own 30 min (to its window's end), and its
+  Sunday cycle outside its own window is the site's own, 27.50 h (to its next row); drop-28's last
+  cycle, an hour before the end, 1.00 h. So 28.50 h against availability, 6.50 h left out.
 * live-20.99 (last success 20.99 days before the end) is live; risk-21 (a throughput test that
   measured, exactly 21 days before, and a failed test later) and risk-27.99 are at risk; drop-28
   (an answered cycle exactly 28 days before, a down cycle an hour before the end) is dropped.
@@ -188,6 +194,11 @@ def test_kpis_match_the_recorded_history(state: Path) -> None:
     aktobe = next(g for g in report.kpis.groups if g.scope == "district" and g.district == "Aktobe")
     assert (aktobe.current.sites, aktobe.current.median_met_target, aktobe.current.sites_measured) == (6, 2, 3)
 
+    assert (whole.current.downtime.site_seconds, whole.current.downtime.maintenance_seconds) == (28.5 * 3600,
+                                                                                                 6.5 * 3600)
+    rows = {r.name: r for r in report.sites}  # the site table by the same rule (issue 21)
+    assert (rows["maint"].cycles, rows["maint"].cycles_up, rows["maint"].maintenance_seconds) == (3, 3, 6 * 3600)
+    assert (rows["maint-own"].cycles, rows["maint-own"].site_down_seconds) == (2, 27.5 * 3600)
     bare = build_report(store, NOV).kpis  # no config: nothing left out
     assert bare is not None and not bare.maintenance_considered
     assert (bare.groups[0].current.cycles, bare.groups[0].current.cycles_up) == (17, 11)
@@ -261,7 +272,8 @@ def test_cut_off_cycles_change_no_kpi_count_and_are_stated_in_hours(state: Path)
     assert "; the hours the monitor was cut off itself are left out too; at risk after 21 days" in \
         kpi_header(report.kpis)
     kpi_csv = render(report, "csv").split("\n\n")[1].splitlines()
-    assert kpi_csv[0].endswith(",previous_dropped,hours_monitor_cut_off") and kpi_csv[1].endswith(",0.3333")
+    assert kpi_csv[0].endswith(",previous_dropped,hours_monitor_cut_off,hours_site_down,hours_maintenance")
+    assert kpi_csv[1].endswith(",0.3333,28.5000,6.5000")
     doc = json.loads(render(report, "json"))["kpis"]
     assert {s["name"]: s["monitor_cut_off_seconds"] for s in doc["sites"] if s["monitor_cut_off_seconds"]} == {
         "at-target": 1200.0}

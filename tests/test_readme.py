@@ -68,6 +68,8 @@ def test_readme_documents_every_exported_metric() -> None:
     from monitor.history.exposition import StoreExposition
     from monitor.history.store import StoreStats
     from monitor.icmp.engine import EngineStats
+    from monitor.maintenance import MaintenanceBook
+    from monitor.maintenance_exposition import MaintenanceExposition
 
     site = dataclasses.replace(throughput_target("s", budget=10**9), target_upload_bits_per_second=1e6,
                                contracted_bits_per_second=8e6)
@@ -75,7 +77,8 @@ def test_readme_documents_every_exported_metric() -> None:
     centre_path = CentrePath([gateway])
     centre_path.record([icmp(gateway, 0.0, None)])  # connmon_uplink_up appears after a check's first run
     sink = MetricsSink(scrape=[EngineExposition(lambda: dataclasses.asdict(EngineStats())),
-                               StoreExposition(StoreStats), CentrePathExposition(centre_path)],
+                               StoreExposition(StoreStats), CentrePathExposition(centre_path),
+                               MaintenanceExposition(MaintenanceBook())],
                        tools={"iperf3": True}, shard="0")
     sink.set_targets([site, dataclasses.replace(site, name="p", status="planned")])
     exposition = b"".join(sink.exposition()).decode("utf-8")

@@ -11,9 +11,11 @@ itself (issue 21, the second half of the module): recorded days whose right answ
   - an **unknown** gap 20:00–21:00: 5 cycles due (20:10 … 20:50), no row: 5 down.
   - every other mark has a row (144 − 24 − 11 − 5 = 104), answered except 01:00, 01:10, 01:20, 01:30.
   → cycles 104 + 5 + 6 + 5 = 120, up 100: availability 83.3333% (without the gap rule: 101 / 110).
+  Hours site down (issue 21): the 4 unanswered rows at 01:00 … 01:30 and the 5 spooled ones, 10 minutes each,
+  and the 6 + 5 due cycles without a row, an interval each: 20 × 10 min = 3.3333.
 * ``vsat-b`` (agent): a link gap from 23:00 to 01:00 the next day, no row in it; rows 00:00 … 23:00, all
   answered (139). Only the 5 cycles due before midnight (23:10 … 23:50) are this day's:
-  → cycles 144, up 139: 96.5278%.
+  → cycles 144, up 139: 96.5278%; hours site down: the 5 due cycles, 0.8333.
 * ``fibre-1`` (probed from the centre, no gaps): 144 answered rows → 100%.
 
 KPIs with a maintenance window at vsat-a 12:00–12:30 (it takes the rows 12:00, 12:10, 12:20 and the due
@@ -29,6 +31,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,15 +39,18 @@ import pytest
 from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
-from monitor.history.store import EndpointRecord, StoredGap
+from monitor.history.store import EndpointRecord, HistoryStore, StoredGap
 from monitor.report.compliance import Period, build_report
-from monitor.report.gaps import GapAccount, cut_off_seconds, due_cycles
+from monitor.report.gaps import Downtime, GapAccount, cut_off_seconds, due_cycles
 from monitor.report.kpis import Span, compute_kpis
-from monitor.report.render import kpi_header, render
+from monitor.report.render import UPSTREAM_SENTENCE, kpi_header, render
 from monitor.results import Gap, Result
+from monitor.upstreams import UPSTREAM_GROUP
 from monitor.web.site_api import report_to_json
-from tests.factories import icmp, throughput_target
+from tests.factories import cause_day, icmp, throughput_target
 from tests.netlab import child_env
+from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
+from tests.stores import StoreOpeners
 
 DAY = Period(dt.date(2026, 11, 10), dt.date(2026, 11, 10), "UTC")
 D = DAY.start
@@ -104,6 +110,8 @@ def test_availability_leaves_out_power_and_counts_link_and_unknown_gaps_as_down(
     a, b, f = rows["vsat-a"], rows["vsat-b"], rows["fibre-1"]
     assert (a.cycles, a.cycles_up, a.cycles_missing, a.power_off_seconds) == (120, 100, 11, 4 * HOUR)
     assert a.availability == 100 / 120 and a.hours_without_power == 4.0
+    assert a.downtime == Downtime(site_seconds=20 * STEP, power_seconds=4 * HOUR)  # issue 21: by cause
+    assert rows["vsat-b"].downtime == Downtime(site_seconds=5 * STEP) and rows["fibre-1"].downtime == Downtime()
     assert a.echoes == 104 * 2 + 5 * 2  # the stray row in the power gap is not in the loss either
     assert (b.cycles, b.cycles_up, b.cycles_missing, b.power_off_seconds) == (144, 139, 5, 0.0)
     assert (f.cycles, f.cycles_up, f.cycles_missing, f.power_off_seconds) == (144, 144, 0, 0.0)
@@ -181,8 +189,8 @@ def test_cli_report_counts_the_gaps(state: Path) -> None:
     sites = proc.stdout.split("\n\n")[0]
     header, *lines = sites.splitlines()
     assert header.startswith("site,kind,district,link,target_mbps,cycles,cycles_up,availability_percent,"
-                             "hours_without_power,cycles_missing,rtt_median_ms,")
-    assert any(ln.startswith("vsat-a,school,Aktobe,fibre,4,120,100,83.3333,4.0000,11,") for ln in lines)
+                             "hours_without_power,cycles_missing,hours_site_down,rtt_median_ms,")
+    assert any(ln.startswith("vsat-a,school,Aktobe,fibre,4,120,100,83.3333,4.0000,11,3.3333,") for ln in lines)
 
 
 def test_gap_account_reads_only_the_span(state: Path) -> None:
@@ -199,7 +207,7 @@ def test_gap_account_reads_only_the_span(state: Path) -> None:
 #
 # * ``centre-a``: the centre was cut off 03:00–05:00: its 12 cycles 03:00 … 04:50 have error
 #   monitor_cut_off (unanswered); of the other 132, all but 01:00 and 01:10 answered.
-#   → cycles 132, up 130: 98.4848%; hours monitor cut off 12 × 10 min = 2.00.
+#   → cycles 132, up 130: 98.4848%; hours monitor cut off 12 × 10 min = 2.00; hours site down 2 × 10 min = 0.3333.
 # * ``centre-b``: the same cut-off, but it answered at 03:00 (a site that answers stays up): 11 cut-off
 #   cycles 03:10 … 04:50, and the day ends cut off at 23:50 (no next cycle: the one before gives 10 min).
 #   → cycles 132, up 132: 100%; 12 × 10 min = 2.00 hours.
@@ -295,10 +303,11 @@ def test_every_format_shows_the_hours_monitor_cut_off(cut_off_state: Path) -> No
     assert "<th>hours monitor cut off</th>" in html and "<td class=\"\">2.00</td>" in html
     sites, kpis = render(report, "csv").split("\n\n")
     header = sites.splitlines()[0]
-    assert ",availability_percent,hours_monitor_cut_off,rtt_median_ms," in header
+    assert ",availability_percent,hours_monitor_cut_off,hours_site_down,rtt_median_ms," in header
     by_name = {r["site"]: r for r in csv.DictReader(io.StringIO(sites))}
     assert (by_name["centre-a"]["availability_percent"], by_name["centre-a"]["hours_monitor_cut_off"],
-            by_name["centre-a"]["cycles"]) == ("98.4848", "2.0000", "132")
+            by_name["centre-a"]["hours_site_down"], by_name["centre-a"]["cycles"]) == ("98.4848", "2.0000", "0.3333",
+                                                                                        "132")
     assert by_name["centre-c"]["hours_monitor_cut_off"] == "0.1667"
     kpi_rows = list(csv.DictReader(io.StringIO(kpis)))
     assert kpi_rows[0]["kpi_scope"] == "all" and kpi_rows[0]["hours_monitor_cut_off"] == "4.1667"
@@ -327,8 +336,8 @@ def test_power_and_cut_off_columns_side_by_side(tmp_path: Path) -> None:
     assert next(ln.split() for ln in table.splitlines() if ln.startswith("vsat-a"))[5:8] == ["83.33", "4.00", "0.00"]
     assert next(ln.split() for ln in table.splitlines() if ln.startswith("centre-a"))[5:8] == ["98.48", "0.00", "2.00"]
     sites = render(report, "csv").split("\n\n")[0]
-    assert ",availability_percent,hours_without_power,cycles_missing,hours_monitor_cut_off,rtt_median_ms," in \
-        sites.splitlines()[0]
+    assert ",availability_percent,hours_without_power,cycles_missing,hours_monitor_cut_off,hours_site_down," \
+           "rtt_median_ms," in sites.splitlines()[0]
     assert "the hours the monitor was cut off itself" in kpi_header(report.kpis)  # type: ignore[arg-type]
     store.close()
 
@@ -341,3 +350,161 @@ def test_no_cut_off_column_without_a_cut_off(state: Path) -> None:
         text = render(report, fmt)
         assert "cut off" not in text and "cut_off" not in text, fmt
     assert all(r["monitor_cut_off_seconds"] == 0.0 for r in report_to_json(report)["sites"])
+
+
+# ------------------------------------------------------------------------------ downtime by cause (issue 21)
+# The same day, 2026-11-10 (UTC), cycles every 10 minutes (tests.factories.cause_day), written through the real
+# store (both backends).
+# Two upstream nodes, kept as endpoints of group monitor.upstreams: ``isp`` (a pop) and ``agg`` (a router
+# behind it). Each site's silent cycles stand for 10 minutes each.
+#
+# * ``school-1`` (Aktobe, behind agg): upstream_down naming agg 02:00–03:00 (6 cycles), naming isp
+#   05:00–05:30 (3), timeout 08:00 and 08:10 (2: its own), error maintenance 12:00–13:00 (6, a window opened
+#   through the API), monitor_cut_off 15:00–16:00 (6); the rest answered.
+#   → run 144 − 6 − 6 = 132, up 132 − 6 − 3 − 2 = 121: 91.6667%; hours: site 0.3333, upstream 1.50
+#   (agg 1.00, isp 0.50), monitor cut off 1.00, maintenance 1.00.
+# * ``school-2`` (Aktobe, behind agg): upstream_down naming agg 02:00–03:00 (6), lost echoes without an error
+#   at 20:00 (1), silent 22:00–22:20 (3) and answered 22:30–22:50.
+#   → without a config: run 144, up 134; site 4 × 10 min = 0.6667, agg 1.00.
+#   → with its declared window 22:00–23:00: run 138 (the window's 6 cycles left out, answered ones too), up 131:
+#     94.9275%; site 0.1667, agg 1.00, maintenance 0.50.
+# * ``clinic-1`` (Khromtau, no upstream): dns at 09:00 → 143 / 144, site 0.1667.
+# * ``agg``'s own cycles: silent 02:00–03:00 and 05:00–05:30 (9), monitor_cut_off 15:00–16:00 (6, left out)
+#   → run 138, up 129: 93.4783%, 1.50 hours down; behind it school-1 and school-2, 2.00 site-hours.
+# * ``isp``: silent 05:00–05:30 (3), cut off 15:00–16:00 → run 138, up 135, 0.50 hours down; behind it
+#   school-1, 0.50 site-hours.
+SCHOOL_2_WINDOW = MaintenanceWindows("UTC", once=((dt.datetime(2026, 11, 10, 22), dt.datetime(2026, 11, 10, 23)),))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cause_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
+    """The cause day, written through the backend under test, opened again for reading."""
+    opener = StoreOpeners(request.param, tmp_path / "history.sqlite3",
+                          request.getfixturevalue("pg_url") if request.param == "postgresql" else None)
+    writer = opener()
+    writer.write([], cause_day(D))
+    yield opener()
+    opener.close_all()
+
+
+def test_downtime_is_split_by_cause_and_availability_follows_the_one_rule(cause_store: HistoryStore) -> None:
+    """Site and upstream time count against the site; maintenance (an API window's rows, a declared window) and a
+    cut-off monitor are left out; every cause's hours are stated, per site, per district and in the KPIs."""
+    report = build_report(cause_store, DAY, maintenance={"school-2": SCHOOL_2_WINDOW})
+    rows = {r.name: r for r in report.sites}
+    assert set(rows) == {"school-1", "school-2", "clinic-1"}  # the nodes are not sites
+    s1, s2, c1 = rows["school-1"], rows["school-2"], rows["clinic-1"]
+    assert (s1.cycles, s1.cycles_up, s1.availability) == (132, 121, 121 / 132)
+    assert s1.downtime == Downtime(2 * STEP, (("agg", HOUR), ("isp", 3 * STEP)), HOUR, 0.0, HOUR)
+    assert (s2.cycles, s2.cycles_up) == (138, 131)
+    assert s2.downtime == Downtime(STEP, (("agg", HOUR),), maintenance_seconds=3 * STEP)
+    assert (c1.cycles, c1.cycles_up) == (144, 143) and c1.downtime == Downtime(STEP)
+    assert report.upstream_down and report.maintenance and report.monitor_cut_off and report.by_cause
+    aktobe = next(d for d in report.by_district if d.district == "Aktobe")
+    assert aktobe.availability == (121 + 131) / (132 + 138)
+    assert aktobe.downtime == Downtime(3 * STEP, (("agg", 2 * HOUR), ("isp", 3 * STEP)), HOUR, 0.0, HOUR + 3 * STEP)
+
+    kpis = report.kpis
+    assert kpis is not None and kpis.by_cause and kpis.upstream_down and kpis.maintenance
+    everyone = kpis.groups[0].current
+    assert (everyone.sites, everyone.cycles, everyone.cycles_up, everyone.cycles_in_maintenance) == (
+        3, 132 + 138 + 144, 121 + 131 + 143, 12)
+    assert everyone.downtime == Downtime(4 * STEP, (("agg", 2 * HOUR), ("isp", 3 * STEP)), HOUR, 0.0,
+                                         HOUR + 3 * STEP)
+    assert {s.name: (s.cycles, s.cycles_up) for s in kpis.sites} == {  # the site table's figures, by one rule
+        r.name: (r.cycles, r.cycles_up) for r in report.sites}
+
+    assert [(u.name, u.kind, u.cycles, u.cycles_up, u.down_seconds, u.sites, u.site_seconds)
+            for u in report.upstreams] == [("agg", "router", 138, 129, 9 * STEP, 2, 2 * HOUR),
+                                           ("isp", "pop", 138, 135, 3 * STEP, 1, 3 * STEP)]
+
+    bare = build_report(cause_store, DAY)  # no config: no declared window, the API's window still left out
+    school_2 = {r.name: r for r in bare.sites}["school-2"]
+    assert (school_2.cycles, school_2.cycles_up) == (144, 134)
+    assert school_2.downtime == Downtime(4 * STEP, (("agg", HOUR),))
+    assert bare.kpis is not None and not bare.kpis.maintenance_considered
+    assert kpi_header(bare.kpis).startswith("KPIs for the ministry: maintenance opened through the API is left out "
+                                            "of availability; declared windows are not (no --config given);")
+
+
+def test_every_format_shows_the_hours_by_cause_and_the_upstream_section(tmp_path: Path) -> None:
+    """Table, Markdown, HTML, CSV, JSON and the summary API carry the hours by cause and the upstream nodes."""
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], cause_day(D))
+    report = build_report(store, DAY, maintenance={"school-2": SCHOOL_2_WINDOW})
+    table = render(report, "table")
+    header = next(ln for ln in table.splitlines() if ln.startswith("site "))
+    assert header.index("availability %") < header.index("hours monitor cut off") < header.index(
+        "hours site down") < header.index("hours upstream down") < header.index("upstream nodes (hours)") < \
+        header.index("hours in maintenance") < header.index("RTT median ms")
+    line = next(ln.split() for ln in table.splitlines() if ln.startswith("school-1"))
+    assert line[5:12] == ["91.67", "1.00", "0.33", "1.50", "agg", "1.00,", "isp"]
+    assert "Downtime by cause, all sites: against availability site 0.67 h, upstream 2.50 h (agg 2.00, isp 0.50); " \
+           "left out of it: monitor cut off 1.00 h, maintenance 1.50 h." in table
+    district = next(ln for ln in table.splitlines() if ln.startswith("school  Aktobe"))
+    assert district.split()[-8:] == ["1.00", "0.50", "2.50", "agg", "2.00,", "isp", "0.50", "1.50"]
+    upstreams = table[table.index(UPSTREAM_SENTENCE):].splitlines()
+    assert upstreams[4].split() == ["agg", "router", "138", "93.48", "1.50", "2", "2.00"]
+    assert upstreams[5].split() == ["isp", "pop", "138", "97.83", "0.50", "1", "0.50"]
+
+    md = render(report, "markdown")
+    assert "## Upstream nodes" in md and "| agg  " in md and "agg 2.00, isp 0.50" in md
+
+    sites, kpi_table, upstream_table = render(report, "csv").split("\n\n")
+    assert sites.splitlines()[0].startswith(
+        "site,kind,district,link,target_mbps,cycles,cycles_up,availability_percent,hours_monitor_cut_off,"
+        "hours_site_down,hours_upstream_down,upstream_down_hours_by_node,hours_maintenance,rtt_median_ms,")
+    by_name = {r["site"]: r for r in csv.DictReader(io.StringIO(sites))}
+    assert [by_name["school-1"][k] for k in ("availability_percent", "hours_monitor_cut_off", "hours_site_down",
+                                             "hours_upstream_down", "upstream_down_hours_by_node",
+                                             "hours_maintenance")] == [
+        "91.6667", "1.0000", "0.3333", "1.5000", "agg=1.0000;isp=0.5000", "1.0000"]
+    assert by_name["clinic-1"]["upstream_down_hours_by_node"] == ""
+    kpi_all = next(csv.DictReader(io.StringIO(kpi_table)))
+    assert [kpi_all[k] for k in ("hours_monitor_cut_off", "hours_site_down", "hours_upstream_down",
+                                 "hours_maintenance")] == ["1.0000", "0.6667", "2.5000", "1.5000"]
+    assert list(csv.reader(io.StringIO(upstream_table))) == [
+        ["upstream_node", "kind", "cycles", "cycles_up", "availability_percent", "hours_down", "sites_behind",
+         "site_hours_behind"],
+        ["agg", "router", "138", "129", "93.4783", "1.5000", "2", "2.0000"],
+        ["isp", "pop", "138", "135", "97.8261", "0.5000", "1", "0.5000"]]
+
+    doc = json.loads(render(report, "json"))
+    figures = doc["kpis"]["groups"][0]["current"]
+    assert (figures["site_down_seconds"], figures["upstream_down_seconds"], figures["maintenance_seconds"]) == (
+        4 * STEP, {"agg": 2 * HOUR, "isp": 3 * STEP}, HOUR + 3 * STEP)
+    assert {s["name"]: s["upstream_down_seconds"] for s in doc["kpis"]["sites"]} == {
+        "school-1": {"agg": HOUR, "isp": 3 * STEP}, "school-2": {"agg": HOUR}, "clinic-1": {}}
+    assert doc["upstreams"][0] == {"name": "agg", "kind": "router", "cycles": 138, "cycles_up": 129,
+                                   "availability_ratio": 129 / 138, "down_seconds": 9 * STEP, "sites": 2,
+                                   "site_seconds": 2 * HOUR}
+
+    html = render(report, "html")
+    assert '<table id="upstreams">' in html and "<th>hours upstream down</th>" in html
+    assert "<td>agg 2.00, isp 0.50</td>" in html  # the district table's per-node hours
+
+    api = report_to_json(report)  # GET /api/v1/summary
+    assert api["site_count"] == 3 and [u["name"] for u in api["upstreams"]] == ["agg", "isp"]
+    row = next(r for r in api["sites"] if r["name"] == "school-1")
+    assert (row["site_down_seconds"], row["upstream_down_seconds"], row["monitor_cut_off_seconds"],
+            row["maintenance_seconds"], row["availability_ratio"]) == (
+        2 * STEP, {"agg": HOUR, "isp": 3 * STEP}, HOUR, HOUR, 121 / 132)
+    aktobe = next(d for d in api["by_district"] if d["district"] == "Aktobe")
+    assert (aktobe["site_down_seconds"], aktobe["upstream_down_seconds"], aktobe["maintenance_seconds"],
+            aktobe["power_off_seconds"]) == (3 * STEP, {"agg": 2 * HOUR, "isp": 3 * STEP}, HOUR + 3 * STEP, 0.0)
+    store.close()
+
+
+def test_no_upstream_section_or_cause_column_without_them(tmp_path: Path) -> None:
+    """A history of sites alone (their own downtime only) keeps the report's shape: no section, no new column."""
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [r for r in cause_day(D) if r.target.group != UPSTREAM_GROUP and r.target.name == "clinic-1"])
+    report = build_report(store, DAY)
+    assert report.upstreams == () and not report.by_cause
+    for fmt in ("table", "csv", "markdown", "html", "json"):
+        text = render(report, fmt)
+        assert "Upstream nodes" not in text and "hours upstream" not in text and "upstream_down" not in text, fmt
+        assert "site down" not in text and "site_down" not in text, fmt
+        assert "by cause" not in text and "maintenance_seconds" not in text, fmt
+    assert report_to_json(report)["upstreams"] is None
+    store.close()

@@ -20,8 +20,10 @@ from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.report.compliance import build_report
 from monitor.report.render import render
+from monitor.results import IcmpResult
+from monitor.upstreams import UPSTREAM_GROUP, upstream_detail
 from tests.conftest import need
-from tests.factories import OCT, START, icmp, iperf3_test, record_october, throughput_target
+from tests.factories import OCT, START, icmp, iperf3_test, record_october, target, throughput_target
 from tests.netlab import child_env
 from tests.report_golden import DISTRICT_SENTENCES
 
@@ -137,3 +139,37 @@ def test_the_hours_monitor_cut_off_show_as_a_sortable_column(tmp_path: Path) -> 
     assert re.search(r'<td class="text">s6</td>(\s*<td[^>]*>[^<]*</td>){4}\s*<td class="">100.00</td>\s*'
                      r'<td class="">0.17</td>', sites)
     assert "the hours the monitor was cut off itself are left out too" in dom
+
+
+def test_the_hours_by_cause_and_the_upstream_nodes_show_as_sortable_tables(tmp_path: Path) -> None:
+    """A site charged to an upstream node and one in maintenance (issue 21): the site table gets the hours by
+    cause, a section lists the node with the site-hours behind it, and tablesort takes that table too."""
+    record_october(tmp_path)
+    site, agg = throughput_target("s7", district="Mugalzhar"), target("agg", group=UPSTREAM_GROUP, kind="router")
+    down = ProbeErrorReason.UPSTREAM_DOWN
+    store = SqliteStore(database_path(tmp_path))
+    store.write([], [icmp(site, START + 60, 0.004), icmp(agg, START + 60, 0.001),
+                     IcmpResult(site, START + 660, site.address, 1, (None,), down, upstream_detail("agg")),
+                     icmp(agg, START + 660, None),
+                     icmp(site, START + 1260, None, error=ProbeErrorReason.MAINTENANCE), icmp(agg, START + 1260, 0.001),
+                     icmp(site, START + 1860, 0.004), icmp(agg, START + 1860, 0.001)])
+    store.close()
+    report = build_report(SqliteStore(database_path(tmp_path), read_only=True), OCT)
+    page = tmp_path / "causes.html"
+    page.write_text(render(report, "html"), encoding="utf-8")
+    dom = chromium_dom(page)
+    assert 'data-ready="1"' in dom
+    sites = dom[dom.index('id="sites"'):]
+    sites = sites[:sites.index("</table>")]
+    for header in ("hours site down", "hours upstream down", "upstream nodes (hours)", "hours in maintenance"):
+        assert re.search(rf'<th[^>]*role="columnheader"[^>]*>{re.escape(header)}</th>', sites), header
+    # s7: 3 cycles run (the maintenance one left out), 2 up; 10 minutes charged to agg, 10 in maintenance
+    assert re.search(r'<td class="text">s7</td>(\s*<td[^>]*>[^<]*</td>){4}\s*<td class="">66.67</td>\s*'
+                     r'<td class="">0.00</td>\s*<td class="">0.17</td>\s*<td class="">agg 0.17</td>\s*'
+                     r'<td class="">0.17</td>', sites)
+    upstreams = dom[dom.index('id="upstreams"'):]
+    upstreams = upstreams[:upstreams.index("</table>")]
+    assert 'role="columnheader"' in upstreams  # sortable
+    assert re.search(r'<td class="text">agg</td>\s*<td class="text">router</td>\s*<td>4</td>\s*<td>75.00</td>\s*'
+                     r'<td>0.17</td>\s*<td>1</td>\s*<td>0.17</td>', upstreams)
+    assert "Downtime by cause, all sites: against availability site" in dom

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
 
 from monitor.history.postgres import PostgresStore, scrub
 from monitor.history.sqlite import SqliteStore
-from tests.factories import october_rows, record_october
+from monitor.report.compliance import Period
+from tests.factories import cause_day, october_rows, record_october
 from tests.netlab import child_env
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.report_golden import GOLDEN_CSV
@@ -73,3 +75,24 @@ def test_unknown_store_scheme_is_a_usage_error() -> None:
 def test_scrub_hides_passwords_in_messages() -> None:
     """Driver messages that quote a URL or a password setting lose the password."""
     assert "pw" not in scrub('connection to "postgresql://u:pw@h/d" failed; password=pw')
+
+
+def test_the_report_by_cause_from_postgres_equals_sqlites(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """A day with every cause of downtime and two upstream nodes (issue 21): the CSV from PostgreSQL, hours by
+    cause and the upstream section included, is the one from SQLite."""
+    day = Period(dt.date(2026, 11, 10), dt.date(2026, 11, 10), "UTC")
+    rows = cause_day(day.start)
+    store = PostgresStore(pg_url)
+    store.write([], rows)
+    store.close()
+    path = tmp_path / "history.sqlite3"
+    store = SqliteStore(path)
+    store.write([], rows)
+    store.close()
+    dates = ("--from", "2026-11-10", "--to", "2026-11-10")
+    from_pg, from_sqlite = report("--store", pg_url, *dates), report("--store", f"sqlite://{path}", *dates)
+    assert from_pg.returncode == 0 and from_sqlite.returncode == 0, from_pg.stderr + from_sqlite.stderr
+    assert from_pg.stdout == from_sqlite.stdout
+    assert ",hours_site_down,hours_upstream_down,upstream_down_hours_by_node,hours_maintenance," in from_pg.stdout
+    assert from_pg.stdout.endswith("agg,router,138,129,93.4783,1.5000,2,2.0000\n"
+                                   "isp,pop,138,135,97.8261,0.5000,1,0.5000\n")

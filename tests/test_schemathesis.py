@@ -35,6 +35,10 @@ invalid value stays invalid and its case negative (schemathesis re-validates a m
   grant has left; :func:`test_downloads_and_uploads_stay_within_the_grant` checks that default;
 * ``GET /api/v1/summary``: ``from`` and ``to`` are swapped when ``from`` is later, and a
   ``timezone`` the machine's time zone database lacks is replaced by one it has;
+* ``POST /api/v1/maintenance`` (the daemon runs with ``--web.enable-admin-api``): a valid ``starts_at`` becomes
+  a minute ago and a valid ``ends_at`` an hour ahead (in the form each had: Unix seconds or RFC 3339), since a
+  window must end in the future and after its start; a third of the valid targets become one of the probed
+  sites (the rest get 404, as does ``DELETE /api/v1/maintenance/{id}`` for an id no window has);
 * and so that answers have something in them, a third of the generated site names, kinds and
   districts become ones the config has (the rest get 404, or an empty summary).
 """
@@ -67,6 +71,7 @@ import yaml
 from monitor.agent.centre.registry import token_hash
 from monitor.text import NAME_PATTERN
 from monitor.throughput_plan import phase
+from monitor.web.maintenance_api import TIME_PATTERN
 from monitor.web.site_api import DATE_PATTERN
 
 PORT = 19650  # this test's range is 19650-19669
@@ -86,6 +91,8 @@ FIRST_TEST_WITHIN_SECONDS = 2.0  # agent sites are named so that their first tes
 GRANT_BYTES = 64_000_000  # per direction, for the sites the run downloads from and uploads to
 SMALL_GRANT_BYTES = 100_000  # for the site whose grant test_downloads_and_uploads_stay_within_the_grant spends
 _CLEAN = re.compile(NAME_PATTERN)
+_MAINTENANCE_TIME = re.compile(TIME_PATTERN)
+PROBED = ("lo-1", "lo-2")  # where mapped maintenance windows go (not the agent sites, whose slots the run uses)
 _DATE = re.compile(DATE_PATTERN)
 MAX_SEQ = 2**62
 MAX_ECHOES = 10_000
@@ -233,11 +240,29 @@ class _Mapper:
             query["timezone"] = self.zones[zlib.crc32(zone.encode("utf-8", "replace")) % len(self.zones)]
         return query
 
+    def maintenance(self, body: Any) -> Any:
+        """A window's valid times moved around now (it must end in the future, after its start); a target mapped."""
+        if not isinstance(body, dict):
+            return body
+        body = dict(body)
+        now = time.time()
+        for key, moved in (("starts_at", now - 60.0), ("ends_at", now + 3600.0)):
+            value = body.get(key)
+            if _is_number(value, 0, 32_503_680_000) and value != 32_503_680_000:  # below the exclusive maximum
+                body[key] = moved
+            elif isinstance(value, str) and _MAINTENANCE_TIME.fullmatch(value):
+                body[key] = dt.datetime.fromtimestamp(moved, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if _is_clean(body.get("target"), 200) and body.get("kind", "site") == "site":
+            body["target"] = self.one_of(body["target"], list(PROBED))
+        return body
+
     def map(self, case: Any) -> Any:
         label = case.operation.label
         site = self.site_of(case.headers)
         if label == "GET /api/v1/summary" and isinstance(case.query, dict):
             case.query = self.summary(case.query)
+        elif label == "POST /api/v1/maintenance":
+            case.body = self.maintenance(case.body)
         elif label == "GET /api/v1/sites/{name}" and isinstance(case.path_parameters, dict) \
                 and isinstance(case.path_parameters.get("name"), str) and case.path_parameters["name"]:
             case.path_parameters = {**case.path_parameters,
@@ -384,7 +409,7 @@ def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
     config = _config(tmp, pools, small)
     stderr = (tmp / "connmon.log").open("w", encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(config), "--listen",
-                             f"{HOST}:{PORT}", "--state-dir", str(tmp / "state")],
+                             f"{HOST}:{PORT}", "--state-dir", str(tmp / "state"), "--web.enable-admin-api"],
                             stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=tmp)
     try:
         deadline = time.monotonic() + 60
@@ -438,6 +463,14 @@ path = {_toml(str(report))}
 include-operation-id = "getSite"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404"]
+[[operations]]
+include-operation-id = "openMaintenance"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
+[[operations]]
+include-operation-id = "closeMaintenance"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
 """, encoding="utf-8")
     names = ["lo-1", "lo-2", "lo-soon", *(site.name for sites in centre.pools.values() for site in sites)]
     environment = {**os.environ, CONTEXT_ENV: json.dumps({
@@ -460,7 +493,7 @@ expected-statuses = ["2xx", "404"]
     assert not result["failures"] and not result["errors"] and run.returncode == 0, \
         f"{summary}\n{failures}\n{details}\n{run.stderr[-3000:]}"
     # every operation but GET /api/v1/openapi.yaml, which serves the document schemathesis reads (it skips it)
-    assert result["operations"]["tested"] == result["operations"]["total"] == 8, summary
+    assert result["operations"]["tested"] == result["operations"]["total"] == 11, summary
     assert result["test_cases"]["generated"] > 0, summary
     warnings = result.get("warnings") or {}  # 429s would mean the pools are too small; 401/403s, no valid token
     assert not warnings.get("rate_limited") and not warnings.get("missing_auth"), (summary, warnings)
@@ -527,6 +560,7 @@ def test_a_summary_given_one_end_is_never_reversed() -> None:
 def test_the_document_states_the_servers_limits() -> None:
     """The patterns, enums and numeric limits in the document are the constants the server checks with."""
     from monitor.agent import protocol
+    from monitor.agent.site.throughput import REFUSAL_REASONS
     from monitor.errors import MEASURED_ICMP_REASONS, THROUGHPUT_REASONS
     from monitor.results import GAP_CAUSES
     from monitor.site_states import SITE_STATES
@@ -564,6 +598,18 @@ def test_the_document_states_the_servers_limits() -> None:
     assert f"{protocol.MAX_AGE_SECONDS / 86400:g} days old" in time_rule
     assert f"{protocol.MAX_BODY_BYTES} bytes" in document["components"]["responses"]["BodyTooLarge"]["description"]
     assert f"{protocol.BODY_IDLE_SECONDS:g} s by default" in document["info"]["description"]
+    from monitor.web import maintenance_api
+
+    request = schemas["MaintenanceRequest"]["properties"]
+    assert schemas["MaintenanceTime"]["oneOf"][1]["pattern"] == maintenance_api.TIME_PATTERN
+    assert schemas["MaintenanceTime"]["oneOf"][0]["exclusiveMaximum"] == maintenance_api.LAST_TIME
+    assert (request["reason"]["pattern"], request["reason"]["maxLength"]) == (FREE_TEXT_PATTERN,
+                                                                              maintenance_api.MAX_REASON_LENGTH)
+    assert request["kind"]["enum"] == list(maintenance_api.KINDS) and request["target"]["allOf"][0]["$ref"] \
+        == "#/components/schemas/CleanName"
+    delete = document["paths"]["/api/v1/maintenance/{id}"]["delete"]
+    assert delete["parameters"][0]["schema"]["maximum"] == maintenance_api.MAX_ID
+    assert schemas["SlotRefused"]["properties"]["reason"]["enum"] == list(REFUSAL_REASONS)
 
 
 def test_agent_bodies_and_methods_are_answered_as_the_document_says(centre: Centre) -> None:

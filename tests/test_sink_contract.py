@@ -13,9 +13,10 @@ source, so a new one cannot be left out; the stores behind the history have thei
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ import pytest
 from monitor.exposition.sink import MetricsSink
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.writer import HistorySink
+from monitor.icmp.engine import HopAnswer
 from monitor.logs import EventLogSink
 from monitor.results import ClosableSink, Cycle, Sink
+from monitor.tracer import Tracer
 from monitor.web.site_state import SiteStateSink
 from tests.factories import KEEP_ALL, SOME_TIME, icmp, iperf3_test, throughput_target
 from tests.running import samples, value
@@ -40,11 +43,20 @@ EMPTY_CYCLES = [Cycle("icmp", "g", T, 0.0, ()), Cycle("throughput", "g", T, 0.0,
 PINGED = Cycle("icmp", "g", T, 0.5, (icmp(UP, T, 0.010, 0.012), icmp(DOWN, T, None, None)))
 TESTED = Cycle("throughput", "g", T + 60, 11.0, (iperf3_test(UP, T + 60, 5e6),))
 
+class _NoPaths:
+    """An engine whose traces find nothing (the tracer's own tests give paths)."""
+
+    async def echo_hops(self, address: str, ttls: Sequence[int], timeout_seconds: float,
+                        spacing_seconds: float = 0.0, payload_bytes: int = 56) -> list[HopAnswer]:
+        return [HopAnswer(ttl, None, None) for ttl in ttls]
+
+
 SINKS: dict[str, Callable[[Path], Sink]] = {
     "MetricsSink": lambda _state: MetricsSink(),
     "SiteStateSink": lambda _state: SiteStateSink(),
     "HistorySink": lambda state: HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL),
     "EventLogSink": lambda _state: EventLogSink(),
+    "Tracer": lambda _state: Tracer(_NoPaths()),
 }
 
 
@@ -162,3 +174,19 @@ def test_the_event_log_tells_each_change_and_the_skip(caplog: pytest.LogCaptureF
     assert ("down", "down: no reply to 2 echoes") in lines
     assert any(name == "up" and "download 5.00 Mbit/s" in text for name, text in lines), lines
     assert (None, "cycle skipped: the previous one is still running") in lines
+
+
+def test_the_tracer_traces_a_site_that_went_down() -> None:
+    """The tracer (issue 21): a site that answered and then did not is traced once, its trace kept for the API."""
+    async def run() -> None:
+        sink = Tracer(_NoPaths(), lambda: T)
+        sink.set_targets(SITES)
+        feed(sink, *EMPTY_CYCLES, PINGED, TESTED)
+        sink.cycle_skipped("icmp", "g")
+        assert sink.last_trace("down") is None  # never seen up: nothing went down
+        feed(sink, Cycle("icmp", "g", T + 60, 0.5, (icmp(UP, T + 60, None, None),)))
+        while sink.running:
+            await asyncio.sleep(0)
+        taken = sink.last_trace("up")
+        assert taken is not None and taken.at == T and taken.last_answering_hop is None
+    asyncio.run(run())

@@ -481,3 +481,69 @@ def test_an_icmp_error_reason_is_read_back(open_store: Opener) -> None:
         (100.0, 0, "no_route"), (160.0, 2, "unreachable"), (220.0, 1, None)]
     assert [ProbeErrorReason.stored(c.error) for c in open_store().icmp_cycles("A", 0.0, 1000.0)] == [
         ProbeErrorReason.NO_ROUTE, ProbeErrorReason.UNREACHABLE, None]  # another connection reads the same
+
+
+def test_an_icmp_error_detail_is_read_back(open_store: Opener) -> None:
+    """A cycle's error detail is read back (issue 21: a report charges an upstream_down cycle to the node named)."""
+    from monitor.results import IcmpResult
+    from monitor.upstreams import upstream_detail, upstream_of
+
+    store = open_store()
+    a = throughput_target("A")
+    store.write([EndpointRecord.of(a)], [
+        IcmpResult(a, 100.0, a.address, 2, (None, None), ProbeErrorReason.UPSTREAM_DOWN,
+                   upstream_detail("khromtau-agg") + "; the probe said timeout"),
+        IcmpResult(a, 160.0, a.address, 0, (None, None), ProbeErrorReason.NO_ROUTE, "ENETUNREACH"),
+        icmp(a, 220.0, 0.01)])
+    cycles = list(open_store().icmp_cycles("A", 0.0, 1000.0))
+    assert [(c.error, c.error_detail) for c in cycles] == [
+        ("upstream_down", "no reply while upstream node khromtau-agg was down; the probe said timeout"),
+        ("no_route", "ENETUNREACH"), (None, "")]
+    assert [upstream_of(c.error, c.error_detail) for c in cycles] == ["khromtau-agg", None, None]
+
+
+def test_maintenance_windows_round_trip_close_once_and_overlap(open_store: Opener) -> None:
+    """A run-time window is stored with a new id and read back by any connection (a restart's); closing it keeps
+    the first close; the windows overlapping a span are those that really ran into it, closed ones by their close."""
+    store = open_store()
+    a = store.open_maintenance("Школа №1", "site", 1000.0, 5000.0, "ремонт \u200fشبكة", 900.0)
+    b = store.open_maintenance("agg", "upstream", 2000.0, 3000.0, "swap", 950.0)
+    assert a.id != b.id and (a.target, a.kind, a.starts_at, a.ends_at, a.closed_at) == (
+        "Школа №1", "site", 1000.0, 5000.0, None)
+    other = open_store()
+    assert other.maintenance_windows(0.0, float("inf")) == [a, b]
+    closed = other.close_maintenance(a.id, 1500.0)
+    assert closed is not None and closed.closed_at == 1500.0 and closed.until == 1500.0
+    assert other.close_maintenance(a.id, 1800.0) == closed  # the first close stays
+    assert other.close_maintenance(a.id + b.id + 100, 1800.0) is None
+    assert store.maintenance_windows(1600.0, 10_000.0) == [b]  # a ended at its close
+    assert store.maintenance_windows(1400.0, 2000.0) == [closed]  # b starts at 2000: not in [1400, 2000)
+    assert store.maintenance_windows(3000.0, 4000.0) == []
+
+
+
+def test_traces_round_trip_replace_and_last(open_store: Opener) -> None:
+    """Traces (issue 21) of a site and of a node are read back by any connection: hops in order, silent hops
+    included, the last answering hop and whether the path reached; one at the same time replaces the first;
+    last_traces gives each endpoint's latest."""
+    from monitor.results import Hop, Trace
+
+    store = open_store()
+    site, node = throughput_target("Школа №1"), throughput_target("agg")
+    first = Trace(100.0, "10.77.242.2", (Hop(1, "10.77.240.2", 2.5e-05), Hop(2, None, None)), "10.77.240.2", False)
+    later = Trace(200.0, "10.77.242.2", (Hop(1, "10.77.240.2", 3e-05), Hop(2, "10.77.240.6", 4e-05),
+                                         Hop(3, "10.77.242.2", 5e-05)), "10.77.242.2", True)
+    store.write_traces([(site, first), (node, Trace(150.0, "10.77.240.6", (Hop(1, None, None),), None, False))])
+    store.write_traces([(site, later)])
+    store.write_traces([(site, later)])  # idempotent
+    other = open_store()
+    assert other.traces("Школа №1", 0.0, 1000.0) == [dataclasses.replace(first, target=""),
+                                                       dataclasses.replace(later, target="")]
+    assert other.traces("Школа №1", 100.0, 200.0) == [dataclasses.replace(first, target="")]
+    last = other.last_traces()
+    assert last == {"Школа №1": dataclasses.replace(later, target=""),
+                    "agg": Trace(150.0, "", (Hop(1, None, None),), None, False)}
+    while store.prune(0.0, 180.0, 100):  # traces go with the long (throughput) retention
+        pass
+    assert [t.at for t in other.traces("Школа №1", 0.0, 1000.0)] == [200.0]
+    assert other.traces("agg", 0.0, 1000.0) == []

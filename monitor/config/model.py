@@ -215,6 +215,8 @@ class MonitorSettings:
     """The centre itself (issue 21): the checks that tell its own uplink is down, so sites are not blamed."""
 
     uplink: tuple[UplinkCheck, ...] = ()
+    # traces taken at most per minute when sites or upstream nodes go down (issue 21); 0: no traces
+    traces_per_minute: int = 10
 
 
 UPSTREAM_KINDS: tuple[str, ...] = ("router", "pop", "teleport", "switch", "hub", "radio", "other")

@@ -188,8 +188,11 @@ def _check_node_names(w: Walker, upstreams: Sequence[UpstreamNode], names: NameN
 
 
 def _monitor(w: Walker, node: Node) -> MonitorSettings:
-    """``monitor: {uplink: [{name, host}, ...]}``: the centre's own way out (issue 21)."""
-    values = w.mapping(node, "monitor", ("uplink",)) or {}
+    """``monitor: {uplink: [{name, host}, ...], traces_per_minute: N}``: the centre's own way out, and
+    how many traces it may take a minute (issue 21)."""
+    values = w.mapping(node, "monitor", ("uplink", "traces_per_minute")) or {}
+    budget = (w.number(values["traces_per_minute"], "monitor.traces_per_minute", 0, 10_000, integer=True)
+              if "traces_per_minute" in values else None)
     checks: list[UplinkCheck] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(w.sequence(values["uplink"], "monitor.uplink") or () if "uplink" in values else ()):
@@ -206,7 +209,9 @@ def _monitor(w: Walker, node: Node) -> MonitorSettings:
             continue
         seen[read["name"]] = i
         checks.append(UplinkCheck(read["name"], read["host"]))
-    return MonitorSettings(tuple(checks))
+    if budget is None:
+        return MonitorSettings(tuple(checks))
+    return MonitorSettings(tuple(checks), traces_per_minute=int(budget))
 
 
 def _cascade_readers(w: Walker, node_names: frozenset[str] = frozenset()) -> Readers:

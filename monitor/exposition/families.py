@@ -75,7 +75,8 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("connmon_site_state", "gauge",
      "1 for the site's state now, 0 for the others: up, down, upstream_down, monitor_cut_off, maintenance, power, "
      "unknown."),
-    ("connmon_maintenance", "gauge", "1 while a declared maintenance window of the site is open, else 0."),
+    ("connmon_maintenance", "gauge", "1 while a maintenance window holds the site (declared in the config, or opened "
+     "through the API on the site or an upstream node above it), else 0."),
     ("connmon_icmp_loss_ratio", "gauge", "Share of echoes without a reply in the last ICMP cycle."),
     ("connmon_icmp_jitter_seconds", "gauge",
      "Mean absolute RTT difference of consecutive echoes in the last ICMP cycle."),

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from monitor.errors import ProbeErrorReason
 from monitor.exposition.body import ChunkedBody
@@ -37,6 +38,9 @@ from monitor.exposition.scrape import ProcessExposition, ScrapeRenderer
 from monitor.results import Cycle, Result, ThroughputResult
 from monitor.site_states import MaintenanceWatch
 from monitor.targets import Target
+
+if TYPE_CHECKING:
+    from monitor.maintenance import MaintenanceBook
 
 # A large cycle is absorbed in event-loop turns of about SLICE_SECONDS, SLICE_RESULTS at a time
 # (~1.5 ms each): scrapes are served in between. A scrape needs ~6 turns, so the turn's length, not
@@ -68,10 +72,12 @@ class MetricsSink:
     """
 
     def __init__(self, *, scrape: Sequence[ScrapeRenderer] = (), clock: Callable[[], float] = time.time,
-                 shard: str | None = None, tools: Mapping[str, bool] | None = None) -> None:
+                 shard: str | None = None, tools: Mapping[str, bool] | None = None,
+                 maintenance: MaintenanceBook | None = None) -> None:
         self._shard = ShardLabels.of(shard)
         self._clock = clock
-        self._maintenance = MaintenanceWatch()  # which sites have a window open (issue 21), asked per minute
+        # which sites have a window open (issue 21), asked per minute; the daemon's book has the API's windows too
+        self._maintenance = MaintenanceWatch(maintenance)
         self._scrape = (*scrape, ProcessExposition(self._shard))
         self._endpoints: dict[str, EndpointState] = {}
         self._pages = Pages()

@@ -27,7 +27,7 @@ from typing import Any
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.history.store import EndpointRecord, StoredCycle, StoredGap, StoredTest
-from monitor.results import DirectionResult, Gap, IcmpResult, Result, ThroughputResult
+from monitor.results import DirectionResult, Gap, Hop, IcmpResult, Result, ThroughputResult, Trace
 from monitor.targets import Target
 
 DETAIL_MAX = 500  # error details are for people; a runaway message must not bloat the history
@@ -37,10 +37,11 @@ DETAIL_MAX = 500  # error details are for people; a runaway message must not blo
 ENDPOINT_COLUMNS: tuple[str, ...] = ("name", "kind", "district", "link", "grp", "target_bps", "status", "planned_date",
                                      "provider", "contracted_bps")
 # what the readers select (i: icmp, t: throughput, g: gaps, e: endpoints), in the order the decoders below take
-CYCLE_COLUMNS = "i.started_at, i.sent, i.rtts, i.error"
+CYCLE_COLUMNS = "i.started_at, i.sent, i.rtts, i.error, i.error_detail"
 TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
                 "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
 GAP_COLUMNS = "g.started_at, g.ended_at, g.cause, g.interval_seconds"
+TRACE_COLUMNS = "r.at, r.hops, r.last_answering_hop, r.reached"  # (r: traces, issue 21)
 
 
 def pack_rtts(rtts: Sequence[float | None]) -> bytes:
@@ -118,6 +119,12 @@ def gap_row(endpoint_id: int, gap: Gap) -> tuple[object, ...]:
     return (endpoint_id, gap.started_at, gap.ended_at, gap.cause, gap.interval_seconds)
 
 
+def trace_row(endpoint_id: int, trace: Trace) -> tuple[object, ...]:
+    """The ``traces`` table's row of a trace (issue 21), in column order: the hops as one JSON list."""
+    return (endpoint_id, trace.at, json.dumps(trace.hops_json(), separators=(",", ":")),
+            trace.last_answering_hop, trace.reached)
+
+
 # ---------------------------------------------------------------------- reading: row values → values
 def endpoint_record(row: Sequence[Any]) -> EndpointRecord:
     """A record from the values of :data:`ENDPOINT_COLUMNS` (a planned date as ``DATE`` or ISO text)."""
@@ -130,8 +137,9 @@ def endpoint_record(row: Sequence[Any]) -> EndpointRecord:
 
 def stored_cycle(row: Sequence[Any]) -> StoredCycle:
     """A cycle from the values of :data:`CYCLE_COLUMNS` (the RTT blob as ``bytes``, a ``bytea`` too)."""
-    started_at, sent, rtts, error = row
-    return StoredCycle(float(started_at), int(sent), unpack_rtts(bytes(rtts)), error)
+    started_at, sent, rtts, error, detail = row
+    return StoredCycle(float(started_at), int(sent), unpack_rtts(bytes(rtts)), error,
+                       "" if detail is None else str(detail))
 
 
 def stored_test(row: Sequence[Any]) -> StoredTest:
@@ -143,6 +151,13 @@ def stored_test(row: Sequence[Any]) -> StoredTest:
                       float(target), None if target_upload is None else float(target_upload),
                       None if met is None else bool(met), None if error is None else str(error),
                       "" if detail is None else str(detail), None if budget is None else int(budget))
+
+
+def stored_trace(row: Sequence[Any]) -> Trace:
+    """A trace from the values of :data:`TRACE_COLUMNS` (its address is not kept: ``target`` is "")."""
+    at, hops, last, reached = row
+    return Trace(float(at), "", tuple(Hop(int(h["ttl"]), h["address"], h["rtt_seconds"]) for h in json.loads(hops)),
+                 None if last is None else str(last), bool(reached))
 
 
 def stored_gap(endpoint: str, row: Sequence[Any]) -> StoredGap:

@@ -36,12 +36,15 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.history import codec
-from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
-from monitor.results import Gap, Result
+from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest, StoredWindow
+from monitor.results import Gap, Result, Trace
+from monitor.targets import Target
 
 _MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migrations
 _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
 _GAPS_VERSION = 3  # the schema version that added the gap table
+_MAINTENANCE_VERSION = 4  # the schema version that added run-time maintenance windows
+_WINDOW_COLUMNS = "id, target, target_kind, starts_at, ends_at, reason, opened_at, closed_at"
 _T = TypeVar("_T")
 
 MIGRATIONS: tuple[str, ...] = (
@@ -200,6 +203,7 @@ class AsyncPostgresStore:
         self._ids: dict[str, int] = {}
         self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
         self._has_gaps = False  # set by open: the schema has the gap table
+        self._has_maintenance = False  # set by open: the schema has the maintenance table
 
     async def open(self) -> None:
         await (await psycopg.AsyncConnection.connect(
@@ -220,6 +224,7 @@ class AsyncPostgresStore:
             raise
         # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
         self._has_gaps = version >= _GAPS_VERSION
+        self._has_maintenance = version >= _MAINTENANCE_VERSION
 
     async def close(self) -> None:
         await self._pool.close()
@@ -315,7 +320,8 @@ class AsyncPostgresStore:
                 return 0  # another instance prunes this slice; ours would only wait on the same rows
             for table, column, before in (("icmp", "started_at", icmp_before),
                                           ("throughput", "started_at", throughput_before),
-                                          ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
+                                          ("gaps", "ended_at", throughput_before),  # a gap goes once it ended
+                                          ("traces", "at", throughput_before)):  # traces (issue 21): as long as tests
                 if gone >= limit:
                     break
                 cur = await conn.execute(
@@ -387,6 +393,65 @@ class AsyncPostgresStore:
             (endpoint, limit))
         return [bool(met) for (met,) in rows]
 
+    # ------------------------------------------------------------------ maintenance windows (issue 21)
+    async def open_maintenance(self, target: str, kind: str, starts_at: float, ends_at: float, reason: str,
+                               opened_at: float) -> StoredWindow:
+        rows = await self._rows(
+            "INSERT INTO maintenance (target, target_kind, starts_at, ends_at, reason, opened_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id", (target, kind, starts_at, ends_at, reason, opened_at))
+        return StoredWindow(int(rows[0][0]), target, kind, starts_at, ends_at, reason, opened_at)
+
+    async def close_maintenance(self, window_id: int, closed_at: float) -> StoredWindow | None:
+        rows = await self._rows(
+            f"UPDATE maintenance SET closed_at = COALESCE(closed_at, %s) WHERE id = %s "  # noqa: S608 (fixed names)
+            f"RETURNING {_WINDOW_COLUMNS}", (closed_at, window_id))
+        return StoredWindow(*rows[0]) if rows else None
+
+    async def maintenance_windows(self, start: float, end: float) -> list[StoredWindow]:
+        if not self._has_maintenance:
+            return []
+        rows = await self._rows(
+            f"SELECT {_WINDOW_COLUMNS} FROM maintenance WHERE ends_at > %s AND starts_at < %s "  # noqa: S608
+            "AND (closed_at IS NULL OR closed_at > %s) ORDER BY starts_at, id", (start, end, start))
+        return [StoredWindow(*row) for row in rows]
+
+    async def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    missing = {EndpointRecord.of(t) for t, _trace in traces if t.name not in self._ids}
+                    if missing:
+                        await cur.executemany(
+                            _ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
+                            [codec.endpoint_params(rec) for rec in missing])
+                        await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
+                                          ([rec.name for rec in missing],))
+                        self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
+                    await cur.executemany(
+                        "INSERT INTO traces VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, at) DO UPDATE "
+                        "SET hops = excluded.hops, last_answering_hop = excluded.last_answering_hop, "
+                        "reached = excluded.reached",
+                        [codec.trace_row(self._ids[t.name], trace) for t, trace in traces])
+            except BaseException:
+                self._ids.clear()  # ids read inside the rolled-back transaction may be void
+                raise
+
+    async def traces(self, endpoint: str, start: float, end: float) -> list[Trace]:
+        if not self._has_maintenance:  # the traces table came with the maintenance table (schema 4)
+            return []
+        rows = await self._rows(
+            f"SELECT {codec.TRACE_COLUMNS} FROM traces r JOIN endpoints e ON e.id = r.endpoint_id "  # noqa: S608
+            "WHERE e.name = %s AND r.at >= %s AND r.at < %s ORDER BY r.at", (endpoint, start, end))
+        return [codec.stored_trace(row) for row in rows]
+
+    async def last_traces(self) -> dict[str, Trace]:
+        if not self._has_maintenance:
+            return {}
+        rows = await self._rows(
+            f"SELECT DISTINCT ON (r.endpoint_id) e.name, {codec.TRACE_COLUMNS} FROM traces r "  # noqa: S608
+            "JOIN endpoints e ON e.id = r.endpoint_id ORDER BY r.endpoint_id, r.at DESC")
+        return {str(row[0]): codec.stored_trace(row[1:]) for row in rows}
+
 
 class PostgresStore:
     """:class:`~monitor.history.store.HistoryStore` on a PostgreSQL database shared by several instances.
@@ -443,3 +508,21 @@ class PostgresStore:
     def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
         return _IoLoop.run(self._store.recent_verdicts(endpoint, limit))
 
+    def open_maintenance(self, target: str, kind: str, starts_at: float, ends_at: float, reason: str,
+                         opened_at: float) -> StoredWindow:
+        return _IoLoop.run(self._store.open_maintenance(target, kind, starts_at, ends_at, reason, opened_at))
+
+    def close_maintenance(self, window_id: int, closed_at: float) -> StoredWindow | None:
+        return _IoLoop.run(self._store.close_maintenance(window_id, closed_at))
+
+    def maintenance_windows(self, start: float, end: float) -> list[StoredWindow]:
+        return _IoLoop.run(self._store.maintenance_windows(start, end))
+
+    def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
+        _IoLoop.run(self._store.write_traces(traces))
+
+    def traces(self, endpoint: str, start: float, end: float) -> list[Trace]:
+        return _IoLoop.run(self._store.traces(endpoint, start, end))
+
+    def last_traces(self) -> dict[str, Trace]:
+        return _IoLoop.run(self._store.last_traces())

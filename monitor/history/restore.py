@@ -5,7 +5,8 @@ many tests in a row missed their target. :func:`read_restored` reads it from any
 :class:`~monitor.history.store.HistoryStore` into a :class:`RestoredState`; the writer
 (:class:`~monitor.history.writer.HistorySink`) runs it on the event loop for a store that answers at
 once (SQLite) or in its thread once a store that may be away answers (PostgreSQL), and the daemon
-hands the state to the plan, the metrics and the site state. The calendar month is
+hands the state to the plan, the metrics, the site state and the maintenance book (the run-time
+windows still open or to come, issue 21). The calendar month is
 :mod:`monitor.months`' (the plan's too), so both count a site's bytes from the same instant.
 """
 
@@ -15,9 +16,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from monitor.history.store import HistoryStore
+from monitor.history.store import HistoryStore, StoredWindow
 from monitor.months import month_start
-from monitor.results import ThroughputResult
+from monitor.results import ThroughputResult, Trace
 from monitor.targets import Target
 
 MISSED_IN_A_ROW_LOOKBACK = 100  # tests read back to count misses in a row (alerts fire at a few)
@@ -33,13 +34,19 @@ class RestoredState:
     missed_in_a_row: Mapping[str, int] = dataclasses.field(default_factory=dict)  # tests below target, newest back
     verdicts: Mapping[str, bool] = dataclasses.field(default_factory=dict)  # the last verdict, as it was given
     last_test_bytes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # a whole test's bytes (budget cap)
+    # run-time maintenance windows open now or later (issue 21): a restart keeps them
+    maintenance: tuple[StoredWindow, ...] = ()
+    # each site's and upstream node's last trace (issue 21): the API shows it again after a restart
+    traces: Mapping[str, Trace] = dataclasses.field(default_factory=dict)
 
 
 def read_restored(store: HistoryStore, targets: Sequence[Target], now: float) -> RestoredState:
     """The restored state of ``targets`` (those with throughput tests) as ``store`` has it at ``now``."""
+    windows = tuple(store.maintenance_windows(now, float("inf")))
+    traces = store.last_traces()
     wanted = {t.name: t for t in targets if t.throughput.enabled}
     if not wanted:
-        return RestoredState()
+        return RestoredState(maintenance=windows, traces=traces)
     measured = store.last_measured_tests()
     tried = store.last_tests()
     used: dict[str, tuple[float, int]] = {}
@@ -59,4 +66,5 @@ def read_restored(store: HistoryStore, targets: Sequence[Target], now: float) ->
         last_tried={n: tried[n].started_at for n in wanted if n in tried},
         used_bytes={n: used[n] for n in used}, missed_in_a_row=missed, verdicts=verdict,
         last_test_bytes={n: sum(d.bytes for d in measured[n].directions) for n in wanted
-                         if n in measured and measured[n].error is None})
+                         if n in measured and measured[n].error is None},
+        maintenance=windows, traces=traces)

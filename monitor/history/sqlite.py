@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from monitor.history import codec
-from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest
-from monitor.results import Gap, Result
+from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest, StoredWindow
+from monitor.results import Gap, Result, Trace
 from monitor.targets import Target
 
 DATABASE_NAME = "history.sqlite3"
@@ -120,6 +120,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 _GAPS_VERSION = 3  # the schema version that added the gap table
+_MAINTENANCE_VERSION = 4  # the schema version that added run-time maintenance windows
+_WINDOW_COLUMNS = "id, target, target_kind, starts_at, ends_at, reason, opened_at, closed_at"
 _ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(codec.ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
                     f"VALUES ({', '.join('?' for _ in codec.ENDPOINT_COLUMNS)})")
 _ENDPOINT_UPSERT = (_ENDPOINT_INSERT + " ON CONFLICT (name) DO UPDATE SET "
@@ -159,6 +161,7 @@ class SqliteStore:
             raise
         # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
         self._has_gaps = self.schema_version() >= _GAPS_VERSION
+        self._has_maintenance = self.schema_version() >= _MAINTENANCE_VERSION
         self._ids: dict[str, int] = {}
         self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
         self._prune_cursor = 0  # endpoint id the next prune slice starts at
@@ -253,13 +256,17 @@ class SqliteStore:
         for endpoint_id in ids:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for table, column, before in (("icmp", "started_at", icmp_before),
-                                              ("throughput", "started_at", throughput_before),
-                                              ("gaps", "ended_at", throughput_before)):  # a gap goes once it ended
+                for table, key, column, before in (("icmp", "started_at", "started_at", icmp_before),
+                                                   ("throughput", "started_at", "started_at", throughput_before),
+                                                   # a gap goes once it ended
+                                                   ("gaps", "started_at", "ended_at", throughput_before),
+                                                   # traces (issue 21) are kept as long as tests
+                                                   *((("traces", "at", "at", throughput_before),)
+                                                     if self._has_maintenance else ())):
                     cursor = db.execute(
-                        f"DELETE FROM {table} WHERE endpoint_id = ? AND started_at IN "  # noqa: S608 (fixed names)
-                        f"(SELECT started_at FROM {table} WHERE endpoint_id = ? AND {column} < ? "
-                        "ORDER BY started_at LIMIT ?)", (endpoint_id, endpoint_id, before, limit - gone))
+                        f"DELETE FROM {table} WHERE endpoint_id = ? AND {key} IN "  # noqa: S608 (fixed names)
+                        f"(SELECT {key} FROM {table} WHERE endpoint_id = ? AND {column} < ? "
+                        f"ORDER BY {key} LIMIT ?)", (endpoint_id, endpoint_id, before, limit - gone))
                     gone += max(0, cursor.rowcount)
                 db.execute("COMMIT")
             except BaseException:
@@ -334,6 +341,58 @@ class SqliteStore:
             "SELECT t.target_met FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
             "WHERE e.name = ? AND t.target_met IS NOT NULL ORDER BY t.started_at DESC LIMIT ?", (endpoint, limit))
         return [bool(met) for (met,) in rows]
+
+    # ------------------------------------------------------------------ maintenance windows (issue 21)
+    def open_maintenance(self, target: str, kind: str, starts_at: float, ends_at: float, reason: str,
+                         opened_at: float) -> StoredWindow:
+        cursor = self._db.execute(
+            f"INSERT INTO maintenance ({_WINDOW_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, NULL)",  # noqa: S608
+            (target, kind, starts_at, ends_at, reason, opened_at))
+        return StoredWindow(int(cursor.lastrowid or 0), target, kind, starts_at, ends_at, reason, opened_at)
+
+    def close_maintenance(self, window_id: int, closed_at: float) -> StoredWindow | None:
+        self._db.execute("UPDATE maintenance SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+                         (closed_at, window_id))
+        row = self._db.execute(f"SELECT {_WINDOW_COLUMNS} FROM maintenance WHERE id = ?",  # noqa: S608
+                               (window_id,)).fetchone()
+        return None if row is None else StoredWindow(*row)
+
+    def maintenance_windows(self, start: float, end: float) -> list[StoredWindow]:
+        if not self._has_maintenance:
+            return []
+        rows = self._db.execute(
+            f"SELECT {_WINDOW_COLUMNS} FROM maintenance WHERE ends_at > ? AND starts_at < ? "  # noqa: S608
+            "AND (closed_at IS NULL OR closed_at > ?) ORDER BY starts_at, id", (start, end, start))
+        return [StoredWindow(*row) for row in rows]
+
+    def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO traces VALUES (?, ?, ?, ?, ?)",
+                           [codec.trace_row(self._endpoint_id(target), trace) for target, trace in traces])
+            db.execute("COMMIT")
+        except BaseException:
+            self._ids.clear()  # ids handed out inside the rolled-back transaction are void
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def traces(self, endpoint: str, start: float, end: float) -> list[Trace]:
+        if not self._has_maintenance:  # the traces table came with the maintenance table (schema 4)
+            return []
+        rows = self._db.execute(
+            f"SELECT {codec.TRACE_COLUMNS} FROM traces r JOIN endpoints e ON e.id = r.endpoint_id "  # noqa: S608
+            "WHERE e.name = ? AND r.at >= ? AND r.at < ? ORDER BY r.at", (endpoint, start, end))
+        return [codec.stored_trace(row) for row in rows]
+
+    def last_traces(self) -> dict[str, Trace]:
+        if not self._has_maintenance:
+            return {}
+        rows = self._db.execute(
+            f"SELECT e.name, {codec.TRACE_COLUMNS} FROM traces r JOIN endpoints e ON e.id = r.endpoint_id "  # noqa: S608
+            "WHERE r.at = (SELECT MAX(at) FROM traces WHERE endpoint_id = r.endpoint_id)")
+        return {str(row[0]): codec.stored_trace(row[1:]) for row in rows}
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -7,7 +7,7 @@ results themselves. This module holds the backend-neutral parts:
   several instances share one history), with :class:`EmptyHistory` for reading before the writer
   has created the store and :class:`HistoryNotCreated` for saying so;
 * the stored values reports and the restore read (:class:`EndpointRecord`, :class:`StoredCycle`,
-  :class:`StoredTest`, :class:`StoredGap`), and :class:`StoreStats`, the writer's counters.
+  :class:`StoredTest`, :class:`StoredGap`, :class:`StoredWindow`), and :class:`StoreStats`, the writer's counters.
 
 What it leaves to others: the writer sink (:mod:`monitor.history.writer`), the rows set aside
 (:mod:`monitor.history.set_aside`), the restore (:mod:`monitor.history.restore`), the one row
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from monitor.errors import ProbeErrorReason
-from monitor.results import DirectionResult, Gap, Result, ThroughputResult
+from monitor.results import DirectionResult, Gap, Result, ThroughputResult, Trace
 from monitor.targets import Target
 
 StoreOperation = Literal["open", "write", "prune", "restore"]
@@ -64,6 +64,9 @@ class StoredCycle:
     sent: int
     rtts_seconds: tuple[float | None, ...]
     error: str | None
+    # what the probe or a classifier said with the error (issue 21: the upstream node an upstream_down cycle
+    # was charged to, read by monitor.upstreams.upstream_of); "" when none
+    error_detail: str = ""
 
     @property
     def attempted(self) -> int:
@@ -113,6 +116,34 @@ class StoredGap:
     interval_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class StoredWindow:
+    """A maintenance window opened at run time (issue 21, ``POST /api/v1/maintenance``), as stored.
+
+    ``target`` is a site's name (``kind`` ``site``) or an upstream node's (``upstream``: every site
+    behind it is in maintenance too). The span is half-open, [starts_at, ends_at); a window closed
+    early ends at ``closed_at`` instead (:attr:`until`).
+    """
+
+    id: int
+    target: str
+    kind: str  # site | upstream
+    starts_at: float
+    ends_at: float
+    reason: str
+    opened_at: float
+    closed_at: float | None = None
+
+    @property
+    def until(self) -> float:
+        """Where the window really ends: at ``ends_at``, or earlier where it was closed."""
+        return self.ends_at if self.closed_at is None else min(self.ends_at, self.closed_at)
+
+    def covers(self, t: float) -> bool:
+        """Whether Unix time ``t`` is inside the window (start inclusive, end exclusive)."""
+        return self.starts_at <= t < self.until
+
+
 class HistoryStore(Protocol):
     """What a history backend does. Every method may raise the backend's errors; callers count them.
 
@@ -131,7 +162,7 @@ class HistoryStore(Protocol):
         """Delete up to ``limit`` rows older than the bounds; return how many went (0: nothing left).
 
         Gaps are kept as long as throughput tests (both are few rows, and reports look far back):
-        a gap goes when it *ended* before ``throughput_before``.
+        a gap goes when it *ended* before ``throughput_before``. So are traces (issue 21).
         """
 
     def endpoints(self) -> list[EndpointRecord]:
@@ -160,6 +191,25 @@ class HistoryStore(Protocol):
 
     def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
         """The verdicts of the endpoint's last ``limit`` tests that gave one, newest first."""
+
+    def open_maintenance(self, target: str, kind: str, starts_at: float, ends_at: float, reason: str,
+                         opened_at: float) -> StoredWindow:
+        """Store a run-time maintenance window (in its own transaction); the window with its new id."""
+
+    def close_maintenance(self, window_id: int, closed_at: float) -> StoredWindow | None:
+        """Close window ``window_id`` at ``closed_at`` (a closed one keeps its first close); None: no such id."""
+
+    def maintenance_windows(self, start: float, end: float) -> list[StoredWindow]:
+        """The run-time windows that overlap [start, end) (closed ones by where they really ended), by start."""
+
+    def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
+        """Store traces (issue 21) of sites or upstream nodes in one transaction; keyed by (endpoint, at)."""
+
+    def traces(self, endpoint: str, start: float, end: float) -> list[Trace]:
+        """The endpoint's traces taken in [start, end), oldest first (their ``target`` is "": not kept)."""
+
+    def last_traces(self) -> dict[str, Trace]:
+        """Per endpoint (site or upstream node), its latest trace."""
 
     def close(self) -> None: ...
 
@@ -209,6 +259,25 @@ class EmptyHistory:
 
     def recent_verdicts(self, endpoint: str, limit: int) -> list[bool]:
         return []
+
+    def open_maintenance(self, target: str, kind: str, starts_at: float, ends_at: float, reason: str,
+                         opened_at: float) -> StoredWindow:
+        raise RuntimeError("EmptyHistory is read-only")
+
+    def close_maintenance(self, window_id: int, closed_at: float) -> StoredWindow | None:
+        raise RuntimeError("EmptyHistory is read-only")
+
+    def maintenance_windows(self, start: float, end: float) -> list[StoredWindow]:
+        return []
+
+    def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
+        raise RuntimeError("EmptyHistory is read-only")
+
+    def traces(self, endpoint: str, start: float, end: float) -> list[Trace]:
+        return []
+
+    def last_traces(self) -> dict[str, Trace]:
+        return {}
 
     def close(self) -> None:
         pass

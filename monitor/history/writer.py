@@ -39,7 +39,7 @@ from monitor.errors import ProbeErrorReason
 from monitor.history import set_aside
 from monitor.history.restore import RestoredState, read_restored
 from monitor.history.store import EndpointRecord, HistoryStore, StoreOperation, StoreStats
-from monitor.results import Cycle, Gap, Result
+from monitor.results import Cycle, Gap, Result, Trace
 from monitor.targets import Target
 from monitor.text import printable
 
@@ -57,6 +57,17 @@ _SET_ASIDE_CAUSES = 50  # distinct causes logged apart; any further ones share o
 
 class _Stop:
     """Queue sentinel: flush and end the writer thread."""
+
+
+MAX_PENDING_TRACES = 1_000  # traces kept for a failing store; older ones are dropped first
+
+
+@dataclass(frozen=True, slots=True)
+class _Traced:
+    """Queue item: a trace taken (issue 21), for the ``traces`` table."""
+
+    target: Target
+    trace: Trace
 
 
 @dataclass(slots=True)
@@ -85,8 +96,9 @@ class HistorySink:
         self._clock = clock
         self._set_aside_file = set_aside.SetAsideFile(set_aside_path, self._say)
         self.stats = StoreStats()
-        self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop | _Restore] = \
-            queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop | _Restore
+                                       | _Traced] = queue.SimpleQueue()
+        self._traces: deque[_Traced] = deque(maxlen=MAX_PENDING_TRACES)  # traces not written yet
         self._restore: _Restore | None = None  # a restore that waits for the store to answer
         self._backlog: deque[Result | Gap] = deque()  # gaps travel with results: in order, batched, retried
         self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
@@ -132,6 +144,10 @@ class HistorySink:
     def cycle_skipped(self, probe: str, group: str) -> None:
         """Nothing ran, so there is nothing to keep (the metrics sink counts skips)."""
 
+    def trace_taken(self, target: Target, trace: Trace) -> None:
+        """Keep a trace (issue 21, :class:`monitor.tracer.Tracer`'s ``record``): written by the writer thread."""
+        self._queue.put(_Traced(target, trace))
+
     def restore_later(self, targets: Sequence[Target], deliver: Callable[[RestoredState | None], object]) -> None:
         """Restore in the writer thread, when the store answers; for a store that may be away (PostgreSQL).
 
@@ -172,7 +188,7 @@ class HistorySink:
         """One round of the writer: take what is queued, write it, prune a slice if one is due; True when stopping."""
         try:
             item = self._queue.get(timeout=RETRY_SECONDS if self._backlog or self._unwritten or self._restore
-                                   else self._until_prune())
+                                   or self._traces else self._until_prune())
         except queue.Empty:
             item = None
         stop = isinstance(item, _Stop)
@@ -190,6 +206,8 @@ class HistorySink:
         if self._restore is not None and not stop and not self._restore_step():
             return False  # the store is away: nothing can be written either; retry in RETRY_SECONDS
         written = self._write() if self._backlog or self._unwritten else True
+        if written and self._traces:
+            written = self._write_traces()
         # a slice after a write too: cycles that arrive steadily (the queue never runs dry) must not starve
         # pruning; a failing store is left alone (the write's retry comes first)
         if written and not stop and self._clock() >= self._next_prune:
@@ -217,9 +235,12 @@ class HistorySink:
     def _until_prune(self) -> float:
         return max(0.05, min(RETRY_SECONDS, self._next_prune - self._clock()))
 
-    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord] | _Restore) -> None:
+    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord] | _Restore | _Traced) -> None:
         if isinstance(item, _Restore):
             self._restore = item
+            return
+        if isinstance(item, _Traced):
+            self._traces.append(item)
             return
         for entry in item:
             if isinstance(entry, EndpointRecord):
@@ -306,6 +327,25 @@ class HistorySink:
         self.stats.last_write_at = self._clock()
         if self._last_logged.pop("write", None) is not None:
             log.warning("history: writing works again")
+
+    def _write_traces(self) -> bool:
+        """Write the traces taken since the last write, in one transaction; False when the store failed."""
+        store = self._connected()
+        if store is None:
+            return False
+        batch = list(self._traces)
+        try:
+            store.write_traces([(t.target, t.trace) for t in batch])
+        except Exception as err:
+            if set_aside.is_row_fault(err):  # a trace no store takes is not worth the history's stop
+                self._traces.clear()
+                self._say("trace", f"history: traces not written: {type(err).__name__}: {printable(str(err)[:300])}")
+                return True
+            self._failed("write", err)
+            return False
+        for _ in batch:
+            self._traces.popleft()
+        return True
 
     def _put_aside(self, item: EndpointRecord | Result | Gap, err: Exception) -> None:
         """Take ``item``, which the store refused alone for a reason in its own row, out of the writer's way.

@@ -59,6 +59,11 @@ _ICMP6_FILTER = 1
 _ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 _ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
 _UNREACHABLE: dict[int, int] = {socket.AF_INET: 3, socket.AF_INET6: 1}  # destination unreachable
+_TIME_EXCEEDED: dict[int, int] = {socket.AF_INET: 11, socket.AF_INET6: 3}  # a hop's answer to a trace's probe
+_ICMP_ERRORS: dict[int, tuple[int, int]] = {f: (_UNREACHABLE[f], _TIME_EXCEEDED[f]) for f in _UNREACHABLE}
+# the ancillary level and type that set one datagram's TTL (hop limit) in sendmsg: a trace's probes only
+_TTL_CMSG: dict[int, tuple[int, int]] = {socket.AF_INET: (socket.IPPROTO_IP, socket.IP_TTL),
+                                         socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_HOPLIMIT", 52))}
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
@@ -120,6 +125,21 @@ class EchoOutcome:
     error_detail: str = ""
     unreachable: int = 0  # echoes answered by an ICMP "destination unreachable" instead of a reply
     unreachable_detail: str = ""  # e.g. "host unreachable from 10.77.1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class HopAnswer:
+    """What answered one TTL-limited echo of :meth:`IcmpEngine.echo_hops` (issue 21, traces).
+
+    ``address`` is the hop that sent Time Exceeded (or Destination Unreachable), or the destination
+    itself when its echo reply came (``reached``); None when nothing answered in time.
+    """
+
+    ttl: int
+    address: str | None
+    rtt_seconds: float | None
+    reached: bool = False
+    unreachable: bool = False  # the hop answered "destination unreachable": the path ends there
 
 
 @dataclass(slots=True)
@@ -203,9 +223,10 @@ class _FamilySocket:
         return size
 
     def _filter_echo_replies(self) -> None:
-        """Ask the kernel to pass this raw socket only echo replies and destination-unreachable
-        messages (not our own requests, nor the host's other ICMP traffic)."""
-        wanted = (_ECHO_REPLY[self.family], _UNREACHABLE[self.family])
+        """Ask the kernel to pass this raw socket only echo replies, destination-unreachable and
+        time-exceeded messages (not our own requests, nor the host's other ICMP traffic); the last
+        answer only a trace's probes (issue 21), so a host without traces sees none of them."""
+        wanted = (_ECHO_REPLY[self.family], *_ICMP_ERRORS[self.family])
         if self.family == socket.AF_INET:
             blocked = 0xFFFFFFFF
             for kind in wanted:
@@ -271,6 +292,8 @@ class IcmpEngine:
         self._pending: dict[tuple[str, int], _InFlight] = {}
         self._next_sequence: dict[str, int] = {}
         self._drops_seen: dict[int, int] = {}
+        # a trace's probes in flight (keys of _pending too) → the hop that answered, once one did
+        self._hops: dict[tuple[str, int], str | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ opening
@@ -375,6 +398,95 @@ class IcmpEngine:
                 outcome.error = ProbeErrorReason.UNREACHABLE
                 outcome.error_detail = outcome.unreachable_detail
         return outcomes
+
+    async def echo_hops(self, address: str, ttls: Sequence[int], timeout_seconds: float,
+                        spacing_seconds: float = 0.002, payload_bytes: int = 56) -> list[HopAnswer]:
+        """Send one echo per entry of ``ttls``, each with that TTL (hop limit), and say what answered each.
+
+        The probes of a trace (issue 21, :mod:`monitor.icmp.trace`): the same sockets, identifier,
+        cookie and sequence space as :meth:`ping`, so a trace runs beside the cycles without a socket
+        of its own; only the TTL differs, set per datagram (``IP_TTL`` ancillary data), never on the
+        socket that the cycles share. A hop answers with Time Exceeded (a raw socket reads it, a
+        datagram socket finds it on its error queue), the destination with its echo reply. The
+        probes go out ``spacing_seconds`` apart and are waited for together, ``timeout_seconds``
+        after the last one left.
+
+        Returns:
+            One answer per entry of ``ttls``, in order.
+        """
+        self._ensure_readers()
+        fs = self._sockets.get(_family_of(address))
+        answers = [EchoOutcome(rtts_seconds=[None]) for _ in ttls]
+        if fs is None or not ttls:
+            return [HopAnswer(ttl, None, None) for ttl in ttls]
+        template, base_sum = fs.template(self.identifier, self.cookie, payload_bytes)
+        level, option = _TTL_CMSG[fs.family]
+        timeout_ns = int(timeout_seconds * 1e9)
+        cycle = _Cycle()
+        keys: list[tuple[str, int] | None] = []
+        try:
+            for n, ttl in enumerate(ttls):
+                if n and spacing_seconds > 0:
+                    await asyncio.sleep(spacing_seconds)
+                sequence = self._next_sequence.get(address, 0)
+                self._next_sequence[address] = (sequence + 1) & 0xFFFF
+                key = (address, sequence)
+                if key in self._pending:
+                    keys.append(None)
+                    continue
+                packet = bytearray(template)  # a copy: the cycles patch the shared template
+                struct.pack_into("!HHH", packet, 2, checksum_for_sequence(base_sum, sequence), self.identifier,
+                                 sequence)
+                ancillary = [(level, option, struct.pack("i", ttl))]
+                failed: OSError | None = None
+                for _attempt in range(2):  # a pending error of an earlier datagram is reported once: retry once
+                    sent_ns = time.time_ns()
+                    try:
+                        fs.sock.sendmsg([packet], ancillary, 0, (address, 0))
+                    except OSError as err:
+                        failed = err
+                        continue
+                    failed = None
+                    break
+                if failed is not None:
+                    answers[n].error = _SEND_ERRORS.get(failed.errno or 0, ProbeErrorReason.SEND_FAILED)
+                    keys.append(None)
+                    continue
+                after_ns = time.time_ns()
+                self._pending[key] = (cycle, answers[n], 0, sent_ns, timeout_ns)
+                self._hops[key] = None
+                if fs.tx_stamps:
+                    fs.tx_sent.append((sent_ns, after_ns, key))
+                keys.append(key)
+                cycle.outstanding += 1
+                answers[n].sent = 1
+            cycle.sending = False
+            if cycle.outstanding:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cycle.done.wait(), timeout_seconds)
+                self._drain(fs)
+        finally:  # also when cancelled: nothing of the trace stays in the engine's maps
+            offenders: list[str | None] = []
+            for sent in keys:
+                offenders.append(None if sent is None else self._hops.pop(sent, None))
+                if sent is not None:
+                    entry = self._pending.get(sent)
+                    if entry is not None and entry[0] is cycle:
+                        del self._pending[sent]
+            if not self._pending:
+                fs.tx_sent.clear()
+        out = []
+        for ttl, outcome, offender in zip(ttls, answers, offenders, strict=True):
+            rtt = outcome.rtts_seconds[0]
+            if outcome.unreachable:
+                out.append(HopAnswer(ttl, offender, rtt, unreachable=True))
+            elif offender is not None:
+                out.append(HopAnswer(ttl, offender, rtt))
+            elif rtt is not None:  # the destination's own echo reply
+                out.append(HopAnswer(ttl, address, rtt, reached=True))
+            else:
+                out.append(HopAnswer(ttl, None, None))
+        return out
 
     async def _send_all(self, jobs: Sequence[EchoJob], outcomes: list[EchoOutcome], cycle: _Cycle,
                         keys: list[tuple[str, int]]) -> float:
@@ -500,6 +612,7 @@ class IcmpEngine:
         stats = self.stats
         cookie = self.cookie
         reply_type = _ECHO_REPLY[fs.family]
+        error_types = _ICMP_ERRORS[fs.family]
         check_identifier = fs.privileged  # datagram sockets get the identifier rewritten by the kernel
         identifier = self.identifier
         strip = fs.strip_ip_header
@@ -532,8 +645,8 @@ class IcmpEngine:
                         self._note_drops(fs, struct.unpack("I", value[:4])[0])
             offset = (data[0] & 0x0F) * 4 if strip and data else 0
             if len(data) < offset + 16 or data[offset] != reply_type:
-                if len(data) > offset + 8 and data[offset] == _UNREACHABLE[fs.family]:
-                    self._raw_unreachable(fs, data, offset, source[0])
+                if len(data) > offset + 8 and data[offset] in error_types:
+                    self._raw_error(fs, data, offset, source[0], received_ns)
                 continue
             ident, sequence = struct.unpack_from("!HH", data, offset + 4)
             address = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
@@ -554,8 +667,8 @@ class IcmpEngine:
             if cycle.outstanding == 0 and not cycle.sending:
                 cycle.done.set()
 
-    def _raw_unreachable(self, fs: _FamilySocket, data: bytes, offset: int, offender: str) -> None:
-        """A raw socket got a destination-unreachable message: find the echo it quotes."""
+    def _raw_error(self, fs: _FamilySocket, data: bytes, offset: int, offender: str, received_ns: int) -> None:
+        """A raw socket got a destination-unreachable or time-exceeded message: find the echo it quotes."""
         quoted = offset + 8  # the original IP header follows the 8-byte ICMP error header
         if fs.family == socket.AF_INET:
             if len(data) < quoted + 20 or data[quoted + 9] != socket.IPPROTO_ICMP:
@@ -570,9 +683,13 @@ class IcmpEngine:
         if len(data) < echo + 16 or data[echo] != _ECHO_REQUEST[fs.family]:
             return
         ident, sequence = struct.unpack_from("!HH", data, echo + 4)
-        if ident == self.identifier:
+        if ident != self.identifier:
+            return
+        if data[offset] == _TIME_EXCEEDED[fs.family]:
+            self._settle_hop(destination, sequence, data[echo + 8:echo + 16], offender, received_ns)
+        else:
             self._settle_unreachable(destination, sequence, data[echo + 8:echo + 16],
-                                     _describe_unreachable(fs.family, data[offset + 1], offender))
+                                     _describe_unreachable(fs.family, data[offset + 1], offender), offender)
 
     def _drain_error_queue(self, fs: _FamilySocket) -> None:
         """Read a socket's error queue: kernel send stamps and, on a datagram socket, ICMP errors
@@ -640,6 +757,7 @@ class IcmpEngine:
         stamp_ns = 0
         send_stamp = False  # an ICMP error carries a stamp too: its receive time
         icmp_errors = 0
+        hop: tuple[str, int, bytes, str] | None = None  # a time-exceeded answer to a trace's probe
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET:
                 if kind == _SO_TIMESTAMPING:  # three timespecs; software is the first
@@ -653,6 +771,11 @@ class IcmpEngine:
             if origin == _SO_EE_ORIGIN_TIMESTAMPING:
                 send_stamp = True
                 continue
+            if (origin, kind) in ((2, 11), (3, 3)) and len(data) >= 16 and data[0] == _ECHO_REQUEST[fs.family]:
+                destination = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
+                hop = (destination, struct.unpack_from("!H", data, 6)[0], data[8:16],
+                       _sockaddr_address(value[16:], fs.family) or "?")
+                continue
             if (origin, kind) not in ((2, 3), (3, 1)) or len(data) < 16 or data[0] != _ECHO_REQUEST[fs.family]:
                 continue
             icmp_errors += 1
@@ -660,7 +783,10 @@ class IcmpEngine:
             sequence = struct.unpack_from("!H", data, 6)[0]
             destination = source[0].split("%", 1)[0] if fs.family == socket.AF_INET6 else source[0]
             self._settle_unreachable(destination, sequence, data[8:16],
-                                     _describe_unreachable(fs.family, code, offender))
+                                     _describe_unreachable(fs.family, code, offender), offender)
+        if hop is not None:
+            self._settle_hop(*hop, stamp_ns)
+            return 1
         if send_stamp and stamp_ns:
             self._apply_send_stamp(fs, stamp_ns)
         return icmp_errors
@@ -678,15 +804,39 @@ class IcmpEngine:
             self._pending[key] = (entry[0], entry[1], entry[2], stamp_ns, entry[4])
             self.stats.kernel_send_stamps += 1
 
-    def _settle_unreachable(self, destination: str, sequence: int, cookie: bytes, detail: str) -> None:
+    def _settle_unreachable(self, destination: str, sequence: int, cookie: bytes, detail: str,
+                            offender: str | None = None) -> None:
         entry = self._pending.get((destination, sequence))
         if entry is None or cookie != self.cookie:
             return
         del self._pending[(destination, sequence)]
+        if (destination, sequence) in self._hops:
+            self._hops[(destination, sequence)] = offender
         cycle, outcome, _echo_index, _sent_ns, _timeout_ns = entry
         outcome.unreachable += 1
         outcome.unreachable_detail = detail
         self.stats.destination_unreachable += 1
+        cycle.outstanding -= 1
+        if cycle.outstanding == 0 and not cycle.sending:
+            cycle.done.set()
+
+    def _settle_hop(self, destination: str, sequence: int, cookie: bytes, offender: str, received_ns: int) -> None:
+        """A hop's time-exceeded message quotes a trace's probe: note the hop and its RTT.
+
+        Only a trace's probes are settled this way; an ordinary echo that meets a routing loop
+        stays unanswered, as before traces existed.
+        """
+        key = (destination, sequence)
+        if key not in self._hops or cookie != self.cookie:
+            return
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return
+        cycle, outcome, echo_index, sent_ns, timeout_ns = entry
+        rtt_ns = (received_ns or time.time_ns()) - sent_ns
+        if 0 <= rtt_ns <= timeout_ns:
+            outcome.rtts_seconds[echo_index] = rtt_ns / 1e9
+        self._hops[key] = offender
         cycle.outstanding -= 1
         if cycle.outstanding == 0 and not cycle.sending:
             cycle.done.set()

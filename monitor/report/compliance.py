@@ -10,7 +10,18 @@ once, in words a reader can check:
   period (a column only when some site has any, so older reports read as before). Cycles the centre
   probed while it was cut off itself (error ``monitor_cut_off``, issue 21) are neither up nor run
   either: the site's silence was not its own; **hours monitor cut off** is their time (the same rule
-  in :mod:`monitor.report.gaps`; a column only when some site has any);
+  in :mod:`monitor.report.gaps`; a column only when some site has any). Cycles in maintenance (error
+  ``maintenance``, or started in a window the config declares, given with ``--config``) are left out
+  the same way, as the KPIs leave them out;
+* **downtime by cause** (issue 21): each silent cycle's time, charged to the first cause that holds
+  (:class:`monitor.report.gaps.CycleLedger`): maintenance, power, monitor cut off, an upstream node
+  (by name: the cycle's error is ``upstream_down``), else the site. Site and upstream time count
+  against availability, the other three do not. The columns are there only when some site has time
+  of a cause other than its own, so older reports read as before;
+* **upstream nodes**: the nodes the history keeps (group ``monitor.upstreams``) are not sites: they
+  are in no site row, summary or KPI, but in a section of their own, shown only when the history has
+  some: each node's own availability and downtime (from its own cycles, by the same rule) and the
+  site-hours behind it (the sites' time charged to it);
 * **loss** = echoes without a reply / echoes attempted, over every cycle of the period;
 * **RTT median and p95** over every answered echo (p95 by nearest rank: a value that was measured);
 * **tests** = throughput tests that gave a verdict (every direction checked against a target was
@@ -48,8 +59,9 @@ from zoneinfo import ZoneInfo
 
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
-from monitor.report.gaps import MONITOR_CUT_OFF, GapAccount, cut_off_seconds
+from monitor.report.gaps import CycleLedger, Downtime, GapAccount
 from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
+from monitor.upstreams import UPSTREAM_GROUP
 
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
 ReportFormat = Literal["table", "csv", "markdown", "html", "json"]
@@ -113,10 +125,19 @@ class SiteRow:
     cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap of an agent site, no row (down)
     power_off_seconds: float = 0.0  # time in power gaps: left out of availability
     monitor_cut_off_seconds: float = 0.0  # time the centre was cut off itself (issue 21): left out likewise
+    site_down_seconds: float = 0.0  # the site's own silent time: counts against it (issue 21)
+    upstream_down_seconds: tuple[tuple[str, float], ...] = ()  # silent time charged to upstream nodes, by name
+    maintenance_seconds: float = 0.0  # silent time in maintenance: left out of availability
 
     @property
     def availability(self) -> float | None:
         return self.cycles_up / self.cycles if self.cycles else None
+
+    @property
+    def downtime(self) -> Downtime:
+        """The site's silent time by cause (see :mod:`monitor.report.gaps`)."""
+        return Downtime(self.site_down_seconds, self.upstream_down_seconds, self.monitor_cut_off_seconds,
+                        self.power_off_seconds, self.maintenance_seconds)
 
     @property
     def hours_without_power(self) -> float:
@@ -158,6 +179,7 @@ class GroupSummary:
     availability: float | None  # cycles up / cycles run, over all of the group's cycles
     targets_bits_per_second: tuple[float, ...]  # the distinct targets, for the wording
     download_median_bits_per_second: float | None  # median of the sites' medians
+    downtime: Downtime = Downtime()  # the sites' silent time by cause, summed (issue 21)
 
     def sentence(self) -> str:
         """E.g. "241 of 398 schools met 4 Mbit/s in every test; 12 never did; 20 were not tested"."""
@@ -210,6 +232,23 @@ class Rollout:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamRow:
+    """An upstream node (issue 21) over the period: its own cycles, and the sites' time charged to it."""
+
+    name: str
+    kind: str  # router, pop, teleport, ...; "" for a node the sites name but the history has no record of
+    cycles: int  # its own cycles run, by the sites' rule (maintenance and a cut-off centre left out)
+    cycles_up: int
+    down_seconds: float  # its own silent time that counts against it (down, or a node above it down)
+    sites: int  # sites of the report with time charged to it
+    site_seconds: float  # the site-hours behind it: the sum of those sites' time charged to it
+
+    @property
+    def availability(self) -> float | None:
+        return self.cycles_up / self.cycles if self.cycles else None
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     period: Period
     kind: str | None
@@ -220,6 +259,7 @@ class Report:
     generated_at: float = field(default=0.0)
     kpis: KpiReport | None = None  # the ministry's KPIs (issue 11), see monitor.report.kpis
     rollout: Rollout | None = None  # only when some site is planned, retired or has a planned date
+    upstreams: tuple[UpstreamRow, ...] = ()  # only when the history has upstream nodes (issue 21)
 
     @property
     def power_gaps(self) -> bool:
@@ -230,6 +270,21 @@ class Report:
     def monitor_cut_off(self) -> bool:
         """True when the monitor was cut off from some site in the period: then, and only then, the column is shown."""
         return any(r.monitor_cut_off_seconds > 0 for r in self.sites)
+
+    @property
+    def upstream_down(self) -> bool:
+        """True when some site had time charged to an upstream node: then, and only then, its columns are shown."""
+        return any(r.upstream_down_seconds for r in self.sites)
+
+    @property
+    def maintenance(self) -> bool:
+        """True when some site was silent in maintenance: then, and only then, the column is shown."""
+        return any(r.maintenance_seconds > 0 for r in self.sites)
+
+    @property
+    def by_cause(self) -> bool:
+        """True when some site had silent time that was not its own: then the site's own hours are shown too."""
+        return any(r.downtime.beyond_the_site for r in self.sites)
 
 
 def plural(kind: str, count: int) -> str:
@@ -248,29 +303,22 @@ def nearest_rank(sorted_values: Sequence[float], share: float) -> float:
     return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
 
 
-def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> SiteRow:
-    cycles = cycles_up = echoes = replies = 0
+def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period,
+             maintenance: MaintenanceWindows | None = None) -> SiteRow:
+    """One site's figures; ``maintenance``: its declared windows (left out of availability, as in the KPIs)."""
+    echoes = replies = 0
     rtts: list[float] = []
-    gaps = GapAccount.of(store, endpoint.name, period.start, period.end)
-    counted: list[float] = []
-    starts: list[float] = []
-    cut_off: list[int] = []
+    ledger = CycleLedger(GapAccount.of(store, endpoint.name, period.start, period.end), maintenance)
     for cycle in store.icmp_cycles(endpoint.name, period.start, period.end):
-        starts.append(cycle.started_at)
-        if gaps.without_power(cycle.started_at):
-            continue  # no power, no link to measure: neither up nor run
-        if cycle.error == MONITOR_CUT_OFF:
-            cut_off.append(len(starts) - 1)
-            continue  # the centre could not reach anyone: neither up nor run (issue 21)
-        counted.append(cycle.started_at)
-        cycles += 1
+        if ledger.add(cycle) not in ("up", "site", "upstream"):
+            continue  # maintenance, no power, a cut-off centre: neither up nor run, nor in the loss
         got = [r for r in cycle.rtts_seconds if r is not None]
-        cycles_up += 1 if got else 0
         echoes += cycle.attempted
         replies += len(got)
         rtts.extend(got)
-    missing = gaps.missing_cycles(counted)
-    cycles += missing
+    missing = ledger.missing_cycles()
+    cycles = ledger.cycles + missing
+    down = ledger.downtime()
     rtts.sort()
     tests = met = failed = 0
     downloads: list[float] = []
@@ -286,11 +334,39 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period) -> S
         tests += 1
         met += 1 if test.target_met else 0
     return SiteRow(endpoint.name, endpoint.kind, endpoint.district, endpoint.link, endpoint.target_bits_per_second,
-                   cycles, cycles_up, echoes, replies,
+                   cycles, ledger.cycles_up, echoes, replies,
                    statistics.median(rtts) if rtts else None, nearest_rank(rtts, 0.95) if rtts else None,
                    tests, met, failed, statistics.median(downloads) if downloads else None,
-                   min(downloads) if downloads else None, missing, gaps.power_seconds,
-                   cut_off_seconds(starts, cut_off, period.end))
+                   min(downloads) if downloads else None, missing, down.power_seconds,
+                   down.monitor_cut_off_seconds, down.site_seconds, down.upstream_seconds, down.maintenance_seconds)
+
+
+def upstream_rows(store: HistoryStore, nodes: Mapping[str, EndpointRecord], rows: Sequence[SiteRow],
+                  period: Period) -> tuple[UpstreamRow, ...]:
+    """The upstream section: every node of the history with cycles in the period or sites' time charged to it.
+
+    Most site-hours behind first, then most own downtime, then by name.
+    """
+    behind: dict[str, list[float]] = {}
+    for row in rows:
+        for name, seconds in row.upstream_down_seconds:
+            behind.setdefault(name, []).append(seconds)
+    out: list[UpstreamRow] = []
+    for name in sorted(set(nodes) | set(behind)):
+        node = nodes.get(name)
+        ledger = CycleLedger(GapAccount(period.start, period.end))
+        if node is not None:
+            for cycle in store.icmp_cycles(name, period.start, period.end):
+                ledger.add(cycle)
+        if not ledger.cycles and not ledger.cycles_in_maintenance and not ledger.cycles_monitor_cut_off \
+                and name not in behind:
+            continue  # a node of the history with nothing in the period: not part of this report
+        own = ledger.downtime()
+        out.append(UpstreamRow(name, node.kind if node is not None else "", ledger.cycles, ledger.cycles_up,
+                               own.site_seconds + own.upstream_total_seconds, len(behind.get(name, ())),
+                               sum(behind.get(name, ()))))
+    out.sort(key=lambda u: (-u.site_seconds, -u.down_seconds, u.name))
+    return tuple(out)
 
 
 def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> GroupSummary:
@@ -303,7 +379,7 @@ def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> Group
                         counts["untested"], counts["no_data"],
                         sum(r.cycles_up for r in rows) / cycles if cycles else None,
                         tuple(sorted({r.target_bits_per_second for r in rows})),
-                        statistics.median(medians) if medians else None)
+                        statistics.median(medians) if medians else None, Downtime.total(r.downtime for r in rows))
 
 
 def build_report(store: HistoryStore, period: Period, *, kind: str | None = None, district: str | None = None,
@@ -315,18 +391,23 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     Sites are listed worst first (never, partly, untested, no data, met), then by kind, district
     and name, so the first page is the one to act on. Sites of the history with no result in the
     period are left out unless ``configured`` names them (they were removed from the config).
+    Upstream nodes (group ``monitor.upstreams``) are not sites: they go to :attr:`Report.upstreams`.
     """
     known = {e.name: e for e in store.endpoints()}
     for endpoint in configured:  # the config's labels are the current ones; sites without data still appear
         known[endpoint.name] = endpoint
+    nodes = {name: e for name, e in known.items() if e.group == UPSTREAM_GROUP}
+    known = {name: e for name, e in known.items() if e.group != UPSTREAM_GROUP}
+    configured = [e for e in configured if e.group != UPSTREAM_GROUP]
+    windows = maintenance or {}
     selected = [e for e in known.values()
                 if (kind is None or e.kind == kind) and (district is None or e.district == district)]
     chosen = [e for e in selected if e.status != "planned"]  # nothing is measured at a planned site
     wanted = {e.name for e in configured if e.status == "connected"}  # retired ones only with results
-    rows = [row for row in (site_row(store, e, period) for e in chosen)
+    rows = [row for row in (site_row(store, e, period, windows.get(e.name)) for e in chosen)
             # a site long gone from the config, with nothing in the period, is not part of this report
             if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
-            or row.power_off_seconds or row.monitor_cut_off_seconds or row.name in wanted]
+            or row.downtime.beyond_the_site or row.name in wanted]
     rows.sort(key=lambda r: (_VERDICT_ORDER[r.verdict], r.kind, r.district, r.name))
     kinds = sorted({r.kind for r in rows})
     by_kind = tuple(summarise([r for r in rows if r.kind == k], k, None) for k in kinds)
@@ -338,7 +419,8 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
         counted = [e for e in selected if e.name in names]
     return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
                   period_kpis(store, [known[r.name] for r in rows], period, maintenance, thresholds),
-                  rollout(store, counted, period) if has_rollout(known.values()) else None)
+                  rollout(store, counted, period) if has_rollout(known.values()) else None,
+                  upstream_rows(store, nodes, rows, period))
 
 
 def has_rollout(endpoints: Iterable[EndpointRecord]) -> bool:

@@ -16,7 +16,12 @@ API's summary compute the same figures. Each figure is defined here, once:
   fall in maintenance). Cycles probed while the centre was cut off itself (error
   ``monitor_cut_off``, issue 21) are left out of both too, with their time stated as the report's
   (:func:`monitor.report.gaps.cut_off_seconds`; maintenance first: a cut-off cycle in a window is
-  counted as in maintenance);
+  counted as in maintenance). Cycles whose error is ``maintenance`` (a window opened through the API,
+  issue 21) are in maintenance too, with or without a config. This is the one rule of
+  :class:`monitor.report.gaps.CycleLedger`: **the site's own downtime and its upstream nodes' count
+  against it; maintenance, power cuts and a cut-off monitor are left out**, and their hours stated
+  (``site_down_seconds``, ``upstream_down_seconds`` by node, ``maintenance_seconds``, beside the
+  power and cut-off seconds);
 * **live / at risk / dropped**: the age of a site's last success (an ICMP cycle with a reply, or
   a throughput test that measured a rate) at the period's end. ``age < at_risk_days`` is live,
   ``at_risk_days ≤ age < dropped_days`` at risk, ``age ≥ dropped_days`` (or no success within
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 from monitor.config import Config
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
-from monitor.report.gaps import MONITOR_CUT_OFF, GapAccount, cut_off_seconds
+from monitor.report.gaps import CycleLedger, Downtime, GapAccount
 
 DAY_SECONDS = 86400.0
 CONTRACT_SHARE = 0.8  # sites receiving at least 80% of the contracted speed
@@ -108,6 +113,14 @@ class SiteKpi:
     power_off_seconds: float = 0.0  # time in power gaps (agent sites): left out of availability
     cycles_missing: int = 0  # of ``cycles``: due in a link/unknown gap, no row (down)
     monitor_cut_off_seconds: float = 0.0  # time the centre was cut off itself (issue 21): left out of availability
+    site_down_seconds: float = 0.0  # the site's own silent time (issue 21): counts against it
+    upstream_down_seconds: tuple[tuple[str, float], ...] = ()  # silent time charged to upstream nodes: counts too
+    maintenance_seconds: float = 0.0  # silent time in maintenance: left out
+
+    @property
+    def downtime(self) -> Downtime:
+        return Downtime(self.site_down_seconds, self.upstream_down_seconds, self.monitor_cut_off_seconds,
+                        self.power_off_seconds, self.maintenance_seconds)
 
     @property
     def median_met_target(self) -> bool | None:
@@ -124,33 +137,16 @@ class SiteKpi:
 def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintenance: MaintenanceWindows | None,
              thresholds: Thresholds) -> SiteKpi:
     """The site's KPI inputs over ``span``; its last success is looked for up to ``dropped_days`` back."""
-    cycles = up = excluded = 0
     last: float | None = None
     look_from = min(span.start, span.end - thresholds.dropped_days * DAY_SECONDS)
-    gaps = GapAccount.of(store, endpoint.name, span.start, span.end)
-    counted: list[float] = []
-    starts: list[float] = []
-    cut_off: list[int] = []
+    ledger = CycleLedger(GapAccount.of(store, endpoint.name, span.start, span.end), maintenance)
     for cycle in store.icmp_cycles(endpoint.name, look_from, span.end):
-        answered = cycle.received > 0
-        if answered:
+        if cycle.received > 0:
             last = cycle.started_at
-        if cycle.started_at < span.start:
-            continue
-        starts.append(cycle.started_at)
-        if maintenance is not None and maintenance.covers(cycle.started_at):
-            excluded += 1
-            continue
-        if gaps.without_power(cycle.started_at):
-            continue  # neither up nor run, as in the report
-        if cycle.error == MONITOR_CUT_OFF:
-            cut_off.append(len(starts) - 1)
-            continue  # neither up nor run, as in the report (issue 21)
-        counted.append(cycle.started_at)
-        cycles += 1
-        up += 1 if answered else 0
-    missing = gaps.missing_cycles(counted, None if maintenance is None else maintenance.covers)
-    cycles += missing
+        if cycle.started_at >= span.start:
+            ledger.add(cycle)  # the one rule, as in the report
+    missing = ledger.missing_cycles()
+    down = ledger.downtime()
     downloads: list[float] = []
     for test in store.throughput_tests(endpoint.name, look_from, span.end):
         measured = [d.bits_per_second for d in test.directions if d.bits_per_second is not None]
@@ -162,8 +158,9 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
     age = None if last is None else span.end - last
     return SiteKpi(endpoint.name, endpoint.kind, endpoint.district, endpoint.target_bits_per_second,
                    contracted_bits_per_second(endpoint), statistics.median(downloads) if downloads else None,
-                   cycles, up, excluded, last, status_of(age, thresholds), gaps.power_seconds, missing,
-                   cut_off_seconds(starts, cut_off, span.end))
+                   ledger.cycles + missing, ledger.cycles_up, ledger.cycles_in_maintenance, last,
+                   status_of(age, thresholds), down.power_seconds, missing, down.monitor_cut_off_seconds,
+                   down.site_seconds, down.upstream_seconds, down.maintenance_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +179,7 @@ class KpiFigures:
     dropped: int
     power_off_seconds: float = 0.0  # the sites' time in power gaps, left out of availability
     monitor_cut_off_seconds: float = 0.0  # the sites' time the centre was cut off itself, left out likewise
+    downtime: Downtime = Downtime()  # the sites' silent time by cause, summed (issue 21)
 
     @property
     def median_met_target_share(self) -> float | None:
@@ -213,7 +211,7 @@ def figures(sites: Sequence[SiteKpi]) -> KpiFigures:
         sum(s.cycles_up for s in sites), sum(s.cycles_in_maintenance for s in sites),
         sum(1 for s in sites if s.status == "live"), sum(1 for s in sites if s.status == "at_risk"),
         sum(1 for s in sites if s.status == "dropped"), sum(s.power_off_seconds for s in sites),
-        sum(s.monitor_cut_off_seconds for s in sites))
+        sum(s.monitor_cut_off_seconds for s in sites), Downtime.total(s.downtime for s in sites))
 
 
 def change_points(current: float | None, previous: float | None) -> float | None:
@@ -265,6 +263,21 @@ class KpiReport:
     def monitor_cut_off(self) -> bool:
         """True when the monitor was cut off from some site in the span: then, and only then, documents show it."""
         return any(s.monitor_cut_off_seconds > 0 for s in self.sites)
+
+    @property
+    def upstream_down(self) -> bool:
+        """True when some site had time charged to an upstream node in the span (issue 21)."""
+        return any(s.upstream_down_seconds for s in self.sites)
+
+    @property
+    def maintenance(self) -> bool:
+        """True when some site was silent in maintenance in the span (issue 21)."""
+        return any(s.maintenance_seconds > 0 for s in self.sites)
+
+    @property
+    def by_cause(self) -> bool:
+        """True when some site had silent time that was not its own: then documents show the hours by cause."""
+        return any(s.downtime.beyond_the_site for s in self.sites)
 
 
 def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple[KpiGroup, ...]:

@@ -30,9 +30,11 @@ from monitor.report.compliance import (
     Rollout,
     RolloutCounts,
     SiteRow,
+    UpstreamRow,
     format_mbps,
     plural,
 )
+from monitor.report.gaps import Downtime
 from monitor.report.kpis import KpiFigures, KpiReport
 
 HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
@@ -47,6 +49,12 @@ POWER_CSV_HEADERS = ("hours_without_power", "cycles_missing")  # after availabil
 # after availability (and the power columns), only when the monitor was cut off from some site (issue 21)
 CUT_OFF_HEADER = "hours monitor cut off"
 CUT_OFF_CSV_HEADERS = ("hours_monitor_cut_off",)
+# downtime by cause (issue 21), after those: the site's own hours when some site had time of another cause,
+# the upstream hours (total, then per node) when some site had any, the hours in maintenance likewise
+SITE_DOWN_HEADER, SITE_DOWN_CSV_HEADER = "hours site down", "hours_site_down"
+UPSTREAM_HEADERS = ("hours upstream down", "upstream nodes (hours)")
+UPSTREAM_CSV_HEADERS = ("hours_upstream_down", "upstream_down_hours_by_node")
+MAINTENANCE_HEADER, MAINTENANCE_CSV_HEADER = "hours in maintenance", "hours_maintenance"
 _AVAILABILITY_COLUMN = HEADERS.index("availability %") + 1
 _AVAILABILITY_CSV_COLUMN = CSV_HEADERS.index("availability_percent") + 1
 
@@ -55,25 +63,57 @@ def _fixed(value: float | None, digits: int, scale: float = 1.0) -> str:
     return "" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _hours(seconds: float, digits: int) -> str:
+    return f"{seconds / 3600.0:.{digits}f}"
+
+
+def _by_node(d: Downtime, digits: int, between: str = " ", separator: str = ", ") -> str:
+    """The hours charged to each upstream node: "agg 1.50, isp 0.50" (CSV: "agg=1.5000;isp=0.5000")."""
+    return separator.join(f"{name}{between}{_hours(seconds, digits)}" for name, seconds in d.upstream_seconds)
+
+
+def _cause_headers(report: Report) -> tuple[str, ...]:
+    """The downtime-by-cause headers of the site and district tables, each only when some site has any."""
+    return (((SITE_DOWN_HEADER,) if report.by_cause else ()) + (UPSTREAM_HEADERS if report.upstream_down else ())
+            + ((MAINTENANCE_HEADER,) if report.maintenance else ()))
+
+
+def _cause_cells(report: Report, d: Downtime, digits: int, csv_form: bool = False) -> list[str]:
+    cells = [_hours(d.site_seconds, digits)] if report.by_cause else []
+    if report.upstream_down:
+        cells += [_hours(d.upstream_total_seconds, digits),
+                  _by_node(d, digits, "=", ";") if csv_form else _by_node(d, digits)]
+    if report.maintenance:
+        cells.append(_hours(d.maintenance_seconds, digits))
+    return cells
+
+
 def _headers(report: Report) -> tuple[str, ...]:
-    extra = ((POWER_HEADER,) if report.power_gaps else ()) + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ())
+    extra = (((POWER_HEADER,) if report.power_gaps else ()) + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ())
+             + _cause_headers(report))
     return HEADERS[:_AVAILABILITY_COLUMN] + extra + HEADERS[_AVAILABILITY_COLUMN:]
 
 
-def _row(r: SiteRow, power: bool = False, cut_off: bool = False) -> list[str]:
+def _row(r: SiteRow, report: Report) -> list[str]:
     cells = [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
              _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
              _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
              _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
              _fixed(r.met_share, 0, 100), r.verdict]
-    extra = ([_fixed(r.hours_without_power, 2)] if power else []) + (
-        [_fixed(r.hours_monitor_cut_off, 2)] if cut_off else [])
+    extra = ([_fixed(r.hours_without_power, 2)] if report.power_gaps else []) + (
+        [_fixed(r.hours_monitor_cut_off, 2)] if report.monitor_cut_off else []) + _cause_cells(report, r.downtime, 2)
     cells[_AVAILABILITY_COLUMN:_AVAILABILITY_COLUMN] = extra
     return cells
 
 
+def _align(headers: tuple[str, ...], text: int) -> tuple[str, ...]:
+    """Names (the first ``text`` columns, the per-node hours, the verdict) left, figures right."""
+    return tuple("left" if i < text or h in (UPSTREAM_HEADERS[1], "verdict") else "right"
+                 for i, h in enumerate(headers))
+
+
 def _site_align(report: Report) -> tuple[str, ...]:
-    return ("left",) * 4 + ("right",) * (len(_headers(report)) - 5) + ("left",)  # names left, figures right
+    return _align(_headers(report), 4)
 
 
 def _title(report: Report) -> str:
@@ -82,14 +122,30 @@ def _title(report: Report) -> str:
 
 
 def _district_rows(report: Report) -> list[list[str]]:
-    return [[s.kind, s.district or "", str(s.sites), str(s.met), str(s.partly), str(s.never),
-             str(s.untested + s.no_data), _fixed(s.availability, 2, 100),
-             _fixed(s.download_median_bits_per_second, 2, 1e-6)] for s in report.by_district]
+    out = []
+    for s in report.by_district:
+        d = s.downtime
+        out.append([s.kind, s.district or "", str(s.sites), str(s.met), str(s.partly), str(s.never),
+                    str(s.untested + s.no_data), _fixed(s.availability, 2, 100),
+                    _fixed(s.download_median_bits_per_second, 2, 1e-6),
+                    *([_hours(d.power_seconds, 2)] if report.power_gaps else []),
+                    *([_hours(d.monitor_cut_off_seconds, 2)] if report.monitor_cut_off else []),
+                    *_cause_cells(report, d, 2)])
+    return out
 
 
 _DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some tests", "never", "not tested",
                      "availability %", "median download Mbit/s")
-_DISTRICT_ALIGN = ("left",) * 2 + ("right",) * (len(_DISTRICT_HEADERS) - 2)
+
+
+def district_headers(report: Report) -> tuple[str, ...]:
+    """The district table's headers: the downtime columns (issue 21) last, each only when some site has any."""
+    return (_DISTRICT_HEADERS + ((POWER_HEADER,) if report.power_gaps else ())
+            + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ()) + _cause_headers(report))
+
+
+def _district_align(report: Report) -> tuple[str, ...]:
+    return _align(district_headers(report), 2)
 
 
 def summaries(report: Report) -> list[tuple[GroupSummary, list[GroupSummary]]]:
@@ -101,13 +157,16 @@ def render_table(report: Report) -> str:
     lines = [_title(report), ""]
     for kind, districts in summaries(report):  # each kind, then its districts indented under it
         lines += [kind.sentence(), *(f"  {d.sentence()}" for d in districts)]
-    lines += ["", tabulate(_district_rows(report), _DISTRICT_HEADERS, tablefmt="simple", disable_numparse=True,
-                        colalign=_DISTRICT_ALIGN), ""]
-    power, cut_off = report.power_gaps, report.monitor_cut_off
-    lines.append(tabulate([_row(r, power, cut_off) for r in report.sites], _headers(report), tablefmt="simple",
+    lines += ["", tabulate(_district_rows(report), district_headers(report), tablefmt="simple",
+                           disable_numparse=True, colalign=_district_align(report)), ""]
+    lines.append(tabulate([_row(r, report) for r in report.sites], _headers(report), tablefmt="simple",
                           disable_numparse=True, colalign=_site_align(report)))
     if report.kpis is not None:
         lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
+    if report.upstreams:
+        lines += ["", UPSTREAM_SENTENCE, "", tabulate(_upstream_rows(report.upstreams), UPSTREAM_SECTION_HEADERS,
+                                                       tablefmt="simple", disable_numparse=True,
+                                                       colalign=_UPSTREAM_ALIGN)]
     if report.rollout is not None:
         lines += ["", rollout_sentence(report.rollout), "",
                   tabulate(_rollout_rows(report.rollout), ROLLOUT_HEADERS, tablefmt="simple", disable_numparse=True,
@@ -123,8 +182,11 @@ def render_csv(report: Report) -> str:
     writer = csv.writer(out, lineterminator="\n")
     power, cut_off = report.power_gaps, report.monitor_cut_off
     cut = _AVAILABILITY_CSV_COLUMN
+    causes = (((SITE_DOWN_CSV_HEADER,) if report.by_cause else ())
+              + (UPSTREAM_CSV_HEADERS if report.upstream_down else ())
+              + ((MAINTENANCE_CSV_HEADER,) if report.maintenance else ()))
     writer.writerow(CSV_HEADERS[:cut] + (POWER_CSV_HEADERS if power else ()) + (CUT_OFF_CSV_HEADERS if cut_off else ())
-                    + CSV_HEADERS[cut:])
+                    + causes + CSV_HEADERS[cut:])
     for r in report.sites:
         cells: list[object] = [
             r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
@@ -133,7 +195,7 @@ def render_csv(report: Report) -> str:
             r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
             _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict]
         cells[cut:cut] = ([_fixed(r.hours_without_power, 4), r.cycles_missing] if power else []) + (
-            [_fixed(r.hours_monitor_cut_off, 4)] if cut_off else [])
+            [_fixed(r.hours_monitor_cut_off, 4)] if cut_off else []) + _cause_cells(report, r.downtime, 4, True)
         writer.writerow(cells)
     if report.kpis is not None:  # a second table after a blank line: the KPIs, with their raw counts
         writer.writerow([])
@@ -148,6 +210,11 @@ def render_csv(report: Report) -> str:
         writer.writerow([])
         writer.writerow(CONNECTED_CSV_HEADERS)
         writer.writerows(_connected_rows(report.rollout))
+    if report.upstreams:  # last, so that the tables before it keep their places
+        writer.writerow([])
+        writer.writerow(UPSTREAM_CSV_SECTION_HEADERS)
+        writer.writerows([[u.name, u.kind, u.cycles, u.cycles_up, _fixed(u.availability, 4, 100),
+                           _hours(u.down_seconds, 4), u.sites, _hours(u.site_seconds, 4)] for u in report.upstreams])
     return out.getvalue()
 
 
@@ -160,16 +227,20 @@ def render_markdown(report: Report) -> str:
     for kind, districts in summaries(report):
         lines += [f"- {_md_escape(kind.sentence())}", *(f"  - {_md_escape(d.sentence())}" for d in districts)]
     lines += ["", "## By district", "",
-              tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _DISTRICT_HEADERS,
-                       tablefmt="github", disable_numparse=True, colalign=_DISTRICT_ALIGN),
+              tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], district_headers(report),
+                       tablefmt="github", disable_numparse=True, colalign=_district_align(report)),
               "", "## Sites", "",
-              tabulate([[_md_escape(c) for c in _row(r, report.power_gaps, report.monitor_cut_off)]
-                        for r in report.sites], _headers(report),
+              tabulate([[_md_escape(c) for c in _row(r, report)] for r in report.sites], _headers(report),
                        tablefmt="github", disable_numparse=True, colalign=_site_align(report)), ""]
     if report.kpis is not None:
         lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
                   tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], KPI_HEADERS,
                            tablefmt="github", disable_numparse=True, colalign=_KPI_ALIGN), ""]
+    if report.upstreams:
+        lines += ["## Upstream nodes", "", UPSTREAM_SENTENCE, "",
+                  tabulate([[_md_escape(c) for c in row] for row in _upstream_rows(report.upstreams)],
+                           UPSTREAM_SECTION_HEADERS, tablefmt="github", disable_numparse=True,
+                           colalign=_UPSTREAM_ALIGN), ""]
     if report.rollout is not None:
         lines += ["## Roll-out", "", _md_escape(rollout_sentence(report.rollout)), "",
                   tabulate([[_md_escape(c) for c in row] for row in _rollout_rows(report.rollout)], ROLLOUT_HEADERS,
@@ -220,8 +291,8 @@ def render_html(report: Report) -> str:
     generated = dt.datetime.fromtimestamp(report.generated_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return template.render(
         title=_title(report), report=report, headers=_headers(report),
-        rows=[(_row(r, report.power_gaps, report.monitor_cut_off), r) for r in report.sites],
-        district_headers=_DISTRICT_HEADERS, district_rows=_district_rows(report),
+        rows=[(_row(r, report), r) for r in report.sites],
+        district_headers=district_headers(report), district_rows=_district_rows(report),
         summaries=summaries(report), verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
         generated=generated,
         kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=KPI_HEADERS,
@@ -230,6 +301,9 @@ def render_html(report: Report) -> str:
             "sentence": rollout_sentence(report.rollout), "headers": ROLLOUT_HEADERS,
             "rows": _rollout_rows(report.rollout), "connected_headers": CONNECTED_HEADERS,
             "connected": _connected_rows(report.rollout)},
+        upstreams=None if not report.upstreams else {
+            "sentence": UPSTREAM_SENTENCE, "headers": UPSTREAM_SECTION_HEADERS,
+            "rows": _upstream_rows(report.upstreams)},
         # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
         scripts=[markupsafe.Markup(_asset(name)) for name in
                  ("chart.umd.min.js", "tablesort.min.js", "tablesort.number.min.js")])
@@ -256,15 +330,38 @@ def _signed(value: float | None, digits: int) -> str:
 def kpi_header(kpis: KpiReport) -> str:
     """What the KPI figures left out, in one sentence for the report's reader."""
     t = kpis.thresholds
-    maintenance = ("declared maintenance windows (--config) are left out of availability"
-                   if kpis.maintenance_considered else
-                   "no maintenance is left out of availability (no --config given)")
+    if kpis.maintenance_considered:
+        maintenance = "declared maintenance windows (--config) are left out of availability"
+    elif kpis.maintenance:  # windows opened through the API are in the history itself (issue 21)
+        maintenance = ("maintenance opened through the API is left out of availability; declared windows are not "
+                       "(no --config given)")
+    else:
+        maintenance = "no maintenance is left out of availability (no --config given)"
     if kpis.power_gaps:
         maintenance += "; agent sites' hours without power are left out too"
     if kpis.monitor_cut_off:
         maintenance += "; the hours the monitor was cut off itself are left out too"
-    return (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
+    text = (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
             f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} before.")
+    if kpis.by_cause:
+        text += " " + downtime_sentence(kpis.groups[0].current.downtime)
+    return text
+
+
+def downtime_sentence(d: Downtime) -> str:
+    """The hours of each cause (issue 21) in one sentence, e.g. for the KPI header.
+
+    "Downtime by cause, all sites: against availability site 3.00 h, upstream 2.00 h (agg 2.00); left out of it:
+    without power 4.00 h." (the causes left out only when they have any time).
+    """
+    against = [f"site {_hours(d.site_seconds, 2)} h"]
+    if d.upstream_seconds:
+        against.append(f"upstream {_hours(d.upstream_total_seconds, 2)} h ({_by_node(d, 2)})")
+    left = [f"{name} {_hours(seconds, 2)} h" for name, seconds in (
+        ("monitor cut off", d.monitor_cut_off_seconds), ("without power", d.power_seconds),
+        ("maintenance", d.maintenance_seconds)) if seconds > 0]
+    text = "Downtime by cause, all sites: against availability " + ", ".join(against)
+    return text + ("; left out of it: " + ", ".join(left) if left else "") + "."
 
 
 def _days(kpis: KpiReport) -> str:
@@ -294,7 +391,14 @@ def _kpi_table(kpis: KpiReport, fmt: str) -> str:
 def kpi_csv_headers(kpis: KpiReport) -> tuple[str, ...]:
     """The KPI CSV's header: hours without power, then hours monitor cut off, last; each only when some site has any."""
     return (KPI_CSV_HEADERS + (("hours_without_power",) if kpis.power_gaps else ())
-            + (CUT_OFF_CSV_HEADERS if kpis.monitor_cut_off else ()))
+            + (CUT_OFF_CSV_HEADERS if kpis.monitor_cut_off else ()) + _kpi_cause_headers(kpis))
+
+
+def _kpi_cause_headers(kpis: KpiReport) -> tuple[str, ...]:
+    """The KPI CSV's downtime columns (issue 21), after the others, each only when some site has any."""
+    return (((SITE_DOWN_CSV_HEADER,) if kpis.by_cause else ())
+            + (UPSTREAM_CSV_HEADERS[:1] if kpis.upstream_down else ())
+            + ((MAINTENANCE_CSV_HEADER,) if kpis.maintenance else ()))
 
 
 def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
@@ -304,6 +408,12 @@ def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
         power: list[object] = [_fixed(c.power_off_seconds, 4, 1 / 3600)] if kpis.power_gaps else []
         if kpis.monitor_cut_off:
             power.append(_fixed(c.monitor_cut_off_seconds, 4, 1 / 3600))
+        if kpis.by_cause:
+            power.append(_hours(c.downtime.site_seconds, 4))
+        if kpis.upstream_down:
+            power.append(_hours(c.downtime.upstream_total_seconds, 4))
+        if kpis.maintenance:
+            power.append(_hours(c.downtime.maintenance_seconds, 4))
         out.append([g.scope, g.kind or "", g.district or "", c.sites, c.sites_measured, c.median_met_target,
                     _fixed(c.median_met_target_share, 4, 100), _fixed(p.median_met_target_share, 4, 100),
                     _fixed(d["median_met_target"], 4), c.at_contract_share,
@@ -311,6 +421,18 @@ def kpi_csv_rows(kpis: KpiReport) -> list[list[object]]:
                     _fixed(d["at_80_percent_of_contract"], 4), c.cycles, c.cycles_up, c.cycles_in_maintenance,
                     _fixed(c.availability, 4, 100), _fixed(p.availability, 4, 100), _fixed(d["availability"], 4),
                     c.live, c.at_risk, c.dropped, p.live, p.at_risk, p.dropped, *power])
+    return out
+
+
+def _causes_json(d: Downtime, kpis: KpiReport) -> dict[str, object]:
+    """The downtime fields (issue 21), each only when some site has any, so older documents stay as they were."""
+    out: dict[str, object] = {}
+    if kpis.by_cause:
+        out["site_down_seconds"] = d.site_seconds
+    if kpis.upstream_down:
+        out["upstream_down_seconds"] = dict(d.upstream_seconds)
+    if kpis.maintenance:
+        out["maintenance_seconds"] = d.maintenance_seconds
     return out
 
 
@@ -345,6 +467,7 @@ def kpis_json(kpis: KpiReport) -> dict[str, object]:
             site["cycles_missing"] = s.cycles_missing
         if cut_off:
             site["monitor_cut_off_seconds"] = s.monitor_cut_off_seconds
+        site.update(_causes_json(s.downtime, kpis))
         sites.append(site)
     return {
         "period": {"start": kpis.span.start, "end": kpis.span.end},
@@ -352,8 +475,9 @@ def kpis_json(kpis: KpiReport) -> dict[str, object]:
         "maintenance_considered": kpis.maintenance_considered,
         "thresholds": {"at_risk_days": kpis.thresholds.at_risk_days, "dropped_days": kpis.thresholds.dropped_days},
         "groups": [{"scope": g.scope, "kind": g.kind, "district": g.district,
-                    "current": _figures_json(g.current, power, cut_off),
-                    "previous": _figures_json(g.previous, power, cut_off),
+                    "current": {**_figures_json(g.current, power, cut_off), **_causes_json(g.current.downtime, kpis)},
+                    "previous": {**_figures_json(g.previous, power, cut_off),
+                                 **_causes_json(g.previous.downtime, kpis)},
                     "change_pp": g.changes()} for g in kpis.groups],
         "sites": sites,
     }
@@ -370,6 +494,8 @@ def render_json(report: Report) -> str:
     }
     if report.rollout is not None:  # absent, not null, without roll-out keys: older documents stay as they were
         doc["rollout"] = rollout_json(report.rollout)
+    if report.upstreams:  # likewise absent without upstream nodes (issue 21)
+        doc["upstreams"] = upstreams_json(report.upstreams)
     return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
 
 
@@ -409,6 +535,29 @@ def rollout_json(rollout: Rollout) -> dict[str, object]:
             "connected_in_period": [{"name": c.name, "kind": c.kind, "district": c.district,
                                      "connected_on": c.connected_on.isoformat(), "date_from": c.source}
                                     for c in rollout.connected]}
+
+
+# ----------------------------------------------------------------------------- upstream nodes (issue 21)
+
+UPSTREAM_SENTENCE = ("Upstream nodes: each node's own cycles (availability and hours down, by the sites' rule), "
+                     "and the site-hours behind it: the time of the report's sites charged to it (upstream_down).")
+UPSTREAM_SECTION_HEADERS = ("upstream node", "kind", "cycles", "availability %", "hours down", "sites behind",
+                            "site-hours behind")
+UPSTREAM_CSV_SECTION_HEADERS = ("upstream_node", "kind", "cycles", "cycles_up", "availability_percent", "hours_down",
+                                "sites_behind", "site_hours_behind")
+_UPSTREAM_ALIGN = ("left",) * 2 + ("right",) * (len(UPSTREAM_SECTION_HEADERS) - 2)
+
+
+def _upstream_rows(upstreams: tuple[UpstreamRow, ...]) -> list[list[str]]:
+    return [[u.name, u.kind, str(u.cycles), _fixed(u.availability, 2, 100), _hours(u.down_seconds, 2), str(u.sites),
+             _hours(u.site_seconds, 2)] for u in upstreams]
+
+
+def upstreams_json(upstreams: tuple[UpstreamRow, ...]) -> list[dict[str, object]]:
+    """The upstream section (``--format json`` and the summary API), in base units."""
+    return [{"name": u.name, "kind": u.kind, "cycles": u.cycles, "cycles_up": u.cycles_up,
+             "availability_ratio": u.availability, "down_seconds": u.down_seconds, "sites": u.sites,
+             "site_seconds": u.site_seconds} for u in upstreams]
 
 
 RENDERERS: dict[ReportFormat, Callable[[Report], str]] = {

@@ -37,6 +37,7 @@ from monitor.config import Config
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EmptyHistory, EndpointRecord, HistoryNotCreated, HistoryStore, StoredCycle, StoredTest
 from monitor.report.compliance import GroupSummary, Period, Report, SiteRow, build_report
+from monitor.report.gaps import Downtime
 from monitor.report.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
 from monitor.text import text_fault
 from monitor.web.answers import error_response, json_response, json_text_response
@@ -137,7 +138,15 @@ def _summary_json(summary: GroupSummary) -> dict[str, Any]:
         "targets_bits_per_second": list(summary.targets_bits_per_second),
         "download_median_bits_per_second": summary.download_median_bits_per_second,
         "sentence": summary.sentence(),
+        **_downtime_json(summary.downtime),
     }
+
+
+def _downtime_json(d: Downtime) -> dict[str, Any]:
+    """The silent time by cause (issue 21, :mod:`monitor.report.gaps`): site and upstream count against availability."""
+    return {"site_down_seconds": d.site_seconds, "upstream_down_seconds": dict(d.upstream_seconds),
+            "monitor_cut_off_seconds": d.monitor_cut_off_seconds, "power_off_seconds": d.power_seconds,
+            "maintenance_seconds": d.maintenance_seconds}
 
 
 def _row_json(row: SiteRow) -> dict[str, Any]:
@@ -146,6 +155,8 @@ def _row_json(row: SiteRow) -> dict[str, Any]:
         "target_bits_per_second": row.target_bits_per_second, "cycles": row.cycles, "cycles_up": row.cycles_up,
         "availability_ratio": row.availability, "cycles_missing": row.cycles_missing,
         "power_off_seconds": row.power_off_seconds, "monitor_cut_off_seconds": row.monitor_cut_off_seconds,
+        "site_down_seconds": row.site_down_seconds, "upstream_down_seconds": dict(row.upstream_down_seconds),
+        "maintenance_seconds": row.maintenance_seconds,
         "echoes": row.echoes, "replies": row.replies,
         "loss_ratio": row.loss, "rtt_median_seconds": row.rtt_median_seconds, "rtt_p95_seconds": row.rtt_p95_seconds,
         "tests": row.tests, "tests_met": row.tests_met, "tests_failed": row.tests_failed,
@@ -158,7 +169,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
     """The one serialization of a :class:`~monitor.report.compliance.Report` (later report fields are added here)."""
     # Imported here: the renderers bring jinja2 and tabulate, ~4 MB resident that a daemon whose
     # API is never asked for a summary need not hold (issue 9: memory at 10,000 sites).
-    from monitor.report.render import kpis_json, rollout_json
+    from monitor.report.render import kpis_json, rollout_json, upstreams_json
 
     return {
         "period": {"from": report.period.first.isoformat(), "to": report.period.last.isoformat(),
@@ -173,6 +184,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "kpis": None if report.kpis is None else kpis_json(report.kpis),
         # as in the report: null when no site uses the roll-out keys (status, planned_date)
         "rollout": None if report.rollout is None else rollout_json(report.rollout),
+        # the upstream nodes' section (issue 21): null when the history has no upstream node
+        "upstreams": upstreams_json(report.upstreams) if report.upstreams else None,
     }
 
 

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.errors import AGENT_REASONS, ICMP_REASONS, ProbeErrorReason
-from monitor.results import Cycle, GapCause, IcmpResult, ThroughputResult
+from monitor.results import Cycle, GapCause, IcmpResult, ThroughputResult, Trace
 from monitor.site_states import MaintenanceWatch, SiteState, site_state
 from monitor.targets import Target
+
+if TYPE_CHECKING:
+    from monitor.maintenance import MaintenanceBook
 
 SiteJson = dict[str, Any]
 
@@ -42,17 +45,20 @@ def site_status(target: Target) -> str:
 class SiteStateSink:
     """Keeps each configured endpoint's last ICMP result and last measured throughput test.
 
-    ``clock`` is now, for the maintenance windows of the sites' states.
+    ``clock`` is now, for the maintenance windows of the sites' states; ``last_trace`` gives a site's
+    last trace by name (issue 21, :meth:`monitor.tracer.Tracer.last_trace`), for its ``last_trace``.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, maintenance: MaintenanceBook | None = None,
+                 last_trace: Callable[[str], Trace | None] = lambda _name: None) -> None:
+        self.last_trace = last_trace
         self.targets: dict[str, Target] = {}
         self.icmp: dict[str, IcmpResult] = {}
         self.throughput: dict[str, ThroughputResult] = {}
         self.last_reply_at: dict[str, float] = {}  # a site down now was last seen at its last answered cycle
         self.gap_cause: dict[str, GapCause] = {}  # an agent site's current or last silence's cause
         self.clock = clock
-        self._maintenance = MaintenanceWatch()
+        self._maintenance = MaintenanceWatch(maintenance)  # the daemon's book: the API's windows too
 
     def set_targets(self, targets: Sequence[Target]) -> None:
         self.targets = {t.name: t for t in targets}
@@ -89,24 +95,27 @@ class SiteStateSink:
     def site(self, name: str) -> SiteJson | None:
         target = self.targets.get(name)
         return None if target is None else site_json(target, self.icmp.get(name), self.throughput.get(name),
-                                                     self.last_reply_at.get(name), self.state(target, self.clock()))
+                                                     self.last_reply_at.get(name), self.state(target, self.clock()),
+                                                     self.last_trace(name))
 
     def sites(self, targets: Iterable[Target] | None = None) -> list[SiteJson]:
         """The state of ``targets`` (default every configured site, in config order)."""
         icmp, throughput, replied = self.icmp, self.throughput, self.last_reply_at
         chosen = self.targets.values() if targets is None else targets
         now = self.clock()
-        return [site_json(t, icmp.get(t.name), throughput.get(t.name), replied.get(t.name), self.state(t, now))
-                for t in chosen]
+        last_trace = self.last_trace
+        return [site_json(t, icmp.get(t.name), throughput.get(t.name), replied.get(t.name), self.state(t, now),
+                          last_trace(t.name)) for t in chosen]
 
 
 def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | None,
-              last_reply: float | None = None, state: SiteState | None = None) -> SiteJson:
+              last_reply: float | None = None, state: SiteState | None = None,
+              last_trace: Trace | None = None) -> SiteJson:
     """One site's current state as the API's ``Site`` object (see ``monitor/web/openapi.yaml``).
 
     ``last_seen_at`` is the later of the last cycle that got a reply and the last measured test;
     ``state`` as :func:`monitor.site_states.site_state` gives it (default: from ``icmp`` and the
-    site's windows now, no silence known).
+    site's windows now, no silence known). ``last_trace``: the path's last trace (issue 21), if any.
     """
     last_test = test.ended_at if test is not None else None
     seen = [t for t in (last_reply, last_test) if t is not None]
@@ -140,5 +149,10 @@ def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | 
         "target_bits_per_second": target.target_bits_per_second,
         "target_upload_bits_per_second": target.target_upload_bits_per_second,
         "last_seen_at": max(seen) if seen else None,
+        "last_trace": None if last_trace is None else {
+            "at": last_trace.at,
+            "hops": last_trace.hops_json(),
+            "last_answering_hop": last_trace.last_answering_hop,
+        },
         **state.as_json(),
     }

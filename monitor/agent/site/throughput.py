@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from monitor.agent.site.config import AgentConfig
     from monitor.probes import ProbeContext
 
-REFUSAL_REASONS = ("not_due", "busy", "budget", "disabled")
+REFUSAL_REASONS = ("not_due", "busy", "budget", "disabled", "maintenance")  # any other is taken too (logged)
 # With no byte cap the download asks for what 1 Gbit/s could move in the test's bound: far more
 # than any site link carries, yet a finite number for the centre to check.
 
