@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult
+from monitor.results import Cycle, IcmpResult, rewrite_icmp
 from monitor.targets import Target
 
 # The event log's logger: the centre being cut off is an event, like a site going down.
@@ -152,11 +152,8 @@ class CentrePath:
             if self._back_at is None or cycle.started_at >= self._back_at:
                 return cycle
             why = self._was_why  # the cycle began while the centre was still cut off: its silence is that
-        results = tuple(_rewritten(r, why) if isinstance(r, IcmpResult) and not r.up and r.target.probed_by_centre
-                        and r.error is not ProbeErrorReason.MONITOR_CUT_OFF else r for r in cycle.results)
-        if all(new is old for new, old in zip(results, cycle.results, strict=True)):
-            return cycle
-        return dataclasses.replace(cycle, results=results)
+        return rewrite_icmp(cycle, lambda r: _rewritten(r, why) if not r.up and r.target.probed_by_centre
+                            and r.error is not ProbeErrorReason.MONITOR_CUT_OFF else r)
 
     # ------------------------------------------------------------------ the rules
     def _uplink_failed(self) -> bool:

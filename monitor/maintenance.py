@@ -41,7 +41,7 @@ from types import MappingProxyType
 from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ProbeErrorReason
 from monitor.history.store import HistoryStore, StoredWindow
-from monitor.results import Cycle, IcmpResult
+from monitor.results import Cycle, IcmpResult, rewrite_icmp
 from monitor.site_states import open_window
 from monitor.targets import Target
 from monitor.text import printable
@@ -314,10 +314,7 @@ class MaintenanceBook:
         """
         if not self.active or cycle.probe not in ("icmp", "agent"):
             return cycle
-        results = tuple(self._rewritten(r) if isinstance(r, IcmpResult) else r for r in cycle.results)
-        if all(new is old for new, old in zip(results, cycle.results, strict=True)):
-            return cycle
-        return dataclasses.replace(cycle, results=results)
+        return rewrite_icmp(cycle, self._rewritten)
 
     def _rewritten(self, result: IcmpResult) -> IcmpResult:
         if result.up or result.error in (ProbeErrorReason.MAINTENANCE, ProbeErrorReason.AGENT_SILENT):

@@ -8,6 +8,7 @@ logs or storage themselves, and results pushed by a site agent (a later issue) e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from collections.abc import Callable, Sequence
@@ -246,6 +247,18 @@ class ClosableSink(Protocol):
 
     def close(self) -> None:
         """Flush and release what the sink holds; called once, after the last cycle was published."""
+
+
+def rewrite_icmp(cycle: Cycle, rewrite: Callable[[IcmpResult], IcmpResult]) -> Cycle:
+    """``cycle`` with ``rewrite`` applied to each ICMP result; the very same object when no result changed.
+
+    The one shape of every judgement that re-labels a cycle's silent sites (the centre path, the
+    upstream nodes, maintenance): returning the same object lets the sinks skip what did not change.
+    """
+    results = tuple(rewrite(r) if isinstance(r, IcmpResult) else r for r in cycle.results)
+    if all(new is old for new, old in zip(results, cycle.results, strict=True)):
+        return cycle
+    return dataclasses.replace(cycle, results=results)
 
 
 Stage = Callable[[Cycle], Cycle]

@@ -36,7 +36,8 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -81,13 +82,12 @@ class CycleScheduler:
                  upstreams: UpstreamTree | None = None) -> None:
         self.ctx = ctx
         self.upstreams = upstreams
-        self._upstreams_interval: float | None = None
         self._nodes_lock = asyncio.Lock()  # one on-demand node run at a time: the next cycle then finds them fresh
         self.pipeline = pipeline
         self.clock = clock
         self.plan = plan if plan is not None else ThroughputPlan()
         self.centre_path = centre_path
-        self._uplink_interval: float | None = None  # the uplink job's interval; None: no job
+        self._side_intervals: dict[str, float] = {}  # the uplink's and the nodes' jobs: their interval now
         self._uplink_idle = asyncio.Event()  # clear while an uplink run is under way
         self._uplink_idle.set()
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
@@ -138,23 +138,8 @@ class CycleScheduler:
 
     def _set_upstreams_job(self) -> None:
         """One job for the upstream nodes, as configured now (none without nodes); as the uplink job at a reload."""
-        nodes = self.upstreams.nodes if self.upstreams is not None else ()
-        interval = nodes[0].icmp.interval_seconds if nodes else None
-        if self._upstreams_interval is not None and interval != self._upstreams_interval:
-            self._scheduler.remove_job(UPSTREAMS_JOB_ID)
-            self._upstreams_interval = None
-        if interval is None:
-            return
-        if self._upstreams_interval is not None:
-            self._scheduler.modify_job(UPSTREAMS_JOB_ID, args=(nodes,))
-            return
-        now = dt.datetime.now(dt.UTC)
-        self._scheduler.add_job(
-            self._run_nodes_job, IntervalTrigger(seconds=interval, start_date=now, timezone=dt.UTC), args=(nodes,),
-            id=UPSTREAMS_JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)),
-            next_run_time=now)
-        self._upstreams_interval = interval
-        log.info("scheduled the %d upstream node(s) every %gs", len(nodes), interval)
+        self._set_side_job(UPSTREAMS_JOB_ID, self.upstreams.nodes if self.upstreams is not None else (),
+                           self._run_nodes_job, "the %d upstream node(s)")
 
     def _set_uplink_job(self) -> None:
         """One job for the centre path's uplink checks, as configured now; none without checks.
@@ -162,23 +147,29 @@ class CycleScheduler:
         At a reload, a job whose interval stays keeps its schedule and probes the new checks from its
         next run; otherwise it starts again, its first run at once (the verdict is wanted early).
         """
-        checks = self.centre_path.checks if self.centre_path is not None else ()
-        interval = checks[0].icmp.interval_seconds if checks else None
-        if self._uplink_interval is not None and interval != self._uplink_interval:
-            self._scheduler.remove_job(UPLINK_JOB_ID)
-            self._uplink_interval = None
+        self._set_side_job(UPLINK_JOB_ID, self.centre_path.checks if self.centre_path is not None else (),
+                           self.run_uplink, "the centre's %d uplink check(s)")
+
+    def _set_side_job(self, job_id: str, targets: Sequence[Target],
+                      run: Callable[[Sequence[Target]], Coroutine[Any, Any, None]], what: str) -> None:
+        """A job that pings ``targets`` at their interval for a verdict, never for a sink (the uplink, the nodes)."""
+        interval = targets[0].icmp.interval_seconds if targets else None
+        current = self._side_intervals.get(job_id)
+        if current is not None and interval != current:
+            self._scheduler.remove_job(job_id)
+            del self._side_intervals[job_id]
+            current = None
         if interval is None:
             return
-        if self._uplink_interval is not None:
-            self._scheduler.modify_job(UPLINK_JOB_ID, args=(checks,))
+        if current is not None:
+            self._scheduler.modify_job(job_id, args=(targets,))
             return
         now = dt.datetime.now(dt.UTC)
         self._scheduler.add_job(
-            self.run_uplink, IntervalTrigger(seconds=interval, start_date=now, timezone=dt.UTC), args=(checks,),
-            id=UPLINK_JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)),
-            next_run_time=now)
-        self._uplink_interval = interval
-        log.info("scheduled the centre's %d uplink check(s) every %gs", len(checks), interval)
+            run, IntervalTrigger(seconds=interval, start_date=now, timezone=dt.UTC), args=(targets,),
+            id=job_id, max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)), next_run_time=now)
+        self._side_intervals[job_id] = interval
+        log.info(f"scheduled {what} every %gs", len(targets), interval)
 
     @staticmethod
     def _job_id(group: str, interval: float) -> str:

@@ -40,7 +40,7 @@ from types import MappingProxyType
 from monitor.config import Config, merge_icmp
 from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult
+from monitor.results import Cycle, IcmpResult, rewrite_icmp
 from monitor.targets import Target, build_targets
 
 log = logging.getLogger("monitor.events")
@@ -240,10 +240,7 @@ class UpstreamTree:
         """
         if cycle.probe != "icmp" or not self._nodes:
             return cycle
-        results = tuple(self._rewritten(r) if isinstance(r, IcmpResult) else r for r in cycle.results)
-        if all(new is old for new, old in zip(results, cycle.results, strict=True)):
-            return cycle
-        return dataclasses.replace(cycle, results=results)
+        return rewrite_icmp(cycle, self._rewritten)
 
     def _rewritten(self, result: IcmpResult) -> IcmpResult:
         if result.up or result.target.upstream is None or not result.target.probed_by_centre \

@@ -267,12 +267,7 @@ class AsyncPostgresStore:
                     missing = {EndpointRecord.of(r.target) for r in (*results, *gaps)
                                if r.target.name not in self._ids}
                     if missing:
-                        await cur.executemany(
-                            _ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
-                            [codec.endpoint_params(rec) for rec in missing])
-                        await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
-                                          ([rec.name for rec in missing],))
-                        self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
+                        await self._add_endpoints(cur, missing)
                     ids = self._ids
                     rows = codec.result_rows(results, lambda t: ids[t.name], self._first_known)
                     icmp_rows, test_rows, first = rows.icmp, rows.throughput, rows.first
@@ -415,18 +410,20 @@ class AsyncPostgresStore:
             "AND (closed_at IS NULL OR closed_at > %s) ORDER BY starts_at, id", (start, end, start))
         return [StoredWindow(*row) for row in rows]
 
+    async def _add_endpoints(self, cur: Any, missing: set[EndpointRecord]) -> None:
+        """Insert the endpoints the store lacks (one another instance added meanwhile stays); learn their ids."""
+        await cur.executemany(_ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
+                              [codec.endpoint_params(rec) for rec in missing])
+        await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)", ([rec.name for rec in missing],))
+        self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
+
     async def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction(), conn.cursor() as cur:
                     missing = {EndpointRecord.of(t) for t, _trace in traces if t.name not in self._ids}
                     if missing:
-                        await cur.executemany(
-                            _ENDPOINT_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT (name) DO NOTHING",
-                            [codec.endpoint_params(rec) for rec in missing])
-                        await cur.execute("SELECT name, id FROM endpoints WHERE name = ANY(%s)",
-                                          ([rec.name for rec in missing],))
-                        self._ids.update({str(name): int(i) for name, i in await cur.fetchall()})
+                        await self._add_endpoints(cur, missing)
                     await cur.executemany(
                         "INSERT INTO traces VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint_id, at) DO UPDATE "
                         "SET hops = excluded.hops, last_answering_hop = excluded.last_answering_hop, "
