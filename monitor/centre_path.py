@@ -145,8 +145,23 @@ class CentrePath:
         """
         if cycle.probe != "icmp":
             return cycle
-        self._judge_resolver(cycle)
-        self._update()
+        self.judge(cycle)
+        return self.rewrite(cycle)
+
+    def judge(self, cycle: Cycle) -> None:
+        """Let the cycle's own names update the resolver verdict: done on the cycle *as measured*.
+
+        The scheduler calls it before another judgement rewrites the cycle (the upstream nodes turn a
+        ``dns`` error into ``upstream_down``), so that a failing resolver is still seen as the centre's.
+        """
+        if cycle.probe == "icmp":
+            self._judge_resolver(cycle)
+            self._update()
+
+    def rewrite(self, cycle: Cycle) -> Cycle:
+        """The cycle's silent, centre-probed sites as ``monitor_cut_off`` while cut off (the verdict as it stands)."""
+        if cycle.probe != "icmp":
+            return cycle
         why = self._why
         if self._cause is None:
             if self._back_at is None or cycle.started_at >= self._back_at:

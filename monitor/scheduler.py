@@ -169,7 +169,7 @@ class CycleScheduler:
             run, IntervalTrigger(seconds=interval, start_date=now, timezone=dt.UTC), args=(targets,),
             id=job_id, max_instances=1, coalesce=True, misfire_grace_time=max(1, int(interval)), next_run_time=now)
         self._side_intervals[job_id] = interval
-        log.info(f"scheduled {what} every %gs", len(targets), interval)
+        log.info("scheduled %s every %gs", what % len(targets), interval)
 
     @staticmethod
     def _job_id(group: str, interval: float) -> str:
@@ -194,12 +194,14 @@ class CycleScheduler:
         try:
             results = await PROBES[probe](targets, self.ctx)
             cycle = Cycle(probe, group, started_at, time.monotonic() - started, tuple(results))
-            if self.upstreams is not None and probe == "icmp":
-                cycle = await self._by_upstreams(self.upstreams, cycle)
             centre_path = self.centre_path
             if centre_path is not None and probe == "icmp":
                 await self._fresh_uplink(centre_path, cycle)
-                cycle = _classified(centre_path, cycle)
+                _judged(centre_path, cycle)  # the resolver rule reads the errors as measured
+            if self.upstreams is not None and probe == "icmp":
+                cycle = await self._by_upstreams(self.upstreams, cycle)
+            if centre_path is not None and probe == "icmp":
+                cycle = _classified(centre_path, cycle)  # last: monitor_cut_off wins over upstream_down
         except asyncio.CancelledError:  # shutdown: a half-done cycle is dropped, not published
             log.info("cycle cancelled by shutdown", extra={"probe": probe, "group": group})
             return
@@ -232,7 +234,7 @@ class CycleScheduler:
             log.warning("the centre's uplink checks did not finish in time; classifying the cycle by their last run")
 
     async def _by_upstreams(self, tree: UpstreamTree, cycle: Cycle) -> Cycle:
-        """The cycle classified by the upstream tree, after pinging the nodes it needs fresh; as measured on a bug."""
+        """The cycle classified by the upstream tree, after pinging the nodes it needs fresh; as measured on failure."""
         try:
             if tree.stale_nodes(cycle):
                 async with self._nodes_lock:
@@ -260,7 +262,10 @@ class CycleScheduler:
                 await self._fresh_uplink(self.centre_path, cycle)
             tree.record([r for r in results if isinstance(r, IcmpResult)])
             if self.node_history is not None:  # kept as the sites' are: silent while cut off is not the node's fault
-                self.node_history(cycle if self.centre_path is None else _classified(self.centre_path, cycle))
+                if self.centre_path is not None:
+                    _judged(self.centre_path, cycle)
+                    cycle = _classified(self.centre_path, cycle)
+                self.node_history(cycle)
         except asyncio.CancelledError:
             raise
         except Exception:  # the node states stay as the last run left them
@@ -345,10 +350,19 @@ def _stale(centre_path: CentrePath, since: float) -> bool:
     return any(c.name not in last or last[c.name].started_at < since for c in centre_path.checks)
 
 
+def _judged(centre_path: CentrePath, cycle: Cycle) -> None:
+    """Let the centre path read the cycle as measured (its resolver rule); a bug is logged, not raised."""
+    try:
+        centre_path.judge(cycle)
+    except Exception:
+        log.exception("judging a cycle by the centre's own path failed", extra={"probe": cycle.probe,
+                                                                               "group": cycle.group})
+
+
 def _classified(centre_path: CentrePath, cycle: Cycle) -> Cycle:
     """The cycle as the centre path judges it; as measured if judging fails (a bug must not lose the cycle)."""
     try:
-        return centre_path.classify(cycle)
+        return centre_path.rewrite(cycle)
     except Exception:
         log.exception("classifying a cycle by the centre's own path failed; publishing it as measured",
                       extra={"probe": cycle.probe, "group": cycle.group})

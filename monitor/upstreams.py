@@ -134,7 +134,7 @@ class UpstreamTree:
         self._logged = {name: s for name, s in self._logged.items() if name in self._nodes}
         behind = dict.fromkeys(self._nodes, 0)
         for site in sites:
-            if site.probed:
+            if site.probed_by_centre:  # agent sites are judged by their agents' silences, not by the tree
                 for name in self.chain(site.upstream):
                     behind[name] += 1
         self._sites_behind = behind
@@ -149,15 +149,19 @@ class UpstreamTree:
         return tuple(out)
 
     def sites_behind(self, name: str) -> int:
-        """How many connected sites hang from node ``name``, at any depth."""
+        """How many centre-probed sites hang from node ``name``, at any depth (the ones it makes upstream_down)."""
         return self._sites_behind.get(name, 0)
 
     # ------------------------------------------------------------------ facts in
     def record(self, results: Sequence[IcmpResult]) -> None:
         """One run of (some of) the nodes: the node states follow at once; a change is logged once."""
         for result in results:
-            if result.target.name in self._nodes:  # a run begun before a reload may name a node that went
-                self._last[result.target.name] = result
+            name = result.target.name
+            if name not in self._nodes:  # a run begun before a reload may name a node that went
+                continue
+            kept = self._last.get(name)
+            if kept is None or result.started_at >= kept.started_at:  # the job's run and an on-demand one may
+                self._last[name] = result  # overlap: one begun earlier and ending later is the older news
         for name, target in self._nodes.items():
             state = self.node_state(name)
             was = self._logged.get(name, NodeStateName.UNKNOWN)

@@ -265,6 +265,8 @@ def test_a_watch_without_a_book_keeps_the_declared_windows_alone() -> None:
     ({"target": "a", "ends_at": "2026-12-06T14:00:00", "reason": "x"}, "ends_at"),  # no zone: ambiguous
     ({"target": "a", "ends_at": "2027-02-30T14:00:00Z", "reason": "x"}, "ends_at"),
     ({"target": "a", "ends_at": 1e300, "reason": "x"}, "ends_at"),
+    ({"target": "a", "ends_at": 10 ** 400, "reason": "x"}, "ends_at"),  # too large for a float: no OverflowError
+    ({"target": "a", "starts_at": -(10 ** 400), "ends_at": NOW + 60, "reason": "x"}, "starts_at"),
     ({"target": "a", "starts_at": NOW + 120, "ends_at": NOW + 60, "reason": "x"}, "ends_at"),
     ({"target": "a", "starts_at": NOW - 120, "ends_at": NOW - 60, "reason": "x"}, "ends_at"),
     ({"target": "a", "ends_at": NOW + 400 * 86400, "reason": "x"}, "ends_at"),

@@ -508,3 +508,25 @@ def test_no_upstream_section_or_cause_column_without_them(tmp_path: Path) -> Non
         assert "by cause" not in text and "maintenance_seconds" not in text, fmt
     assert report_to_json(report)["upstreams"] is None
     store.close()
+
+
+def test_a_window_opened_through_the_api_leaves_out_every_cycle_in_it(tmp_path: Path) -> None:
+    """A site's run-time window (POST /api/v1/maintenance, issue 21) counts as a declared one: its answered
+    cycles are left out of availability too, not only the silent ones kept as maintenance; one closed early
+    stops at its close; a window on an upstream node is left to the rows it made silent."""
+    store = SqliteStore(database_path(tmp_path))
+    site = throughput_target("fibre-1")
+    rows: list[Result] = [icmp(site, D + i * STEP, 0.01) for i in range(144)]  # answers all day
+    rows[30] = icmp(site, D + 30 * STEP, None, None)  # 05:00, silent outside any window: the site's own
+    store.write([], rows)
+    opened = store.open_maintenance("fibre-1", "site", at(8), at(12), "fibre splice", at(7))
+    store.close_maintenance(opened.id, at(10))  # closed early: 08:00-10:00, 12 cycles
+    store.open_maintenance("agg", "upstream", at(14), at(16), "router swap", at(13))  # covers no row of its own
+    store.close()
+    reader = SqliteStore(database_path(tmp_path), read_only=True)
+    try:
+        row = next(r for r in build_report(reader, DAY).sites if r.name == "fibre-1")
+    finally:
+        reader.close()
+    assert (row.cycles, row.cycles_up) == (144 - 12, 144 - 12 - 1)
+    assert row.downtime == Downtime(site_seconds=STEP)  # downtime is silent time: the site answered in the window

@@ -85,7 +85,7 @@ def test_config_cascades_upstream_and_builds_node_targets(tmp_path: Path) -> Non
     assert {n.group for n in nodes.values()} == {UPSTREAM_GROUP}
     assert {n.icmp.interval_seconds for n in nodes.values()} == {30.0}
     tree = tree_of(*nodes.values(), sites=tuple(sites.values()))
-    # sites behind a node at any depth, connected ones only (the planned site is not counted)
+    # sites behind a node at any depth, the centre-probed ones only (the planned site is not counted)
     assert (tree.sites_behind("isp"), tree.sites_behind("agg"), tree.sites_behind("teleport")) == (3, 2, 1)
     assert tree.chain("agg") == ("agg", "isp") and tree.chain(None) == ()
 
@@ -134,6 +134,8 @@ def test_the_highest_node_down_is_named_and_nodes_below_it_are_upstream_down() -
         NodeStateName.UP, NodeStateName.DOWN, NodeStateName.UPSTREAM_DOWN]
     tree.record([icmp(isp, 160.0, None)])
     assert tree.highest_down("edge") == "isp" and tree.highest_down("agg") == "isp"
+    tree.record([icmp(isp, 150.0, 0.01)])  # a run begun earlier that ended later is older news: kept out
+    assert tree.node_up("isp") is False
     assert [tree.node_state(n) for n in ("isp", "agg", "edge")] == [
         NodeStateName.DOWN, NodeStateName.UPSTREAM_DOWN, NodeStateName.UPSTREAM_DOWN]
 
@@ -285,3 +287,30 @@ def test_the_node_job_follows_the_tree_at_a_reload(monkeypatch: pytest.MonkeyPat
             scheduler.shutdown()
 
     asyncio.run(go())
+
+
+class DnsFailing(FakeIcmp):
+    """Every name fails to resolve (the centre's resolver is down); literal addresses answer per ``answering``."""
+
+    async def __call__(self, targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
+        self.batches.append([t.name for t in targets])
+        return [icmp(t, ctx.clock(), None, error=ProbeErrorReason.DNS) if t.address is None
+                else icmp(t, ctx.clock(), 0.01 if t.name in self.answering else None) for t in targets]
+
+
+def test_a_failing_resolver_is_the_centres_fault_not_a_named_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node and its sites all written with DNS names, and the resolver fails: the node does not answer,
+    but the sites are monitor_cut_off (the resolver rule reads the cycle as measured), not upstream_down."""
+    agg = target("agg", group=UPSTREAM_GROUP, kind="router", host="agg.example", address=None)
+    sites = [target(f"s{i}", host=f"s{i}.example", address=None, upstream="agg") for i in range(3)]
+    monkeypatch.setitem(probes.PROBES, "icmp", DnsFailing(set()))
+    path = CentrePath((), lambda: 1000.0)
+    tree = UpstreamTree(cut_off=lambda: path.cut_off)
+    tree.set_nodes((agg,), sites)
+    recorder = Recorder()
+    scheduler = CycleScheduler(ProbeContext(None, lambda: 1000.0), ResultPipeline([recorder]),
+                               clock=lambda: 1000.0, centre_path=path, upstreams=tree)
+    asyncio.run(scheduler.run_cycle("icmp", "g", sites))
+    assert path.cut_off and path.cause == "resolver"
+    assert [r.error for r in recorder.results] == [ProbeErrorReason.MONITOR_CUT_OFF] * 3
+    assert tree.node_state("agg") is NodeStateName.MONITOR_CUT_OFF

@@ -60,7 +60,7 @@ from zoneinfo import ZoneInfo
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
 from monitor.report.gaps import CycleLedger, Downtime, GapAccount
-from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis
+from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis, with_stored_windows
 from monitor.upstreams import UPSTREAM_GROUP
 
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
@@ -399,7 +399,8 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
     nodes = {name: e for name, e in known.items() if e.group == UPSTREAM_GROUP}
     known = {name: e for name, e in known.items() if e.group != UPSTREAM_GROUP}
     configured = [e for e in configured if e.group != UPSTREAM_GROUP]
-    windows = maintenance or {}
+    declared = with_stored_windows(maintenance, store, period.start, period.end)  # the API's too (issue 21)
+    windows = declared or {}
     selected = [e for e in known.values()
                 if (kind is None or e.kind == kind) and (district is None or e.district == district)]
     chosen = [e for e in selected if e.status != "planned"]  # nothing is measured at a planned site
@@ -418,7 +419,7 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
         names = {e.name for e in configured}
         counted = [e for e in selected if e.name in names]
     return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
-                  period_kpis(store, [known[r.name] for r in rows], period, maintenance, thresholds),
+                  period_kpis(store, [known[r.name] for r in rows], period, declared, thresholds),
                   rollout(store, counted, period) if has_rollout(known.values()) else None,
                   upstream_rows(store, nodes, rows, period))
 

@@ -34,9 +34,12 @@ Rendering is :mod:`monitor.report.render`'s job.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from monitor.config import Config
 from monitor.config.windows import MaintenanceWindows
@@ -307,6 +310,28 @@ def compute_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], span:
     previous = tuple(site_kpi(store, e, previous_span, windows.get(e.name), thresholds) for e in endpoints)
     return KpiReport(span, previous_span, thresholds, maintenance is not None, group_kpis(current, previous),
                      current)
+
+
+def with_stored_windows(declared: Mapping[str, MaintenanceWindows] | None, store: HistoryStore, start: float,
+                        end: float) -> dict[str, MaintenanceWindows] | None:
+    """The declared windows plus the ones opened on a site through the API (issue 21), as dated windows.
+
+    So a window opened at run time leaves out every cycle in it, as a declared one does, the answered
+    ones too. A window on an upstream node is not added here: which sites it covered is the config's
+    tree (their silent cycles are kept as ``maintenance`` in the history all the same). None when
+    nothing is declared and no site window was opened (the KPIs then say no maintenance was considered).
+    """
+    out = dict(declared or {})
+    added = False
+    for window in store.maintenance_windows(start, end):
+        if window.kind != "site" or window.until <= window.starts_at:
+            continue
+        kept = out.get(window.target, MaintenanceWindows())
+        zone = ZoneInfo(kept.timezone)
+        span = tuple(dt.datetime.fromtimestamp(t, zone).replace(tzinfo=None) for t in (window.starts_at, window.until))
+        out[window.target] = dataclasses.replace(kept, once=(*kept.once, (span[0], span[1])))
+        added = True
+    return out if declared is not None or added else None
 
 
 def maintenance_of(config: Config) -> dict[str, MaintenanceWindows]:

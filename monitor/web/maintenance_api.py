@@ -86,7 +86,8 @@ def parse_time(value: object, name: str) -> float:
             return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise FieldError(name, f"{name}: {value!r} is not a day that exists") from None
-    if not math.isfinite(value) or not 0 <= value < LAST_TIME:
+    # an integer too large for a float (10**400) is out of range, not an OverflowError in isfinite
+    if not 0 <= value < LAST_TIME or not math.isfinite(value):
         raise FieldError(name, f"{name}: Unix seconds from 0 to {LAST_TIME:.0f} (the year 3000)")
     return float(value)
 
