@@ -320,7 +320,10 @@ def _check(path: str, web_config_path: str | None) -> int:
     if web_config_path is not None:
         from monitor.web.config import load_web_config  # bcrypt and ssl only when asked
 
-        print(f"{web_config_path}: OK, {load_web_config(web_config_path).describe()}")
+        web_config = load_web_config(web_config_path)
+        print(f"{web_config_path}: OK, {web_config.describe()}")
+        if web_config.certificate is not None:  # an expired or expiring certificate is valid, but said (issue 25)
+            web_config.certificate.check(time.time())
     return 0
 
 

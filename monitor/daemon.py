@@ -28,6 +28,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -40,6 +41,7 @@ from monitor.agent.protocol import ROUTES_PREFIX as AGENT_ROUTES_PREFIX
 from monitor.centre_path import CentrePath
 from monitor.centre_path_exposition import CentrePathExposition
 from monitor.config import Config
+from monitor.errors import StateInUseError
 from monitor.exposition.scrape import EngineExposition, ScrapeRenderer
 from monitor.exposition.sink import MetricsSink
 from monitor.gc_tuning import settle_long_lived
@@ -60,22 +62,30 @@ from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
 from monitor.results import Cycle, ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
+from monitor.state_lock import StateLock
 from monitor.targets import Target, probed, uplink_targets
 from monitor.throughput_plan import ThroughputPlan
 from monitor.tracer import Tracer
 from monitor.tracer_exposition import TraceExposition
 from monitor.upstreams import UpstreamTree, node_targets
 from monitor.upstreams_exposition import UpstreamExposition
+from monitor.web.certificate import CHECK_SECONDS as CERTIFICATE_CHECK_SECONDS
+from monitor.web.certificate import CertificateExposition, ServedCertificate
 from monitor.web.config import BasicAuth, load_web_config
+from monitor.web.handshakes import HandshakeExposition, HandshakeWatch
 from monitor.web.maintenance_api import MaintenanceApi
 from monitor.web.server import build_app, start_server
 from monitor.web.site_api import SiteApi
 from monitor.web.site_state import SiteStateSink
 
+if TYPE_CHECKING:
+    from monitor.history.postgres import IdentityLock  # psycopg only with PostgreSQL
+
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
+IDENTITY_CHECK_SECONDS = 60.0  # how often the identity's lock on a shared history is checked (issue 25)
 MAINTENANCE_REFRESH_SECONDS = 60.0  # how often the store's maintenance windows are read again (shared stores)
 
 
@@ -131,33 +141,110 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                       enable_admin_api=enable_admin_api)
     loaded = load(config_path)
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
+    tls = web_config.ssl_context if web_config is not None else None
+    handshakes = HandshakeWatch() if tls is not None else None  # failed handshakes, counted and said (issue 25)
+    owned = _take_ownership(options)  # one owner per state dir and identity (issue 25), before anything is opened
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
     try:
         daemon = Daemon(options, loaded, engine, BasicAuth(web_config.users)
-                        if web_config is not None and web_config.users else None)
-        runner = await start_server(daemon.app, listen, web_config.ssl_context if web_config is not None else None)
+                        if web_config is not None and web_config.users else None,
+                        certificate=web_config.certificate if web_config is not None else None,
+                        handshakes=handshakes)
+        runner = await start_server(daemon.app, listen,
+                                    handshakes.watch(tls) if handshakes is not None and tls is not None else None)
     except BaseException:
         engine.close()
         raise
     if web_config is not None:
         log.info("web: %s", web_config.describe())
     daemon.start()
+    keeping = [asyncio.ensure_future(_keep_identity(lock)) for lock in owned if not isinstance(lock, StateLock)]
     await daemon.run_until_stopped()
+    for task in keeping:
+        task.cancel()
     await daemon.shut_down(runner)
+    for lock in owned:
+        lock.release()
     return 0
+
+
+def _take_ownership(options: Options) -> list[StateLock | IdentityLock]:
+    """Lock the state directory, and on a shared PostgreSQL history this instance's identity (issue 25).
+
+    The identity is the share: ``--shard I/N``, or every site without it (the same as ``0/1``).
+    Instances with different shares are what sharding is for; two with the same one probe and store
+    the same sites twice. A server that does not answer at start-up is not waited for (start-up
+    never waits on the database): the identity is then taken later (:func:`_keep_identity`).
+
+    Raises:
+        StateInUseError: another process holds either (exit 2), named in the message.
+    """
+    if options.state_dir is None:  # --no-history: nothing is kept, nothing can be doubled
+        return []
+    owned: list[StateLock | IdentityLock] = [StateLock.take(options.state_dir, what="connmon run")]
+    if is_postgres(options.store_url):
+        from monitor.history.postgres import IdentityLock, redact  # psycopg only with PostgreSQL
+
+        shard = options.shard
+        identity = f"shard {shard}" if shard is not None and shard.count > 1 else "every site, no --shard"
+        assert options.store_url is not None
+        try:
+            owned.append(IdentityLock.take(options.store_url, identity))
+        except StateInUseError:
+            owned[0].release()
+            raise
+        except Exception as err:  # the server is away: the history waits for it, and so does the identity's lock
+            log.warning("history: cannot check yet that no other instance has this identity (%s) on %s: %s; "
+                        "tried again every minute", identity, redact(options.store_url), _one_line(err))
+            owned.append(IdentityLock(options.store_url, identity))
+    return owned
+
+
+async def _keep_identity(lock: IdentityLock) -> None:
+    """Every minute: hold the identity's lock on a shared history, taking it again after a server restart.
+
+    Another instance that took it meanwhile (while the server was away) is said as an ERROR, once
+    until that changes: this one cannot tell which of the two should stop, the operator can.
+    """
+    from monitor.history.postgres import redact
+
+    said = ""
+    while True:
+        try:
+            await asyncio.to_thread(lock.keep)
+        except StateInUseError as err:
+            if str(err) != said:
+                log.error("history: %s", err)
+            said = str(err)
+        except Exception as err:  # the server is away: the writer says so; the lock is taken when it answers
+            log.debug("history: identity lock: %s", _one_line(err))
+        else:
+            if said:
+                log.warning("history: the identity %s on %s is this instance's alone again", lock.identity,
+                            redact(lock.url))
+            said = ""
+        await asyncio.sleep(IDENTITY_CHECK_SECONDS)
+
+
+def _one_line(err: BaseException) -> str:
+    from monitor.history.postgres import scrub
+
+    return " ".join(scrub(str(err)).split()) or type(err).__name__
 
 
 class Daemon:
     """The running daemon's parts, built in dependency order; :meth:`apply` is what a reload runs."""
 
-    def __init__(self, options: Options, loaded: Loaded, engine: IcmpEngine, auth: BasicAuth | None) -> None:
+    def __init__(self, options: Options, loaded: Loaded, engine: IcmpEngine, auth: BasicAuth | None,
+                 certificate: ServedCertificate | None = None, handshakes: HandshakeWatch | None = None) -> None:
         config, state_dir, store_url = loaded.config, options.state_dir, options.store_url
         self.options, self.engine, self.auth = options, engine, auth
+        self.certificate = certificate  # the served TLS certificate: its expiry is warned of and exported (issue 25)
         self.iperf3_path = find_iperf3()
         self.ready = False
         # rows no store can take are kept under the state dir, which the daemon has with PostgreSQL too
-        self.history = (HistorySink(store_opener(store_url, state_dir), config.retention,
+        self.history = (HistorySink(store_opener(store_url, state_dir, recover=True), config.retention,
                                     set_aside_path=set_aside_file(state_dir))
                         if state_dir is not None else None)
         agent_sites = AgentSites()  # written by the registry, read by /metrics: built before both
@@ -185,6 +272,10 @@ class Daemon:
         scrape.append(UpstreamExposition(self.upstreams))
         scrape.append(TraceExposition(self.tracer))
         scrape.append(MaintenanceExposition(self.maintenance))
+        if certificate is not None:
+            scrape.append(CertificateExposition(certificate))
+        if handshakes is not None:
+            scrape.append(HandshakeExposition(handshakes))
         self.metrics = MetricsSink(scrape=scrape, tools={"iperf3": bool(self.iperf3_path)},
                                    shard=options.shard.label if options.shard is not None else None,
                                    maintenance=self.maintenance)
@@ -308,6 +399,9 @@ class Daemon:
             self._watchers.append(asyncio.ensure_future(
                 ConfigWatcher(self.reloader, options.watch_interval_seconds).run()))
         self._watchers.append(asyncio.ensure_future(_watch_agents(self.agents, self.agent_api)))
+        if self.certificate is not None:  # said at start-up, then daily while it holds (issue 25)
+            self.certificate.check(time.time())
+            self._watchers.append(asyncio.ensure_future(_watch_certificate(self.certificate)))
         if options.state_dir is not None:  # windows another instance opened in a shared store (issue 21)
             self._watchers.append(asyncio.ensure_future(_refresh_maintenance(
                 self.maintenance, store_opener(options.store_url, options.state_dir, read_only=True))))
@@ -352,6 +446,13 @@ class Daemon:
         if self.auth is not None:
             self.auth.close()
         log.info("stopped")
+
+
+async def _watch_certificate(certificate: ServedCertificate) -> None:
+    """Once a day: warn again while the served TLS certificate expires within 14 days or has expired."""
+    while True:
+        await asyncio.sleep(CERTIFICATE_CHECK_SECONDS)
+        certificate.check(time.time())
 
 
 async def _watch_agents(agents: AgentRegistry, agent_api: AgentApi) -> None:

@@ -2,6 +2,7 @@
 
     ConnmonError                 exit 1   anything the project raises on purpose
     ├── ConfigError              exit 2   the config file is unreadable or invalid (every problem listed)
+    ├── StateInUseError          exit 2   another connmon owns the state directory (or the shared history's identity)
     └── StartupError             exit 3   the machine does not allow what connmon needs
         └── IcmpPermissionError  exit 3   no raw and no unprivileged ICMP socket; says how to fix it
 
@@ -99,6 +100,16 @@ class ConfigError(ConnmonError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class StateInUseError(ConnmonError):
+    """Another process owns this state directory (or, on PostgreSQL, this instance's identity); names it (issue 25).
+
+    Exit 2, as a config mistake: two daemons on one directory is a deployment error, and retrying
+    (systemd's ``Restart=``) cannot mend it while the first one runs.
+    """
+
+    exit_code = 2
 
 
 class StartupError(ConnmonError):

@@ -1,4 +1,4 @@
-"""Certificates for TLS tests, made with the ``openssl`` command: a CA, a server and a client certificate."""
+"""Certificates for TLS tests, made with the ``openssl`` command: a CA, server and client certificates (expired too)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def make_pki(directory: Path, server_ip: str) -> Pki:
     d = directory
     return Pki(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key",
                d / "other.key")
+
+
+def server_certificate(pki: Pki, name: str, san: str, days: int) -> tuple[Path, Path]:
+    """Another server certificate from ``pki``'s CA, for ``san`` (``IP:127.0.0.1``, ``DNS:x``), valid ``days``
+    from now; a negative ``days`` makes one that has already expired (notAfter before now). Returns (cert, key)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=connmon {name}",
+            "-addext", f"subjectAltName={san}", cwd=pki.dir)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", str(days), "-copy_extensions", "copy", cwd=pki.dir)
+    return pki.dir / f"{name}.crt", pki.dir / f"{name}.key"

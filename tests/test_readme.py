@@ -70,6 +70,8 @@ def test_readme_documents_every_exported_metric() -> None:
     from monitor.icmp.engine import EngineStats
     from monitor.maintenance import MaintenanceBook
     from monitor.maintenance_exposition import MaintenanceExposition
+    from monitor.web.certificate import CertificateExposition, ServedCertificate
+    from monitor.web.handshakes import HandshakeExposition, HandshakeWatch
 
     site = dataclasses.replace(throughput_target("s", budget=10**9), target_upload_bits_per_second=1e6,
                                contracted_bits_per_second=8e6)
@@ -78,7 +80,9 @@ def test_readme_documents_every_exported_metric() -> None:
     centre_path.record([icmp(gateway, 0.0, None)])  # connmon_uplink_up appears after a check's first run
     sink = MetricsSink(scrape=[EngineExposition(lambda: dataclasses.asdict(EngineStats())),
                                StoreExposition(StoreStats), CentrePathExposition(centre_path),
-                               MaintenanceExposition(MaintenanceBook())],
+                               MaintenanceExposition(MaintenanceBook()),
+                               CertificateExposition(ServedCertificate(Path("connmon.crt"), 1.8e9)),
+                               HandshakeExposition(HandshakeWatch())],
                        tools={"iperf3": True}, shard="0")
     sink.set_targets([site, dataclasses.replace(site, name="p", status="planned")])
     exposition = b"".join(sink.exposition()).decode("utf-8")

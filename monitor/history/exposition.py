@@ -2,9 +2,10 @@
 
 A scrape-time renderer (:class:`~monitor.exposition.scrape.ScrapeRenderer`) the daemon hands to the
 metrics sink: the counters are the writer's (:class:`~monitor.history.store.StoreStats`), read at
-every scrape so they are current. Sample line::
+every scrape so they are current. Sample lines::
 
     connmon_store_results_written_total 1234567
+    connmon_store_corrupt_files_total 1
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class StoreExposition:
             "keep (full or unwritable).\n"
             "# TYPE connmon_store_results_set_aside_lost_total counter\n"
             f"connmon_store_results_set_aside_lost_total{braces} {stats.set_aside_lost}\n"
+            "# HELP connmon_store_corrupt_files_total Corrupt history files (SQLite) moved aside at open, a fresh one "
+            "started in their place.\n"
+            f"# TYPE connmon_store_corrupt_files_total counter\nconnmon_store_corrupt_files_total{braces} "
+            f"{stats.corrupt_files}\n"
             "# HELP connmon_store_pending_results Results waiting to be written.\n"
             f"# TYPE connmon_store_pending_results gauge\nconnmon_store_pending_results{braces} {stats.pending}\n"
             "# HELP connmon_store_rows_pruned_total Rows deleted from the history because they outlived retention.\n"

@@ -13,22 +13,38 @@ Why these choices:
   pruning walks the key one endpoint at a time instead of needing a second index.
 * **Schema versions** live in ``PRAGMA user_version``; :data:`MIGRATIONS` brings any older file
   up to date when it is opened.
+* **A corrupt file is moved aside, not retried** (issue 25): the writer's open (``recover``) checks
+  the file once per process (``PRAGMA quick_check``, and again after an error that says corruption)
+  and moves a damaged one to ``history.sqlite3.corrupt-<UTC time>`` before starting a fresh one
+  (:mod:`monitor.sqlite_files`); a permission fault is raised naming the file and the fix.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from monitor import sqlite_files
 from monitor.history import codec
 from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest, StoredWindow
 from monitor.results import Gap, Result, Trace
 from monitor.targets import Target
+from monitor.write_ahead_log import BoundedLog, LogBounds
+
+log = logging.getLogger("monitor.history")
+_T = TypeVar("_T")
 
 DATABASE_NAME = "history.sqlite3"
+CORRUPT_METRIC = "connmon_store_corrupt_files_total"  # counts the corrupt files moved aside (issue 25)
+# Issue 25: the log is checkpointed every 64 pages (256 KB) and kept to 512 KB, so that a 2 MB volume holds a
+# working history; SQLite's default (1,000 pages, never shrunk) filled a 2 MiB disk with the log alone.
+LOG_BOUNDS = LogBounds(checkpoint_pages=64, limit_bytes=512 * 1024)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: endpoints, ICMP cycles, throughput tests
@@ -135,30 +151,48 @@ def database_path(state_dir: str | os.PathLike[str]) -> Path:
 class SqliteStore:
     """:class:`~monitor.history.store.HistoryStore` on one SQLite file. One instance per thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    _wal: BoundedLog | None = None  # a writing store's log, kept within LOG_BOUNDS (issue 25)
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False, recover: bool = False) -> None:
         self.path = Path(path)
+        # the writer's open (``recover``) moves a corrupt file aside first and starts a fresh one (issue 25)
+        self.moved_aside = (sqlite_files.set_aside_if_corrupt(self.path, what="history", log=log,
+                                                              metric=CORRUPT_METRIC)
+                            if recover and not read_only else None)
         if read_only:
             if not self.path.exists():
                 raise HistoryNotCreated(f"no history at {self.path} (has the daemon run with this --state-dir?)")
             self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
                                        isolation_level=None, check_same_thread=False)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.exists() and not os.access(self.path, os.W_OK):  # SQLite would open it read-only
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.path))  # and fail later
+                self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            except (OSError, sqlite3.Error) as err:  # a permission fault names the file and the fix (issue 25)
+                mapped = sqlite_files.named(self.path, err)
+                if mapped is err:
+                    raise
+                raise mapped from err
         try:
             self._db.execute("PRAGMA busy_timeout = 10000")
             if not read_only:
                 self._enter_wal()
                 self._db.execute("PRAGMA synchronous = NORMAL")
+                self._wal = BoundedLog(self._db, self.path, LOG_BOUNDS, log)
                 self._migrate()
             elif self.schema_version() > len(MIGRATIONS):
                 raise sqlite3.DatabaseError(f"{self.path} has schema version {self.schema_version()}, newer than "
                                             f"this connmon knows ({len(MIGRATIONS)}); upgrade connmon")
             elif self.schema_version() == 0:  # created by the writer a moment ago, or not connmon's at all
                 raise HistoryNotCreated(f"{self.path} holds no connmon history (no schema yet)")
-        except BaseException:
+        except BaseException as err:
             self._db.close()
-            raise
+            mapped = err if read_only else sqlite_files.named(self.path, err)
+            if mapped is err:
+                raise
+            raise mapped from err
         # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
         self._has_gaps = self.schema_version() >= _GAPS_VERSION
         self._has_maintenance = self.schema_version() >= _MAINTENANCE_VERSION
@@ -205,7 +239,19 @@ class SqliteStore:
         self._db.close()
 
     # ------------------------------------------------------------------ writing
+    def _bounded(self, write: Callable[[], _T]) -> _T:
+        """Run one write transaction; on a full disk the log is freed and the write tried once more, and a
+        log left longer than its bound is truncated after it (issue 25, :mod:`monitor.write_ahead_log`)."""
+        if self._wal is None:
+            return write()
+        done = self._wal.freeing(write)
+        self._wal.after_write()
+        return done
+
     def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
+        self._bounded(lambda: self._write(endpoints, results, gaps))
+
+    def _write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -248,7 +294,13 @@ class SqliteStore:
         return found
 
     def prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
-        """Delete old rows one endpoint after another, resuming where the last slice stopped."""
+        """Delete old rows one endpoint after another, resuming where the last slice stopped.
+
+        A delete needs room in the log too: on a full disk the log is freed first (issue 25).
+        """
+        return self._bounded(lambda: self._prune(icmp_before, throughput_before, limit))
+
+    def _prune(self, icmp_before: float, throughput_before: float, limit: int) -> int:
         db = self._db
         gone = 0
         ids = [row[0] for row in db.execute("SELECT id FROM endpoints WHERE id >= ? ORDER BY id",
@@ -366,6 +418,9 @@ class SqliteStore:
         return [StoredWindow(*row) for row in rows]
 
     def write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
+        self._bounded(lambda: self._write_traces(traces))
+
+    def _write_traces(self, traces: Sequence[tuple[Target, Trace]]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -295,3 +295,4 @@ class StoreStats:
     last_write_at: float = 0.0
     set_aside: int = 0  # results (gaps too) the store could not write for a reason in the row itself
     set_aside_lost: int = 0  # of those, the ones not kept in the set-aside file (full, unwritable, none)
+    corrupt_files: int = 0  # corrupt SQLite files moved aside at open, a fresh one started (issue 25)

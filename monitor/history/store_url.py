@@ -38,11 +38,17 @@ def describe(url: str | None) -> str:
     return "" if url is None else redact(url)
 
 
-def opener(url: str | None, state_dir: str, *, read_only: bool = False) -> Callable[[], HistoryStore]:
-    """A function that opens the named store (called where the store will be used)."""
+def opener(url: str | None, state_dir: str, *, read_only: bool = False,
+           recover: bool = False) -> Callable[[], HistoryStore]:
+    """A function that opens the named store (called where the store will be used).
+
+    ``recover`` is for the history writer alone, the file's owner: an SQLite file that is corrupt is
+    moved aside and a fresh one started (:mod:`monitor.sqlite_files`, issue 25); the store's
+    ``moved_aside`` says where it went. Other users (the API, reports) only fail on it.
+    """
     if url is not None and is_postgres(url):
         from monitor.history.postgres import PostgresStore  # psycopg only when PostgreSQL is used
 
         return lambda: PostgresStore(url, read_only=read_only)
     path = sqlite_path(url, state_dir)
-    return lambda: SqliteStore(path, read_only=read_only)
+    return lambda: SqliteStore(path, read_only=read_only, recover=recover)

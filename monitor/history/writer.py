@@ -18,6 +18,10 @@ results themselves. :class:`HistorySink` is the result-pipeline sink that keeps 
   a JSON-lines file beside the history and counted, and the other rows of its chunk are written
   (issue 24): retried, it would fail again and again and stop the history of every site. The file
   and the errors are :mod:`monitor.history.set_aside`'s.
+* A corrupt SQLite file is not a passing fault (issue 25): the writer's store opens with ``recover``,
+  which moves it aside and starts a fresh one (:mod:`monitor.sqlite_files` says it); the writer
+  counts it (``connmon_store_corrupt_files_total``), and an error that says corruption later makes
+  the next open check the file again.
 * the start-up restore (:mod:`monitor.history.restore`): :meth:`HistorySink.restore` on the event
   loop for a store that answers at once (SQLite), :meth:`HistorySink.restore_later` in the writer
   thread for one that may be away (PostgreSQL), so start-up never waits on a server.
@@ -34,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor import sqlite_files
 from monitor.config import Retention
 from monitor.errors import ProbeErrorReason
 from monitor.history import set_aside
@@ -269,6 +274,7 @@ class HistorySink:
                 self._reopen_at = time.monotonic() + RETRY_SECONDS
                 self._failed("open", err)
                 return None
+            self._count_moved_aside(self._store)
             # a reopened store may be a new file (remounted, replaced): give it every configured site's record
             self._written.clear()
             self._unwritten.update((n, r) for n, r in self._endpoints.items() if self._refused.get(n) != r)
@@ -417,8 +423,14 @@ class HistorySink:
         # more left: the next slice after a short pause (writes go first); done: wait for the next round
         self._next_prune = now + (0.2 if gone >= PRUNE_SLICE_ROWS else PRUNE_EVERY_SECONDS)
 
+    def _count_moved_aside(self, store: HistoryStore) -> None:
+        """Count a corrupt file the open moved aside (issue 25; said by :mod:`monitor.sqlite_files`)."""
+        if getattr(store, "moved_aside", None) is not None:
+            self.stats.corrupt_files += 1
+
     def _failed(self, operation: StoreOperation, err: Exception) -> None:
         self.stats.errors[operation] += 1
+        sqlite_files.check_again_after(err)  # a file found corrupt now is checked, and moved aside, at the reopen
         if self._store is not None:  # reopen next time: the file may have been replaced or remounted
             try:
                 self._store.close()
@@ -485,6 +497,7 @@ class HistorySink:
         store: HistoryStore | None = None
         try:
             store = self._open_store()
+            self._count_moved_aside(store)
             return read_restored(store, targets, self._clock())
         except Exception as err:
             self.stats.errors["restore"] += 1

@@ -44,6 +44,7 @@ import bcrypt
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from monitor.config.walker import TAG, Walker, is_null, parse_document, read_config_text
+from monitor.web.certificate import ServedCertificate, served_certificate
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users")
 _TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version")
@@ -79,6 +80,7 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: Mapping[str, bytes] = field(default_factory=dict)
     client_auth_type: str = "NoClientCert"
+    certificate: ServedCertificate | None = None  # the served one, for its expiry (issue 25)
 
     def describe(self) -> str:
         tls = f"TLS (client certificates: {self.client_auth_type})" if self.ssl_context else "plain HTTP"
@@ -129,7 +131,7 @@ def _readable(w: Walker, base: Path, node: Node, path: str) -> Path | None:
     return file
 
 
-def _tls(w: Walker, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str]:
+def _tls(w: Walker, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str, ServedCertificate | None]:
     values = _mapping(w, node, "tls_server_config", _TLS_KEYS)
     files: dict[str, Path | None] = {}
     for name in ("cert_file", "key_file", "client_ca_file"):
@@ -169,7 +171,7 @@ def _tls(w: Walker, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str]
                   "a client CA is given without client_auth_type (e.g. RequireAndVerifyClientCert)")
     cert_path, key_path = files.get("cert_file"), files.get("key_file")
     if w.problems or cert_path is None or key_path is None:
-        return None, auth
+        return None, auth, None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = versions.get("min_version", ssl.TLSVersion.TLSv1_2)
     if "max_version" in versions:
@@ -179,18 +181,18 @@ def _tls(w: Walker, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str]
     except (ssl.SSLError, ValueError) as err:
         w.problem(values["cert_file"], "tls_server_config.cert_file",
                   f"{str(cert_path)!r} is not a PEM certificate: {getattr(err, 'reason', None) or err}")
-        return None, auth
+        return None, auth, None
     try:
         context.load_cert_chain(str(cert_path), str(key_path), password=_no_password)
     except _EncryptedKey:
         w.problem(values["key_file"], "tls_server_config.key_file",
                   f"{str(key_path)!r} is encrypted; give connmon an unencrypted key readable only by its user")
-        return None, auth
+        return None, auth, None
     except (ssl.SSLError, ValueError) as err:
         reason = getattr(err, "reason", None) or str(err)
         w.problem(values["key_file"], "tls_server_config.key_file",
                   f"{str(key_path)!r} is not a PEM private key matching cert_file ({reason})")
-        return None, auth
+        return None, auth, None
     ca = files.get("client_ca_file")
     if ca is not None:
         try:
@@ -198,9 +200,9 @@ def _tls(w: Walker, node: Node, base: Path) -> tuple[ssl.SSLContext | None, str]
         except (ssl.SSLError, ValueError) as err:
             w.problem(values["client_ca_file"], "tls_server_config.client_ca_file",
                       f"{str(ca)!r} holds no PEM CA certificate: {getattr(err, 'reason', None) or err}")
-            return None, auth
+            return None, auth, None
     context.verify_mode = CLIENT_AUTH_TYPES[auth]
-    return context, auth
+    return context, auth, served_certificate(cert_path)
 
 
 def _users(w: Walker, node: Node) -> dict[str, bytes]:
@@ -236,7 +238,8 @@ def _walk(w: Walker, root: Node, source: str) -> WebConfig:
     config = WebConfig(source)
     top = _mapping(w, root, "", _TOP_KEYS)
     if "tls_server_config" in top:
-        config.ssl_context, config.client_auth_type = _tls(w, top["tls_server_config"], Path(source).parent)
+        config.ssl_context, config.client_auth_type, config.certificate = _tls(w, top["tls_server_config"],
+                                                                               Path(source).parent)
     if "basic_auth_users" in top:
         config.users = _users(w, top["basic_auth_users"])
     return config

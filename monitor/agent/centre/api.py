@@ -25,7 +25,9 @@ arriving for :data:`BODY_IDLE_SECONDS` (``--web.agent-body-timeout``), or takes 
 :data:`BODY_TOTAL_SECONDS` in all, gets 408 and its connection is closed; at most
 :data:`MAX_BODY_READS` bodies are read at once, so slow or stalled senders cannot hold the
 centre's memory: the next gets 503 with ``Retry-After``. Every refusal is counted by status
-(``connmon_agent_requests_rejected_total``).
+(``connmon_agent_requests_rejected_total``) and, when the token named a site, by site too
+(``connmon_agent_site_requests_rejected_total``), and logged at most once a minute per site and
+status (issue 25: an operator sees which school is losing data, and a retrying agent is not a flood).
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ class AgentApi:
     # ------------------------------------------------------------------ helpers
     def _refuse(self, status: int, message: str, parameter: str | None = None,
                 headers: dict[str, str] | None = None, close: web.Request | None = None,
-                stop_reading: bool = False) -> web.Response:
-        """The refusal, counted by status.
+                stop_reading: bool = False, site: AgentSite | None = None, peer: str | None = None) -> web.Response:
+        """The refusal, counted by status and, when a token named one, by ``site``, and logged (issue 25).
+
+        ``peer``: the client's address, for the log when no site is known.
 
         ``close``: the request whose body is left unread: its connection is closed after the
         answer. aiohttp then reads and discards what still comes for up to 10 s, so a client that
@@ -113,7 +117,7 @@ class AgentApi:
         control stops the sender within its buffers, so a metered link does not go on carrying
         bytes the plan did not allow (an agent reads the answer while it sends).
         """
-        self.registry.refuse(status)
+        self.registry.refuse(status, site, message, peer)
         response = error_response(status, message, parameter)
         if headers:
             response.headers.update(headers)
@@ -128,14 +132,14 @@ class AgentApi:
         site = self.registry.authenticate(request.headers.get("Authorization"))
         if site is None:
             response = self._refuse(401, "a valid agent token is needed (Authorization: Bearer TOKEN)",
-                                    close=request if request.body_exists else None)
+                                    close=request if request.body_exists else None, peer=request.remote)
             response.headers["WWW-Authenticate"] = 'Bearer realm="connmon agents"'
             return response
         wait = site.bucket.take(self.registry.clock())
         if wait > 0:
             return self._refuse(429, f"too many requests for this token; retry in {wait:.1f}s",
                                 headers={"Retry-After": str(max(1, round(wait)))},
-                                close=request if request.body_exists else None)
+                                close=request if request.body_exists else None, site=site)
         return site
 
     async def _json(self, request: web.Request) -> Any:
@@ -172,16 +176,18 @@ class AgentApi:
             data = await self._json(request)
             batch = decode_batch(data, self.registry.clock())
         except _Refusal as refusal:
-            return refusal.answer(self, request)
+            return refusal.answer(self, request, site=site)
         except ProtocolError as err:
-            return self._refuse(400, str(err), err.field)
+            return self._refuse(400, str(err), err.field, site=site)
         if batch.site != site.target.name:
-            return self._refuse(403, f"this token is for site {site.target.name!r}, not {batch.site!r}", "site")
+            return self._refuse(403, f"this token is for site {site.target.name!r}, not {batch.site!r}", "site",
+                                site=site)
         try:
             outcome = self.registry.accept(site, batch)  # journalled before published: raises, changing nothing
         except JournalError as err:
             return self._refuse(503, f"the centre cannot record the batch now ({err.strerror}); it was not "
-                                     "taken: post it again later", headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)})
+                                     "taken: post it again later", headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)},
+                                site=site)
         for item in batch.results:
             if item.slot is not None:
                 self.slots.pop(item.slot, None)
@@ -195,14 +201,15 @@ class AgentApi:
         try:
             data = await self._json(request)
         except _Refusal as refusal:
-            return refusal.answer(self, request)
+            return refusal.answer(self, request, site=site)
         if not isinstance(data, dict) or set(data) != {"site"} or not isinstance(data["site"], str) \
                 or not 0 < len(data["site"]) <= 200 or text_fault(data["site"]) is not None:
             fault = text_fault(data["site"]) if isinstance(data, dict) and isinstance(data.get("site"), str) else None
             return self._refuse(400, f"$.site: {fault}" if fault else
-                                "the body must be {\"site\": NAME} (a name of at most 200 characters)", "site")
+                                "the body must be {\"site\": NAME} (a name of at most 200 characters)", "site",
+                                site=site)
         if data["site"] != site.target.name:
-            return self._refuse(403, f"this token is for site {site.target.name!r}", "site")
+            return self._refuse(403, f"this token is for site {site.target.name!r}", "site", site=site)
         now = self.registry.clock()
         self.expire_slots()
         grant = self.plan.grant(site.target.name, now)
@@ -244,7 +251,7 @@ class AgentApi:
         slot = self.slots.get(request.query.get("slot", ""))
         if slot is None or slot.site != site.target.name or slot.expires_at <= self.registry.clock():
             return self._refuse(403, "no granted throughput slot for this site (ask POST /api/v1/agent/slot)",
-                                "slot", close=request if request.body_exists else None)
+                                "slot", close=request if request.body_exists else None, site=site)
         return slot
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -257,9 +264,11 @@ class AgentApi:
         else:
             size = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else -1
             if size < 1:
-                return self._refuse(400, "bytes must be a whole number from 1", "bytes")
+                return self._refuse(400, "bytes must be a whole number from 1", "bytes",
+                                    site=self.registry.sites.get(slot.site))
         if size > slot.download_left or size < 1:
-            return self._refuse(413, f"the slot allows {slot.download_left} more bytes of download", "bytes")
+            return self._refuse(413, f"the slot allows {slot.download_left} more bytes of download", "bytes",
+                                site=self.registry.sites.get(slot.site))
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                                "Cache-Control": "no-store"})
         response.content_length = size
@@ -285,7 +294,7 @@ class AgentApi:
         declared = request.content_length
         if declared is not None and declared > slot.upload_left:
             return self._refuse(413, f"the slot allows {slot.upload_left} more bytes of upload", close=request,
-                                stop_reading=True)
+                                stop_reading=True, site=self.registry.sites.get(slot.site))
         received = 0
         try:  # counted and dropped: the agent measures what was acknowledged
             async for piece in body_pieces(request, slot.upload_left, self.body_idle_seconds, None):
@@ -293,7 +302,8 @@ class AgentApi:
         except _Refusal as refusal:
             if refusal.status == 413:  # the grant is spent: nothing more is taken under this slot
                 slot.upload_left = 0
-            return refusal.answer(self, request, stop_reading=refusal.status == 413)
+            return refusal.answer(self, request, stop_reading=refusal.status == 413,
+                                  site=self.registry.sites.get(slot.site))
         slot.upload_left -= received
         return json_response({"bytes": received})
 
@@ -347,9 +357,10 @@ class _Refusal(Exception):
         super().__init__(message)
         self.status, self.message, self.close, self.headers = status, message, close, headers
 
-    def answer(self, api: AgentApi, request: web.Request, stop_reading: bool = False) -> web.Response:
+    def answer(self, api: AgentApi, request: web.Request, stop_reading: bool = False,
+               site: AgentSite | None = None) -> web.Response:
         return api._refuse(self.status, self.message, headers=self.headers, close=request if self.close else None,
-                           stop_reading=stop_reading)
+                           stop_reading=stop_reading, site=site)
 
 
 def _no_constant(name: str) -> Any:

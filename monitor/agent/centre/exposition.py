@@ -6,13 +6,14 @@ requests the agents' API refused, by status. Sample lines::
 
     connmon_agent_silent{endpoint="vsat-1",kind="school",district="Shalkar",link="satellite"} 0
     connmon_agent_requests_rejected_total{code="401"} 3
+    connmon_agent_site_requests_rejected_total{endpoint="vsat-1",kind="school",district="Shalkar",...,code="400"} 2
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from monitor.agent.centre.registry import REJECTION_CODES, AgentSites
+from monitor.agent.centre.registry import REJECTION_CODES, SITE_REJECTION_CODES, AgentSites
 from monitor.exposition.families import ShardLabels, floatToGoString, label_pairs
 from monitor.exposition.scrape import Labelled
 
@@ -32,6 +33,9 @@ _FAMILIES = (
     ("connmon_agent_requests_rejected_total", "counter",
      "Agent API requests refused, by HTTP status (401 token, 403 other site, 400 bad body, 408, 413, 415, 429, "
      "503)."),
+    # issue 25: which school is losing data; the one above stays as shipped (renaming a metric breaks dashboards)
+    ("connmon_agent_site_requests_rejected_total", "counter",
+     "Agent API requests refused whose token named the site, by HTTP status (all but 401)."),
 )
 
 
@@ -60,6 +64,9 @@ class AgentExposition:
                 families["connmon_agent_gap_cause"].extend(
                     f'connmon_agent_gap_cause{{{lb},cause="{cause}"}} {int(cause == site.gap_cause)}\n'
                     for cause in site.gaps)
+            families["connmon_agent_site_requests_rejected_total"].extend(  # every code at 0 from start-up
+                f'connmon_agent_site_requests_rejected_total{{{lb},code="{code}"}} {site.rejected.get(code, 0)}\n'
+                for code in SITE_REJECTION_CODES)
             families["connmon_agent_results_total"].append(
                 f'connmon_agent_results_total{{{lb},outcome="accepted"}} {site.accepted}\n'
                 f'connmon_agent_results_total{{{lb},outcome="duplicate"}} {site.duplicates}\n')

@@ -49,6 +49,9 @@ from monitor.text import text_fault
 log = logging.getLogger(__name__)
 
 REJECTION_CODES = (400, 401, 403, 408, 413, 415, 429, 503)  # what the agent API refuses with (monitor.agent.centre.api)
+SITE_REJECTION_CODES = tuple(c for c in REJECTION_CODES if c != 401)  # 401: no token named a site
+REFUSAL_LOG_SECONDS = 60.0  # a refusal is logged at most once this often per (site, code) (issue 25)
+_MAX_REASON_LOGGED = 300
 BURST = 60
 REFILL_PER_SECOND = 2.0
 OPEN_GAP_REFRESH_SECONDS = 60.0  # a silent site's provisional gap is written up to now this often
@@ -106,6 +109,7 @@ class AgentSite:
     duplicates: int = 0
     gateway: GatewayState | None = None
     bucket: TokenBucket = field(default_factory=TokenBucket)
+    rejected: dict[int, int] = field(default_factory=dict)  # HTTP status → this site's requests refused (issue 25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,8 @@ class AgentRegistry:
         self._restored: dict[str, Position] = journal.load() if journal is not None else {}
         self.state = state if state is not None else AgentSites()
         self._by_hash: dict[str, str] = {}
+        # (site or None, status) → (when last logged, refusals since not logged): one line a minute per key
+        self._refusals_said: dict[tuple[str | None, int], tuple[float, int]] = {}
 
     @property
     def sites(self) -> dict[str, AgentSite]:
@@ -177,6 +183,8 @@ class AgentRegistry:
                 sites[target.name] = AgentSite(target, last_seen=now, instance=instance, last_seq=last_seq)
             by_hash[target.agent.token_sha256] = target.name
         self.state.by_name, self._by_hash = sites, by_hash
+        self._refusals_said = {key: said for key, said in self._refusals_said.items()
+                               if key[0] is None or key[0] in sites}  # a removed site's keys go with it
 
     # ------------------------------------------------------------------ requests
     def authenticate(self, authorization: str | None) -> AgentSite | None:
@@ -189,8 +197,32 @@ class AgentRegistry:
         name = self._by_hash.get(token_hash(token))  # a lookup of a hash: timing tells nothing about the token
         return self.sites.get(name) if name is not None else None
 
-    def refuse(self, status: int) -> None:
+    def refuse(self, status: int, site: AgentSite | None = None, reason: str = "", peer: str | None = None) -> None:
+        """Count a refused request, with its site's name when its token named one, and log it (issue 25).
+
+        The log says each (site, status) at most once every :data:`REFUSAL_LOG_SECONDS`, with how many
+        more there were since its last line: an agent retrying a bad batch, or a flood of bad tokens,
+        is one line a minute, not one per request. The keys are bounded by the configured sites.
+        """
         self.rejected[status] = self.rejected.get(status, 0) + 1
+        name = site.target.name if site is not None else None
+        if site is not None:
+            site.rejected[status] = site.rejected.get(status, 0) + 1
+        now = self.clock()
+        key = (name, status)
+        said = self._refusals_said.get(key)
+        if said is not None and now - said[0] < REFUSAL_LOG_SECONDS:
+            self._refusals_said[key] = (said[0], said[1] + 1)
+            return
+        self._refusals_said[key] = (now, 0)
+        more = f" ({said[1]} more like it in the last {now - said[0]:.0f}s)" if said is not None and said[1] else ""
+        reason = " ".join(reason.split())[:_MAX_REASON_LOGGED]
+        if name is not None:
+            log.warning("agent site %s: request refused with HTTP %d: %s%s", name, status, reason, more,
+                        extra={"endpoint": name})
+        else:
+            log.warning("agent API: request from %s refused with HTTP %d (no site's token): %s%s", peer or "?", status,
+                        reason, more)
 
     def accept(self, site: AgentSite, batch: Batch) -> Accepted:
         """Take a checked batch for ``site``: new results go to the sinks, in order; the gap (if any) is classified.

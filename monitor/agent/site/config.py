@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 import stat
 import urllib.parse
 from dataclasses import dataclass, field
@@ -131,6 +132,24 @@ def _readable_file(w: Walker, node: Node, path: str, base: Path) -> Path | None:
     return found
 
 
+def _ca_file(w: Walker, node: Node, path: str, base: Path) -> Path | None:
+    """A readable file that OpenSSL takes as CA certificates: a bad one is a located error, not a crash (issue 25)."""
+    found = _readable_file(w, node, path, base)
+    if found is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=str(found))
+    except ssl.SSLError as err:
+        w.problem(node, path, f"{found}: holds no PEM CA certificate that OpenSSL can load ({err.reason or err}); "
+                              "give the PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the centre's "
+                              "certificate")
+        return None
+    except (OSError, ValueError) as err:
+        w.problem(node, path, f"{found}: cannot read the CA certificates: {getattr(err, 'strerror', None) or err}")
+        return None
+    return found
+
+
 def _read_token(w: Walker, node: Node, path: str, token_file: Path) -> str | None:
     """The token, stripped of surrounding whitespace as the centre hashes it; a warning if others may read it."""
     try:
@@ -172,7 +191,7 @@ def _walk(w: Walker, root: Node, source: str, base: Path) -> AgentConfig | None:
         "centre": lambda n, p: _centre(w, n, p),
         "site": w.string,
         "token_file": lambda n, p: _readable_file(w, n, p, base),
-        "ca_file": lambda n, p: _readable_file(w, n, p, base),
+        "ca_file": lambda n, p: _ca_file(w, n, p, base),
         "state_dir": lambda n, p: _path(w, n, p),
         "interval": lambda n, p: w.duration(n, p, 1.0, 86400.0),
         "gateway": lambda n, p: _gateway(w, n, p),

@@ -31,12 +31,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from monitor import __version__
+from monitor import __version__, sqlite_files
 from monitor.agent.protocol import SLOT_PATH, AgentInfo, IcmpPath, encode_icmp, encode_throughput
 from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_config
+from monitor.agent.site.spool import FILE_NAME as SPOOL_FILE_NAME
 from monitor.agent.site.spool import Spool
 from monitor.agent.site.throughput import Grant, Refusal, parse_slot_answer, run_granted_test
-from monitor.agent.site.upload import CentreClient, CentreUnreachable, Uploader
+from monitor.agent.site.upload import CentreClient, CentreTlsFailure, CentreUnreachable, Uploader
 from monitor.config import IcmpSettings
 from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason, StartupError
@@ -44,6 +45,7 @@ from monitor.icmp.engine import IcmpEngine
 from monitor.probes import ProbeContext, icmp
 from monitor.probes.iperf3 import find_iperf3
 from monitor.results import IcmpResult
+from monitor.state_lock import StateLock
 from monitor.targets import Target
 
 log = logging.getLogger(__name__)
@@ -149,8 +151,9 @@ class Agent:
         self.next_slot_request = now + self.config.interval_seconds  # unless the centre says otherwise
         try:
             answer = await self.client.post(SLOT_PATH, {"site": self.config.site})
-        except CentreUnreachable as err:
-            log.info("no throughput slot: cannot reach the centre (%s)", err)
+        except CentreUnreachable as err:  # a TLS failure is said as an ERROR by the upload of the same interval
+            log.info("no throughput slot: %s", err if isinstance(err, CentreTlsFailure)
+                     else f"cannot reach the centre ({err})")
             return False
         if answer.status != 200:
             if answer.retry_after_seconds is not None:
@@ -265,15 +268,19 @@ async def run_agent(config_path: str, icmp_mode: str = "auto") -> int:
 
     Raises:
         ConfigError: the config is invalid (exit 2).
+        StateInUseError: another agent holds the spool directory's lock (exit 2), named with its PID.
         StartupError: no ICMP socket, or the state directory cannot be used (exit 3).
     """
     config = load_agent_config(config_path)
+    # one agent per spool directory (issue 25): a second one would number and send the same results twice
+    lock = StateLock.take(config.state_dir, what="connmon agent", mode=0o700)
     engine = IcmpEngine.open(icmp_mode)
     try:
         try:
             spool = Spool.open(config.state_dir, config.spool_max_results)
         except (OSError, sqlite3.Error) as err:
-            raise StartupError(f"cannot use the state directory {config.state_dir} for the spool: {err}") from err
+            raise StartupError(f"cannot use the state directory {config.state_dir} for the spool: "
+                               f"{sqlite_files.named(Path(config.state_dir) / SPOOL_FILE_NAME, err)}") from err
         client = CentreClient(config)
         agent = Agent(config, spool, engine, client, iperf3_path=find_iperf3() if config.throughput_enabled else None)
         stop = asyncio.Event()
@@ -294,3 +301,4 @@ async def run_agent(config_path: str, icmp_mode: str = "auto") -> int:
         return 0
     finally:
         engine.close()
+        lock.release()

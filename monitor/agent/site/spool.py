@@ -3,7 +3,10 @@
 Why SQLite (stdlib ``sqlite3``) in WAL mode: every append and every acknowledged upload is one
 transaction, so a ``kill -9`` or a crash loses at most the result being written, and the file
 never holds half a result. ``synchronous=NORMAL`` keeps SD cards (Raspberry Pi) from an fsync per
-result; a power cut may then lose the last few commits, never the file's consistency.
+result; a power cut may then lose the last few commits, never the file's consistency. The log is
+kept small (:mod:`monitor.write_ahead_log`, issue 25): a 1 MB volume holds a working spool. A
+corrupt spool is moved aside at open and a fresh one started, and a file the agent may not write is
+named with the fix (:mod:`monitor.sqlite_files`, issue 25).
 
 What it keeps:
 
@@ -20,14 +23,24 @@ the newest say most about the site now, and each one dropped is counted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from monitor import sqlite_files
+from monitor.write_ahead_log import BoundedLog, LogBounds
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 FILE_NAME = "spool.sqlite3"
+# Issue 25: the log is checkpointed every 32 pages (128 KB) and kept to 256 KB, so that a 1 MB volume holds a
+# working spool; SQLite's default (1,000 pages, never shrunk) let the log alone refill a 1 MB volume.
+LOG_BOUNDS = LogBounds(checkpoint_pages=32, limit_bytes=256 * 1024)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
@@ -42,6 +55,8 @@ class Spool:
         self._db = db
         self.path = path
         self.max_results = max_results
+        self.moved_aside: Path | None = None  # where open moved a corrupt spool (issue 25)
+        self._wal = BoundedLog(db, path, LOG_BOUNDS, log)
         self.instance = self._meta("instance")
 
     @classmethod
@@ -54,6 +69,10 @@ class Spool:
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / FILE_NAME
+        # a corrupt spool is moved aside and a fresh one started (issue 25): its results are lost either way,
+        # and the agent must go on measuring; the centre sees a new instance (connmon_agent_info)
+        moved = sqlite_files.set_aside_if_corrupt(path, what="spool", log=log,
+                                                  metric="the centre sees a new instance in connmon_agent_info")
         db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -63,11 +82,16 @@ class Spool:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (secrets.token_hex(16),))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', '1')")
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('dropped', '0')")
-        except BaseException:
+        except BaseException as err:
             db.close()
-            raise
+            mapped = sqlite_files.named(path, err)  # a permission fault names the file and the fix (issue 25)
+            if mapped is err:
+                raise
+            raise mapped from err
         os.chmod(path, 0o600)
-        return cls(db, path, max_results)
+        spool = cls(db, path, max_results)
+        spool.moved_aside = moved
+        return spool
 
     def close(self) -> None:
         self._db.close()
@@ -95,12 +119,26 @@ class Spool:
         return [(int(seq), json.loads(body)) for seq, body in rows]
 
     # ------------------------------------------------------------------ writing
+    def _bounded(self, write: Callable[[], _T]) -> _T:
+        """Run one write transaction; on a full disk the log is freed and the write tried once more, and a
+        log left longer than its bound is truncated after it (issue 25, :mod:`monitor.write_ahead_log`)."""
+        done = self._wal.freeing(write)
+        self._wal.after_write()
+        return done
+
     def append(self, encode: Callable[[int], dict[str, Any]]) -> int:
         """Number a result and keep it; return its ``seq``. ``encode(seq)`` builds the wire object.
 
         Beyond ``max_results`` the oldest results are deleted and counted as dropped, in the same
         transaction: the count and the spool never disagree.
+
+        Raises:
+            sqlite3.Error: the result could not be kept (nothing was numbered), e.g. a disk still
+                full once the spool's own log was freed.
         """
+        return self._bounded(lambda: self._append(encode))
+
+    def _append(self, encode: Callable[[int], dict[str, Any]]) -> int:
         with _transaction(self._db):
             seq = int(self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
             body = json.dumps(encode(seq), separators=(",", ":"), allow_nan=False)
@@ -113,15 +151,18 @@ class Spool:
 
     def acknowledge(self, last_seq: int) -> int:
         """The centre has every result up to ``last_seq``: forget them; return how many went."""
+        return self._bounded(lambda: self._delete_through(last_seq, dropped=False))
+
+    def _delete_through(self, last_seq: int, *, dropped: bool) -> int:
         with _transaction(self._db):
-            return self._db.execute("DELETE FROM results WHERE seq <= ?", (last_seq,)).rowcount
+            gone = int(self._db.execute("DELETE FROM results WHERE seq <= ?", (last_seq,)).rowcount)
+            if dropped:
+                self._add_dropped(gone)
+        return gone
 
     def drop_through(self, last_seq: int) -> int:
         """Give up on the results up to ``last_seq`` (a batch the centre keeps refusing): forget and count them."""
-        with _transaction(self._db):
-            gone = self._db.execute("DELETE FROM results WHERE seq <= ?", (last_seq,)).rowcount
-            self._add_dropped(gone)
-        return int(gone)
+        return self._bounded(lambda: self._delete_through(last_seq, dropped=True))
 
     def _discard_oldest(self, count: int) -> None:
         gone = self._db.execute("DELETE FROM results WHERE seq IN (SELECT seq FROM results ORDER BY seq LIMIT ?)",
@@ -143,4 +184,12 @@ class _transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, *_: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:  # a commit that failed (a full disk) must not leave the transaction open
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        elif self.db.in_transaction:  # SQLite may have rolled it back itself (a full disk): keep the first error
+            self.db.execute("ROLLBACK")

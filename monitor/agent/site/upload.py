@@ -7,6 +7,9 @@ answer, and why:
 
 * connection error, timeout, 5xx, 429: the centre (or the link) cannot take it now. Keep
   everything, try again at the next interval, not before ``Retry-After`` when the centre said one.
+* TLS failure (issue 25): not an outage, a certificate or setting to fix, so it is logged as an
+  ERROR naming its cause (:class:`TlsCause`: expired, untrusted CA, name mismatch, ...) and the fix;
+  everything is kept and tried again at the next interval, as for an outage.
 * 401, 403: the token is wrong or belongs to another site. Nothing the agent can fix; it keeps
   the results (a corrected token uploads them) and logs the centre's explanation once per interval.
 * 413: the batch is too large for the centre's limit: the batch size is halved and tried again.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import enum
 import json
 import logging
 import ssl
@@ -44,6 +48,78 @@ _MAX_ERROR_TEXT = 500
 
 class CentreUnreachable(Exception):
     """No HTTP answer from the centre (connection refused, no route, timeout, TLS failure)."""
+
+
+class TlsCause(enum.StrEnum):
+    """Why TLS with the centre failed (closed set): each is a different fix, so the log names it (issue 25)."""
+
+    EXPIRED = "expired"  # the centre's certificate (or its CA's) has expired, or this machine's clock is ahead
+    NOT_YET_VALID = "not_yet_valid"  # not valid yet: usually this machine's clock is behind
+    UNTRUSTED_CA = "untrusted_ca"  # signed by a CA the agent does not trust: ca_file missing or wrong
+    NAME_MISMATCH = "name_mismatch"  # the certificate is not for the host or address in `centre`
+    REVOKED = "revoked"
+    VERIFY_FAILED = "verify_failed"  # any other reason OpenSSL gives for not trusting the certificate
+    HANDSHAKE = "handshake"  # no certificate problem: no common protocol, a plain-HTTP port, a client cert wanted
+
+
+class CentreTlsFailure(CentreUnreachable):
+    """No HTTP answer because TLS with the centre failed; ``cause`` says why, the message what to do."""
+
+    def __init__(self, message: str, cause: TlsCause) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+# OpenSSL's X509_V_ERR_* codes (x509_vfy.h) → cause, and what to do about it
+_VERIFY_CAUSES: dict[int, tuple[TlsCause, str]] = {
+    10: (TlsCause.EXPIRED, "renew the centre's certificate (or check this machine's clock)"),
+    9: (TlsCause.NOT_YET_VALID, "check this machine's clock (NTP), or wait until the certificate is valid"),
+    2: (TlsCause.UNTRUSTED_CA, "set ca_file to the PEM file of the CA that signed the centre's certificate"),
+    18: (TlsCause.UNTRUSTED_CA, "the centre's certificate is self-signed: give it as ca_file, or use a CA"),
+    19: (TlsCause.UNTRUSTED_CA, "set ca_file to the PEM file of the CA that signed the centre's certificate"),
+    20: (TlsCause.UNTRUSTED_CA, "set ca_file to the PEM file of the CA that signed the centre's certificate"),
+    21: (TlsCause.UNTRUSTED_CA, "set ca_file to the PEM file of the CA that signed the centre's certificate"),
+    62: (TlsCause.NAME_MISMATCH, "use the name the certificate is for in `centre`, or add it to the certificate"),
+    64: (TlsCause.NAME_MISMATCH, "use the address the certificate is for in `centre`, or add it to the certificate"),
+    23: (TlsCause.REVOKED, "the centre needs a new certificate"),
+}
+_HANDSHAKE_HINTS = {
+    "WRONG_VERSION_NUMBER": "the centre does not speak TLS on this port: is `centre` https:// where it should be "
+                            "http://?",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the centre's web config asks for client certificates, which agents do not "
+                                         "have: use VerifyClientCertIfGiven",
+    "UNSUPPORTED_PROTOCOL": "the centre and this agent have no TLS version in common (min_version/max_version)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the centre and this agent have no TLS version in common "
+                                    "(min_version/max_version)",
+}
+
+
+def tls_failure(err: BaseException, url: str) -> CentreTlsFailure | None:
+    """The TLS failure behind ``err`` (an aiohttp or OS error), named by cause; None when TLS is not to blame.
+
+    aiohttp wraps OpenSSL's error (``raise ... from``), so the chain is followed to the innermost one:
+    the :class:`ssl.SSLCertVerificationError` that holds OpenSSL's verify code.
+    """
+    found: ssl.SSLError | None = None
+    current: BaseException | None = err
+    for _ in range(8):  # aiohttp's wrappers are ssl.SSLError subclasses too: the innermost is OpenSSL's own
+        if current is None:
+            break
+        if isinstance(current, ssl.SSLError):
+            found = current
+        current = current.__cause__ or current.__context__
+    if found is None or isinstance(found, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        return None  # the connection was cut (a restarting centre, a dropped link): an outage, not a setting
+    if isinstance(found, ssl.SSLCertVerificationError):
+        code = getattr(found, "verify_code", None)
+        detail = getattr(found, "verify_message", None) or str(found)
+        cause, fix = _VERIFY_CAUSES.get(code if isinstance(code, int) else -1, (TlsCause.VERIFY_FAILED, (
+            "check the centre's certificate chain and ca_file")))
+        return CentreTlsFailure(f"{url}: TLS failure: certificate verify failed ({cause}): {detail}; {fix}", cause)
+    reason = found.reason or ""
+    hint = next((text for key, text in _HANDSHAKE_HINTS.items() if key in reason or key in str(found)),
+                "see the centre's web config (tls_server_config)")
+    return CentreTlsFailure(f"{url}: TLS failure: handshake failed ({reason or found}); {hint}", TlsCause.HANDSHAKE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +202,9 @@ class CentreClient:
                         parsed = text
                 return Answer(resp.status, parsed, parse_retry_after(resp.headers.get("Retry-After"), self.clock()))
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            tls = tls_failure(err, url)
+            if tls is not None:  # not an outage: a certificate or setting to fix (issue 25)
+                raise tls from err
             detail = str(err) or type(err).__name__
             raise CentreUnreachable(f"{url}: {detail}") from err
 
@@ -176,6 +255,11 @@ class Uploader:
                     "results": [result for _, result in pending]}
             try:
                 answer = await self.client.post(RESULTS_PATH, body)
+            except CentreTlsFailure as err:  # not an outage: waiting does not fix it, so an ERROR naming the cause
+                report.stopped_by = f"TLS {err.cause}"
+                report.errors.append(str(err))
+                log.error("cannot upload to the centre: %s; %d results stay in the spool", err, len(self.spool))
+                return report
             except CentreUnreachable as err:
                 report.stopped_by = "unreachable"
                 report.errors.append(str(err))
