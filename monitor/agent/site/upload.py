@@ -14,10 +14,16 @@ answer, and why:
   the results (a corrected token uploads them) and logs the centre's explanation once per interval.
 * 413: the batch is too large for the centre's limit: the batch size is halved and tried again.
 * 400: the centre refuses something in the batch. Retrying the same bytes gives the same answer,
-  so after :data:`MAX_REFUSALS` refusals in a row of a batch starting at the same ``seq`` the
-  batch is dropped (counted in ``spool_dropped``) rather than blocking the spool for ever. A
-  refusal of the *envelope* (``$.agent``/``$.site``, e.g. the agent's clock is wrong) is not the
-  results' fault and never drops them.
+  so after :data:`MAX_REFUSALS` refusals in a row of a batch starting at the same ``seq``, the first
+  of them at least :data:`REFUSAL_PATIENCE_SECONDS` ago (its cause may pass: a clock that was fast
+  and is being corrected), the batch is dropped (counted in ``spool_dropped``) rather than blocking
+  the spool for ever. A refusal of the *envelope* (``$.agent``/``$.site``, e.g. the agent's clock is
+  wrong) is not the results' fault and never drops them.
+
+After any failure (the link, TLS, an HTTP status other than 200 and 413's halving) the next try waits
+(issue 25): :data:`BACKOFF_FIRST_SECONDS`, doubling with each failure in a row up to
+:data:`BACKOFF_MAX_SECONDS`, jittered, and never less than the centre's ``Retry-After``. A hundred
+agents coming back after a centre's outage then spread their retries instead of arriving together.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import email.utils
 import enum
 import json
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -43,6 +50,9 @@ from monitor.agent.site.spool import Spool
 log = logging.getLogger(__name__)
 
 MAX_REFUSALS = 3
+REFUSAL_PATIENCE_SECONDS = 900.0  # a refused batch is dropped only after this long too: its cause may pass
+BACKOFF_FIRST_SECONDS = 2.0  # after a failed upload, the next waits this long, doubling with each failure in a row,
+BACKOFF_MAX_SECONDS = 300.0  # up to this; each wait is jittered (×0.5–1.5) so that agents do not retry in step
 _MAX_ERROR_TEXT = 500
 
 
@@ -223,6 +233,7 @@ class UploadReport:
     duplicates: int = 0
     dropped: int = 0
     stopped_by: str = ""  # why results remain: "" (spool empty), "unreachable", "HTTP 503", ...
+    retry_after_seconds: float | None = None  # the centre's Retry-After with a 429 or 5xx
     errors: list[str] = field(default_factory=list)
 
 
@@ -230,22 +241,45 @@ class Uploader:
     """Drains the spool to the centre, batch by batch, as the module's docstring says."""
 
     def __init__(self, config: AgentConfig, spool: Spool, client: CentreClient, info: Callable[[], AgentInfo],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random) -> None:
+        self.jitter = jitter  # uniform in [0, 1): the spread of each backoff
+        self.failures = 0  # failed uploads in a row
         self.config = config
         self.spool = spool
         self.client = client
         self.info = info
         self.clock = clock
         self.batch = config.upload_batch
-        self.not_before = 0.0  # Retry-After
-        self._refused: tuple[int, int] = (0, 0)  # (first seq of the refused batch, refusals in a row)
+        self.not_before = 0.0  # no upload before this: the backoff, or the centre's Retry-After
+        # (first seq of the refused batch, refusals in a row, when the first of them came)
+        self._refused: tuple[int, int, float] = (0, 0, 0.0)
+
+    def back_off(self, retry_after_seconds: float | None = None) -> float:
+        """After a failed upload: wait before the next, longer with each failure in a row; the wait in seconds."""
+        self.failures += 1
+        wait: float = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2.0 ** min(self.failures - 1, 30))
+        wait *= 0.5 + self.jitter()
+        if retry_after_seconds is not None:
+            wait = max(wait, retry_after_seconds)
+        self.not_before = self.clock() + wait
+        return wait
 
     async def drain(self, stop: asyncio.Event | None = None) -> UploadReport:
         """Upload until the spool is empty, the centre says stop, or ``stop`` is set (between batches)."""
         report = UploadReport()
         if self.clock() < self.not_before:
-            report.stopped_by = f"Retry-After ({self.not_before - self.clock():.0f}s left)"
+            report.stopped_by = f"waiting ({self.not_before - self.clock():.0f}s left: backoff or Retry-After)"
             return report
+        report = await self._drain(report, stop)
+        if report.stopped_by and report.stopped_by != "stopping":
+            wait = self.back_off(report.retry_after_seconds)
+            log.info("next upload in %.0f s at the earliest (%d failures in a row: %s)", wait, self.failures,
+                     report.stopped_by)
+        elif not report.stopped_by:
+            self.failures = 0
+        return report
+
+    async def _drain(self, report: UploadReport, stop: asyncio.Event | None) -> UploadReport:
         while stop is None or not stop.is_set():
             pending = self.spool.oldest(self.batch)
             if not pending:
@@ -266,7 +300,8 @@ class Uploader:
                 log.warning("cannot reach the centre (%s); %d results stay in the spool", err, len(self.spool))
                 return report
             if answer.status == 200:
-                self._refused = (0, 0)
+                self._refused = (0, 0, 0.0)
+                self.failures = 0
                 self.spool.acknowledge(last)
                 report.sent += len(pending)
                 if isinstance(answer.body, dict):
@@ -285,8 +320,7 @@ class Uploader:
                     continue
                 return report
             if answer.status == 429 or answer.status >= 500:
-                if answer.retry_after_seconds is not None:
-                    self.not_before = self.clock() + answer.retry_after_seconds
+                report.retry_after_seconds = answer.retry_after_seconds
                 log.warning("the centre cannot take results now (%s); %d stay in the spool%s", answer.describe(),
                             len(self.spool), "" if answer.retry_after_seconds is None
                             else f", next try in {answer.retry_after_seconds:.0f}s")
@@ -304,17 +338,20 @@ class Uploader:
     def _refuse(self, first: int, last: int, answer: Answer, report: UploadReport) -> bool:
         """Count a refusal of the batch from ``first``; True when it was dropped (go on with the next one)."""
         envelope = "$.agent" in answer.describe() or "$.site" in answer.describe()
-        seen, count = self._refused
-        count = count + 1 if seen == first else 1
-        self._refused = (first, count)
-        if envelope or count < MAX_REFUSALS:
+        seen, count, since = self._refused
+        now = self.clock()
+        count, since = (count + 1, since) if seen == first and count else (1, now)
+        self._refused = (first, count, since)
+        patient = now - since < REFUSAL_PATIENCE_SECONDS
+        if envelope or count < MAX_REFUSALS or patient:
             log.error("the centre refused the batch of results %d-%d (%s)%s", first, last, answer.describe(),
                       "; it is this agent's envelope, not the results: results kept" if envelope
-                      else f"; refusal {count} of {MAX_REFUSALS} before the batch is dropped")
+                      else f"; refusal {count}: the batch is dropped after {MAX_REFUSALS} refusals over at least "
+                           f"{REFUSAL_PATIENCE_SECONDS / 60:.0f} minutes")
             return False
         gone = self.spool.drop_through(last)
         report.dropped += gone
-        self._refused = (0, 0)
+        self._refused = (0, 0, 0.0)
         log.error("dropped %d results (%d-%d) the centre refused %d times in a row (%s)", gone, first, last,
                   MAX_REFUSALS, answer.describe())
         return True
