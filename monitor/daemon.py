@@ -82,6 +82,8 @@ if TYPE_CHECKING:
     from monitor.history.postgres import IdentityLock  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
+
+STORED_WAIT_SECONDS = 10.0  # an agent's batch is answered 503 if the history has not stored it by then (issue 25)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
@@ -306,7 +308,8 @@ class Daemon:
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
                            if state_dir is not None else None, default_timezone=options.timezone)
         self.api.set_report_settings(config)
-        self.agent_api = AgentApi(self.agents, self.plan, body_idle_seconds=options.agent_body_timeout_seconds)
+        self.agent_api = AgentApi(self.agents, self.plan, body_idle_seconds=options.agent_body_timeout_seconds,
+                                  stored=self._history_stored if self.history is not None else None)
         self.maintenance_api = MaintenanceApi(self.maintenance, store_opener(store_url, state_dir)
                                               if state_dir is not None else None,
                                               writes_enabled=options.enable_admin_api)
@@ -343,6 +346,16 @@ class Daemon:
         self.agents.set_targets(new_targets)
         self.targets = new_targets
         settle_long_lived()  # the new targets and their state live until the next reload
+
+    async def _history_stored(self) -> bool:
+        """Whether the history holds every result taken so far, waiting up to :data:`STORED_WAIT_SECONDS`."""
+        history = self.history
+        if history is None:
+            return True
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(history.stored()), STORED_WAIT_SECONDS)
+        except TimeoutError:
+            return False
 
     def _keep_node_run(self, cycle: Cycle) -> None:
         """Write a run of the upstream nodes to the history: only the nodes of this instance's share.

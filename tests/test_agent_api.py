@@ -81,9 +81,12 @@ def batch(site: str, first_seq: int, count: int, at: float, rtts: list[float | N
 
 
 def site_series(text: str, site: str) -> dict[str, dict]:
-    """Every series of one endpoint (agent_last_seen aside: a refused post does not touch it either)."""
+    """Every series of one endpoint (agent_last_seen aside: a refused post does not touch it either), but the
+    refusals it counts (issue 25), which a refusal does change."""
     out: dict[str, dict] = {}
     for name, series in samples(text).items():
+        if name == "connmon_agent_site_requests_rejected_total":
+            continue
         kept = {k: v for k, v in series.items() if dict(k).get("endpoint") == site}
         if kept:
             out[name] = kept
@@ -168,6 +171,11 @@ def test_bad_agent_requests_get_their_status_and_change_nothing(lab: Lab, tmp_pa
             if expected == 400:
                 assert answer["error"], what
             assert snapshot() == before, what
+        _, _, text = call(f"{base}/metrics", None, method="GET", headers=people)
+        rejected = {(dict(k)["endpoint"], dict(k)["code"]): v
+                    for k, v in samples(text)["connmon_agent_site_requests_rejected_total"].items() if v}
+        assert rejected == {("vsat-2", "403"): 1, ("vsat-1", "403"): 1, ("vsat-1", "413"): 1,
+                            ("vsat-1", "400"): 4}  # by the site whose token it was; 401s name none
         # the same batch again: acknowledged, nothing counted twice
         status, _, answer = call(results, json.dumps(batch("vsat-1", 1, 3, now - 10)).encode(), TOKENS["vsat-1"])
         assert (status, answer["accepted"], answer["duplicates"]) == (200, 0, 3)

@@ -12,6 +12,7 @@ import pytest
 
 from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_config, parse_agent_config
 from monitor.errors import ConfigError
+from tests.pki import make_pki
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "agent.example.yaml"
@@ -51,8 +52,9 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path, token: Path
 
 
 def test_every_key_is_read(tmp_path: Path, token: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not checked here\n")
+    (tmp_path / "pki").mkdir()
+    ca = tmp_path / "ca.pem"  # a real CA: OpenSSL must load it (issue 25)
+    ca.write_bytes(make_pki(tmp_path / "pki", "127.0.0.1").ca.read_bytes())
     config = load(tmp_path, """
 centre: https://[2001:db8::10]:8443/connmon
 site: clinic-lte-7

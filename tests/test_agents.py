@@ -41,10 +41,14 @@ def world() -> tuple[AgentRegistry, Recorder, Clock]:
     return registry, sink, clock
 
 
-def post(registry: AgentRegistry, token: str, body: dict[str, Any]) -> Any:
+def post(registry: AgentRegistry, token: str, body: dict[str, Any], *, stored: bool = True) -> Any:
+    """What the API does with a batch; ``stored``: the history then holds it, and the journal is told (issue 25)."""
     site = registry.authenticate(f"Bearer {token}")
     assert site is not None
-    return registry.accept(site, decode_batch(body, registry.clock()))
+    outcome = registry.accept(site, decode_batch(body, registry.clock()))
+    if stored:
+        registry.confirm(site)
+    return outcome
 
 
 def test_a_token_speaks_for_its_own_site_only(world: tuple[AgentRegistry, Recorder, Clock]) -> None:
@@ -243,6 +247,26 @@ def test_agents_get_slots_under_the_centres_limit_and_schedule() -> None:
     assert plan.running == 0
 
 
+def test_a_batch_taken_but_not_yet_stored_is_taken_again_after_a_restart(tmp_path: Path) -> None:
+    """Journalled pending, never confirmed stored (the centre died before its history wrote it): a restart
+    does not count it as seen, so the agent's retry is taken and stored; a confirmed one stays a duplicate."""
+    from monitor.agent.centre.journal import SeqJournal
+
+    def centre() -> tuple[AgentRegistry, Recorder]:
+        sink = Recorder()
+        registry = AgentRegistry(ResultPipeline([sink]), Clock(T0), journal=SeqJournal.in_dir(tmp_path))
+        registry.set_targets([agent_target("vsat-1")])
+        return registry, sink
+
+    first, _ = centre()
+    assert post(first, TOKENS["vsat-1"], batch("vsat-1", [1, 2], T0 - 300)).accepted == 2
+    assert post(first, TOKENS["vsat-1"], batch("vsat-1", [3, 4], T0 - 200), stored=False).accepted == 2
+    second, sink = centre()  # kill -9 before the history took 3 and 4
+    again = post(second, TOKENS["vsat-1"], batch("vsat-1", [1, 2, 3, 4], T0 - 300))
+    assert (again.accepted, again.duplicates, again.last_seq) == (2, 2, 4)
+    assert [r.started_at for r in sink.results] == [T0 - 300 + 2 * 60, T0 - 300 + 3 * 60]
+
+
 def test_a_batch_repeated_after_a_restart_of_the_centre_is_a_duplicate(tmp_path: Path) -> None:
     """The last sequence numbers outlive the centre (journal in the state dir): a batch the agent posts
     again after the centre restarted is acknowledged and ignored, not counted twice; a new
@@ -287,9 +311,10 @@ def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, 
     path.write_text('{"site": "vsat-1", "instance": "inst-1", "seq": 7}\n{"site": "vsat-1", "inst', encoding="utf-8")
     journal = SeqJournal(path)
     assert journal.load() == {"vsat-1": ("inst-1", 7)}
-    for seq in range(8, 40):
+    for seq in range(8, 40):  # as the API does: pending before publishing, confirmed once stored (issue 25)
         journal.record("vsat-1", "inst-1", seq)
-    assert len(path.read_text().splitlines()) <= 1 + 5 + 1
+        journal.confirm("vsat-1", "inst-1", seq)
+    assert len(path.read_text().splitlines()) <= 1 + 5 + 2
     journal.close()
     assert SeqJournal(path).load() == {"vsat-1": ("inst-1", 39)}
     blocked = SeqJournal(tmp_path / "file-not-dir" / agent_seqs.FILE_NAME)
@@ -301,6 +326,8 @@ def test_the_sequence_journal_survives_a_torn_line_and_compacts(tmp_path: Path, 
     assert sum("agent sequence journal" in r.getMessage() for r in caplog.records) == 1
     (tmp_path / "file-not-dir").unlink()
     blocked.record("vsat-1", "inst-1", 2)  # tried again with every batch: the fault cleared, it works
+    assert '"pending": true' in blocked.path.read_text()  # pending only until confirmed: a restart takes it again
+    blocked.confirm("vsat-1", "inst-1", 2)
     blocked.close()
     assert SeqJournal(blocked.path).load() == {"vsat-1": ("inst-1", 2)}
 

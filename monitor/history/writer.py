@@ -10,10 +10,11 @@ results themselves. :class:`HistorySink` is the result-pipeline sink that keeps 
   the event loop never waits on a disk. A store that fails (read-only, full, gone) costs history,
   never probing or /metrics: the batch stays in a bounded backlog that is retried,
   ``connmon_store_errors_total`` counts the failure and the log says it at most once a minute.
-  Pruning runs in the same thread in small slices between writes, so it never holds the database
-  for long. An agent site's classified silence (:class:`~monitor.results.Gap`, issue 10) rides in
-  the cycle that ended it and takes the same road: queued, batched with the results, written in
-  their transaction, pruned like tests.
+  (A full disk is a failure only once the SQLite store has freed its own write-ahead log and tried
+  again: :mod:`monitor.write_ahead_log`, issue 25.) Pruning runs in the same thread in small
+  slices between writes, so it never holds the database for long. An agent site's classified
+  silence (:class:`~monitor.results.Gap`, issue 10) rides in the cycle that ended it and takes the
+  same road: queued, batched with the results, written in their transaction, pruned like tests.
 * A row that no store can take (:func:`~monitor.history.set_aside.is_row_fault`) is set aside into
   a JSON-lines file beside the history and counted, and the other rows of its chunk are written
   (issue 24): retried, it would fail again and again and stop the history of every site. The file
@@ -29,7 +30,9 @@ results themselves. :class:`HistorySink` is the result-pipeline sink that keeps 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
 import queue
 import threading
 import time
@@ -68,6 +71,13 @@ MAX_PENDING_TRACES = 1_000  # traces kept for a failing store; older ones are dr
 
 
 @dataclass(frozen=True, slots=True)
+class _Stored:
+    """Queue item: set ``done`` True once everything queued before it is in the store (or set aside on disk)."""
+
+    done: concurrent.futures.Future[bool]
+
+
+@dataclass(frozen=True, slots=True)
 class _Traced:
     """Queue item: a trace taken (issue 21), for the ``traces`` table."""
 
@@ -102,8 +112,11 @@ class HistorySink:
         self._set_aside_file = set_aside.SetAsideFile(set_aside_path, self._say)
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[Sequence[Result | Gap] | Sequence[EndpointRecord] | _Stop | _Restore
-                                       | _Traced] = queue.SimpleQueue()
+                                       | _Traced | _Stored] = queue.SimpleQueue()
         self._traces: deque[_Traced] = deque(maxlen=MAX_PENDING_TRACES)  # traces not written yet
+        self._waiting: list[_Stored] = []  # asked whether what came before them is stored (issue 25)
+        # a test hook (issue 25): exit at once before writing an agent's results, as a kill -9 would
+        self._crash_before_agent_rows = os.environ.get("CONNMON_TEST_CRASH_BEFORE_AGENT_ROWS") == "1"
         self._restore: _Restore | None = None  # a restore that waits for the store to answer
         self._backlog: deque[Result | Gap] = deque()  # gaps travel with results: in order, batched, retried
         self._endpoints: dict[str, EndpointRecord] = {}  # labels to write with the next batch
@@ -148,6 +161,17 @@ class HistorySink:
 
     def cycle_skipped(self, probe: str, group: str) -> None:
         """Nothing ran, so there is nothing to keep (the metrics sink counts skips)."""
+
+    def stored(self) -> concurrent.futures.Future[bool]:
+        """A future that becomes True once every result given to :meth:`consume` before this call is written.
+
+        Written to the store, or set aside on disk when the store refuses a row: either way it survives
+        a kill. It becomes False at shutdown if the store never took them. The agents' API waits on it
+        before answering 200 (issue 25).
+        """
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._queue.put(_Stored(done))
+        return done
 
     def trace_taken(self, target: Target, trace: Trace) -> None:
         """Keep a trace (issue 21, :class:`monitor.tracer.Tracer`'s ``record``): written by the writer thread."""
@@ -210,7 +234,14 @@ class HistorySink:
                 self._take(more)
         if self._restore is not None and not stop and not self._restore_step():
             return False  # the store is away: nothing can be written either; retry in RETRY_SECONDS
+        if self._crash_before_agent_rows and any(getattr(r, "target", None) is not None and r.target.mode == "agent"
+                                                 for r in self._backlog):
+            os._exit(137)  # the test hook: as if killed between the journal and the history
         written = self._write() if self._backlog or self._unwritten else True
+        if written and not self._backlog and self._waiting:
+            for waiting in self._waiting:
+                waiting.done.set_result(True)
+            self._waiting.clear()
         if written and self._traces:
             written = self._write_traces()
         # a slice after a write too: cycles that arrive steadily (the queue never runs dry) must not starve
@@ -223,6 +254,9 @@ class HistorySink:
             self._reopen_at = 0.0  # the last seconds: try as often as the loop goes
             if not self._write():
                 time.sleep(0.2)
+        for waiting in self._waiting:  # the API's waits end: stored, or not (the agent keeps the batch)
+            waiting.done.set_result(not self._backlog)
+        self._waiting.clear()
         if self._backlog:
             lost = len(self._backlog)
             self._backlog.clear()
@@ -240,12 +274,15 @@ class HistorySink:
     def _until_prune(self) -> float:
         return max(0.05, min(RETRY_SECONDS, self._next_prune - self._clock()))
 
-    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord] | _Restore | _Traced) -> None:
+    def _take(self, item: Sequence[Result | Gap] | Sequence[EndpointRecord] | _Restore | _Traced | _Stored) -> None:
         if isinstance(item, _Restore):
             self._restore = item
             return
         if isinstance(item, _Traced):
             self._traces.append(item)
+            return
+        if isinstance(item, _Stored):
+            self._waiting.append(item)
             return
         for entry in item:
             if isinstance(entry, EndpointRecord):

@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,10 @@ class AgentApi:
     """
 
     def __init__(self, registry: AgentRegistry, plan: ThroughputPlan,
-                 body_idle_seconds: float = BODY_IDLE_SECONDS) -> None:
+                 body_idle_seconds: float = BODY_IDLE_SECONDS,
+                 stored: Callable[[], Awaitable[bool]] | None = None) -> None:
+        # issue 25: True once the history holds every result taken so far (None: no history to wait for)
+        self.stored = stored
         self.registry = registry
         self.plan = plan
         self.body_idle_seconds = body_idle_seconds
@@ -191,6 +194,13 @@ class AgentApi:
         for item in batch.results:
             if item.slot is not None:
                 self.slots.pop(item.slot, None)
+        # issue 25: 200 only once the history holds the batch (a duplicate too: its first post may not be
+        # stored yet), then journalled as stored; a kill before that loses nothing the agent was told is in
+        if self.stored is not None and not await self.stored():
+            return self._refuse(503, "the centre took the batch but its history has not stored it yet; post it "
+                                     "again later (it is then answered as duplicates once stored)",
+                                headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, site=site)
+        self.registry.confirm(site)
         return json_response({"accepted": outcome.accepted, "duplicates": outcome.duplicates,
                               "last_seq": outcome.last_seq, "gap_cause": outcome.gap_cause})
 

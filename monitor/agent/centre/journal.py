@@ -17,6 +17,14 @@ journal that cannot be written (a full or read-only disk) refuses the batch: the
 and posts it again, so a refusal never leaves a batch published but not journalled (which its
 retry would then count twice after a restart, or see as a duplicate). Said in the log once a
 minute at most; tried again with every batch.
+
+Stored, then confirmed (issue 25): the line written before publishing is *pending*
+(``"pending": true``); once the history has the batch, a second line confirms it, and only then
+does the centre answer 200. A restart reads confirmed lines only, so a centre killed between the
+two (the batch journalled but not yet in the history) takes the agent's retry as new and stores it
+(the history's writes are idempotent: a batch stored twice is one row each). A confirmation that
+cannot be written is said in the log and leaves the older position, which costs at most a retry
+taken twice by the metrics after a restart, never a result.
 """
 
 from __future__ import annotations
@@ -70,6 +78,8 @@ class SeqJournal:
                         site, instance, seq = entry["site"], entry["instance"], entry["seq"]
                     except (ValueError, KeyError, TypeError):
                         continue  # a line torn by a crash, or not ours
+                    if entry.get("pending") is True:
+                        continue  # journalled, never confirmed stored: the agent's retry must be taken again
                     if isinstance(site, str) and isinstance(seq, int) and isinstance(instance, str | None):
                         positions[site] = (instance, seq)
         except FileNotFoundError:
@@ -82,14 +92,31 @@ class SeqJournal:
 
     def record(self, site: str, instance: str | None, seq: int,
                sites: Callable[[], Mapping[str, Position]] | None = None) -> None:
-        """Journal that ``site``'s batches up to ``seq`` are in; ``sites`` gives all of them, for a compaction.
+        """Journal, *pending*, that ``site``'s batches up to ``seq`` are taken (before any of it is published).
+
+        ``sites`` is no longer read (a compaction keeps confirmed positions only); kept for callers.
 
         Raises:
             JournalError: the line could not be written (a full or read-only disk). Nothing is
                 recorded, in the file or in memory: the caller refuses the batch, and the agent,
                 which keeps it, posts it again (issue 24: a refusal changes nothing).
         """
-        line = _line(site, instance, seq)
+        self._write(_line(site, instance, seq, pending=True), raise_error=True)
+
+    def confirm(self, site: str, instance: str | None, seq: int) -> bool:
+        """Journal that ``site``'s batches up to ``seq`` are in the history; False (said) if it cannot be written.
+
+        Only confirmed positions are read back after a restart, and only they are kept at a compaction.
+        """
+        if not self._write(_line(site, instance, seq), raise_error=False):
+            return False
+        self.positions[site] = (instance, seq)
+        if self._lines > len(self.positions) + COMPACT_EXTRA_LINES:
+            self.compact(self.positions)
+        return True
+
+    def _write(self, line: bytes, *, raise_error: bool) -> bool:
+        """Append ``line`` in one system call; on failure say so and raise :class:`JournalError` or return False."""
         try:
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,16 +130,15 @@ class SeqJournal:
             self._torn = True  # a part of the line may be in the file: the next starts after a newline
             self.close()
             self._say(f"cannot write {self.path}: {err}")
-            raise JournalError(err.errno, f"cannot write {self.path}: {err.strerror or err}") from None
+            if raise_error:
+                raise JournalError(err.errno, f"cannot write {self.path}: {err.strerror or err}") from None
+            return False
         self._torn = False
+        self._lines += 1
         if self._failing:
             self._failing = False
             log.warning("agent sequence journal: writing %s works again", self.path)
-        self.positions[site] = (instance, seq)
-        self._lines += 1
-        if self._lines > len(self.positions) + COMPACT_EXTRA_LINES:
-            # the caller's figures do not hold this batch yet (journal, then publish): it goes in on top
-            self.compact({**sites(), site: (instance, seq)} if sites is not None else self.positions)
+        return True
 
     def compact(self, positions: Mapping[str, Position]) -> None:
         """Rewrite the journal with one line per site (atomically: a crash leaves the old or the new).
@@ -154,6 +180,9 @@ class SeqJournal:
                       "and the agents keep them", message)
 
 
-def _line(site: str, instance: str | None, seq: int) -> bytes:
+def _line(site: str, instance: str | None, seq: int, *, pending: bool = False) -> bytes:
     # ASCII escapes: any string the caller holds can be written (a lone surrogate cannot be UTF-8)
-    return (json.dumps({"site": site, "instance": instance, "seq": seq}) + "\n").encode("ascii")
+    entry: dict[str, object] = {"site": site, "instance": instance, "seq": seq}
+    if pending:
+        entry["pending"] = True
+    return (json.dumps(entry) + "\n").encode("ascii")

@@ -273,6 +273,11 @@ class AgentRegistry:
         site.last_seen = now
         return Accepted(len(fresh), duplicates, site.last_seq, cause)
 
+    def confirm(self, site: AgentSite) -> None:
+        """The history has stored ``site``'s batches so far: journal that, so a restart does not take them again."""
+        if self.journal is not None and site.last_seq:
+            self.journal.confirm(site.target.name, site.instance, site.last_seq)
+
     def _positions(self) -> dict[str, Position]:
         return {name: (s.instance, s.last_seq) for name, s in self.sites.items()}
 
