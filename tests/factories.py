@@ -239,3 +239,14 @@ class Recorder:
     @property
     def results(self) -> list[Any]:
         return [r for c in self.cycles for r in c.results]
+
+
+ONE_LOOPBACK_SITE = """
+defaults:
+  icmp: {interval: 1s, count: 1, timeout: 300ms}
+groups:
+  - name: loop
+    endpoints:
+      - {name: a, host: 127.0.0.2}
+"""
+"""A daemon's smallest real config: one site on loopback, pinged every second (for tests of the state dir)."""

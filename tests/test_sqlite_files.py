@@ -23,20 +23,13 @@ from monitor.agent.site.spool import Spool
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.sqlite_files import Unwritable, corrupt_name, move_aside
 from tests.conftest import need_root
-from tests.factories import SOME_TIME, icmp, target, write_config
+from tests.factories import ONE_LOOPBACK_SITE, SOME_TIME, icmp, target, write_config
 from tests.netlab import child_env
 from tests.running import request, samples
 
 HOST = "127.0.0.1"
 PORT = 19993  # this module's range: 19993-19994
-SITES = """
-defaults:
-  icmp: {interval: 1s, count: 1, timeout: 300ms}
-groups:
-  - name: loop
-    endpoints:
-      - {name: a, host: 127.0.0.2}
-"""
+SITES = ONE_LOOPBACK_SITE
 
 
 def real_history(path: Path) -> bytes:

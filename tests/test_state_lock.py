@@ -21,21 +21,14 @@ import pytest
 from monitor.errors import StateInUseError
 from monitor.state_lock import LOCK_FILE_NAME, StateLock
 from tests.conftest import need_root
-from tests.factories import write_config
+from tests.factories import ONE_LOOPBACK_SITE, write_config
 from tests.netlab import child_env
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
 from tests.running import request
 
 HOST = "127.0.0.1"
 PORT = 19990  # this module's range: 19990-19992
-SITES = """
-defaults:
-  icmp: {interval: 1s, count: 1, timeout: 300ms}
-groups:
-  - name: loop
-    endpoints:
-      - {name: a, host: 127.0.0.2}
-"""
+SITES = ONE_LOOPBACK_SITE
 
 
 @contextlib.contextmanager
