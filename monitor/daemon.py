@@ -79,7 +79,7 @@ from monitor.web.site_api import SiteApi
 from monitor.web.site_state import SiteStateSink
 
 if TYPE_CHECKING:
-    from monitor.history.postgres import IdentityLock  # psycopg only with PostgreSQL
+    from monitor.history.postgres_identity import IdentityLock  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ def _take_ownership(options: Options) -> list[StateLock | IdentityLock]:
         return []
     owned: list[StateLock | IdentityLock] = [StateLock.take(options.state_dir, what="connmon run")]
     if is_postgres(options.store_url):
-        from monitor.history.postgres import IdentityLock, redact  # psycopg only with PostgreSQL
+        from monitor.history.postgres import redact  # psycopg only with PostgreSQL
+        from monitor.history.postgres_identity import IdentityLock
 
         shard = options.shard
         identity = f"shard {shard}" if shard is not None and shard.count > 1 else "every site, no --shard"

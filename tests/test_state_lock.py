@@ -144,7 +144,7 @@ def test_two_agents_on_one_spool_the_second_exits_2_naming_the_first(tmp_path: P
 def test_one_identity_per_shared_postgres_history(pg_url: str) -> None:  # noqa: F811 (fixture)
     """On PostgreSQL the identity's advisory lock refuses a second holder, naming the first's PID; another
     shard's identity is free, and a released identity can be taken again."""
-    from monitor.history.postgres import IdentityLock
+    from monitor.history.postgres_identity import IdentityLock
 
     first = IdentityLock.take(pg_url, "shard 0/2")
     try:
@@ -182,7 +182,7 @@ def test_an_identity_lost_with_its_connection_is_taken_again_or_its_new_holder_n
         pg_server: PgServer, pg_url: str) -> None:  # noqa: F811 (fixtures)
     """A lock whose connection the server ended (a restart) is taken again by ``keep``; if another instance took it
     meanwhile, ``keep`` names that one, and takes it back once it is free."""
-    from monitor.history.postgres import IdentityLock
+    from monitor.history.postgres_identity import IdentityLock
 
     first = IdentityLock.take(pg_url, "shard 1/3")
     database = pg_url.split("@/")[1].split("?")[0]
