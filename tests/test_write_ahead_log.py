@@ -7,14 +7,10 @@ fill the volume with a file and free it again, and count every result.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,34 +32,10 @@ from monitor.targets import Target
 from tests.conftest import need_root
 from tests.factories import KEEP_ALL, icmp, target
 from tests.polling import wait_for
+from tests.volumes import fill, small_volume
 
 SITES = 30
 RTTS = (0.011, 0.012, 0.013, 0.014, 0.015)
-
-
-@contextlib.contextmanager
-def small_volume(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``where`` for the test, unmounted after."""
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(volume: Path) -> Path:
-    """A file that takes every free byte of ``volume``."""
-    filler = volume / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as err:
-        assert err.errno == errno.ENOSPC, err
-    finally:
-        os.close(fd)
-    return filler
 
 
 def log_bytes(database: Path) -> int:

@@ -1,4 +1,4 @@
-"""The wire format between a site agent and the centre (issue 10), version 1: JSON over HTTP.
+"""The wire format between a site agent and the centre (issue 10), version 2: JSON over HTTP.
 
 An agent measures from inside a site behind carrier-grade NAT and posts what it measured to the
 centre, ``POST /api/v1/agent/results`` with ``Authorization: Bearer TOKEN``::
@@ -28,8 +28,17 @@ Why it looks like this:
 * ``boot_id`` and ``uptime_seconds`` let the centre tell, after a silence, a power cut (a new
   boot that is younger than the gap) from a link cut (the same boot, with spooled results
   measured during the gap).
-* Everything is checked before anything is used: one bad value rejects the whole batch (400)
-  and nothing of it is written, so a half-applied batch can never be.
+* Everything is checked before anything is used, so a half-applied batch can never be.
+
+Versions (issue 25, "refuse results, not batches"): an agent that speaks version 2 says so in the
+header ``Connmon-Protocol: 2``. The centre then checks the envelope (token, ``site``, ``agent``, the
+list and each result's ``seq``) as a whole, and each result on its own: the 200 answer lists every
+result as ``stored``, ``duplicate`` or ``refused`` with the field and the reason, and a refusal whose
+cause can pass (a time stamped in the future by a clock that was fast) carries
+``retry_after_seconds``: the agent keeps that result until then, and drops only the others. Without
+the header (a version 1 agent) one bad value rejects the whole batch (400), as version 1 did; a
+version 1 centre ignores the header and answers without ``results``, which a version 2 agent reads
+as every result taken. So either side works with the other one version older.
 """
 
 from __future__ import annotations
@@ -46,7 +55,8 @@ from monitor.results import DirectionResult, IcmpResult, ThroughputResult
 from monitor.targets import Target
 from monitor.text import clean_detail, text_fault
 
-VERSION = 1
+VERSION = 2
+PROTOCOL_HEADER = "Connmon-Protocol"  # the version the agent speaks; absent: 1 (issue 25)
 ROUTES_PREFIX = "/api/v1/agent/"  # the agents' routes: each site's bearer token, not the web config's basic auth
 RESULTS_PATH = "/api/v1/agent/results"
 SLOT_PATH = "/api/v1/agent/slot"
@@ -71,11 +81,70 @@ IcmpPath = Literal["centre", "gateway"]
 
 
 class ProtocolError(ValueError):
-    """A batch the centre refuses (HTTP 400): ``field`` names where, as a JSON path."""
+    """A batch (or, in version 2, a result) the centre refuses: ``field`` names where, as a JSON path.
 
-    def __init__(self, field: str, message: str) -> None:
+    ``retry_after_seconds``: set when the cause can pass by itself (a time in the future: the same
+    result is taken once the centre's clock reaches it), with how long until then.
+    """
+
+    def __init__(self, field: str, message: str, retry_after_seconds: float | None = None) -> None:
         self.field = field
+        self.reason = message
+        self.retry_after_seconds = retry_after_seconds
         super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedResult:
+    """A result of a version 2 batch the centre refused on its own: where, why, and whether it can pass."""
+
+    seq: int
+    field: str
+    reason: str
+    retry_after_seconds: float | None = None  # None: it will never be taken; else when it may be
+
+
+ResultOutcome = Literal["stored", "duplicate", "refused"]
+
+
+def result_answer(seq: int, outcome: ResultOutcome, refused: RefusedResult | None = None) -> dict[str, Any]:
+    """One result's line in a version 2 answer (the wire's one definition, read by :func:`read_result_answers`)."""
+    line: dict[str, Any] = {"seq": seq, "outcome": outcome}
+    if refused is not None:
+        line.update(field=refused.field, reason=refused.reason,
+                    retry_after_seconds=None if refused.retry_after_seconds is None
+                    else round(refused.retry_after_seconds, 3))
+    return line
+
+
+def read_result_answers(body: Any) -> list[RefusedResult | int] | None:
+    """The per-result lines of a centre's 200 answer: a seq taken (stored or duplicate) or what was refused.
+
+    None when the answer has no such list (a version 1 centre: every result was taken); a list that
+    is there but not understood raises ``ValueError``, so nothing is dropped on a misreading.
+    """
+    if not isinstance(body, dict) or "results" not in body:
+        return None
+    lines = body["results"]
+    if not isinstance(lines, list):
+        raise ValueError("results is not a list")
+    read: list[RefusedResult | int] = []
+    for line in lines:
+        if not isinstance(line, dict) or not isinstance(line.get("seq"), int) or isinstance(line.get("seq"), bool):
+            raise ValueError(f"not a result line: {line!r:.200}")
+        outcome = line.get("outcome")
+        if outcome in ("stored", "duplicate"):
+            read.append(line["seq"])
+        elif outcome == "refused":
+            wait = line.get("retry_after_seconds")
+            if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int | float)
+                                     or not math.isfinite(wait) or wait < 0):
+                raise ValueError(f"retry_after_seconds is not a number of seconds: {wait!r:.50}")
+            read.append(RefusedResult(line["seq"], str(line.get("field", "")), str(line.get("reason", "")),
+                                      None if wait is None else float(wait)))
+        else:
+            raise ValueError(f"unknown outcome {outcome!r:.50}")
+    return read
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +174,7 @@ class Batch:
     site: str
     agent: AgentInfo
     results: tuple[AgentResult, ...]
+    refused: tuple[RefusedResult, ...] = ()  # version 2: results refused on their own (the others are in results)
 
 
 def granted_bytes(max_bytes: int | None, omit_seconds: float, duration_seconds: float,
@@ -191,8 +261,9 @@ class _Reader:
 
     def time(self, value: Any, path: str) -> float:
         t = self.number(value, path, 0.0, 1e11)
-        if t > self.now + MAX_FUTURE_SKEW_SECONDS:
-            raise ProtocolError(path, f"is {t - self.now:.0f}s in the future (the agent's clock is wrong)")
+        if t > self.now + MAX_FUTURE_SKEW_SECONDS:  # taken once the centre's clock is there: a cause that can pass
+            raise ProtocolError(path, f"is {t - self.now:.0f}s in the future (the agent's clock is wrong)",
+                                retry_after_seconds=t - self.now - MAX_FUTURE_SKEW_SECONDS)
         if t < self.now - MAX_AGE_SECONDS:
             raise ProtocolError(path, "is older than any retention keeps")
         return t
@@ -209,11 +280,15 @@ class _Reader:
         return None if value is None else self.text(value, path, limit=64)
 
 
-def decode_batch(data: Any, now: float) -> Batch:
+def decode_batch(data: Any, now: float, per_result: bool = False) -> Batch:
     """Check a whole posted batch; the results are bound to targets later (:func:`bind`).
 
+    ``per_result`` (version 2): a result that is wrong in itself is refused alone, into
+    :attr:`Batch.refused`; the envelope (``site``, ``agent``, the list, every ``seq``) still fails the
+    whole batch.
+
     Raises:
-        ProtocolError: the first thing wrong, with its path.
+        ProtocolError: the first thing wrong (in version 2, with the envelope), with its path.
     """
     r = _Reader(now)
     body = r.obj(data, "$")
@@ -244,8 +319,17 @@ def decode_batch(data: Any, now: float) -> Batch:
             raise ProtocolError(f"{path}.seq", "sequence numbers must increase within a batch")
         last_seq = seq
         decoded.append((seq, dict(obj)))
-    return Batch(site, agent, tuple(_placeholder(r, seq, obj, f"$.results[{i}]")
-                                    for i, (seq, obj) in enumerate(decoded)))
+    if not per_result:
+        return Batch(site, agent, tuple(_placeholder(r, seq, obj, f"$.results[{i}]")
+                                        for i, (seq, obj) in enumerate(decoded)))
+    taken: list[AgentResult] = []
+    refused: list[RefusedResult] = []
+    for i, (seq, obj) in enumerate(decoded):
+        try:
+            taken.append(_placeholder(r, seq, obj, f"$.results[{i}]"))
+        except ProtocolError as err:
+            refused.append(RefusedResult(seq, err.field, err.reason, err.retry_after_seconds))
+    return Batch(site, agent, tuple(taken), tuple(refused))
 
 
 _PLACEHOLDER = Target(name="", host="", address=None, group="", kind="", district="", link="", lat=None, lon=None,

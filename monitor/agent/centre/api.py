@@ -4,9 +4,11 @@ Routes (all ``Authorization: Bearer TOKEN``, the site's agent token; they do not
 config's basic auth, which is for people and scrapers, but they do take its TLS):
 
 * ``POST /api/v1/agent/results``: a batch (:mod:`monitor.agent.protocol`). 200 with
-  ``{"accepted", "duplicates", "last_seq", "gap_cause"}``; 401 no or unknown token; 403 the token
-  is another site's; 400 malformed JSON, a value out of range, text that is not clean
-  (:mod:`monitor.text`) or a timestamp in the future; 408 the body stopped arriving; 413 body over
+  ``{"accepted", "duplicates", "last_seq", "gap_cause"}`` (and, for an agent that sends
+  ``Connmon-Protocol: 2``, ``protocol``, ``refused`` and each result's outcome in ``results``);
+  401 no or unknown token; 403 the token is another site's; 400 malformed JSON, a value out of
+  range, text that is not clean (:mod:`monitor.text`) or a timestamp in the future (version 1;
+  version 2 refuses such a result alone); 408 the body stopped arriving; 413 body over
   :data:`~monitor.agent.protocol.MAX_BODY_BYTES`; 415 not ``application/json``; 429 over the
   token's rate (``Retry-After``); 503 too many bodies being read at once, or the sequence journal
   cannot be written (``Retry-After``). A refused batch changes nothing: it is checked whole before
@@ -48,6 +50,7 @@ from monitor.agent.protocol import (
     BODY_IDLE_SECONDS,
     DOWNLOAD_PATH,
     MAX_BODY_BYTES,
+    PROTOCOL_HEADER,
     RESULTS_PATH,
     SLOT_PATH,
     UPLOAD_PATH,
@@ -175,9 +178,14 @@ class AgentApi:
         site = self._site(request)
         if isinstance(site, web.Response):
             return site
+        version = request.headers.get(PROTOCOL_HEADER)
+        if version is not None and not _is_version(version):
+            return self._refuse(400, f"the {PROTOCOL_HEADER} header must be a version number (1 to 4 digits)",
+                                PROTOCOL_HEADER, close=request if request.body_exists else None, site=site)
+        per_result = version is not None and int(version) >= 2  # a later agent gets what this centre has
         try:
             data = await self._json(request)
-            batch = decode_batch(data, self.registry.clock())
+            batch = decode_batch(data, self.registry.clock(), per_result)
         except _Refusal as refusal:
             return refusal.answer(self, request, site=site)
         except ProtocolError as err:
@@ -201,8 +209,11 @@ class AgentApi:
                                      "again later (it is then answered as duplicates once stored)",
                                 headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, site=site)
         self.registry.confirm(site)
-        return json_response({"accepted": outcome.accepted, "duplicates": outcome.duplicates,
-                              "last_seq": outcome.last_seq, "gap_cause": outcome.gap_cause})
+        answer: dict[str, Any] = {"accepted": outcome.accepted, "duplicates": outcome.duplicates,
+                                  "last_seq": outcome.last_seq, "gap_cause": outcome.gap_cause}
+        if per_result:  # issue 25: every result's own outcome, so the agent drops only what was refused
+            answer.update(protocol=2, refused=outcome.refused, results=list(outcome.lines))
+        return json_response(answer)
 
     async def slot(self, request: web.Request) -> web.Response:
         site = self._site(request)
@@ -371,6 +382,11 @@ class _Refusal(Exception):
                site: AgentSite | None = None) -> web.Response:
         return api._refuse(self.status, self.message, headers=self.headers, close=request if self.close else None,
                            stop_reading=stop_reading, site=site)
+
+
+def _is_version(header: str) -> bool:
+    """A ``Connmon-Protocol`` value as the API document allows: 1 to 4 ASCII digits."""
+    return header.isascii() and header.isdigit() and 1 <= len(header) <= 4
 
 
 def _no_constant(name: str) -> Any:

@@ -25,7 +25,8 @@ _FAMILIES = (
     ("connmon_agent_gap_cause", "gauge",
      "1 on the cause of the agent's current (while silent: unknown) or last silence: link, power or unknown."),
     ("connmon_agent_gaps_total", "counter", "Silences of the agent that ended, by the cause found."),
-    ("connmon_agent_results_total", "counter", "Results posted by the agent: accepted, or duplicate (already had)."),
+    ("connmon_agent_results_total", "counter",
+     "Results posted by the agent: accepted, duplicate (already had), or refused on their own (protocol 2)."),
     ("connmon_agent_spool_dropped_total", "counter",
      "Results the agent dropped from its full spool while the centre was unreachable (as it reports)."),
     ("connmon_agent_gateway_up", "gauge", "1 if the agent's last ping of the site's own gateway was answered."),
@@ -69,7 +70,8 @@ class AgentExposition:
                 for code in SITE_REJECTION_CODES)
             families["connmon_agent_results_total"].append(
                 f'connmon_agent_results_total{{{lb},outcome="accepted"}} {site.accepted}\n'
-                f'connmon_agent_results_total{{{lb},outcome="duplicate"}} {site.duplicates}\n')
+                f'connmon_agent_results_total{{{lb},outcome="duplicate"}} {site.duplicates}\n'
+                f'connmon_agent_results_total{{{lb},outcome="refused"}} {site.refused}\n')
             info = site.info
             families["connmon_agent_spool_dropped_total"].append(  # 0 until the agent says otherwise
                 f"connmon_agent_spool_dropped_total{{{lb}}} {info.spool_dropped if info is not None else 0}\n")

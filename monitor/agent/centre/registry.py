@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from monitor.agent.centre.journal import Position, SeqJournal
-from monitor.agent.protocol import AgentInfo, Batch, bind
+from monitor.agent.protocol import AgentInfo, Batch, RefusedResult, bind, result_answer
 from monitor.errors import ProbeErrorReason
 from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
@@ -107,6 +107,7 @@ class AgentSite:
     gaps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GAP_CAUSES, 0))
     accepted: int = 0
     duplicates: int = 0
+    refused: int = 0  # results refused on their own (protocol version 2, issue 25)
     gateway: GatewayState | None = None
     bucket: TokenBucket = field(default_factory=TokenBucket)
     rejected: dict[int, int] = field(default_factory=dict)  # HTTP status → this site's requests refused (issue 25)
@@ -120,6 +121,8 @@ class Accepted:
     duplicates: int
     last_seq: int
     gap_cause: GapCause | None  # set when this batch ended a silence
+    refused: int = 0  # version 2: results refused on their own
+    lines: tuple[dict[str, object], ...] = ()  # version 2: every result's outcome, in the batch's order
 
 
 @dataclass(slots=True)
@@ -237,11 +240,13 @@ class AgentRegistry:
         new_install = info.instance != site.instance  # a new installation numbers from 1 again
         last_seq = 0 if new_install else site.last_seq
         fresh = [r for r in batch.results if r.seq > last_seq]
-        if fresh and self.journal is not None:  # before anything changes: raises, and nothing has
-            self.journal.record(site.target.name, info.instance, fresh[-1].seq, self._positions)
+        refused = [r for r in batch.refused if r.seq > last_seq]  # decided: the agent keeps or drops them
+        top = max([r.seq for r in fresh[-1:]] + [r.seq for r in refused[-1:]], default=0)
+        if top and self.journal is not None:  # before anything changes: raises, and nothing has
+            self.journal.record(site.target.name, info.instance, top, self._positions)
         if new_install:
             site.instance, site.last_seq = info.instance, 0
-        duplicates = len(batch.results) - len(fresh)
+        duplicates = len(batch.results) + len(batch.refused) - len(fresh) - len(refused)
         cause: GapCause | None = None
         gap: Gap | None = None
         if site.silent:
@@ -261,8 +266,10 @@ class AgentRegistry:
             if isinstance(result, ThroughputResult) and self.book is not None:
                 result = self.book(result, now)
             measured.append(result)
-        if fresh:
-            site.last_seq = fresh[-1].seq
+        if top:
+            site.last_seq = top
+        if refused:
+            self._refused_results(site, refused)
         if measured or gap is not None:  # one cycle per batch, in the order measured: sinks re-render a site once
             # per post, not per result; the gap this batch ended rides along, so the history writes it in order
             self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at if measured else now, 0.0,
@@ -271,7 +278,26 @@ class AgentRegistry:
         site.duplicates += duplicates
         site.info = info
         site.last_seen = now
-        return Accepted(len(fresh), duplicates, site.last_seq, cause)
+        return Accepted(len(fresh), duplicates, site.last_seq, cause, len(refused),
+                        _lines(batch, last_seq, {r.seq: r for r in refused}))
+
+    def _refused_results(self, site: AgentSite, refused: Sequence[RefusedResult]) -> None:
+        """Count results refused on their own, and say so at most once a minute per site (as for requests)."""
+        site.refused += len(refused)
+        now = self.clock()
+        key = (site.target.name, 0)  # 0: not an HTTP status, the results of a batch taken with 200
+        said = self._refusals_said.get(key)
+        if said is not None and now - said[0] < REFUSAL_LOG_SECONDS:
+            self._refusals_said[key] = (said[0], said[1] + len(refused))
+            return
+        self._refusals_said[key] = (now, 0)
+        first = refused[0]
+        more = f" ({said[1]} more in the last {now - said[0]:.0f}s)" if said is not None and said[1] else ""
+        passing = sum(1 for r in refused if r.retry_after_seconds is not None)
+        log.warning("agent site %s: %d results refused, %d of them for a cause that can pass (the agent keeps "
+                    "those); the first, seq %d: %s: %s%s", site.target.name, len(refused), passing, first.seq,
+                    first.field, " ".join(first.reason.split())[:_MAX_REASON_LOGGED], more,
+                    extra={"endpoint": site.target.name})
 
     def confirm(self, site: AgentSite) -> None:
         """The history has stored ``site``'s batches so far: journal that, so a restart does not take them again."""
@@ -330,3 +356,11 @@ class AgentRegistry:
             self.pipeline.publish(Cycle("agent", site.target.group, now, 0.0, (IcmpResult(
                 site.target, now, None, 0, (), ProbeErrorReason.AGENT_SILENT, detail),), (self._open_gap(site, now),)))
         return marked
+
+
+def _lines(batch: Batch, last_seq: int, refused: dict[int, RefusedResult]) -> tuple[dict[str, object], ...]:
+    """Every result's outcome for a version 2 answer, in ``seq`` order: at or below ``last_seq`` a duplicate."""
+    seqs = sorted([r.seq for r in batch.results] + [r.seq for r in batch.refused])
+    return tuple(result_answer(seq, "duplicate") if seq <= last_seq
+                 else result_answer(seq, "refused", refused[seq]) if seq in refused
+                 else result_answer(seq, "stored") for seq in seqs)

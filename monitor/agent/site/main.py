@@ -34,6 +34,7 @@ from typing import TypeVar
 from monitor import __version__, sqlite_files
 from monitor.agent.protocol import SLOT_PATH, AgentInfo, IcmpPath, encode_icmp, encode_throughput
 from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_config
+from monitor.agent.site.keeper import ResultKeeper
 from monitor.agent.site.spool import FILE_NAME as SPOOL_FILE_NAME
 from monitor.agent.site.spool import Spool
 from monitor.agent.site.throughput import Grant, Refusal, parse_slot_answer, run_granted_test
@@ -90,6 +91,7 @@ class Agent:
                  clock: Callable[[], float] = time.time, iperf3_path: str | None = None) -> None:
         self.config = config
         self.spool = spool
+        self.keeper = ResultKeeper(spool)  # a spool that cannot be written loses nothing silently (issue 25)
         self.client = client
         self.clock = clock
         self.boot_id = boot_id()
@@ -107,7 +109,7 @@ class Agent:
         now = self.clock()
         return AgentInfo(version=__version__, instance=self.spool.instance, boot_id=self.boot_id,
                          uptime_seconds=round(uptime_seconds(now), 3), sent_at=now,
-                         spool_dropped=self.spool.dropped)
+                         spool_dropped=self.keeper.dropped)
 
     # ------------------------------------------------------------------ ICMP
     def _target(self, host: str) -> Target:
@@ -134,8 +136,7 @@ class Agent:
         if missing_gateway:  # said as a result: "no default route" is news about the site's link
             results.append(("gateway", IcmpResult(targets[0], results[0][1].started_at, None, 0, (),
                                                   ProbeErrorReason.NO_ROUTE, "no default route in /proc/net/route")))
-        for path, result in results:
-            self.spool.append(functools.partial(_encode_icmp, result=result, path=path))
+        self.keeper.keep([functools.partial(_encode_icmp, result=result, path=path) for path, result in results])
         self.cycles += 1
         centre = results[0][1]
         log.debug("cycle %d: centre %s, %d/%d replies; %d results spooled", self.cycles, centre.address,
@@ -180,7 +181,7 @@ class Agent:
                 result = await run_granted_test(self.config, grant, self.ctx, self.client.headers, self.client.tls)
             finally:
                 self._no_test.set()
-        self.spool.append(lambda seq: encode_throughput(seq, result, slot=grant.slot))
+        self.keeper.keep([functools.partial(encode_throughput, result=result, slot=grant.slot)])
         rates = ", ".join(f"{d.direction} {'-' if d.bits_per_second is None else f'{d.bits_per_second / 1e6:.2f}'}"
                           f" Mbit/s" + (f" ({d.error.value})" if d.error else "") for d in result.directions)
         log.info("throughput test %s done: %s", grant.slot, rates or (result.error_detail or "nothing measured"))
@@ -252,6 +253,7 @@ class Agent:
             self._no_test.set()
             self._upload_wanted.set()  # wake the uploader to see the stop
             await asyncio.gather(uploading, return_exceptions=True)
+            self.keeper.close()
 
 
 async def _logged(what: str, step: Awaitable[_T]) -> _T | None:

@@ -16,18 +16,24 @@ What it keeps:
   ``next_seq`` (kept even when the spool is empty: sequence numbers never go back), and
   ``dropped`` (results discarded unsent, reported to the centre as ``agent.spool_dropped``).
 
+* ``held`` (issue 25): results the centre refused for a cause that can pass (a time stamped ahead by a
+  clock that was fast), each with when it may be sent again; :meth:`Spool.release_held` puts them
+  back under new sequence numbers (the centre has decided their old ones), and one held beyond
+  :data:`HOLD_MAX_SECONDS` is dropped and counted.
+
 The spool is bounded by a count of results: beyond ``max_results`` the *oldest* go first, as
 the newest say most about the site now, and each one dropped is counted.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,10 +48,16 @@ FILE_NAME = "spool.sqlite3"
 # working spool; SQLite's default (1,000 pages, never shrunk) let the log alone refill a 1 MB volume.
 LOG_BOUNDS = LogBounds(checkpoint_pages=32, limit_bytes=256 * 1024)
 
+HOLD_MAX_SECONDS = 86400.0  # a refused result whose cause has not passed in a day is dropped (counted)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, not_before REAL NOT NULL,
+                                 held_since REAL NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS released (seq INTEGER PRIMARY KEY, held_since REAL NOT NULL);
 """
+_MAX_REASON = 300
 
 
 class Spool:
@@ -113,6 +125,11 @@ class Spool:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
 
+    @property
+    def held(self) -> int:
+        """Results the centre refused for a cause that can pass, waiting to be sent again."""
+        return int(self._db.execute("SELECT count(*) FROM held").fetchone()[0])
+
     def oldest(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """Up to ``limit`` results, oldest first, as (seq, encoded result)."""
         rows = self._db.execute("SELECT seq, body FROM results ORDER BY seq LIMIT ?", (limit,)).fetchall()
@@ -125,6 +142,93 @@ class Spool:
         done = self._wal.freeing(write)
         self._wal.after_write()
         return done
+
+    def append_kept(self, encodes: Sequence[Callable[[int], dict[str, Any]]], lost: int = 0) -> list[int]:
+        """Number ``lost`` results that could not be kept, then keep ``encodes`` in order; their seqs.
+
+        Used when the spool could not be written for a while (issue 25): the results kept in memory
+        meanwhile are written, and those that memory could not hold either use up their sequence
+        numbers and are counted as dropped, in the same transaction, so the centre sees the gap and
+        ``spool_dropped`` says why.
+
+        Raises:
+            sqlite3.Error: nothing was written or numbered.
+        """
+        return self._bounded(lambda: self._append_kept(encodes, lost))
+
+    def _append_kept(self, encodes: Sequence[Callable[[int], dict[str, Any]]], lost: int) -> list[int]:
+        with _transaction(self._db):
+            if lost:
+                self._db.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
+                                 "WHERE key = 'next_seq'", (lost,))
+                self._add_dropped(lost)
+            return [self._insert(encode) for encode in encodes]
+
+    def _insert(self, encode: Callable[[int], dict[str, Any]]) -> int:
+        """Number and insert one result inside the caller's transaction; the oldest go beyond ``max_results``."""
+        seq = int(self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+        body = json.dumps(encode(seq), separators=(",", ":"), allow_nan=False)
+        self._db.execute("INSERT INTO results VALUES (?, ?)", (seq, body))
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
+        excess = len(self) - self.max_results
+        if excess > 0:
+            self._discard_oldest(excess)
+        return seq
+
+    def settle(self, last_seq: int, held: Sequence[tuple[int, float, str]] = (), dropped: Sequence[int] = (),
+               now: float = 0.0) -> None:
+        """The centre answered every result up to ``last_seq`` (protocol 2): forget them, but first move
+        ``held`` (seq, not before, reason) aside to be sent again, and count ``dropped`` (refused for good).
+
+        One transaction: a failure (a full disk) changes nothing, and the caller tries again before
+        sending anything more (issue 25: a failed acknowledgement had the same results sent every interval).
+        """
+        self._bounded(lambda: self._settle(last_seq, held, dropped, now))
+
+    def _settle(self, last_seq: int, held: Sequence[tuple[int, float, str]], dropped: Sequence[int],
+                now: float) -> None:
+        with _transaction(self._db):
+            for seq, not_before, reason in held:  # refused again after a release: held since its first refusal
+                self._db.execute(
+                    "INSERT OR REPLACE INTO held SELECT r.seq, r.body, ?, COALESCE((SELECT held_since "
+                    "FROM released WHERE seq = r.seq), ?), ? FROM results r WHERE r.seq = ?",
+                    (not_before, now, reason[:_MAX_REASON], seq))
+            self._db.execute("DELETE FROM released WHERE seq <= ?", (last_seq,))
+            gone = int(self._db.execute("DELETE FROM results WHERE seq <= ?", (last_seq,)).rowcount)
+            kept = sum(1 for seq, _, _ in held if seq <= last_seq)
+            refused = sum(1 for seq in dropped if seq <= last_seq)
+            if refused:
+                self._add_dropped(min(refused, max(0, gone - kept)))
+
+    def release_held(self, now: float) -> tuple[int, int]:
+        """Send again, under new numbers, the held results whose time has come; drop those held too long.
+
+        Returns (released, dropped). The held rows keep their first refusal's time, so a result
+        refused again is dropped :data:`HOLD_MAX_SECONDS` after the first refusal, not never.
+        """
+        due = self._db.execute("SELECT seq, body, held_since FROM held WHERE not_before <= ? ORDER BY seq",
+                               (now,)).fetchall()
+        stale = int(self._db.execute("SELECT count(*) FROM held WHERE held_since <= ?",
+                                     (now - HOLD_MAX_SECONDS,)).fetchone()[0])
+        if not due and not stale:
+            return 0, 0
+        return self._bounded(lambda: self._release(due, now))
+
+    def _release(self, due: list[tuple[int, str, float]], now: float) -> tuple[int, int]:
+        with _transaction(self._db):
+            stale = int(self._db.execute("DELETE FROM held WHERE held_since <= ?",
+                                         (now - HOLD_MAX_SECONDS,)).rowcount)
+            self._add_dropped(stale)
+            released = 0
+            for old_seq, body, held_since in due:
+                if held_since <= now - HOLD_MAX_SECONDS:
+                    continue
+                self._db.execute("DELETE FROM held WHERE seq = ?", (old_seq,))
+                # a new number: the centre has answered the old one; ``held`` remembers when it was first refused
+                new_seq = self._insert(functools.partial(_renumbered, json.loads(body)))
+                self._db.execute("INSERT OR REPLACE INTO released VALUES (?, ?)", (new_seq, held_since))
+                released += 1
+        return released, stale
 
     def append(self, encode: Callable[[int], dict[str, Any]]) -> int:
         """Number a result and keep it; return its ``seq``. ``encode(seq)`` builds the wire object.
@@ -140,14 +244,7 @@ class Spool:
 
     def _append(self, encode: Callable[[int], dict[str, Any]]) -> int:
         with _transaction(self._db):
-            seq = int(self._db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
-            body = json.dumps(encode(seq), separators=(",", ":"), allow_nan=False)
-            self._db.execute("INSERT INTO results VALUES (?, ?)", (seq, body))
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
-            excess = len(self) - self.max_results
-            if excess > 0:
-                self._discard_oldest(excess)
-        return seq
+            return self._insert(encode)
 
     def acknowledge(self, last_seq: int) -> int:
         """The centre has every result up to ``last_seq``: forget them; return how many went."""
@@ -172,6 +269,10 @@ class Spool:
     def _add_dropped(self, count: int) -> None:
         self._db.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) WHERE key = 'dropped'",
                          (count,))
+
+
+def _renumbered(body: dict[str, Any], seq: int) -> dict[str, Any]:
+    return {**body, "seq": seq}
 
 
 class _transaction:

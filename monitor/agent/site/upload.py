@@ -13,6 +13,13 @@ answer, and why:
 * 401, 403: the token is wrong or belongs to another site. Nothing the agent can fix; it keeps
   the results (a corrected token uploads them) and logs the centre's explanation once per interval.
 * 413: the batch is too large for the centre's limit: the batch size is halved and tried again.
+* 200 (protocol 2, issue 25): the answer lists each result's outcome. Stored and duplicate ones
+  are forgotten; one refused for a cause that can pass (its time is ahead of the centre's clock) is
+  held in the spool and sent again, under a new number, once the centre said it may be; any other
+  refused result is dropped and counted in ``spool_dropped``. A version 1 centre's answer has no
+  such list: every result was taken. Forgetting is one transaction (:meth:`Spool.settle`); when it
+  cannot be written (a full disk) it is tried again before anything more is sent, so the centre is
+  not sent the same results again and again.
 * 400: the centre refuses something in the batch. Retrying the same bytes gives the same answer,
   so after :data:`MAX_REFUSALS` refusals in a row of a batch starting at the same ``seq``, the first
   of them at least :data:`REFUSAL_PATIENCE_SECONDS` ago (its cause may pass: a clock that was fast
@@ -34,6 +41,7 @@ import enum
 import json
 import logging
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -43,9 +51,17 @@ from typing import Any
 import aiohttp
 
 from monitor import __version__
-from monitor.agent.protocol import RESULTS_PATH, AgentInfo, encode_agent
+from monitor.agent.protocol import (
+    PROTOCOL_HEADER,
+    RESULTS_PATH,
+    VERSION,
+    AgentInfo,
+    RefusedResult,
+    encode_agent,
+    read_result_answers,
+)
 from monitor.agent.site.config import AgentConfig
-from monitor.agent.site.spool import Spool
+from monitor.agent.site.spool import HOLD_MAX_SECONDS, Spool
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +206,8 @@ class CentreClient:
                 headers={"User-Agent": f"connmon-agent/{__version__}"})
         return self._session
 
-    async def post(self, path: str, body: dict[str, Any]) -> Answer:
-        """POST ``body`` as JSON to ``path`` under the centre's URL.
+    async def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+        """POST ``body`` as JSON to ``path`` under the centre's URL, with ``headers`` besides the token's.
 
         Raises:
             CentreUnreachable: no HTTP answer came.
@@ -199,7 +215,7 @@ class CentreClient:
         url = self.config.url(path)
         data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
         try:
-            async with self._open().post(url, data=data, headers={**self.headers,
+            async with self._open().post(url, data=data, headers={**self.headers, **(headers or {}),
                                                                   "Content-Type": "application/json"},
                                          allow_redirects=False) as resp:
                 raw = await resp.read()
@@ -232,6 +248,9 @@ class UploadReport:
     accepted: int = 0
     duplicates: int = 0
     dropped: int = 0
+    refused: int = 0  # protocol 2: results the centre refused on their own (dropped or held)
+    held: int = 0  # of those, held to be sent again (their cause can pass)
+    released: int = 0  # held results put back to be sent again
     stopped_by: str = ""  # why results remain: "" (spool empty), "unreachable", "HTTP 503", ...
     retry_after_seconds: float | None = None  # the centre's Retry-After with a 429 or 5xx
     errors: list[str] = field(default_factory=list)
@@ -253,6 +272,9 @@ class Uploader:
         self.not_before = 0.0  # no upload before this: the backoff, or the centre's Retry-After
         # (first seq of the refused batch, refusals in a row, when the first of them came)
         self._refused: tuple[int, int, float] = (0, 0, 0.0)
+        # an answered batch whose settling the spool could not write: (last seq, held, dropped, when)
+        self._unsettled: tuple[int, list[tuple[int, float, str]], list[int], float] | None = None
+        self._settle_failing = False
 
     def back_off(self, retry_after_seconds: float | None = None) -> float:
         """After a failed upload: wait before the next, longer with each failure in a row; the wait in seconds."""
@@ -279,7 +301,66 @@ class Uploader:
             self.failures = 0
         return report
 
+    def _settled(self, report: UploadReport) -> bool:
+        """Write the last answered batch's settling if it is still due; False (said once) when it cannot be."""
+        if self._unsettled is None:
+            return True
+        last, held, dropped, at = self._unsettled
+        try:
+            self.spool.settle(last, held, dropped, at)
+        except (sqlite3.Error, OSError) as err:
+            report.stopped_by = "the spool cannot be written"
+            if not self._settle_failing:
+                self._settle_failing = True
+                log.error("cannot forget results up to %d that the centre has (%s: %s); nothing more is sent until "
+                          "the spool can be written (free space under %s)", last, type(err).__name__, err,
+                          self.spool.path.parent)
+            return False
+        if self._settle_failing:
+            self._settle_failing = False
+            log.warning("the spool can be written again: results up to %d forgotten", last)
+        self._unsettled = None
+        report.dropped += sum(1 for seq in dropped if seq <= last)
+        return True
+
+    def _release_held(self, report: UploadReport) -> None:
+        """Put back the held results whose time has come (a failure leaves them held: tried at the next drain)."""
+        try:
+            released, stale = self.spool.release_held(self.clock())
+        except (sqlite3.Error, OSError):
+            return
+        report.released += released
+        report.dropped += stale
+        if released:
+            log.info("%d results the centre refused for a cause that could pass are sent again", released)
+        if stale:
+            log.error("dropped %d results the centre kept refusing for %.0f hours", stale, HOLD_MAX_SECONDS / 3600)
+
+    def _answered(self, last: int, answer: Answer, report: UploadReport) -> bool:
+        """A 200 for the batch up to ``last``: forget, hold or drop each result as the answer says."""
+        try:
+            lines = read_result_answers(answer.body)
+        except ValueError as err:  # nothing dropped on a misreading: the batch is sent again
+            report.stopped_by = "answer not understood"
+            log.error("the centre's answer is not understood (%s): %s; results kept", err, answer.describe())
+            return False
+        refused = [line for line in lines or () if isinstance(line, RefusedResult)]
+        now = self.clock()
+        held = [(r.seq, now + r.retry_after_seconds, r.reason) for r in refused if r.retry_after_seconds is not None]
+        dropped = [r.seq for r in refused if r.retry_after_seconds is None]
+        report.refused += len(refused)
+        report.held += len(held)
+        for r in refused[:3]:  # a sample is enough: the centre logs and counts them too
+            log.error("the centre refused result %d (%s: %s); %s", r.seq, r.field, r.reason,
+                      "dropped" if r.retry_after_seconds is None
+                      else f"kept, to be sent again in {r.retry_after_seconds:.0f}s")
+        self._unsettled = (last, held, dropped, now)
+        return self._settled(report)
+
     async def _drain(self, report: UploadReport, stop: asyncio.Event | None) -> UploadReport:
+        if not self._settled(report):
+            return report
+        self._release_held(report)
         while stop is None or not stop.is_set():
             pending = self.spool.oldest(self.batch)
             if not pending:
@@ -288,7 +369,7 @@ class Uploader:
             body = {"site": self.config.site, "agent": encode_agent(self.info()),
                     "results": [result for _, result in pending]}
             try:
-                answer = await self.client.post(RESULTS_PATH, body)
+                answer = await self.client.post(RESULTS_PATH, body, {PROTOCOL_HEADER: str(VERSION)})
             except CentreTlsFailure as err:  # not an outage: waiting does not fix it, so an ERROR naming the cause
                 report.stopped_by = f"TLS {err.cause}"
                 report.errors.append(str(err))
@@ -302,7 +383,8 @@ class Uploader:
             if answer.status == 200:
                 self._refused = (0, 0, 0.0)
                 self.failures = 0
-                self.spool.acknowledge(last)
+                if not self._answered(last, answer, report):
+                    return report
                 report.sent += len(pending)
                 if isinstance(answer.body, dict):
                     report.accepted += _count(answer.body.get("accepted"))
