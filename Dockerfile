@@ -25,7 +25,8 @@ RUN groupadd --system --gid 10001 connmon \
 WORKDIR /opt/connmon
 COPY pyproject.toml README.md ./
 COPY monitor ./monitor
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+# the centre: connmon with its centre extra (issue 18; the agent alone is `pip install .`)
+RUN pip install --no-cache-dir ".[centre]" && rm -rf /root/.cache
 
 # The loopback-only example as the default site list: replace it by mounting your own file at
 # /etc/connmon/sites.yaml (compose does). The state directory holds the history store (issue 5).

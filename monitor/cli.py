@@ -1,4 +1,5 @@
-"""The command line: ``connmon run | check | probe | report | agent | agent-token``.
+"""The command line: ``connmon run | check | probe | report | import | agent [enrol] | agent-token | agent-invite |
+agent-revoke``.
 
 Every error the project raises on purpose is printed without a traceback and mapped to its
 exit code (see :mod:`monitor.errors`): 2 for a config error, 3 for a start-up problem.
@@ -24,6 +25,7 @@ from monitor import __version__
 from monitor.agent.protocol import BODY_IDLE_SECONDS
 from monitor.config import ReportSettings, load_config
 from monitor.config.durations import parse_duration
+from monitor.config.model import REPORT_LANGUAGES
 from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ConfigError, ConnmonError
 from monitor.history.store import EndpointRecord
@@ -36,10 +38,16 @@ from monitor.probes import PROBES, ProbeContext
 from monitor.probes.iperf3 import find_iperf3
 from monitor.report.compliance import FORMATS, Period, build_report
 from monitor.report.kpis import Thresholds, maintenance_of
+from monitor.report.school_hours import calendars_of
 from monitor.results import IcmpResult, ThroughputResult
 from monitor.shard import Shard, own_share
 from monitor.targets import Target, build_targets, probed, select
 from monitor.web.listen import DEFAULT_LISTEN, parse_listen
+
+# The centre's own libraries, installed by the extra connmon[centre] (issue 18): a site agent has none of
+# them, so every import of them is inside the command that needs it, and a missing one is said plainly.
+CENTRE_MODULES = frozenset({"apscheduler", "tzlocal", "bcrypt", "jinja2", "markupsafe", "tabulate", "psycopg",
+                            "psycopg_binary", "psycopg_pool", "openpyxl", "et_xmlfile"})
 
 
 def _listen_address(text: str) -> str:
@@ -74,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--config", required=True, help="YAML endpoint list (see config/example.yaml)")
+        sub.add_argument("--config.allow-empty", dest="allow_empty", action="store_true",
+                         help="accept a config with no endpoint at all (refused by default, at start-up and at "
+                              "a reload, so a truncated file never stops monitoring)")
         sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
         sub.add_argument("--log-format", default="text", choices=("text", "json"))
 
@@ -95,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--web.enable-admin-api", dest="enable_admin_api", action="store_true",
                      help="allow the API's writes: opening and closing maintenance windows (POST and DELETE "
                           "/api/v1/maintenance); behind basic auth when --web.config.file sets users")
+    run.add_argument("--web.access-log", dest="access_log", default="on", choices=("on", "all", "off"),
+                     help="one line per HTTP request, in --log-format: on (default) leaves out scrapes of /metrics "
+                          "and the health checks, all logs them too, off logs none; failed logins are counted "
+                          "either way (connmon_http_failed_logins_total)")
     run.add_argument("--config.watch", dest="config_watch", action="store_true",
                      help="reload when the config file's content changes (polled)")
     run.add_argument("--config.watch-interval", dest="watch_interval", type=_watch_interval, default=5.0,
@@ -136,9 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--kind", help="only sites of this kind (school, clinic, ...)")
     report.add_argument("--district", help="only sites of this district")
     report.add_argument("--format", default="table", choices=FORMATS)
+    report.add_argument("--lang", default=None, choices=REPORT_LANGUAGES,
+                        help="the report's language (issue 22): en, ru or kk; default --config's monitor.language, "
+                             "else en (CSV and JSON keys stay the same)")
     report.add_argument("--output", metavar="FILE", help="write here instead of standard output")
     report.add_argument("--timezone", default=None, type=_zone, metavar="ZONE",
-                        help="the days' time zone (IANA name, e.g. Asia/Almaty; default the machine's)")
+                        help="the days' time zone (IANA name, e.g. Asia/Almaty; default --config's monitor.timezone, "
+                             "else the machine's)")
     report.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
                         help="the daemon's --state-dir (default $CONNMON_STATE_DIR or ./state)")
     report.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
@@ -156,11 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = commands.add_parser("agent", help="run at a site the centre cannot reach (behind NAT): measure from "
                                               "inside and report to the centre")
-    agent.add_argument("--config", required=True, help="the agent's YAML config (see config/agent.example.yaml)")
+    agent.add_argument("--config", required=True, help="the agent's YAML config (see config/agent.example.yaml); "
+                                                       "`connmon agent enrol --help` writes one from an enrolment "
+                                                       "code")
     agent.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
                        help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
     agent.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     agent.add_argument("--log-format", default="text", choices=("text", "json"))
+
+    importing = commands.add_parser(
+        "import", help="sites from a spreadsheet (XLSX, or CSV as Excel writes it) into the config's YAML; "
+                       "again later to update them in place")
+    importing.add_argument("spreadsheet", metavar="SPREADSHEET", help="an .xlsx workbook (first sheet) or a CSV file")
+    where = importing.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", metavar="FILE", help="one YAML file of groups, a group per kind")
+    where.add_argument("--output-dir", metavar="DIR", help="a YAML file per district in DIR (for include: "
+                                                           "DIR/*.yaml), a group per kind in each")
+    importing.add_argument("--map", action="append", default=[], metavar="KEY=HEADER,...",
+                           help="columns whose header is not the config's key, e.g. name=Школа,host=IP-адрес")
+    importing.add_argument("--kind", help="the kind of a site whose row gives none (e.g. school)")
+    importing.add_argument("--region-box", metavar="SOUTH,WEST,NORTH,EAST",
+                           help="coordinates outside this box are bad rows (degrees)")
+    importing.add_argument("--skip-bad", action="store_true",
+                           help="write the good rows even when some are bad (the bad ones are listed and their "
+                                "sites left as they were)")
+    importing.add_argument("--dry-run", action="store_true",
+                           help="print what would be added, changed and retired; write nothing")
+    importing.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    importing.add_argument("--log-format", default="text", choices=("text", "json"))
 
     token = commands.add_parser("agent-token", help="make a new agent token and print the hash for the centre's "
                                                     "config")
@@ -168,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the token to FILE (created with mode 600, never overwritten) instead of printing it")
     token.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     token.add_argument("--log-format", default="text", choices=("text", "json"))
+
+    # enrolment (issue 18): codes and tokens in the history store the daemon uses; `connmon agent enrol` is the
+    # site's side (monitor.agent.site.enrol, dispatched in main before this parser)
+    invite = commands.add_parser("agent-invite", help="print a one-time enrolment code for an agent site (the "
+                                                      "site's technician runs: connmon agent enrol --code CODE)")
+    invite.add_argument("site", metavar="SITE", help="the site's endpoint name (mode: agent in --config)")
+    invite.add_argument("--expires", type=_watch_interval, default=86400.0, metavar="DURATION",
+                        help="how long the code is valid (default 24h)")
+    revoke = commands.add_parser("agent-revoke", help="end an agent site's enrolled token and its open codes")
+    revoke.add_argument("site", metavar="SITE", help="the site's endpoint name")
+    for sub in (invite, revoke):
+        sub.add_argument("--state-dir", default=os.environ.get("CONNMON_STATE_DIR") or "state", metavar="DIR",
+                         help="the daemon's --state-dir (history.sqlite3 is there); default $CONNMON_STATE_DIR or "
+                              "./state")
+        sub.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
+                         help="the daemon's --store (postgresql://... or sqlite:///PATH)")
+        sub.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+        sub.add_argument("--log-format", default="text", choices=("text", "json"))
+    invite.add_argument("--config", required=True, help="the centre's YAML config (the site must be in it)")
     return parser
 
 
@@ -233,17 +294,42 @@ def _zone_of_localtime() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:2] == ["agent", "enrol"]:  # the site's enrolment (issue 18): its own options, no --config required
+        from monitor.agent.site.enrol import main as enrol
+
+        configure("warning", "text")
+        return enrol(given[2:])
     args = build_parser().parse_args(argv)
     configure(args.log_level, args.log_format)
+    if args.command == "run":  # the access log (issue 22): its own switch, the event log's format
+        from monitor.web.access_log import AccessLogMode
+        from monitor.web.access_log import configure as configure_access_log
+
+        configure_access_log(AccessLogMode(args.access_log), args.log_format)
     try:
         if args.command == "check":
-            return _check(args.config, args.web_config_file)
+            return _check(args.config, args.web_config_file, args.allow_empty)
         if args.command == "probe":
             return asyncio.run(_probe(args))
         if args.command == "report":
             return _report(args)
         if args.command == "agent-token":
             return _agent_token(args.output)
+        if args.command in ("agent-invite", "agent-revoke"):
+            from monitor.agent.centre import invites
+
+            try:
+                return (invites.invite(args.site, args.config, args.state_dir, args.store, args.expires)
+                        if args.command == "agent-invite" else invites.revoke(args.site, args.state_dir, args.store))
+            except _store_errors() as err:
+                print(f"connmon: the history store {describe(args.store) or args.state_dir}: {_one_line(err)}",
+                      file=sys.stderr)
+                return 1
+        if args.command == "import":
+            from monitor.config.import_command import run_import  # openpyxl only for an import
+
+            return run_import(args)
         if args.command == "agent":
             from monitor.agent.site.main import run_agent  # the agent's imports (aiohttp client) only when needed
 
@@ -259,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
                                  shard=args.shard, state_dir=None if args.no_history else args.state_dir,
                                  store_url=args.store, timezone=local_zone(),
-                                 agent_body_timeout_seconds=args.agent_body_timeout))
+                                 agent_body_timeout_seconds=args.agent_body_timeout, allow_empty=args.allow_empty))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:
@@ -267,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as err:  # an agent-only install (issue 18): no traceback, the one command that helps
+        if (err.name or "").partition(".")[0] not in CENTRE_MODULES:
+            raise
+        print(f"connmon: {args.command} needs the centre's libraries, and {err.name} is not installed: "
+              "pip install 'connmon[centre]'", file=sys.stderr)
+        return 3
 
 
 def _exit_without_stuck_lookups(code: int) -> None:
@@ -310,13 +402,17 @@ def _agent_token(output: str | None) -> int:
     return 0
 
 
-def _check(path: str, web_config_path: str | None) -> int:
-    config = load_config(path)
+def _check(path: str, web_config_path: str | None, allow_empty: bool = False) -> int:
+    config = load_config(path, allow_empty=allow_empty)
     targets = build_targets(config)
     statuses = [t.status for t in targets]
     unprobed = "" if all(t.probed for t in targets) else (
         f" ({statuses.count('planned')} planned and {statuses.count('retired')} retired: not probed)")
     print(f"{path}: OK, {len(config.groups)} groups, {len(targets)} endpoints{unprobed}")
+    if len(config.sources) > 1:  # split with include: (issue 22): what each file holds
+        for source in config.sources:
+            groups = [g for g in config.groups if g.location.file == source.path]
+            print(f"  {source.path}: {len(groups)} groups, {sum(len(g.endpoints) for g in groups)} endpoints")
     if web_config_path is not None:
         from monitor.web.config import load_web_config  # bcrypt and ssl only when asked
 
@@ -334,10 +430,16 @@ def _report(args: argparse.Namespace) -> int:
     configured: list[EndpointRecord] = []
     maintenance: dict[str, MaintenanceWindows] | None = None  # None: no config, nothing left out (said in the report)
     settings = ReportSettings()
+    region_zone: str | None = None  # monitor.timezone (issue 22): the days' zone unless --timezone says otherwise
+    region_language = "en"  # monitor.language (issue 22): the report's language unless --lang says otherwise
+    calendars = None  # school calendars (issue 22): only when the config declares some
     if args.config is not None:
         config = load_config(args.config)
         configured = [EndpointRecord.of(t) for t in build_targets(config)]
         maintenance, settings = maintenance_of(config), config.report
+        region_zone = config.monitor.timezone
+        region_language = config.monitor.language
+        calendars = calendars_of(config) if config.calendars else None
     thresholds = Thresholds(args.at_risk_days if args.at_risk_days is not None else settings.at_risk_days,
                             args.dropped_days if args.dropped_days is not None else settings.dropped_days)
     if thresholds.dropped_days <= thresholds.at_risk_days:
@@ -357,9 +459,9 @@ def _report(args: argparse.Namespace) -> int:
         print(f"connmon: cannot read the history at {where}: {_one_line(err)}", file=sys.stderr)
         return 3
     try:
-        report = build_report(store, Period(args.first, args.last, args.timezone or local_zone()), kind=args.kind,
-                              district=args.district, configured=configured, now=time.time(),
-                              maintenance=maintenance, thresholds=thresholds)
+        period = Period(args.first, args.last, args.timezone or region_zone or local_zone())
+        report = build_report(store, period, kind=args.kind, district=args.district, configured=configured,
+                              now=time.time(), maintenance=maintenance, thresholds=thresholds, calendars=calendars)
     except failures as err:  # not a connmon history (an empty or foreign file), or an I/O error
         print(f"connmon: cannot read the history at {where}: {_one_line(err)}", file=sys.stderr)
         return 3
@@ -367,7 +469,7 @@ def _report(args: argparse.Namespace) -> int:
         store.close()
     from monitor.report.render import render  # jinja2 and tabulate only for a report
 
-    text = render(report, args.format)
+    text = render(report, args.format, args.lang or region_language)
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -377,7 +479,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 async def _probe(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, allow_empty=args.allow_empty)
     every = build_targets(config)
     targets = own_share(every, args.shard)
     try:
@@ -404,13 +506,13 @@ async def _probe(args: argparse.Namespace) -> int:
     engine = IcmpEngine.open(args.icmp_mode)
     ctx = ProbeContext(engine, time.time, iperf3_path=find_iperf3(),
                        throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
+    tests: dict[str, ThroughputResult] = {}
     try:
         results = [r for r in await PROBES["icmp"](chosen, ctx) if isinstance(r, IcmpResult)]
+        if args.throughput:  # the engine stays open: the tests sample latency under load through it (issue 20)
+            tests = await _throughput_now(chosen, ctx)
     finally:
         engine.close()
-    tests: dict[str, ThroughputResult] = {}
-    if args.throughput:
-        tests = await _throughput_now(chosen, ctx)
     if args.json:
         for result in results:
             entry = result_to_json(result)

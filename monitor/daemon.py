@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import signal
 import time
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from monitor.agent.centre.api import AgentApi
+from monitor.agent.centre.enrolment import Enrolment, EnrolmentCounts, EnrolmentExposition, keep_tokens
 from monitor.agent.centre.exposition import AgentExposition
 from monitor.agent.centre.journal import SeqJournal
 from monitor.agent.centre.registry import AgentRegistry, AgentSites
@@ -45,6 +47,7 @@ from monitor.errors import StateInUseError
 from monitor.exposition.scrape import EngineExposition, ScrapeRenderer
 from monitor.exposition.sink import MetricsSink
 from monitor.gc_tuning import settle_long_lived
+from monitor.history.agent_tokens import open_book
 from monitor.history.exposition import StoreExposition
 from monitor.history.restore import RestoredState
 from monitor.history.set_aside import set_aside_file
@@ -58,6 +61,8 @@ from monitor.maintenance import MaintenanceBook
 from monitor.maintenance_exposition import MaintenanceExposition
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
+from monitor.probes.last_good import LastGoodAddresses
+from monitor.probes.last_good_exposition import ResolverExposition
 from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
 from monitor.results import Cycle, ResultPipeline
 from monitor.scheduler import CycleScheduler
@@ -107,13 +112,15 @@ class Options:
     timezone: str = "UTC"
     agent_body_timeout_seconds: float = BODY_IDLE_SECONDS
     enable_admin_api: bool = False
+    allow_empty: bool = False  # --config.allow-empty (issue 22)
 
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 web_config_path: str | None = None, enable_lifecycle: bool = False,
                 watch_interval_seconds: float | None = None, shard: Shard | None = None,
                 state_dir: str | None = "state", store_url: str | None = None, timezone: str = "UTC",
-                agent_body_timeout_seconds: float = BODY_IDLE_SECONDS, enable_admin_api: bool = False) -> int:
+                agent_body_timeout_seconds: float = BODY_IDLE_SECONDS, enable_admin_api: bool = False,
+                allow_empty: bool = False) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -133,6 +140,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         timezone: the days of the API's summary (``/api/v1/summary``) are in this zone by default.
         agent_body_timeout_seconds: an agent's body that stops arriving this long gets 408.
         enable_admin_api: allow the API's writes (maintenance windows, issue 21).
+        allow_empty: accept a config with no endpoint, at start-up and at a reload (issue 22).
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
@@ -140,8 +148,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     """
     options = Options(config_path, listen, icmp_mode, web_config_path, enable_lifecycle, watch_interval_seconds,
                       shard, state_dir, store_url, timezone, agent_body_timeout_seconds,
-                      enable_admin_api=enable_admin_api)
-    loaded = load(config_path)
+                      enable_admin_api=enable_admin_api, allow_empty=allow_empty)
+    loaded = load(config_path, allow_empty=allow_empty)
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
     tls = web_config.ssl_context if web_config is not None else None
     handshakes = HandshakeWatch() if tls is not None else None  # failed handshakes, counted and said (issue 25)
@@ -271,10 +279,14 @@ class Daemon:
         if history is not None:
             scrape.append(StoreExposition(lambda: history.stats))
         scrape.append(AgentExposition(agent_sites))
+        enrolments = EnrolmentCounts()  # codes traded for tokens (issue 18): counted by the route, read by /metrics
+        scrape.append(EnrolmentExposition(enrolments))
         scrape.append(CentrePathExposition(self.centre_path))
         scrape.append(UpstreamExposition(self.upstreams))
         scrape.append(TraceExposition(self.tracer))
         scrape.append(MaintenanceExposition(self.maintenance))
+        addresses = LastGoodAddresses()  # names' last good addresses, filled by the probes (issue 22)
+        scrape.append(ResolverExposition(addresses))
         if certificate is not None:
             scrape.append(CertificateExposition(certificate))
         if handshakes is not None:
@@ -301,7 +313,8 @@ class Daemon:
         self.agents.set_targets(self.targets)
         self.metrics.config_loaded(True)
         self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
-                                throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent))
+                                throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent),
+                                addresses=addresses)
         self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path,
                                         upstreams=self.upstreams)
         if self.history is not None:  # a node's own runs are kept for the report's upstream section
@@ -309,15 +322,21 @@ class Daemon:
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
                            if state_dir is not None else None, default_timezone=options.timezone)
         self.api.set_report_settings(config)
+        # enrolment (issue 18): tokens issued for one-time codes live in the history store, beside the YAML's
+        self.open_tokens = functools.partial(open_book, store_url, state_dir) if state_dir is not None else None
         self.agent_api = AgentApi(self.agents, self.plan, body_idle_seconds=options.agent_body_timeout_seconds,
-                                  stored=self._history_stored if self.history is not None else None)
+                                  stored=self._history_stored if self.history is not None else None,
+                                  enrolment=Enrolment(self.open_tokens, self.agents, time.time, enrolments)
+                                  if self.open_tokens is not None else None)
         self.maintenance_api = MaintenanceApi(self.maintenance, store_opener(store_url, state_dir)
                                               if state_dir is not None else None,
                                               writes_enabled=options.enable_admin_api)
         if options.enable_admin_api and auth is None:
             log.warning("--web.enable-admin-api without basic auth (--web.config.file): anyone who reaches %s "
                         "can open and close maintenance windows", options.listen)
-        self.reloader = Reloader(options.config_path, self.apply, self.metrics.config_loaded, loaded.digest)
+        self.reloader = Reloader(options.config_path, self.apply, self.metrics.config_loaded, loaded.digest,
+                                 loader=functools.partial(load, allow_empty=options.allow_empty),
+                                 include_patterns=loaded.config.include_patterns)
         reloader = self.reloader
         self.app = build_app(self.metrics, lambda: self.ready,
                              reload=(lambda: reloader.reload("POST /-/reload")) if options.enable_lifecycle else None,
@@ -413,6 +432,8 @@ class Daemon:
             self._watchers.append(asyncio.ensure_future(
                 ConfigWatcher(self.reloader, options.watch_interval_seconds).run()))
         self._watchers.append(asyncio.ensure_future(_watch_agents(self.agents, self.agent_api)))
+        if self.open_tokens is not None:  # enrolled tokens (issue 18): read now, then every few seconds
+            self._watchers.append(asyncio.ensure_future(keep_tokens(self.agents, self.open_tokens)))
         if self.certificate is not None:  # said at start-up, then daily while it holds (issue 25)
             self.certificate.check(time.time())
             self._watchers.append(asyncio.ensure_future(_watch_certificate(self.certificate)))
@@ -456,6 +477,9 @@ class Daemon:
         self.pipeline.close()
         if self.agents.journal is not None:
             self.agents.journal.close()
+        self.agents.state.fleet.save(time.time(), force=True)  # the fleet's last contacts (issue 18)
+        if self.agent_api.enrolment is not None:
+            self.agent_api.enrolment.close()
         self.engine.close()
         if self.auth is not None:
             self.auth.close()

@@ -30,12 +30,15 @@ def throughput_to_json(target: Target, test: ThroughputResult | None) -> dict[st
         "throughput_error": test.error.value if test.error else None,
         "throughput_error_detail": test.error_detail or None,
         "throughput_bytes": test.bytes,
+        "pep_detected": test.pep_detected,  # issue 20: a proxy answered TCP before the site
         "throughput_started_at": test.started_at, "throughput_ended_at": test.ended_at,
         "throughput_directions": [
             {"direction": d.direction, "bits_per_second": d.bits_per_second, "bytes": d.bytes,
              "measured_seconds": d.measured_seconds, "retransmits": d.retransmits,
              "started_at": d.started_at, "ended_at": d.ended_at,
-             "error": d.error.value if d.error else None, "error_detail": d.error_detail or None}
+             "error": d.error.value if d.error else None, "error_detail": d.error_detail or None,
+             **d.latency_figures(),  # issue 20: latency under load (None without ICMP samples)
+             "tcp_connect_seconds": list(d.connect_seconds)}  # and the handshakes that can unmask a proxy
             for d in test.directions],
     }
 
@@ -46,7 +49,8 @@ def _mbps(value: float | None) -> str:
 
 def format_throughput_table(targets: Sequence[Target], tests: Mapping[str, ThroughputResult]) -> str:
     """Mbit/s per direction (the site's) against the target, one row per endpoint with a method."""
-    header = ("ENDPOINT", "METHOD", "DOWNLOAD Mbit/s", "UPLOAD Mbit/s", "TARGET Mbit/s", "VERDICT", "ERROR")
+    header = ("ENDPOINT", "METHOD", "DOWNLOAD Mbit/s", "UPLOAD Mbit/s", "TARGET Mbit/s", "VERDICT",
+              "ADDED LATENCY ms down/up", "ERROR")
     rows = [header]
     for target in targets:
         test = tests.get(target.name)
@@ -57,11 +61,20 @@ def format_throughput_table(targets: Sequence[Target], tests: Mapping[str, Throu
         if target.target_upload_bits_per_second is not None:
             goal += f" / {_mbps(target.target_upload_bits_per_second)} up"
         rows.append((target.name, test.method, _mbps(test.download_bits_per_second),
-                     _mbps(test.upload_bits_per_second), goal, verdict,
+                     _mbps(test.upload_bits_per_second), goal, verdict, _added(test),
                      f"{test.error.value}: {test.error_detail}" if test.error else ""))
     if len(rows) == 1:
         return "no endpoint has a throughput method configured"
     return _table(rows) + f"\n{len(rows) - 1} tested, {sum(1 for r in rows[1:] if r[5] == 'met')} met the target"
+
+
+def _added(test: ThroughputResult) -> str:
+    """Added latency under load per direction tested (issue 20), e.g. ``312.4/8.1``; ``-`` where not sampled."""
+    figures = []
+    for found in sorted(test.directions, key=lambda d: d.direction):  # download before upload
+        added = found.added_latency_seconds
+        figures.append("-" if added is None else f"{added * 1000:.1f}")
+    return "/".join(figures) or "-"
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

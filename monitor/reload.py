@@ -9,7 +9,9 @@ way (``connmon_config_last_reload_successful``), and the log lists every problem
 ``FILE:LINE:COL: path: message``.
 
 :class:`ConfigWatcher` polls instead of using inotify: a ``stat`` every few seconds, and a
-SHA-256 of the file only when the stat changed. Polling also sees an editor's rename-over and a
+SHA-256 of the files only when a stat changed. It follows every file the config includes (issue 22):
+the given file, each included one, and a new file dropped where an ``include:`` glob finds it.
+Polling also sees an editor's rename-over and a
 Kubernetes ConfigMap's symlink swap, which inotify on the path misses, and needs no dependency.
 A file whose content was already tried (good or bad) is not reloaded again, so a broken file is
 reported once, not at every poll.
@@ -22,13 +24,13 @@ unchanged sites' schedules (:mod:`monitor.scheduler`), and keeping unchanged sit
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from monitor.config import Config, load_config
+from monitor.config.includes import digest_now, digest_of, included_files
 from monitor.errors import ConfigError
 from monitor.targets import Target, build_targets
 
@@ -45,36 +47,30 @@ class ReloadOutcome:
     message: str
 
 
-def file_digest(path: str) -> str | None:
-    """SHA-256 of the file's bytes, or None when it cannot be read right now."""
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """A config file loaded whole: the config, its targets, and the digest of the content they came from."""
+    """A config loaded whole: the config, its targets, and the digest of the content they came from."""
 
     config: Config
     targets: tuple[Target, ...]
     digest: str | None
 
 
-def load(config_path: str) -> Loaded:
-    """Load and validate the file, and build its targets: the start-up load, and each reload's.
+def load(config_path: str, *, allow_empty: bool = False) -> Loaded:
+    """Load and validate the config (the file and those it includes), and build its targets: the start-up
+    load, and each reload's.
 
-    The digest is taken before the parse: if the file changes in between, the watcher sees a
-    digest that differs from what was loaded and reloads once more, which is what we want.
+    The digest is of the bytes the loader read (:attr:`Config.sources`): if a file changes after it
+    was read, the watcher sees a digest that differs and reloads once more, which is what we want.
+
+    Args:
+        allow_empty: ``--config.allow-empty``: a config with no endpoint is accepted (issue 22).
 
     Raises:
-        ConfigError: the file is unreadable or invalid (at start-up ``connmon run`` exits 2).
+        ConfigError: a file is unreadable or invalid (at start-up ``connmon run`` exits 2).
     """
-    digest = file_digest(config_path)
-    config = load_config(config_path)
-    return Loaded(config, build_targets(config), digest)
+    config = load_config(config_path, allow_empty=allow_empty)
+    return Loaded(config, build_targets(config), digest_of(config.sources))
 
 
 class Reloader:
@@ -88,12 +84,16 @@ class Reloader:
         tried_digest: the digest of the content loaded at start-up (:func:`load`), so the watcher
             does not load it again.
         loader: loads the file (run in a worker thread); :func:`load` but in tests.
+        include_patterns: the ``include:`` entries of the config loaded at start-up, so the watcher follows
+            its included files from the start.
     """
 
     def __init__(self, config_path: str, apply: Callable[[Config, tuple[Target, ...]], None],
                  report: Callable[[bool], None], tried_digest: str | None = None,
-                 loader: Callable[[str], Loaded] = load) -> None:
+                 loader: Callable[[str], Loaded] = load, include_patterns: Sequence[str] = ()) -> None:
         self.config_path = config_path
+        # the included files of the last config that loaded; a failed load keeps them (it told us none)
+        self.include_patterns: tuple[str, ...] = tuple(include_patterns)
         self._load = loader
         self._apply = apply
         self._report = report
@@ -115,12 +115,13 @@ class Reloader:
             try:
                 loaded = await asyncio.to_thread(self._load, self.config_path)
             except ConfigError as err:
-                self.tried_digest = file_digest(self.config_path)
+                self.tried_digest = self.digest_now()
                 self._report(False)
                 log.error("reload failed (%s), keeping the running config:\n%s", trigger, err)
                 return ReloadOutcome(False, str(err))
             config, targets = loaded.config, loaded.targets
             self.tried_digest = loaded.digest
+            self.include_patterns = config.include_patterns
             if self._closed:  # shutdown began while the file was being parsed
                 return ReloadOutcome(False, "connmon is shutting down; not reloading")
             try:
@@ -134,29 +135,42 @@ class Reloader:
             log.info("%s (%s)", message, trigger)
             return ReloadOutcome(True, message)
 
+    def digest_now(self) -> str | None:
+        """The digest of the config's files as they are now (None while the given file cannot be read)."""
+        return digest_now(self.config_path, self.include_patterns)
+
+    def files(self) -> list[str]:
+        """The files the config is read from now: the given one, then what its ``include:`` entries find."""
+        return [self.config_path, *included_files(self.include_patterns, self.config_path)]
+
     def close(self) -> None:
         """Refuse reloads from now on (shutdown); one already parsing will not be applied."""
         self._closed = True
 
 
 class ConfigWatcher:
-    """Polls the config file and asks the reloader to reload when its content changes."""
+    """Polls the config's files and asks the reloader to reload when their content changes."""
 
     def __init__(self, reloader: Reloader, interval_seconds: float = DEFAULT_WATCH_INTERVAL_SECONDS) -> None:
         self.reloader = reloader
         self.interval_seconds = interval_seconds
 
-    def _stat(self) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(self.reloader.config_path)  # follows symlinks: a ConfigMap swap changes this
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev
+    def _stat(self) -> tuple[tuple[str, tuple[int, int, int, int] | None], ...] | None:
+        """Each file's stat (following symlinks: a ConfigMap swap changes it); None if the given file is away."""
+        out: list[tuple[str, tuple[int, int, int, int] | None]] = []
+        for path in self.reloader.files():  # globs expanded again: a new district file is seen
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append((path, None))
+                continue
+            out.append((path, (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)))
+        return tuple(out) if out[0][1] is not None else None
 
     async def run(self) -> None:
-        """Poll until cancelled; a missing or unreadable file is waited out, not reloaded."""
-        path = self.reloader.config_path
-        log.info("watching %s for changes every %gs", path, self.interval_seconds)
+        """Poll until cancelled; a missing or unreadable given file is waited out, not reloaded."""
+        log.info("watching %s (and %d included files) for changes every %gs", self.reloader.config_path,
+                 len(self.reloader.files()) - 1, self.interval_seconds)
         seen = self._stat()
         while True:
             await asyncio.sleep(self.interval_seconds)
@@ -164,7 +178,7 @@ class ConfigWatcher:
             if now == seen or now is None:
                 continue
             seen = now
-            digest = await asyncio.to_thread(file_digest, path)
+            digest = await asyncio.to_thread(self.reloader.digest_now)
             if digest is None or digest == self.reloader.tried_digest:
                 continue  # touched but not changed, or this content was tried already
             await self.reloader.reload("file change")

@@ -38,6 +38,8 @@ class IcmpResult:
     rtts_seconds: tuple[float | None, ...]
     error: ProbeErrorReason | None = None
     error_detail: str = ""
+    # the name's look-up failed and ``address`` is its last good one (issue 22: names survive a resolver hiccup)
+    address_from_cache: bool = False
 
     @property
     def received(self) -> int:
@@ -88,6 +90,32 @@ class IcmpResult:
         return statistics.fmean(diffs) if diffs else None
 
 
+PEP_NOTE = "TCP is terminated before the site: speed figures include a proxy"  # site JSON and report (issue 20)
+PEP_CONNECT_SHARE = 0.5  # a handshake under half the ICMP round trip cannot have reached the site and back
+PEP_MIN_IDLE_RTT_SECONDS = 0.02
+ECHO_WIRE_BYTES = 84  # one echo or reply on the wire with the default 56-byte payload: IPv4 20 + ICMP 8 + 56
+
+
+def _replies(rtts: Sequence[float | None]) -> list[float]:
+    return sorted(r for r in rtts if r is not None)
+
+
+def _median(rtts: Sequence[float | None]) -> float | None:
+    replies = _replies(rtts)
+    return statistics.median(replies) if replies else None
+
+
+def _quantile(rtts: Sequence[float | None], q: float) -> float | None:
+    """The ``q`` quantile of the answered samples, interpolated between the two nearest (NumPy's default)."""
+    replies = _replies(rtts)
+    if not replies:
+        return None
+    position = q * (len(replies) - 1)
+    low = int(position)
+    high = min(low + 1, len(replies) - 1)
+    return replies[low] + (replies[high] - replies[low]) * (position - low)
+
+
 @dataclass(frozen=True, slots=True)
 class DirectionResult:
     """One direction of one throughput test, from the site's point of view.
@@ -106,6 +134,67 @@ class DirectionResult:
     retransmits: int | None = None
     error: ProbeErrorReason | None = None
     error_detail: str = ""
+    # Issue 20, latency under load: ICMP echoes to the site from a short burst just before the
+    # direction (idle) and at 10 a second while it ran (loaded), one entry per echo, None where no
+    # reply came. Empty when the test ran without an ICMP engine (or the site's address is unknown).
+    idle_rtts_seconds: tuple[float | None, ...] = ()
+    loaded_rtts_seconds: tuple[float | None, ...] = ()
+    connect_seconds: tuple[float, ...] = ()  # TCP handshakes of the test's connections (issue 20, PEP)
+
+    @property
+    def idle_rtt_seconds(self) -> float | None:
+        """Median RTT of the idle burst before the direction ran."""
+        return _median(self.idle_rtts_seconds)
+
+    @property
+    def loaded_rtt_seconds(self) -> float | None:
+        """Median RTT while the direction ran."""
+        return _median(self.loaded_rtts_seconds)
+
+    @property
+    def loaded_rtt_p90_seconds(self) -> float | None:
+        """90th percentile RTT while the direction ran: the figure that tracks a deep queue's depth."""
+        return _quantile(self.loaded_rtts_seconds, 0.9)
+
+    @property
+    def added_latency_seconds(self) -> float | None:
+        """Loaded median minus idle median (can be slightly negative on an unqueued link)."""
+        idle, loaded = self.idle_rtt_seconds, self.loaded_rtt_seconds
+        return None if idle is None or loaded is None else loaded - idle
+
+    @property
+    def added_latency_p90_seconds(self) -> float | None:
+        """Loaded 90th percentile minus idle median: how deep the queue got."""
+        idle, loaded = self.idle_rtt_seconds, self.loaded_rtt_p90_seconds
+        return None if idle is None or loaded is None else loaded - idle
+
+    @property
+    def round_trips_per_minute(self) -> float | None:
+        """Responsiveness as the IETF draft counts it: 60 / loaded RTT in seconds."""
+        loaded = self.loaded_rtt_seconds
+        return None if loaded is None or loaded <= 0 else 60.0 / loaded
+
+    @property
+    def pep_suspected(self) -> bool | None:
+        """Whether a proxy answered the TCP handshake before the site (issue 20, docs/latency-under-load.md).
+
+        True when every handshake took less than :data:`PEP_CONNECT_SHARE` of the idle ICMP median and
+        that median is at least :data:`PEP_MIN_IDLE_RTT_SECONDS` (below it, a few milliseconds of
+        timing noise could decide); None without both figures.
+        """
+        idle = self.idle_rtt_seconds
+        if idle is None or not self.connect_seconds:
+            return None
+        if idle < PEP_MIN_IDLE_RTT_SECONDS:
+            return False
+        return max(self.connect_seconds) < PEP_CONNECT_SHARE * idle
+
+    @property
+    def latency_sample_bytes(self) -> int:
+        """Bytes the ICMP samples put on the link, both ways (a metered link bills them too)."""
+        echoes = len(self.idle_rtts_seconds) + len(self.loaded_rtts_seconds)
+        return echoes * ECHO_WIRE_BYTES + (echoes - self.idle_rtts_seconds.count(None)
+                                           - self.loaded_rtts_seconds.count(None)) * ECHO_WIRE_BYTES
 
     def as_json(self, error_detail: str) -> dict[str, Any]:
         """The one JSON shape of a direction, for the agents' wire and the history's rows alike.
@@ -118,6 +207,27 @@ class DirectionResult:
                 "bits_per_second": self.bits_per_second, "bytes": self.bytes,
                 "measured_seconds": self.measured_seconds, "retransmits": self.retransmits,
                 "error": None if self.error is None else self.error.value, "error_detail": error_detail}
+
+    def latency_figures(self) -> dict[str, float | None]:
+        """The derived latency-under-load figures (issue 20), as ``connmon probe --json`` and the API name them."""
+        return {"idle_rtt_seconds": self.idle_rtt_seconds, "loaded_rtt_seconds": self.loaded_rtt_seconds,
+                "loaded_rtt_p90_seconds": self.loaded_rtt_p90_seconds,
+                "added_latency_seconds": self.added_latency_seconds,
+                "round_trips_per_minute": self.round_trips_per_minute}
+
+    def latency_json(self) -> dict[str, Any]:
+        """The issue-20 samples, only when there are any, for the history's row (beside :meth:`as_json`).
+
+        Not part of :meth:`as_json`, the agents' wire, until the agents' protocol carries them.
+        """
+        out: dict[str, Any] = {}
+        if self.idle_rtts_seconds:
+            out["idle_rtts_seconds"] = list(self.idle_rtts_seconds)
+        if self.loaded_rtts_seconds:
+            out["loaded_rtts_seconds"] = list(self.loaded_rtts_seconds)
+        if self.connect_seconds:
+            out["connect_seconds"] = list(self.connect_seconds)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +264,11 @@ class ThroughputResult:
 
     @property
     def bytes(self) -> int:
-        return sum(d.bytes for d in self.directions)
+        """Everything the test put on the link: each direction's bytes and its latency samples (issue 20).
+
+        This is what the monthly budget is charged and what the history keeps with the test.
+        """
+        return sum(d.bytes + d.latency_sample_bytes for d in self.directions)
 
     @property
     def measured(self) -> bool:
@@ -182,6 +296,28 @@ class ThroughputResult:
         if not checks or any(c is None for c in checks):
             return None
         return all(checks)
+
+
+    @property
+    def max_added_latency_seconds(self) -> float | None:
+        """The largest added latency under load of the directions sampled (issue 20); None if none was."""
+        added = [a for a in (d.added_latency_seconds for d in self.directions) if a is not None]
+        return max(added) if added else None
+
+    @property
+    def pep_detected(self) -> bool | None:
+        """True when some direction's TCP handshakes were answered before the site (a PEP); None: not judged."""
+        verdicts = [v for v in (d.pep_suspected for d in self.directions) if v is not None]
+        return any(verdicts) if verdicts else None
+
+    @property
+    def latency_under_load_ok(self) -> bool | None:
+        """The verdict beside the speed one: did every sampled direction stay within ``max_added_latency``?
+
+        None when no direction has both an idle and a loaded figure (no ICMP engine, echoes blocked).
+        """
+        worst = self.max_added_latency_seconds
+        return None if worst is None else worst <= self.target.max_added_latency_seconds
 
 
 Result = IcmpResult | ThroughputResult

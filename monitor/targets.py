@@ -24,6 +24,7 @@ from monitor.config import (
     merge_throughput,
 )
 from monitor.config.hosts import expand_url, normalize_ip
+from monitor.config.model import DEFAULT_MAX_ADDED_LATENCY_SECONDS
 from monitor.config.windows import MaintenanceWindows
 
 
@@ -56,6 +57,7 @@ class Target:
     planned_date: dt.date | None = None
     provider: str | None = None
     contracted_bits_per_second: float | None = None  # the contract, when it differs from the target
+    max_added_latency_seconds: float = DEFAULT_MAX_ADDED_LATENCY_SECONDS  # latency under load allowed (issue 20)
 
     @property
     def probed(self) -> bool:
@@ -88,7 +90,8 @@ def build_targets(config: Config) -> tuple[Target, ...]:
             up_mbps = next((v for v in (ep.target_upload_mbps, group.target_upload_mbps,
                                         config.defaults.target_upload_mbps) if v is not None), None)
             host = ep.host or ""
-            throughput = merge_throughput(config.defaults.throughput, group.throughput, ep.throughput)
+            throughput = merge_throughput(config.defaults.throughput, group.throughput, ep.throughput,
+                                          timezone=config.monitor.zone)
             if (ep.mode or group.mode) == "agent" and throughput.method == "http" and not throughput.directions:
                 throughput = dataclasses.replace(throughput, directions=DIRECTIONS)  # the centre serves both
             if throughput.url or throughput.upload_url:  # `{host}` in a group-wide URL becomes this site's host
@@ -118,6 +121,8 @@ def build_targets(config: Config) -> tuple[Target, ...]:
                 contracted_bits_per_second=None if contracted is None else contracted * 1_000_000,
                 maintenance=ep.maintenance or group.maintenance,
                 upstream=ep.upstream or group.upstream,
+                max_added_latency_seconds=next(v for v in (ep.max_added_latency, group.max_added_latency,
+                                                           config.defaults.max_added_latency) if v is not None),
             ))
     return tuple(out)
 

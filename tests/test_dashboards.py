@@ -172,6 +172,10 @@ def test_links_to_the_site_view_use_its_uid_and_variable() -> None:
 REQUIRED: list[tuple[str, str, str, tuple[str, ...]]] = [
     # Region overview
     ("connmon-region-overview", "Sites up, per kind", "stat", ("connmon_up",)),
+    # issue 18: the fleet at a glance
+    ("connmon-region-overview", "Agent fleet", "table",
+     ("connmon_agent_state", "connmon_agent_last_seen_timestamp_seconds", "connmon_agent_last_result_timestamp_seconds",
+      "connmon_agent_clock_offset_seconds", "connmon_agent_spool_depth", "connmon_agent_spool_dropped_total")),
     ("connmon-region-overview", "Sites meeting their bandwidth target, per kind", "stat", ("connmon_target_met",)),
     ("connmon-region-overview", "Sites by state", "geomap", ("connmon_up", "connmon_endpoint_info")),
     ("connmon-region-overview", "Sites up and down, per district", "barchart", ("connmon_up",)),

@@ -216,7 +216,7 @@ def test_a_full_disk_is_counted_logged_once_and_loses_nothing_once_space_returns
     need_root()
     monkeypatch.setattr(history_module, "RETRY_SECONDS", 0.1)
     caplog.set_level(logging.ERROR, logger="monitor.history")
-    with mounted("tmpfs", tmp_path / "state", "size=96k") as state:
+    with mounted("tmpfs", tmp_path / "state", "size=128k") as state:  # room for the schema (6 steps)
         sink = HistorySink(lambda: SqliteStore(database_path(state)), KEEP_ALL)
         a = throughput_target("a")
         rtts = tuple(0.001 * k for k in range(50))

@@ -39,6 +39,10 @@ invalid value stays invalid and its case negative (schemathesis re-validates a m
   a minute ago and a valid ``ends_at`` an hour ahead (in the form each had: Unix seconds or RFC 3339), since a
   window must end in the future and after its start; a third of the valid targets become one of the probed
   sites (the rest get 404, as does ``DELETE /api/v1/maintenance/{id}`` for an id no window has);
+* ``POST /api/v1/agent/enrol`` (issue 18): a code valid by the schema becomes the next of the codes the test
+  invited (one per enrolment site: a code is taken once, and a site's new invite would end its open code), so
+  valid cases are answered 200; a case schemathesis sends again (its code now used) gets the one answer for a
+  wrong code, 403, which the operation's positive-data check therefore allows;
 * and so that answers have something in them, a third of the generated site names, kinds and
   districts become ones the config has (the rest get 404, or an empty summary).
 """
@@ -68,7 +72,9 @@ import pytest
 import schemathesis
 import yaml
 
+from monitor.agent.centre.enrolment import code_hash, is_code, new_code
 from monitor.agent.centre.registry import token_hash
+from monitor.history.agent_tokens import open_book
 from monitor.text import NAME_PATTERN
 from monitor.throughput_plan import phase
 from monitor.web.maintenance_api import TIME_PATTERN
@@ -84,7 +90,7 @@ POOL_SIZES = {"POST /api/v1/agent/results": 12}
 POOL_SIZE = 3
 MAX_DOWNLOAD_IN_RUN = 1024
 AGENT_POOLS = ("POST /api/v1/agent/results", "POST /api/v1/agent/slot", "GET /api/v1/agent/download",
-               "HEAD /api/v1/agent/download", "POST /api/v1/agent/upload")
+               "HEAD /api/v1/agent/download", "POST /api/v1/agent/upload", "GET /api/v1/agent/settings")
 NEEDS_SLOT = ("GET /api/v1/agent/download", "HEAD /api/v1/agent/download", "POST /api/v1/agent/upload")
 EVERY_SECONDS = 7200.0
 FIRST_TEST_WITHIN_SECONDS = 2.0  # agent sites are named so that their first test is due this soon
@@ -92,6 +98,7 @@ GRANT_BYTES = 64_000_000  # per direction, for the sites the run downloads from 
 SMALL_GRANT_BYTES = 100_000  # for the site whose grant test_downloads_and_uploads_stay_within_the_grant spends
 _CLEAN = re.compile(NAME_PATTERN)
 _MAINTENANCE_TIME = re.compile(TIME_PATTERN)
+ENROL_SITES = 100  # agent sites without a token, one invited code each, for POST /api/v1/agent/enrol
 PROBED = ("lo-1", "lo-2")  # where mapped maintenance windows go (not the agent sites, whose slots the run uses)
 _DATE = re.compile(DATE_PATTERN)
 MAX_SEQ = 2**62
@@ -107,10 +114,11 @@ class _Site(NamedTuple):  # not a dataclass: st executes this file outside sys.m
     slot: str | None
 
 
-def _context() -> tuple[dict[str, list[_Site]], list[str]]:
-    """The agent operations' pools of sites, and the names of every configured site."""
+def _context() -> tuple[dict[str, list[_Site]], list[str], list[str]]:
+    """The agent operations' pools of sites, the names of every configured site, and the invited codes."""
     raw = json.loads(os.environ[CONTEXT_ENV])
-    return {label: [_Site(**site) for site in sites] for label, sites in raw["pools"].items()}, raw["names"]
+    return ({label: [_Site(**site) for site in sites] for label, sites in raw["pools"].items()}, raw["names"],
+            raw["codes"])
 
 
 def _is_clean(value: object, limit: int) -> bool:
@@ -138,7 +146,8 @@ class _Mapper:
     """Puts into a case what the document says in words (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self.pools, self.names = _context()
+        self.pools, self.names, codes = _context()
+        self.codes = iter(codes)
         self.by_token = {site.token: site for sites in self.pools.values() for site in sites}
         self.turns = {label: itertools.count() for label in self.pools}
         self.seq = itertools.count(1)
@@ -263,6 +272,12 @@ class _Mapper:
             case.query = self.summary(case.query)
         elif label == "POST /api/v1/maintenance":
             case.body = self.maintenance(case.body)
+        elif label == "POST /api/v1/agent/enrol" and isinstance(case.body, dict) \
+                and isinstance(case.body.get("code"), str) and is_code(case.body["code"]):
+            with self.lock:
+                code = next(self.codes, None)
+            if code is not None:
+                case.body = {**case.body, "code": code}
         elif label == "GET /api/v1/sites/{name}" and isinstance(case.path_parameters, dict) \
                 and isinstance(case.path_parameters.get("name"), str) and case.path_parameters["name"]:
             case.path_parameters = {**case.path_parameters,
@@ -327,6 +342,7 @@ class Centre(NamedTuple):
     pools: dict[str, list[_Site]]
     small: _Site  # a site of its own, with a small grant, for the grant test
     state: Path
+    codes: list[str]  # one invited enrolment code per enrolment site
 
     def url(self, path: str) -> str:
         return f"http://{HOST}:{PORT}{path}"
@@ -344,6 +360,7 @@ def _config(tmp: Path, pools: dict[str, list[_Site]], small: _Site) -> Path:
             for sites in pools.values() for site in sites]
     rows.append(f"      - {{name: {small.name}, agent: {{token_sha256: {token_hash(small.token)}}}, "
                 f"throughput: {{bytes: {SMALL_GRANT_BYTES}}}}}")
+    rows.extend(f"      - {{name: st-enrol-{i}}}" for i in range(ENROL_SITES))  # tokens come by enrolment
     path = tmp / "connmon.yaml"
     path.write_text(f"""
 defaults:
@@ -422,7 +439,15 @@ def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
             time.sleep(0.1)
         pools = {label: [_Site(site.name, site.token, _slot(site) if label in NEEDS_SLOT else None)
                          for site in sites] for label, sites in pools.items()}
-        yield Centre(proc, pools, _Site(small.name, small.token, _slot(small)), tmp / "state")
+        codes = [new_code() for _ in range(ENROL_SITES)]
+        book = open_book(None, str(tmp / "state"))  # as `connmon agent-invite` does, one code per site
+        try:
+            now = time.time()
+            for i, code in enumerate(codes):
+                book.invite(f"st-enrol-{i}", code_hash(code), now, now + 86400.0)
+        finally:
+            book.close()
+        yield Centre(proc, pools, _Site(small.name, small.token, _slot(small)), tmp / "state", codes)
     finally:
         proc.terminate()
         try:
@@ -471,11 +496,15 @@ expected-statuses = ["2xx", "404"]
 include-operation-id = "closeMaintenance"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404"]
+[[operations]]
+include-operation-id = "enrolAgent"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "403"]
 """, encoding="utf-8")
     names = ["lo-1", "lo-2", "lo-soon", *(site.name for sites in centre.pools.values() for site in sites)]
     environment = {**os.environ, CONTEXT_ENV: json.dumps({
         "pools": {label: [site._asdict() for site in sites] for label, sites in centre.pools.items()},
-        "names": names})}
+        "names": names, "codes": centre.codes})}
     run = subprocess.run([str(Path(sys.executable).with_name("st")), "--config-file", str(config), "run",
                           "--checks", "all", "--continue-on-failure", "--no-color",
                           centre.url("/api/v1/openapi.yaml")],
@@ -493,7 +522,7 @@ expected-statuses = ["2xx", "404"]
     assert not result["failures"] and not result["errors"] and run.returncode == 0, \
         f"{summary}\n{failures}\n{details}\n{run.stderr[-3000:]}"
     # every operation but GET /api/v1/openapi.yaml, which serves the document schemathesis reads (it skips it)
-    assert result["operations"]["tested"] == result["operations"]["total"] == 11, summary
+    assert result["operations"]["tested"] == result["operations"]["total"] == 14, summary  # 2 more: issue 18's
     assert result["test_cases"]["generated"] > 0, summary
     warnings = result.get("warnings") or {}  # 429s would mean the pools are too small; 401/403s, no valid token
     assert not warnings.get("rate_limited") and not warnings.get("missing_auth"), (summary, warnings)

@@ -326,7 +326,7 @@ def test_sqlite_history_of_version_2_opens_and_migrates_and_reads_without_gaps(t
         reader.close()
     store = SqliteStore(path)
     try:
-        assert store.schema_version() == len(sqlite_store.MIGRATIONS) == 4
+        assert store.schema_version() == len(sqlite_store.MIGRATIONS) == 6
         _check_migrated(store)
     finally:
         store.close()
@@ -374,7 +374,7 @@ def test_postgres_history_of_version_2_opens_and_migrates(pg_server: PgServer) -
         reader.close()
     store = PostgresStore(url)
     try:
-        assert store.schema_version() == len(postgres_store.MIGRATIONS) == 4
+        assert store.schema_version() == len(postgres_store.MIGRATIONS) == 6
         _check_migrated(store)
     finally:
         store.close()
@@ -391,7 +391,7 @@ def test_instances_opening_a_version_2_history_at_once_add_the_gap_table_once(
     try:
         assert errors == []
         assert pg_server.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version",
-                              db).strip() == "1,2,3,4"
+                              db).strip() == "1,2,3,4,5,6"
         _check_migrated(stores[0])  # writes a gap: every instance reads it
         assert [s.gaps("old", 0, 1e9) for s in stores] == [[StoredGap("old", 400.0, 1000.0, "power", 60.0)]] * 4
     finally:

@@ -39,6 +39,28 @@ cause can pass (a time stamped in the future by a clock that was fast) carries
 the header (a version 1 agent) one bad value rejects the whole batch (400), as version 1 did; a
 version 1 centre ignores the header and answers without ``results``, which a version 2 agent reads
 as every result taken. So either side works with the other one version older.
+
+Clocks and the fleet (issue 18), additive to version 2: a centre that measures agents' clocks
+says so in every version 2 answer (200) with ``offset_seconds`` (how far the agent's clock is from the
+centre's, positive when ahead), ``offset_bound_seconds`` (how sure: half the round trip, null
+when no round trip was known) and ``settings_version`` (see :data:`SETTINGS_PATH`). Only once an
+answer carried ``offset_seconds`` does the agent add ``round_trip_seconds`` (its last exchange's
+round trip, on its monotonic clock) and ``spool_depth`` (results waiting) to ``agent``: a centre
+from before refuses unknown fields there. The measurement is NTP's, one-way: the agent stamps
+``sent_at`` on its clock; the centre reads its own clock when the batch is in; the batch took
+between 0 and one round trip, so the offset lies in [sent_at − received, sent_at − received +
+round trip], and its middle is taken, good to half the round trip
+(:func:`measure_offset`). Each result may carry its start on the boot's clock (``boot_id``,
+``uptime_seconds``, sent under the same care): one of the batch's boot gets its own offset, so a
+clock stepped between measuring and uploading (NTP, after a boot days behind) is still corrected
+(:func:`_result_clock`). A result whose offset is more than :data:`MAX_CLOCK_OFFSET_SECONDS` has
+every time in it moved by the offset, and says so in its ``error_detail`` (which the history
+keeps); when the offset cannot be bounded well enough (a round trip over 2 ×
+:data:`MAX_OFFSET_BOUND_SECONDS`) it is refused with ``retry_after_seconds`` and held by the agent
+until an exchange is quick enough. A result is never
+stored at a time the centre knows to be false. An agent always has a round trip before its first
+post: it fetches its settings first (any HTTP answer, even an older centre's 404, times one). A
+batch without a round trip (an agent from before issue 18) is judged as before.
 """
 
 from __future__ import annotations
@@ -61,7 +83,9 @@ ROUTES_PREFIX = "/api/v1/agent/"  # the agents' routes: each site's bearer token
 RESULTS_PATH = "/api/v1/agent/results"
 SLOT_PATH = "/api/v1/agent/slot"
 DOWNLOAD_PATH = "/api/v1/agent/download"
+SETTINGS_PATH = "/api/v1/agent/settings"  # what the site measures, from the centre's config (issue 18)
 UPLOAD_PATH = "/api/v1/agent/upload"
+ENROL_PATH = "/api/v1/agent/enrol"  # a one-time code traded for the site's token, no bearer token (issue 18)
 
 BODY_IDLE_SECONDS = 30.0  # no byte of a body for this long: 408 (a VSAT link stalls for seconds, not half a minute)
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a batch of 500 ICMP results of 10 echoes is ~150 KB
@@ -69,6 +93,11 @@ MAX_RESULTS_PER_BATCH = 1000
 MAX_ECHOES = 10_000
 MAX_RTT_SECONDS = 120.0  # a reply later than this is not a reply any timeout allows
 MAX_FUTURE_SKEW_SECONDS = 300.0  # an agent's clock may run this much ahead of the centre's
+MAX_CLOCK_OFFSET_SECONDS = 60.0  # issue 18: an agent's clock further off than this has its times corrected
+MAX_OFFSET_BOUND_SECONDS = 30.0  # ... when the offset is known this well (half the round trip), else held
+CLOCK_HOLD_SECONDS = 30.0  # results held for an unbounded offset are sent again after this (with a round trip)
+MAX_ROUND_TRIP_SECONDS = 3600.0
+ANCHOR_FIELDS = ("boot_id", "uptime_seconds")  # issue 18: a result's start on the boot's clock (see _result_clock)
 MAX_AGE_SECONDS = 400 * 86400.0  # older than the longest retention: nothing would keep it
 MAX_BITS_PER_SECOND = 1e12
 MAX_BYTES = 10**13
@@ -157,6 +186,60 @@ class AgentInfo:
     uptime_seconds: float
     sent_at: float
     spool_dropped: int = 0
+    round_trip_seconds: float | None = None  # issue 18: the agent's last exchange, sent to a centre that measures
+    spool_depth: int | None = None  # issue 18: results waiting in the agent's spool
+
+
+@dataclass(frozen=True, slots=True)
+class ClockOffset:
+    """How far an agent's clock is from the centre's, measured on one exchange (issue 18).
+
+    ``offset_seconds`` > 0: the agent's clock is ahead. ``bound_seconds``: the offset is within this
+    of the truth (half the round trip); None when the agent gave no round trip.
+    """
+
+    offset_seconds: float
+    bound_seconds: float | None
+
+    @property
+    def off(self) -> bool:
+        """Beyond :data:`MAX_CLOCK_OFFSET_SECONDS` for certain (every offset the exchange allows is).
+
+        Without a round trip (an agent from before issue 18) nothing is known for certain here:
+        such a batch is judged as before (a time over :data:`MAX_FUTURE_SKEW_SECONDS` ahead is refused).
+        """
+        if self.bound_seconds is None:
+            return False
+        return abs(self.offset_seconds) - self.bound_seconds > MAX_CLOCK_OFFSET_SECONDS
+
+    @property
+    def correctable(self) -> bool:
+        return self.bound_seconds is not None and self.bound_seconds <= MAX_OFFSET_BOUND_SECONDS
+
+
+def measure_offset(sent_at: float, received_at: float, round_trip_seconds: float | None) -> ClockOffset:
+    """The agent's clock offset from its send time and the centre's receive time, bounded by the round trip.
+
+    The batch was stamped ``sent_at`` on the agent's clock and read whole at ``received_at`` on the
+    centre's; it travelled between 0 and ``round_trip_seconds``, so the offset lies in
+    [sent_at − received_at, that + round trip]: the middle is taken (NTP's estimate, one-way).
+    """
+    raw = sent_at - received_at
+    if round_trip_seconds is None:
+        return ClockOffset(raw, None)
+    return ClockOffset(raw + round_trip_seconds / 2, round_trip_seconds / 2)
+
+
+def read_clock_answer(body: Any) -> ClockOffset | None:
+    """The offset a 200 answer tells the agent (issue 18); None from a centre that does not measure it."""
+    if not isinstance(body, dict):
+        return None
+    offset, bound = body.get("offset_seconds"), body.get("offset_bound_seconds")
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+        return None
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound):
+        bound = None
+    return ClockOffset(float(offset), None if bound is None else float(bound))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +250,7 @@ class AgentResult:
     result: IcmpResult | ThroughputResult
     path: IcmpPath = "centre"
     slot: str | None = None  # the throughput slot this test used (released when the result arrives)
+    corrected: bool = False  # issue 18: its times were moved by the agent's measured clock offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +259,7 @@ class Batch:
     agent: AgentInfo
     results: tuple[AgentResult, ...]
     refused: tuple[RefusedResult, ...] = ()  # version 2: results refused on their own (the others are in results)
+    clock: ClockOffset | None = None  # issue 18: the agent's clock offset measured on this batch
 
 
 def granted_bytes(max_bytes: int | None, omit_seconds: float, duration_seconds: float,
@@ -215,8 +300,15 @@ def encode_throughput(seq: int, result: ThroughputResult, slot: str | None = Non
 
 
 def encode_agent(info: AgentInfo) -> dict[str, Any]:
-    return {"version": info.version, "instance": info.instance, "boot_id": info.boot_id,
-            "uptime_seconds": info.uptime_seconds, "sent_at": info.sent_at, "spool_dropped": info.spool_dropped}
+    """The ``agent`` block; the issue 18 fields only when set (the uploader sets them for a centre that reads them)."""
+    block: dict[str, Any] = {"version": info.version, "instance": info.instance, "boot_id": info.boot_id,
+                             "uptime_seconds": info.uptime_seconds, "sent_at": info.sent_at,
+                             "spool_dropped": info.spool_dropped}
+    if info.round_trip_seconds is not None:
+        block["round_trip_seconds"] = round(info.round_trip_seconds, 6)
+    if info.spool_depth is not None:
+        block["spool_depth"] = info.spool_depth
+    return block
 
 
 # ---------------------------------------------------------------------------------------- decoding (centre)
@@ -297,15 +389,27 @@ def decode_batch(data: Any, now: float, per_result: bool = False) -> Batch:
         raise ProtocolError(f"$.{sorted(unknown)[0]}", "unknown field")
     site = r.text(body.get("site"), "$.site", limit=200)
     a = r.obj(body.get("agent"), "$.agent")
-    _no_unknown(a, {"version", "instance", "boot_id", "uptime_seconds", "sent_at", "spool_dropped"}, "$.agent")
+    _no_unknown(a, {"version", "instance", "boot_id", "uptime_seconds", "sent_at", "spool_dropped",
+                    "round_trip_seconds", "spool_depth"}, "$.agent")
+    round_trip = a.get("round_trip_seconds")
+    depth = a.get("spool_depth")
     agent = AgentInfo(
         version=r.text(a.get("version"), "$.agent.version", limit=64),
         instance=r.text(a.get("instance"), "$.agent.instance", limit=64),
         boot_id=r.text(a.get("boot_id"), "$.agent.boot_id", limit=64),
         uptime_seconds=r.number(a.get("uptime_seconds"), "$.agent.uptime_seconds", 0.0, 100 * 365 * 86400.0),
-        sent_at=r.time(a.get("sent_at"), "$.agent.sent_at"),
+        # on the agent's clock, which may be off by anything: measured below, not judged against the centre's
+        sent_at=r.number(a.get("sent_at"), "$.agent.sent_at", 0.0, 1e11),
         spool_dropped=r.integer(a.get("spool_dropped", 0), "$.agent.spool_dropped", 0, 2**62),
+        round_trip_seconds=None if "round_trip_seconds" not in a
+        else r.number(round_trip, "$.agent.round_trip_seconds", 0.0, MAX_ROUND_TRIP_SECONDS),
+        spool_depth=None if "spool_depth" not in a else r.integer(depth, "$.agent.spool_depth", 0, 2**62),
     )
+    # version 1 cannot hold a result on its own: its batches are judged as before issue 18 (an agent that
+    # measures clocks speaks version 2)
+    clock = measure_offset(agent.sent_at, now, agent.round_trip_seconds if per_result else None)
+    if not clock.off:
+        r.time(agent.sent_at, "$.agent.sent_at")  # a clock that is not (known to be) off: as before
     items = body.get("results")
     if not isinstance(items, list) or len(items) > MAX_RESULTS_PER_BATCH:
         raise ProtocolError("$.results", f"must be a list of at most {MAX_RESULTS_PER_BATCH} results")
@@ -319,17 +423,79 @@ def decode_batch(data: Any, now: float, per_result: bool = False) -> Batch:
             raise ProtocolError(f"{path}.seq", "sequence numbers must increase within a batch")
         last_seq = seq
         decoded.append((seq, dict(obj)))
-    if not per_result:
+    if not per_result:  # no round trip, nothing measured: every time is read as the agent stamped it
         return Batch(site, agent, tuple(_placeholder(r, seq, obj, f"$.results[{i}]")
-                                        for i, (seq, obj) in enumerate(decoded)))
+                                        for i, (seq, obj) in enumerate(decoded)), (), clock)
     taken: list[AgentResult] = []
     refused: list[RefusedResult] = []
     for i, (seq, obj) in enumerate(decoded):
+        path = f"$.results[{i}]"
         try:
-            taken.append(_placeholder(r, seq, obj, f"$.results[{i}]"))
+            own = _result_clock(obj, path, agent, clock, now)
+            if own.off and not own.correctable:  # issue 18: never stored at a false time; held until it can be
+                raise ProtocolError(f"{path}.started_at", f"the agent's clock was about {own.offset_seconds:+.0f}s "
+                                    "off the centre's, and its round trip is too long to correct it; held until one "
+                                    "is short enough", CLOCK_HOLD_SECONDS)
+            if own.off:  # read on the agent's clock, then moved to the centre's
+                taken.append(_corrected(_placeholder(_Reader(now + own.offset_seconds), seq, obj, path), own))
+            else:
+                taken.append(_placeholder(r, seq, obj, path))
         except ProtocolError as err:
             refused.append(RefusedResult(seq, err.field, err.reason, err.retry_after_seconds))
-    return Batch(site, agent, tuple(taken), tuple(refused))
+    return Batch(site, agent, tuple(taken), tuple(refused), clock)
+
+
+def _result_clock(obj: Mapping[str, Any], path: str, agent: AgentInfo, clock: ClockOffset,
+                  now: float) -> ClockOffset:
+    """The offset of the agent's clock when it measured this result (issue 18).
+
+    A result stamped in this boot (its ``boot_id`` is the batch's) says how long after the boot it
+    started (``uptime_seconds``): the boot's clock, which no step of the wall clock moves. Its true
+    start is then when the batch left (received − half the round trip) less the uptime between the
+    two, so a clock stepped (by NTP, after a boot days behind) between measuring and uploading
+    corrects each result by its own offset, not the upload's. Any other result: the batch's offset.
+
+    Raises:
+        ProtocolError: the anchor is malformed (the result is refused).
+    """
+    anchor = _anchor(_Reader(now), obj, path)
+    if anchor is None:
+        return clock
+    boot, uptime = anchor
+    started = obj.get("started_at")
+    if clock.bound_seconds is None or boot != agent.boot_id or isinstance(started, bool) \
+            or not isinstance(started, int | float) or not math.isfinite(started):
+        return clock  # another boot, or nothing measured: the batch's offset (the start's own check follows)
+    if uptime > agent.uptime_seconds + MAX_CLOCK_OFFSET_SECONDS:  # the anchor cannot be after the batch
+        return clock
+    true_start = now - clock.bound_seconds - (agent.uptime_seconds - uptime)
+    return ClockOffset(float(started) - true_start, clock.bound_seconds)
+
+
+def _anchor(r: _Reader, obj: Mapping[str, Any], path: str) -> tuple[str, float] | None:
+    """A result's ``boot_id`` and ``uptime_seconds`` (both or neither), checked; None when it has none."""
+    if "boot_id" not in obj and "uptime_seconds" not in obj:
+        return None
+    return (r.text(obj.get("boot_id"), f"{path}.boot_id", limit=64),
+            r.number(obj.get("uptime_seconds"), f"{path}.uptime_seconds", 0.0, 100 * 365 * 86400.0))
+
+
+def _corrected(item: AgentResult, clock: ClockOffset) -> AgentResult:
+    """``item`` with every time moved from the agent's clock to the centre's, flagged in its detail (issue 18)."""
+    shift = -clock.offset_seconds
+    flag = (f"clock corrected: the agent's clock was {clock.offset_seconds:+.1f}s off "
+            f"(±{clock.bound_seconds or 0.0:.1f}s); times moved by {shift:+.1f}s")
+    result = item.result
+    detail = f"{result.error_detail}; {flag}" if result.error_detail else flag
+    moved: IcmpResult | ThroughputResult
+    if isinstance(result, IcmpResult):
+        moved = dataclasses.replace(result, started_at=result.started_at + shift, error_detail=detail)
+    else:
+        moved = dataclasses.replace(
+            result, started_at=result.started_at + shift, ended_at=result.ended_at + shift, error_detail=detail,
+            directions=tuple(dataclasses.replace(d, started_at=d.started_at + shift, ended_at=d.ended_at + shift)
+                             for d in result.directions))
+    return dataclasses.replace(item, result=moved, corrected=True)
 
 
 _PLACEHOLDER = Target(name="", host="", address=None, group="", kind="", district="", link="", lat=None, lon=None,
@@ -340,8 +506,10 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
     """Decode one result against a placeholder target; :func:`bind` puts the site's real target in."""
     kind = obj.get("type")
     if kind == "icmp":
-        known = {"seq", "type", "path", "started_at", "address", "sent", "rtts_seconds", "error", "error_detail"}
+        known = {"seq", "type", "path", "started_at", "address", "sent", "rtts_seconds", "error", "error_detail",
+                 *ANCHOR_FIELDS}
         _no_unknown(obj, known, path)
+        _anchor(r, obj, path)
         icmp_path = obj.get("path", "centre")
         if icmp_path not in ICMP_PATHS:
             raise ProtocolError(f"{path}.path", f"must be one of {', '.join(ICMP_PATHS)}")
@@ -362,9 +530,10 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
             error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
         return AgentResult(seq, result, icmp_path)
     if kind == "throughput":
-        known = {"seq", "type", "method", "slot", "started_at", "ended_at", "address", "directions", "error",
-                 "error_detail"}
+        known = {*ANCHOR_FIELDS, "seq", "type", "method", "slot", "started_at", "ended_at", "address", "directions",
+                 "error", "error_detail"}
         _no_unknown(obj, known, path)
+        _anchor(r, obj, path)
         method = obj.get("method")
         if method not in THROUGHPUT_METHODS:
             raise ProtocolError(f"{path}.method", f"must be one of {', '.join(THROUGHPUT_METHODS)}")

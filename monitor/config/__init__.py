@@ -7,7 +7,11 @@ The package's face: ``from monitor.config import Config, load_config``. Inside, 
 - :mod:`~monitor.config.sites`: the site config's loader (:func:`load_config`, :func:`parse_config`);
 - :mod:`~monitor.config.settings`: readers of its settings blocks; :mod:`~monitor.config.checks`: rules across entries;
 - :mod:`~monitor.config.walker`: the one YAML walker, also used by the agent's and the web config;
+- :mod:`~monitor.config.includes`: ``include:`` of district files, and the digest a reload compares;
 - :mod:`~monitor.config.hosts`: host syntax (:func:`~monitor.config.hosts.normalize_ip`);
+- ``connmon import``: :mod:`~monitor.config.spreadsheet` reads XLSX and CSV, :mod:`~monitor.config.site_rows`
+  checks the rows, :mod:`~monitor.config.importer` merges them into YAML, :mod:`~monitor.config.import_command`
+  runs the steps;
 - :mod:`~monitor.config.durations`, :mod:`~monitor.config.sizes`, :mod:`~monitor.config.windows`: the notations.
 """
 

@@ -14,22 +14,25 @@ from yaml.nodes import Node
 from monitor.config.durations import format_duration
 from monitor.config.hosts import normalize_ip
 from monitor.config.model import Config, EndpointConfig, GroupConfig, Location, merge_icmp, merge_throughput
-from monitor.config.walker import Walker
+from monitor.config.walker import Walker, location
 
-NameNodes = dict[str, list[tuple[Node, str]]]  # "group" / "endpoint" → (name node, its key path), in file order
+# "group" / "endpoint" → (name node, its key path, its file), in file order, the included files after (issue 22)
+NameNodes = dict[str, list[tuple[Node, str, str]]]
 
 
 def check_config(w: Walker, config: Config, name_nodes: NameNodes) -> None:
     """Rules that span entries: unique names and tokens, and settings that fit their interval."""
     for what, entries in name_nodes.items():
-        seen: dict[str, Node] = {}
-        for node, path in entries:
+        seen: dict[str, Location] = {}
+        for node, path, file in entries:
             name = str(node.value)
+            here = location(file, node)
             if name in seen:
-                first = w.where(seen[name])
-                w.problem(node, path, f"duplicate {what} name '{name}' (first at line {first.line})")
+                first = seen[name]
+                at = f"line {first.line}" if first.file == file else str(first)  # across files: both places
+                w.problem_at(here, path, f"duplicate {what} name '{name}' (first at {at})")
             else:
-                seen[name] = node
+                seen[name] = here
     tokens: dict[str, EndpointConfig] = {}
     for group in config.groups:
         for endpoint in group.endpoints:
@@ -79,7 +82,7 @@ def _check_throughput(w: Walker, config: Config, group: GroupConfig, endpoint: E
                       reported: set[Location]) -> None:
     """An endpoint's final throughput settings must be runnable: URLs for http, tests that fit ``every``."""
     levels = (config.defaults.throughput, group.throughput, endpoint.throughput)
-    settings = merge_throughput(*levels)
+    settings = merge_throughput(*levels, timezone=config.monitor.zone)
     if not settings.enabled:
         return
     where, where_path = next(((lvl.location, lvl.path) for lvl in reversed(levels) if lvl is not None),

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from monitor.config.calendar import SchoolCalendar
 from monitor.config.windows import MaintenanceWindows, TimeWindow
 
 AddressFamilyChoice = Literal["any", "ipv4", "ipv6"]
@@ -54,11 +55,17 @@ class IcmpSettings:
     timeout_seconds: float = 2.0
     payload_bytes: int = 56
     family: AddressFamilyChoice = "any"
+    # when a DNS look-up fails, the name's last good address is probed for this many intervals (issue 22)
+    dns_fallback_intervals: int = 5
 
     @property
     def cycle_bound_seconds(self) -> float:
         """Longest a cycle may take: the last echo leaves by count×spacing, then waits timeout."""
         return self.count * self.spacing_seconds + self.timeout_seconds
+
+
+# Issue 20: added latency under load a video call tolerates (docs/latency-under-load.md); satellite groups set more.
+DEFAULT_MAX_ADDED_LATENCY_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,7 @@ class ThroughputSettings:
     duration_seconds: float = 10.0
     omit_seconds: float = 1.0
     max_bytes: int | None = None
-    parallel: int = 1
+    parallel: int = 4  # streams at once (iperf3 -P, http): several fill a deep queue as one cannot (issue 20)
     port: int = 5201
     timeout_seconds: float = 10.0  # allowed beyond omit + duration for connecting and results
     url: str | None = None  # http: fetched by connmon, so it measures the site's upload
@@ -125,6 +132,12 @@ class AgentSettings:
 
     token_sha256: str | None = None
     stale_after_seconds: float | None = None  # None: 3 × the site's ICMP interval
+    # issue 18, a fleet at a glance: no result for this long is at risk, then dropped (UNICEF Giga's 21 and 28 days)
+    at_risk_after_seconds: float = 21 * 86400.0
+    dropped_after_seconds: float = 28 * 86400.0
+    # issue 18, settings held by the centre: the agent pings the site's gateway: "auto" (the default route's),
+    # an IP literal, "off"; None: as the agent's own file says
+    gateway: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +160,8 @@ class Cascade:
     contracted_mbps: float | None = None  # what the contract says, when it differs from target_mbps
     mode: SiteMode | None = None  # None: the group's, else "probe"
     upstream: str | None = None  # the nearest upstream node (``upstreams:``) the sites hang from (issue 21)
+    max_added_latency: float | None = None  # seconds of latency under load the site may add (issue 20)
+    calendar: str | None = None  # the name of its school calendar (``calendars:``, issue 22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,8 @@ class Defaults:
     target_upload_mbps: float | None = None
     icmp: Overrides | None = None
     throughput: Overrides | None = None
+    max_added_latency: float = DEFAULT_MAX_ADDED_LATENCY_SECONDS
+    calendar: str | None = None  # the sites' school calendar unless a group or endpoint names another (issue 22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +227,10 @@ class UplinkCheck:
     host: str
 
 
+REPORT_LANGUAGES: tuple[str, ...] = ("en", "ru", "kk")
+"""The languages reports are written in (``monitor.language``; the catalogues of :mod:`monitor.report.i18n`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class MonitorSettings:
     """The centre itself (issue 21): the checks that tell its own uplink is down, so sites are not blamed."""
@@ -217,6 +238,16 @@ class MonitorSettings:
     uplink: tuple[UplinkCheck, ...] = ()
     # traces taken at most per minute when sites or upstream nodes go down (issue 21); 0: no traces
     traces_per_minute: int = 10
+    # issue 22, one region, one clock: the zone of throughput windows, maintenance, reports, KPIs and the
+    # API's summary unless they say otherwise; None: not set (windows in UTC, reports in the machine's zone)
+    timezone: str | None = None
+    # issue 22: the language of ``connmon report --config`` when no --lang is given (one of REPORT_LANGUAGES)
+    language: str = "en"
+
+    @property
+    def zone(self) -> str:
+        """The zone of windows and calendars that do not name one: the region's, else UTC."""
+        return self.timezone or "UTC"
 
 
 UPSTREAM_KINDS: tuple[str, ...] = ("router", "pop", "teleport", "switch", "hub", "radio", "other")
@@ -238,8 +269,16 @@ class UpstreamNode:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A file a config was read from, and the SHA-256 of the bytes read: what a reload compares."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """A whole, valid config file."""
+    """A whole, valid config: the file given and the files it includes (issue 22)."""
 
     source: str
     defaults: Defaults = field(default_factory=Defaults)
@@ -249,6 +288,10 @@ class Config:
     report: ReportSettings = field(default_factory=ReportSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     upstreams: tuple[UpstreamNode, ...] = ()  # the forest of upstream nodes, in file order (issue 21)
+    # the files read, the given one first, then the included ones in include order (issue 22)
+    sources: tuple[SourceFile, ...] = ()
+    include_patterns: tuple[str, ...] = ()  # `include:` entries joined to the given file's directory
+    calendars: tuple[SchoolCalendar, ...] = ()  # `calendars:`, in file order (issue 22)
 
 
 _S = TypeVar("_S", IcmpSettings, ThroughputSettings)
@@ -266,6 +309,10 @@ def merge_icmp(*levels: Overrides | None) -> IcmpSettings:
     return _merge(IcmpSettings(), levels)
 
 
-def merge_throughput(*levels: Overrides | None) -> ThroughputSettings:
-    """Apply throughput overrides from the least to the most specific level onto the defaults."""
-    return _merge(ThroughputSettings(), levels)
+def merge_throughput(*levels: Overrides | None, timezone: str = "UTC") -> ThroughputSettings:
+    """Apply throughput overrides from the least to the most specific level onto the defaults.
+
+    ``timezone``: the windows' zone when no level sets ``throughput.timezone``: the region's (``monitor.timezone``,
+    issue 22; :attr:`MonitorSettings.zone`).
+    """
+    return _merge(ThroughputSettings(timezone=timezone), levels)

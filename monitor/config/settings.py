@@ -36,6 +36,7 @@ ICMP_KEYS = {
     "timeout": "timeout_seconds",
     "payload_bytes": "payload_bytes",
     "family": "family",
+    "dns_fallback_intervals": "dns_fallback_intervals",
 }
 THROUGHPUT_KEYS = {
     # config key: ThroughputSettings field
@@ -70,6 +71,7 @@ def icmp_overrides(w: Walker, node: Node, path: str) -> Overrides | None:
         "timeout": lambda n, p: w.duration(n, p, 0.001, 60.0),
         "payload_bytes": lambda n, p: w.number(n, p, 16, 1400, integer=True),
         "family": lambda n, p: w.choice(n, p, get_args(AddressFamilyChoice)),
+        "dns_fallback_intervals": lambda n, p: w.number(n, p, 0, 10_000, integer=True),
     })
     return Overrides({ICMP_KEYS[k]: v for k, v in read.items()}, w.where(node), path)
 
@@ -115,8 +117,11 @@ def windows(w: Walker, node: Node, path: str) -> tuple[TimeWindow, ...] | None:
     return tuple(out) if len(out) == len(items) else None
 
 
-def maintenance(w: Walker, node: Node, path: str) -> MaintenanceWindows | None:
-    """``maintenance: {timezone: Asia/Almaty, windows: ["Sun 02:00-04:00", "2026-11-14 08:00-2026-11-14 12:00"]}``."""
+def maintenance(w: Walker, node: Node, path: str, default_zone: str = "UTC") -> MaintenanceWindows | None:
+    """``maintenance: {timezone: Asia/Almaty, windows: ["Sun 02:00-04:00", "2026-11-14 08:00-2026-11-14 12:00"]}``.
+
+    ``default_zone``: the windows' zone when the block names none: ``monitor.timezone``, else UTC (issue 22).
+    """
     values = w.mapping(node, path, ("timezone", "windows"), required=("windows",))
     if values is None:
         return None
@@ -144,7 +149,7 @@ def maintenance(w: Walker, node: Node, path: str) -> MaintenanceWindows | None:
             once.append(window)
     if bad:
         return None
-    return MaintenanceWindows(read.get("timezone", "UTC"), tuple(weekly), tuple(once))
+    return MaintenanceWindows(read.get("timezone", default_zone), tuple(weekly), tuple(once))
 
 
 def report_settings(w: Walker, node: Node) -> ReportSettings:

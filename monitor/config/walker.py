@@ -95,7 +95,7 @@ class Walker:
 
     # -- reporting
     def where(self, node: Node) -> Location:
-        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+        return location(self.file, node)
 
     def problem(self, node: Node, path: str, message: str) -> None:
         self.problem_at(self.where(node), path, message)
@@ -250,6 +250,11 @@ class Walker:
                 if value is not None:
                     out[key] = value
         return out
+
+
+def location(file: str, node: Node) -> Location:
+    """Where ``node`` of ``file`` starts, as editors count (for a node of another file than a walker's)."""
+    return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def is_null(node: Node) -> bool:

@@ -27,7 +27,7 @@ from monitor.exposition.families import (
     floatToGoString,
     label_pairs,
 )
-from monitor.results import GapCause, IcmpResult, Result, ThroughputResult
+from monitor.results import DirectionResult, GapCause, IcmpResult, Result, ThroughputResult
 from monitor.site_states import SITE_STATES, SiteStateName, derive
 from monitor.targets import Target
 
@@ -247,6 +247,9 @@ class ThroughputState:
     attempted_at: float | None = None
     duration_seconds: float | None = None
     budget_remaining: int | None = None
+    latency: dict[str, DirectionResult] = field(default_factory=dict)  # last sampled direction (issue 20)
+    latency_ok: bool | None = None
+    pep: bool | None = None  # issue 20: a proxy answered the handshakes in the last test that could tell
 
     def absorb(self, result: ThroughputResult) -> None:
         """A test of this process: count it, then show its figures."""
@@ -254,7 +257,7 @@ class ThroughputState:
         if result.error is not None:
             self.errors[result.error.value] = self.errors.get(result.error.value, 0) + 1
         for d in result.directions:
-            self.bytes[d.direction] += d.bytes
+            self.bytes[d.direction] += d.bytes + d.latency_sample_bytes  # a metered link bills the echoes too
             self.retransmits[d.direction] += d.retransmits or 0
         if result.target_met is not None:
             self.missed_in_a_row = 0 if result.target_met else self.missed_in_a_row + 1
@@ -273,6 +276,12 @@ class ThroughputState:
         for d in result.directions:
             if d.bits_per_second is not None:
                 self.rates[d.direction] = d.bits_per_second
+            if d.added_latency_seconds is not None:
+                self.latency[d.direction] = d
+        if result.latency_under_load_ok is not None:  # like the speed verdict: a test without samples keeps it
+            self.latency_ok = result.latency_under_load_ok
+        if result.pep_detected is not None:
+            self.pep = result.pep_detected
         if result.measured:
             self.measured_at = result.started_at
         if result.target_met is not None:  # a partly failed test keeps the last verdict, not no verdict
@@ -313,6 +322,7 @@ class ThroughputState:
         remaining = self.budget_remaining if self.budget_remaining is not None else budget
         f[_F["connmon_throughput_budget_remaining_bytes"]] = (
             "" if budget is None else f"connmon_throughput_budget_remaining_bytes{{{lb}}} {remaining}\n")
+        self._render_latency(lb, f)
         if mask & _ERRORS:
             f[_F["connmon_probe_errors_total"]] += "".join(
                 f'connmon_probe_errors_total{{{lb},probe="throughput",reason="{reason}"}} {count}\n'
@@ -321,3 +331,29 @@ class ThroughputState:
             f[_F["connmon_last_probe_timestamp_seconds"]] += (
                 f'connmon_last_probe_timestamp_seconds{{{lb},probe="throughput"}} '
                 f"{floatToGoString(self.attempted_at)}\n")
+
+    def _render_latency(self, lb: str, f: list[str]) -> None:
+        """Latency under load (issue 20), absent until a test was sampled, e.g.::
+
+            connmon_throughput_loaded_rtt_seconds{endpoint="s",...,direction="download",quantile="0.9"} 0.397
+        """
+        idle, loaded, added, rpm = [], [], [], []
+        for d, r in sorted(self.latency.items()):
+            idle.append(f'connmon_throughput_idle_rtt_seconds{{{lb},direction="{d}"}} '
+                        f"{floatToGoString(r.idle_rtt_seconds or 0.0)}\n")
+            for quantile, value in (("0.5", r.loaded_rtt_seconds), ("0.9", r.loaded_rtt_p90_seconds)):
+                loaded.append(f'connmon_throughput_loaded_rtt_seconds{{{lb},direction="{d}",quantile="{quantile}"}} '
+                              f"{floatToGoString(value or 0.0)}\n")
+            added.append(f'connmon_throughput_added_latency_seconds{{{lb},direction="{d}"}} '
+                         f"{floatToGoString(r.added_latency_seconds or 0.0)}\n")
+            if r.round_trips_per_minute is not None:
+                rpm.append(f'connmon_throughput_round_trips_per_minute{{{lb},direction="{d}"}} '
+                           f"{floatToGoString(r.round_trips_per_minute)}\n")
+        f[_F["connmon_throughput_idle_rtt_seconds"]] = "".join(idle)
+        f[_F["connmon_throughput_loaded_rtt_seconds"]] = "".join(loaded)
+        f[_F["connmon_throughput_added_latency_seconds"]] = "".join(added)
+        f[_F["connmon_throughput_round_trips_per_minute"]] = "".join(rpm)
+        f[_F["connmon_latency_under_load_ok"]] = (
+            "" if self.latency_ok is None else f"connmon_latency_under_load_ok{{{lb}}} {int(self.latency_ok)}\n")
+        f[_F["connmon_pep_detected"]] = (
+            "" if self.pep is None else f"connmon_pep_detected{{{lb}}} {int(self.pep)}\n")

@@ -101,11 +101,27 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("connmon_throughput_test_duration_seconds", "gauge", "Wall time of the last test, all directions."),
     ("connmon_throughput_tests_total", "counter", "Throughput tests run or skipped, whatever their outcome."),
     ("connmon_throughput_bytes_total", "counter",
-     "Bytes moved by throughput tests (warm-up included, as a metered link bills them), by direction."),
+     "Bytes moved by throughput tests (warm-up and latency-under-load echoes included, as a metered link bills "
+     "them), by direction."),
     ("connmon_throughput_tcp_retransmits_total", "counter",
      "TCP segments retransmitted during throughput tests where the method can tell, by direction."),
     ("connmon_throughput_budget_remaining_bytes", "gauge",
      "Bytes the site's throughput tests may still move this month (only with monthly_budget)."),
+    # Issue 20: latency under load, from ICMP echoes just before (idle) and during (loaded) each direction.
+    ("connmon_throughput_idle_rtt_seconds", "gauge",
+     "Median ICMP RTT to the site just before the last sampled test of each direction."),
+    # A summary (quantiles only, of the last sampled test): promtool allows the quantile label on no other type.
+    ("connmon_throughput_loaded_rtt_seconds", "summary",
+     "Median (quantile 0.5) and 90th percentile (0.9) ICMP RTT while the last sampled test of each direction ran."),
+    ("connmon_throughput_added_latency_seconds", "gauge",
+     "Loaded median RTT minus idle median RTT of the last sampled test, by direction."),
+    ("connmon_throughput_round_trips_per_minute", "gauge",
+     "Responsiveness as the IETF draft counts it, 60 / loaded median RTT in seconds, by direction."),
+    ("connmon_latency_under_load_ok", "gauge",
+     "1 if the last sampled test's added latency stayed within max_added_latency in every direction, else 0."),
+    ("connmon_pep_detected", "gauge",
+     "1 if the last judged test's TCP handshakes were answered in under half the idle ICMP RTT: a proxy (PEP) "
+     "terminates TCP before the site, so speed figures include it; else 0."),
 )
 FAMILY_INDEX = {name: index for index, (name, _, _) in enumerate(FAMILIES)}
 # One chunk per family, in front of its endpoints' blocks.

@@ -44,6 +44,14 @@ GAP_COLUMNS = "g.started_at, g.ended_at, g.cause, g.interval_seconds"
 TRACE_COLUMNS = "r.at, r.hops, r.last_answering_hop, r.reached"  # (r: traces, issue 21)
 
 
+def test_columns(has_latency: bool) -> str:
+    """:data:`TEST_COLUMNS` and the test's ``max_added_latency`` (issue 20, schema 5), NULL in an older schema.
+
+    A report may read a history no daemon has migrated yet (read-only): its tests then have no limit.
+    """
+    return TEST_COLUMNS + (", t.max_added_latency" if has_latency else ", NULL")
+
+
 def pack_rtts(rtts: Sequence[float | None]) -> bytes:
     return struct.pack(f"<{len(rtts)}d", *(math.nan if r is None else r for r in rtts))
 
@@ -53,16 +61,20 @@ def unpack_rtts(blob: bytes) -> tuple[float | None, ...]:
 
 
 def directions_json(directions: Sequence[DirectionResult]) -> str:
-    return json.dumps([d.as_json(d.error_detail[:DETAIL_MAX]) for d in directions], separators=(",", ":"))
+    # with the latency-under-load samples (issue 20), which the agents' wire (as_json alone) does not carry yet
+    return json.dumps([{**d.as_json(d.error_detail[:DETAIL_MAX]), **d.latency_json()} for d in directions],
+                      separators=(",", ":"))
 
 
 def directions_from_json(text: str) -> tuple[DirectionResult, ...]:
     out = []
     for d in json.loads(text):
         direction: Direction = "download" if d["direction"] == "download" else "upload"
+        # the issue-20 samples are absent from tests stored before it (and from tests without ICMP)
         out.append(DirectionResult(direction, d["started_at"], d["ended_at"], d["bits_per_second"], d["bytes"],
                                    d["measured_seconds"], d["retransmits"], ProbeErrorReason.stored(d["error"]),
-                                   d["error_detail"]))
+                                   d["error_detail"], tuple(d.get("idle_rtts_seconds", ())),
+                                   tuple(d.get("loaded_rtts_seconds", ())), tuple(d.get("connect_seconds", ()))))
     return tuple(out)
 
 
@@ -111,7 +123,7 @@ def throughput_row(endpoint_id: int, r: ThroughputResult) -> tuple[object, ...]:
             r.upload_bits_per_second, r.bytes, directions_json(r.directions), r.target.target_bits_per_second,
             r.target.target_upload_bits_per_second, r.target_met,
             r.error.value if r.error is not None else None, r.error_detail[:DETAIL_MAX] or None,
-            r.budget_remaining_bytes)
+            r.budget_remaining_bytes, r.target.max_added_latency_seconds)
 
 
 def gap_row(endpoint_id: int, gap: Gap) -> tuple[object, ...]:
@@ -143,14 +155,15 @@ def stored_cycle(row: Sequence[Any]) -> StoredCycle:
 
 
 def stored_test(row: Sequence[Any]) -> StoredTest:
-    """A test from the values of :data:`TEST_COLUMNS`."""
+    """A test from the values of :func:`test_columns`."""
     (name, method, started_at, ended_at, address, directions, target, target_upload, met, error, detail,
-     budget) = row
+     budget, max_added) = row
     return StoredTest(str(name), str(method), float(started_at), float(ended_at),
                       None if address is None else str(address), directions_from_json(str(directions)),
                       float(target), None if target_upload is None else float(target_upload),
                       None if met is None else bool(met), None if error is None else str(error),
-                      "" if detail is None else str(detail), None if budget is None else int(budget))
+                      "" if detail is None else str(detail), None if budget is None else int(budget),
+                      None if max_added is None else float(max_added))
 
 
 def stored_trace(row: Sequence[Any]) -> Trace:

@@ -44,6 +44,8 @@ _MIGRATE_LOCK = 0x636F6E6D  # "conm": the advisory lock key that serialises migr
 _PRUNE_LOCK = 0x636F6E70  # "conp": pruning slices (one pruner at a time across instances)
 _GAPS_VERSION = 3  # the schema version that added the gap table
 _MAINTENANCE_VERSION = 4  # the schema version that added run-time maintenance windows
+_LATENCY_VERSION = 5  # the schema version that added the tests' max_added_latency (issue 20)
+AGENT_TOKENS_VERSION = 6  # the schema version that added enrolled agents' tokens and codes (issue 18)
 _WINDOW_COLUMNS = "id, target, target_kind, starts_at, ends_at, reason, opened_at, closed_at"
 _T = TypeVar("_T")
 
@@ -133,6 +135,25 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint_id, at)
     );
     """,
+    # 5: latency under load (issue 20), as SQLite's version 5: the site's max_added_latency when tested
+    """
+    ALTER TABLE throughput ADD COLUMN max_added_latency DOUBLE PRECISION;
+    """,
+    # 6: enrolment (issue 18), as SQLite's version 6: enrolled agents' token hashes and their one-time codes
+    """
+    CREATE TABLE agent_tokens (
+        site TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        issued_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE agent_invites (
+        code_sha256 TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION
+    );
+    """,
 )
 
 _ENDPOINT_UPSERT = (
@@ -204,6 +225,7 @@ class AsyncPostgresStore:
         self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
         self._has_gaps = False  # set by open: the schema has the gap table
         self._has_maintenance = False  # set by open: the schema has the maintenance table
+        self._test_columns = codec.test_columns(False)  # set by open: with max_added_latency from schema 5
 
     async def open(self) -> None:
         await (await psycopg.AsyncConnection.connect(
@@ -225,6 +247,7 @@ class AsyncPostgresStore:
         # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
         self._has_gaps = version >= _GAPS_VERSION
         self._has_maintenance = version >= _MAINTENANCE_VERSION
+        self._test_columns = codec.test_columns(version >= _LATENCY_VERSION)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -279,14 +302,15 @@ class AsyncPostgresStore:
                             "error = excluded.error, error_detail = excluded.error_detail", icmp_rows)
                     if test_rows:
                         await cur.executemany(
-                            "INSERT INTO throughput VALUES (" + ", ".join(["%s"] * 15) + ") "
+                            "INSERT INTO throughput VALUES (" + ", ".join(["%s"] * 16) + ") "
                             "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET ended_at = excluded.ended_at, "
                             "method = excluded.method, address = excluded.address, "
                             "download_bps = excluded.download_bps, upload_bps = excluded.upload_bps, "
                             "bytes = excluded.bytes, directions = excluded.directions, "
                             "target_bps = excluded.target_bps, target_upload_bps = excluded.target_upload_bps, "
                             "target_met = excluded.target_met, error = excluded.error, "
-                            "error_detail = excluded.error_detail, budget_remaining = excluded.budget_remaining",
+                            "error_detail = excluded.error_detail, budget_remaining = excluded.budget_remaining, "
+                            "max_added_latency = excluded.max_added_latency",
                             test_rows)
                     for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
                         endpoint_id = self._ids[gap.target.name]
@@ -347,7 +371,7 @@ class AsyncPostgresStore:
 
     async def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         rows = await self._rows(
-            f"SELECT {codec.TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            f"SELECT {self._test_columns} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
             "WHERE e.name = %s AND t.started_at >= %s AND t.started_at < %s ORDER BY t.started_at",
             (endpoint, start, end))
         return [codec.stored_test(row) for row in rows]
@@ -370,7 +394,7 @@ class AsyncPostgresStore:
     async def _latest(self, where: str) -> dict[str, StoredTest]:
         """Per endpoint, its newest matching test: one index descent each (LATERAL), not a scan."""
         rows = await self._rows(
-            f"SELECT {codec.TEST_COLUMNS} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
+            f"SELECT {self._test_columns} FROM endpoints e CROSS JOIN LATERAL "  # noqa: S608 (fixed text)
             f"(SELECT * FROM throughput t WHERE t.endpoint_id = e.id {where} "
             "ORDER BY t.started_at DESC LIMIT 1) t")
         return {str(row[0]): codec.stored_test(row) for row in rows}

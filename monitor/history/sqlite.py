@@ -134,9 +134,33 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint_id, at)
     ) WITHOUT ROWID;
     """,
+    # 5: latency under load (issue 20): the site's max_added_latency when tested, for the verdict in reports
+    # (the samples themselves are in each direction's JSON, which older rows simply lack)
+    """
+    ALTER TABLE throughput ADD COLUMN max_added_latency REAL;
+    """,
+    # 6: enrolment (issue 18): agent tokens issued by `connmon agent enrol` and the one-time codes that bring
+    # them, as SHA-256 hashes only (monitor.history.agent_tokens reads and writes them); a few rows per site, so
+    # no index beyond the keys (every page of the schema counts on a tiny volume)
+    """
+    CREATE TABLE agent_tokens (
+        site TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        issued_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE agent_invites (
+        code_sha256 TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    ) WITHOUT ROWID;
+    """,
 )
 _GAPS_VERSION = 3  # the schema version that added the gap table
 _MAINTENANCE_VERSION = 4  # the schema version that added run-time maintenance windows
+_LATENCY_VERSION = 5  # the schema version that added the tests' max_added_latency (issue 20)
+AGENT_TOKENS_VERSION = 6  # the schema version that added enrolled agents' tokens and codes (issue 18)
 _WINDOW_COLUMNS = "id, target, target_kind, starts_at, ends_at, reason, opened_at, closed_at"
 _ENDPOINT_INSERT = (f"INSERT INTO endpoints ({', '.join(codec.ENDPOINT_COLUMNS)}) "  # noqa: S608 (fixed names)
                     f"VALUES ({', '.join('?' for _ in codec.ENDPOINT_COLUMNS)})")
@@ -196,6 +220,7 @@ class SqliteStore:
         # a report may read (read-only, unmigrated) a history older than the gap table: it then has no gaps
         self._has_gaps = self.schema_version() >= _GAPS_VERSION
         self._has_maintenance = self.schema_version() >= _MAINTENANCE_VERSION
+        self._test_columns = codec.test_columns(self.schema_version() >= _LATENCY_VERSION)
         self._ids: dict[str, int] = {}
         self._first_known: set[int] = set()  # endpoint ids whose first_result_at this process has set
         self._prune_cursor = 0  # endpoint id the next prune slice starts at
@@ -260,7 +285,7 @@ class SqliteStore:
             rows = codec.result_rows(results, self._endpoint_id, self._first_known)
             icmp_rows, test_rows, first = rows.icmp, rows.throughput, rows.first
             db.executemany("INSERT OR REPLACE INTO icmp VALUES (?, ?, ?, ?, ?, ?, ?)", icmp_rows)
-            db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.executemany("INSERT OR REPLACE INTO throughput VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            test_rows)
             for gap in gaps:  # in order: a provisional gap and the one replacing it may share a batch
                 endpoint_id = self._endpoint_id(gap.target)
@@ -350,7 +375,7 @@ class SqliteStore:
 
     def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         rows = self._db.execute(
-            f"SELECT {codec.TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+            f"SELECT {self._test_columns} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
             "WHERE e.name = ? AND t.started_at >= ? AND t.started_at < ? ORDER BY t.started_at",
             (endpoint, start, end))
         return [codec.stored_test(row) for row in rows]
@@ -374,7 +399,7 @@ class SqliteStore:
         """Per endpoint, walk its key backwards from the newest test: a few rows each, whatever the
         history's length (a scan of 400 days of tests would hold up the start-up)."""
         out: dict[str, StoredTest] = {}
-        query = (f"SELECT {codec.TEST_COLUMNS} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
+        query = (f"SELECT {self._test_columns} FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "  # noqa: S608
                  f"WHERE t.endpoint_id = ? {where} ORDER BY t.started_at DESC LIMIT 1")
         for (endpoint_id,) in self._db.execute("SELECT id FROM endpoints").fetchall():
             row = self._db.execute(query, (endpoint_id,)).fetchone()

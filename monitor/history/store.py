@@ -93,10 +93,29 @@ class StoredTest:
     error: str | None
     error_detail: str
     budget_remaining_bytes: int | None
+    max_added_latency_seconds: float | None = None  # the site's limit when tested (issue 20); None before it
 
     def direction_rate(self, name: str) -> float | None:
         found = next((d for d in self.directions if d.direction == name), None)
         return None if found is None else found.bits_per_second
+
+    @property
+    def max_added_latency_measured_seconds(self) -> float | None:
+        """The largest added latency under load of its directions (issue 20), None when none was sampled."""
+        added = [a for a in (d.added_latency_seconds for d in self.directions) if a is not None]
+        return max(added) if added else None
+
+    @property
+    def latency_under_load_ok(self) -> bool | None:
+        """The latency verdict against the limit the site had when tested; None without samples or a limit."""
+        worst, limit = self.max_added_latency_measured_seconds, self.max_added_latency_seconds
+        return None if worst is None or limit is None else worst <= limit
+
+    @property
+    def pep_detected(self) -> bool | None:
+        """True when a direction's TCP handshakes were answered before the site (issue 20); None: not judged."""
+        verdicts = [v for v in (d.pep_suspected for d in self.directions) if v is not None]
+        return any(verdicts) if verdicts else None
 
     def as_result(self, target: Target) -> ThroughputResult:
         """The test as a result of ``target`` (today's labels and settings), to restore its figures."""

@@ -20,6 +20,7 @@ from typing import Protocol
 from monitor.icmp.engine import EchoJob, EchoOutcome
 from monitor.probes import http, icmp, iperf3
 from monitor.probes.commands import CommandRunner, run_command
+from monitor.probes.last_good import LastGoodAddresses
 from monitor.results import Result
 from monitor.targets import Target
 
@@ -44,6 +45,7 @@ class ProbeContext:
     throughput_slots: asyncio.Semaphore | None = None  # tests at once across all sites; None: no limit
     address_families: frozenset[int] = field(
         default_factory=lambda: frozenset({socket.AF_INET, socket.AF_INET6}))
+    addresses: LastGoodAddresses = field(default_factory=LastGoodAddresses)  # names' last good addresses (issue 22)
 
 
 ProbeFn = Callable[[Sequence[Target], ProbeContext], Awaitable[Sequence[Result]]]

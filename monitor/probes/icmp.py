@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from monitor.icmp.engine import EchoJob
-from monitor.probes.resolver import Resolution, resolve_all
+from monitor.probes.resolver import Fallback, Resolution, resolve_all
 from monitor.results import IcmpResult
 from monitor.targets import Target
 
@@ -28,8 +28,9 @@ async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
     if engine is None:
         raise RuntimeError("the ICMP probe needs an ICMP engine in its context")
     names = [t for t in targets if t.address is None]  # literals were canonicalised once, at config load
-    looked_up = iter(await resolve_all([(t.host, t.icmp.family, t.icmp.timeout_seconds) for t in names],
-                                       engine.families))
+    looked_up = iter(await resolve_all(  # a failed name may use its last good address (issue 22)
+        [(t.host, t.icmp.family, t.icmp.timeout_seconds) for t in names], engine.families, ctx.addresses,
+        started_at, [Fallback(t.icmp.interval_seconds, t.icmp.dns_fallback_intervals) for t in names]))
     resolutions = [Resolution(t.address) if t.address is not None else next(looked_up) for t in targets]
     jobs: list[EchoJob] = []
     job_of: dict[int, int] = {}
@@ -58,5 +59,6 @@ async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
             rtts_seconds=tuple(outcome.rtts_seconds) if outcome.sent else (),
             error=outcome.error,
             error_detail=outcome.error_detail,
+            address_from_cache=resolution.from_cache,
         ))
     return results

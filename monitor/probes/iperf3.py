@@ -121,4 +121,9 @@ async def measure(target: Target, address: str | None, direction: Direction, ctx
 
 async def run(targets: Sequence[Target], ctx: ProbeContext) -> list[ThroughputResult]:
     """Test each target with iperf3, every configured direction."""
-    return await run_tests(targets, ctx, "iperf3", measure)
+    return await run_tests(targets, ctx, "iperf3", measure, server=server)
+
+
+def server(target: Target, address: str, _direction: Direction) -> tuple[str, int]:
+    """iperf3's server: the address tested, the configured port (its handshake can unmask a PEP, issue 20)."""
+    return address, target.throughput.port

@@ -1,7 +1,10 @@
 """Name resolution for probes: a DNS name becomes one IP address, every cycle, with a time bound.
 
 Names are looked up at each cycle (not cached across cycles) so that a site whose record
-changes is followed. The system resolver (``getaddrinfo``) is used so that ``/etc/hosts``,
+changes is followed. When a look-up fails, the ICMP probe's batch look-up (:func:`resolve_all`)
+falls back on the name's last good address for a configured number of intervals
+(:mod:`monitor.probes.last_good`, issue 22), and says so in :attr:`Resolution.from_cache`.
+The system resolver (``getaddrinfo``) is used so that ``/etc/hosts``,
 ``resolv.conf`` and nsswitch behave as ops staff expect. It blocks, so it runs on a thread pool
 of its own (not the loop's default one, which other work shares), and the timeout is measured
 from when a look-up *starts*: a look-up that waited in the queue behind others is not failed
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from monitor.config import AddressFamilyChoice
 from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason
+from monitor.probes.last_good import LastGoodAddresses
 
 _FAMILY = {"any": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="connmon-dns")
@@ -35,6 +39,15 @@ class Resolution:
     address: str | None
     error: ProbeErrorReason | None = None
     detail: str = ""
+    from_cache: bool = False  # the look-up failed; ``address`` is the name's last good one (``detail`` says why)
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """How long a name's last good address may stand in when its look-up fails: ``intervals`` × ``interval_seconds``."""
+
+    interval_seconds: float
+    intervals: int
 
 
 def _timed_lookup(host: str, family: int) -> tuple[AddrInfo | None, BaseException | None, float]:
@@ -81,13 +94,47 @@ async def resolve(host: str, family: AddressFamilyChoice, usable: frozenset[int]
 
 
 async def resolve_all(requests: Sequence[tuple[str, AddressFamilyChoice, float]],
-                      usable: frozenset[int]) -> list[Resolution]:
-    """Resolve many (host, family, timeout) requests at once, each distinct (host, family) once."""
+                      usable: frozenset[int], book: LastGoodAddresses | None = None, now: float = 0.0,
+                      fallbacks: Sequence[Fallback] = ()) -> list[Resolution]:
+    """Resolve many (host, family, timeout) requests at once, each distinct (host, family) once.
+
+    Args:
+        book: the last good addresses (None: no fallback, nothing remembered).
+        now: Unix time of the look-ups, for the book.
+        fallbacks: one per request (empty: none): how long a failed name may use its last good
+            address; a name asked for by several requests gets the longest allowance.
+    """
     distinct = {(host, family): timeout for host, family, timeout in requests}
     answers = await asyncio.gather(*(resolve(host, family, usable, timeout)
                                      for (host, family), timeout in distinct.items()))
     by_key = dict(zip(distinct, answers, strict=True))
+    if book is not None:
+        allowance: dict[tuple[str, str], Fallback] = {}
+        for (host, family, _), fallback in zip(requests, fallbacks, strict=True) if fallbacks else ():
+            held = allowance.get((host, family))
+            if held is None or fallback.intervals * fallback.interval_seconds > held.intervals * held.interval_seconds:
+                allowance[(host, family)] = fallback
+        for key, answer in by_key.items():
+            by_key[key] = _with_last_good(book, key, answer, now, allowance.get(key, Fallback(60.0, 0)))
     return [by_key[(host, family)] for host, family, _ in requests]
+
+
+def _with_last_good(book: LastGoodAddresses, key: tuple[str, str], answer: Resolution, now: float,
+                    fallback: Fallback) -> Resolution:
+    """``answer`` as it stands, remembered when good; a failed one replaced by the last good address if allowed.
+
+    Only a failure of the look-up itself (``dns``) falls back: an answer with no usable family is
+    the name's own record, not a hiccup.
+    """
+    if answer.address is not None:
+        book.resolved(key, answer.address, now, fallback.interval_seconds, fallback.intervals)
+        return answer
+    if answer.error is not ProbeErrorReason.DNS:
+        return answer
+    address = book.failed(key, now, fallback.interval_seconds, fallback.intervals)
+    if address is None:
+        return answer
+    return Resolution(address, None, f"look-up failed ({answer.detail}); probed the last good address", True)
 
 
 def close_pool(timeout_seconds: float) -> bool:

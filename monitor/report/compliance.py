@@ -13,6 +13,8 @@ once, in words a reader can check:
   in :mod:`monitor.report.gaps`; a column only when some site has any). Cycles in maintenance (error
   ``maintenance``, or started in a window the config declares, given with ``--config``) are left out
   the same way, as the KPIs leave them out;
+* **availability in school hours** (issue 22, when the config declares a calendar): the same quotient over
+  the cycles that started in the site's school hours (:mod:`monitor.report.school_hours`);
 * **downtime by cause** (issue 21): each silent cycle's time, charged to the first cause that holds
   (:class:`monitor.report.gaps.CycleLedger`): maintenance, power, monitor cut off, an upstream node
   (by name: the cycle's error is ``upstream_down``), else the site. Site and upstream time count
@@ -57,22 +59,29 @@ from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from monitor.config.calendar import SchoolCalendar
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
 from monitor.report.gaps import CycleLedger, Downtime, GapAccount
+from monitor.report.i18n import N_, ngettext, number
+from monitor.report.i18n import gettext as _
 from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis, with_stored_windows
+from monitor.report.school_hours import SchoolHoursCount, SchoolHoursLedger, calendar_for
+from monitor.results import PEP_NOTE
 from monitor.upstreams import UPSTREAM_GROUP
 
+# monitor.results.PEP_NOTE as a message Babel's extractor sees (issue 22); tests/test_i18n.py checks the two agree
+PEP_NOTE_MESSAGE = N_("TCP is terminated before the site: speed figures include a proxy")
 Verdict = Literal["met", "partly", "never", "untested", "no_data"]
 ReportFormat = Literal["table", "csv", "markdown", "html", "json"]
 FORMATS: tuple[ReportFormat, ...] = ("table", "csv", "markdown", "html", "json")  # rendered by monitor.report.render
 VERDICT_WORDS: dict[Verdict, str] = {
-    "met": "met the target in every test",
-    "partly": "met the target in some tests",
-    "never": "never met the target",
-    "untested": "no throughput test",
-    "no_data": "no data",
-}
+    "met": N_("met the target in every test"),
+    "partly": N_("met the target in some tests"),
+    "never": N_("never met the target"),
+    "untested": N_("no throughput test"),
+    "no_data": N_("no data"),
+}  # English: the words are translated where shown (monitor.report.i18n)
 _VERDICT_ORDER: dict[Verdict, int] = {"never": 0, "partly": 1, "untested": 2, "no_data": 3, "met": 4}
 
 
@@ -128,6 +137,23 @@ class SiteRow:
     site_down_seconds: float = 0.0  # the site's own silent time: counts against it (issue 21)
     upstream_down_seconds: tuple[tuple[str, float], ...] = ()  # silent time charged to upstream nodes, by name
     maintenance_seconds: float = 0.0  # silent time in maintenance: left out of availability
+    # Issue 20, latency under load: the median over the period's sampled tests of each test's worst direction,
+    # and of that minus the site's max_added_latency when tested (None: no sampled test, or none with a limit)
+    added_latency_median_seconds: float | None = None
+    latency_margin_median_seconds: float | None = None
+    pep_detected: bool = False  # the period's last test that could tell found a proxy answering TCP (issue 20)
+    school: SchoolHoursCount | None = None  # cycles in school hours (issue 22); None: not asked for
+
+    @property
+    def school_availability(self) -> float | None:
+        """Availability in school hours (:mod:`monitor.report.school_hours`); None without cycles or not asked."""
+        return None if self.school is None else self.school.availability
+
+    @property
+    def latency_exceeded(self) -> bool | None:
+        """Whether the site's typical test (the median) added more latency under load than its limit."""
+        margin = self.latency_margin_median_seconds
+        return None if margin is None else margin > 0
 
     @property
     def availability(self) -> float | None:
@@ -180,23 +206,27 @@ class GroupSummary:
     targets_bits_per_second: tuple[float, ...]  # the distinct targets, for the wording
     download_median_bits_per_second: float | None  # median of the sites' medians
     downtime: Downtime = Downtime()  # the sites' silent time by cause, summed (issue 21)
+    school: SchoolHoursCount | None = None  # the sites' cycles in school hours, summed (issue 22)
 
     def sentence(self) -> str:
         """E.g. "241 of 398 schools met 4 Mbit/s in every test; 12 never did; 20 were not tested"."""
-        noun = plural(self.kind, self.sites)
-        target = (f"{format_mbps(self.targets_bits_per_second[0])} Mbit/s"
-                  if len(self.targets_bits_per_second) == 1 else "their target")
-        where = f" in {self.district}" if self.district is not None else ""
-        parts = [f"{self.met} of {self.sites} {noun}{where} met {target} in every test",
-                 f"{self.never} never did"]
+        noun = kind_noun(self.kind, self.sites)
+        target = (_("{mbps} Mbit/s").format(mbps=say_mbps(self.targets_bits_per_second[0]))
+                  if len(self.targets_bits_per_second) == 1 else _("their target"))
+        where = _(" in {district}").format(district=self.district) if self.district is not None else ""
+        parts = [_("{met} of {sites} {noun}{where} met {target} in every test").format(
+                     met=self.met, sites=self.sites, noun=noun, where=where, target=target),
+                 _("{never} never did").format(never=self.never)]
         if self.partly:
-            parts.append(f"{self.partly} did in some tests")
+            parts.append(_("{partly} did in some tests").format(partly=self.partly))
         untested = self.untested + self.no_data
         if untested:
-            parts.append(f"{untested} {'was' if untested == 1 else 'were'} not tested")
+            parts.append(ngettext("{count} was not tested", "{count} were not tested", untested).format(count=untested))
         text = "; ".join(parts)
         if self.availability is not None:
-            text += f". Up {self.availability * 100:.2f}% of cycles"
+            text += _(". Up {percent}% of cycles").format(percent=number(self.availability * 100, 2))
+        if self.school is not None and self.school.availability is not None:  # issue 22
+            text += _(", {percent}% in school hours").format(percent=number(self.school.availability * 100, 2))
         return text + "."
 
 
@@ -260,6 +290,7 @@ class Report:
     kpis: KpiReport | None = None  # the ministry's KPIs (issue 11), see monitor.report.kpis
     rollout: Rollout | None = None  # only when some site is planned, retired or has a planned date
     upstreams: tuple[UpstreamRow, ...] = ()  # only when the history has upstream nodes (issue 21)
+    school_hours: bool = False  # availability in school hours too: the config declares a calendar (issue 22)
 
     @property
     def power_gaps(self) -> bool:
@@ -286,6 +317,31 @@ class Report:
         """True when some site had silent time that was not its own: then the site's own hours are shown too."""
         return any(r.downtime.beyond_the_site for r in self.sites)
 
+    @property
+    def latency_under_load(self) -> bool:
+        """True when some site had a test with latency samples (issue 20): then its column and line are shown."""
+        return any(r.added_latency_median_seconds is not None for r in self.sites)
+
+    @property
+    def latency_sites(self) -> tuple[int, int]:
+        """(sites whose median added latency under load exceeds their limit, sites with a verdict)."""
+        judged = [r.latency_exceeded for r in self.sites if r.latency_exceeded is not None]
+        return sum(judged), len(judged)
+
+    @property
+    def pep_sites(self) -> tuple[str, ...]:
+        """Sites whose TCP is terminated before the site (a PEP, issue 20), in the report's order."""
+        return tuple(r.name for r in self.sites if r.pep_detected)
+
+    def pep_sentence(self) -> str:
+        return f"{_(PEP_NOTE)}: {', '.join(self.pep_sites)}."
+
+    def latency_sentence(self) -> str:
+        """The KPI line of issue 20: "Sites whose added latency under load exceeds their max_added_latency ..."."""
+        over, judged = self.latency_sites
+        return _("Sites whose added latency under load exceeds their max_added_latency (the median of their tests): "
+                 "{over} of {judged} with sampled tests.").format(over=over, judged=judged)
+
 
 def plural(kind: str, count: int) -> str:
     if count == 1 or kind.endswith("s"):
@@ -298,18 +354,46 @@ def format_mbps(bits_per_second: float) -> str:
     return f"{bits_per_second / 1e6:.2f}".rstrip("0").rstrip(".")
 
 
+def say_mbps(bits_per_second: float) -> str:
+    """:func:`format_mbps` for people, in the report's language: "2.5", "2,5" (CSV and JSON keep the point)."""
+    text = format_mbps(bits_per_second)
+    return number(float(text), len(text.partition(".")[2]))
+
+
+def kind_noun(kind: str, count: int) -> str:
+    """A kind as a noun for ``count`` sites in the report's language: "schools", "школ", "мектеп".
+
+    The kinds a config names are its own words; the common ones are in the catalogues, any other is
+    written as :func:`plural` writes it (English, or whatever word the config uses).
+    """
+    known = {
+        "school": lambda n: ngettext("school", "schools", n),
+        "clinic": lambda n: ngettext("clinic", "clinics", n),
+        "hospital": lambda n: ngettext("hospital", "hospitals", n),
+        "library": lambda n: ngettext("library", "libraries", n),
+        "kindergarten": lambda n: ngettext("kindergarten", "kindergartens", n),
+        "office": lambda n: ngettext("office", "offices", n),
+    }
+    return known[kind](count) if kind in known else plural(kind, count)
+
+
 def nearest_rank(sorted_values: Sequence[float], share: float) -> float:
     """The value at rank ceil(share × n): always one that was measured (no interpolation)."""
     return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
 
 
 def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period,
-             maintenance: MaintenanceWindows | None = None) -> SiteRow:
-    """One site's figures; ``maintenance``: its declared windows (left out of availability, as in the KPIs)."""
+             maintenance: MaintenanceWindows | None = None, calendar: SchoolCalendar | None = None) -> SiteRow:
+    """One site's figures; ``maintenance``: its declared windows (left out of availability, as in the KPIs);
+    ``calendar``: its school hours, to count availability in them too (issue 22; None: not asked for)."""
     echoes = replies = 0
     rtts: list[float] = []
-    ledger = CycleLedger(GapAccount.of(store, endpoint.name, period.start, period.end), maintenance)
+    gaps = GapAccount.of(store, endpoint.name, period.start, period.end)
+    ledger = CycleLedger(gaps, maintenance)
+    school = SchoolHoursLedger(gaps, maintenance, calendar) if calendar is not None else None
     for cycle in store.icmp_cycles(endpoint.name, period.start, period.end):
+        if school is not None:
+            school.add(cycle)
         if ledger.add(cycle) not in ("up", "site", "upstream"):
             continue  # maintenance, no power, a cut-off centre: neither up nor run, nor in the loss
         got = [r for r in cycle.rtts_seconds if r is not None]
@@ -322,9 +406,19 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period,
     rtts.sort()
     tests = met = failed = 0
     downloads: list[float] = []
+    added: list[float] = []  # issue 20: each sampled test's worst added latency, and its margin over the limit
+    margins: list[float] = []
+    pep = False
     for test in store.throughput_tests(endpoint.name, period.start, period.end):
         if test.error == "budget":  # skipped on purpose, not a failure: no test ran
             continue
+        if test.pep_detected is not None:  # the last test that could tell decides
+            pep = test.pep_detected
+        worst = test.max_added_latency_measured_seconds
+        if worst is not None:
+            added.append(worst)
+            if test.max_added_latency_seconds is not None:
+                margins.append(worst - test.max_added_latency_seconds)
         rate = test.direction_rate("download")
         if rate is not None:  # the download figures keep every measured download
             downloads.append(rate)
@@ -338,7 +432,9 @@ def site_row(store: HistoryStore, endpoint: EndpointRecord, period: Period,
                    statistics.median(rtts) if rtts else None, nearest_rank(rtts, 0.95) if rtts else None,
                    tests, met, failed, statistics.median(downloads) if downloads else None,
                    min(downloads) if downloads else None, missing, down.power_seconds,
-                   down.monitor_cut_off_seconds, down.site_seconds, down.upstream_seconds, down.maintenance_seconds)
+                   down.monitor_cut_off_seconds, down.site_seconds, down.upstream_seconds, down.maintenance_seconds,
+                   statistics.median(added) if added else None, statistics.median(margins) if margins else None,
+                   pep, school.count() if school is not None else None)
 
 
 def upstream_rows(store: HistoryStore, nodes: Mapping[str, EndpointRecord], rows: Sequence[SiteRow],
@@ -370,6 +466,7 @@ def upstream_rows(store: HistoryStore, nodes: Mapping[str, EndpointRecord], rows
 
 
 def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> GroupSummary:
+    schooled = [r.school for r in rows if r.school is not None]
     counts = dict.fromkeys(_VERDICT_ORDER, 0)
     for row in rows:
         counts[row.verdict] += 1
@@ -379,19 +476,24 @@ def summarise(rows: Sequence[SiteRow], kind: str, district: str | None) -> Group
                         counts["untested"], counts["no_data"],
                         sum(r.cycles_up for r in rows) / cycles if cycles else None,
                         tuple(sorted({r.target_bits_per_second for r in rows})),
-                        statistics.median(medians) if medians else None, Downtime.total(r.downtime for r in rows))
+                        statistics.median(medians) if medians else None, Downtime.total(r.downtime for r in rows),
+                        sum(schooled, SchoolHoursCount()) if schooled else None)
 
 
 def build_report(store: HistoryStore, period: Period, *, kind: str | None = None, district: str | None = None,
                  configured: Sequence[EndpointRecord] = (), now: float = 0.0,
                  maintenance: Mapping[str, MaintenanceWindows] | None = None,
-                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Report:
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 calendars: Mapping[str, SchoolCalendar] | None = None) -> Report:
     """The report over ``period`` for the sites of the history (plus ``configured`` ones it lacks).
 
     Sites are listed worst first (never, partly, untested, no data, met), then by kind, district
     and name, so the first page is the one to act on. Sites of the history with no result in the
     period are left out unless ``configured`` names them (they were removed from the config).
     Upstream nodes (group ``monitor.upstreams``) are not sites: they go to :attr:`Report.upstreams`.
+    ``calendars``: each site's school calendar (issue 22, :func:`monitor.report.school_hours.calendars_of`);
+    given, availability is also counted in school hours (a site it lacks follows Giga's hours in the
+    period's zone); None: around the clock only.
     """
     known = {e.name: e for e in store.endpoints()}
     for endpoint in configured:  # the config's labels are the current ones; sites without data still appear
@@ -405,7 +507,10 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
                 if (kind is None or e.kind == kind) and (district is None or e.district == district)]
     chosen = [e for e in selected if e.status != "planned"]  # nothing is measured at a planned site
     wanted = {e.name for e in configured if e.status == "connected"}  # retired ones only with results
-    rows = [row for row in (site_row(store, e, period, windows.get(e.name)) for e in chosen)
+    def calendar(name: str) -> SchoolCalendar | None:
+        return None if calendars is None else calendar_for(calendars, name, period.timezone)
+
+    rows = [row for row in (site_row(store, e, period, windows.get(e.name), calendar(e.name)) for e in chosen)
             # a site long gone from the config, with nothing in the period, is not part of this report
             if row.cycles or row.tests or row.tests_failed or row.download_median_bits_per_second is not None
             or row.downtime.beyond_the_site or row.name in wanted]
@@ -419,9 +524,9 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
         names = {e.name for e in configured}
         counted = [e for e in selected if e.name in names]
     return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
-                  period_kpis(store, [known[r.name] for r in rows], period, declared, thresholds),
+                  period_kpis(store, [known[r.name] for r in rows], period, declared, thresholds, calendars),
                   rollout(store, counted, period) if has_rollout(known.values()) else None,
-                  upstream_rows(store, nodes, rows, period))
+                  upstream_rows(store, nodes, rows, period), school_hours=calendars is not None)
 
 
 def has_rollout(endpoints: Iterable[EndpointRecord]) -> bool:
@@ -460,8 +565,10 @@ def rollout(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Pe
 
 
 def period_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period,
-                maintenance: Mapping[str, MaintenanceWindows] | None, thresholds: Thresholds) -> KpiReport:
+                maintenance: Mapping[str, MaintenanceWindows] | None, thresholds: Thresholds,
+                calendars: Mapping[str, SchoolCalendar] | None = None) -> KpiReport:
     """The KPIs of ``endpoints`` over ``period`` and the period of equal length before it (whole local days)."""
     before = period.previous
     return compute_kpis(store, endpoints, Span(period.start, period.end), maintenance=maintenance,
-                        thresholds=thresholds, previous_span=Span(before.start, before.end))
+                        thresholds=thresholds, previous_span=Span(before.start, before.end), calendars=calendars,
+                        timezone=period.timezone)

@@ -22,6 +22,10 @@ API's summary compute the same figures. Each figure is defined here, once:
   against it; maintenance, power cuts and a cut-off monitor are left out**, and their hours stated
   (``site_down_seconds``, ``upstream_down_seconds`` by node, ``maintenance_seconds``, beside the
   power and cut-off seconds);
+* **availability in school hours** (issue 22): the same quotient over the cycles that started in the
+  site's school hours (its calendar: weekly hours, less holidays and term breaks), as Giga counts uptime
+  from 08:00 to 20:00 while the device is on (:mod:`monitor.report.school_hours`); computed only when
+  calendars are given (a config that declares ``calendars:``);
 * **live / at risk / dropped**: the age of a site's last success (an ICMP cycle with a reply, or
   a throughput test that measured a rate) at the period's end. ``age < at_risk_days`` is live,
   ``at_risk_days ≤ age < dropped_days`` at risk, ``age ≥ dropped_days`` (or no success within
@@ -42,9 +46,11 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from monitor.config import Config
+from monitor.config.calendar import SchoolCalendar
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EndpointRecord, HistoryStore
 from monitor.report.gaps import CycleLedger, Downtime, GapAccount
+from monitor.report.school_hours import SchoolHoursCount, SchoolHoursLedger, calendar_for
 
 DAY_SECONDS = 86400.0
 CONTRACT_SHARE = 0.8  # sites receiving at least 80% of the contracted speed
@@ -119,6 +125,7 @@ class SiteKpi:
     site_down_seconds: float = 0.0  # the site's own silent time (issue 21): counts against it
     upstream_down_seconds: tuple[tuple[str, float], ...] = ()  # silent time charged to upstream nodes: counts too
     maintenance_seconds: float = 0.0  # silent time in maintenance: left out
+    school: SchoolHoursCount | None = None  # cycles in school hours (issue 22); None: no calendars given
 
     @property
     def downtime(self) -> Downtime:
@@ -138,16 +145,23 @@ class SiteKpi:
 
 
 def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintenance: MaintenanceWindows | None,
-             thresholds: Thresholds) -> SiteKpi:
-    """The site's KPI inputs over ``span``; its last success is looked for up to ``dropped_days`` back."""
+             thresholds: Thresholds, calendar: SchoolCalendar | None = None) -> SiteKpi:
+    """The site's KPI inputs over ``span``; its last success is looked for up to ``dropped_days`` back.
+
+    ``calendar``: its school hours, to count availability in them too (issue 22; None: not asked for).
+    """
     last: float | None = None
     look_from = min(span.start, span.end - thresholds.dropped_days * DAY_SECONDS)
-    ledger = CycleLedger(GapAccount.of(store, endpoint.name, span.start, span.end), maintenance)
+    gaps = GapAccount.of(store, endpoint.name, span.start, span.end)
+    ledger = CycleLedger(gaps, maintenance)
+    school = SchoolHoursLedger(gaps, maintenance, calendar) if calendar is not None else None
     for cycle in store.icmp_cycles(endpoint.name, look_from, span.end):
         if cycle.received > 0:
             last = cycle.started_at
         if cycle.started_at >= span.start:
             ledger.add(cycle)  # the one rule, as in the report
+            if school is not None:
+                school.add(cycle)
     missing = ledger.missing_cycles()
     down = ledger.downtime()
     downloads: list[float] = []
@@ -163,7 +177,8 @@ def site_kpi(store: HistoryStore, endpoint: EndpointRecord, span: Span, maintena
                    contracted_bits_per_second(endpoint), statistics.median(downloads) if downloads else None,
                    ledger.cycles + missing, ledger.cycles_up, ledger.cycles_in_maintenance, last,
                    status_of(age, thresholds), down.power_seconds, missing, down.monitor_cut_off_seconds,
-                   down.site_seconds, down.upstream_seconds, down.maintenance_seconds)
+                   down.site_seconds, down.upstream_seconds, down.maintenance_seconds,
+                   school.count() if school is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +198,12 @@ class KpiFigures:
     power_off_seconds: float = 0.0  # the sites' time in power gaps, left out of availability
     monitor_cut_off_seconds: float = 0.0  # the sites' time the centre was cut off itself, left out likewise
     downtime: Downtime = Downtime()  # the sites' silent time by cause, summed (issue 21)
+    school: SchoolHoursCount | None = None  # the sites' cycles in school hours, summed (issue 22)
+
+    @property
+    def school_availability(self) -> float | None:
+        """Availability in school hours (issue 22); None when not computed or without cycles."""
+        return None if self.school is None else self.school.availability
 
     @property
     def median_met_target_share(self) -> float | None:
@@ -203,18 +224,22 @@ class KpiFigures:
                 "availability": self.availability,
                 "live": self.live / self.sites if self.sites else None,
                 "at_risk": self.at_risk / self.sites if self.sites else None,
-                "dropped": self.dropped / self.sites if self.sites else None}
+                "dropped": self.dropped / self.sites if self.sites else None,
+                # issue 22: only when computed, so documents without calendars stay as they were
+                **({"availability_school_hours": self.school_availability} if self.school is not None else {})}
 
 
-def figures(sites: Sequence[SiteKpi]) -> KpiFigures:
+def figures(sites: Sequence[SiteKpi], school_hours: bool = False) -> KpiFigures:
+    """The KPIs of ``sites``; ``school_hours``: count availability in school hours too (issue 22)."""
     measured = [s for s in sites if s.download_median_bits_per_second is not None]
+    school = sum((s.school for s in sites if s.school is not None), SchoolHoursCount()) if school_hours else None
     return KpiFigures(
         len(sites), len(measured), sum(1 for s in measured if s.median_met_target),
         sum(1 for s in measured if s.at_contract_share), sum(s.cycles for s in sites),
         sum(s.cycles_up for s in sites), sum(s.cycles_in_maintenance for s in sites),
         sum(1 for s in sites if s.status == "live"), sum(1 for s in sites if s.status == "at_risk"),
         sum(1 for s in sites if s.status == "dropped"), sum(s.power_off_seconds for s in sites),
-        sum(s.monitor_cut_off_seconds for s in sites), Downtime.total(s.downtime for s in sites))
+        sum(s.monitor_cut_off_seconds for s in sites), Downtime.total(s.downtime for s in sites), school)
 
 
 def change_points(current: float | None, previous: float | None) -> float | None:
@@ -256,6 +281,7 @@ class KpiReport:
     maintenance_considered: bool  # False: no config given, nothing was left out
     groups: tuple[KpiGroup, ...]
     sites: tuple[SiteKpi, ...]
+    school_hours: bool = False  # availability in school hours too (issue 22): calendars were given
 
     @property
     def power_gaps(self) -> bool:
@@ -283,13 +309,14 @@ class KpiReport:
         return any(s.downtime.beyond_the_site for s in self.sites)
 
 
-def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple[KpiGroup, ...]:
+def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi],
+               school_hours: bool = False) -> tuple[KpiGroup, ...]:
     """All sites, then each kind, then each kind and district (sorted)."""
     def group(scope: str, kind: str | None, district: str | None) -> KpiGroup:
         def keep(r: SiteKpi) -> bool:
             return (kind is None or r.kind == kind) and (district is None or r.district == district)
-        return KpiGroup(scope, kind, district, figures([r for r in current if keep(r)]),
-                        figures([r for r in previous if keep(r)]))
+        return KpiGroup(scope, kind, district, figures([r for r in current if keep(r)], school_hours),
+                        figures([r for r in previous if keep(r)], school_hours))
 
     out = [group("all", None, None)]
     out += [group("kind", kind, None) for kind in sorted({s.kind for s in current})]
@@ -299,17 +326,26 @@ def group_kpis(current: Sequence[SiteKpi], previous: Sequence[SiteKpi]) -> tuple
 
 def compute_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], span: Span, *,
                  maintenance: Mapping[str, MaintenanceWindows] | None = None,
-                 thresholds: Thresholds = DEFAULT_THRESHOLDS, previous_span: Span | None = None) -> KpiReport:
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS, previous_span: Span | None = None,
+                 calendars: Mapping[str, SchoolCalendar] | None = None, timezone: str = "UTC") -> KpiReport:
     """The KPIs of ``endpoints`` over ``span`` and over the span of equal length before it.
 
-    ``maintenance`` None means no config was given: nothing is left out of availability.
+    ``maintenance`` None means no config was given: nothing is left out of availability. ``calendars``
+    (issue 22): each site's school calendar, to count availability in school hours too (a site it lacks
+    follows Giga's hours in ``timezone``); None: around the clock only.
     """
     windows = maintenance or {}
     previous_span = previous_span or span.previous
-    current = tuple(site_kpi(store, e, span, windows.get(e.name), thresholds) for e in endpoints)
-    previous = tuple(site_kpi(store, e, previous_span, windows.get(e.name), thresholds) for e in endpoints)
-    return KpiReport(span, previous_span, thresholds, maintenance is not None, group_kpis(current, previous),
-                     current)
+
+    def calendar(name: str) -> SchoolCalendar | None:
+        return None if calendars is None else calendar_for(calendars, name, timezone)
+
+    current = tuple(site_kpi(store, e, span, windows.get(e.name), thresholds, calendar(e.name)) for e in endpoints)
+    previous = tuple(site_kpi(store, e, previous_span, windows.get(e.name), thresholds, calendar(e.name))
+                     for e in endpoints)
+    school_hours = calendars is not None
+    return KpiReport(span, previous_span, thresholds, maintenance is not None,
+                     group_kpis(current, previous, school_hours), current, school_hours=school_hours)
 
 
 def with_stored_windows(declared: Mapping[str, MaintenanceWindows] | None, store: HistoryStore, start: float,

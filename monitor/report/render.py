@@ -32,39 +32,74 @@ from monitor.report.compliance import (
     SiteRow,
     UpstreamRow,
     format_mbps,
-    plural,
+    kind_noun,
+    say_mbps,
 )
 from monitor.report.gaps import Downtime
+from monitor.report.i18n import N_, current, language, ngettext, number
+from monitor.report.i18n import date as say_date
+from monitor.report.i18n import gettext as _
 from monitor.report.kpis import KpiFigures, KpiReport
 
-HEADERS = ("site", "kind", "district", "link", "target Mbit/s", "availability %", "RTT median ms", "RTT p95 ms",
-           "loss %", "tests", "failed tests", "download median Mbit/s", "download min Mbit/s", "met %", "verdict")
+HEADERS = (N_("site"), N_("kind"), N_("district"), N_("link"), N_("target Mbit/s"), N_("availability %"),
+           N_("RTT median ms"), N_("RTT p95 ms"), N_("loss %"), N_("tests"), N_("failed tests"),
+           N_("download median Mbit/s"), N_("download min Mbit/s"), N_("met %"), N_("verdict"))
 CSV_HEADERS = ("site", "kind", "district", "link", "target_mbps", "cycles", "cycles_up", "availability_percent",
                "rtt_median_ms", "rtt_p95_ms", "echoes", "replies", "loss_percent", "tests", "tests_failed",
                "tests_met", "download_median_mbps", "download_min_mbps", "met_percent", "verdict")
 
 
-POWER_HEADER = "hours without power"  # after availability, only when some site had power gaps (issue 10)
+POWER_HEADER = N_("hours without power")  # after availability, only when some site had power gaps (issue 10)
 POWER_CSV_HEADERS = ("hours_without_power", "cycles_missing")  # after availability_percent, likewise
 # after availability (and the power columns), only when the monitor was cut off from some site (issue 21)
-CUT_OFF_HEADER = "hours monitor cut off"
+CUT_OFF_HEADER = N_("hours monitor cut off")
 CUT_OFF_CSV_HEADERS = ("hours_monitor_cut_off",)
 # downtime by cause (issue 21), after those: the site's own hours when some site had time of another cause,
 # the upstream hours (total, then per node) when some site had any, the hours in maintenance likewise
-SITE_DOWN_HEADER, SITE_DOWN_CSV_HEADER = "hours site down", "hours_site_down"
-UPSTREAM_HEADERS = ("hours upstream down", "upstream nodes (hours)")
+SITE_DOWN_HEADER, SITE_DOWN_CSV_HEADER = N_("hours site down"), "hours_site_down"
+UPSTREAM_HEADERS = (N_("hours upstream down"), N_("upstream nodes (hours)"))
 UPSTREAM_CSV_HEADERS = ("hours_upstream_down", "upstream_down_hours_by_node")
-MAINTENANCE_HEADER, MAINTENANCE_CSV_HEADER = "hours in maintenance", "hours_maintenance"
+MAINTENANCE_HEADER, MAINTENANCE_CSV_HEADER = N_("hours in maintenance"), "hours_maintenance"
+LATENCY_HEADER = N_("added latency ms")  # before the verdict, only when some site had a sampled test (issue 20)
+LATENCY_CSV_HEADERS = ("added_latency_median_ms", "latency_exceeded")  # last, likewise
+# issue 22: availability in school hours, right after availability (the district table: last), and a section
+# after the KPIs, only when the config declares a calendar (Report.school_hours)
+SCHOOL_HEADER = N_("availability % school hours")
+SCHOOL_CSV_HEADERS = ("cycles_school_hours", "cycles_up_school_hours", "availability_school_hours_percent")
+SCHOOL_TITLE = N_("Availability in school hours")
+SCHOOL_SENTENCE = N_("Availability in school hours: ICMP cycles that started in the site's school hours (the school "
+                     "days and hours of its calendar, less holidays and term breaks; Monday to Friday 08:00-20:00 when "
+                     "it names none) with at least one reply / those cycles run, by the same rule as availability "
+                     "around the clock: maintenance, power cuts and a cut-off monitor are left out of both.")
+SCHOOL_SECTION_HEADERS = (N_("scope"), N_("sites"), N_("availability %"), N_("availability % school hours"),
+                          N_("prev"), N_("Δ pp"))
+SCHOOL_CSV_SECTION_HEADERS = ("school_hours_scope", "kind", "district", "sites", "cycles", "cycles_up",
+                              "availability_percent", "cycles_school_hours", "cycles_up_school_hours",
+                              "availability_school_hours_percent", "previous_availability_school_hours_percent",
+                              "availability_school_hours_change_pp")
+_SCHOOL_ALIGN = ("left",) + ("right",) * (len(SCHOOL_SECTION_HEADERS) - 1)
 _AVAILABILITY_COLUMN = HEADERS.index("availability %") + 1
 _AVAILABILITY_CSV_COLUMN = CSV_HEADERS.index("availability_percent") + 1
 
 
+# the verdict cell's word (the key stays the row's class in HTML, and the CSV's value)
+VERDICT_CELLS = {"met": N_("met"), "partly": N_("partly"), "never": N_("never"), "untested": N_("untested"),
+                 "no_data": N_("no_data")}
+CONNECTED_SOURCES = {"planned_date": N_("planned_date"), "first_result": N_("first_result")}
+
+
 def _fixed(value: float | None, digits: int, scale: float = 1.0) -> str:
-    return "" if value is None else f"{value * scale:.{digits}f}"
+    """A figure rounded to ``digits``, written in the report's language ("99.50", "99,50"; CSV: always the first)."""
+    return "" if value is None else number(value * scale, digits)
 
 
 def _hours(seconds: float, digits: int) -> str:
-    return f"{seconds / 3600.0:.{digits}f}"
+    return number(seconds / 3600.0, digits)
+
+
+def _t(headers: tuple[str, ...]) -> tuple[str, ...]:
+    """Headers in the report's language: the constants are the English message ids, compared as such."""
+    return tuple(_(h) for h in headers)
 
 
 def _by_node(d: Downtime, digits: int, between: str = " ", separator: str = ", ") -> str:
@@ -89,20 +124,24 @@ def _cause_cells(report: Report, d: Downtime, digits: int, csv_form: bool = Fals
 
 
 def _headers(report: Report) -> tuple[str, ...]:
-    extra = (((POWER_HEADER,) if report.power_gaps else ()) + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ())
-             + _cause_headers(report))
-    return HEADERS[:_AVAILABILITY_COLUMN] + extra + HEADERS[_AVAILABILITY_COLUMN:]
+    extra = (((SCHOOL_HEADER,) if report.school_hours else ()) + ((POWER_HEADER,) if report.power_gaps else ())
+             + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ()) + _cause_headers(report))
+    headers = HEADERS[:_AVAILABILITY_COLUMN] + extra + HEADERS[_AVAILABILITY_COLUMN:]
+    return headers[:-1] + (LATENCY_HEADER,) + headers[-1:] if report.latency_under_load else headers
 
 
 def _row(r: SiteRow, report: Report) -> list[str]:
-    cells = [r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second),
+    cells = [r.name, r.kind, r.district, r.link, say_mbps(r.target_bits_per_second),
              _fixed(r.availability, 2, 100), _fixed(r.rtt_median_seconds, 3, 1e3), _fixed(r.rtt_p95_seconds, 3, 1e3),
              _fixed(r.loss, 2, 100), str(r.tests), str(r.tests_failed),
              _fixed(r.download_median_bits_per_second, 2, 1e-6), _fixed(r.download_min_bits_per_second, 2, 1e-6),
-             _fixed(r.met_share, 0, 100), r.verdict]
-    extra = ([_fixed(r.hours_without_power, 2)] if report.power_gaps else []) + (
+             _fixed(r.met_share, 0, 100), _(VERDICT_CELLS[r.verdict])]
+    extra = ([_fixed(r.school_availability, 2, 100)] if report.school_hours else []) + (
+        [_fixed(r.hours_without_power, 2)] if report.power_gaps else []) + (
         [_fixed(r.hours_monitor_cut_off, 2)] if report.monitor_cut_off else []) + _cause_cells(report, r.downtime, 2)
     cells[_AVAILABILITY_COLUMN:_AVAILABILITY_COLUMN] = extra
+    if report.latency_under_load:  # before the verdict, which the HTML table keeps last
+        cells.insert(len(cells) - 1, _fixed(r.added_latency_median_seconds, 1, 1e3))
     return cells
 
 
@@ -118,7 +157,10 @@ def _site_align(report: Report) -> tuple[str, ...]:
 
 def _title(report: Report) -> str:
     scope = " · ".join(x for x in (report.kind, report.district) if x)
-    return f"connmon report, {report.period}" + (f" — {scope}" if scope else "")
+    p = report.period
+    period = _("{first} to {last} ({timezone})").format(first=say_date(p.first), last=say_date(p.last),
+                                                         timezone=p.timezone)
+    return _("connmon report, {period}").format(period=period) + (f" — {scope}" if scope else "")
 
 
 def _district_rows(report: Report) -> list[list[str]]:
@@ -130,18 +172,20 @@ def _district_rows(report: Report) -> list[list[str]]:
                     _fixed(s.download_median_bits_per_second, 2, 1e-6),
                     *([_hours(d.power_seconds, 2)] if report.power_gaps else []),
                     *([_hours(d.monitor_cut_off_seconds, 2)] if report.monitor_cut_off else []),
-                    *_cause_cells(report, d, 2)])
+                    *_cause_cells(report, d, 2),
+                    *([_fixed(s.school.availability if s.school else None, 2, 100)] if report.school_hours else [])])
     return out
 
 
-_DISTRICT_HEADERS = ("kind", "district", "sites", "met in every test", "in some tests", "never", "not tested",
-                     "availability %", "median download Mbit/s")
+_DISTRICT_HEADERS = (N_("kind"), N_("district"), N_("sites"), N_("met in every test"), N_("in some tests"),
+                     N_("never"), N_("not tested"), N_("availability %"), N_("median download Mbit/s"))
 
 
 def district_headers(report: Report) -> tuple[str, ...]:
     """The district table's headers: the downtime columns (issue 21) last, each only when some site has any."""
     return (_DISTRICT_HEADERS + ((POWER_HEADER,) if report.power_gaps else ())
-            + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ()) + _cause_headers(report))
+            + ((CUT_OFF_HEADER,) if report.monitor_cut_off else ()) + _cause_headers(report)
+            + ((SCHOOL_HEADER,) if report.school_hours else ()))
 
 
 def _district_align(report: Report) -> tuple[str, ...]:
@@ -157,22 +201,30 @@ def render_table(report: Report) -> str:
     lines = [_title(report), ""]
     for kind, districts in summaries(report):  # each kind, then its districts indented under it
         lines += [kind.sentence(), *(f"  {d.sentence()}" for d in districts)]
-    lines += ["", tabulate(_district_rows(report), district_headers(report), tablefmt="simple",
+    lines += ["", tabulate(_district_rows(report), _t(district_headers(report)), tablefmt="simple",
                            disable_numparse=True, colalign=_district_align(report)), ""]
-    lines.append(tabulate([_row(r, report) for r in report.sites], _headers(report), tablefmt="simple",
+    lines.append(tabulate([_row(r, report) for r in report.sites], _t(_headers(report)), tablefmt="simple",
                           disable_numparse=True, colalign=_site_align(report)))
+    if report.latency_under_load:
+        lines += ["", report.latency_sentence()]
+    if report.pep_sites:
+        lines += ["", report.pep_sentence()]
     if report.kpis is not None:
         lines += ["", kpi_header(report.kpis), "", _kpi_table(report.kpis, "simple")]
+        if report.kpis.school_hours:  # issue 22
+            lines += ["", _(SCHOOL_SENTENCE), "", tabulate(school_rows(report.kpis), _t(SCHOOL_SECTION_HEADERS),
+                                                           tablefmt="simple", disable_numparse=True,
+                                                           colalign=_SCHOOL_ALIGN)]
     if report.upstreams:
-        lines += ["", UPSTREAM_SENTENCE, "", tabulate(_upstream_rows(report.upstreams), UPSTREAM_SECTION_HEADERS,
+        lines += ["", _(UPSTREAM_SENTENCE), "", tabulate(_upstream_rows(report.upstreams), _t(UPSTREAM_SECTION_HEADERS),
                                                        tablefmt="simple", disable_numparse=True,
                                                        colalign=_UPSTREAM_ALIGN)]
     if report.rollout is not None:
         lines += ["", rollout_sentence(report.rollout), "",
-                  tabulate(_rollout_rows(report.rollout), ROLLOUT_HEADERS, tablefmt="simple", disable_numparse=True,
+                  tabulate(_rollout_rows(report.rollout), _t(ROLLOUT_HEADERS), tablefmt="simple", disable_numparse=True,
                            colalign=_ROLLOUT_ALIGN)]
         if report.rollout.connected:
-            lines += ["", tabulate(_connected_rows(report.rollout), CONNECTED_HEADERS, tablefmt="simple",
+            lines += ["", tabulate(_connected_rows(report.rollout), _t(CONNECTED_HEADERS), tablefmt="simple",
                                    disable_numparse=True)]
     return "\n".join(lines) + "\n"
 
@@ -185,8 +237,11 @@ def render_csv(report: Report) -> str:
     causes = (((SITE_DOWN_CSV_HEADER,) if report.by_cause else ())
               + (UPSTREAM_CSV_HEADERS if report.upstream_down else ())
               + ((MAINTENANCE_CSV_HEADER,) if report.maintenance else ()))
-    writer.writerow(CSV_HEADERS[:cut] + (POWER_CSV_HEADERS if power else ()) + (CUT_OFF_CSV_HEADERS if cut_off else ())
-                    + causes + CSV_HEADERS[cut:])
+    latency = report.latency_under_load
+    school = report.school_hours  # issue 22
+    writer.writerow(CSV_HEADERS[:cut] + (SCHOOL_CSV_HEADERS if school else ()) + (POWER_CSV_HEADERS if power else ())
+                    + (CUT_OFF_CSV_HEADERS if cut_off else ()) + causes + CSV_HEADERS[cut:]
+                    + (LATENCY_CSV_HEADERS if latency else ()))
     for r in report.sites:
         cells: list[object] = [
             r.name, r.kind, r.district, r.link, format_mbps(r.target_bits_per_second), r.cycles,
@@ -194,13 +249,22 @@ def render_csv(report: Report) -> str:
             _fixed(r.rtt_p95_seconds, 3, 1e3), r.echoes, r.replies, _fixed(r.loss, 4, 100), r.tests,
             r.tests_failed, r.tests_met, _fixed(r.download_median_bits_per_second, 3, 1e-6),
             _fixed(r.download_min_bits_per_second, 3, 1e-6), _fixed(r.met_share, 2, 100), r.verdict]
-        cells[cut:cut] = ([_fixed(r.hours_without_power, 4), r.cycles_missing] if power else []) + (
+        cells[cut:cut] = ([r.school.cycles if r.school else 0, r.school.cycles_up if r.school else 0,
+                           _fixed(r.school_availability, 4, 100)] if school else []) + (
+            [_fixed(r.hours_without_power, 4), r.cycles_missing] if power else []) + (
             [_fixed(r.hours_monitor_cut_off, 4)] if cut_off else []) + _cause_cells(report, r.downtime, 4, True)
+        if latency:
+            cells += [_fixed(r.added_latency_median_seconds, 3, 1e3),
+                      "" if r.latency_exceeded is None else str(r.latency_exceeded).lower()]
         writer.writerow(cells)
     if report.kpis is not None:  # a second table after a blank line: the KPIs, with their raw counts
         writer.writerow([])
         writer.writerow(kpi_csv_headers(report.kpis))
         writer.writerows(kpi_csv_rows(report.kpis))
+        if report.kpis.school_hours:  # then availability in school hours (issue 22)
+            writer.writerow([])
+            writer.writerow(SCHOOL_CSV_SECTION_HEADERS)
+            writer.writerows(school_csv_rows(report.kpis))
     if report.rollout is not None:  # then the roll-out counts, and the sites connected in the period
         writer.writerow([])
         writer.writerow(ROLLOUT_CSV_HEADERS)
@@ -210,6 +274,14 @@ def render_csv(report: Report) -> str:
         writer.writerow([])
         writer.writerow(CONNECTED_CSV_HEADERS)
         writer.writerows(_connected_rows(report.rollout))
+    if latency:  # the KPI line of issue 20, as one row after a blank line
+        writer.writerow([])
+        writer.writerow(("latency_sites_exceeding", "latency_sites_judged"))
+        writer.writerow(report.latency_sites)
+    if report.pep_sites:  # and the sites behind a proxy (issue 20), one per row
+        writer.writerow([])
+        writer.writerow(("pep_detected_site",))
+        writer.writerows([name] for name in report.pep_sites)
     if report.upstreams:  # last, so that the tables before it keep their places
         writer.writerow([])
         writer.writerow(UPSTREAM_CSV_SECTION_HEADERS)
@@ -223,31 +295,40 @@ def _md_escape(text: str) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    lines = [f"# {_md_escape(_title(report))}", "", "## Summary", ""]
+    lines = [f"# {_md_escape(_title(report))}", "", "## " + _("Summary"), ""]
     for kind, districts in summaries(report):
         lines += [f"- {_md_escape(kind.sentence())}", *(f"  - {_md_escape(d.sentence())}" for d in districts)]
-    lines += ["", "## By district", "",
-              tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], district_headers(report),
+    lines += ["", "## " + _("By district"), "",
+              tabulate([[_md_escape(c) for c in row] for row in _district_rows(report)], _t(district_headers(report)),
                        tablefmt="github", disable_numparse=True, colalign=_district_align(report)),
-              "", "## Sites", "",
-              tabulate([[_md_escape(c) for c in _row(r, report)] for r in report.sites], _headers(report),
+              "", "## " + _("Sites"), "",
+              tabulate([[_md_escape(c) for c in _row(r, report)] for r in report.sites], _t(_headers(report)),
                        tablefmt="github", disable_numparse=True, colalign=_site_align(report)), ""]
+    if report.latency_under_load:
+        lines += [_md_escape(report.latency_sentence()), ""]
+    if report.pep_sites:
+        lines += [_md_escape(report.pep_sentence()), ""]
     if report.kpis is not None:
-        lines += ["## KPIs for the ministry", "", _md_escape(kpi_header(report.kpis)), "",
-                  tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], KPI_HEADERS,
+        lines += ["## " + _("KPIs for the ministry"), "", _md_escape(kpi_header(report.kpis)), "",
+                  tabulate([[_md_escape(c) for c in row] for row in _kpi_rows(report.kpis)], _t(KPI_HEADERS),
                            tablefmt="github", disable_numparse=True, colalign=_KPI_ALIGN), ""]
+        if report.kpis.school_hours:  # issue 22
+            lines += ["## " + _(SCHOOL_TITLE), "", _md_escape(_(SCHOOL_SENTENCE)), "",
+                      tabulate([[_md_escape(c) for c in row] for row in school_rows(report.kpis)],
+                               _t(SCHOOL_SECTION_HEADERS), tablefmt="github", disable_numparse=True,
+                               colalign=_SCHOOL_ALIGN), ""]
     if report.upstreams:
-        lines += ["## Upstream nodes", "", UPSTREAM_SENTENCE, "",
+        lines += ["## " + _("Upstream nodes"), "", _(UPSTREAM_SENTENCE), "",
                   tabulate([[_md_escape(c) for c in row] for row in _upstream_rows(report.upstreams)],
-                           UPSTREAM_SECTION_HEADERS, tablefmt="github", disable_numparse=True,
+                           _t(UPSTREAM_SECTION_HEADERS), tablefmt="github", disable_numparse=True,
                            colalign=_UPSTREAM_ALIGN), ""]
     if report.rollout is not None:
-        lines += ["## Roll-out", "", _md_escape(rollout_sentence(report.rollout)), "",
-                  tabulate([[_md_escape(c) for c in row] for row in _rollout_rows(report.rollout)], ROLLOUT_HEADERS,
+        lines += ["## " + _("Roll-out"), "", _md_escape(rollout_sentence(report.rollout)), "",
+                  tabulate([[_md_escape(c) for c in row] for row in _rollout_rows(report.rollout)], _t(ROLLOUT_HEADERS),
                            tablefmt="github", disable_numparse=True, colalign=_ROLLOUT_ALIGN), ""]
         if report.rollout.connected:
             lines += [tabulate([[_md_escape(c) for c in row] for row in _connected_rows(report.rollout)],
-                               CONNECTED_HEADERS, tablefmt="github", disable_numparse=True), ""]
+                               _t(CONNECTED_HEADERS), tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
 
 
@@ -270,11 +351,11 @@ def chart_data(report: Report) -> dict[str, object]:
     targets = sorted({r.target_bits_per_second for r in charted})
     lines = []
     for target in targets:
-        label = f"target {format_mbps(target)} Mbit/s"
+        label = _("target {mbps} Mbit/s").format(mbps=say_mbps(target))
         if len(targets) > 1:
             kinds = sorted({r.kind for r in charted if r.target_bits_per_second == target})
             label += " (" + ", ".join(
-                f"{n} {plural(k, n)}" for k in kinds
+                f"{n} {kind_noun(k, n)}" for k in kinds
                 for n in [sum(1 for r in charted if r.kind == k and r.target_bits_per_second == target)]) + ")"
         lines.append({"mbps": target / 1e6, "label": label})
     return {"districts": districts, "median": medians, "lowest": lowest, "targets": lines}
@@ -286,23 +367,36 @@ def _asset(name: str) -> str:
 
 def render_html(report: Report) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("monitor.report", "templates"),
-                             autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+                             autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined,
+                             extensions=["jinja2.ext.i18n"])
+    # the template's words through the same catalogues (issue 22), as the template's own text was: trusted markup
+    # (the shipped catalogues), so an apostrophe stays one; old-style: no %-formatting of the result
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        lambda message: markupsafe.Markup(_(message)),
+        lambda singular, plural, n: markupsafe.Markup(ngettext(singular, plural, n)), newstyle=False)
     template = env.get_template("report.html.j2")
     generated = dt.datetime.fromtimestamp(report.generated_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return template.render(
-        title=_title(report), report=report, headers=_headers(report),
+        title=_title(report), lang=current().language, report=report, headers=_t(_headers(report)),
         rows=[(_row(r, report), r) for r in report.sites],
-        district_headers=district_headers(report), district_rows=_district_rows(report),
-        summaries=summaries(report), verdict_words=VERDICT_WORDS, chart=chart_data(report), version=__version__,
+        district_headers=_t(district_headers(report)), district_rows=_district_rows(report),
+        summaries=summaries(report), verdict_words={key: _(words) for key, words in VERDICT_WORDS.items()},
+        verdict_cells={key: _(word) for key, word in VERDICT_CELLS.items()},
+        chart=chart_data(report), version=__version__,
         generated=generated,
-        kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=KPI_HEADERS,
+        kpi_header=None if report.kpis is None else kpi_header(report.kpis), kpi_headers=_t(KPI_HEADERS),
         kpi_rows=[] if report.kpis is None else _kpi_rows(report.kpis),
+        school=None if report.kpis is None or not report.kpis.school_hours else {  # issue 22
+            "title": _(SCHOOL_TITLE), "sentence": _(SCHOOL_SENTENCE), "headers": _t(SCHOOL_SECTION_HEADERS),
+            "rows": school_rows(report.kpis)},
+        latency_sentence=report.latency_sentence() if report.latency_under_load else None,
+        pep_sentence=report.pep_sentence() if report.pep_sites else None,
         rollout=None if report.rollout is None else {
-            "sentence": rollout_sentence(report.rollout), "headers": ROLLOUT_HEADERS,
-            "rows": _rollout_rows(report.rollout), "connected_headers": CONNECTED_HEADERS,
+            "sentence": rollout_sentence(report.rollout), "headers": _t(ROLLOUT_HEADERS),
+            "rows": _rollout_rows(report.rollout), "connected_headers": _t(CONNECTED_HEADERS),
             "connected": _connected_rows(report.rollout)},
         upstreams=None if not report.upstreams else {
-            "sentence": UPSTREAM_SENTENCE, "headers": UPSTREAM_SECTION_HEADERS,
+            "sentence": _(UPSTREAM_SENTENCE), "headers": _t(UPSTREAM_SECTION_HEADERS),
             "rows": _upstream_rows(report.upstreams)},
         # the libraries go in verbatim; "</" never occurs in them outside strings (checked by a test)
         scripts=[markupsafe.Markup(_asset(name)) for name in
@@ -311,8 +405,9 @@ def render_html(report: Report) -> str:
 
 # ----------------------------------------------------------------------------- the ministry's KPIs (issue 11)
 
-KPI_HEADERS = ("scope", "sites", "measured", "median ≥ target %", "prev", "Δ pp", "≥ 80% of contract %", "prev",
-               "Δ pp", "availability %", "prev", "Δ pp", "live", "at risk", "dropped", "prev live/at risk/dropped")
+KPI_HEADERS = (N_("scope"), N_("sites"), N_("measured"), N_("median ≥ target %"), N_("prev"), N_("Δ pp"),
+               N_("≥ 80% of contract %"), N_("prev"), N_("Δ pp"), N_("availability %"), N_("prev"), N_("Δ pp"),
+               N_("live"), N_("at risk"), N_("dropped"), N_("prev live/at risk/dropped"))
 KPI_CSV_HEADERS = ("kpi_scope", "kind", "district", "sites", "sites_measured", "median_met_target",
                    "median_met_target_percent", "previous_median_met_target_percent", "median_met_target_change_pp",
                    "at_80_percent_of_contract", "at_80_percent_of_contract_percent",
@@ -324,25 +419,27 @@ _KPI_ALIGN = ("left",) + ("right",) * (len(KPI_HEADERS) - 1)
 
 
 def _signed(value: float | None, digits: int) -> str:
-    return "" if value is None else f"{value:+.{digits}f}"
+    return "" if value is None else number(value, digits, signed=True)
 
 
 def kpi_header(kpis: KpiReport) -> str:
     """What the KPI figures left out, in one sentence for the report's reader."""
     t = kpis.thresholds
     if kpis.maintenance_considered:
-        maintenance = "declared maintenance windows (--config) are left out of availability"
+        maintenance = _("declared maintenance windows (--config) are left out of availability")
     elif kpis.maintenance:  # windows opened through the API are in the history itself (issue 21)
-        maintenance = ("maintenance opened through the API is left out of availability; declared windows are not "
-                       "(no --config given)")
+        maintenance = _("maintenance opened through the API is left out of availability; declared windows are not "
+                        "(no --config given)")
     else:
-        maintenance = "no maintenance is left out of availability (no --config given)"
+        maintenance = _("no maintenance is left out of availability (no --config given)")
     if kpis.power_gaps:
-        maintenance += "; agent sites' hours without power are left out too"
+        maintenance += _("; agent sites' hours without power are left out too")
     if kpis.monitor_cut_off:
-        maintenance += "; the hours the monitor was cut off itself are left out too"
-    text = (f"KPIs for the ministry: {maintenance}; at risk after {t.at_risk_days:g} days without a success, "
-            f"dropped after {t.dropped_days:g}; previous period: the {_days(kpis)} before.")
+        maintenance += _("; the hours the monitor was cut off itself are left out too")
+    text = _("KPIs for the ministry: {maintenance}; at risk after {at_risk} days without a success, "
+             "dropped after {dropped}; previous period: the {days} before.").format(
+                 maintenance=maintenance, at_risk=_days_figure(t.at_risk_days), dropped=_days_figure(t.dropped_days),
+                 days=_days(kpis))
     if kpis.by_cause:
         text += " " + downtime_sentence(kpis.groups[0].current.downtime)
     return text
@@ -354,27 +451,34 @@ def downtime_sentence(d: Downtime) -> str:
     "Downtime by cause, all sites: against availability site 3.00 h, upstream 2.00 h (agg 2.00); left out of it:
     without power 4.00 h." (the causes left out only when they have any time).
     """
-    against = [f"site {_hours(d.site_seconds, 2)} h"]
+    against = [_("site {hours} h").format(hours=_hours(d.site_seconds, 2))]
     if d.upstream_seconds:
-        against.append(f"upstream {_hours(d.upstream_total_seconds, 2)} h ({_by_node(d, 2)})")
-    left = [f"{name} {_hours(seconds, 2)} h" for name, seconds in (
-        ("monitor cut off", d.monitor_cut_off_seconds), ("without power", d.power_seconds),
-        ("maintenance", d.maintenance_seconds)) if seconds > 0]
-    text = "Downtime by cause, all sites: against availability " + ", ".join(against)
-    return text + ("; left out of it: " + ", ".join(left) if left else "") + "."
+        against.append(_("upstream {hours} h ({nodes})").format(hours=_hours(d.upstream_total_seconds, 2),
+                                                                 nodes=_by_node(d, 2)))
+    left = [_(name).format(hours=_hours(seconds, 2)) for name, seconds in (
+        (N_("monitor cut off {hours} h"), d.monitor_cut_off_seconds), (N_("without power {hours} h"), d.power_seconds),
+        (N_("maintenance {hours} h"), d.maintenance_seconds)) if seconds > 0]
+    text = _("Downtime by cause, all sites: against availability {causes}").format(causes=", ".join(against))
+    return text + (_("; left out of it: {causes}").format(causes=", ".join(left)) if left else "") + "."
 
 
 def _days(kpis: KpiReport) -> str:
     """The period's length in days, as words: "30 days", "1 day" (a report of one day is common)."""
     days = f"{(kpis.span.end - kpis.span.start) / 86400:.0f}"
-    return f"{days} day" if days == "1" else f"{days} days"
+    return ngettext("{days} day", "{days} days", int(days)).format(days=days)
+
+
+def _days_figure(days: float) -> str:
+    """A threshold in days as configured ("21", "10.5"), written in the report's language."""
+    text = f"{days:g}"
+    return number(days, len(text.partition(".")[2])) if "e" not in text else text
 
 
 def _kpi_rows(kpis: KpiReport) -> list[list[str]]:
     rows = []
     for g in kpis.groups:
         c, p, d = g.current, g.previous, g.changes()
-        rows.append([g.label, str(c.sites), str(c.sites_measured),
+        rows.append([_("all sites") if g.scope == "all" else g.label, str(c.sites), str(c.sites_measured),
                      _fixed(c.median_met_target_share, 2, 100), _fixed(p.median_met_target_share, 2, 100),
                      _signed(d["median_met_target"], 2),
                      _fixed(c.at_contract_share_share, 2, 100), _fixed(p.at_contract_share_share, 2, 100),
@@ -385,7 +489,7 @@ def _kpi_rows(kpis: KpiReport) -> list[list[str]]:
 
 
 def _kpi_table(kpis: KpiReport, fmt: str) -> str:
-    return tabulate(_kpi_rows(kpis), KPI_HEADERS, tablefmt=fmt, disable_numparse=True, colalign=_KPI_ALIGN)
+    return tabulate(_kpi_rows(kpis), _t(KPI_HEADERS), tablefmt=fmt, disable_numparse=True, colalign=_KPI_ALIGN)
 
 
 def kpi_csv_headers(kpis: KpiReport) -> tuple[str, ...]:
@@ -446,6 +550,8 @@ def _figures_json(f: KpiFigures, power: bool, cut_off: bool) -> dict[str, object
         out["power_off_seconds"] = f.power_off_seconds
     if cut_off:  # likewise absent without a cut-off monitor (issue 21)
         out["monitor_cut_off_seconds"] = f.monitor_cut_off_seconds
+    if f.school is not None:  # likewise absent without calendars (issue 22); the share is in "shares"
+        out["cycles_school_hours"], out["cycles_up_school_hours"] = f.school.cycles, f.school.cycles_up
     return out
 
 
@@ -468,6 +574,9 @@ def kpis_json(kpis: KpiReport) -> dict[str, object]:
         if cut_off:
             site["monitor_cut_off_seconds"] = s.monitor_cut_off_seconds
         site.update(_causes_json(s.downtime, kpis))
+        if s.school is not None:  # issue 22
+            site.update({"cycles_school_hours": s.school.cycles, "cycles_up_school_hours": s.school.cycles_up,
+                         "availability_school_hours_ratio": s.school.availability})
         sites.append(site)
     return {
         "period": {"start": kpis.span.start, "end": kpis.span.end},
@@ -496,14 +605,52 @@ def render_json(report: Report) -> str:
         doc["rollout"] = rollout_json(report.rollout)
     if report.upstreams:  # likewise absent without upstream nodes (issue 21)
         doc["upstreams"] = upstreams_json(report.upstreams)
+    if report.latency_under_load:  # likewise absent without a sampled test (issue 20)
+        over, judged = report.latency_sites
+        doc["latency_under_load"] = {
+            "sites_exceeding": over, "sites_judged": judged, "sentence": report.latency_sentence(),
+            "sites": [{"name": r.name, "added_latency_median_seconds": r.added_latency_median_seconds,
+                       "exceeded": r.latency_exceeded} for r in report.sites
+                      if r.added_latency_median_seconds is not None]}
+    if report.pep_sites:  # likewise absent when no site is behind a proxy (issue 20)
+        doc["pep_detected"] = {"sites": list(report.pep_sites), "sentence": report.pep_sentence()}
+    if report.school_hours:  # likewise absent without calendars (issue 22): the figures are in "kpis"
+        doc["school_hours"] = {"sentence": _(SCHOOL_SENTENCE)}
+    if current().language != "en":  # the language of the sentences; the keys never change (issue 22)
+        doc["language"] = current().language
     return json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+# ----------------------------------------------------------------------------- school hours (issue 22)
+
+def school_rows(kpis: KpiReport) -> list[list[str]]:
+    """The school-hours section: each KPI group's availability around the clock and in school hours."""
+    rows = []
+    for g in kpis.groups:
+        c, p, d = g.current, g.previous, g.changes()
+        rows.append([_("all sites") if g.scope == "all" else g.label, str(c.sites), _fixed(c.availability, 2, 100),
+                     _fixed(c.school_availability, 2, 100), _fixed(p.school_availability, 2, 100),
+                     _signed(d.get("availability_school_hours"), 2)])
+    return rows
+
+
+def school_csv_rows(kpis: KpiReport) -> list[list[object]]:
+    out: list[list[object]] = []
+    for g in kpis.groups:
+        c, p, d = g.current, g.previous, g.changes()
+        school = c.school
+        out.append([g.scope, g.kind or "", g.district or "", c.sites, c.cycles, c.cycles_up,
+                    _fixed(c.availability, 4, 100), school.cycles if school else 0, school.cycles_up if school else 0,
+                    _fixed(c.school_availability, 4, 100), _fixed(p.school_availability, 4, 100),
+                    _fixed(d.get("availability_school_hours"), 4)])
+    return out
 
 
 # ----------------------------------------------------------------------------- roll-out (issue 11)
 
-ROLLOUT_HEADERS = ("district", "planned", "connected", "connected in the period", "retired")
+ROLLOUT_HEADERS = (N_("district"), N_("planned"), N_("connected"), N_("connected in the period"), N_("retired"))
 ROLLOUT_CSV_HEADERS = ("rollout_scope", "district", "planned", "connected", "connected_in_period", "retired")
-CONNECTED_HEADERS = ("connected in the period", "kind", "district", "on", "date from")
+CONNECTED_HEADERS = (N_("connected in the period"), N_("kind"), N_("district"), N_("on"), N_("date from"))
 CONNECTED_CSV_HEADERS = ("connected_site", "kind", "district", "connected_on", "date_from")
 _ROLLOUT_ALIGN = ("left",) + ("right",) * (len(ROLLOUT_HEADERS) - 1)
 
@@ -511,20 +658,25 @@ _ROLLOUT_ALIGN = ("left",) + ("right",) * (len(ROLLOUT_HEADERS) - 1)
 def rollout_sentence(rollout: Rollout) -> str:
     """E.g. "Roll-out: 5 sites connected (2 of them in the period), 3 planned, 1 retired."."""
     t = rollout.total
-    return (f"Roll-out: {t.connected} {'site' if t.connected == 1 else 'sites'} connected ({t.connected_in_period} of "
-            f"them in the period), {t.planned} planned, {t.retired} retired. Connected in the period: the site's "
-            "planned_date, or else its first result, falls within the period.")
+    counts = ngettext("Roll-out: {connected} site connected ({in_period} of them in the period), {planned} planned, "
+                      "{retired} retired.",
+                      "Roll-out: {connected} sites connected ({in_period} of them in the period), {planned} planned, "
+                      "{retired} retired.", t.connected).format(connected=t.connected, in_period=t.connected_in_period,
+                                                                planned=t.planned, retired=t.retired)
+    return counts + " " + _("Connected in the period: the site's planned_date, or else its first result, falls "
+                            "within the period.")
 
 
 def _rollout_rows(rollout: Rollout) -> list[list[str]]:
     def row(c: RolloutCounts) -> list[str]:
-        return [c.district if c.district is not None else "all", str(c.planned), str(c.connected),
+        return [c.district if c.district is not None else _("all"), str(c.planned), str(c.connected),
                 str(c.connected_in_period), str(c.retired)]
     return [row(c) for c in rollout.districts] + [row(rollout.total)]
 
 
 def _connected_rows(rollout: Rollout) -> list[list[str]]:
-    return [[c.name, c.kind, c.district, c.connected_on.isoformat(), c.source] for c in rollout.connected]
+    return [[c.name, c.kind, c.district, say_date(c.connected_on), _(CONNECTED_SOURCES[c.source])]
+            for c in rollout.connected]
 
 
 def rollout_json(rollout: Rollout) -> dict[str, object]:
@@ -539,10 +691,10 @@ def rollout_json(rollout: Rollout) -> dict[str, object]:
 
 # ----------------------------------------------------------------------------- upstream nodes (issue 21)
 
-UPSTREAM_SENTENCE = ("Upstream nodes: each node's own cycles (availability and hours down, by the sites' rule), "
-                     "and the site-hours behind it: the time of the report's sites charged to it (upstream_down).")
-UPSTREAM_SECTION_HEADERS = ("upstream node", "kind", "cycles", "availability %", "hours down", "sites behind",
-                            "site-hours behind")
+UPSTREAM_SENTENCE = N_("Upstream nodes: each node's own cycles (availability and hours down, by the sites' rule), "
+                        "and the site-hours behind it: the time of the report's sites charged to it (upstream_down).")
+UPSTREAM_SECTION_HEADERS = (N_("upstream node"), N_("kind"), N_("cycles"), N_("availability %"), N_("hours down"),
+                            N_("sites behind"), N_("site-hours behind"))
 UPSTREAM_CSV_SECTION_HEADERS = ("upstream_node", "kind", "cycles", "cycles_up", "availability_percent", "hours_down",
                                 "sites_behind", "site_hours_behind")
 _UPSTREAM_ALIGN = ("left",) * 2 + ("right",) * (len(UPSTREAM_SECTION_HEADERS) - 2)
@@ -565,6 +717,12 @@ RENDERERS: dict[ReportFormat, Callable[[Report], str]] = {
     "json": render_json}
 
 
-def render(report: Report, fmt: ReportFormat) -> str:
-    return RENDERERS[fmt](report)
+def render(report: Report, fmt: ReportFormat, lang: str = "en") -> str:
+    """The report in ``fmt`` and language ``lang`` (issue 22).
+
+    CSV is data for spreadsheets and scripts: its headers are keys and its figures have a decimal point in
+    every language, as JSON's keys and numbers do; JSON's sentences are in ``lang``.
+    """
+    with language("en" if fmt == "csv" else lang):
+        return RENDERERS[fmt](report)
 

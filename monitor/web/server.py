@@ -9,6 +9,8 @@ methods 405. With a web config (:mod:`monitor.web.config`) every route, health c
 asks for basic auth (401 with ``WWW-Authenticate: Basic``) and the server speaks only TLS.
 A scraper that sends ``Accept-Encoding: gzip`` (Prometheus does) gets the body gzipped,
 compressed once per change (issue 9).
+Every answered request is a line of the access log (:mod:`monitor.web.access_log`, issue 22),
+naming the basic-auth user it was let in as; failed logins are counted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from monitor import __version__
 from monitor.errors import StartupError
 from monitor.reload import ReloadOutcome
 from monitor.text import printable
+from monitor.web.access_log import ACCESS_USER, AccessLogger, ensure_configured
+from monitor.web.access_log import log as access_log
 from monitor.web.config import BasicAuth
 from monitor.web.listen import parse_listen
 
@@ -196,8 +200,12 @@ def build_app(metrics: Exposition, is_ready: Callable[[], bool],
         @web.middleware
         async def require_auth(request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            if _is_self_authenticated(request, self_authenticated) \
-                    or await auth.check(request.headers.get("Authorization")):
+            if _is_self_authenticated(request, self_authenticated):
+                return await handler(request)
+            header = request.headers.get("Authorization")
+            if await auth.check(header):
+                pair = auth.credentials(header)
+                request[ACCESS_USER] = pair[0] if pair is not None else ""  # for the access log (issue 22)
                 return await handler(request)
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
 
@@ -232,7 +240,9 @@ async def start_server(app: web.Application, listen: str, ssl_context: ssl.SSLCo
     server_log = logging.getLogger("aiohttp.server")
     if _JUNK_FILTER not in server_log.filters:
         server_log.addFilter(_JUNK_FILTER)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    ensure_configured()
+    runner = web.AppRunner(app, access_log=access_log, access_log_class=AccessLogger, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()

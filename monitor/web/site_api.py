@@ -34,11 +34,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from monitor.config import Config
+from monitor.config.calendar import SchoolCalendar
 from monitor.config.windows import MaintenanceWindows
 from monitor.history.store import EmptyHistory, EndpointRecord, HistoryNotCreated, HistoryStore, StoredCycle, StoredTest
 from monitor.report.compliance import GroupSummary, Period, Report, SiteRow, build_report
 from monitor.report.gaps import Downtime
 from monitor.report.kpis import DEFAULT_THRESHOLDS, Thresholds, maintenance_of
+from monitor.report.school_hours import calendars_of
 from monitor.text import text_fault
 from monitor.web.answers import error_response, json_response, json_text_response
 from monitor.web.site_state import SiteStateSink
@@ -139,6 +141,8 @@ def _summary_json(summary: GroupSummary) -> dict[str, Any]:
         "download_median_bits_per_second": summary.download_median_bits_per_second,
         "sentence": summary.sentence(),
         **_downtime_json(summary.downtime),
+        # issue 22: only when the config declares a calendar (the report's school-hours columns)
+        **({"availability_school_hours_ratio": summary.school.availability} if summary.school is not None else {}),
     }
 
 
@@ -157,6 +161,8 @@ def _row_json(row: SiteRow) -> dict[str, Any]:
         "power_off_seconds": row.power_off_seconds, "monitor_cut_off_seconds": row.monitor_cut_off_seconds,
         "site_down_seconds": row.site_down_seconds, "upstream_down_seconds": dict(row.upstream_down_seconds),
         "maintenance_seconds": row.maintenance_seconds,
+        **({"cycles_school_hours": row.school.cycles, "cycles_up_school_hours": row.school.cycles_up,
+            "availability_school_hours_ratio": row.school.availability} if row.school is not None else {}),
         "echoes": row.echoes, "replies": row.replies,
         "loss_ratio": row.loss, "rtt_median_seconds": row.rtt_median_seconds, "rtt_p95_seconds": row.rtt_p95_seconds,
         "tests": row.tests, "tests_met": row.tests_met, "tests_failed": row.tests_failed,
@@ -202,7 +208,10 @@ def _test_json(test: StoredTest) -> dict[str, Any]:
             "upload_bits_per_second": test.direction_rate("upload"),
             "target_bits_per_second": test.target_bits_per_second,
             "target_upload_bits_per_second": test.target_upload_bits_per_second,
-            "target_met": test.target_met, "error": test.error}
+            "target_met": test.target_met, "error": test.error,
+            # issue 20: the worst direction's added latency under load, and the verdict with the limit of then
+            "added_latency_seconds": test.max_added_latency_measured_seconds,
+            "latency_under_load_ok": test.latency_under_load_ok}
 
 
 class SiteApi:
@@ -212,7 +221,8 @@ class SiteApi:
         state: the current-state sink of the daemon's pipeline.
         open_reader: opens a read connection to the history (called in a worker thread; closed
             there after each request), or None when the daemon keeps no history.
-        default_timezone: the summary's days are in this zone unless ``timezone=`` is given.
+        default_timezone: the summary's days are in this zone unless ``timezone=`` is given or the
+            config sets ``monitor.timezone`` (issue 22).
         clock: now, as Unix time.
     """
 
@@ -223,14 +233,22 @@ class SiteApi:
         # them at start and at every reload (``set_report_settings``).
         self.maintenance: Mapping[str, MaintenanceWindows] = {}
         self.thresholds = DEFAULT_THRESHOLDS
+        self.region_timezone: str | None = None  # monitor.timezone (issue 22): before the machine's zone
+        self.calendars: Mapping[str, SchoolCalendar] | None = None  # school calendars, when the config has some
         self.open_reader = open_reader
         self.default_timezone = default_timezone
         self.clock = clock
 
     def set_report_settings(self, config: Config) -> None:
-        """Take the KPIs' maintenance windows and live/at-risk/dropped thresholds from ``config``."""
+        """Take the KPIs' maintenance windows and live/at-risk/dropped thresholds from ``config``.
+
+        And (issue 22) the region's zone, the summary's default unless ``timezone=`` is given, and the
+        school calendars, when the config declares some, for availability in school hours.
+        """
         self.maintenance = maintenance_of(config)
         self.thresholds = Thresholds(config.report.at_risk_days, config.report.dropped_days)
+        self.region_timezone = config.monitor.timezone
+        self.calendars = calendars_of(config) if config.calendars else None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/sites", self.sites)
@@ -290,7 +308,7 @@ class SiteApi:
     async def summary(self, request: web.Request) -> web.Response:
         now = self.clock()
         try:
-            query = parse_summary_query(dict(request.query), self.default_timezone, now)
+            query = parse_summary_query(dict(request.query), self.region_timezone or self.default_timezone, now)
         except QueryError as err:
             return error_response(400, str(err), err.parameter)
         if self.open_reader is None:
@@ -308,7 +326,7 @@ class SiteApi:
         try:
             return report_to_json(build_report(store, query.period, kind=query.kind, district=query.district,
                                                configured=configured, now=now, maintenance=self.maintenance,
-                                               thresholds=self.thresholds))
+                                               thresholds=self.thresholds, calendars=self.calendars))
         finally:
             store.close()
 

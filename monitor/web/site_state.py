@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from monitor.errors import AGENT_REASONS, ICMP_REASONS, ProbeErrorReason
-from monitor.results import Cycle, GapCause, IcmpResult, ThroughputResult, Trace
+from monitor.results import PEP_NOTE, Cycle, GapCause, IcmpResult, ThroughputResult, Trace
 from monitor.site_states import MaintenanceWatch, SiteState, site_state
 from monitor.targets import Target
 
@@ -132,6 +132,7 @@ def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | 
         "icmp": None if icmp is None else {
             "cycle_started_at": icmp.started_at,
             "address": icmp.address,
+            "address_from_cache": icmp.address_from_cache,  # issue 22: a failed look-up, the last good address
             "sent": icmp.sent,
             "received": icmp.received,
             "rtt_avg_seconds": icmp.rtt_avg_seconds,
@@ -145,6 +146,12 @@ def site_json(target: Target, icmp: IcmpResult | None, test: ThroughputResult | 
             "download_bits_per_second": test.download_bits_per_second,
             "upload_bits_per_second": test.upload_bits_per_second,
             "target_met": test.target_met,
+            # issue 20: latency under load, the verdict and each sampled direction's figures
+            "latency_under_load_ok": test.latency_under_load_ok,
+            "max_added_latency_seconds": target.max_added_latency_seconds,
+            "latency": [{"direction": d.direction, **d.latency_figures()} for d in test.directions],
+            "pep_detected": test.pep_detected,
+            "pep_note": PEP_NOTE if test.pep_detected else None,
         },
         "target_bits_per_second": target.target_bits_per_second,
         "target_upload_bits_per_second": target.target_upload_bits_per_second,

@@ -21,6 +21,11 @@ config's basic auth, which is for people and scrapers, but they do take its TLS)
   no more than the slot grants per direction (:func:`~monitor.agent.protocol.granted_bytes`,
   which the monthly budget caps): beyond it 413, so the test traffic is what the plan allows.
 
+* ``POST /api/v1/agent/enrol`` (issue 18): ``{"code": CODE}``, no bearer token: the one-time code
+  made by ``connmon agent-invite`` is the credential. 200 with ``{"site", "token"}``; 403 with one
+  text for a wrong, used or expired code; 429 over the rate of wrong codes (``Retry-After``); 503
+  when the store cannot be used now (:mod:`monitor.agent.centre.enrolment`).
+
 Bodies on slow links (issue 24): over VSAT and LTE a body arrives in pieces, so every body is read
 to its end however it is segmented, piece by piece, up to its size limit. A body that stops
 arriving for :data:`BODY_IDLE_SECONDS` (``--web.agent-body-timeout``), or takes longer than
@@ -44,14 +49,19 @@ from typing import Any
 
 from aiohttp import web
 
+from monitor.agent.centre.enrolment import Enrolment, Refused, is_code
+from monitor.agent.centre.fleet_view import agent_rows
 from monitor.agent.centre.journal import JournalError
 from monitor.agent.centre.registry import AgentRegistry, AgentSite
+from monitor.agent.centre.settings import versioned_settings
 from monitor.agent.protocol import (
     BODY_IDLE_SECONDS,
     DOWNLOAD_PATH,
+    ENROL_PATH,
     MAX_BODY_BYTES,
     PROTOCOL_HEADER,
     RESULTS_PATH,
+    SETTINGS_PATH,
     SLOT_PATH,
     UPLOAD_PATH,
     ProtocolError,
@@ -60,10 +70,12 @@ from monitor.agent.protocol import (
 )
 from monitor.text import text_fault
 from monitor.throughput_plan import ThroughputPlan
+from monitor.web.access_log import ACCESS_USER
 from monitor.web.answers import error_response, json_response
 
 log = logging.getLogger(__name__)
 
+AGENTS_LIST_PATH = "/api/v1/agents"  # the fleet at a glance (issue 18), for people: not under the agents' prefix
 SLOT_GRACE_SECONDS = 60.0  # beyond the test's own bound, for the agent to start and report it
 BODY_TOTAL_SECONDS = 600.0  # a 2 MiB batch at 32 kbit/s takes ~9 minutes: slower than that is not a link
 MAX_BODY_READS = 32  # bodies read at once (each up to MAX_BODY_BYTES in memory); beyond: 503
@@ -89,11 +101,12 @@ class AgentApi:
         registry: the agent sites, their tokens and sequence numbers.
         plan: the throughput plan the centre's own tests use too (grants within its ``max_concurrent``).
         body_idle_seconds: how long a body may stop arriving before it gets 408.
+        enrolment: trades one-time codes for tokens (issue 18); None without a history store.
     """
 
     def __init__(self, registry: AgentRegistry, plan: ThroughputPlan,
                  body_idle_seconds: float = BODY_IDLE_SECONDS,
-                 stored: Callable[[], Awaitable[bool]] | None = None) -> None:
+                 stored: Callable[[], Awaitable[bool]] | None = None, enrolment: Enrolment | None = None) -> None:
         # issue 25: True once the history holds every result taken so far (None: no history to wait for)
         self.stored = stored
         self.registry = registry
@@ -101,12 +114,16 @@ class AgentApi:
         self.body_idle_seconds = body_idle_seconds
         self.slots: dict[str, Slot] = {}
         self.reading = 0  # bodies being read now
+        self.enrolment = enrolment  # codes traded for tokens (issue 18); None: no history store to keep them
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(RESULTS_PATH, self.results)
         app.router.add_post(SLOT_PATH, self.slot)
         app.router.add_get(DOWNLOAD_PATH, self.download)  # and HEAD
         app.router.add_post(UPLOAD_PATH, self.upload)
+        app.router.add_get(SETTINGS_PATH, self.settings)  # and HEAD (issue 18)
+        app.router.add_get(AGENTS_LIST_PATH, self.agents_list)  # people's: the web config's auth (issue 18)
+        app.router.add_post(ENROL_PATH, self.enrol)
 
     # ------------------------------------------------------------------ helpers
     def _refuse(self, status: int, message: str, parameter: str | None = None,
@@ -141,6 +158,7 @@ class AgentApi:
                                     close=request if request.body_exists else None, peer=request.remote)
             response.headers["WWW-Authenticate"] = 'Bearer realm="connmon agents"'
             return response
+        request[ACCESS_USER] = f"agent:{site.target.name}"  # who, in the access log (issue 22)
         wait = site.bucket.take(self.registry.clock())
         if wait > 0:
             return self._refuse(429, f"too many requests for this token; retry in {wait:.1f}s",
@@ -213,7 +231,25 @@ class AgentApi:
                                   "last_seq": outcome.last_seq, "gap_cause": outcome.gap_cause}
         if per_result:  # issue 25: every result's own outcome, so the agent drops only what was refused
             answer.update(protocol=2, refused=outcome.refused, results=list(outcome.lines))
+        if per_result and outcome.clock is not None:  # issue 18: the agent's clock as measured, its settings' version
+            answer.update(offset_seconds=round(outcome.clock.offset_seconds, 3),
+                          offset_bound_seconds=None if outcome.clock.bound_seconds is None
+                          else round(outcome.clock.bound_seconds, 3),
+                          settings_version=versioned_settings(site.target)["settings_version"])
         return json_response(answer)
+
+    async def settings(self, request: web.Request) -> web.Response:
+        """What the site's agent measures, from the centre's config, with its version (issue 18)."""
+        site = self._site(request)
+        if isinstance(site, web.Response):
+            return site
+        self.registry.contact(site)
+        return json_response(versioned_settings(site.target))
+
+    async def agents_list(self, request: web.Request) -> web.Response:
+        """Every agent site at a glance: state, version, last contact and result, clock, spool (issue 18)."""
+        rows = agent_rows(self.registry.state, self.registry.clock())
+        return json_response({"agents": [row.as_json() for row in rows]})
 
     async def slot(self, request: web.Request) -> web.Response:
         site = self._site(request)
@@ -253,6 +289,35 @@ class AgentApi:
             "omit_seconds": settings.omit_seconds, "max_bytes": settings.max_bytes, "parallel": settings.parallel,
             "port": settings.port, "timeout_seconds": settings.timeout_seconds,
             "download_path": DOWNLOAD_PATH, "upload_path": UPLOAD_PATH})
+
+    async def enrol(self, request: web.Request) -> web.Response:
+        """A one-time code for the site's token (issue 18): no bearer token, the code is the credential."""
+        try:
+            data = await self._json(request)
+        except _Refusal as refusal:
+            return refusal.answer(self, request)
+        if not isinstance(data, dict) or set(data) != {"code"} or not isinstance(data["code"], str) \
+                or not is_code(data["code"]):
+            return self._refuse(400, "the body must be {\"code\": CODE}, CODE as `connmon agent-invite` printed it "
+                                     "(three groups of four letters or digits)", "code", peer=request.remote)
+        if self.enrolment is None:
+            return self._refuse(503, "this centre keeps no history (--no-history), where enrolled tokens are kept",
+                                peer=request.remote)
+        try:
+            outcome = await self.enrolment.enrol(data["code"], request.remote or "?")
+        except Exception as err:  # the store is away: nothing was taken
+            log.warning("enrolment: the history store cannot be used now: %s", type(err).__name__)
+            return self._refuse(503, "the centre cannot reach its store now; try again shortly",
+                                headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, peer=request.remote)
+        if isinstance(outcome, Refused):  # counted and logged by the enrolment, not as a token's refusal
+            response = error_response(outcome.status, outcome.message, "code")
+            if outcome.status == 429:
+                response.headers["Retry-After"] = str(max(1, round(outcome.retry_after_seconds)))
+            return response
+        request[ACCESS_USER] = f"agent:{outcome.site}"
+        log.info("agent site %s enrolled from %s: its new token replaces any earlier one", outcome.site,
+                 request.remote, extra={"endpoint": outcome.site})
+        return json_response({"site": outcome.site, "token": outcome.token})
 
     def expire_slots(self) -> None:
         """Free the slots whose agent never reported a test (called on requests and by the daemon's tick)."""

@@ -7,12 +7,21 @@ requests the agents' API refused, by status. Sample lines::
     connmon_agent_silent{endpoint="vsat-1",kind="school",district="Shalkar",link="satellite"} 0
     connmon_agent_requests_rejected_total{code="401"} 3
     connmon_agent_site_requests_rejected_total{endpoint="vsat-1",kind="school",district="Shalkar",...,code="400"} 2
+    connmon_agent_state{endpoint="vsat-1",...,state="at_risk"} 1
+    connmon_agent_clock_offset_seconds{endpoint="vsat-1",...} -259200.4
+
+The fleet at a glance (issue 18) comes from :mod:`monitor.agent.centre.fleet_view`: state (live, at
+risk, dropped), last result, clock offset and spool depth, and last contact from the records that
+outlive a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
+from monitor.agent.centre.fleet import FLEET_STATES
+from monitor.agent.centre.fleet_view import agent_row
 from monitor.agent.centre.registry import REJECTION_CODES, SITE_REJECTION_CODES, AgentSites
 from monitor.exposition.families import ShardLabels, floatToGoString, label_pairs
 from monitor.exposition.scrape import Labelled
@@ -37,6 +46,18 @@ _FAMILIES = (
     # issue 25: which school is losing data; the one above stays as shipped (renaming a metric breaks dashboards)
     ("connmon_agent_site_requests_rejected_total", "counter",
      "Agent API requests refused whose token named the site, by HTTP status (all but 401)."),
+    # issue 18: a fleet at a glance, and true clocks
+    ("connmon_agent_state", "gauge",
+     "1 on the agent's state: live, at_risk or dropped (no result for agent.at_risk_after / dropped_after)."),
+    ("connmon_agent_last_result_timestamp_seconds", "gauge",
+     "Unix time the centre last received a new result from the agent (kept across restarts)."),
+    ("connmon_agent_clock_offset_seconds", "gauge",
+     "The agent's clock minus the centre's, measured on its last batch (positive: ahead)."),
+    ("connmon_agent_clock_offset_bound_seconds", "gauge",
+     "How exactly the clock offset is known: half the round trip of the exchange it was measured on."),
+    ("connmon_agent_clock_corrected_results_total", "counter",
+     "Results whose times the centre corrected by the agent's measured clock offset."),
+    ("connmon_agent_spool_depth", "gauge", "Results waiting in the agent's spool, as it last reported."),
 )
 
 
@@ -47,17 +68,33 @@ class AgentExposition:
     both by the daemon: the registry publishes into the pipeline the metrics sink is part of.
     """
 
-    def __init__(self, registry: AgentSites) -> None:
+    def __init__(self, registry: AgentSites, clock: Callable[[], float] = time.time) -> None:
         self._registry = registry
+        self._clock = clock
 
     def render(self, shard: ShardLabels, endpoints: Mapping[str, Labelled]) -> bytes:
         registry = self._registry
         families: dict[str, list[str]] = {name: [] for name, _, _ in _FAMILIES}
+        now = self._clock()
         for name, site in registry.by_name.items():
             endpoint = endpoints.get(name)
             if endpoint is None:
                 continue
             lb = endpoint.labels
+            row = agent_row(site, registry.fleet.records.get(name), now)
+            families["connmon_agent_state"].extend(
+                f'connmon_agent_state{{{lb},state="{state}"}} {int(state == row.state)}\n' for state in FLEET_STATES)
+            families["connmon_agent_clock_corrected_results_total"].append(
+                f"connmon_agent_clock_corrected_results_total{{{lb}}} {row.results_corrected}\n")
+            for family, value in (("connmon_agent_last_result_timestamp_seconds", row.last_result),
+                                  ("connmon_agent_clock_offset_seconds", row.clock_offset_seconds),
+                                  ("connmon_agent_clock_offset_bound_seconds", row.clock_offset_bound_seconds),
+                                  ("connmon_agent_spool_depth", row.spool_depth)):
+                if value is not None:
+                    families[family].append(f"{family}{{{lb}}} {floatToGoString(value)}\n")
+            if site.info is None and row.last_contact is not None:  # after a restart: the kept last contact
+                families["connmon_agent_last_seen_timestamp_seconds"].append(
+                    f"connmon_agent_last_seen_timestamp_seconds{{{lb}}} {floatToGoString(row.last_contact)}\n")
             families["connmon_agent_silent"].append(f"connmon_agent_silent{{{lb}}} {int(site.silent)}\n")
             families["connmon_agent_gaps_total"].extend(
                 f'connmon_agent_gaps_total{{{lb},cause="{cause}"}} {count}\n' for cause, count in site.gaps.items())

@@ -7,6 +7,11 @@ enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre'
 
 * **Tokens.** The config holds only the SHA-256 of each site's token; a post's bearer token is
   hashed and looked up, so the centre never stores a secret and one token speaks for one site.
+  Tokens issued by enrolment (issue 18) are kept, hashed too, in the history store
+  (:mod:`monitor.history.agent_tokens`): the daemon hands them in at start-up and every few seconds
+  (:meth:`AgentRegistry.set_stored_tokens`: a revoke by the CLI ends the token within that time), and
+  the enrolment route hands a new one in at once (:meth:`AgentRegistry.set_stored_token`). A site may
+  have both, the YAML's and the store's: either is accepted.
 * **Idempotence.** Results carry the agent's sequence number (per agent installation,
   ``instance``); what is not above the last one accepted is acknowledged and ignored, so an
   agent may repeat an upload whose answer it did not get.
@@ -29,6 +34,10 @@ enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre'
   classified gap replaces it.
 * **Rate limit.** Each token may post in bursts of :data:`BURST` requests, refilled at
   :data:`REFILL_PER_SECOND`: enough to drain a day of spool in minutes, not enough to flood.
+* **Clocks and the fleet (issue 18).** Each batch's measured clock offset
+  (:func:`~monitor.agent.protocol.measure_offset`, results already moved by it when it was off) is
+  kept per site and said when it goes off or comes right; every contact and every new result is
+  noted in the fleet's records (:mod:`monitor.agent.centre.fleet`), which outlive a restart.
 """
 
 from __future__ import annotations
@@ -39,8 +48,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from monitor.agent.centre.fleet import FILE_NAME as FLEET_FILE_NAME
+from monitor.agent.centre.fleet import Fleet, FleetRecord
 from monitor.agent.centre.journal import Position, SeqJournal
-from monitor.agent.protocol import AgentInfo, Batch, RefusedResult, bind, result_answer
+from monitor.agent.protocol import (
+    MAX_CLOCK_OFFSET_SECONDS,
+    AgentInfo,
+    Batch,
+    ClockOffset,
+    RefusedResult,
+    bind,
+    result_answer,
+)
 from monitor.errors import ProbeErrorReason
 from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
@@ -54,6 +73,7 @@ REFUSAL_LOG_SECONDS = 60.0  # a refusal is logged at most once this often per (s
 _MAX_REASON_LOGGED = 300
 BURST = 60
 REFILL_PER_SECOND = 2.0
+FLEET_SAVE_AT_ONCE_SECONDS = 3600.0  # issue 18: a result after this long a silence is saved at once
 OPEN_GAP_REFRESH_SECONDS = 60.0  # a silent site's provisional gap is written up to now this often
 
 
@@ -111,6 +131,8 @@ class AgentSite:
     gateway: GatewayState | None = None
     bucket: TokenBucket = field(default_factory=TokenBucket)
     rejected: dict[int, int] = field(default_factory=dict)  # HTTP status → this site's requests refused (issue 25)
+    clock: ClockOffset | None = None  # issue 18: the agent's clock offset, measured on its last batch
+    corrected: int = 0  # issue 18: results whose times were corrected by the measured offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +145,7 @@ class Accepted:
     gap_cause: GapCause | None  # set when this batch ended a silence
     refused: int = 0  # version 2: results refused on their own
     lines: tuple[dict[str, object], ...] = ()  # version 2: every result's outcome, in the batch's order
+    clock: ClockOffset | None = None  # issue 18: the agent's clock offset measured on this batch
 
 
 @dataclass(slots=True)
@@ -137,6 +160,7 @@ class AgentSites:
 
     by_name: dict[str, AgentSite] = field(default_factory=dict)
     rejected: dict[int, int] = field(default_factory=dict)  # HTTP status → requests refused (bad token, …)
+    fleet: Fleet = field(default_factory=Fleet)  # issue 18: last contact, last result and state, across restarts
 
 
 class AgentRegistry:
@@ -157,7 +181,13 @@ class AgentRegistry:
         self.journal = journal
         self._restored: dict[str, Position] = journal.load() if journal is not None else {}
         self.state = state if state is not None else AgentSites()
+        if journal is not None:  # the fleet's records outlive a restart beside the journal (issue 18)
+            self.state.fleet = Fleet(journal.path.parent / FLEET_FILE_NAME)
+        self._fleet_names: frozenset[str] = frozenset()
         self._by_hash: dict[str, str] = {}
+        self._yaml_hashes: dict[str, str] = {}
+        self._stored: dict[str, str] = {}  # site → hash of its enrolled token, from the history store (issue 18)
+        self.stored_edits = 0  # tokens issued here so far: a read of the store begun before one is stale
         # (site or None, status) → (when last logged, refusals since not logged): one line a minute per key
         self._refusals_said: dict[tuple[str | None, int], tuple[float, int]] = {}
 
@@ -175,7 +205,7 @@ class AgentRegistry:
         sites: dict[str, AgentSite] = {}
         by_hash: dict[str, str] = {}
         for target in targets:
-            if target.mode != "agent" or not target.probed or target.agent is None or target.agent.token_sha256 is None:
+            if target.mode != "agent" or not target.probed:
                 continue  # a planned or retired agent site has no agent to hear from (yet, or any more)
             old = self.sites.get(target.name)
             if old is not None:
@@ -184,10 +214,30 @@ class AgentRegistry:
             else:
                 instance, last_seq = self._restored.get(target.name, (None, 0))
                 sites[target.name] = AgentSite(target, last_seen=now, instance=instance, last_seq=last_seq)
-            by_hash[target.agent.token_sha256] = target.name
-        self.state.by_name, self._by_hash = sites, by_hash
+            if target.agent is not None and target.agent.token_sha256 is not None:
+                by_hash[target.agent.token_sha256] = target.name  # else the site's token comes by enrolment alone
+        self.state.by_name, self._yaml_hashes = sites, by_hash
+        self._hash_index()
         self._refusals_said = {key: said for key, said in self._refusals_said.items()
                                if key[0] is None or key[0] in sites}  # a removed site's keys go with it
+
+    def set_stored_tokens(self, tokens: dict[str, str]) -> None:
+        """The enrolled tokens' hashes by site, as the history store holds them now (issue 18)."""
+        if tokens != self._stored:
+            self._stored = dict(tokens)
+            self._hash_index()
+
+    def set_stored_token(self, site: str, digest: str) -> None:
+        """A token just issued by enrolment: taken at once, before the next read of the store."""
+        self._stored = {**self._stored, site: digest}
+        self.stored_edits += 1
+        self._hash_index()
+
+    def _hash_index(self) -> None:
+        """Token hash → site, for the configured agent sites: the YAML's tokens and the store's alike."""
+        by_hash = {digest: name for name, digest in self._stored.items() if name in self.sites}
+        by_hash.update(self._yaml_hashes)
+        self._by_hash = by_hash
 
     # ------------------------------------------------------------------ requests
     def authenticate(self, authorization: str | None) -> AgentSite | None:
@@ -278,8 +328,43 @@ class AgentRegistry:
         site.duplicates += duplicates
         site.info = info
         site.last_seen = now
+        self._clock(site, batch, sum(1 for r in fresh if r.corrected))
+        record = self.contact(site)
+        record.version, record.spool_depth = info.version, info.spool_depth
+        if fresh:
+            # a site back after an hour or more changes the fleet's picture: kept at once, not within the minute
+            back = record.last_result is None or now - record.last_result > FLEET_SAVE_AT_ONCE_SECONDS
+            record.last_result = now
+            if back:
+                self.state.fleet.save(now, force=True)
         return Accepted(len(fresh), duplicates, site.last_seq, cause, len(refused),
-                        _lines(batch, last_seq, {r.seq: r for r in refused}))
+                        _lines(batch, last_seq, {r.seq: r for r in refused}), batch.clock)
+
+    def contact(self, site: AgentSite) -> FleetRecord:
+        """Note a request the site's token made (a batch, a settings fetch): its fleet record, updated (issue 18)."""
+        record = self.state.fleet.record(site.target.name, self.clock())
+        record.last_contact = self.clock()
+        return record
+
+    def _clock(self, site: AgentSite, batch: Batch, corrected: int) -> None:
+        """Keep the offset measured on ``batch``; say it when the agent's clock goes off or comes right (issue 18)."""
+        clock = batch.clock
+        if clock is None or clock.bound_seconds is None:
+            return  # an agent from before issue 18 sends no round trip: nothing measured
+        was_off = site.clock is not None and site.clock.off
+        site.clock = clock
+        record = self.state.fleet.record(site.target.name, self.clock())
+        record.offset_seconds, record.offset_bound_seconds = clock.offset_seconds, clock.bound_seconds
+        site.corrected += corrected
+        if clock.off and not was_off:
+            log.warning("agent site %s: its clock is %+.1fs off the centre's (±%.1fs, over the %gs allowed): %s; "
+                        "set the agent's clock (NTP)", site.target.name, clock.offset_seconds, clock.bound_seconds,
+                        MAX_CLOCK_OFFSET_SECONDS, "its results' times are corrected" if clock.correctable
+                        else "its results are held until a round trip is short enough to correct them",
+                        extra={"endpoint": site.target.name})
+        elif was_off and not clock.off:
+            log.warning("agent site %s: its clock is right again (%+.1fs ±%.1fs)", site.target.name,
+                        clock.offset_seconds, clock.bound_seconds, extra={"endpoint": site.target.name})
 
     def _refused_results(self, site: AgentSite, refused: Sequence[RefusedResult]) -> None:
         """Count results refused on their own, and say so at most once a minute per site (as for requests)."""
@@ -339,6 +424,10 @@ class AgentRegistry:
     def check_silence(self) -> list[str]:
         """Mark sites silent for longer than their ``stale_after`` as down; returns the names newly marked."""
         now = self.clock()
+        if self._fleet_names != self.sites.keys():  # the config changed: the fleet follows (issue 18)
+            self._fleet_names = frozenset(self.sites)
+            self.state.fleet.configured(self._fleet_names, now)
+        self.state.fleet.save(now)
         marked: list[str] = []
         for site in self.sites.values():
             stale_after = site.target.agent_stale_after_seconds

@@ -20,6 +20,7 @@ progress finishes its batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -29,10 +30,12 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from monitor import __version__, sqlite_files
+from monitor.agent import protocol
 from monitor.agent.protocol import SLOT_PATH, AgentInfo, IcmpPath, encode_icmp, encode_throughput
+from monitor.agent.site import settings as centre_settings
 from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_config
 from monitor.agent.site.keeper import ResultKeeper
 from monitor.agent.site.spool import FILE_NAME as SPOOL_FILE_NAME
@@ -62,6 +65,11 @@ def _encode_icmp(seq: int, result: IcmpResult, path: IcmpPath) -> dict[str, obje
     return encode_icmp(seq, result, path)
 
 
+def _anchored(seq: int, encode: Callable[[int], dict[str, Any]], boot: str, uptime: float) -> dict[str, Any]:
+    """The encoded result with its start on the boot's clock (issue 18: the centre corrects a stepped clock)."""
+    return {**encode(seq), "boot_id": boot, "uptime_seconds": round(max(0.0, uptime), 3)}
+
+
 def boot_id() -> str:
     """This boot of the machine: the kernel's random boot id (``CONNMON_AGENT_BOOT_ID`` for tests)."""
     injected = os.environ.get(BOOT_ID_ENV)
@@ -89,7 +97,14 @@ class Agent:
 
     def __init__(self, config: AgentConfig, spool: Spool, engine: IcmpEngine, client: CentreClient,
                  clock: Callable[[], float] = time.time, iperf3_path: str | None = None) -> None:
-        self.config = config
+        self.file_config = config  # agent.yaml as read: its measuring keys are fallbacks (issue 18)
+        kept = centre_settings.load_kept(config.state_dir)  # the centre's last word, until it answers again
+        self.settings_version: str | None = kept[0].version if kept is not None else None
+        self.config = kept[0].apply(config) if kept is not None else config
+        self.settings_wanted = True  # fetch the centre's settings before the first upload (issue 18)
+        self._settings_changed = asyncio.Event()
+        self._centre_has_no_settings = False
+        self._refused_version: str | None = None  # settings this agent cannot hold: said once, not fetched again
         self.spool = spool
         self.keeper = ResultKeeper(spool)  # a spool that cannot be written loses nothing silently (issue 25)
         self.client = client
@@ -110,6 +125,65 @@ class Agent:
         return AgentInfo(version=__version__, instance=self.spool.instance, boot_id=self.boot_id,
                          uptime_seconds=round(uptime_seconds(now), 3), sent_at=now,
                          spool_dropped=self.keeper.dropped)
+
+    def _anchor(self, encode: Callable[[int], dict[str, Any]], started_at: float) -> Callable[[int], dict[str, Any]]:
+        """``encode`` with the result's start on this boot's clock: uptime now, less the time since it started.
+
+        The wall clock may be days off and be stepped at any moment (a Raspberry Pi without a real-time
+        clock); the time since boot is not, so the centre can place the result truly (issue 18).
+        """
+        now = self.clock()
+        return functools.partial(_anchored, encode=encode, boot=self.boot_id,
+                                 uptime=uptime_seconds(now) - (now - started_at))
+
+    # ------------------------------------------------------------------ settings held by the centre (issue 18)
+    async def refresh_settings(self) -> bool:
+        """Fetch the centre's settings for this site and measure with them from the next cycle; True when fetched.
+
+        Any HTTP answer also times a round trip, so the first batch already carries one (issue 18).
+        """
+        try:
+            answer = await self.client.get(protocol.SETTINGS_PATH)
+        except CentreUnreachable as err:
+            log.info("cannot fetch the centre's settings (%s); measuring as %s until it answers", err,
+                     "it last said" if self.settings_version else "agent.yaml says")
+            return False
+        self.settings_wanted = False
+        if answer.status == 404:  # a centre from before issue 18: agent.yaml's keys are the settings
+            if not self._centre_has_no_settings:
+                log.info("the centre holds no settings for agents (it is older); measuring as agent.yaml says")
+            self._centre_has_no_settings = True
+            return False
+        if answer.status != 200:
+            self.settings_wanted = True
+            log.warning("the centre refused the settings request (%s)", answer.describe())
+            return False
+        try:
+            fetched = centre_settings.parse_settings(answer.body)
+        except ValueError as err:
+            named = answer.body.get("settings_version") if isinstance(answer.body, dict) else None
+            self._refused_version = named if isinstance(named, str) else None
+            self.uploader.settings_version = self._refused_version
+            log.error("the centre's settings %s cannot be used here (%s); measuring as before (%s) until they change",
+                      self._refused_version or "", err, centre_settings.describe(self.config))
+            return False
+        self.uploader.centre_measures_clock = True  # a centre that holds settings measures clocks too
+        self.uploader.settings_version = fetched.version
+        if fetched.version == self.settings_version:
+            return True
+        centre_settings.keep(self.config.state_dir, answer.body)
+        self.config, self.settings_version = fetched.apply(self.file_config), fetched.version
+        self._settings_changed.set()
+        log.info("settings %s from the centre: %s", fetched.version, centre_settings.describe(self.config))
+        return True
+
+    async def _follow_settings(self) -> None:
+        """Fetch the settings when wanted: at start-up, or when an answer named a version other than ours."""
+        if self.clock() < self.uploader.not_before:
+            return  # the uploads' backoff (or the centre's Retry-After) holds for this request too
+        named = self.uploader.settings_version
+        if self.settings_wanted or (named is not None and named not in (self.settings_version, self._refused_version)):
+            await self.refresh_settings()
 
     # ------------------------------------------------------------------ ICMP
     def _target(self, host: str) -> Target:
@@ -136,7 +210,8 @@ class Agent:
         if missing_gateway:  # said as a result: "no default route" is news about the site's link
             results.append(("gateway", IcmpResult(targets[0], results[0][1].started_at, None, 0, (),
                                                   ProbeErrorReason.NO_ROUTE, "no default route in /proc/net/route")))
-        self.keeper.keep([functools.partial(_encode_icmp, result=result, path=path) for path, result in results])
+        self.keeper.keep([self._anchor(functools.partial(_encode_icmp, result=result, path=path), result.started_at)
+                          for path, result in results])
         self.cycles += 1
         centre = results[0][1]
         log.debug("cycle %d: centre %s, %d/%d replies; %d results spooled", self.cycles, centre.address,
@@ -181,7 +256,8 @@ class Agent:
                 result = await run_granted_test(self.config, grant, self.ctx, self.client.headers, self.client.tls)
             finally:
                 self._no_test.set()
-        self.keeper.keep([functools.partial(encode_throughput, result=result, slot=grant.slot)])
+        self.keeper.keep([self._anchor(functools.partial(encode_throughput, result=result, slot=grant.slot),
+                                       result.started_at)])
         rates = ", ".join(f"{d.direction} {'-' if d.bits_per_second is None else f'{d.bits_per_second / 1e6:.2f}'}"
                           f" Mbit/s" + (f" ({d.error.value})" if d.error else "") for d in result.directions)
         log.info("throughput test %s done: %s", grant.slot, rates or (result.error_detail or "nothing measured"))
@@ -201,17 +277,22 @@ class Agent:
 
     async def _measure_loop(self) -> None:
         """One ICMP cycle every interval, whatever the uploads do: a hung upload must not cost measurements."""
-        interval = self.config.interval_seconds
         next_cycle = time.monotonic()
         while True:
+            started = next_cycle
             async with self._link:  # not while a throughput test fills the link
                 await _logged("ICMP cycle", self.icmp_cycle())
             self._upload_wanted.set()
+            self._settings_changed.clear()
+            interval = self.config.interval_seconds  # the centre's, as it says now (issue 18)
             next_cycle += interval
             now = time.monotonic()
             if next_cycle < now:  # a throughput test overran a cycle: keep the phase, skip what was missed
                 next_cycle += math.ceil((now - next_cycle) / interval) * interval
-            await asyncio.sleep(next_cycle - now)
+            with contextlib.suppress(TimeoutError):  # new settings: the next cycle is due by the new interval
+                await asyncio.wait_for(self._settings_changed.wait(), next_cycle - now)
+                next_cycle = max(time.monotonic(), started + self.config.interval_seconds)
+                await asyncio.sleep(next_cycle - time.monotonic())
 
     async def _upload_loop(self, stop: asyncio.Event) -> None:
         """Drain the spool whenever something new is in it; ends after the batch in flight once ``stop`` is set."""
@@ -220,11 +301,16 @@ class Agent:
             self._upload_wanted.clear()
             await self._no_test.wait()  # the test's figures are the link's alone
             if not stop.is_set():
+                await _logged("settings fetch", self._follow_settings())
                 await self.upload(stop)
+                await _logged("settings fetch", self._follow_settings())  # the answers may have named new ones
 
     async def _throughput_loop(self) -> None:
         """Ask for a slot whenever the centre said to (never more often than every interval), test when granted."""
         while True:
+            if not self.config.throughput_enabled:  # the centre may turn it on (issue 18)
+                await asyncio.sleep(self.config.interval_seconds)
+                continue
             wait = self.next_slot_request - self.clock()
             if wait > 0:
                 await asyncio.sleep(min(wait, self.config.interval_seconds))
@@ -240,9 +326,16 @@ class Agent:
         throughput test when the centre grants one. At ``stop`` the measuring tasks are cancelled (a
         half-done cycle or test spooled nothing) and the upload ends after its batch in flight.
         """
-        measuring = [asyncio.create_task(self._measure_loop(), name="icmp")]
-        if self.config.throughput_enabled:
-            measuring.append(asyncio.create_task(self._throughput_loop(), name="throughput"))
+        # issue 18: the centre's settings first, so the first cycle measures as it says; a centre that does not
+        # answer costs one request's timeout (upload.timeout), then the kept or the file's settings are used
+        first = [asyncio.create_task(_logged("settings fetch", self._follow_settings())),
+                 asyncio.create_task(stop.wait())]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        for task in first:
+            task.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+        measuring = [asyncio.create_task(self._measure_loop(), name="icmp"),
+                     asyncio.create_task(self._throughput_loop(), name="throughput")]  # idle while disabled
         uploading = asyncio.create_task(self._upload_loop(stop), name="upload")
         try:
             await stop.wait()
@@ -284,7 +377,7 @@ async def run_agent(config_path: str, icmp_mode: str = "auto") -> int:
             raise StartupError(f"cannot use the state directory {config.state_dir} for the spool: "
                                f"{sqlite_files.named(Path(config.state_dir) / SPOOL_FILE_NAME, err)}") from err
         client = CentreClient(config)
-        agent = Agent(config, spool, engine, client, iperf3_path=find_iperf3() if config.throughput_enabled else None)
+        agent = Agent(config, spool, engine, client, iperf3_path=find_iperf3())  # the centre may turn tests on
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,10 +36,13 @@ agents coming back after a centre's outage then spread their retries instead of 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import email.utils
 import enum
 import json
 import logging
+import math
 import random
 import sqlite3
 import ssl
@@ -52,12 +55,16 @@ import aiohttp
 
 from monitor import __version__
 from monitor.agent.protocol import (
+    ANCHOR_FIELDS,
+    MAX_CLOCK_OFFSET_SECONDS,
     PROTOCOL_HEADER,
     RESULTS_PATH,
     VERSION,
     AgentInfo,
+    ClockOffset,
     RefusedResult,
     encode_agent,
+    read_clock_answer,
     read_result_answers,
 )
 from monitor.agent.site.config import AgentConfig
@@ -70,6 +77,8 @@ REFUSAL_PATIENCE_SECONDS = 900.0  # a refused batch is dropped only after this l
 BACKOFF_FIRST_SECONDS = 2.0  # after a failed upload, the next waits this long, doubling with each failure in a row,
 BACKOFF_MAX_SECONDS = 300.0  # up to this; each wait is jittered (×0.5–1.5) so that agents do not retry in step
 _MAX_ERROR_TEXT = 500
+ROUND_TRIPS_KEPT = 4  # issue 18: the round trip reported is the longest of the last few, so it bounds the next one
+CLOCK_WARN_EVERY_SECONDS = 3600.0  # a clock that stays off is said again this often
 
 
 class CentreUnreachable(Exception):
@@ -192,6 +201,13 @@ class CentreClient:
         self.clock = clock
         self.tls = tls_context(config)
         self._session: aiohttp.ClientSession | None = None
+        # issue 18: how long the last exchanges took, request to answer (monotonic: immune to clock steps)
+        self._round_trips: collections.deque[float] = collections.deque(maxlen=ROUND_TRIPS_KEPT)
+
+    @property
+    def round_trip_seconds(self) -> float | None:
+        """The longest of the last few exchanges' round trips: what bounds the centre's clock measurement."""
+        return max(self._round_trips) if self._round_trips else None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -212,13 +228,25 @@ class CentreClient:
         Raises:
             CentreUnreachable: no HTTP answer came.
         """
-        url = self.config.url(path)
         data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return await self._request("POST", path, data, {**(headers or {}), "Content-Type": "application/json"})
+
+    async def get(self, path: str) -> Answer:
+        """GET ``path`` under the centre's URL with the token (the settings, issue 18).
+
+        Raises:
+            CentreUnreachable: no HTTP answer came.
+        """
+        return await self._request("GET", path, None, {})
+
+    async def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> Answer:
+        url = self.config.url(path)
+        started = time.monotonic()
         try:
-            async with self._open().post(url, data=data, headers={**self.headers, **(headers or {}),
-                                                                  "Content-Type": "application/json"},
-                                         allow_redirects=False) as resp:
+            async with self._open().request(method, url, data=data, headers={**self.headers, **headers},
+                                            allow_redirects=False) as resp:
                 raw = await resp.read()
+                self._round_trips.append(time.monotonic() - started)
                 text = raw.decode("utf-8", errors="replace")
                 parsed: Any = text
                 if resp.content_type == "application/json":
@@ -275,6 +303,12 @@ class Uploader:
         # an answered batch whose settling the spool could not write: (last seq, held, dropped, when)
         self._unsettled: tuple[int, list[tuple[int, float, str]], list[int], float] | None = None
         self._settle_failing = False
+        # issue 18: the centre measures this agent's clock (it said so): the agent block may carry the round trip
+        # and the spool's depth, which a centre from before would refuse as unknown fields
+        self.centre_measures_clock = False
+        self.clock_offset: ClockOffset | None = None  # as the centre last measured it
+        self._clock_warned = (False, -math.inf)  # (said off, when)
+        self.settings_version: str | None = None  # the centre's, as its last answer named it
 
     def back_off(self, retry_after_seconds: float | None = None) -> float:
         """After a failed upload: wait before the next, longer with each failure in a row; the wait in seconds."""
@@ -366,8 +400,14 @@ class Uploader:
             if not pending:
                 return report
             first, last = pending[0][0], pending[-1][0]
-            body = {"site": self.config.site, "agent": encode_agent(self.info()),
-                    "results": [result for _, result in pending]}
+            info = self.info()
+            if self.centre_measures_clock:
+                info = dataclasses.replace(info, round_trip_seconds=self.client.round_trip_seconds,
+                                           spool_depth=len(self.spool) + self.spool.held)
+            results = [result for _, result in pending]
+            if not self.centre_measures_clock:  # an older centre refuses fields it does not know (issue 18)
+                results = [{k: v for k, v in result.items() if k not in ANCHOR_FIELDS} for result in results]
+            body = {"site": self.config.site, "agent": encode_agent(info), "results": results}
             try:
                 answer = await self.client.post(RESULTS_PATH, body, {PROTOCOL_HEADER: str(VERSION)})
             except CentreTlsFailure as err:  # not an outage: waiting does not fix it, so an ERROR naming the cause
@@ -383,6 +423,7 @@ class Uploader:
             if answer.status == 200:
                 self._refused = (0, 0, 0.0)
                 self.failures = 0
+                self._clock_answer(answer.body)
                 if not self._answered(last, answer, report):
                     return report
                 report.sent += len(pending)
@@ -416,6 +457,32 @@ class Uploader:
             return report
         report.stopped_by = "stopping"
         return report
+
+    def _clock_answer(self, body: Any) -> None:
+        """What a 200 says of this agent's clock and of the settings (issue 18); a clock that is off is said."""
+        clock = read_clock_answer(body)
+        if clock is None:
+            return  # a centre from before issue 18
+        self.centre_measures_clock = True
+        self.clock_offset = clock
+        version = body.get("settings_version")
+        if isinstance(version, str):
+            self.settings_version = version
+        if clock.bound_seconds is None:
+            return  # the centre had no round trip: nothing known yet
+        said_off, at = self._clock_warned
+        now = time.monotonic()
+        if clock.off and (not said_off or now - at >= CLOCK_WARN_EVERY_SECONDS):
+            log.warning("this machine's clock is %+.1fs off the centre's (±%.1fs; more than %gs): the centre %s; "
+                        "set the clock right (timedatectl set-ntp true, or an RTC)", clock.offset_seconds,
+                        clock.bound_seconds, MAX_CLOCK_OFFSET_SECONDS,
+                        "corrects the results' times" if clock.correctable
+                        else "holds the results until an exchange is quick enough to correct their times")
+            self._clock_warned = (True, now)
+        elif not clock.off and said_off:
+            log.warning("this machine's clock is right again (%+.1fs off the centre's, ±%.1fs)", clock.offset_seconds,
+                        clock.bound_seconds)
+            self._clock_warned = (False, now)
 
     def _refuse(self, first: int, last: int, answer: Answer, report: UploadReport) -> bool:
         """Count a refusal of the batch from ``first``; True when it was dropped (go on with the next one)."""

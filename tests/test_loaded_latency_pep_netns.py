@@ -1,0 +1,156 @@
+"""The satellite's proxy unmasked (issue 20): TCP handshakes against the idle ICMP RTT, in real namespaces.
+
+Layout (names ``h20…``, addresses in 10.220.0.0/16, ports 19500-19549)::
+
+    prober ns ──h20q── router ns ──h20p── site "proxied"   ICMP answered 300 ms late; the router REDIRECTs its
+    (connmon)                   │                          iperf3 port to a relay that accepts at once (a PEP)
+                                └──h20d── site "delayed"   ICMP answered 300 ms late; no proxy: every handshake's
+                                                           first SYN is dropped at the site, so it completes
+                                                           after TCP's 1 s retransmission (netem is not in this
+                                                           kernel: a handshake held back at least as long as ICMP)
+
+connmon must flag the first (``connmon_pep_detected`` 1, the site JSON's and the report's note) and not
+the second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need
+from tests.factories import write_config
+
+PREFIX = "10.220.0.0/16"
+IPERF3_PORT = 19521
+RELAY_PORT = 19531
+ICMP_DELAY_SECONDS = 0.3
+HERE = Path(__file__).resolve().parent
+
+
+def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _ns(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _sh("ip", "netns", "exec", ns, *args, check=check)
+
+
+class PepLab:
+    def __init__(self) -> None:
+        tag = f"{os.environ.get('CONNMON_TEST_LAB_TAG', '')}{os.getpid() % 1000}"
+        self.prefix = f"h20{tag}q"
+        self.prober, self.router = f"{self.prefix}pr", f"{self.prefix}rt"
+        self.proxied, self.delayed = f"{self.prefix}sp", f"{self.prefix}sd"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, ns: str, *argv: str) -> None:
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=5)
+        for line in _sh("ip", "netns", "list").stdout.splitlines():
+            name = line.split(" ")[0]
+            if name.startswith(self.prefix):
+                _sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def pep_lab() -> Iterator[PepLab]:
+    need(os.geteuid() == 0, "needs root to create network namespaces")
+    for tool in ("ip", "iptables", "iperf3", "ss"):
+        need(shutil.which(tool) is not None, f"needs the '{tool}' command")
+    _sh("ip", "route", "replace", "unreachable", PREFIX)  # before any namespace: nothing of the prefix leaves
+    lab = PepLab()
+    lab.close()
+    pr, rt, sp, sd = lab.prober, lab.router, lab.proxied, lab.delayed
+    for ns in (pr, rt, sp, sd):
+        _sh("ip", "netns", "add", ns)
+        _ns(ns, "ip", "link", "set", "lo", "up")
+        _ns(ns, "ip", "route", "add", "unreachable", PREFIX)
+    _sh("ip", "-n", pr, "link", "add", "h20q", "type", "veth", "peer", "name", "h20q", "netns", rt)
+    _sh("ip", "-n", rt, "link", "add", "h20p", "type", "veth", "peer", "name", "h20p", "netns", sp)
+    _sh("ip", "-n", rt, "link", "add", "h20d", "type", "veth", "peer", "name", "h20d", "netns", sd)
+    for ns, dev, address in ((pr, "h20q", "10.220.10.1/30"), (rt, "h20q", "10.220.10.2/30"),
+                             (rt, "h20p", "10.220.11.1/30"), (sp, "h20p", "10.220.11.2/30"),
+                             (rt, "h20d", "10.220.12.1/30"), (sd, "h20d", "10.220.12.2/30")):
+        _ns(ns, "ip", "addr", "add", address, "dev", dev)
+        _ns(ns, "ip", "link", "set", dev, "up")
+    _ns(rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    for net in ("10.220.11.0/24", "10.220.12.0/24"):
+        _ns(pr, "ip", "route", "add", net, "via", "10.220.10.2")
+    for ns, gateway in ((sp, "10.220.11.1"), (sd, "10.220.12.1")):
+        _ns(ns, "ip", "route", "add", "10.220.10.0/30", "via", gateway)
+        _ns(ns, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")  # the late responder answers instead
+        lab.spawn(ns, sys.executable, str(HERE / "echo_responder.py"), "--delay", str(ICMP_DELAY_SECONDS))
+        lab.spawn(ns, "iperf3", "-s", "-p", str(IPERF3_PORT))
+    # The PEP: the router answers the proxied site's handshakes itself and relays the bytes.
+    _ns(rt, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", "10.220.11.2", "--dport",
+        str(IPERF3_PORT), "-j", "REDIRECT", "--to-ports", str(RELAY_PORT))
+    lab.spawn(rt, sys.executable, str(HERE / "tcp_relay.py"), "--listen-port", str(RELAY_PORT),
+              "--to", f"10.220.11.2:{IPERF3_PORT}")
+    # No proxy, a slow path: every other SYN to the delayed site's server is dropped, so each connection's
+    # first SYN is lost and its handshake completes after the 1 s retransmission.
+    _ns(sd, "iptables", "-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(IPERF3_PORT), "-m", "statistic",
+        "--mode", "nth", "--every", "2", "--packet", "0", "-j", "DROP")
+    for ns, port in ((sp, IPERF3_PORT), (sd, IPERF3_PORT), (rt, RELAY_PORT)):
+        for _ in range(200):
+            if _ns(ns, "ss", "-Hltn", f"sport = :{port}", check=False).stdout.strip():
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"nothing listens on {port} in {ns}")
+    yield lab
+    lab.close()
+
+
+def test_a_proxy_answering_the_handshake_is_flagged_and_a_slow_path_is_not(pep_lab: PepLab, tmp_path: Path) -> None:
+    """Handshakes far under the 300 ms ICMP RTT (a relay on the router) flag a PEP; slow handshakes do not."""
+    config = write_config(tmp_path, f"""
+defaults:
+  icmp: {{count: 1, timeout: 2s}}
+groups:
+  - name: satellite
+    kind: school
+    link: satellite
+    max_added_latency: 600ms
+    throughput: {{method: iperf3, port: {IPERF3_PORT}, parallel: 1, duration: 2s, omit: 0s, timeout: 10s,
+                  directions: [download]}}
+    endpoints:
+      - {{name: proxied, host: 10.220.11.2}}
+      - {{name: delayed, host: 10.220.12.2}}
+""")
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent), CONNMON_STATE_DIR=tempfile.mkdtemp(prefix="connmon-h20-"))
+    proc = subprocess.run(["ip", "netns", "exec", pep_lab.prober, sys.executable, "-m", "monitor", "probe",
+                           "--config", str(config), "--json", "--throughput"], capture_output=True, text=True,
+                          timeout=180, check=False, env=env)
+    assert proc.returncode in (0, 1), proc.stderr
+    got = {r["endpoint"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    proxied, delayed = got["proxied"], got["delayed"]
+    for entry in (proxied, delayed):
+        (direction,) = entry["throughput_directions"]
+        assert direction["idle_rtt_seconds"] == pytest.approx(ICMP_DELAY_SECONDS, abs=0.05), direction
+    (answered_early,) = (d["tcp_connect_seconds"] for d in proxied["throughput_directions"])
+    (held_back,) = (d["tcp_connect_seconds"] for d in delayed["throughput_directions"])
+    assert len(answered_early) == 3 and max(answered_early) < 0.05, answered_early  # the router answered
+    assert len(held_back) == 3 and min(held_back) > 0.9, held_back  # the 1 s retransmission of each first SYN
+    print(f"\nproxied: handshakes {answered_early}; delayed: {held_back}; ICMP {ICMP_DELAY_SECONDS}s")
+    assert proxied["pep_detected"] is True, proxied
+    assert delayed["pep_detected"] is False, delayed
+    assert proxied["throughput_error"] is None  # the relay carries the test: the speed is the proxy's
