@@ -46,7 +46,7 @@ from monitor.web.listen import DEFAULT_LISTEN, parse_listen
 
 # The centre's own libraries, installed by the extra connmon[centre] (issue 18): a site agent has none of
 # them, so every import of them is inside the command that needs it, and a missing one is said plainly.
-CENTRE_MODULES = frozenset({"apscheduler", "tzlocal", "bcrypt", "jinja2", "markupsafe", "tabulate", "psycopg",
+CENTRE_MODULES = frozenset({"apscheduler", "tzlocal", "bcrypt", "jinja2", "markupsafe", "tabulate", "babel", "psycopg",
                             "psycopg_binary", "psycopg_pool", "openpyxl", "et_xmlfile"})
 
 

@@ -10,6 +10,7 @@ rates in both directions, a DROP-all cut of the uplink.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -274,3 +275,65 @@ groups:
     assert len(spans) >= 10 and {n for _, _, n in spans} == set(names)
     for (start_a, end_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
         assert end_a <= start_b, f"{a} [{start_a}, {end_a}] overlaps {b} from {start_b}"
+
+
+def _tbf_4mbit(limit_bytes: int) -> list[str]:
+    return ["tbf", "rate", "4mbit", "burst", "16kbit", "limit", str(limit_bytes)]
+
+
+def _queue_delay(shown: str) -> float:
+    """The tbf's queue delay at line rate in seconds, as ``tc`` prints it (``lat 396ms``)."""
+    found = re.search(r"lat (\d+(?:\.\d+)?)(ms|us|s)\b", shown)
+    assert found, shown
+    return float(found.group(1)) * {"ms": 1e-3, "us": 1e-6, "s": 1.0}[found.group(2)]
+
+
+def test_an_agents_latency_under_load_shows_the_routers_deep_queue_and_not_the_shallow_one(
+        lab: Lab, tmp_path: Path) -> None:
+    """Issue 20 from the site's side: a deep tbf queue (200 kB at 4 Mbit/s) on the NAT router's uplink, fed by
+    forwarded traffic, shows in the agent's loaded p90 for its upload within ±25% of tc's delay at line rate;
+    the download, shaped at 4 Mbit/s with a shallow queue (10 kB), adds under 60 ms."""
+    ok, reason = can_measure_throughput()
+    need(ok, reason)
+    site = lab.add_natted_site("vsat-bloat")
+    site.router.exec("tc", "qdisc", "replace", "dev", "eth0", "root", *_tbf_4mbit(200_000))  # the upload's queue
+    lab.pr("tc", "qdisc", "replace", "dev", site.router.prober_if, "root", *_tbf_4mbit(10_000))
+    deep = _queue_delay(site.router.exec("tc", "qdisc", "show", "dev", "eth0").stdout)
+    port, iperf3_port = 19496, 19497
+    server = site.router._spawn(["iperf3", "-s", "-p", str(iperf3_port)], 0, "centre iperf3", ns=lab.prober)
+    deadline = time.monotonic() + 10
+    while not lab.pr("ss", "-Hltn", f"sport = :{iperf3_port}").stdout.strip():
+        assert server.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    name = "vsat-bloat"
+    cfg = write_config(tmp_path, f"""
+defaults:
+  icmp: {{interval: 2s}}
+throughput: {{max_concurrent: 1}}
+groups:
+  - name: vsat
+    kind: school
+    link: satellite
+    mode: agent
+    throughput: {{method: iperf3, every: 60s, duration: 6s, omit: 1s, timeout: 8s, port: {iperf3_port}}}
+    endpoints:
+{agent_site(name)}""")
+    base = f"http://{lab.prober_v4}:{port}"
+    with running_daemon(lab, cfg, port, "--state-dir", str(tmp_path / "state")) as centre, \
+            running_agent(site, agent_config(tmp_path, lab, name, interval="2s", count=2, throughput=True,
+                                             port=port)) as agent:
+        def tested(s: Samples) -> bool:
+            alive(site, agent)
+            return value(s, "connmon_throughput_tests_total", endpoint=name) >= 1
+        parsed = scrape_when(f"{base}/metrics", tested, centre, attempts=4 * 90)
+    added: dict[str, float] = {}
+    for direction in ("download", "upload"):
+        idle = value(parsed, "connmon_throughput_idle_rtt_seconds", endpoint=name, direction=direction)
+        p90 = value(parsed, "connmon_throughput_loaded_rtt_seconds", endpoint=name, direction=direction,
+                    quantile="0.9")
+        added[direction] = p90 - idle
+    print(f"\nagent through NAT: deep queue {deep * 1e3:.0f} ms on the router's uplink; p90 added latency upload "
+          f"{added['upload'] * 1e3:.0f} ms ({(added['upload'] / deep - 1) * 100:+.1f}%), download (shallow) "
+          f"{added['download'] * 1e3:.0f} ms")
+    assert abs(added["upload"] / deep - 1) <= 0.25, (added, deep)
+    assert added["download"] < 0.060, added

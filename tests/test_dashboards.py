@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from monitor.agent.centre.registry import token_hash
 from tests.conftest import need
 from tests.factories import write_config
 from tests.netlab import Lab, Site, can_measure_throughput, child_env
@@ -344,6 +345,31 @@ def every_query(site: str) -> list[tuple[str, str, str]]:
     return out
 
 
+AGENT_TOKEN = "token-of-vsat-agent"
+
+
+def post_once_as_the_agent(lab: Lab) -> None:
+    """One batch from vsat-agent (protocol 2, with its round trip and spool depth), so that the fleet's series
+    (last contact, clock offset, spool depth: issue 18) exist as they do for any agent that ever reported."""
+    now = time.time()
+    body = json.dumps({"site": "vsat-agent", "agent": {
+        "version": "0.test", "instance": "dash", "boot_id": "b", "uptime_seconds": 100.0, "sent_at": now,
+        "spool_dropped": 0, "round_trip_seconds": 0.01, "spool_depth": 0}, "results": [{
+            "seq": 1, "type": "icmp", "path": "centre", "started_at": now - 5, "address": "10.77.0.1", "sent": 3,
+            "rtts_seconds": [0.6, 0.61, 0.62], "error": None, "error_detail": ""}]})
+    script = ("import sys, urllib.request\n"
+              "for _ in range(100):\n"
+              "    try:\n"
+              f"        r = urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:{CONNMON_PORT}"
+              "/api/v1/agent/results', data=sys.argv[1].encode(), headers={'Content-Type': 'application/json', "
+              f"'Authorization': 'Bearer {AGENT_TOKEN}', 'Connmon-Protocol': '2'}}), timeout=10)\n"
+              "        sys.exit(0 if r.status == 200 else 1)\n"
+              "    except OSError:\n"
+              "        __import__('time').sleep(0.2)\n"
+              "sys.exit(2)\n")
+    lab.pr(sys.executable, "-c", script, body)
+
+
 @pytest.fixture(scope="module")
 def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ok, reason = can_measure_throughput()
@@ -381,8 +407,9 @@ groups:
       # roll-out (issue 11): counted by connmon_sites, never probed, so in no up/down panel or the map
       - {{name: new-clinic, status: planned, planned_date: 2027-01-15, lat: 49.8, lon: 57.4}}
       - {{name: old-clinic, host: {sites['c'].v4}, status: retired}}
-      # measured by an agent at the site (issue 10); none runs here, so it is silent: down, reason agent_silent
-      - {{name: vsat-agent, mode: agent, agent: {{token_sha256: {"a" * 64}, stale_after: 2s}}, lat: 49.7, lon: 57.5}}
+      # measured by an agent at the site (issue 10): it posts once (below), then is silent: down, reason agent_silent
+      - {{name: vsat-agent, mode: agent, agent: {{token_sha256: {token_hash(AGENT_TOKEN)}, stale_after: 2s}},
+         lat: 49.7, lon: 57.5}}
 """)
     prom_config = directory / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump({
@@ -401,6 +428,7 @@ groups:
         stdin=subprocess.DEVNULL, stdout=prom_log, stderr=prom_log, env=child_env())
     url = f"http://{lab.prober_v4}:{PROMETHEUS_PORT}"
     try:
+        post_once_as_the_agent(lab)
         queries = every_query("a-fibre")
         missing: list[str] = []
         deadline = time.monotonic() + WAIT_SECONDS
@@ -499,6 +527,8 @@ def test_every_referenced_metric_is_exported_by_connmon(stack: Stack) -> None:
     conditional = {"connmon_common_fault", "connmon_common_fault_site"}
     assert conditional <= declared and not conditional & exported  # no fault in this lab: declared, no series
     exported |= conditional
+    # exported only when connmon serves TLS (--web.config.file): tests/test_tls.py scrapes it from such a connmon
+    exported |= {"connmon_tls_certificate_expiry_timestamp_seconds"}
     referenced = {name for path in DASHBOARDS for _, expr in expressions(load(path)) for name in METRIC.findall(expr)}
     referenced |= set(METRIC.findall(RULES.read_text(encoding="utf-8")))
     assert referenced <= exported, sorted(referenced - exported)

@@ -97,6 +97,8 @@ MAX_CLOCK_OFFSET_SECONDS = 60.0  # issue 18: an agent's clock further off than t
 MAX_OFFSET_BOUND_SECONDS = 30.0  # ... when the offset is known this well (half the round trip), else held
 CLOCK_HOLD_SECONDS = 30.0  # results held for an unbounded offset are sent again after this (with a round trip)
 MAX_ROUND_TRIP_SECONDS = 3600.0
+# issue 20: a direction's latency-under-load samples (idle burst, loaded samples, TCP handshakes)
+LATENCY_FIELDS = ("idle_rtts_seconds", "loaded_rtts_seconds", "connect_seconds")
 ANCHOR_FIELDS = ("boot_id", "uptime_seconds")  # issue 18: a result's start on the boot's clock (see _result_clock)
 MAX_AGE_SECONDS = 400 * 86400.0  # older than the longest retention: nothing would keep it
 MAX_BITS_PER_SECOND = 1e12
@@ -289,7 +291,12 @@ def encode_icmp(seq: int, result: IcmpResult, path: IcmpPath = "centre") -> dict
 
 
 def encode_direction(d: DirectionResult) -> dict[str, Any]:
-    return d.as_json(clean_detail(d.error_detail, MAX_TEXT))
+    """A direction on the wire; with its latency-under-load samples (issue 20) when it has any.
+
+    The samples' keys (:data:`LATENCY_FIELDS`) are unknown to a centre from before issue 20, which
+    refuses them: the uploader leaves them out until the centre has shown it is newer.
+    """
+    return {**d.as_json(clean_detail(d.error_detail, MAX_TEXT)), **d.latency_json()}
 
 
 def encode_throughput(seq: int, result: ThroughputResult, slot: str | None = None) -> dict[str, Any]:
@@ -560,7 +567,7 @@ def _placeholder(r: _Reader, seq: int, obj: Mapping[str, Any], path: str) -> Age
 def _direction(r: _Reader, value: Any, path: str) -> DirectionResult:
     obj = r.obj(value, path)
     _no_unknown(obj, {"direction", "started_at", "ended_at", "bits_per_second", "bytes", "measured_seconds",
-                      "retransmits", "error", "error_detail"}, path)
+                      "retransmits", "error", "error_detail", *LATENCY_FIELDS}, path)
     name = obj.get("direction")
     if name not in DIRECTIONS:
         raise ProtocolError(f"{path}.direction", f"must be one of {', '.join(DIRECTIONS)}")
@@ -576,7 +583,20 @@ def _direction(r: _Reader, value: Any, path: str) -> DirectionResult:
         measured_seconds=r.number(obj.get("measured_seconds", 0.0), f"{path}.measured_seconds", 0.0, 86400.0),
         retransmits=None if retransmits is None else r.integer(retransmits, f"{path}.retransmits", 0, 2**40),
         error=r.reason(obj.get("error"), f"{path}.error", THROUGHPUT_REASONS),
-        error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True))
+        error_detail=r.text(obj.get("error_detail", ""), f"{path}.error_detail", empty=True, free_text=True),
+        idle_rtts_seconds=_rtts(r, obj.get("idle_rtts_seconds", []), f"{path}.idle_rtts_seconds"),
+        loaded_rtts_seconds=_rtts(r, obj.get("loaded_rtts_seconds", []), f"{path}.loaded_rtts_seconds"),
+        connect_seconds=tuple(v for v in _rtts(r, obj.get("connect_seconds", []), f"{path}.connect_seconds",
+                                                  lost=False) if v is not None))
+
+
+def _rtts(r: _Reader, value: Any, path: str, lost: bool = True) -> tuple[float | None, ...]:
+    """A list of round-trip times (null: no reply, where ``lost`` allows one), at most :data:`MAX_ECHOES`."""
+    if not isinstance(value, list) or len(value) > MAX_ECHOES:
+        raise ProtocolError(path, f"must be a list of at most {MAX_ECHOES} values")
+    if not lost and None in value:
+        raise ProtocolError(path, "must hold numbers only")
+    return tuple(None if v is None else r.number(v, f"{path}[{i}]", 0.0, MAX_RTT_SECONDS) for i, v in enumerate(value))
 
 
 def _no_unknown(obj: Mapping[str, Any], known: set[str], path: str) -> None:

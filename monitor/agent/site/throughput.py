@@ -188,4 +188,6 @@ async def run_granted_test(config: AgentConfig, grant: Grant, ctx: ProbeContext,
     """Run the granted test against the centre; one result with the site's directions. Never raises for the link."""
     target = grant_target(config, grant)
     inner = iperf3.measure if grant.method == "iperf3" else http_measure(headers, tls)
-    return await measure_site(target, ctx, grant.method, site_directions(inner), resolve_host=True)
+    # latency under load from the site's side too (issue 20): ICMP to the centre before and during each direction
+    return await measure_site(target, ctx, grant.method, site_directions(inner), resolve_host=True,
+                              sample_latency=True)

@@ -56,6 +56,7 @@ import aiohttp
 from monitor import __version__
 from monitor.agent.protocol import (
     ANCHOR_FIELDS,
+    LATENCY_FIELDS,
     MAX_CLOCK_OFFSET_SECONDS,
     PROTOCOL_HEADER,
     RESULTS_PATH,
@@ -405,8 +406,8 @@ class Uploader:
                 info = dataclasses.replace(info, round_trip_seconds=self.client.round_trip_seconds,
                                            spool_depth=len(self.spool) + self.spool.held)
             results = [result for _, result in pending]
-            if not self.centre_measures_clock:  # an older centre refuses fields it does not know (issue 18)
-                results = [{k: v for k, v in result.items() if k not in ANCHOR_FIELDS} for result in results]
+            if not self.centre_measures_clock:  # an older centre refuses fields it does not know (issues 18, 20)
+                results = [_for_an_older_centre(result) for result in results]
             body = {"site": self.config.site, "agent": encode_agent(info), "results": results}
             try:
                 answer = await self.client.post(RESULTS_PATH, body, {PROTOCOL_HEADER: str(VERSION)})
@@ -508,3 +509,12 @@ class Uploader:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _for_an_older_centre(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without the fields a centre from before issues 18 and 20 does not know (it would refuse them)."""
+    kept = {k: v for k, v in result.items() if k not in ANCHOR_FIELDS}
+    if isinstance(kept.get("directions"), list):
+        kept["directions"] = [{k: v for k, v in d.items() if k not in LATENCY_FIELDS} if isinstance(d, dict) else d
+                              for d in kept["directions"]]
+    return kept
