@@ -200,6 +200,25 @@ def test_an_offset_too_uncertain_to_correct_is_held_with_a_reason_never_stored_f
     assert not old.results[0].corrected and old.clock is not None and old.clock.bound_seconds is None
 
 
+def test_a_result_of_an_earlier_boot_is_held_while_this_boots_clock_is_off() -> None:
+    """A Pi spooled right-stamped results, lost power and booted hours behind; it uploads before NTP has set
+    its clock. This boot's offset says nothing of the earlier boot's results: they are held, never moved to
+    false times, while this boot's own results are corrected; once the clock is right they are taken as stamped."""
+    now = 1_800_000_000.0
+    behind = 6 * 3600.0
+    batch = _batch(now - behind - 0.1, now - 900, 0.2, ("b-0", 70_000.0))  # stamped right, in the earlier boot
+    this_boot = dict(batch["results"][0], seq=2, started_at=now - behind - 60,  # type: ignore[call-overload]
+                     boot_id="b-1", uptime_seconds=4940.0)
+    batch["results"] = [batch["results"][0], this_boot]  # type: ignore[index]
+    decoded = decode_batch(batch, now, per_result=True)
+    assert [r.seq for r in decoded.refused] == [1] and decoded.refused[0].retry_after_seconds == CLOCK_HOLD_SECONDS
+    assert "earlier boot" in decoded.refused[0].reason
+    assert [r.seq for r in decoded.results] == [2] and decoded.results[0].corrected
+    assert decoded.results[0].result.started_at == pytest.approx(now - 60, abs=0.2)
+    right = decode_batch(_batch(now - 0.1, now - 900, 0.2, ("b-0", 70_000.0)), now, per_result=True)
+    assert not right.refused and right.results[0].result.started_at == now - 900  # the clock is right: as stamped
+
+
 def test_a_clock_within_the_bound_or_without_a_round_trip_is_left_alone() -> None:
     """Within the allowed offset nothing moves; an older agent (no round trip) is judged as before issue 18."""
     now = 1_800_000_000.0

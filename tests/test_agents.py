@@ -373,3 +373,29 @@ def test_a_compaction_while_a_batch_is_journalled_keeps_that_batch(tmp_path: Pat
     for first in (1, 3, 5):
         post(registry, TOKENS["vsat-1"], batch("vsat-1", [first, first + 1], T0 - 300))
     assert SeqJournal.in_dir(tmp_path).load() == {"vsat-1": ("inst-1", 6)}
+
+
+def test_a_refused_result_posted_again_is_refused_again_or_taken_never_called_a_duplicate(
+        world: tuple[AgentRegistry, Recorder, Clock]) -> None:
+    """Protocol 2: a batch is posted again after its answer was lost (or a 503 came after it was taken). A
+    result refused the first time must be refused again while its cause holds (a "duplicate" would make the
+    agent forget a result that was never stored) and taken, once, when it has passed."""
+    registry, sink, clock = world
+    clock.now = T0
+    body = batch("vsat-1", [1, 2, 3], T0 - 600)
+    body["results"][1]["started_at"] = T0 + 400  # 400 s ahead of the centre's clock: refused, can pass
+    site = registry.authenticate(f"Bearer {TOKENS['vsat-1']}")
+    assert site is not None
+
+    def outcomes() -> list[object]:
+        decoded = decode_batch(body, registry.clock(), per_result=True)
+        return [line["outcome"] for line in registry.accept(site, decoded).lines]
+
+    assert outcomes() == ["stored", "refused", "stored"]
+    assert outcomes() == ["duplicate", "refused", "duplicate"]  # the answer was lost: posted again
+    assert len(sink.results) == 2
+    clock.now = T0 + 200  # the centre's clock has caught up with it
+    assert outcomes() == ["duplicate", "stored", "duplicate"]
+    assert sorted(r.started_at for r in sink.results) == [T0 - 600, T0 - 480, T0 + 400]
+    assert outcomes() == ["duplicate", "duplicate", "duplicate"]  # and only once
+    assert len(sink.results) == 3

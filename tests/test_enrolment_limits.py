@@ -37,13 +37,21 @@ def _invite(tmp_path: Path, site: str, clock: Clock) -> str:
     return code
 
 
+def _enrolment(tmp_path: Path, clock: Clock) -> Enrolment:
+    return Enrolment(lambda: open_book(None, str(tmp_path)), _registry(clock), clock,
+                     per_address=Limit(3, 1 / 60), overall=Limit(5, 1 / 6))
+
+
+def _statuses(outcomes: list[Enrolled | Refused]) -> list[int]:
+    return [200 if isinstance(outcome, Enrolled) else outcome.status for outcome in outcomes]
+
+
 def test_wrong_codes_are_limited_per_address_and_overall_and_a_right_code_spends_nothing(tmp_path: Path) -> None:
     """Three wrong codes from one address, then 429 for it (even with the right code) while another address may
-    still try; two more wrong codes elsewhere exhaust the overall limit; time refills both."""
+    still try; two more wrong codes elsewhere exhaust the overall limit, which then refuses that address too;
+    time refills both."""
     clock = Clock(T0)
-    registry = _registry(clock)
-    enrolment = Enrolment(lambda: open_book(None, str(tmp_path)), registry, clock,
-                          per_address=Limit(3, 1 / 60), overall=Limit(5, 1 / 6))
+    enrolment = _enrolment(tmp_path, clock)
 
     async def run() -> None:
         right = _invite(tmp_path, "vsat-1", clock)
@@ -53,7 +61,7 @@ def test_wrong_codes_are_limited_per_address_and_overall_and_a_right_code_spends
         assert isinstance(refused, Refused) and refused.status == 429 and refused.retry_after_seconds > 0
         for _ in range(2):
             assert await enrolment.enrol("YYYY-YYYY-YYYY", "192.0.2.2") == Refused(403, WRONG_CODE)
-        refused = await enrolment.enrol(right, "192.0.2.3")  # a fresh address, but the overall limit is spent
+        refused = await enrolment.enrol(right, "192.0.2.2")  # its own bucket has one left, the overall none
         assert isinstance(refused, Refused) and refused.status == 429
         clock.now += 60  # one more wrong code each for the address, ten overall
         enrolled = await enrolment.enrol(right, "192.0.2.1")
@@ -62,6 +70,69 @@ def test_wrong_codes_are_limited_per_address_and_overall_and_a_right_code_spends
             another = _invite(tmp_path, "vsat-1", clock)
             assert isinstance(await enrolment.enrol(another, "192.0.2.1"), Enrolled)
         assert enrolment.counts.refused == {"code": 5, "rate_limited": 2} and enrolment.counts.enrolled == 4
+
+    try:
+        asyncio.run(run())
+    finally:
+        enrolment.close()
+
+
+def test_concurrent_wrong_codes_are_looked_at_only_as_many_as_the_buckets_hold(tmp_path: Path) -> None:
+    """Codes sent at once each spend before any is looked at: eight at once from one address get three looks
+    (its bucket) and 429 for the rest; twenty more from two addresses get the overall bucket's two plus the
+    second address's first try. A right code sent among wrong ones gives its token back once it is taken."""
+    clock = Clock(T0)
+    enrolment = _enrolment(tmp_path, clock)
+
+    async def run() -> None:
+        statuses = _statuses(await asyncio.gather(*(enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "192.0.2.1")
+                                                    for _ in range(8))))
+        assert sorted(statuses) == [403] * 3 + [429] * 5
+        statuses = _statuses(await asyncio.gather(*(enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", address)
+                                                    for address in ["192.0.2.2"] * 10 + ["192.0.2.3"] * 10)))
+        assert sorted(statuses) == [403] * 3 + [429] * 17
+        clock.now += 3600  # every bucket full again
+        right = _invite(tmp_path, "vsat-1", clock)
+        outcomes = await asyncio.gather(enrolment.enrol(right, "192.0.2.4"),
+                                        *(enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "192.0.2.4") for _ in range(3)))
+        assert _statuses(outcomes) == [200, 403, 403, 429]  # the right code held a token while it was looked at
+        assert await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "192.0.2.4") == Refused(403, WRONG_CODE)  # given back
+        assert enrolment.counts.refused == {"code": 9, "rate_limited": 23}
+
+    try:
+        asyncio.run(run())
+    finally:
+        enrolment.close()
+
+
+def test_a_flood_that_empties_the_overall_bucket_does_not_lock_out_a_technician(tmp_path: Path) -> None:
+    """Wrong codes from many addresses keep the overall bucket empty; a technician's first code from an address
+    that sent no wrong one is still looked at, and after a typo it may try again once its own bucket is full
+    (within a minute). Addresses of one IPv6 /64 are one client: they have no fresh first tries."""
+    clock = Clock(T0)
+    enrolment = _enrolment(tmp_path, clock)
+
+    async def run() -> None:
+        for host in range(1, 6):  # five addresses, one wrong code each: the overall bucket is empty
+            assert await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", f"198.51.100.{host}") == Refused(403, WRONG_CODE)
+        refused = await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "198.51.100.1")
+        assert isinstance(refused, Refused) and refused.status == 429
+        right = _invite(tmp_path, "vsat-1", clock)
+        assert isinstance(await enrolment.enrol(right, "192.0.2.9"), Enrolled)  # a technician's first try
+        assert await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "192.0.2.10") == Refused(403, WRONG_CODE)  # a typo
+        right = _invite(tmp_path, "vsat-1", clock)
+        refused = await enrolment.enrol(right, "192.0.2.10")
+        assert isinstance(refused, Refused) and refused.status == 429 and 0 < refused.retry_after_seconds <= 60
+        clock.now += refused.retry_after_seconds + 0.001
+        assert isinstance(await enrolment.enrol(right, "192.0.2.10"), Enrolled)
+        clock.now += 1
+        for host in range(1, 6):  # keep the overall bucket empty
+            await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", f"198.51.100.{host + 10}")
+        assert await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "2001:db8::1") == Refused(403, WRONG_CODE)
+        refused = await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "2001:db8::2")  # the same /64: no first try
+        assert isinstance(refused, Refused) and refused.status == 429
+        refused = await enrolment.enrol("ZZZZ-ZZZZ-ZZZZ", "::ffff:198.51.100.11")  # that IPv4 address, mapped
+        assert isinstance(refused, Refused) and refused.status == 429
 
     try:
         asyncio.run(run())

@@ -460,15 +460,23 @@ def _result_clock(obj: Mapping[str, Any], path: str, agent: AgentInfo, clock: Cl
     started (``uptime_seconds``): the boot's clock, which no step of the wall clock moves. Its true
     start is then when the batch left (received − half the round trip) less the uptime between the
     two, so a clock stepped (by NTP, after a boot days behind) between measuring and uploading
-    corrects each result by its own offset, not the upload's. Any other result: the batch's offset.
+    corrects each result by its own offset, not the upload's. A result of an earlier boot, while the
+    batch's clock is off, is held (a Raspberry Pi without a real-time clock reboots hours behind: its
+    earlier results were stamped right, and this boot's offset would move them to false times). Any
+    other result: the batch's offset.
 
     Raises:
-        ProtocolError: the anchor is malformed (the result is refused).
+        ProtocolError: the anchor is malformed (the result is refused), or an earlier boot's result
+            waits for a right clock (refused with ``retry_after_seconds``).
     """
     anchor = _anchor(_Reader(now), obj, path)
     if anchor is None:
         return clock
     boot, uptime = anchor
+    if boot != agent.boot_id and clock.off:  # measured before a reboot: this boot's offset says nothing of it
+        raise ProtocolError(f"{path}.started_at", f"measured in an earlier boot of the agent, whose clock is now "
+                            f"about {clock.offset_seconds:+.0f}s off the centre's: its own offset is unknown, so "
+                            "it is held until the agent's clock is right", CLOCK_HOLD_SECONDS)
     started = obj.get("started_at")
     if clock.bound_seconds is None or boot != agent.boot_id or isinstance(started, bool) \
             or not isinstance(started, int | float) or not math.isfinite(started):

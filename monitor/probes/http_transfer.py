@@ -134,14 +134,14 @@ class StreamPool:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.meter: _Meter | None = None
-        self.counters: dict[int, Callable[[], int]] = {}
+        self.counters: dict[object, Callable[[], int]] = {}  # by stream (a key object each stream holds)
 
     def start(self) -> None:
         """The first stream to move data starts the pool's clock."""
         if self.meter is None:
             self.meter = _Meter(self.limits)
 
-    def update(self, stream: int, count: Callable[[], int]) -> bool:
+    def update(self, stream: object, count: Callable[[], int]) -> bool:
         """A stream moved data; ``count`` tells its bytes so far at any moment. True when every stream should stop."""
         self.start()
         assert self.meter is not None
@@ -205,7 +205,7 @@ async def fetch(url: str, address: str, limits: Limits, headers: dict[str, str] 
     verifies against the system's CAs, a context carries a private CA. With ``pool`` the transfer is
     one stream of several: the pool measures, and the result holds only the bytes moved.
     """
-    stream = id(object())
+    stream = object()  # this stream's key in the pool, alive as long as the stream (an id() could be reused)
     sockets: list[socket.socket] = []
     meter = _Meter(limits)
     moved = 0
@@ -239,7 +239,7 @@ async def send(url: str, address: str, limits: Limits, method: str = "POST", hea
 
     ``headers``, ``ssl`` and ``pool`` as for :func:`fetch`.
     """
-    stream = id(object())
+    stream = object()  # this stream's key in the pool, alive as long as the stream (an id() could be reused)
     sockets: list[socket.socket] = []
     meter = _Meter(limits)
     written = 0

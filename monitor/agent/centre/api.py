@@ -193,6 +193,9 @@ class AgentApi:
 
     # ------------------------------------------------------------------ routes
     async def results(self, request: web.Request) -> web.Response:
+        # the batch's arrival, for the agent's clock offset: taken before its body is read, which on a slow
+        # uplink takes longer than the round trips that bound the offset (sent_at is stamped before sending)
+        arrived = self.registry.clock()
         site = self._site(request)
         if isinstance(site, web.Response):
             return site
@@ -203,7 +206,7 @@ class AgentApi:
         per_result = version is not None and int(version) >= 2  # a later agent gets what this centre has
         try:
             data = await self._json(request)
-            batch = decode_batch(data, self.registry.clock(), per_result)
+            batch = decode_batch(data, arrived, per_result)
         except _Refusal as refusal:
             return refusal.answer(self, request, site=site)
         except ProtocolError as err:

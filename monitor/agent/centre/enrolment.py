@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
@@ -117,6 +118,40 @@ class EnrolmentCounts:
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSAL_REASONS, 0))
 
 
+def _left(bucket: TokenBucket, now: float) -> float:
+    """The tokens ``bucket`` holds at ``now``, without spending any."""
+    return min(bucket.capacity, bucket.tokens + max(0.0, now - bucket.at) * bucket.rate)
+
+
+def _left_wait(bucket: TokenBucket, now: float) -> float:
+    """Seconds until ``bucket`` holds a whole token (0: it does now)."""
+    left = _left(bucket, now)
+    return 0.0 if left >= 1.0 else (1.0 - left) / bucket.rate
+
+
+def _give_back(spent: list[TokenBucket]) -> None:
+    """Return the token each bucket in ``spent`` gave for a code that turned out right (or was never looked at)."""
+    for bucket in spent:
+        bucket.tokens = min(bucket.capacity, bucket.tokens + 1.0)
+
+
+def client_key(address: str) -> str:
+    """Whose bucket a client address spends: the address itself, an IPv6 one by its /64.
+
+    One host is commonly given a whole IPv6 /64; counted by address it could start afresh with each
+    new one. An IPv4-mapped IPv6 address counts as its IPv4 address.
+    """
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
 class Enrolment:
     """Trades codes for tokens through the store, within the rates; lives on the daemon's event loop.
 
@@ -140,6 +175,7 @@ class Enrolment:
         self._unsaid = 0
 
     def _bucket(self, address: str) -> TokenBucket:
+        address = client_key(address)
         bucket = self._addresses.get(address)
         if bucket is None:
             if len(self._addresses) >= MAX_ADDRESSES:  # forget the ones that have refilled the most
@@ -152,13 +188,27 @@ class Enrolment:
             bucket = self._addresses[address] = TokenBucket(limit.burst, limit.per_second, limit.burst)
         return bucket
 
-    def _wait(self, address: str, now: float) -> float:
-        """Seconds until ``address`` may try a code again (0: now), without spending anything."""
-        waits = []
-        for bucket in (self._bucket(address), self._overall):
-            left = min(bucket.capacity, bucket.tokens + max(0.0, now - bucket.at) * bucket.rate)
-            waits.append(0.0 if left >= 1.0 else (1.0 - left) / bucket.rate)
-        return max(waits)
+    def _spend(self, address: str, now: float) -> tuple[float, list[TokenBucket]]:
+        """Spend for one code before it is looked at: (0, the buckets spent), or (seconds to wait, nothing).
+
+        Synchronous, before any ``await``: concurrent codes each see the tokens the ones before them
+        spent, so no more are looked at than the buckets hold. An address whose own bucket is full (no
+        wrong code from it lately) is not refused by the overall bucket: a flood from elsewhere that keeps
+        the overall bucket empty does not lock a technician out (docs/agents.md); its own bucket is spent
+        all the same, so each address or IPv6 /64 gains at most one code a minute from this.
+        """
+        own = self._bucket(address)
+        own_left = _left(own, now)
+        own_wait, overall_wait = _left_wait(own, now), _left_wait(self._overall, now)
+        if own_wait > 0:
+            return max(own_wait, overall_wait), []
+        if overall_wait > 0 and own_left < own.capacity:  # until the overall refills, or its own is full again
+            return min(overall_wait, (own.capacity - own_left) / own.rate), []
+        own.take(now)
+        if overall_wait > 0:
+            return 0.0, [own]
+        self._overall.take(now)
+        return 0.0, [own, self._overall]
 
     async def enrol(self, code: str, address: str) -> Enrolled | Refused:
         """Take ``code`` (already of a code's form) for the client at ``address``.
@@ -167,20 +217,23 @@ class Enrolment:
             OSError, sqlite3.Error, psycopg.Error: the store cannot be used now (the route answers 503).
         """
         now = self.clock()
-        wait = self._wait(address, now)
+        wait, spent = self._spend(address, now)
         if wait > 0:
             self.counts.refused["rate_limited"] += 1
             self._say(f"enrolment from {address} refused: too many wrong codes (HTTP 429)", now)
             return Refused(429, "too many wrong enrolment codes; try again later", wait)
         token = secrets.token_urlsafe(32)
-        async with self._lock:
-            site = await asyncio.to_thread(self._redeem, code_hash(code), token_hash(token), now)
+        try:
+            async with self._lock:
+                site = await asyncio.to_thread(self._redeem, code_hash(code), token_hash(token), now)
+        except BaseException:
+            _give_back(spent)  # not looked at (the store failed): no guess was made
+            raise
         if site is None:
-            self._bucket(address).take(now)  # only wrong codes spend: a technician's typo is not a guess
-            self._overall.take(now)
             self.counts.refused["code"] += 1
             self._say(f"enrolment from {address} refused: a wrong, used or expired code (HTTP 403)", now)
             return Refused(403, WRONG_CODE)
+        _give_back(spent)  # only wrong codes spend: a technician's right code is no guess
         self.registry.set_stored_token(site, token_hash(token))
         self.counts.enrolled += 1
         return Enrolled(site, token)

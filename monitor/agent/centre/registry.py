@@ -75,6 +75,7 @@ BURST = 60
 REFILL_PER_SECOND = 2.0
 FLEET_SAVE_AT_ONCE_SECONDS = 3600.0  # issue 18: a result after this long a silence is saved at once
 OPEN_GAP_REFRESH_SECONDS = 60.0  # a silent site's provisional gap is written up to now this often
+REFUSALS_REMEMBERED = 5000  # per agent site: refused sequence numbers answered "refused" again if posted again
 
 
 def token_hash(token: str) -> str:
@@ -128,6 +129,9 @@ class AgentSite:
     accepted: int = 0
     duplicates: int = 0
     refused: int = 0  # results refused on their own (protocol version 2, issue 25)
+    # the last refused sequence numbers (at most REFUSALS_REMEMBERED): a batch posted again (its answer lost, or
+    # a 503 after it was taken) is answered "refused" again for them, not "duplicate", which the agent would forget
+    refused_seqs: dict[int, RefusedResult] = field(default_factory=dict)
     gateway: GatewayState | None = None
     bucket: TokenBucket = field(default_factory=TokenBucket)
     rejected: dict[int, int] = field(default_factory=dict)  # HTTP status → this site's requests refused (issue 25)
@@ -289,12 +293,16 @@ class AgentRegistry:
         info = batch.agent
         new_install = info.instance != site.instance  # a new installation numbers from 1 again
         last_seq = 0 if new_install else site.last_seq
-        fresh = [r for r in batch.results if r.seq > last_seq]
-        refused = [r for r in batch.refused if r.seq > last_seq]  # decided: the agent keeps or drops them
-        top = max([r.seq for r in fresh[-1:]] + [r.seq for r in refused[-1:]], default=0)
+        remembered = {} if new_install else site.refused_seqs
+        # a result refused before and posted again was never stored: taken now if it passes, refused again if not
+        fresh = [r for r in batch.results if r.seq > last_seq or r.seq in remembered]
+        refused = [r for r in batch.refused if r.seq > last_seq or r.seq in remembered]  # the agent keeps or drops
+        top = max([r.seq for r in batch.results if r.seq > last_seq] + [r.seq for r in batch.refused
+                                                                         if r.seq > last_seq], default=0)
         if top and self.journal is not None:  # before anything changes: raises, and nothing has
             self.journal.record(site.target.name, info.instance, top, self._positions)
         if new_install:
+            site.refused_seqs = {}
             site.instance, site.last_seq = info.instance, 0
         duplicates = len(batch.results) + len(batch.refused) - len(fresh) - len(refused)
         cause: GapCause | None = None
@@ -318,8 +326,14 @@ class AgentRegistry:
             measured.append(result)
         if top:
             site.last_seq = top
+        for item in fresh:
+            site.refused_seqs.pop(item.seq, None)
         if refused:
             self._refused_results(site, refused)
+            for refusal in refused:
+                site.refused_seqs[refusal.seq] = refusal
+            while len(site.refused_seqs) > REFUSALS_REMEMBERED:  # the oldest first (insertion order)
+                del site.refused_seqs[next(iter(site.refused_seqs))]
         if measured or gap is not None:  # one cycle per batch, in the order measured: sinks re-render a site once
             # per post, not per result; the gap this batch ended rides along, so the history writes it in order
             self.pipeline.publish(Cycle("agent", site.target.group, measured[0].started_at if measured else now, 0.0,
@@ -338,7 +352,7 @@ class AgentRegistry:
             if back:
                 self.state.fleet.save(now, force=True)
         return Accepted(len(fresh), duplicates, site.last_seq, cause, len(refused),
-                        _lines(batch, last_seq, {r.seq: r for r in refused}), batch.clock)
+                        _lines(batch, {r.seq for r in fresh}, {r.seq: r for r in refused}), batch.clock)
 
     def contact(self, site: AgentSite) -> FleetRecord:
         """Note a request the site's token made (a batch, a settings fetch): its fleet record, updated (issue 18)."""
@@ -447,9 +461,9 @@ class AgentRegistry:
         return marked
 
 
-def _lines(batch: Batch, last_seq: int, refused: dict[int, RefusedResult]) -> tuple[dict[str, object], ...]:
-    """Every result's outcome for a version 2 answer, in ``seq`` order: at or below ``last_seq`` a duplicate."""
+def _lines(batch: Batch, stored: set[int], refused: dict[int, RefusedResult]) -> tuple[dict[str, object], ...]:
+    """Every result's outcome for a version 2 answer, in ``seq`` order: stored now, refused now, else a duplicate."""
     seqs = sorted([r.seq for r in batch.results] + [r.seq for r in batch.refused])
-    return tuple(result_answer(seq, "duplicate") if seq <= last_seq
-                 else result_answer(seq, "refused", refused[seq]) if seq in refused
-                 else result_answer(seq, "stored") for seq in seqs)
+    return tuple(result_answer(seq, "refused", refused[seq]) if seq in refused
+                 else result_answer(seq, "stored") if seq in stored
+                 else result_answer(seq, "duplicate") for seq in seqs)
