@@ -94,6 +94,10 @@ PEP_NOTE = "TCP is terminated before the site: speed figures include a proxy"  #
 PEP_CONNECT_SHARE = 0.5  # a handshake under half the ICMP round trip cannot have reached the site and back
 PEP_MIN_IDLE_RTT_SECONDS = 0.02
 ECHO_WIRE_BYTES = 84  # one echo or reply on the wire with the default 56-byte payload: IPv4 20 + ICMP 8 + 56
+# Review finding F (issue 20): a lost loaded echo is no delay figure (a full tail-drop queue drops it,
+# or it waited past the timeout), so the quantiles leave it out; but a direction that lost far more
+# echoes under load than idle fails the latency verdict, whatever its few answered echoes say.
+LOADED_LOSS_MARGIN = 0.5  # loaded loss more than this above the idle burst's loss fails the verdict
 
 
 def _replies(rtts: Sequence[float | None]) -> list[float]:
@@ -140,6 +144,10 @@ class DirectionResult:
     idle_rtts_seconds: tuple[float | None, ...] = ()
     loaded_rtts_seconds: tuple[float | None, ...] = ()
     connect_seconds: tuple[float, ...] = ()  # TCP handshakes of the test's connections (issue 20, PEP)
+    # Echoes of the sampling sent outside the measured span (start-up, warm-up, tear-down): not under
+    # load, so in no figure, but on the link (bytes). Known where the test ran; neither the history
+    # nor the agents' wire keeps them (their bytes are in the history's total of the test).
+    unloaded_rtts_seconds: tuple[float | None, ...] = ()
 
     @property
     def idle_rtt_seconds(self) -> float | None:
@@ -175,6 +183,37 @@ class DirectionResult:
         return None if loaded is None or loaded <= 0 else 60.0 / loaded
 
     @property
+    def loaded_loss_ratio(self) -> float | None:
+        """Share of the loaded echoes that got no reply; None without loaded echoes."""
+        sent = len(self.loaded_rtts_seconds)
+        return self.loaded_rtts_seconds.count(None) / sent if sent else None
+
+    @property
+    def idle_loss_ratio(self) -> float | None:
+        """Share of the idle burst's echoes that got no reply; None without an idle burst."""
+        sent = len(self.idle_rtts_seconds)
+        return self.idle_rtts_seconds.count(None) / sent if sent else None
+
+    @property
+    def lost_under_load(self) -> bool:
+        """The load, not the path, lost the echoes: idle answered, and under load every echo was lost or
+        the loss rose more than :data:`LOADED_LOSS_MARGIN` above idle (review finding F)."""
+        loaded, idle = self.loaded_loss_ratio, self.idle_loss_ratio
+        if loaded is None or idle is None or self.idle_rtt_seconds is None:
+            return False
+        return loaded == 1.0 or loaded - idle > LOADED_LOSS_MARGIN
+
+    def latency_ok(self, limit_seconds: float) -> bool | None:
+        """This direction's latency verdict: fails when lost under load, else added latency within the limit.
+
+        None when it cannot be told (no idle figure, no loaded echo).
+        """
+        if self.lost_under_load:
+            return False
+        added = self.added_latency_seconds
+        return None if added is None else added <= limit_seconds
+
+    @property
     def pep_suspected(self) -> bool | None:
         """Whether a proxy answered the TCP handshake before the site (issue 20, docs/latency-under-load.md).
 
@@ -192,9 +231,9 @@ class DirectionResult:
     @property
     def latency_sample_bytes(self) -> int:
         """Bytes the ICMP samples put on the link, both ways (a metered link bills them too)."""
-        echoes = len(self.idle_rtts_seconds) + len(self.loaded_rtts_seconds)
-        return echoes * ECHO_WIRE_BYTES + (echoes - self.idle_rtts_seconds.count(None)
-                                           - self.loaded_rtts_seconds.count(None)) * ECHO_WIRE_BYTES
+        kept = (self.idle_rtts_seconds, self.loaded_rtts_seconds, self.unloaded_rtts_seconds)
+        echoes = sum(len(rtts) for rtts in kept)
+        return (2 * echoes - sum(rtts.count(None) for rtts in kept)) * ECHO_WIRE_BYTES
 
     def as_json(self, error_detail: str) -> dict[str, Any]:
         """The one JSON shape of a direction, for the agents' wire and the history's rows alike.
@@ -314,10 +353,21 @@ class ThroughputResult:
     def latency_under_load_ok(self) -> bool | None:
         """The verdict beside the speed one: did every sampled direction stay within ``max_added_latency``?
 
-        None when no direction has both an idle and a loaded figure (no ICMP engine, echoes blocked).
+        See :func:`latency_verdict`.
         """
-        worst = self.max_added_latency_seconds
-        return None if worst is None else worst <= self.target.max_added_latency_seconds
+        return latency_verdict(self.directions, self.target.max_added_latency_seconds)
+
+
+def latency_verdict(directions: Sequence[DirectionResult], limit_seconds: float) -> bool | None:
+    """The latency-under-load verdict of a test's directions against ``limit_seconds`` (issue 20).
+
+    False when some direction added more than the limit or lost its echoes under load
+    (:attr:`DirectionResult.lost_under_load`); True when every direction that could be judged passed;
+    None when none could (no ICMP engine, echoes blocked idle too). The live result and the
+    history's stored test both decide with it.
+    """
+    verdicts = [v for v in (d.latency_ok(limit_seconds) for d in directions) if v is not None]
+    return all(verdicts) if verdicts else None
 
 
 Result = IcmpResult | ThroughputResult

@@ -54,6 +54,9 @@ def visit(port: int, proc: subprocess.Popen[str]) -> str:
                    headers={"Authorization": "Bearer no-such-token"})[0] == 401  # an agent's unknown token
     assert request(f"{base}/api/v1/agent/results", "POST",  # a known agent, no JSON body: 415, named as the agent
                    headers={"Authorization": f"Bearer {AGENT_TOKEN}"})[0] == 415
+    assert request(f"{base}/api/v1/sites?token=SECRET-IN-QUERY&x", headers=good)[0] == 200
+    assert request(f"{base}/api/v1/agent/download?slot=SLOT-ID-SECRET&bytes=7",  # a slot id grants its transfer
+                   headers={"Authorization": f"Bearer {AGENT_TOKEN}"})[0] == 403
     scraped = samples(request(f"{base}/metrics", headers=good)[2])
     assert value(scraped, "connmon_http_failed_logins_total") == 2  # the wrong password and the unknown token
     stop_process(proc)
@@ -79,6 +82,10 @@ def test_text_access_log_names_the_reader_and_the_failed_login(tmp_path: Path) -
     assert refused[2].endswith(" failed login")
     assert [line for line in lines if " status=415 user=agent:vsat-1 client=127.0.0.1 " in line], stderr
     assert not [line for line in lines if "path=/metrics" in line]
+    assert "SECRET" not in stderr  # query values are left out, their names kept
+    assert [line for line in lines if ' path="/api/v1/sites?token=…&…" status=200 user=alice ' in line], stderr
+    assert [line for line in lines
+            if ' path="/api/v1/agent/download?slot=…&bytes=…" status=403 user=agent:vsat-1 ' in line], stderr
 
 
 def test_json_access_log_has_the_fields_as_keys(tmp_path: Path) -> None:
@@ -96,6 +103,8 @@ def test_json_access_log_has_the_fields_as_keys(tmp_path: Path) -> None:
     assert [e["path"] for e in refused] == ["/api/v1/sites", "/api/v1/agent/results"]
     assert refused[0]["user"] == "-" and refused[0]["level"] == "warning"
     assert any(e["path"] == "/metrics" and e["user"] == "alice" for e in access)
+    assert "SECRET" not in stderr
+    assert "/api/v1/agent/download?slot=…&bytes=…" in [e["path"] for e in access]
 
 
 def test_access_log_off_writes_no_line_but_still_counts(tmp_path: Path) -> None:

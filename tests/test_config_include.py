@@ -161,6 +161,23 @@ def test_what_an_included_file_may_hold_and_entries_that_find_nothing(tmp_path: 
     ]
 
 
+def test_an_entry_with_a_nul_is_a_located_error_and_the_watcher_digest_survives_it(tmp_path: Path) -> None:
+    """`include: "x\\0/*.yaml"` (no file's name can hold NUL; glob would raise) is a problem at the entry:
+    `connmon check` exits 2 naming file, line and column, no traceback; the watcher's digest takes it too."""
+    from monitor.config.includes import digest_now
+
+    main = split_files(tmp_path, HEAD + 'include: [sites.d/*.yaml, "x\\0/*.yaml", "one\\0.yaml"]\n')
+    expected = [f"{main}:4:27: include[1]: holds the character U+0000, which no file's name can",
+                f"{main}:4:41: include[2]: holds the character U+0000, which no file's name can"]
+    assert problems(main) == expected
+    result = run_check(main)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and all(line in result.stderr for line in expected), result.stderr
+    main_only = digest_now(str(main), [])
+    assert main_only is not None
+    assert digest_now(str(main), [str(tmp_path / "x\0/*.yaml"), str(tmp_path / "one\0.yaml")]) == main_only
+
+
 def test_connmon_check_counts_per_file(tmp_path: Path) -> None:
     """`connmon check` of a split config prints the totals, then each file's groups and endpoints."""
     main = split_files(tmp_path)

@@ -324,3 +324,28 @@ def test_enrolment_over_https_needs_the_centres_ca_and_copies_it_beside_the_conf
                                              urllib.request.HTTPSHandler(context=context))
         with opener.open(req, timeout=30) as response:
             assert response.status == 200
+
+
+# ------------------------------------------------------------------------------------------------ files
+def test_enrol_writes_through_no_symlink_planted_at_its_temporary_names(tmp_path: Path) -> None:
+    """In a directory anyone may write (mode 1777), links planted at the temporary names the files are written
+    through (``.token.PID.tmp``, ``.agent.yaml.PID.tmp``) are not followed: their targets keep their text (or are
+    not made), and the token and config land where they belong, the token 0600."""
+    from monitor.agent.site.enrol import TOKEN_NAME, write_agent_files
+
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    directory.chmod(0o1777)
+    victim, absent = tmp_path / "victim", tmp_path / "made-by-the-link"
+    victim.write_text("root's own file\n", encoding="utf-8")
+    (directory / f".{TOKEN_NAME}.{os.getpid()}.tmp").symlink_to(victim)
+    (directory / f".agent.yaml.{os.getpid()}.tmp").symlink_to(absent)
+    config = directory / "agent.yaml"
+    write_agent_files(config, "https://centre.example:9077", SITE, "the-token", tmp_path / "state", None, None)
+    assert victim.read_text(encoding="utf-8") == "root's own file\n"
+    assert not absent.exists() and not absent.is_symlink()
+    token = directory / TOKEN_NAME
+    assert not token.is_symlink() and token.read_text(encoding="ascii") == "the-token\n"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert load_agent_config(config).site == SITE
+    assert sorted(p.name for p in directory.iterdir()) == ["agent.yaml", TOKEN_NAME]  # no temporary left

@@ -10,7 +10,7 @@ from aiohttp import web
 from monitor.config import ThroughputSettings
 from monitor.errors import ProbeErrorReason
 from monitor.probes import ProbeContext, http
-from monitor.probes.http_transfer import Limits, fetch
+from monitor.probes.http_transfer import Limits, StreamPool, fetch
 from monitor.probes.throughput import measure_site
 from monitor.targets import Target
 from tests.factories import target
@@ -64,5 +64,43 @@ def test_an_upload_to_a_peer_that_never_reads_ends_as_timeout() -> None:
             server.close()
         assert result.error is ProbeErrorReason.TIMEOUT, result
         assert ctx.throughput_slots is not None and not ctx.throughput_slots.locked()  # the slot is free again
+
+    asyncio.run(scenario())
+
+
+def test_parallel_streams_are_counted_together_in_their_pool() -> None:
+    """Two streams of one direction measured as one (issue 20): the pool's bytes are both streams', so a cap
+    of 6 MB over two 4 MB bodies stops them at 6 MB together (counting one stream, it never would)."""
+    chunk = bytes(64 * 1024)
+
+    async def body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 64 * len(chunk)  # 4 MiB
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(chunk)
+            await asyncio.sleep(0.005)  # paced, so the two streams are under way together
+        return response
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/", body)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        limits = Limits(0.0, 30.0, 6 * 1024 * 1024, 5.0)
+        pool = StreamPool(limits)
+        try:
+            transfers = await asyncio.gather(*(fetch(f"http://127.0.0.1:{port}/", "127.0.0.1", limits, pool=pool)
+                                               for _ in range(2)))
+        finally:
+            await runner.cleanup()
+        figures = pool.figures()
+        assert figures is not None
+        moved = sum(t.moved_bytes for t in transfers)
+        assert figures[0] >= 6 * 1024 * 1024 and moved < 8 * 1024 * 1024  # stopped by the cap, not the bodies' end
+        assert abs(figures[0] - moved) <= 2 * len(chunk)  # the pool's count is both streams'
 
     asyncio.run(scenario())

@@ -25,7 +25,9 @@ from tests.running import request, samples, stop_process
 
 PORT = 19963
 EVERY_SECONDS = 10  # the config's shortest throughput interval
-WATCH_SECONDS = 2.5 * EVERY_SECONDS  # long enough for two tests of a site that is not in maintenance
+WATCH_SECONDS = 3.5 * EVERY_SECONDS  # long enough for two tests of a site that is not in maintenance, even when
+# a test of the site in maintenance, under way as the window opened, holds the group's job a little (issue 20: its
+# loaded echoes, lost to the cut link, are waited for)
 
 
 def start(lab: Lab, cfg: Path, state: Path) -> subprocess.Popen[str]:
@@ -125,7 +127,11 @@ groups:
         while time.monotonic() < deadline:  # never down (ConnmonSiteDown's one condition), sampled all along
             assert down_series() == 0 and site_state() == "maintenance"
             time.sleep(0.5)
-        assert len(throughput_rows(state, "school")) == tested_before, "a test started in the window"
+        # a test under way when the window opened may be stored after it (issue 20 made each direction a
+        # little longer: an idle burst before, in-flight echoes after); none may start inside it
+        started = [t for t in throughput_rows(state, "school") if t >= opened_at]
+        assert started == [], f"a test started in the window: {started} (opened at {opened_at})"
+        assert tested_before >= 1
         assert len(throughput_rows(state, "other")) >= other_before + 2, "the other site's tests went on"
         parsed = samples(request(base + "/metrics")[2])
         assert parsed["connmon_maintenance"][(("district", "Aktobe"), ("endpoint", "school"), ("kind", "school"),

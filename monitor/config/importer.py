@@ -127,7 +127,7 @@ def _read(path: str) -> Doc:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError([ConfigProblem(path, 1, 1, "", f"cannot read the file: {err}")]) from None
     try:
-        doc: Any = yaml.load(text, Loader=_Loader)
+        doc: Any = _safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError([ConfigProblem(path, 1, 1, "", f"not YAML, so not merged into: {err}")]) from None
     doc = {"groups": []} if doc is None else doc
@@ -151,6 +151,15 @@ class _Site(dict[str, Any]):
 
 # libyaml's C reader and writer when PyYAML has them: a 5,000-site re-import in 2.5 s instead of 17 s
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _safe_load(text: str) -> Any:
+    """``text`` as data, through libyaml's safe loader when there is one (five times faster on 5,000 sites)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 _BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 

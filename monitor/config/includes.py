@@ -46,6 +46,8 @@ def is_glob(pattern: str) -> bool:
 
 def expand(pattern: str) -> list[str]:
     """The files a joined entry names: a glob's matches sorted by path (regular files only), or the path itself."""
+    if "\0" in pattern:  # no file's name holds NUL (glob would raise); the loader refuses such an entry
+        return []
     if not is_glob(pattern):
         return [pattern]
     return sorted(p for p in glob.glob(pattern) if Path(p).is_file())
@@ -70,7 +72,9 @@ def entries(w: Walker, node: Node, source: str) -> list[tuple[Node, str, str]]:
     for i, item in enumerate([node] if single else w.sequence(node, "include") or []):
         path = "include" if single else f"include[{i}]"
         entry = w.string(item, path)
-        if entry is not None:
+        if entry is not None and "\0" in entry:
+            w.problem(item, path, "holds the character U+0000, which no file's name can")
+        elif entry is not None:
             out.append((item, path, joined(source, entry.strip())))
     return out
 
@@ -118,7 +122,7 @@ def digest_now(config_path: str, patterns: Sequence[str]) -> str | None:
     for index, path in enumerate([config_path, *included_files(patterns, config_path)]):
         try:
             data = Path(path).read_bytes()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path (the loader refuses it; never a crash here)
             if index == 0:
                 return None
             data = b""

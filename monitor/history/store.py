@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from monitor.errors import ProbeErrorReason
-from monitor.results import DirectionResult, Gap, Result, ThroughputResult, Trace
+from monitor.results import DirectionResult, Gap, Result, ThroughputResult, Trace, latency_verdict
 from monitor.targets import Target
 
 StoreOperation = Literal["open", "write", "prune", "restore"]
@@ -108,8 +108,8 @@ class StoredTest:
     @property
     def latency_under_load_ok(self) -> bool | None:
         """The latency verdict against the limit the site had when tested; None without samples or a limit."""
-        worst, limit = self.max_added_latency_measured_seconds, self.max_added_latency_seconds
-        return None if worst is None or limit is None else worst <= limit
+        limit = self.max_added_latency_seconds
+        return None if limit is None else latency_verdict(self.directions, limit)  # the live result's rule
 
     @property
     def pep_detected(self) -> bool | None:

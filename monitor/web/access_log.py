@@ -7,11 +7,13 @@ text or JSON as ``--log-format`` says (one line, cut here)::
     2026-12-06T16:30:00.123Z INFO method=GET path=/api/v1/sites status=200 user=alice client=10.0.0.7
     bytes=5321 seconds=0.004 access
 
-``user`` is the basic-auth user the request was let in as, ``agent:SITE`` for an agent's request
-(its route sets :data:`ACCESS_USER`), and ``-`` for none. ``bytes`` counts what was sent, headers
-included. ``--web.access-log`` switches it: ``on`` (the default) logs every request but Prometheus'
-scrapes of ``/metrics`` and the health checks (``/-/healthy``, ``/-/ready``), which come every few
-seconds and would bury the reads that matter; ``all`` logs those too; ``off`` logs nothing.
+``path`` is the path as sent with its query's values left out (``?slot=…``): a slot id or a token
+there would otherwise be kept in the log. ``user`` is the basic-auth user the request was let in as,
+``agent:SITE`` for an agent's request (its route sets :data:`ACCESS_USER`), and ``-`` for none.
+``bytes`` counts what was sent, headers included. ``--web.access-log`` switches it: ``on`` (the
+default) logs every request but Prometheus' scrapes of ``/metrics`` and the health checks
+(``/-/healthy``, ``/-/ready``), which come every few seconds and would bury the reads that matter;
+``all`` logs those too; ``off`` logs nothing.
 
 A refused login (401 to a request that carried an ``Authorization`` header: a wrong password, an
 unknown user or agent token) is counted whether or not lines are written::
@@ -146,6 +148,20 @@ def failed_login(request: BaseRequest, response: StreamResponse) -> bool:
     return response.status == 401 and bool(request.headers.get("Authorization"))
 
 
+def logged_path(raw_path: str) -> str:
+    """The path as sent, its query's values left out: ``/api/v1/agent/download?slot=…&bytes=…``.
+
+    A query value may be a secret: a throughput slot's id grants its transfer, a client may put a
+    token there. The log keeps the names (what was asked) and never a value; a part without ``=`` is
+    left out whole.
+    """
+    path, sep, query = raw_path.partition("?")
+    if not sep:
+        return path
+    parts = [f"{part.partition('=')[0]}=…" if "=" in part else "…" for part in query.split("&") if part]
+    return f"{path}?{'&'.join(parts)}" if parts else path
+
+
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's hook, called once a request is answered: counts failed logins, writes the line."""
 
@@ -160,7 +176,7 @@ class AccessLogger(AbstractAccessLogger):
         if log.disabled or (_mode is AccessLogMode.ON and request.path in QUIET_PATHS):
             return
         user = request.get(ACCESS_USER)
-        fields = {"method": request.method, "path": request.raw_path, "status": response.status,
+        fields = {"method": request.method, "path": logged_path(request.raw_path), "status": response.status,
                   "user": user if isinstance(user, str) and user else "-", "client": request.remote or "-",
                   "bytes": response.body_length, "seconds": round(time, 6)}
         level = logging.WARNING if refused or response.status >= 500 else logging.INFO

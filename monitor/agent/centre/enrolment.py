@@ -14,10 +14,16 @@ technician types it at the site (``connmon agent enrol --centre URL --code CODE`
 * **One answer for every wrong code**: unknown, used and expired codes get the same status and
   text (:data:`WRONG_CODE`), so an answer tells nothing about which codes exist.
 * **Guessing is hopeless.** Wrong codes are limited per client address (:data:`PER_ADDRESS`:
-  10 at once, then one a minute) and over all (:data:`OVERALL`: 100 at once, then one every 6 s,
-  some 14,400 a day). Against 2^60 codes, even a thousand open codes at once leave a day's guesses a
-  chance of about 10^-11. Over the limit the answer is 429 with ``Retry-After``, before the code is
-  looked at. Refusals are counted (``connmon_agent_enrolments_refused_total{reason}``) and logged
+  10 at once, then one a minute; an IPv6 client by its /64) and over all (:data:`OVERALL`: 100 at
+  once, then one every 6 s, some 14,400 a day). Against 2^60 codes, even a thousand open codes at
+  once leave a day's guesses a chance of about 10^-11. Over the limit the answer is 429 with
+  ``Retry-After``, before the code is looked at. A code spends from both buckets before it is looked
+  at (concurrent codes cannot all pass on one token), and a right one gets its tokens back.
+* **No lock-out by flood.** A client whose own bucket is full (no wrong code lately) is looked at
+  even when the overall bucket is empty, so wrong codes from elsewhere cannot keep a technician
+  out; each address or /64 gains at most one look a minute by it (10,000 addresses: about 10^-8 a
+  day against a thousand open codes).
+* **Refusals** are counted (``connmon_agent_enrolments_refused_total{reason}``) and logged
   at most once a minute; they are not agent requests refused for a token
   (``connmon_agent_requests_rejected_total``), so a technician's typo does not raise the alert on those.
 * **The token** is 32 random bytes (as ``connmon agent-token`` makes), sent once in the answer

@@ -253,9 +253,18 @@ def write_agent_files(config: Path, centre: str, site: str, token: str, state_di
 
 
 def _write(path: Path, text: str, mode: int, owner: Owner | None) -> None:
-    """``path`` replaced whole (a new file renamed over it): never a half-written token or config."""
+    """``path`` replaced whole (a new file renamed over it): never a half-written token or config.
+
+    The temporary file is made new (``O_EXCL``, ``O_NOFOLLOW``), never opened through what is already
+    at its name: in a directory others may write, a symlink planted there would otherwise have root
+    write the token through it. A stale one (a crashed run, or a planted link) is removed first, the
+    link itself and not its target; one planted again in between makes the open fail (an OSError,
+    said as such), and nothing is written anywhere else.
+    """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             os.fchmod(file.fileno(), mode)  # whatever the umask

@@ -144,9 +144,10 @@ class Agent:
         """
         try:
             answer = await self.client.get(protocol.SETTINGS_PATH)
-        except CentreUnreachable as err:
-            log.info("cannot fetch the centre's settings (%s); measuring as %s until it answers", err,
-                     "it last said" if self.settings_version else "agent.yaml says")
+        except CentreUnreachable as err:  # a TLS failure is no outage: an ERROR naming its cause (issue 25)
+            log.log(logging.ERROR if isinstance(err, CentreTlsFailure) else logging.INFO,
+                    "cannot fetch the centre's settings (%s); measuring as %s until it answers", err,
+                    "it last said" if self.settings_version else "agent.yaml says")
             return False
         self.settings_wanted = False
         if answer.status == 404:  # a centre from before issue 18: agent.yaml's keys are the settings
