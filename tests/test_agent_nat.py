@@ -64,6 +64,15 @@ def running_agent(site: NattedSite, config: Path, **env: str) -> Iterator[subpro
         proc.wait(timeout=30)
 
 
+def centre_iperf3(lab: Lab, site: NattedSite, port: int) -> None:
+    """``iperf3 -s`` at the centre (the prober namespace), listening before this returns; stopped with the site."""
+    server = site.router._spawn(["iperf3", "-s", "-p", str(port)], 0, "centre iperf3", ns=lab.prober)
+    deadline = time.monotonic() + 10
+    while not lab.pr("ss", "-Hltn", f"sport = :{port}").stdout.strip():
+        assert server.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def alive(site: NattedSite, *procs: subprocess.Popen[bytes]) -> None:
     for proc in procs:
         assert proc.poll() is None, site.stderr_of(proc)[-3000:]
@@ -198,11 +207,7 @@ def test_agent_measured_throughput_through_the_nat_is_true_and_not_swapped(lab: 
     site.router.shape(8, 1)
     port = PORT + 2 + (method == "http")
     if method == "iperf3":
-        server = site.router._spawn(["iperf3", "-s", "-p", str(IPERF3_PORT)], 0, "centre iperf3", ns=lab.prober)
-        deadline = time.monotonic() + 10
-        while not lab.pr("ss", "-Hltn", f"sport = :{IPERF3_PORT}").stdout.strip():
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        centre_iperf3(lab, site, IPERF3_PORT)
     name = f"vsat-{method}"
     cfg = write_config(tmp_path, f"""
 defaults:
@@ -300,11 +305,7 @@ def test_an_agents_latency_under_load_shows_the_routers_deep_queue_and_not_the_s
     lab.pr("tc", "qdisc", "replace", "dev", site.router.prober_if, "root", *_tbf_4mbit(10_000))
     deep = _queue_delay(site.router.exec("tc", "qdisc", "show", "dev", "eth0").stdout)
     port, iperf3_port = 19496, 19497
-    server = site.router._spawn(["iperf3", "-s", "-p", str(iperf3_port)], 0, "centre iperf3", ns=lab.prober)
-    deadline = time.monotonic() + 10
-    while not lab.pr("ss", "-Hltn", f"sport = :{iperf3_port}").stdout.strip():
-        assert server.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    centre_iperf3(lab, site, iperf3_port)
     name = "vsat-bloat"
     cfg = write_config(tmp_path, f"""
 defaults:

@@ -10,17 +10,12 @@ The daemon only serves agent sites, over loopback, so it probes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +27,8 @@ from monitor.agent.site.config import AgentConfig
 from monitor.agent.site.spool import HOLD_MAX_SECONDS, Spool
 from monitor.agent.site.upload import CentreClient, Uploader
 from tests.factories import icmp, target
-from tests.running import samples, stop_process, value
+from tests.loopback_centre import LoopbackCentre, running_centre
+from tests.running import samples, value
 
 HOST = "127.0.0.1"
 PORT = 19803
@@ -40,18 +36,9 @@ SITE = "fast-clock-1"
 TOKEN = "token-of-fast-clock-1"
 
 
-@dataclass
-class Centre:
-    proc: subprocess.Popen[str]
-    state: Path
-    stderr: Path
-
-    def url(self, path: str) -> str:
-        return f"http://{HOST}:{PORT}{path}"
-
-
 def _http(method: str, url: str, body: bytes | None = None,
           headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A request with a body, no proxies; HTTP errors are answers."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(urllib.request.Request(url, data=body, method=method, headers=headers or {}),
@@ -61,37 +48,19 @@ def _http(method: str, url: str, body: bytes | None = None,
         return err.code, err.read()
 
 
+CONFIG = ("defaults:\n  icmp: {interval: 60s}\ngroups:\n  - name: vsat\n    kind: school\n    mode: agent\n"
+          "    endpoints:\n"
+          f"      - {{name: {SITE}, agent: {{token_sha256: {token_hash(TOKEN)}}}}}\n"
+          f"      - {{name: old-agent-1, agent: {{token_sha256: {token_hash('token-of-old-agent-1')}}}}}\n")
+
+
 @pytest.fixture(scope="module")
-def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
-    tmp = tmp_path_factory.mktemp("per-result")
-    config = tmp / "centre.yaml"
-    config.write_text("defaults:\n  icmp: {interval: 60s}\ngroups:\n  - name: vsat\n    kind: school\n"
-                      "    mode: agent\n    endpoints:\n"
-                      f"      - {{name: {SITE}, agent: {{token_sha256: {token_hash(TOKEN)}}}}}\n"
-                      "      - {name: old-agent-1, agent: {token_sha256: "
-                      f"{token_hash('token-of-old-agent-1')}}}}}\n", encoding="utf-8")
-    stderr = tmp / "stderr.log"
-    with stderr.open("w", encoding="utf-8") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(config), "--listen",
-                                 f"{HOST}:{PORT}", "--state-dir", str(tmp / "state")],
-                                stdout=subprocess.DEVNULL, stderr=err, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    running = Centre(proc, tmp / "state", stderr)
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, stderr.read_text()
-        with contextlib.suppress(OSError):
-            if _http("GET", running.url("/-/ready"))[0] == 200:
-                break
-        assert time.monotonic() < deadline, stderr.read_text()
-        time.sleep(0.1)
-    try:
+def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackCentre]:
+    with running_centre(tmp_path_factory.mktemp("per-result"), CONFIG, PORT) as running:
         yield running
-    finally:
-        stop_process(proc)
 
 
-def stored_times(centre: Centre, site: str) -> list[float]:
+def stored_times(centre: LoopbackCentre, site: str) -> list[float]:
     with sqlite3.connect(f"file:{centre.state / 'history.sqlite3'}?mode=ro", uri=True) as db:
         return [r[0] for r in db.execute("SELECT c.started_at FROM icmp c JOIN endpoints e ON e.id = c.endpoint_id "
                                          "WHERE e.name = ? ORDER BY c.started_at", (site,))]
@@ -111,7 +80,7 @@ def result_at(at: float) -> Any:
     return lambda seq: encode_icmp(seq, icmp(target(SITE), at, 0.6, 0.61, None))
 
 
-def test_a_fast_clock_costs_no_result_and_the_good_ones_are_stored(centre: Centre, tmp_path: Path) -> None:
+def test_a_fast_clock_costs_no_result_and_the_good_ones_are_stored(centre: LoopbackCentre, tmp_path: Path) -> None:
     """Good results are stored at once; results stamped ahead are held, not dropped within minutes, and
     stored once the centre's clock reaches them; only results held past a day are dropped, and counted."""
     token = tmp_path / "token"
@@ -166,7 +135,7 @@ def _batch(site: str, first_seq: int, times: list[float]) -> dict[str, Any]:
             "results": [encode_icmp(first_seq + i, icmp(target(site), at, 0.5)) for i, at in enumerate(times)]}
 
 
-def test_each_version_answers_as_the_agent_speaks(centre: Centre) -> None:
+def test_each_version_answers_as_the_agent_speaks(centre: LoopbackCentre) -> None:
     """Without the header (a version 1 agent) one bad result refuses the batch, as before; with it, the
     answer lists every result: a bad value refused for good (no retry time), a future one with one."""
     site, token = "old-agent-1", "token-of-old-agent-1"

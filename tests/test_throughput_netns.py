@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.config import ThroughputSettings
 from tests.conftest import need
 from tests.factories import write_config
 from tests.netlab import Lab, Site, can_measure_throughput
@@ -70,8 +71,10 @@ groups:
 
 
 def _iperf3_reference(lab: Lab, site: Site, reverse: bool) -> float:
-    """The stock iperf3 client's receiver-side figure on the same link, same settings, in bit/s."""
-    args = ["iperf3", "-c", site.v4, "-J", "-t", str(DURATION), "-O", "1"] + (["-R"] if reverse else [])
+    """The stock iperf3 client's receiver-side figure on the same link, same settings, in bit/s: connmon's
+    default four streams (issue 20: ``parallel: 4``), so both load the link alike."""
+    streams = str(ThroughputSettings().parallel)
+    args = ["iperf3", "-c", site.v4, "-J", "-t", str(DURATION), "-O", "1", "-P", streams] + (["-R"] if reverse else [])
     for _attempt in range(3):  # iperf3 -s refuses for a moment after each test while it re-opens
         report = json.loads(lab.pr(*args, check=False).stdout)
         if "error" not in report:
