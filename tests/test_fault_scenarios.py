@@ -310,7 +310,10 @@ def test_the_centre_cut_off_is_one_alert_and_charged_to_no_site(centre: Centre) 
         assert sites[name]["availability_ratio"] == 1.0, sites[name]
     # the earlier scenarios are charged where they belong: agg's sites to agg, agg-2's own cut to agg-2
     assert all(set(sites[n]["upstream_down_seconds"]) == {"agg"} for n in SITES_BEHIND["agg"]), sites
-    assert sites["agg-2"]["site_down_seconds"] > 0 and sites["agg-1"]["site_down_seconds"] == 0
+    # agg-1 was never cut on its own. At most one cycle (2 s) at the edge of agg's outage may be charged to it:
+    # a cycle whose echoes left while agg was still dead, judged after agg's next run answered (a race left
+    # open, stated in the issue's note); more than that would be a wrong attribution
+    assert sites["agg-2"]["site_down_seconds"] > 0 and sites["agg-1"]["site_down_seconds"] <= 2.0 + 0.1, sites
     # the nodes' own section: agg's own downtime and the site-hours behind it; isp never went down (the
     # centre's cut is not its fault either)
     nodes = {u["name"]: u for u in summary["upstreams"]}
