@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -75,6 +76,29 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _replicas(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of instances, e.g. 2") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need at least 1")
+    return count
+
+
+def _with_replicas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fold ``--replicas R`` into the shard (issue 19); R without --shard I/N means nothing, so it is refused."""
+    replicas = getattr(args, "replicas", 1)
+    if replicas == 1:
+        return
+    if args.shard is None:
+        parser.error(f"--replicas {replicas} needs --shard I/N: replicas are instances of one sharded fleet")
+    if replicas > args.shard.count:
+        logging.getLogger(__name__).warning("--replicas %d with %d instances: each site is probed by all %d", replicas, args.shard.count,
+                    args.shard.count)
+    args.shard = dataclasses.replace(args.shard, replicas=min(replicas, args.shard.count))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connmon", description="Connectivity monitor for schools and clinics.")
     parser.add_argument("--version", action="version", version=f"connmon {__version__}")
@@ -92,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                          help="probe only share I (0-based) of N instances, by rendezvous hashing of endpoint "
                               "names; series get the label shard=\"I\"")
+        sub.add_argument("--replicas", type=_replicas, default=1, metavar="R",
+                         help="with --shard: probe each site from the R of the N instances that rank highest "
+                              "for it (default 1), so it stays watched when one of them dies; the shipped "
+                              "recording rules merge the replicas' series (docs: Several instances)")
 
     run = commands.add_parser("run", help="run the monitoring daemon")
     common(run)
@@ -300,8 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure("warning", "text")
         return enrol(given[2:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure(args.log_level, args.log_format)
+    _with_replicas(parser, args)
     if args.command == "run":  # the access log (issue 22): its own switch, the event log's format
         from monitor.web.access_log import AccessLogMode
         from monitor.web.access_log import configure as configure_access_log

@@ -381,7 +381,8 @@ class Daemon:
         """Write a run of the upstream nodes to the history: only the nodes of this instance's share.
 
         Every instance pings every node (each needs the verdict for its own sites), but a shared
-        history must hold each node's runs once, so the shard that the node's name falls to keeps them.
+        history must hold each node's runs once per replica, so the shards that the node's name falls to
+        keep them (with ``--replicas R``, R of them: the history merges them as it merges a site's).
         """
         history, shard = self.history, self.options.shard
         if history is None:

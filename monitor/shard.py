@@ -15,6 +15,13 @@ salted per process. The index I counts from 0, like a StatefulSet ordinal. Serie
 instance carry ``shard="I"`` (see :mod:`monitor.exposition.sink`); N is left out of the label so that a
 site that stays on its instance when N changes keeps its series.
 
+Replicas (issue 19): with ``--replicas R`` each endpoint goes to the R instances with the highest
+weights instead of the one, so a site stays watched when one of its instances dies. Its replicas
+differ only in the ``shard`` label; recording rules merge them in PromQL and the history merges
+their cycles per interval. The rank of an instance among a site's replicas (0: the highest weight)
+decides which one runs the site's throughput test while it is alive. Going from N to N+1 instances
+moves only the assignments the new instance now wins: about R/(N+1) of them, all onto it.
+
 It only selects targets: scheduling, probing and metrics are unaware of the other instances.
 """
 
@@ -29,14 +36,17 @@ from monitor.targets import Target
 
 @dataclass(frozen=True, slots=True)
 class Shard:
-    """This instance's share: index ``index`` (0-based) of ``count`` instances."""
+    """This instance's share: index ``index`` (0-based) of ``count`` instances, each site on ``replicas`` of them."""
 
     index: int
     count: int
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
             raise ValueError(f"shard {self.index}/{self.count}: need 0 <= I < N and N >= 1")
+        if self.replicas < 1:
+            raise ValueError(f"--replicas {self.replicas}: need at least 1")
 
     @classmethod
     def parse(cls, text: str) -> Shard:
@@ -59,14 +69,20 @@ class Shard:
         return str(self.index)
 
     def owns(self, name: str) -> bool:
-        return owner(name, self.count) == self.index
+        if self.replicas == 1:
+            return owner(name, self.count) == self.index
+        return self.index in owners(name, self.count, self.replicas)
+
+    def rank(self, name: str) -> int:
+        """This instance's place among ``name``'s instances by weight: 0 for the first; R or more: not one of them."""
+        return ranking(name, self.count).index(self.index)
 
     def select(self, targets: Iterable[Target]) -> tuple[Target, ...]:
         """The targets this instance probes, in their original order."""
-        return tuple(t for t in targets if owner(t.name, self.count) == self.index)
+        return tuple(t for t in targets if self.owns(t.name))
 
     def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+        return f"{self.index}/{self.count}" + (f" ×{self.replicas}" if self.replicas > 1 else "")
 
 
 def score(name: str, index: int) -> int:
@@ -86,6 +102,18 @@ def owner(name: str, count: int) -> int:
         if weight > best_score:  # ties (2^-64) go to the lower index, the same on every instance
             best, best_score = index, weight
     return best
+
+
+def ranking(name: str, count: int) -> tuple[int, ...]:
+    """Every shard index ordered by its weight for ``name``, highest first (ties: the lower index first)."""
+    return tuple(sorted(range(count), key=lambda index: (-score(name, index), index)))
+
+
+def owners(name: str, count: int, replicas: int) -> tuple[int, ...]:
+    """The min(replicas, count) shard indexes that probe ``name``, highest weight first."""
+    if replicas == 1:
+        return (owner(name, count),)
+    return ranking(name, count)[:replicas]
 
 
 def own_share(targets: Sequence[Target], shard: Shard | None) -> tuple[Target, ...]:

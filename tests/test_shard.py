@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.shard import Shard, owner, score
+from monitor.shard import Shard, owner, owners, score
 from tests.factories import target
 
 NAMES = [f"school-{i:05d}" for i in range(10_000)] + ["№12 мектеп", "Ақтөбе \"Central\"", "🏫", ""]
@@ -72,3 +72,62 @@ def test_parse_refuses_anything_else(text: str) -> None:
     """Out-of-range or malformed shards are refused with a message showing the form."""
     with pytest.raises(ValueError, match="I/N"):
         Shard.parse(text)
+
+
+# ---------------------------------------------------------------------------- replicas (issue 19)
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+@pytest.mark.parametrize("count", range(1, 9))
+def test_every_site_sits_on_exactly_min_r_n_instances(count: int, replicas: int) -> None:
+    """For N = 1..8 and R = 1..3, each site is selected by exactly min(R, N) distinct instances, evenly spread."""
+    r = min(replicas, count)
+    targets = [target(n) for n in NAMES]
+    chosen = [Shard(i, count, r).select(targets) for i in range(count)]
+    holders: dict[str, list[int]] = {}
+    for index, part in enumerate(chosen):
+        for t in part:
+            holders.setdefault(t.name, []).append(index)
+    assert sorted(holders) == sorted(NAMES)
+    assert all(len(set(v)) == len(v) == r for v in holders.values())
+    expected = len(NAMES) * r / count
+    for part in chosen:
+        assert abs(len(part) - expected) < 5 * math.sqrt(expected) + 1
+    for name in NAMES[:500]:  # the first replica is the R = 1 owner, so R = 1 is today's behaviour
+        ranks = sorted(Shard(i, count, r).rank(name) for i in holders[name])
+        assert ranks == list(range(r))
+        assert Shard(owner(name, count), count, r).rank(name) == 0
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+@pytest.mark.parametrize("count", range(1, 8))
+def test_n_to_n_plus_1_with_replicas_moves_only_onto_the_new_instance(count: int, replicas: int) -> None:
+    """N → N+1: a site's set changes only by the new instance coming in and its lowest replica going,
+    for about min(R, N+1)/(N+1) of the sites (one assignment each), or it gains the new one when R > N."""
+    before = {n: set(owners(n, count, replicas)) for n in NAMES}
+    after = {n: set(owners(n, count + 1, replicas)) for n in NAMES}
+    changed = [n for n in NAMES if before[n] != after[n]]
+    for n in changed:
+        assert after[n] - before[n] == {count}  # only the new instance comes in
+        assert len(before[n] - after[n]) == (1 if replicas <= count else 0)  # one leaves, unless R > N
+    p = min(replicas, count + 1) / (count + 1)
+    expected, sd = len(NAMES) * p, math.sqrt(len(NAMES) * p * (1 - p))
+    assert abs(len(changed) - expected) < 5 * sd + 1, (len(changed), expected)
+
+
+def test_replicas_flag_folds_into_the_shard_and_needs_one(tmp_path: Path) -> None:
+    """--replicas R needs --shard; R > N is capped at N; the labels stay the index."""
+    from monitor.cli import _with_replicas, build_parser
+
+    parser = build_parser()
+    config = str(tmp_path / "c.yaml")
+    args = parser.parse_args(["run", "--config", config, "--shard", "1/3", "--replicas", "2"])
+    _with_replicas(parser, args)
+    assert args.shard == Shard(1, 3, 2) and args.shard.label == "1"
+    args = parser.parse_args(["run", "--config", config, "--shard", "0/2", "--replicas", "5"])
+    _with_replicas(parser, args)
+    assert args.shard.replicas == 2
+    args = parser.parse_args(["run", "--config", config, "--replicas", "2"])
+    with pytest.raises(SystemExit):
+        _with_replicas(parser, args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--config", config, "--shard", "0/2", "--replicas", "0"])
