@@ -94,8 +94,8 @@ def _with_replicas(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.shard is None:
         parser.error(f"--replicas {replicas} needs --shard I/N: replicas are instances of one sharded fleet")
     if replicas > args.shard.count:
-        logging.getLogger(__name__).warning("--replicas %d with %d instances: each site is probed by all %d", replicas, args.shard.count,
-                    args.shard.count)
+        logging.getLogger(__name__).warning("--replicas %d with %d instances: each site is probed by all %d",
+                                            replicas, args.shard.count, args.shard.count)
     args.shard = dataclasses.replace(args.shard, replicas=min(replicas, args.shard.count))
 
 
