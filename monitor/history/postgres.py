@@ -154,6 +154,41 @@ MIGRATIONS: tuple[str, ...] = (
         used_at DOUBLE PRECISION
     );
     """,
+    # 7: replicas (issue 19), PostgreSQL only: each instance's own cycles, kept apart and merged when read.
+    # The agents' cycles keep instance '' (the site measured them once, whichever instance took them).
+    """
+    ALTER TABLE icmp ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+    ALTER TABLE icmp DROP CONSTRAINT icmp_pkey;
+    ALTER TABLE icmp ADD PRIMARY KEY (endpoint_id, started_at, instance);
+    """,
+    # 8: agents served by any instance (issue 19), PostgreSQL only: the sequence positions and throughput
+    # slot grants, shared by every instance behind one centre URL
+    """
+    CREATE TABLE agent_sequences (
+        site TEXT NOT NULL,
+        agent_instance TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (site, agent_instance)
+    );
+    CREATE TABLE throughput_slots (
+        slot_id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        granted_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    # 9: one throughput test per site among its replicas (issue 19), PostgreSQL only: live instances and leases
+    """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 _ENDPOINT_UPSERT = (
@@ -296,8 +331,9 @@ class AsyncPostgresStore:
                     icmp_rows, test_rows, first = rows.icmp, rows.throughput, rows.first
                     if icmp_rows:
                         await cur.executemany(
-                            "INSERT INTO icmp VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                            "ON CONFLICT (endpoint_id, started_at) DO UPDATE SET address = excluded.address, "
+                            "INSERT INTO icmp (endpoint_id, started_at, address, sent, rtts, error, error_detail) "
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT (endpoint_id, started_at, instance) DO UPDATE SET address = excluded.address, "
                             "sent = excluded.sent, rtts = excluded.rtts, "
                             "error = excluded.error, error_detail = excluded.error_detail", icmp_rows)
                     if test_rows:
