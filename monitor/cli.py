@@ -76,6 +76,16 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _lease(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not 3.0 <= seconds <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 3s and 1h")
+    return seconds
+
+
 def _replicas(text: str) -> int:
     try:
         count = int(text)
@@ -123,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the monitoring daemon")
     common(run)
+    run.add_argument("--replicas.lease", dest="replica_lease", type=_lease, default=30.0, metavar="DURATION",
+                     help="with --replicas on a shared PostgreSQL history: a site's throughput test is run by "
+                          "one replica holding a lease this long, renewed while it lives; a killed replica's "
+                          "tests move to the next one within about this (default 30s)")
     run.add_argument("--listen", default=DEFAULT_LISTEN, type=_listen_address,
                      help=f"ADDR:PORT for /metrics (default {DEFAULT_LISTEN})")
     run.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
@@ -375,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  watch_interval_seconds=args.watch_interval if args.config_watch else None,
                                  shard=args.shard, state_dir=None if args.no_history else args.state_dir,
                                  store_url=args.store, timezone=local_zone(),
-                                 agent_body_timeout_seconds=args.agent_body_timeout, allow_empty=args.allow_empty))
+                                 agent_body_timeout_seconds=args.agent_body_timeout, allow_empty=args.allow_empty,
+                                 replica_lease_seconds=args.replica_lease))
         _exit_without_stuck_lookups(code)
         return code
     except ConnmonError as err:

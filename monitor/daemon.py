@@ -69,6 +69,7 @@ from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.state_lock import StateLock
 from monitor.targets import Target, probed, uplink_targets
+from monitor.test_leader import FirstReplica
 from monitor.throughput_plan import ThroughputPlan
 from monitor.tracer import Tracer
 from monitor.tracer_exposition import TraceExposition
@@ -84,6 +85,7 @@ from monitor.web.site_api import SiteApi
 from monitor.web.site_state import SiteStateSink
 
 if TYPE_CHECKING:
+    from monitor.history.leases import ReplicaLeases
     from monitor.history.postgres_identity import IdentityLock  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class Options:
     agent_body_timeout_seconds: float = BODY_IDLE_SECONDS
     enable_admin_api: bool = False
     allow_empty: bool = False  # --config.allow-empty (issue 22)
+    replica_lease_seconds: float = 30.0  # --replicas.lease (issue 19): how soon a dead replica's tests move
 
 
 async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
@@ -120,7 +123,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
                 watch_interval_seconds: float | None = None, shard: Shard | None = None,
                 state_dir: str | None = "state", store_url: str | None = None, timezone: str = "UTC",
                 agent_body_timeout_seconds: float = BODY_IDLE_SECONDS, enable_admin_api: bool = False,
-                allow_empty: bool = False) -> int:
+                allow_empty: bool = False, replica_lease_seconds: float = 30.0) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     With ``shard``, only that share of the endpoints is probed (at start and at every reload) and
@@ -141,6 +144,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
         agent_body_timeout_seconds: an agent's body that stops arriving this long gets 408.
         enable_admin_api: allow the API's writes (maintenance windows, issue 21).
         allow_empty: accept a config with no endpoint, at start-up and at a reload (issue 22).
+        replica_lease_seconds: with replicas on a shared history (issue 19), how long a replica's test lease
+            lasts unrenewed: a killed replica's sites are tested by the next one within about this.
 
     Raises:
         ConfigError: the config or the web config is invalid at start-up (exit 2).
@@ -148,7 +153,8 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     """
     options = Options(config_path, listen, icmp_mode, web_config_path, enable_lifecycle, watch_interval_seconds,
                       shard, state_dir, store_url, timezone, agent_body_timeout_seconds,
-                      enable_admin_api=enable_admin_api, allow_empty=allow_empty)
+                      enable_admin_api=enable_admin_api, allow_empty=allow_empty,
+                      replica_lease_seconds=replica_lease_seconds)
     loaded = load(config_path, allow_empty=allow_empty)
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
     tls = web_config.ssl_context if web_config is not None else None
@@ -198,7 +204,8 @@ def _take_ownership(options: Options) -> list[StateLock | IdentityLock]:
         from monitor.history.postgres_identity import IdentityLock
 
         shard = options.shard
-        identity = f"shard {shard}" if shard is not None and shard.count > 1 else "every site, no --shard"
+        identity = (f"shard {shard.index}/{shard.count}" if shard is not None and shard.count > 1
+                    else "every site, no --shard")
         assert options.store_url is not None
         try:
             owned.append(IdentityLock.take(options.store_url, identity))
@@ -317,6 +324,7 @@ class Daemon:
                                 addresses=addresses)
         self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path,
                                         upstreams=self.upstreams)
+        self._leases: tuple[ReplicaLeases, asyncio.Future[None]] | None = None  # issue 19's turns, when shared
         if self.history is not None:  # a node's own runs are kept for the report's upstream section
             self.scheduler.node_history = self._keep_node_run
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
@@ -415,6 +423,7 @@ class Daemon:
         options, targets = self.options, self.targets
         loop = asyncio.get_running_loop()
         self.scheduler.start(probed(targets))
+        self._take_turns(options.shard, options.store_url, options.replica_lease_seconds)
         if self.history is not None:  # a restart shows the last test at once, and does not fire every due test
             if is_postgres(options.store_url):  # a server may be away: never hold start-up or the loop for it
                 self.scheduler.throughput_held = True
@@ -447,6 +456,20 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _take_turns(self, shard: Shard | None, store_url: str | None, lease_seconds: float) -> None:
+        """With replicas (issue 19): one throughput test per site, by lease on a shared history, else by rank."""
+        if shard is None or shard.replicas == 1:
+            return
+        if not is_postgres(store_url):
+            self.scheduler.test_leader = FirstReplica(shard)
+            return
+        from monitor.history.leases import ReplicaLeases  # psycopg only with PostgreSQL
+
+        assert store_url is not None
+        leases = ReplicaLeases(store_url, shard, lease_seconds=lease_seconds)
+        self.scheduler.test_leader = leases
+        self._leases = (leases, asyncio.ensure_future(leases.run()))
+
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
 
@@ -461,6 +484,9 @@ class Daemon:
         for watcher in self._watchers:
             watcher.cancel()
         self.scheduler.pause()
+        if self._leases is not None:  # a clean stop hands this replica's sites over at once (issue 19)
+            self._leases[1].cancel()
+            await self._leases[0].close()
         running = set(self.scheduler.running_cycles)
         log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
                  DRAIN_SECONDS)

@@ -7,7 +7,8 @@ cycle. First runs are spread over the interval so that not every group fires at 
 Throughput: one dispatcher job ticks every second and starts the tests that
 :class:`~monitor.throughput_plan.ThroughputPlan` (handed in: the agents' grants share it) says are
 due, never more than its ``max_concurrent`` at once; each finished test is booked in the plan
-and published as its own cycle.
+and published as its own cycle. With replicas (issue 19), a handed-in
+:class:`~monitor.test_leader.TestLeader` says whether a due test is this instance's turn.
 
 The centre's own path (issue 21): with a :class:`~monitor.centre_path.CentrePath` handed in, its
 uplink checks run in a job of their own (at their targets' interval: the fastest of the sites'),
@@ -48,6 +49,7 @@ from monitor.errors import ProbeErrorReason
 from monitor.probes import PROBES, ProbeContext
 from monitor.results import Cycle, IcmpResult, ResultPipeline, ThroughputResult
 from monitor.targets import Target
+from monitor.test_leader import TestLeader, defer
 from monitor.throughput_plan import SiteState, ThroughputPlan
 from monitor.upstreams import UpstreamTree
 
@@ -99,6 +101,8 @@ class CycleScheduler:
         # True while the history's restore is awaited (a store that may answer late): a test run before
         # it would not know the site's last test time or the month's bytes. ICMP is never held.
         self.throughput_held = False
+        # whose turn a due test is among the site's replicas (issue 19); None: always this instance's
+        self.test_leader: TestLeader | None = None
 
     def start(self, targets: Sequence[Target]) -> None:
         self._scheduler.start()
@@ -302,6 +306,8 @@ class CycleScheduler:
             return
         now = self.clock()
         for state in self.plan.due(now, self.plan.max_concurrent - self.plan.running):
+            if self.test_leader is not None and defer(state, await self.test_leader.turn(state.target.name, now), now):
+                continue  # another replica's turn (issue 19), or it tested the site a moment ago
             target = self.plan.test_target(state, now)
             if target is None:
                 self._publish_test(state, ThroughputResult(
