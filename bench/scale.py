@@ -215,14 +215,14 @@ def metric_values(text: bytes, names: Sequence[str]) -> dict[str, float]:
 class Daemon:
     """``connmon run`` inside the namespace, scraped over loopback in that namespace via a helper."""
 
-    def __init__(self, netns: Netns, config: Path, port: int) -> None:
+    def __init__(self, netns: Netns, config: Path, port: int, *extra: str) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/metrics"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop(); 1,000 sites down log 1,000 lines)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns.name, PYTHON, "-m", "monitor", "run", "--config", str(config),
              "--listen", f"127.0.0.1:{port}", "--icmp-mode", "raw", "--log-level", "warning",
-             "--state-dir", tempfile.mkdtemp(prefix="connmon-bench-state-")],
+             "--state-dir", tempfile.mkdtemp(prefix="connmon-bench-state-"), *extra],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log)  # a file: a full pipe would block the daemon
         self.netns = netns
 
