@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from monitor.cli import build_parser
+from monitor.shard import Shard
 from tests.conftest import need
 from tests.netlab import child_env
 from tests.running import samples
@@ -190,10 +191,32 @@ def test_systemd_unit_is_hardened_and_runs_connmon_as_its_user(path: Path) -> No
                        ("PrivateTmp", "yes"), ("ExecReload", "/bin/kill -HUP $MAINPID")):
         assert s[key] == [value], key
     assert s["StateDirectory"][0].startswith("connmon")
-    argv = shlex.split(s["ExecStart"][0].replace("%i", "0"))
+    argv = systemd_words(s["ExecStart"][0].replace("%i", "0"), s.get("Environment", []))
     assert argv[0] == "/opt/connmon/.venv/bin/connmon"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "run" and args.config == "/etc/connmon/sites.yaml"
+    if path.name == "connmon@.service":  # the template's defaults: 4 shards, 1 replica, no shared store
+        assert (args.shard, args.replicas, args.store) == (Shard(0, 4), 1, None)
+        replicated = build_parser().parse_args(systemd_words(
+            s["ExecStart"][0].replace("%i", "2"), ["CONNMON_SHARDS=3 CONNMON_REPLICAS=2",
+                                                   "CONNMON_STORE=--store=postgresql://connmon@db/connmon"])[1:])
+        assert (replicated.shard, replicated.replicas) == (Shard(2, 3), 2)
+        assert replicated.store == "postgresql://connmon@db/connmon"
+
+
+def systemd_words(command: str, environment: list[str]) -> list[str]:
+    """``command`` as systemd runs it: ``${VAR}`` replaced in a word, an unquoted ``$VAR`` split into words
+    (none when empty), with the unit's ``Environment=`` lines (later ones win, as an EnvironmentFile's would)."""
+    values: dict[str, str] = {}
+    for line in environment:
+        values.update(item.split("=", 1) for item in shlex.split(line))
+    words: list[str] = []
+    for word in shlex.split(command):
+        if re.fullmatch(r"\$[A-Z_]+", word):
+            words += values.get(word[1:], "").split()
+            continue
+        words.append(re.sub(r"\$\{([A-Z_]+)\}", lambda m: values.get(m.group(1), ""), word))
+    return words
 
 
 def test_agent_unit_is_hardened_and_runs_connmon_agent_as_its_own_user() -> None:
