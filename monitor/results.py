@@ -144,10 +144,6 @@ class DirectionResult:
     idle_rtts_seconds: tuple[float | None, ...] = ()
     loaded_rtts_seconds: tuple[float | None, ...] = ()
     connect_seconds: tuple[float, ...] = ()  # TCP handshakes of the test's connections (issue 20, PEP)
-    # Echoes of the sampling sent outside the measured span (start-up, warm-up, tear-down): not under
-    # load, so in no figure, but on the link (bytes). Known where the test ran; neither the history
-    # nor the agents' wire keeps them (their bytes are in the history's total of the test).
-    unloaded_rtts_seconds: tuple[float | None, ...] = ()
 
     @property
     def idle_rtt_seconds(self) -> float | None:
@@ -231,7 +227,7 @@ class DirectionResult:
     @property
     def latency_sample_bytes(self) -> int:
         """Bytes the ICMP samples put on the link, both ways (a metered link bills them too)."""
-        kept = (self.idle_rtts_seconds, self.loaded_rtts_seconds, self.unloaded_rtts_seconds)
+        kept = (self.idle_rtts_seconds, self.loaded_rtts_seconds)
         echoes = sum(len(rtts) for rtts in kept)
         return (2 * echoes - sum(rtts.count(None) for rtts in kept)) * ECHO_WIRE_BYTES
 

@@ -128,25 +128,24 @@ def test_each_direction_gets_an_idle_burst_then_samples_while_it_runs() -> None:
     (result,) = asyncio.run(main())
     for d in result.directions:
         assert d.idle_rtts_seconds == (0.01,) * loaded_latency.IDLE_ECHOES
-        # every echo counts (measured_span's docstring says why): the start-up's idle ones too
-        assert set(d.loaded_rtts_seconds) == {0.01, 0.2} and not d.unloaded_rtts_seconds
+        # every echo counts (loaded_latency's module doc says why): the start-up's idle ones too
+        assert set(d.loaded_rtts_seconds) == {0.01, 0.2}
         assert len(d.loaded_rtts_seconds) >= 18  # ~2 s at 10 a second
         assert d.loaded_rtt_p90_seconds == pytest.approx(0.2)  # the 90th percentile is the queue's
-        echoes = loaded_latency.IDLE_ECHOES + len(d.loaded_rtts_seconds) + len(d.unloaded_rtts_seconds)
-        assert d.latency_sample_bytes == 2 * echoes * 84  # the left-out echoes were on the link all the same
+        echoes = loaded_latency.IDLE_ECHOES + len(d.loaded_rtts_seconds)
+        assert d.latency_sample_bytes == 2 * echoes * 84  # every echo was on the link, both ways
     assert {j.address for j in pinger.jobs} == {"192.0.2.7"}
     assert result.latency_under_load_ok is False  # 190 ms against the default 100 ms
 
 
 def test_every_echo_of_a_direction_counts_as_loaded() -> None:
-    """The start-up's echoes are not told apart (review finding E: see measured_span); a test that measured
-    nothing has no loaded echo."""
-    from monitor.probes.loaded_latency import LoadedSamples, measured_span, split
+    """The start-up's echoes are not told apart (review finding E: see loaded_latency's module doc); a test
+    that measured nothing has no loaded echo."""
+    from monitor.probes.loaded_latency import LoadedSamples, loaded
 
     samples = LoadedSamples([0.01, 0.02, 0.3, None, 0.4, 0.03], [100.5, 101.5, 102.5, 106.0, 108.0, 110.5])
-    assert split(samples, measured_span(100.0, 110.0, omit_seconds=2.0, measured_seconds=6.0)) == (
-        tuple(samples.rtts_seconds), ())
-    assert split(samples, measured_span(100.0, 110.0, 2.0, 0.0)) == ((), tuple(samples.rtts_seconds))
+    assert loaded(samples, measured_seconds=6.0) == tuple(samples.rtts_seconds)
+    assert loaded(samples, 0.0) == ()
 
 
 def test_a_direction_that_loses_its_echoes_under_load_fails_the_verdict() -> None:

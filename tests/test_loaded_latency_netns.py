@@ -40,7 +40,7 @@ HTTP_PORT = 19501
 TOLERANCE = 0.25  # the issue: p90 added latency within ±25% of the deep queue's delay at line rate
 SHALLOW_MAX_SECONDS = 0.060
 # Streams of the lab's tests: the default (parallel: 4). The loaded samples are those of the span the data
-# surely flowed in, warm-up included (monitor.probes.loaded_latency.measured_span).
+# surely flowed in, warm-up included (monitor.probes.loaded_latency's module doc).
 STREAMS = 4
 HTTP_SITE = Path(__file__).resolve().parent / "http_site.py"
 

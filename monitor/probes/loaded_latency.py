@@ -14,11 +14,16 @@ answered late does not hold back the next one, and when the test ends no further
 calls still in flight are waited for (a reply behind a full queue is the figure we want), up to
 :data:`LOADED_TIMEOUT_SECONDS`.
 
-Sampling runs from before the measurement starts until after it ends, so it also covers what is not
-load: the tool's start-up and control exchange, the warm-up (``omit``) and the tear-down. On a
-long-RTT link these are seconds. So each echo keeps its send time, and :func:`split` keeps as
-loaded the echoes :func:`measured_span` keeps: every one, for the reasons it gives (review finding
-E, issue 20).
+Sampling runs from the test's start until its end, so it also covers what is not load: the tool's
+start-up and control exchange, the warm-up (``omit``) and the tear-down; on a long-RTT link these
+are seconds. Every echo still counts as loaded. Review finding E (issue 20) asked to leave out the
+start-up's echoes, placing the data's start at ``ended_at - measured_seconds - omit_seconds``. In
+the lab that cut the load itself: both tools' tear-down is long (closing connections flush their
+buffers; iperf3 exchanges its results), so the estimate fell seconds after the data began, and the
+warm-up's slow start, which fills a deep queue as every burst of a classroom's traffic does, was
+left out: the deep queue's p90 read 22-29% low instead of within 1%. So the start-up's idle echoes
+are a documented limit (on a long-RTT link they lower the median more than the 90th percentile).
+Each echo keeps its send time all the same (``sent_at``), for a reader that wants to place it.
 
 It returns raw samples; medians, percentiles and the verdict are derived in :mod:`monitor.results`.
 """
@@ -27,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -64,35 +68,10 @@ class LoadedSamples:
     sent_at: list[float] = field(default_factory=list)
 
 
-def measured_span(started_at: float, ended_at: float, omit_seconds: float,
-                  measured_seconds: float) -> tuple[float, float]:
-    """The echoes that count as loaded: all of a direction's, from its start to its last echo's return.
-
-    A direction runs ``started_at`` → start-up (process, control exchange, connections) → warm-up
-    (``omit_seconds``) → measured span (``measured_seconds``) → tear-down → ``ended_at``; how the
-    elapsed time splits between start-up and tear-down is unknown. Review finding E asked to leave out
-    the start-up's echoes (the link may be idle then), placing the data's start at ``ended_at -
-    measured_seconds - omit_seconds``. In the lab that cut the load itself: both tools' tear-down is
-    long (closing connections flush their buffers; iperf3 exchanges its results), so the estimate
-    fell seconds after the data began, and the warm-up's slow start, which fills a deep queue as
-    every burst of a classroom's traffic does, was left out: the deep queue's p90 read 22-29% low
-    instead of within 1%. So every echo counts, and the start-up's idle echoes are a documented
-    limit (on a long-RTT link they lower the median more than the 90th percentile).
-    """
-    if measured_seconds <= 0:
-        return ended_at, ended_at
-    return -math.inf, math.inf
-
-
-def split(samples: LoadedSamples, span: tuple[float, float]) -> tuple[tuple[float | None, ...],
-                                                                       tuple[float | None, ...]]:
-    """(echoes sent inside ``span``: the loaded samples, echoes sent outside it), each in send order."""
-    start, end = span
-    inside: list[float | None] = []
-    outside: list[float | None] = []
-    for sent, rtt in zip(samples.sent_at, samples.rtts_seconds, strict=True):
-        (inside if start <= sent <= end else outside).append(rtt)
-    return tuple(inside), tuple(outside)
+def loaded(samples: LoadedSamples, measured_seconds: float) -> tuple[float | None, ...]:
+    """The direction's loaded samples: every echo sent while it ran (see the module doc), none when it
+    measured nothing (a direction that failed before its data flowed put no load on the link)."""
+    return tuple(samples.rtts_seconds) if measured_seconds > 0 else ()
 
 
 @contextlib.asynccontextmanager

@@ -78,12 +78,10 @@ async def _with_latency(measure: MeasureFn, target: Target, address: str | None,
     idle = await loaded_latency.idle_rtts(engine, echo_address)  # also the server's moment to listen again
     async with loaded_latency.sampling(engine, echo_address, ctx.clock) as sampled:
         result = await _bounded(measure, target, address, direction, ctx)
-    # only echoes sent while the data flowed past its warm-up are "loaded"; the rest still cost bytes
-    span = loaded_latency.measured_span(result.started_at, result.ended_at, target.throughput.omit_seconds,
-                                        result.measured_seconds)
-    loaded, unloaded = loaded_latency.split(sampled, span)
-    return dataclasses.replace(result, idle_rtts_seconds=idle, loaded_rtts_seconds=loaded,
-                               unloaded_rtts_seconds=unloaded, connect_seconds=connects)
+    # every echo sent while the direction ran is "loaded" (the module doc of loaded_latency says why)
+    return dataclasses.replace(result, idle_rtts_seconds=idle,
+                               loaded_rtts_seconds=loaded_latency.loaded(sampled, result.measured_seconds),
+                               connect_seconds=connects)
 
 
 async def _echo_address(target: Target, address: str | None, ctx: ProbeContext) -> str | None:
