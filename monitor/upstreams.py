@@ -118,6 +118,9 @@ class UpstreamTree:
         self.went_down = went_down
         self._nodes: dict[str, Target] = {}
         self._last: dict[str, IcmpResult] = {}
+        # when each node last answered again after a silent run (the start of that run): a site cycle begun
+        # before it may have sent its echoes while the node was still dead, so its silence is the node's
+        self._back_at: dict[str, float] = {}
         self._sites_behind: dict[str, int] = {}
         self._logged: dict[str, NodeStateName] = {}
 
@@ -131,6 +134,7 @@ class UpstreamTree:
         """The nodes after a (re)load, and the sites hanging from them; a node that stays keeps its last result."""
         self._nodes = {n.name: n for n in nodes}
         self._last = {name: r for name, r in self._last.items() if name in self._nodes}
+        self._back_at = {name: t for name, t in self._back_at.items() if name in self._nodes}
         self._logged = {name: s for name, s in self._logged.items() if name in self._nodes}
         behind = dict.fromkeys(self._nodes, 0)
         for site in sites:
@@ -162,6 +166,8 @@ class UpstreamTree:
             kept = self._last.get(name)
             if kept is None or result.started_at >= kept.started_at:  # the job's run and an on-demand one may
                 self._last[name] = result  # overlap: one begun earlier and ending later is the older news
+                if result.up and kept is not None and not kept.up:
+                    self._back_at[name] = result.started_at
         for name, target in self._nodes.items():
             state = self.node_state(name)
             was = self._logged.get(name, NodeStateName.UNKNOWN)
@@ -246,11 +252,25 @@ class UpstreamTree:
             return cycle
         return rewrite_icmp(cycle, self._rewritten)
 
+    def _down_when_sent(self, result: IcmpResult) -> str | None:
+        """The highest node of the site's chain that answered again only after ``result``'s cycle began, else None.
+
+        Its run that answered began after the cycle's echoes left, and its run before that was silent:
+        the echoes went while the node was down, so a silent site is charged to the node, as the
+        centre's own path does for a cycle begun while the centre was cut off.
+        """
+        found = None
+        for name in self.chain(result.target.upstream):
+            back = self._back_at.get(name)
+            if back is not None and back > result.started_at:
+                found = name
+        return found
+
     def _rewritten(self, result: IcmpResult) -> IcmpResult:
         if result.up or result.target.upstream is None or not result.target.probed_by_centre \
                 or result.error in (ProbeErrorReason.MONITOR_CUT_OFF, ProbeErrorReason.UPSTREAM_DOWN):
             return result
-        node = self.highest_down(result.target.upstream)
+        node = self.highest_down(result.target.upstream) or self._down_when_sent(result)
         if node is None:
             return result
         detail = upstream_detail(node)

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import newer_alertmanager
 from tests.conftest import need, need_root
 from tests.factories import write_config
 from tests.fault_lab import SITES_BEHIND, FaultLab
@@ -119,8 +120,7 @@ class Centre:
     def alerting(self, name: str) -> Iterator[Receiver]:
         """A fresh Prometheus (shipped rules, scaled waits) and Alertmanager (shipped routes) for one scenario."""
         need(shutil.which("prometheus") is not None, "needs prometheus (scripts/install --test installs it)")
-        alertmanager = shutil.which("prometheus-alertmanager")
-        need(alertmanager is not None, "needs prometheus-alertmanager (scripts/install --test installs it)")
+        alertmanager = newer_alertmanager.binary("prometheus-alertmanager")  # >= 0.26: the shipped Telegram
         lab, v4 = self.fl.lab, self.fl.lab.prober_v4
         work = self.directory / name
         work.mkdir()
@@ -131,8 +131,10 @@ class Centre:
                     rule["for"] = _scaled(rule["for"])
         (work / "rules.yml").write_text(yaml.safe_dump(rules, allow_unicode=True), encoding="utf-8")
         shipped = (ROOT / "config" / "alertmanager.yml").read_text(encoding="utf-8")
-        assert shipped.count("http://alerts.example.org/") == shipped.count("url:") > 0
+        assert shipped.count("http://alerts.example.org/") == len(re.findall(r"\burl:", shipped)) > 0
         routing = yaml.safe_load(shipped.replace("http://alerts.example.org/", f"http://{v4}:{WEBHOOK_PORT}/"))
+        for receiver in routing["receivers"]:
+            receiver.pop("telegram_configs", None)  # the webhooks say where each alert went; Telegram stays home
         routing["route"]["group_wait"] = "1s"
         (work / "alertmanager.yml").write_text(yaml.safe_dump(routing), encoding="utf-8")
         (work / "prometheus.yml").write_text(yaml.safe_dump({
@@ -310,10 +312,9 @@ def test_the_centre_cut_off_is_one_alert_and_charged_to_no_site(centre: Centre) 
         assert sites[name]["availability_ratio"] == 1.0, sites[name]
     # the earlier scenarios are charged where they belong: agg's sites to agg, agg-2's own cut to agg-2
     assert all(set(sites[n]["upstream_down_seconds"]) == {"agg"} for n in SITES_BEHIND["agg"]), sites
-    # agg-1 was never cut on its own. At most one cycle (2 s) at the edge of agg's outage may be charged to it:
-    # a cycle whose echoes left while agg was still dead, judged after agg's next run answered (a race left
-    # open, stated in the issue's note); more than that would be a wrong attribution
-    assert sites["agg-2"]["site_down_seconds"] > 0 and sites["agg-1"]["site_down_seconds"] <= 2.0 + 0.1, sites
+    # agg-1 was never cut on its own: not even the cycle at the edge of agg's outage, whose echoes left while agg
+    # was still dead and which was judged after agg's next run answered, is charged to it
+    assert sites["agg-2"]["site_down_seconds"] > 0 and sites["agg-1"]["site_down_seconds"] == 0, sites
     # the nodes' own section: agg's own downtime and the site-hours behind it; isp never went down (the
     # centre's cut is not its fault either)
     nodes = {u["name"]: u for u in summary["upstreams"]}

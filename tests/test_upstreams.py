@@ -171,9 +171,18 @@ def test_silent_sites_behind_a_down_node_are_upstream_down_and_name_it() -> None
     assert first.error_detail == upstream_detail("agg") + "; the probe said unreachable"
     assert upstream_of(first.error, first.error_detail) == "agg"
     assert out.results[1:] == cycle.results[1:]
-    # nothing to rewrite: the very same cycle
+    # agg answers again in its run begun at 160: a cycle begun before that (its echoes left while agg was
+    # dead) judged now is still agg's, not the site's (the issue 21 race); one begun after is the site's
     tree.record([icmp(agg, 160.0, 0.01)])
-    assert tree.classify(cycle) is cycle
+    again = tree.classify(cycle).results[0]
+    assert isinstance(again, IcmpResult) and again.error is UP_DOWN and upstream_of(again.error,
+                                                                                      again.error_detail) == "agg"
+    later = Cycle("icmp", "g", 161.0, 1.0, (icmp(behind, 161.0, None, error=ProbeErrorReason.UNREACHABLE),
+                                            icmp(answering, 161.0, 0.02)))
+    assert tree.classify(later) is later  # nothing to rewrite: the very same cycle
+    # a node that never went down has no such edge
+    tree.record([icmp(isp, 200.0, 0.01)])
+    assert tree.classify(later) is later
     # a site's state and its cause name the node
     state = site_state(behind, first, 100.0)
     assert state.state is SiteStateName.UPSTREAM_DOWN and state.as_json() == {
