@@ -116,18 +116,18 @@ def test_n_to_n_plus_1_with_replicas_moves_only_onto_the_new_instance(count: int
 
 def test_replicas_flag_folds_into_the_shard_and_needs_one(tmp_path: Path) -> None:
     """--replicas R needs --shard; R > N is capped at N; the labels stay the index."""
-    from monitor.cli import _with_replicas, build_parser
+    from monitor.cli_parser import build_parser, with_replicas
 
     parser = build_parser()
     config = str(tmp_path / "c.yaml")
     args = parser.parse_args(["run", "--config", config, "--shard", "1/3", "--replicas", "2"])
-    _with_replicas(parser, args)
+    with_replicas(parser, args)
     assert args.shard == Shard(1, 3, 2) and args.shard.label == "1"
     args = parser.parse_args(["run", "--config", config, "--shard", "0/2", "--replicas", "5"])
-    _with_replicas(parser, args)
+    with_replicas(parser, args)
     assert args.shard.replicas == 2
     args = parser.parse_args(["run", "--config", config, "--replicas", "2"])
     with pytest.raises(SystemExit):
-        _with_replicas(parser, args)
+        with_replicas(parser, args)
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--config", config, "--shard", "0/2", "--replicas", "0"])
