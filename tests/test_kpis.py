@@ -42,7 +42,8 @@ from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore, database_path
 from monitor.report.compliance import Period, build_report
 from monitor.report.kpis import DAY_SECONDS, Thresholds, maintenance_of, status_of
-from monitor.report.render import kpi_header, render
+from monitor.report.render import render
+from monitor.report.sections import kpi_header
 from monitor.results import Result
 from monitor.targets import Target
 from tests.factories import icmp, iperf3_test, throughput_target, write_config

@@ -43,7 +43,8 @@ from monitor.history.store import EndpointRecord, HistoryStore, StoredGap
 from monitor.report.compliance import Period, build_report
 from monitor.report.gaps import Downtime, GapAccount, cut_off_seconds, due_cycles
 from monitor.report.kpis import Span, compute_kpis
-from monitor.report.render import UPSTREAM_SENTENCE, kpi_header, render
+from monitor.report.render import render
+from monitor.report.sections import UPSTREAM_SENTENCE, kpi_header
 from monitor.results import Gap, Result
 from monitor.upstreams import UPSTREAM_GROUP
 from monitor.web.site_api import report_to_json

@@ -175,7 +175,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
     """The one serialization of a :class:`~monitor.report.compliance.Report` (later report fields are added here)."""
     # Imported here: the renderers bring jinja2 and tabulate, ~4 MB resident that a daemon whose
     # API is never asked for a summary need not hold (issue 9: memory at 10,000 sites).
-    from monitor.report.render import kpis_json, rollout_json, upstreams_json
+    from monitor.report.sections import kpis_json, rollout_json, upstreams_json
 
     return {
         "period": {"from": report.period.first.isoformat(), "to": report.period.last.isoformat(),
