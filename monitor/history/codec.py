@@ -38,10 +38,19 @@ ENDPOINT_COLUMNS: tuple[str, ...] = ("name", "kind", "district", "link", "grp", 
                                      "provider", "contracted_bps")
 # what the readers select (i: icmp, t: throughput, g: gaps, e: endpoints), in the order the decoders below take
 CYCLE_COLUMNS = "i.started_at, i.sent, i.rtts, i.error, i.error_detail"
+AGENT_INSTANCE = ""  # an agent site's cycles, whichever instance took them: the site measured them once (issue 19)
 TEST_COLUMNS = ("e.name, t.method, t.started_at, t.ended_at, t.address, t.directions, t.target_bps, "
                 "t.target_upload_bps, t.target_met, t.error, t.error_detail, t.budget_remaining")
 GAP_COLUMNS = "g.started_at, g.ended_at, g.cause, g.interval_seconds"
 TRACE_COLUMNS = "r.at, r.hops, r.last_answering_hop, r.reached"  # (r: traces, issue 21)
+
+
+def instance_cycle_columns(has_instance: bool) -> str:
+    """:data:`CYCLE_COLUMNS` and the instance that wrote the cycle (issue 19, PostgreSQL schema 7), "" before it.
+
+    A report may read a history no daemon has migrated yet (read-only): its cycles then all read as one instance's.
+    """
+    return CYCLE_COLUMNS + (", i.instance" if has_instance else ", ''")
 
 
 def test_columns(has_latency: bool) -> str:
@@ -89,8 +98,12 @@ class ResultRows:
 
 
 def result_rows(results: Sequence[Result], endpoint_id: Callable[[Target], int],
-                first_known: Container[int]) -> ResultRows:
-    """The rows of ``results`` for either backend; ``first`` only for endpoints not in ``first_known``."""
+                first_known: Container[int], instance: str | None = None) -> ResultRows:
+    """The rows of ``results`` for either backend; ``first`` only for endpoints not in ``first_known``.
+
+    ``instance`` (PostgreSQL, issue 19): the writer's identity, appended to each ICMP row (:func:`cycle_instance`);
+    None (SQLite, one instance): rows without it.
+    """
     rows = ResultRows()
     first = rows.first
     for result in results:
@@ -98,7 +111,8 @@ def result_rows(results: Sequence[Result], endpoint_id: Callable[[Target], int],
         if eid not in first_known:
             first[eid] = min(first.get(eid, result.started_at), result.started_at)
         if isinstance(result, IcmpResult):
-            rows.icmp.append(icmp_row(eid, result))
+            row = icmp_row(eid, result)
+            rows.icmp.append(row if instance is None else (*row, cycle_instance(result.target, instance)))
         elif isinstance(result, ThroughputResult):
             rows.throughput.append(throughput_row(eid, result))
     return rows
@@ -109,6 +123,15 @@ def endpoint_params(rec: EndpointRecord) -> tuple[object, ...]:
     return (rec.name, rec.kind, rec.district, rec.link, rec.group, rec.target_bits_per_second, rec.status,
             None if rec.planned_date is None else rec.planned_date.isoformat(), rec.provider,
             rec.contracted_bits_per_second)
+
+
+def cycle_instance(target: Target, instance: str) -> str:
+    """The instance a cycle of ``target`` is stored under: the writer's, but "" for an agent site's cycles.
+
+    An agent's batch may reach two instances (a retry through a load balancer): stored under "" by
+    both, it is one row by the primary key, not two replicas' views to merge (issue 19).
+    """
+    return AGENT_INSTANCE if target.mode == "agent" else instance
 
 
 def icmp_row(endpoint_id: int, r: IcmpResult) -> tuple[object, ...]:
@@ -164,6 +187,11 @@ def stored_test(row: Sequence[Any]) -> StoredTest:
                       None if met is None else bool(met), None if error is None else str(error),
                       "" if detail is None else str(detail), None if budget is None else int(budget),
                       None if max_added is None else float(max_added))
+
+
+def instance_cycle(row: Sequence[Any]) -> tuple[str, StoredCycle]:
+    """The instance and cycle from the values of :func:`instance_cycle_columns`."""
+    return str(row[-1]), stored_cycle(row[:-1])
 
 
 def stored_trace(row: Sequence[Any]) -> Trace:

@@ -21,6 +21,10 @@ several instances (``--shard``) whose reports must cover every site. Why these c
 * The row layout matches SQLite's (RTTs packed into one ``bytea``): both backends turn values into
   rows and back with the one codec, :mod:`monitor.history.codec`, where the label columns are mapped
   too, so adding a label is done once for both.
+* **Replicas** (issue 19, schema 7): each instance writes its ICMP cycles under its ``instance``
+  (its shard index; "" without ``--shard``, and for an agent site's cycles), so a site probed by R
+  instances has R rows per interval; :meth:`AsyncPostgresStore.icmp_cycles` merges them into one
+  stream (:mod:`monitor.history.replicas`). SQLite keeps one instance and has no such column.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from monitor.history import codec
+from monitor.history import codec, replicas
 from monitor.history.store import EndpointRecord, HistoryNotCreated, StoredCycle, StoredGap, StoredTest, StoredWindow
 from monitor.results import Gap, Result, Trace
 from monitor.targets import Target
@@ -46,6 +50,7 @@ _GAPS_VERSION = 3  # the schema version that added the gap table
 _MAINTENANCE_VERSION = 4  # the schema version that added run-time maintenance windows
 _LATENCY_VERSION = 5  # the schema version that added the tests' max_added_latency (issue 20)
 AGENT_TOKENS_VERSION = 6  # the schema version that added enrolled agents' tokens and codes (issue 18)
+_INSTANCE_VERSION = 7  # the schema version that added icmp.instance: each replica's cycles apart (issue 19)
 _WINDOW_COLUMNS = "id, target, target_kind, starts_at, ends_at, reason, opened_at, closed_at"
 _T = TypeVar("_T")
 
@@ -168,13 +173,23 @@ MIGRATIONS: tuple[str, ...] = (
         site TEXT NOT NULL,
         agent_instance TEXT NOT NULL,
         seq BIGINT NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL DEFAULT 0,
         PRIMARY KEY (site, agent_instance)
+    );
+    CREATE TABLE agent_refusals (
+        site TEXT NOT NULL,
+        agent_instance TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (site, agent_instance, seq)
     );
     CREATE TABLE throughput_slots (
         slot_id TEXT PRIMARY KEY,
         site TEXT NOT NULL,
         granted_at DOUBLE PRECISION NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL
+        expires_at DOUBLE PRECISION NOT NULL,
+        instance TEXT NOT NULL DEFAULT '',
+        download_bytes BIGINT NOT NULL DEFAULT 0,
+        upload_bytes BIGINT NOT NULL DEFAULT 0
     );
     """,
     # 9: one throughput test per site among its replicas (issue 19), PostgreSQL only: live instances and leases
@@ -248,8 +263,9 @@ class AsyncPostgresStore:
     """
 
     def __init__(self, url: str, *, read_only: bool = False, connect_timeout_seconds: float = 10.0,
-                 max_connections: int = 2) -> None:
+                 max_connections: int = 2, instance: str = "") -> None:
         self.url = url
+        self.instance = instance  # this instance's identity on its cycles (issue 19): its shard index, or ""
         self._read_only = read_only
         self._timeout = connect_timeout_seconds
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
@@ -261,6 +277,7 @@ class AsyncPostgresStore:
         self._has_gaps = False  # set by open: the schema has the gap table
         self._has_maintenance = False  # set by open: the schema has the maintenance table
         self._test_columns = codec.test_columns(False)  # set by open: with max_added_latency from schema 5
+        self._cycle_columns = codec.instance_cycle_columns(False)  # set by open: with the instance from schema 7
 
     async def open(self) -> None:
         await (await psycopg.AsyncConnection.connect(
@@ -283,6 +300,7 @@ class AsyncPostgresStore:
         self._has_gaps = version >= _GAPS_VERSION
         self._has_maintenance = version >= _MAINTENANCE_VERSION
         self._test_columns = codec.test_columns(version >= _LATENCY_VERSION)
+        self._cycle_columns = codec.instance_cycle_columns(version >= _INSTANCE_VERSION)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -327,12 +345,12 @@ class AsyncPostgresStore:
                     if missing:
                         await self._add_endpoints(cur, missing)
                     ids = self._ids
-                    rows = codec.result_rows(results, lambda t: ids[t.name], self._first_known)
+                    rows = codec.result_rows(results, lambda t: ids[t.name], self._first_known, self.instance)
                     icmp_rows, test_rows, first = rows.icmp, rows.throughput, rows.first
                     if icmp_rows:
                         await cur.executemany(
-                            "INSERT INTO icmp (endpoint_id, started_at, address, sent, rtts, error, error_detail) "
-                            "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                            "INSERT INTO icmp (endpoint_id, started_at, address, sent, rtts, error, error_detail, "
+                            "instance) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                             "ON CONFLICT (endpoint_id, started_at, instance) DO UPDATE SET address = excluded.address, "
                             "sent = excluded.sent, rtts = excluded.rtts, "
                             "error = excluded.error, error_detail = excluded.error_detail", icmp_rows)
@@ -399,11 +417,12 @@ class AsyncPostgresStore:
         return {str(name): float(at) for name, at in rows}
 
     async def icmp_cycles(self, endpoint: str, start: float, end: float) -> list[StoredCycle]:
+        """The site's cycles in [start, end), its replicas' merged into one stream (:func:`replicas.merge`)."""
         rows = await self._rows(
-            f"SELECT {codec.CYCLE_COLUMNS} FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "  # noqa: S608
-            "WHERE e.name = %s AND i.started_at >= %s AND i.started_at < %s ORDER BY i.started_at",
+            f"SELECT {self._cycle_columns} FROM icmp i JOIN endpoints e ON e.id = i.endpoint_id "  # noqa: S608
+            "WHERE e.name = %s AND i.started_at >= %s AND i.started_at < %s ORDER BY i.started_at, 6",
             (endpoint, start, end))
-        return [codec.stored_cycle(row) for row in rows]
+        return replicas.merge([codec.instance_cycle(row) for row in rows])
 
     async def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         rows = await self._rows(
@@ -520,10 +539,10 @@ class PostgresStore:
     """
 
     def __init__(self, url: str, *, read_only: bool = False, connect_timeout_seconds: float = 10.0,
-                 max_connections: int = 2) -> None:
+                 max_connections: int = 2, instance: str = "") -> None:
         self.url = url
         self._store = AsyncPostgresStore(url, read_only=read_only, connect_timeout_seconds=connect_timeout_seconds,
-                                         max_connections=max_connections)
+                                         max_connections=max_connections, instance=instance)
         _IoLoop.run(self._store.open())
 
     def close(self) -> None:

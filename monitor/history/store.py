@@ -167,7 +167,9 @@ class HistoryStore(Protocol):
     """What a history backend does. Every method may raise the backend's errors; callers count them.
 
     Writes are idempotent per (endpoint, start time), so a batch retried after an unclear failure,
-    or sent twice by an agent, is stored once.
+    or sent twice by an agent, is stored once. On a shared PostgreSQL history an ICMP cycle is keyed
+    by its writer's instance too (issue 19), so replicas of a site keep their own views; an agent
+    site's cycles are stored under no instance, once, whichever instance took them.
     """
 
     def write(self, endpoints: Sequence[EndpointRecord], results: Sequence[Result], gaps: Sequence[Gap] = ()) -> None:
@@ -191,7 +193,11 @@ class HistoryStore(Protocol):
         """Per endpoint with results, when its first result ever written started (kept when old rows are pruned)."""
 
     def icmp_cycles(self, endpoint: str, start: float, end: float) -> Iterator[StoredCycle]:
-        """The endpoint's ICMP cycles started in [start, end), oldest first."""
+        """The endpoint's ICMP cycles started in [start, end), oldest first: one stream per site.
+
+        Where replicas wrote their own cycles (issue 19), one per site-interval, the best replica's
+        (:func:`monitor.history.replicas.merge`): reports, KPIs and the API count each interval once.
+        """
 
     def throughput_tests(self, endpoint: str, start: float, end: float) -> list[StoredTest]:
         """The endpoint's throughput tests started in [start, end), oldest first."""

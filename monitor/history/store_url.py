@@ -39,16 +39,18 @@ def describe(url: str | None) -> str:
 
 
 def opener(url: str | None, state_dir: str, *, read_only: bool = False,
-           recover: bool = False) -> Callable[[], HistoryStore]:
+           recover: bool = False, instance: str = "") -> Callable[[], HistoryStore]:
     """A function that opens the named store (called where the store will be used).
 
     ``recover`` is for the history writer alone, the file's owner: an SQLite file that is corrupt is
     moved aside and a fresh one started (:mod:`monitor.sqlite_files`, issue 25); the store's
     ``moved_aside`` says where it went. Other users (the API, reports) only fail on it.
+    ``instance`` is the writer's identity on a shared PostgreSQL history (issue 19: its shard index,
+    "" without ``--shard``), whose readers merge the replicas' cycles; SQLite has one instance and ignores it.
     """
     if url is not None and is_postgres(url):
         from monitor.history.postgres import PostgresStore  # psycopg only when PostgreSQL is used
 
-        return lambda: PostgresStore(url, read_only=read_only)
+        return lambda: PostgresStore(url, read_only=read_only, instance=instance)
     path = sqlite_path(url, state_dir)
     return lambda: SqliteStore(path, read_only=read_only, recover=recover)
