@@ -205,8 +205,9 @@ REQUIRED: list[tuple[str, str, str, tuple[str, ...]]] = [
 
 
 def uses_metric(expr: str, metric: str) -> bool:
-    """Whether ``metric`` is selected in ``expr`` as a whole name (``up`` is not found in ``connmon_up``)."""
-    return re.search(r"(?<![\w:])" + re.escape(metric) + r"(?![\w:])", expr) is not None
+    """Whether ``metric`` is selected in ``expr`` as a whole name (``up`` is not found in ``connmon_up``),
+    itself or as the recording rule that merges its replicas (issue 19: ``endpoint:connmon_up:max``)."""
+    return re.search(r"(?<![\w:])(?:[a-z_]+:)?" + re.escape(metric) + r"(?::\w+)?(?![\w:])", expr) is not None
 
 
 def dashboards_by_uid() -> dict[str, dict[str, Any]]:
@@ -268,7 +269,8 @@ def test_geomap_places_and_colours_sites_by_state() -> None:
     geomap = panel("connmon-region-overview", "Sites by state")
     (target,) = geomap["targets"]  # one query: its value column is called "Value"
     assert (target["format"], target["instant"]) == ("table", True)
-    assert re.search(r"group_left \(lat, lon\) connmon_endpoint_info\{", target["expr"]), target["expr"]
+    assert re.search(r"group_left \(lat, lon\) max without \(shard, instance\) \(connmon_endpoint_info\{",
+                     target["expr"]), target["expr"]
     (layer,) = geomap["options"]["layers"]
     assert layer["type"] == "markers"
     assert layer["location"] == {"mode": "coords", "latitude": "lat", "longitude": "lon"}
@@ -623,7 +625,8 @@ def test_worst_sites_columns_line_up_per_site(stack: Stack) -> None:
     assert set(by_site) == {"a-fibre", "№12 мектеп", "refused", "vsat-agent"}
     for site, label_sets in by_site.items():
         assert len(label_sets) == 1, (site, label_sets)
-        assert {key for key, _ in next(iter(label_sets))} == {"endpoint", "kind", "district", "link", "instance", "job"}
+        # the site's labels, replicas merged (issue 19): no instance, no shard
+        assert {key for key, _ in next(iter(label_sets))} == {"endpoint", "kind", "district", "link", "job"}
 
 
 # ------------------------------------------------------------------------------ the overview's counts, exactly
@@ -690,3 +693,28 @@ def test_monitor_health_series_are_not_per_site(stack: Stack) -> None:
             assert not {"kind", "district", "endpoint"} & set(row["metric"]), (title, row["metric"])
             seen += 1
     assert seen >= len(expressions(health))
+
+
+def merged_metrics() -> dict[str, str]:
+    """Per-site metric → the recording rule that merges its replicas (``endpoint:<metric>:<operation>``, issue 19)."""
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    rules = [rule for group in groups for rule in group["rules"] if "record" in rule]
+    return {rule["record"].split(":")[1]: rule["record"] for rule in rules if rule["record"].startswith("endpoint:")}
+
+
+def test_site_panels_show_the_merged_series() -> None:
+    """Region overview and Site detail never select a per-site gauge that has a merged series raw (issue 19):
+    with --replicas R a raw selector would draw a site R times and keep a dead replica's view."""
+    merged = merged_metrics()
+    assert {"connmon_up", "connmon_site_state", "connmon_icmp_loss_ratio", "connmon_icmp_rtt_last_seconds",
+            "connmon_throughput_bits_per_second", "connmon_target_met"} <= set(merged)
+    by_uid = dashboards_by_uid()
+    for uid in ("connmon-region-overview", "connmon-site-detail"):
+        for title, expr in expressions(by_uid[uid]):
+            for metric, rule in merged.items():
+                assert not re.search(r"(?<![\w:])" + re.escape(metric) + r"(?![\w:])", expr), (uid, title, rule)
+            # the rest (info, targets) is merged in place; counters and buckets are summed over the replicas
+            for raw in re.findall(r"(?<![\w:])(connmon_\w+)\{", expr):
+                wrapped = re.search(r"(max|group) without \(shard, instance\) \(" + raw + r"\{", expr)
+                summed = raw.endswith(("_total", "_bucket")) and re.search(r"sum by \([^)]*\) \(increase\(" + raw, expr)
+                assert wrapped or summed or raw.startswith("connmon_agent_"), (uid, title, raw)
