@@ -85,6 +85,7 @@ from monitor.web.site_api import SiteApi
 from monitor.web.site_state import SiteStateSink
 
 if TYPE_CHECKING:
+    from monitor.agent.centre.shared import SharedAgents
     from monitor.history.leases import ReplicaLeases
     from monitor.history.postgres_identity import IdentityLock  # psycopg only with PostgreSQL
 
@@ -262,7 +263,10 @@ class Daemon:
         self.iperf3_path = find_iperf3()
         self.ready = False
         # rows no store can take are kept under the state dir, which the daemon has with PostgreSQL too
-        self.history = (HistorySink(store_opener(store_url, state_dir, recover=True), config.retention,
+        # on a shared PostgreSQL history this instance's cycles go under its shard index (issue 19: replicas)
+        instance = options.shard.label if options.shard is not None else ""
+        self.history = (HistorySink(store_opener(store_url, state_dir, recover=True, instance=instance),
+                                    config.retention,
                                     set_aside_path=set_aside_file(state_dir))
                         if state_dir is not None else None)
         agent_sites = AgentSites()  # written by the registry, read by /metrics: built before both
@@ -308,7 +312,10 @@ class Daemon:
                                         *([self.history] if self.history is not None else []), self.tracer],
                                        stages=(self.maintenance.classify,))
         # one throughput plan for the centre's own tests and the agents' grants; none starts in maintenance
-        self.plan = ThroughputPlan(config.throughput_max_concurrent, paused=self.maintenance.window)
+        # issue 19: on a shared PostgreSQL history, agents' positions and every test's slot are the region's
+        self.shared_agents = _shared_agents(options) if state_dir is not None and is_postgres(store_url) else None
+        self.plan = ThroughputPlan(config.throughput_max_concurrent, paused=self.maintenance.window,
+                                   region=self.shared_agents)
         # sites behind NAT: their agents post results into the same pipeline (issue 10)
         self.agents = AgentRegistry(self.pipeline, time.time, book=self.plan.book,
                                     journal=SeqJournal.in_dir(state_dir) if state_dir is not None else None,
@@ -317,7 +324,7 @@ class Daemon:
         _warn_missing_tools(probed(self.targets), self.iperf3_path)
         for sink in self.pipeline.sinks:
             sink.set_targets(self.targets)
-        self.agents.set_targets(self.targets)
+        self.agents.set_targets(self.targets, loaded.targets if self.shared_agents is not None else ())
         self.metrics.config_loaded(True)
         self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
                                 throughput_slots=asyncio.Semaphore(config.throughput_max_concurrent),
@@ -335,7 +342,7 @@ class Daemon:
         self.agent_api = AgentApi(self.agents, self.plan, body_idle_seconds=options.agent_body_timeout_seconds,
                                   stored=self._history_stored if self.history is not None else None,
                                   enrolment=Enrolment(self.open_tokens, self.agents, time.time, enrolments)
-                                  if self.open_tokens is not None else None)
+                                  if self.open_tokens is not None else None, shared=self.shared_agents)
         self.maintenance_api = MaintenanceApi(self.maintenance, store_opener(store_url, state_dir)
                                               if state_dir is not None else None,
                                               writes_enabled=options.enable_admin_api)
@@ -371,7 +378,7 @@ class Daemon:
         self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
         for sink in self.pipeline.sinks:
             sink.set_targets(new_targets)
-        self.agents.set_targets(new_targets)
+        self.agents.set_targets(new_targets, every_target if self.shared_agents is not None else ())
         self.targets = new_targets
         settle_long_lived()  # the new targets and their state live until the next reload
 
@@ -444,6 +451,8 @@ class Daemon:
         self._watchers.append(asyncio.ensure_future(_watch_agents(self.agents, self.agent_api)))
         if self.open_tokens is not None:  # enrolled tokens (issue 18): read now, then every few seconds
             self._watchers.append(asyncio.ensure_future(keep_tokens(self.agents, self.open_tokens)))
+        if self.shared_agents is not None:  # issue 19: agents heard by the other instances are not silent here
+            self._watchers.append(asyncio.ensure_future(_keep_contacts(self.agents, self.shared_agents)))
         if self.certificate is not None:  # said at start-up, then daily while it holds (issue 25)
             self.certificate.check(time.time())
             self._watchers.append(asyncio.ensure_future(_watch_certificate(self.certificate)))
@@ -507,10 +516,27 @@ class Daemon:
         self.agents.state.fleet.save(time.time(), force=True)  # the fleet's last contacts (issue 18)
         if self.agent_api.enrolment is not None:
             self.agent_api.enrolment.close()
+        if self.shared_agents is not None:
+            await self.shared_agents.close()
         self.engine.close()
         if self.auth is not None:
             self.auth.close()
         log.info("stopped")
+
+
+def _shared_agents(options: Options) -> SharedAgents:
+    """Agents served by any instance (issue 19): their positions and the slots, in the shared PostgreSQL."""
+    from monitor.agent.centre.shared import SharedAgents  # psycopg only with PostgreSQL
+
+    assert options.store_url is not None
+    shard = options.shard
+    return SharedAgents(options.store_url, f"shard {shard.index}/{shard.count}" if shard is not None else "0/1")
+
+
+async def _keep_contacts(agents: AgentRegistry, shared: SharedAgents) -> None:
+    from monitor.agent.centre.shared import keep_contacts
+
+    await keep_contacts(agents, shared)
 
 
 async def _watch_certificate(certificate: ServedCertificate) -> None:

@@ -314,6 +314,8 @@ class CycleScheduler:
                     state.target, state.target.throughput.method, now, now, None, (), ProbeErrorReason.BUDGET,
                     "the monthly data budget is spent; tests resume next month"))
                 continue
+            if not await self.plan.take_region(state, now):
+                continue  # max_concurrent is the region's (issue 19): every slot is out, asked again shortly
             task = asyncio.create_task(self._run_test(state, target))
             self.running_cycles.add(task)
             task.add_done_callback(self.running_cycles.discard)

@@ -20,6 +20,11 @@ metered satellite links), so unlike ICMP they are planned one site at a time:
   refused with ``maintenance``; a test that fell due meanwhile runs once the window ends, within
   ``max_concurrent`` like any other.
 
+* **Region** (issue 19). With a PostgreSQL history, instances behind one centre URL take every
+  test's slot from one pool in the database (:class:`RegionSlots`, :mod:`monitor.agent.centre.shared`):
+  an agent's grant and the centre's own test (:meth:`ThroughputPlan.take_region`) each hold a row
+  until the test ends or the grant expires, so ``max_concurrent`` holds across the instances.
+
 * **Restart.** With a history, :meth:`ThroughputPlan.restore` gives each site its last test time
   and this month's bytes back: a site tested an hour before the restart waits for its regular
   slot, and only sites whose test fell due while the daemon was down are spread over ``every``.
@@ -31,8 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from monitor.config import ThroughputSettings
 from monitor.config.windows import current_or_next
@@ -72,6 +79,26 @@ def allowed_start(t: float, name: str, settings: ThroughputSettings) -> float:
     # Windows too short for a test are refused by the config check; should one slip through, the
     # test still waits for a window rather than running when the operator said it must not.
     return current_or_next(t, settings.windows, settings.timezone)[0]
+
+
+REGION_BUSY_RETRY_SECONDS = 5.0  # the region's slots were all out for a due test of the centre's: asked again then
+SLOT_GRACE_SECONDS = 60.0  # a grant lasts the test's own bound and this (for an agent to start and report it)
+
+
+class RegionSlots(Protocol):
+    """The throughput slots of every instance behind one centre URL (issue 19; in PostgreSQL)."""
+
+    async def take(self, slot_id: str, site: str, now: float, expires_at: float, limit: int,
+                   download_bytes: int = 0, upload_bytes: int = 0) -> bool: ...
+
+    def release(self, slot_id: str) -> None: ...
+
+    def say(self, what: str, err: BaseException) -> None: ...
+
+
+def slot_seconds(settings: ThroughputSettings) -> float:
+    """How long a grant for a test with ``settings`` lasts: its bound per direction, and the grace."""
+    return settings.test_bound_seconds * max(1, len(settings.effective_directions)) + SLOT_GRACE_SECONDS
 
 
 AGENT_BUSY_RETRY_SECONDS = 30.0  # an agent refused for want of a slot asks again after 30–60 s
@@ -119,10 +146,13 @@ class ThroughputPlan:
     """
 
     def __init__(self, max_concurrent: int = 2,
-                 paused: Callable[[str, float], str | None] = lambda _name, _now: None) -> None:
+                 paused: Callable[[str, float], str | None] = lambda _name, _now: None,
+                 region: RegionSlots | None = None) -> None:
         self.sites: dict[str, SiteState] = {}
         self.max_concurrent = max_concurrent
         self.paused = paused  # the maintenance window holding a site at a time, else None
+        self.region = region  # issue 19: the slots of every instance sharing the history; None: this one's only
+        self._region_slots: dict[str, str] = {}  # site → the region's slot its running centre test holds
 
     def set_targets(self, targets: Sequence[Target], now: float) -> None:
         """Start (or, at a reload, change) the plan; sites that stay keep their due time and budget."""
@@ -218,6 +248,42 @@ class ThroughputPlan:
         state.running = True
         return Grant(target, "granted", 0.0)
 
+    async def take_region(self, state: SiteState, now: float) -> bool:
+        """The region's slot for a due test of the centre's own (issue 19); True at once without a region.
+
+        Refused (every slot of the region is out, or the database cannot be asked), the site is not
+        running and is due again after :data:`REGION_BUSY_RETRY_SECONDS`.
+        """
+        region = self.region
+        if region is None:
+            return True
+        name, slot_id = state.target.name, secrets.token_hex(12)
+        try:
+            taken = await region.take(slot_id, name, now, now + slot_seconds(state.target.throughput),
+                                      self.max_concurrent)
+        except Exception as err:
+            region.say("take a throughput slot", err)
+            taken = False
+        if not taken:
+            state.running = False
+            state.next_due = max(state.next_due, now + REGION_BUSY_RETRY_SECONDS * (1.0 + phase(name)))
+            return False
+        self._region_slots[name] = slot_id
+        return True
+
+    def cancel(self, name: str) -> None:
+        """Undo a :meth:`grant` the region refused (issue 19): the site is not running, its due time stays."""
+        state = self.sites.get(name)
+        if state is not None:
+            state.running = False
+
+    def ended_elsewhere(self, name: str, now: float) -> None:
+        """A grant of this instance whose test another instance booked (issue 19): not running; next due a period on."""
+        state = self.sites.get(name)
+        if state is not None and state.running:
+            state.running = False
+            state.next_due = allowed_start(now + state.target.throughput.every_seconds, name, state.target.throughput)
+
     def release(self, name: str, now: float) -> None:
         """A grant that expired without a result: free the slot; the site tries again after a busy pause."""
         state = self.sites.get(name)
@@ -249,6 +315,9 @@ class ThroughputPlan:
 
     def finished(self, name: str, result: ThroughputResult, now: float) -> None:
         """Book a finished (or skipped) test and plan the site's next one."""
+        slot_id = self._region_slots.pop(name, None)
+        if slot_id is not None and self.region is not None:  # the centre's own test ended: its region slot is free
+            self.region.release(slot_id)
         state = self.sites.get(name)
         if state is None:  # removed by a reload while it ran
             return

@@ -125,6 +125,7 @@ groups:
             after = min(s for s in starts if s > killed_at)
             waits.append(after - before)
     # the take-over: within a lease, a follower's recheck and a period of the last test
-    assert waits and all(w <= EVERY + LEASE + LEASE / 2 + 3 for w in waits), (waits, killed_at, {n: tested[n] for n in moved})
+    assert waits and all(w <= EVERY + LEASE + LEASE / 2 + 3 for w in waits), (
+        waits, killed_at, {n: tested[n] for n in moved})
     print(f"\nthroughput take-over after kill -9: gaps between tests of the moved sites {sorted(waits)} s "
           f"(every {EVERY:g}s, lease {LEASE:g}s)")

@@ -26,6 +26,12 @@ config's basic auth, which is for people and scrapers, but they do take its TLS)
   text for a wrong, used or expired code; 429 over the rate of wrong codes (``Retry-After``); 503
   when the store cannot be used now (:mod:`monitor.agent.centre.enrolment`).
 
+Several instances behind one centre URL (issue 19): with a PostgreSQL history, each agent's
+position is read from the database before a batch is taken and advanced there once the history
+holds it, and every slot is a row of the region's pool (:mod:`monitor.agent.centre.shared`), so
+any instance may take any request: a batch another instance stored is answered as duplicates, and
+``max_concurrent`` holds for the region. Without it, all of this stays in the instance.
+
 Bodies on slow links (issue 24): over VSAT and LTE a body arrives in pieces, so every body is read
 to its end however it is segmented, piece by piece, up to its size limit. A body that stops
 arriving for :data:`BODY_IDLE_SECONDS` (``--web.agent-body-timeout``), or takes longer than
@@ -43,16 +49,17 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from monitor.agent.centre.bodies import Refusal, body_pieces, no_constant, read_body, unique_keys
 from monitor.agent.centre.enrolment import Enrolment, Refused, is_code
 from monitor.agent.centre.fleet_view import agent_rows
 from monitor.agent.centre.journal import JournalError
-from monitor.agent.centre.registry import AgentRegistry, AgentSite
+from monitor.agent.centre.registry import Accepted, AgentRegistry, AgentSite
 from monitor.agent.centre.settings import versioned_settings
 from monitor.agent.protocol import (
     BODY_IDLE_SECONDS,
@@ -69,11 +76,15 @@ from monitor.agent.protocol import (
     granted_bytes,
 )
 from monitor.text import text_fault
-from monitor.throughput_plan import ThroughputPlan
+from monitor.throughput_plan import AGENT_BUSY_RETRY_SECONDS, ThroughputPlan, phase
 from monitor.web.access_log import ACCESS_USER
 from monitor.web.answers import error_response, json_response
 
+if TYPE_CHECKING:
+    from monitor.agent.centre.shared import SharedAgents  # psycopg only with PostgreSQL
+
 log = logging.getLogger(__name__)
+__all__ = ["AgentApi", "Slot", "read_body"]  # read_body: for the other routes that read bodies the same way
 
 AGENTS_LIST_PATH = "/api/v1/agents"  # the fleet at a glance (issue 18), for people: not under the agents' prefix
 SLOT_GRACE_SECONDS = 60.0  # beyond the test's own bound, for the agent to start and report it
@@ -81,6 +92,7 @@ BODY_TOTAL_SECONDS = 600.0  # a 2 MiB batch at 32 kbit/s takes ~9 minutes: slowe
 MAX_BODY_READS = 32  # bodies read at once (each up to MAX_BODY_BYTES in memory); beyond: 503
 BUSY_RETRY_SECONDS = 5  # Retry-After when too many bodies are being read, or the journal cannot be written
 JOURNAL_RETRY_SECONDS = 60
+_NO_LOCAL_LIMIT = 2**31  # issue 19: the region's pool in PostgreSQL bounds the tests, not this instance's count
 _CHUNK = bytes(256 * 1024)  # zeros: the link is measured, not compression (nothing on the path compresses TCP)
 
 
@@ -102,17 +114,22 @@ class AgentApi:
         plan: the throughput plan the centre's own tests use too (grants within its ``max_concurrent``).
         body_idle_seconds: how long a body may stop arriving before it gets 408.
         enrolment: trades one-time codes for tokens (issue 18); None without a history store.
+        shared: sequence positions and slot grants shared with the other instances behind the same centre
+            URL (issue 19, a PostgreSQL history); None: this instance's own, as before.
     """
 
     def __init__(self, registry: AgentRegistry, plan: ThroughputPlan,
                  body_idle_seconds: float = BODY_IDLE_SECONDS,
-                 stored: Callable[[], Awaitable[bool]] | None = None, enrolment: Enrolment | None = None) -> None:
+                 stored: Callable[[], Awaitable[bool]] | None = None, enrolment: Enrolment | None = None,
+                 shared: SharedAgents | None = None) -> None:
+        self.shared = shared
         # issue 25: True once the history holds every result taken so far (None: no history to wait for)
         self.stored = stored
         self.registry = registry
         self.plan = plan
         self.body_idle_seconds = body_idle_seconds
         self.slots: dict[str, Slot] = {}
+        self._checking: asyncio.Future[None] | None = None  # issue 19: the check of grants freed elsewhere, running
         self.reading = 0  # bodies being read now
         self.enrolment = enrolment  # codes traded for tokens (issue 18); None: no history store to keep them
 
@@ -170,12 +187,12 @@ class AgentApi:
         """The body as JSON: UTF-8, ``application/json``, read whole and no further than the limit.
 
         Raises:
-            _Refusal: the answer to send instead (415, 413, 408, 503 or 400).
+            Refusal: the answer to send instead (415, 413, 408, 503 or 400).
         """
         if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
-            raise _Refusal(415, "the body must be JSON in UTF-8 (Content-Type: application/json)", close=True)
+            raise Refusal(415, "the body must be JSON in UTF-8 (Content-Type: application/json)", close=True)
         if self.reading >= MAX_BODY_READS:
-            raise _Refusal(503, f"{MAX_BODY_READS} bodies are being received already; retry shortly", close=True,
+            raise Refusal(503, f"{MAX_BODY_READS} bodies are being received already; retry shortly", close=True,
                            headers={"Retry-After": str(BUSY_RETRY_SECONDS)})
         self.reading += 1
         try:
@@ -185,11 +202,11 @@ class AgentApi:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise _Refusal(400, f"the body is not UTF-8 (byte {err.start})") from None
+            raise Refusal(400, f"the body is not UTF-8 (byte {err.start})") from None
         try:
-            return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+            return json.loads(text, parse_constant=no_constant, object_pairs_hook=unique_keys)
         except (ValueError, RecursionError) as err:
-            raise _Refusal(400, f"the body is not JSON: {err}") from None
+            raise Refusal(400, f"the body is not JSON: {err}") from None
 
     # ------------------------------------------------------------------ routes
     async def results(self, request: web.Request) -> web.Response:
@@ -207,13 +224,23 @@ class AgentApi:
         try:
             data = await self._json(request)
             batch = decode_batch(data, arrived, per_result)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             return refusal.answer(self, request, site=site)
         except ProtocolError as err:
             return self._refuse(400, str(err), err.field, site=site)
         if batch.site != site.target.name:
             return self._refuse(403, f"this token is for site {site.target.name!r}, not {batch.site!r}", "site",
                                 site=site)
+        if self.shared is not None:  # issue 19: what another instance behind the same URL stored of it already
+            instance = batch.agent.instance
+            try:
+                position = await self.shared.position(site.target.name, instance)
+            except Exception as err:
+                self.shared.say("read an agent's position", err)
+                return self._refuse(503, "the centre cannot read the agent's position from its shared store now; "
+                                         "the batch was not taken: post it again later",
+                                    headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, site=site)
+            self.registry.advance(site, instance, position.seq, position.refused)
         try:
             outcome = self.registry.accept(site, batch)  # journalled before published: raises, changing nothing
         except JournalError as err:
@@ -223,6 +250,8 @@ class AgentApi:
         for item in batch.results:
             if item.slot is not None:
                 self.slots.pop(item.slot, None)
+                if self.shared is not None:  # the test ended: its region slot is free, whoever granted it
+                    self.shared.release(item.slot)
         # issue 25: 200 only once the history holds the batch (a duplicate too: its first post may not be
         # stored yet), then journalled as stored; a kill before that loses nothing the agent was told is in
         if self.stored is not None and not await self.stored():
@@ -230,6 +259,8 @@ class AgentApi:
                                      "again later (it is then answered as duplicates once stored)",
                                 headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, site=site)
         self.registry.confirm(site)
+        if self.shared is not None:  # stored, then the region's position advances (never before: no loss)
+            await self._confirm_shared(site, batch.agent.instance, outcome)
         answer: dict[str, Any] = {"accepted": outcome.accepted, "duplicates": outcome.duplicates,
                                   "last_seq": outcome.last_seq, "gap_cause": outcome.gap_cause}
         if per_result:  # issue 25: every result's own outcome, so the agent drops only what was refused
@@ -240,6 +271,22 @@ class AgentApi:
                           else round(outcome.clock.bound_seconds, 3),
                           settings_version=versioned_settings(site.target)["settings_version"])
         return json_response(answer)
+
+    async def _confirm_shared(self, site: AgentSite, instance: str, outcome: Accepted) -> None:
+        """Write the region's position of ``site``'s installation once the history holds the batch (issue 19).
+
+        ``outcome.last_seq`` is the position as this batch left it: a later batch taken meanwhile
+        may not be stored yet. Not written (the server is away), it is said: another instance then
+        takes a retry of this batch again, which the history stores as the same rows.
+        """
+        assert self.shared is not None
+        stored = [line["seq"] for line in outcome.lines if line["outcome"] == "stored"]
+        refused = [line["seq"] for line in outcome.lines if line["outcome"] == "refused"]
+        try:
+            await self.shared.confirm(site.target.name, instance, outcome.last_seq, _ints(stored), _ints(refused),
+                                      self.registry.clock())
+        except Exception as err:
+            self.shared.say("write an agent's position", err)
 
     async def settings(self, request: web.Request) -> web.Response:
         """What the site's agent measures, from the centre's config, with its version (issue 18)."""
@@ -260,7 +307,7 @@ class AgentApi:
             return site
         try:
             data = await self._json(request)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             return refusal.answer(self, request, site=site)
         if not isinstance(data, dict) or set(data) != {"site"} or not isinstance(data["site"], str) \
                 or not 0 < len(data["site"]) <= 200 or text_fault(data["site"]) is not None:
@@ -272,7 +319,13 @@ class AgentApi:
             return self._refuse(403, f"this token is for site {site.target.name!r}", "site", site=site)
         now = self.registry.clock()
         self.expire_slots()
-        grant = self.plan.grant(site.target.name, now)
+        name = site.target.name
+        if name not in self.plan.sites and name not in self.registry.watched:
+            # issue 19: another instance's share, its plan there; a load balancer's next pick may be one of them
+            return json_response({"granted": False, "reason": "busy",
+                                  "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)})
+        # issue 19: with the region's pool, the region counts the slots (this instance's count may be stale)
+        grant = self.plan.grant(name, now, None if self.shared is None else _NO_LOCAL_LIMIT)
         if grant.target is None:
             return json_response({"granted": False, "reason": grant.reason,
                                   "retry_after_seconds": round(grant.retry_after_seconds, 3)})
@@ -282,9 +335,13 @@ class AgentApi:
         slot_id = secrets.token_hex(12)
         allowance = granted_bytes(settings.max_bytes, settings.omit_seconds, settings.duration_seconds,
                                   settings.timeout_seconds)
-        self.slots[slot_id] = Slot(site.target.name, now + bound + SLOT_GRACE_SECONDS,
-                                   allowance if "download" in directions else 0,
-                                   allowance if "upload" in directions else 0)
+        download, upload = (allowance if "download" in directions else 0), (allowance if "upload" in directions else 0)
+        if self.shared is not None and not await self._take_shared(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS,
+                                                                   download, upload):
+            self.plan.cancel(name)
+            return json_response({"granted": False, "reason": "busy",
+                                  "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)})
+        self.slots[slot_id] = Slot(name, now + bound + SLOT_GRACE_SECONDS, download, upload)
         log.info("throughput slot granted to agent site %s", site.target.name, extra={"endpoint": site.target.name})
         return json_response({
             "granted": True, "slot": slot_id, "expires_at": now + bound + SLOT_GRACE_SECONDS,
@@ -297,7 +354,7 @@ class AgentApi:
         """A one-time code for the site's token (issue 18): no bearer token, the code is the credential."""
         try:
             data = await self._json(request)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             return refusal.answer(self, request)
         if not isinstance(data, dict) or set(data) != {"code"} or not isinstance(data["code"], str) \
                 or not is_code(data["code"]):
@@ -322,6 +379,16 @@ class AgentApi:
                  request.remote, extra={"endpoint": outcome.site})
         return json_response({"site": outcome.site, "token": outcome.token})
 
+    async def _take_shared(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
+                           upload: int) -> bool:
+        """The region's slot for an agent's grant (issue 19): False when all are out or the store cannot say."""
+        assert self.shared is not None
+        try:
+            return await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload)
+        except Exception as err:
+            self.shared.say("take a throughput slot", err)
+            return False
+
     def expire_slots(self) -> None:
         """Free the slots whose agent never reported a test (called on requests and by the daemon's tick)."""
         now = self.registry.clock()
@@ -329,22 +396,53 @@ class AgentApi:
             if slot.expires_at <= now:
                 del self.slots[slot_id]
                 self.plan.release(slot.site, now)
+                if self.shared is not None:  # the database's row expires by itself too: this frees it at once
+                    self.shared.release(slot_id)
+        if self.shared is not None and self.slots and (self._checking is None or self._checking.done()):
+            self._checking = asyncio.ensure_future(self._freed_elsewhere())
+
+    async def _freed_elsewhere(self) -> None:
+        """Forget this instance's grants whose result another instance took (issue 19): that one freed the slot."""
+        assert self.shared is not None
+        asked = list(self.slots)
+        try:
+            live = await self.shared.live(asked)
+        except Exception as err:
+            self.shared.say("read the throughput slots", err)
+            return
+        now = self.registry.clock()
+        for slot_id in asked:
+            slot = self.slots.get(slot_id)
+            if slot_id not in live and slot is not None and slot.expires_at > now:
+                del self.slots[slot_id]
+                self.plan.ended_elsewhere(slot.site, now)
                 log.warning("throughput slot of agent site %s expired without a result", slot.site,
                             extra={"endpoint": slot.site})
 
-    def _granted(self, request: web.Request) -> Slot | web.Response:
+    async def _granted(self, request: web.Request) -> Slot | web.Response:
         """The live slot of the posting site that the request names; else the refusal to send (401, 429, 403)."""
         site = self._site(request)
         if isinstance(site, web.Response):
             return site
-        slot = self.slots.get(request.query.get("slot", ""))
+        slot_id = request.query.get("slot", "")
+        slot = self.slots.get(slot_id)
+        if slot is None and self.shared is not None and 0 < len(slot_id) <= 64 and slot_id.isascii() \
+                and slot_id.isalnum():  # issue 19: granted by another instance behind the same URL
+            try:
+                granted = await self.shared.slot(slot_id)
+            except Exception as err:
+                self.shared.say("read a throughput slot", err)
+                granted = None
+            if granted is not None:  # served here from now on, within the bytes it granted
+                slot = self.slots[slot_id] = Slot(granted.site, granted.expires_at, granted.download_bytes,
+                                                  granted.upload_bytes)
         if slot is None or slot.site != site.target.name or slot.expires_at <= self.registry.clock():
             return self._refuse(403, "no granted throughput slot for this site (ask POST /api/v1/agent/slot)",
                                 "slot", close=request if request.body_exists else None, site=site)
         return slot
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        slot = self._granted(request)
+        slot = await self._granted(request)
         if isinstance(slot, web.Response):
             return slot
         raw = request.query.get("bytes")
@@ -377,7 +475,7 @@ class AgentApi:
         return response
 
     async def upload(self, request: web.Request) -> web.Response:
-        slot = self._granted(request)
+        slot = await self._granted(request)
         if isinstance(slot, web.Response):
             return slot
         declared = request.content_length
@@ -388,7 +486,7 @@ class AgentApi:
         try:  # counted and dropped: the agent measures what was acknowledged
             async for piece in body_pieces(request, slot.upload_left, self.body_idle_seconds, None):
                 received += len(piece)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             if refusal.status == 413:  # the grant is spent: nothing more is taken under this slot
                 slot.upload_left = 0
             return refusal.answer(self, request, stop_reading=refusal.status == 413,
@@ -397,75 +495,10 @@ class AgentApi:
         return json_response({"bytes": received})
 
 
-async def read_body(request: web.Request, limit: int, idle_seconds: float, total_seconds: float) -> bytes:
-    """Read ``request``'s body to its end, however it is segmented (see :func:`body_pieces`)."""
-    return b"".join([piece async for piece in body_pieces(request, limit, idle_seconds, total_seconds)])
-
-
-async def body_pieces(request: web.Request, limit: int, idle_seconds: float,
-                      total_seconds: float | None) -> AsyncIterator[bytes]:
-    """``request``'s body piece by piece as it arrives, to its end.
-
-    ``request.content.read(n)`` returns what has arrived so far, not ``n`` bytes: over VSAT a
-    batch came in pieces and was cut at the first one (issue 24).
-
-    Raises:
-        _Refusal: 413 past ``limit`` bytes (declared or sent), 408 when no byte came for
-            ``idle_seconds`` or the whole took over ``total_seconds``, 400 when the client
-            broke the body off.
-    """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _Refusal(413, f"the body is over {limit} bytes", close=True)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = None if total_seconds is None else started + total_seconds
-    size = 0
-    while True:
-        wait = idle_seconds if deadline is None else min(idle_seconds, deadline - loop.time())
-        try:
-            async with asyncio.timeout(max(0.0, wait)):
-                piece = await request.content.readany()
-        except TimeoutError:
-            raise _Refusal(408, f"the body stopped arriving after {size} bytes ({loop.time() - started:.0f}s); "
-                                "the connection is closed", close=True) from None
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError, OSError) as err:
-            raise _Refusal(400, f"the body was broken off after {size} bytes: {type(err).__name__}",
-                           close=True) from None
-        if not piece:
-            return
-        size += len(piece)
-        if size > limit:
-            raise _Refusal(413, f"the body is over {limit} bytes", close=True)
-        yield piece
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str, close: bool = False,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.close, self.headers = status, message, close, headers
-
-    def answer(self, api: AgentApi, request: web.Request, stop_reading: bool = False,
-               site: AgentSite | None = None) -> web.Response:
-        return api._refuse(self.status, self.message, headers=self.headers, close=request if self.close else None,
-                           stop_reading=stop_reading, site=site)
+def _ints(values: list[object]) -> list[int]:
+    return [v for v in values if isinstance(v, int)]
 
 
 def _is_version(header: str) -> bool:
     """A ``Connmon-Protocol`` value as the API document allows: 1 to 4 ASCII digits."""
     return header.isascii() and header.isdigit() and 1 <= len(header) <= 4
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose keys are all different: with a duplicate, which one counts would be a guess."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise ValueError(f"the key {json.dumps(duplicate)} appears twice in one object")
-    return obj

@@ -14,7 +14,9 @@ enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre'
   have both, the YAML's and the store's: either is accepted.
 * **Idempotence.** Results carry the agent's sequence number (per agent installation,
   ``instance``); what is not above the last one accepted is acknowledged and ignored, so an
-  agent may repeat an upload whose answer it did not get.
+  agent may repeat an upload whose answer it did not get. With a PostgreSQL history the positions
+  are the region's too (issue 19, :meth:`AgentRegistry.advance`): several instances behind one URL
+  answer a batch that any of them stored as duplicates.
 * **Liveness.** A site with nothing received for ``stale_after`` (default three ICMP intervals)
   gets a result with reason ``agent_silent``: ``connmon_up`` goes to 0 and alerts fire as for any
   down site. Silence is not a measurement, so the history does not keep it
@@ -188,6 +190,7 @@ class AgentRegistry:
         if journal is not None:  # the fleet's records outlive a restart beside the journal (issue 18)
             self.state.fleet = Fleet(journal.path.parent / FLEET_FILE_NAME)
         self._fleet_names: frozenset[str] = frozenset()
+        self.watched: frozenset[str] = frozenset()  # the sites whose silence this instance watches (its share's)
         self._by_hash: dict[str, str] = {}
         self._yaml_hashes: dict[str, str] = {}
         self._stored: dict[str, str] = {}  # site → hash of its enrolled token, from the history store (issue 18)
@@ -203,12 +206,19 @@ class AgentRegistry:
     def rejected(self) -> dict[int, int]:
         return self.state.rejected
 
-    def set_targets(self, targets: Sequence[Target]) -> None:
-        """The agent sites of the config now running; a site that stays keeps its sequence and liveness."""
+    def set_targets(self, targets: Sequence[Target], others: Sequence[Target] = ()) -> None:
+        """The agent sites of the config now running; a site that stays keeps its sequence and liveness.
+
+        ``others``: sites of other instances' shares that this one serves too (issue 19: agents
+        served by any instance behind one centre URL, their positions shared in PostgreSQL). Their
+        batches are taken here, but their silence is watched by the instances whose share they are.
+        """
         now = self.clock()
         sites: dict[str, AgentSite] = {}
         by_hash: dict[str, str] = {}
-        for target in targets:
+        own = {t.name for t in targets}
+        self.watched = frozenset(t.name for t in targets if t.mode == "agent" and t.probed)
+        for target in (*targets, *(t for t in others if t.name not in own)):
             if target.mode != "agent" or not target.probed:
                 continue  # a planned or retired agent site has no agent to hear from (yet, or any more)
             old = self.sites.get(target.name)
@@ -398,6 +408,43 @@ class AgentRegistry:
                     first.field, " ".join(first.reason.split())[:_MAX_REASON_LOGGED], more,
                     extra={"endpoint": site.target.name})
 
+    def advance(self, site: AgentSite, instance: str, seq: int, refused: Iterable[int]) -> None:
+        """What another instance behind the same centre URL stored of ``site`` (issue 19), before a batch is taken.
+
+        ``seq`` is the region's stored position of the agent installation ``instance`` and ``refused``
+        its results refused on their own (:mod:`monitor.agent.centre.shared`): results at or below
+        ``seq`` are answered as duplicates here too, and a refused one posted again is taken or refused
+        again, never called a duplicate. A position never moves back: this instance may have taken more.
+        """
+        if site.instance != instance:
+            if not seq:
+                return  # nothing stored of this installation yet: :meth:`accept` starts it from 1 as before
+            site.instance, site.last_seq, site.refused_seqs = instance, 0, {}  # another instance took it over
+        site.last_seq = max(site.last_seq, seq)
+        held = set(refused)
+        for number in [n for n in site.refused_seqs if n <= seq and n not in held]:
+            del site.refused_seqs[number]  # refused here before, stored by another instance since
+        for number in refused:
+            if number not in site.refused_seqs:
+                site.refused_seqs[number] = RefusedResult(number, "", "held by another instance")
+        while len(site.refused_seqs) > REFUSALS_REMEMBERED:
+            del site.refused_seqs[next(iter(site.refused_seqs))]
+
+    def heard(self, contacts: dict[str, float]) -> None:
+        """Other instances' last batches from agent sites (issue 19): a site heard there is not silent here.
+
+        A silent site heard elsewhere since is silent no more; the instance that took the batch wrote
+        what ended the silence, so nothing is published here: the provisional gap keeps its last end.
+        """
+        for name in self.watched:
+            site, at = self.sites.get(name), contacts.get(name)
+            if site is None or at is None or at <= site.last_seen:
+                continue
+            site.last_seen = at
+            if site.silent:
+                site.silent = False
+                log.warning("agent site %s is heard again by another instance", name, extra={"endpoint": name})
+
     def confirm(self, site: AgentSite) -> None:
         """The history has stored ``site``'s batches so far: journal that, so a restart does not take them again."""
         if self.journal is not None and site.last_seq:
@@ -444,6 +491,8 @@ class AgentRegistry:
         self.state.fleet.save(now)
         marked: list[str] = []
         for site in self.sites.values():
+            if site.target.name not in self.watched:
+                continue  # another instance's share, served here too (issue 19): its owners watch its silence
             stale_after = site.target.agent_stale_after_seconds
             if site.silent:  # the history's provisional gap grows with the silence, a row update a minute
                 if now - site.gap_written_at >= OPEN_GAP_REFRESH_SECONDS:

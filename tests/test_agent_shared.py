@@ -1,0 +1,97 @@
+"""The agents' shared state on a real PostgreSQL (issue 19): slot grants under the advisory lock, positions that never
+move back, refusals kept and bounded. The daemons that use it are tested in ``tests/test_agent_instances.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from monitor.agent.centre.shared import REFUSALS_KEPT, SharedAgents
+from monitor.history.postgres import PostgresStore
+from tests.postgres import pg_server, pg_url  # noqa: F401 (fixtures)
+
+
+def _migrated(url: str) -> None:
+    PostgresStore(url).close()  # the history's migrations make the tables, as the daemon's writer does
+
+
+def test_grants_from_many_instances_at_once_never_exceed_the_limit(pg_url: str) -> None:  # noqa: F811
+    """Twelve instances (each its own connection, in its own thread) ask for slots of 24 sites at the same moment,
+    with a limit of 3: exactly 3 are granted; a site holds one at most; a freed or expired slot can be taken again."""
+    _migrated(pg_url)
+    instances = [SharedAgents(pg_url, f"{i}/12") for i in range(12)]
+    barrier = threading.Barrier(12)
+    rounds: list[list[str]] = [[] for _ in range(6)]
+
+    def ask(index: int) -> None:
+        async def go() -> None:
+            for number, granted in enumerate(rounds):  # six races; each round's grants expire before the next
+                now = 1000.0 * (number + 1)
+                barrier.wait()
+                for site in (f"site-{index}", f"site-{index + 12}"):
+                    if await instances[index].take(f"slot-{number}-{site}", site, now, now + 100.0, 3):
+                        granted.append(site)
+            await instances[index].close()
+
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [len(granted) for granted in rounds] == [3] * 6, rounds
+    granted = rounds[-1]
+
+    async def after() -> None:
+        shared = SharedAgents(pg_url, "0/12")
+        try:
+            assert await shared.held(6000.0) == 3
+            site = granted[0]
+            assert not await shared.take("again", site, 6001.0, 6100.0, 10)  # the site has one already
+            assert not await shared.take("more", "site-other", 6001.0, 6100.0, 3)  # the region's 3 are out
+            assert await shared.live([f"slot-5-{site}", "never-granted"]) == {f"slot-5-{site}"}
+            shared.release(f"slot-5-{site}")
+            await asyncio.sleep(0)  # the release runs on the worker: wait for it
+            for _ in range(50):
+                if await shared.held(6001.0) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert await shared.take("more", "site-other", 6001.0, 6100.0, 3)
+            assert await shared.held(6001.0) == 3
+            assert await shared.take("late", "site-late", 6100.0, 6200.0, 3)  # the others expired at 6100
+            assert await shared.held(6100.0) == 1
+            slot = await shared.slot("late")
+            assert slot is not None and slot.site == "site-late" and slot.expires_at == 6200.0
+        finally:
+            await shared.close()
+
+    asyncio.run(after())
+
+
+def test_a_position_never_moves_back_and_refusals_are_bounded(pg_url: str) -> None:  # noqa: F811
+    """A late confirmation keeps the later position another instance wrote; a result stored since is no longer
+    held; an installation's refusals keep the newest ones only; each site's last contact is its latest."""
+    _migrated(pg_url)
+
+    async def go() -> None:
+        shared = SharedAgents(pg_url, "0/2")
+        try:
+            assert (await shared.position("s", "i1")).seq == 0
+            await shared.confirm("s", "i1", 20, range(1, 18), [18, 19, 20], 50.0)
+            await shared.confirm("s", "i1", 10, range(1, 10), [], 40.0)  # an instance that confirms late
+            position = await shared.position("s", "i1")
+            assert position.seq == 20 and position.refused == {18, 19, 20}
+            await shared.confirm("s", "i1", 21, [19, 21], [], 60.0)  # 19 stored since: no longer held
+            assert (await shared.position("s", "i1")).refused == {18, 20}
+            many = range(100, 100 + REFUSALS_KEPT + 10)
+            await shared.confirm("s", "i1", many[-1], [], many, 70.0)
+            position = await shared.position("s", "i1")
+            assert len(position.refused) == REFUSALS_KEPT and min(position.refused) == many[10]
+            assert (await shared.position("s", "i2")).seq == 0  # another installation numbers on its own
+            await shared.confirm("t", "i9", 1, [1], [], 30.0)
+            assert await shared.contacts() == {"s": 70.0, "t": 30.0}
+        finally:
+            await shared.close()
+
+    asyncio.run(go())
