@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 
 STORED_WAIT_SECONDS = 10.0  # an agent's batch is answered 503 if the history has not stored it by then (issue 25)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
+FOLLOW_SECONDS = 60.0  # how often a replica catches up with the tests the others ran (issue 19)
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
 IDENTITY_CHECK_SECONDS = 60.0  # how often the identity's lock on a shared history is checked (issue 25)
@@ -205,8 +206,10 @@ def _take_ownership(options: Options) -> list[StateLock | IdentityLock]:
         from monitor.history.postgres_identity import IdentityLock
 
         shard = options.shard
-        identity = (f"shard {shard.index}/{shard.count}" if shard is not None and shard.count > 1
-                    else "every site, no --shard")
+        # with replicas, the cycles, heartbeats and leases go by the index alone: two "0"s (0/3 and 0/4 in a
+        # resize) would share them, so they are one identity; plain shards may overlap in a resize
+        identity = ("every site, no --shard" if shard is None or shard.count == 1
+                    else f"shard {shard.index}" if shard.replicas > 1 else f"shard {shard.index}/{shard.count}")
         assert options.store_url is not None
         try:
             owned.append(IdentityLock.take(options.store_url, identity))
@@ -331,7 +334,9 @@ class Daemon:
                                 addresses=addresses)
         self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path,
                                         upstreams=self.upstreams)
-        self._leases: tuple[ReplicaLeases, asyncio.Future[None]] | None = None  # issue 19's turns, when shared
+        # issue 19's turns on a shared history: the leases, their heartbeat and the followers' catching up
+        self._leases: tuple[ReplicaLeases, asyncio.Future[None], asyncio.Future[None]] | None = None
+        self._restored = False  # the history's start-up restore has been delivered
         if self.history is not None:  # a node's own runs are kept for the report's upstream section
             self.scheduler.node_history = self._keep_node_run
         self.api = SiteApi(self.site_state, store_opener(store_url, state_dir, read_only=True)
@@ -417,6 +422,7 @@ class Daemon:
             log.warning("history: the store does not answer; throughput tests start without the last results, "
                         "which are restored when it answers")
             return
+        self._restored = True
         self.maintenance.load(restored.maintenance)  # windows opened through the API survive a restart
         self.metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
         self.site_state.restore(restored.results.values())
@@ -477,7 +483,35 @@ class Daemon:
         assert store_url is not None
         leases = ReplicaLeases(store_url, shard, lease_seconds=lease_seconds)
         self.scheduler.test_leader = leases
-        self._leases = (leases, asyncio.ensure_future(leases.run()))
+        self._leases = (leases, asyncio.ensure_future(leases.run()), asyncio.ensure_future(self._follow(leases)))
+
+    async def _follow(self, leases: ReplicaLeases) -> None:
+        """Every minute, catch up with the tests other replicas ran of the sites this one does not test.
+
+        Their last test, verdicts and month's bytes are read back from the shared history as at a
+        restart: this replica's series then show the site's real last test (so a take-over when the
+        tester dies does not bring back a days-old figure), and its budget counts what was spent.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FOLLOW_SECONDS)
+            history = self.history
+            if history is None:
+                return
+            if not self._restored:  # the start-up restore first: the writer holds one restore at a time
+                continue
+            followed = [t for t in probed(self.targets) if t.throughput.enabled and leases.tester(t.name) != leases.me]
+            leases.forget({t.name for t in probed(self.targets) if t.throughput.enabled})
+            if followed:
+                history.restore_later(followed, lambda r: loop.call_soon_threadsafe(self._followed, r))
+
+    def _followed(self, restored: RestoredState | None) -> None:
+        """What the other replicas tested (see :meth:`_follow`), shown and counted; None: the store is away."""
+        if restored is None:
+            return
+        self.metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
+        self.site_state.restore(restored.results.values())
+        self.plan.follow(restored.used_bytes, restored.last_test_bytes)
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
@@ -493,9 +527,6 @@ class Daemon:
         for watcher in self._watchers:
             watcher.cancel()
         self.scheduler.pause()
-        if self._leases is not None:  # a clean stop hands this replica's sites over at once (issue 19)
-            self._leases[1].cancel()
-            await self._leases[0].close()
         running = set(self.scheduler.running_cycles)
         log.info("stopping: scheduling stopped; %d running cycle(s) get up to %gs to finish", len(running),
                  DRAIN_SECONDS)
@@ -506,6 +537,10 @@ class Daemon:
                 task.cancel()
             await asyncio.wait(left, timeout=CANCEL_SECONDS)
         self.scheduler.shutdown()
+        if self._leases is not None:  # after the drain: a clean stop hands this replica's sites over (issue 19)
+            for keeper in self._leases[1:]:
+                keeper.cancel()
+            await self._leases[0].close()
         await self.tracer.stop()  # traces still running are cancelled: nothing is left on the loop
         for reload_task in self._background:
             reload_task.cancel()

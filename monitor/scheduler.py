@@ -305,20 +305,27 @@ class CycleScheduler:
         if self.throughput_held:
             return
         now = self.clock()
-        for state in self.plan.due(now, self.plan.max_concurrent - self.plan.running):
-            if self.test_leader is not None and defer(state, await self.test_leader.turn(state.target.name, now), now):
-                continue  # another replica's turn (issue 19), or it tested the site a moment ago
-            target = self.plan.test_target(state, now)
-            if target is None:
-                self._publish_test(state, ThroughputResult(
-                    state.target, state.target.throughput.method, now, now, None, (), ProbeErrorReason.BUDGET,
-                    "the monthly data budget is spent; tests resume next month"))
-                continue
-            if not await self.plan.take_region(state, now):
-                continue  # max_concurrent is the region's (issue 19): every slot is out, asked again shortly
-            task = asyncio.create_task(self._run_test(state, target))
-            self.running_cycles.add(task)
-            task.add_done_callback(self.running_cycles.discard)
+        while True:  # a due site held here (another replica's turn, the budget, the region) frees its place
+            due = self.plan.due(now, self.plan.max_concurrent - self.plan.running)
+            if not due:
+                return
+            for state in due:  # each leaves "due": started, or due again later
+                await self._start_test(state, now)
+
+    async def _start_test(self, state: SiteState, now: float) -> None:
+        if self.test_leader is not None and defer(state, await self.test_leader.turn(state.target.name, now), now):
+            return  # another replica's turn (issue 19), or not before a period after its last test
+        target = self.plan.test_target(state, now)
+        if target is None:
+            self._publish_test(state, ThroughputResult(
+                state.target, state.target.throughput.method, now, now, None, (), ProbeErrorReason.BUDGET,
+                "the monthly data budget is spent; tests resume next month"))
+            return
+        if not await self.plan.take_region(state, now):
+            return  # max_concurrent is the region's (issue 19): every slot is out, asked again shortly
+        task = asyncio.create_task(self._run_test(state, target))
+        self.running_cycles.add(task)
+        task.add_done_callback(self.running_cycles.discard)
 
     async def _run_test(self, state: SiteState, target: Target) -> None:
         started = self.clock()

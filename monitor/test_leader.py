@@ -4,8 +4,8 @@ With ``--replicas R`` a site is pinged by R instances, but a throughput test spe
 metered budget and loads its link: R tests would spend it R times and measure each other. So before
 a due test starts, the scheduler asks a :class:`TestLeader` whose turn it is:
 
-* :class:`FirstReplica` (no shared history, or the database is away): the site's first replica in
-  rendezvous order tests, the others never do. Nothing fails over, but nothing is spent twice.
+* :class:`FirstReplica` (no shared history): the site's first replica in rendezvous order tests,
+  the others never do. Nothing fails over, but nothing is spent twice.
 * :class:`monitor.history.leases.ReplicaLeases` (a shared PostgreSQL history): the first replica
   *that is alive* tests, holding a lease in the database; when it dies, the next one takes over once
   the lease has expired, and starts from the last test any replica stored, not from its own plan.
@@ -56,16 +56,18 @@ class FirstReplica:
 def defer(state: SiteState, turn: Turn, now: float) -> bool:
     """Hold ``state``'s due test when ``turn`` says it is not to run now; True when it was held.
 
-    Not mine: asked again at ``recheck_at``. Mine, but another replica tested the site less than a
-    period ago (a take-over): the next test is due a period after that one, in the site's window.
+    Not mine: asked again at ``recheck_at``. Mine: not before a period after the last test any
+    replica stored (a take-over), and only inside the site's windows (a recheck time is not placed in
+    them, so a take-over at noon waits for a night window).
     """
     settings = state.target.throughput
     if not turn.mine:
         state.running, state.next_due = False, turn.recheck_at
         return True
     last = turn.last_tested_at
-    if last is not None and now < last + settings.every_seconds:
-        state.running = False
-        state.next_due = allowed_start(last + settings.every_seconds, state.target.name, settings)
+    earliest = now if last is None else max(now, last + settings.every_seconds)
+    start = allowed_start(earliest, state.target.name, settings)
+    if start > now:
+        state.running, state.next_due = False, start
         return True
     return False

@@ -12,9 +12,16 @@ A replica that finds it is no longer the first live one (the first came back) gi
 so the turn returns to the first. A taking-over replica starts from the last test any replica
 stored for the site (:class:`~monitor.test_leader.Turn` ``last_tested_at``), not from its own plan.
 
-When the database does not answer (or has no schema 9 yet) the static rule applies: the first
-replica tests, the others do not (:class:`~monitor.test_leader.FirstReplica`). Time is the
-instances' own clocks (Unix seconds): replicas must be NTP-synchronised, within seconds of each other.
+A replica decides "not mine" from its last heartbeat's view alone, with no statement: only the
+site's tester goes to the database, once per due test. It renews only the leases it took and still
+schedules (a site that left its plan, or a lease of its previous life, simply expires).
+
+When the database does not answer, a replica tests a site only while the lease it last took or
+renewed is still running by its own clock; otherwise it waits (and so does every test, since the
+slots are the region's too: :mod:`monitor.agent.centre.shared`). So a tester cut off from the
+database stops testing before a follower can take its lease: the budget is never spent twice.
+Time is the instances' own clocks (Unix seconds): replicas must be NTP-synchronised, within seconds
+of each other.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import psycopg
 
 from monitor.history.postgres import redact
 from monitor.shard import Shard, ranking
-from monitor.test_leader import FOLLOW_RECHECK_SECONDS, FirstReplica, Turn
+from monitor.test_leader import FOLLOW_RECHECK_SECONDS, Turn
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ class ReplicaLeases:
         self.live_within_seconds = lease_seconds * 2 / 3
         self.heartbeat_seconds = lease_seconds / 6
         self.live: set[str] = {self.me}  # as the last heartbeat read them
-        self._fallback = FirstReplica(shard)
+        self._held: dict[str, float] = {}  # lease name → until when it runs, as this process last took or renewed it
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._lock = asyncio.Lock()  # one statement at a time on the one connection
         self._failing = False
@@ -100,7 +107,12 @@ class ReplicaLeases:
         try:
             await self._run("INSERT INTO instances (name, seen_at) VALUES (%s, %s) ON CONFLICT (name) "
                             "DO UPDATE SET seen_at = excluded.seen_at", (self.me, now))
-            await self._run("UPDATE leases SET expires_at = %s WHERE holder = %s", (now + self.lease_seconds, self.me))
+            held = list(self._held)
+            if held:  # only the leases this process took and still schedules: the others expire
+                until = now + self.lease_seconds
+                renewed = await self._run("UPDATE leases SET expires_at = %s WHERE holder = %s AND name = ANY(%s) "
+                                          "RETURNING name", (until, self.me, held))
+                self._held = {str(r[0]): until for r in renewed}
             rows = await self._run("SELECT name FROM instances WHERE seen_at >= %s",
                                    (now - self.live_within_seconds,))
         except (psycopg.Error, OSError, TimeoutError) as err:
@@ -123,19 +135,28 @@ class ReplicaLeases:
         if self.shard.replicas == 1:
             return Turn(True, now)
         key = f"throughput:{name}"
+        recheck = now + min(FOLLOW_RECHECK_SECONDS, self.lease_seconds / 2)
         try:
-            if self.tester(name) != self.me:  # give the lease back to the first live replica, if it was mine
-                await self._run("DELETE FROM leases WHERE name = %s AND holder = %s", (key, self.me))
-                return Turn(False, now + min(FOLLOW_RECHECK_SECONDS, self.lease_seconds / 2))
+            if self.tester(name) != self.me:  # not mine, by the last heartbeat: give the lease back if it was
+                if self._held.pop(key, None) is not None:
+                    await self._run("DELETE FROM leases WHERE name = %s AND holder = %s", (key, self.me))
+                return Turn(False, recheck)
             held = await self._run(_TAKE, (key, self.me, now + self.lease_seconds, now))
             if not held:  # another replica's lease is still running: it tests, or did a moment ago
-                return Turn(False, now + min(FOLLOW_RECHECK_SECONDS, self.lease_seconds / 2))
+                self._held.pop(key, None)
+                return Turn(False, recheck)
+            self._held[key] = now + self.lease_seconds
             last = await self._run(_LAST_TEST, (name,))
         except (psycopg.Error, OSError, TimeoutError) as err:
             self._say_failing(err)
-            return await self._fallback.turn(name, now)
+            # the database is away: only a lease still running by this clock lets the test go on
+            return Turn(self._held.get(key, 0.0) > now, recheck)
         last_at = last[0][0] if last and last[0][0] is not None else None
         return Turn(True, now, None if last_at is None else float(last_at))
+
+    def forget(self, names: set[str]) -> None:
+        """Stop renewing the leases of sites no longer in this instance's plan (they expire)."""
+        self._held = {k: v for k, v in self._held.items() if k.removeprefix("throughput:") in names}
 
     async def close(self) -> None:
         """Give this instance's leases up (a clean stop hands its sites over at once) and disconnect."""

@@ -82,10 +82,13 @@ class SiteStateSink:
         """A skipped cycle changes no site's last result."""
 
     def restore(self, results: Iterable[ThroughputResult]) -> None:
-        """The last measured tests read back from the history at start-up (a restart shows them at once)."""
+        """The last measured tests read back from the history: at start-up (a restart shows them at once), and
+        with replicas those the other replicas ran (issue 19); an older one never replaces a newer one."""
         for result in results:
-            if result.target.name in self.targets and result.target.name not in self.throughput:
-                self.throughput[result.target.name] = result
+            name = result.target.name
+            kept = self.throughput.get(name)
+            if name in self.targets and (kept is None or kept.started_at < result.started_at):
+                self.throughput[name] = result
 
     def state(self, target: Target, now: float) -> SiteState:
         """The site's state now and its cause (issue 21)."""
