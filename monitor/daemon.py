@@ -486,7 +486,8 @@ class Daemon:
         self._leases = (leases, asyncio.ensure_future(leases.run()), asyncio.ensure_future(self._follow(leases)))
 
     async def _follow(self, leases: ReplicaLeases) -> None:
-        """Every minute, catch up with the tests other replicas ran of the sites this one does not test.
+        """Every minute (two leases, when shorter), catch up with the tests other replicas ran of the sites
+        this one does not test.
 
         Their last test, verdicts and month's bytes are read back from the shared history as at a
         restart: this replica's series then show the site's real last test (so a take-over when the
@@ -494,7 +495,7 @@ class Daemon:
         """
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(FOLLOW_SECONDS)
+            await asyncio.sleep(min(FOLLOW_SECONDS, 2 * leases.lease_seconds))
             history = self.history
             if history is None:
                 return

@@ -97,6 +97,18 @@ groups:
             time.sleep(0.5)
         else:
             raise AssertionError(f"tests not stored: {stored_tests(pg_url)}")
+        # the follower catches up: its series show the tester's tests (read back from the shared history every
+        # two leases), not only what it restored at start-up
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tested = stored_tests(pg_url)
+            shown = {(n, i): one(scrape(lab, PORT + i), "connmon_throughput_last_test_timestamp_seconds",
+                                 endpoint=n) for n in NAMES for i in ranking(n, 3)[:2]}
+            if all(v is not None and v >= sorted(s for s, _e, _r in tested[n])[-2] for (n, _i), v in shown.items()):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"followers did not catch up: {shown} {tested}")
         # the replicas ping: each site's ICMP cycles come from two daemons
         for name in NAMES:
             pinging = [i for i in range(3) if one(scrape(lab, PORT + i), "connmon_up", endpoint=name)
