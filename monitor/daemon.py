@@ -64,12 +64,12 @@ from monitor.probes.iperf3 import find_iperf3
 from monitor.probes.last_good import LastGoodAddresses
 from monitor.probes.last_good_exposition import ResolverExposition
 from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
+from monitor.replica_turns import ReplicaTurns
 from monitor.results import Cycle, ResultPipeline
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.state_lock import StateLock
 from monitor.targets import Target, probed, uplink_targets
-from monitor.test_leader import FirstReplica
 from monitor.throughput_plan import ThroughputPlan
 from monitor.tracer import Tracer
 from monitor.tracer_exposition import TraceExposition
@@ -86,14 +86,12 @@ from monitor.web.site_state import SiteStateSink
 
 if TYPE_CHECKING:
     from monitor.agent.centre.shared import SharedAgents
-    from monitor.history.leases import ReplicaLeases
     from monitor.history.postgres_identity import IdentityLock  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
 
 STORED_WAIT_SECONDS = 10.0  # an agent's batch is answered 503 if the history has not stored it by then (issue 25)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
-FOLLOW_SECONDS = 60.0  # how often a replica catches up with the tests the others ran (issue 19)
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
 AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
 IDENTITY_CHECK_SECONDS = 60.0  # how often the identity's lock on a shared history is checked (issue 25)
@@ -334,8 +332,7 @@ class Daemon:
                                 addresses=addresses)
         self.scheduler = CycleScheduler(self.ctx, self.pipeline, self.plan, centre_path=self.centre_path,
                                         upstreams=self.upstreams)
-        # issue 19's turns on a shared history: the leases, their heartbeat and the followers' catching up
-        self._leases: tuple[ReplicaLeases, asyncio.Future[None], asyncio.Future[None]] | None = None
+        self.turns = ReplicaTurns.of(options.shard, store_url, options.replica_lease_seconds)
         self._restored = False  # the history's start-up restore has been delivered
         if self.history is not None:  # a node's own runs are kept for the report's upstream section
             self.scheduler.node_history = self._keep_node_run
@@ -436,7 +433,9 @@ class Daemon:
         options, targets = self.options, self.targets
         loop = asyncio.get_running_loop()
         self.scheduler.start(probed(targets))
-        self._take_turns(options.shard, options.store_url, options.replica_lease_seconds)
+        if self.turns is not None:  # replicas (issue 19): whose turn a site's throughput test is
+            self.scheduler.test_leader = self.turns.leader
+            self.turns.start(self.history, lambda: self.targets, lambda: self._restored, self._followed)
         if self.history is not None:  # a restart shows the last test at once, and does not fire every due test
             if is_postgres(options.store_url):  # a server may be away: never hold start-up or the loop for it
                 self.scheduler.throughput_held = True
@@ -471,43 +470,9 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _take_turns(self, shard: Shard | None, store_url: str | None, lease_seconds: float) -> None:
-        """With replicas (issue 19): one throughput test per site, by lease on a shared history, else by rank."""
-        if shard is None or shard.replicas == 1:
-            return
-        if not is_postgres(store_url):
-            self.scheduler.test_leader = FirstReplica(shard)
-            return
-        from monitor.history.leases import ReplicaLeases  # psycopg only with PostgreSQL
-
-        assert store_url is not None
-        leases = ReplicaLeases(store_url, shard, lease_seconds=lease_seconds)
-        self.scheduler.test_leader = leases
-        self._leases = (leases, asyncio.ensure_future(leases.run()), asyncio.ensure_future(self._follow(leases)))
-
-    async def _follow(self, leases: ReplicaLeases) -> None:
-        """Every minute (two leases, when shorter), catch up with the tests other replicas ran of the sites
-        this one does not test.
-
-        Their last test, verdicts and month's bytes are read back from the shared history as at a
-        restart: this replica's series then show the site's real last test (so a take-over when the
-        tester dies does not bring back a days-old figure), and its budget counts what was spent.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(FOLLOW_SECONDS, 2 * leases.lease_seconds))
-            history = self.history
-            if history is None:
-                return
-            if not self._restored:  # the start-up restore first: the writer holds one restore at a time
-                continue
-            followed = [t for t in probed(self.targets) if t.throughput.enabled and leases.tester(t.name) != leases.me]
-            leases.forget({t.name for t in probed(self.targets) if t.throughput.enabled})
-            if followed:
-                history.restore_later(followed, lambda r: loop.call_soon_threadsafe(self._followed, r))
-
     def _followed(self, restored: RestoredState | None) -> None:
-        """What the other replicas tested (see :meth:`_follow`), shown and counted; None: the store is away."""
+        """What the other replicas tested (issue 19, :mod:`monitor.replica_turns`), shown and counted; None: the
+        store is away."""
         if restored is None:
             return
         self.metrics.restore(restored.results.values(), restored.missed_in_a_row, restored.verdicts)
@@ -538,10 +503,8 @@ class Daemon:
                 task.cancel()
             await asyncio.wait(left, timeout=CANCEL_SECONDS)
         self.scheduler.shutdown()
-        if self._leases is not None:  # after the drain: a clean stop hands this replica's sites over (issue 19)
-            for keeper in self._leases[1:]:
-                keeper.cancel()
-            await self._leases[0].close()
+        if self.turns is not None:  # after the drain: a clean stop hands this replica's sites over (issue 19)
+            await self.turns.close()
         await self.tracer.stop()  # traces still running are cancelled: nothing is left on the loop
         for reload_task in self._background:
             reload_task.cancel()
