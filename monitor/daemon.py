@@ -324,7 +324,7 @@ class Daemon:
         self.targets = own_share(loaded.targets, options.shard)
         _warn_missing_tools(probed(self.targets), self.iperf3_path)
         for sink in self.pipeline.sinks:
-            sink.set_targets(self.targets)
+            sink.set_targets(self._published(self.targets, loaded.targets))
         self.agents.set_targets(self.targets, loaded.targets if self.shared_agents is not None else ())
         self.metrics.config_loaded(True)
         self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
@@ -379,7 +379,7 @@ class Daemon:
         self.maintenance.set_targets(new_targets, self.upstreams.nodes)
         self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
         for sink in self.pipeline.sinks:
-            sink.set_targets(new_targets)
+            sink.set_targets(self._published(new_targets, every_target))
         self.agents.set_targets(new_targets, every_target if self.shared_agents is not None else ())
         self.targets = new_targets
         settle_long_lived()  # the new targets and their state live until the next reload
@@ -469,6 +469,15 @@ class Daemon:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _published(self, own: tuple[Target, ...], every: Sequence[Target]) -> tuple[Target, ...]:
+        """The sites the sinks show: this instance's share, and with agents served by any instance (issue 19)
+        every agent site too, whose batches a load balancer may send here (their silence is still judged
+        by their own instances; a replica whose last result of a site is old has no say in the merge)."""
+        if self.shared_agents is None:
+            return own
+        names = {t.name for t in own}
+        return own + tuple(t for t in every if t.mode == "agent" and t.name not in names)
 
     def _followed(self, restored: RestoredState | None) -> None:
         """What the other replicas tested (issue 19, :mod:`monitor.replica_turns`), shown and counted; None: the

@@ -81,6 +81,7 @@ async def _follow(leases: ReplicaLeases, history: HistorySink, targets: Callable
             continue
         tested = [t for t in probed(targets()) if t.throughput.enabled]
         leases.forget({t.name for t in tested})
-        followed = [t for t in tested if leases.tester(t.name) != leases.me]
+        # sites another replica tests, and agent sites, whose tests any instance behind the URL may book
+        followed = [t for t in tested if leases.tester(t.name) != leases.me or t.mode == "agent"]
         if followed:
             history.restore_later(followed, lambda r: loop.call_soon_threadsafe(deliver, r))

@@ -101,13 +101,6 @@ def slot_seconds(settings: ThroughputSettings) -> float:
     return settings.test_bound_seconds * max(1, len(settings.effective_directions)) + SLOT_GRACE_SECONDS
 
 
-def own_slot_seconds(settings: ThroughputSettings) -> float:
-    """How long the region's slot of a centre's own test lasts: its bound and a margin, no agent's grace, so
-    that a killed instance's slot frees the site soon (its replica takes the test over, issue 19)."""
-    return settings.test_bound_seconds * max(1, len(settings.effective_directions)) + OWN_SLOT_MARGIN_SECONDS
-
-
-OWN_SLOT_MARGIN_SECONDS = 10.0
 AGENT_BUSY_RETRY_SECONDS = 30.0  # an agent refused for want of a slot asks again after 30–60 s
 AGENT_DISABLED_RETRY_SECONDS = 3600.0  # no throughput method for the site: ask rarely (a reload may add one)
 AGENT_MAINTENANCE_RETRY_SECONDS = 300.0  # in a maintenance window: ask again in 5 min (it may be closed early)
@@ -280,7 +273,7 @@ class ThroughputPlan:
             return True
         name, slot_id = state.target.name, secrets.token_hex(12)
         try:
-            taken = await region.take(slot_id, name, now, now + own_slot_seconds(state.target.throughput),
+            taken = await region.take(slot_id, name, now, now + slot_seconds(state.target.throughput),
                                       self.max_concurrent)
         except Exception as err:
             region.say("take a throughput slot", err)

@@ -362,3 +362,51 @@ def test_a_site_that_posts_to_one_instance_is_not_silent_on_the_other(pg_server:
                 assert silent, text  # its own instance has the site's series, and it is not silent
         assert rows(pg_server, pg_url, "SELECT count(*) FROM gaps g JOIN endpoints e ON e.id = g.endpoint_id "
                                        f"WHERE e.name = '{site}'") == [["0"]]
+        # the instance the posts reach shows the site's results, its share or not (review finding: with R = 1 the
+        # site had no series anywhere), so the merged rules have a live view of it
+        _status, _, text = request(a.base + "/metrics")
+        up = [line for line in text.splitlines() if line.startswith("connmon_up{") and f'endpoint="{site}"' in line]
+        assert up and all(line.endswith(" 1") for line in up), text
+
+
+def test_an_agent_heard_while_the_database_is_away_is_not_silent(tmp_path: Path) -> None:
+    """Review finding: with the shared PostgreSQL stopped, an agent that keeps posting is heard (its batches are
+    taken by the instance's own position; the answer waits for the history, so it may be 503 and the agent
+    keeps them), never declared silent and down; when the server is back its results are stored once."""
+    from tests.postgres import PgCluster
+
+    cluster = PgCluster.create()
+    try:
+        cluster.start()
+        database = cluster.server.new_database()
+        url = cluster.server.url(database)
+        site, token = "heard-1", TOKENS["heard-1"]
+        (tmp_path / "centre.yaml").write_text(config_text(), encoding="utf-8")
+        instance = Instance(tmp_path, url, owner(site, 2), PORT + 20, replicas=1)  # the site's own: it watches
+        try:
+            instance.wait_ready()
+            deadline = time.monotonic() + 60
+            while "agent_sequences" not in cluster.server.psql("SELECT tablename FROM pg_tables", database):
+                assert time.monotonic() < deadline, instance.log()
+                time.sleep(0.2)
+            assert post(instance.base + "/api/v1/agent/results", icmp_batch(site, 1, 1, time.time() - 1),
+                        token)[0] == 200
+            cluster.stop()
+            seq, until = 1, time.time() + 2 * STALE_AFTER_SECONDS
+            while time.time() < until:
+                seq += 1
+                status, _answer = post(instance.base + "/api/v1/agent/results",
+                                       icmp_batch(site, seq, 1, time.time() - 1), token, retry_503=False)
+                assert status in (200, 503), status
+                time.sleep(1.0)
+            _status, _, text = request(instance.base + "/metrics")
+            silent = [line for line in text.splitlines()
+                      if line.startswith("connmon_agent_silent{") and f'endpoint="{site}"' in line]
+            assert silent and all(line.endswith((" 0", " 0.0")) for line in silent), silent
+            down = [line for line in text.splitlines() if line.startswith("connmon_site_state{")
+                    and f'endpoint="{site}"' in line and 'state="down"' in line]
+            assert down and all(line.endswith(" 0") for line in down), down
+        finally:
+            stop_process(instance.proc)
+    finally:
+        cluster.remove()

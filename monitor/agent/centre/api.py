@@ -235,12 +235,11 @@ class AgentApi:
             instance = batch.agent.instance
             try:
                 position = await self.shared.position(site.target.name, instance)
-            except Exception as err:
+                self.registry.advance(site, instance, position.seq, position.refused)
+            except Exception as err:  # taken by this instance's own position: the agent is heard (no false
+                # silence while the database is away), and a result another instance took too is the same
+                # row in the history; the answer still waits for the history to store it
                 self.shared.say("read an agent's position", err)
-                return self._refuse(503, "the centre cannot read the agent's position from its shared store now; "
-                                         "the batch was not taken: post it again later",
-                                    headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, site=site)
-            self.registry.advance(site, instance, position.seq, position.refused)
         try:
             outcome = self.registry.accept(site, batch)  # journalled before published: raises, changing nothing
         except JournalError as err:
@@ -251,7 +250,7 @@ class AgentApi:
             if item.slot is not None:
                 self.slots.pop(item.slot, None)
                 if self.shared is not None:  # the test ended: its region slot is free, whoever granted it
-                    self.shared.release(item.slot)
+                    self.shared.release(item.slot, site.target.name)
         # issue 25: 200 only once the history holds the batch (a duplicate too: its first post may not be
         # stored yet), then journalled as stored; a kill before that loses nothing the agent was told is in
         if self.stored is not None and not await self.stored():

@@ -56,6 +56,7 @@ _SLOT_LOCK = 0x636F6E73  # "cons": the advisory lock key that serialises slot gr
 CONNECT_TIMEOUT_SECONDS = 5
 WORKERS = 4  # connections (and threads) per instance: a batch's read and its confirmation each take one round trip
 STATEMENT_TIMEOUT_SECONDS = 5.0
+CALL_LIMIT_SECONDS = CONNECT_TIMEOUT_SECONDS + STATEMENT_TIMEOUT_SECONDS + 2.0  # the most a caller waits
 REFUSALS_KEPT = 5000  # per site and installation, as the registry's memory (REFUSALS_REMEMBERED)
 LOG_EVERY_SECONDS = 60.0
 CONTACTS_REFRESH_SECONDS = 5.0  # how often the other instances' contacts with agent sites are read
@@ -100,15 +101,23 @@ class SharedAgents:
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
+        """``fn`` on a worker, answered within :data:`CALL_LIMIT_SECONDS` (a blackholed server must not hang a
+        request: TimeoutError, which the callers treat as the database being away)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self._call, fn))
+        return await asyncio.wait_for(loop.run_in_executor(self._executor, functools.partial(self._call, fn)),
+                                      CALL_LIMIT_SECONDS)
 
     def _call(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
         conn: psycopg.Connection[tuple[Any, ...]] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
+            # a statement, a lock wait and an idle transaction each bounded on the server (a frozen instance
+            # holding the slots' lock must not stop every grant for hours); keepalives end a dead link's wait
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                    application_name=f"connmon agents {self.instance}"[:63],
-                                   options=f"-c statement_timeout={int(STATEMENT_TIMEOUT_SECONDS * 1000)}")
+                                   keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+                                   options=f"-c statement_timeout={int(STATEMENT_TIMEOUT_SECONDS * 1000)} "
+                                           f"-c lock_timeout={int(STATEMENT_TIMEOUT_SECONDS * 1000)} "
+                                           "-c idle_in_transaction_session_timeout=10000")
             self._local.conn = conn
             with self._lock:
                 self._connections = [c for c in self._connections if not c.closed] + [conn]
@@ -244,10 +253,15 @@ class SharedAgents:
 
         return await self._run(read)
 
-    def release(self, slot_id: str) -> None:
-        """Free the grant ``slot_id`` without waiting (its test ended, or it expired unused here)."""
-        self._later("free a throughput slot", lambda conn: conn.execute(
-            "DELETE FROM throughput_slots WHERE slot_id = %s", (slot_id,)))
+    def release(self, slot_id: str, site: str | None = None) -> None:
+        """Free the grant ``slot_id`` (of ``site``, when a result names it) without waiting (its test ended, or
+        it expired unused here); a result cannot free another site's grant."""
+        if site is None:
+            self._later("free a throughput slot", lambda conn: conn.execute(
+                "DELETE FROM throughput_slots WHERE slot_id = %s", (slot_id,)))
+        else:
+            self._later("free a throughput slot", lambda conn: conn.execute(
+                "DELETE FROM throughput_slots WHERE slot_id = %s AND site = %s", (slot_id, site)))
 
     async def live(self, slot_ids: Iterable[str]) -> set[str]:
         """Which of ``slot_ids`` the region still holds (a test's result that reached another instance freed it)."""
