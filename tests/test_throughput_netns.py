@@ -28,7 +28,7 @@ ACCURACY = 0.10  # issue 3: within ±10% of the shaped rate
 AGREEMENT = 0.05  # and within 5% of the iperf3 client's own figure
 # http measures its four transfers as one pool (one warm-up, one span, total bytes: issue 20), which on a
 # 2 Mbit/s link reads 3-5% under the stock iperf3 client's receiver figure (2.81 against 2.91 Mbit/s in
-# docs/throughput.md; 1.92 against 2.03 in one CI run on a loaded machine): it is held to 8%, and both
+# docs/latency-under-load.md; 1.92 against 2.03 in one CI run on a loaded machine): it is held to 8%, and both
 # methods to the shaped rate's ±10% above, which is the kernel's truth
 AGREEMENT_HTTP = 0.08
 
