@@ -112,7 +112,8 @@ class ReplicaLeases:
                 until = now + self.lease_seconds
                 renewed = await self._run("UPDATE leases SET expires_at = %s WHERE holder = %s AND name = ANY(%s) "
                                           "RETURNING name", (until, self.me, held))
-                self._held = {str(r[0]): until for r in renewed}
+                kept = {str(r[0]) for r in renewed}  # a lease taken meanwhile (not in ``held``) stays as taken
+                self._held = {k: until if k in kept else v for k, v in self._held.items() if k in kept or k not in held}
             rows = await self._run("SELECT name FROM instances WHERE seen_at >= %s",
                                    (now - self.live_within_seconds,))
         except (psycopg.Error, OSError, TimeoutError) as err:
