@@ -80,6 +80,15 @@ def with_replicas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     args.shard = dataclasses.replace(args.shard, replicas=min(replicas, args.shard.count))
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _logging_options(sub: argparse.ArgumentParser, level: str) -> None:
+    """``--log-level`` (default ``level``: daemons say info, one-shot commands warnings) and ``--log-format``."""
+    sub.add_argument("--log-level", default=level, choices=LOG_LEVELS)
+    sub.add_argument("--log-format", default="text", choices=("text", "json"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connmon", description="Connectivity monitor for schools and clinics.")
     parser.add_argument("--version", action="version", version=f"connmon {__version__}")
@@ -90,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config.allow-empty", dest="allow_empty", action="store_true",
                          help="accept a config with no endpoint at all (refused by default, at start-up and at "
                               "a reload, so a truncated file never stops monitoring)")
-        sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-        sub.add_argument("--log-format", default="text", choices=("text", "json"))
+        _logging_options(sub, "info")
 
     def sharding(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--shard", type=_shard, default=None, metavar="I/N",
@@ -183,8 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a site without a success for this long at the period's end is at risk (default 21)")
     report.add_argument("--dropped-days", type=_days, default=None, metavar="DAYS",
                         help="... and dropped after this long (default 28)")
-    report.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
-    report.add_argument("--log-format", default="text", choices=("text", "json"))
+    _logging_options(report, "warning")
 
     agent = commands.add_parser("agent", help="run at a site the centre cannot reach (behind NAT): measure from "
                                               "inside and report to the centre")
@@ -193,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "code")
     agent.add_argument("--icmp-mode", default="auto", choices=("auto", "raw", "unprivileged"),
                        help="raw sockets need root or CAP_NET_RAW; unprivileged needs net.ipv4.ping_group_range")
-    agent.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    agent.add_argument("--log-format", default="text", choices=("text", "json"))
+    _logging_options(agent, "info")
 
     importing = commands.add_parser(
         "import", help="sites from a spreadsheet (XLSX, or CSV as Excel writes it) into the config's YAML; "
@@ -214,15 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sites left as they were)")
     importing.add_argument("--dry-run", action="store_true",
                            help="print what would be added, changed and retired; write nothing")
-    importing.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
-    importing.add_argument("--log-format", default="text", choices=("text", "json"))
+    _logging_options(importing, "warning")
 
     token = commands.add_parser("agent-token", help="make a new agent token and print the hash for the centre's "
                                                     "config")
     token.add_argument("--output", metavar="FILE",
                        help="write the token to FILE (created with mode 600, never overwritten) instead of printing it")
-    token.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
-    token.add_argument("--log-format", default="text", choices=("text", "json"))
+    _logging_options(token, "warning")
 
     # enrolment (issue 18): codes and tokens in the history store the daemon uses; `connmon agent enrol` is the
     # site's side (monitor.agent.site.enrol, dispatched in main before this parser)
@@ -239,8 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "./state")
         sub.add_argument("--store", metavar="URL", default=os.environ.get("CONNMON_STORE") or None,
                          help="the daemon's --store (postgresql://... or sqlite:///PATH)")
-        sub.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
-        sub.add_argument("--log-format", default="text", choices=("text", "json"))
+        _logging_options(sub, "warning")
     invite.add_argument("--config", required=True, help="the centre's YAML config (the site must be in it)")
     return parser
 

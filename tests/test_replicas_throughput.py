@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -23,27 +21,14 @@ from monitor.shard import ranking
 from monitor.throughput_plan import SLOT_GRACE_SECONDS
 from tests.conftest import need
 from tests.factories import write_config
-from tests.netlab import Lab, can_measure_throughput, child_env
+from tests.netlab import Lab, can_measure_throughput
 from tests.postgres import PgServer, pg_server, pg_url  # noqa: F401 (fixtures)
-from tests.running import one, scrape
+from tests.running import one, running_daemon, scrape
 
 PORT = 19950
 EVERY = 10.0
 LEASE = 4.0
 NAMES = [f"tput{i}" for i in range(4)]
-
-
-@contextlib.contextmanager
-def daemon(lab: Lab, cfg: Path, port: int, state: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(lab.connmon_argv("run", "--config", str(cfg), "--listen", f"{lab.prober_v4}:{port}",
-                                             "--state-dir", str(state), *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.communicate(timeout=30)
 
 
 def stored_tests(url: str) -> dict[str, list[tuple[float, float, str | None]]]:
@@ -85,8 +70,9 @@ groups:
     moved = [n for n in NAMES if leaders[n] == victim]
     assert moved
     with contextlib.ExitStack() as stack:
-        procs = [stack.enter_context(daemon(lab, cfg, PORT + i, tmp_path / f"state{i}", "--shard", f"{i}/3",
-                                            "--replicas", "2", "--replicas.lease", f"{LEASE:g}s", "--store", pg_url))
+        procs = [stack.enter_context(running_daemon(lab, cfg, PORT + i, "--state-dir", str(tmp_path / f"state{i}"),
+                                                    "--shard", f"{i}/3", "--replicas", "2",
+                                                    "--replicas.lease", f"{LEASE:g}s", "--store", pg_url))
                  for i in range(3)]
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:  # every site tested twice, all daemons up
