@@ -56,14 +56,14 @@ def shaped(lab: Lab) -> Iterator[dict[str, Shaped]]:
         s.site.stop_servers()
 
 
-def _config(tmp: Path, shaped: dict[str, Shaped], method: str) -> Path:
+def _config(tmp: Path, shaped: dict[str, Shaped], method: str, max_concurrent: int = 8) -> Path:
     lines = []
     for name, s in shaped.items():
         lines.append(f"      - {{name: {name}, host: {s.site.v4}}}")
     http = (f'url: "http://{{host}}:{HTTP_PORT}/blob", upload_url: "http://{{host}}:{HTTP_PORT}/upload", '
             if method == "http" else "")
     return write_config(tmp, f"""
-throughput: {{max_concurrent: 8}}
+throughput: {{max_concurrent: {max_concurrent}}}
 defaults:
   icmp: {{count: 1, timeout: 1s}}
 groups:
@@ -72,7 +72,7 @@ groups:
     target_mbps: 4
     throughput: {{method: {method}, {http}duration: {DURATION}s, omit: 1s, timeout: 10s}}
     endpoints:
-""" + "\n".join(lines) + "\n", name=f"{method}.yaml")
+""" + "\n".join(lines) + "\n", name=f"{method}-{'-'.join(shaped)}.yaml")
 
 
 def _iperf3_reference(lab: Lab, site: Site, reverse: bool) -> float:
@@ -110,8 +110,9 @@ def _accuracy_table(method: str, shaped: dict[str, Shaped], got: dict[str, dict]
 @pytest.mark.parametrize("method", ["iperf3", "http"])
 def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dict[str, Shaped], method: str,
                                                             tmp_path: Path) -> None:
-    """Each direction is within ±10% of the shaped rate and within 5% of iperf3's own figure (http: 8%, see
-    AGREEMENT_HTTP); 2 Mbit/s misses 4."""
+    """Each direction is within ±10% of the shaped rate with the four sites tested at once, and within 5% of
+    iperf3's own figure (http: 8%, see AGREEMENT_HTTP) when each is tested alone, as the stock client is;
+    2 Mbit/s misses 4."""
     got = _measure(lab, _config(tmp_path, shaped, method))
     reference: dict[tuple[str, str], float] = {}
     for name, s in shaped.items():
@@ -120,13 +121,19 @@ def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dic
         for direction, nominal in (("download", s.download_mbit), ("upload", s.upload_mbit)):
             rate = entry[f"{direction}_bits_per_second"]
             assert abs(rate / (nominal * 1e6) - 1) <= ACCURACY, (name, direction, rate)
-    for name in ("slow", "asym"):  # the stock client on the same links: connmon must agree with it
+    # The stock client on the same links: connmon must agree with it. Like with like, one site at a time and
+    # right before the stock client: beside three other sites' tests on a loaded two-core CI machine, one
+    # 5-second figure once read 6.6% under the stock client's figure taken alone (7.47 against 8.00 Mbit/s,
+    # both from iperf3), a difference of conditions, not of measuring.
+    for name in ("slow", "asym"):
         s = shaped[name]
+        alone = _measure(lab, _config(tmp_path, {name: s}, method, max_concurrent=1))[name]
+        assert alone["throughput_error"] is None, (alone["throughput_error_detail"], alone["throughput_directions"])
         for direction in ("download", "upload"):
             ref = _iperf3_reference(lab, s.site, reverse=direction == "upload")
             reference[(name, direction)] = ref
             agreement = AGREEMENT_HTTP if method == "http" else AGREEMENT
-            assert abs(got[name][f"{direction}_bits_per_second"] / ref - 1) <= agreement, (name, direction, ref)
+            assert abs(alone[f"{direction}_bits_per_second"] / ref - 1) <= agreement, (name, direction, ref, alone)
     assert got["slow"]["target_met"] is False  # 2 Mbit/s against a 4 Mbit/s contract
     assert got["contract"]["target_met"] is True and got["fast"]["target_met"] is True
     # Asymmetric 8 down / 1 up: the directions are the site's, never swapped.
