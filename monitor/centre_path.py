@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult, rewrite_icmp
+from monitor.pipeline import rewrite_icmp
+from monitor.results import Cycle, IcmpResult
 from monitor.targets import Target
 
 # The event log's logger: the centre being cut off is an event, like a site going down.

@@ -59,13 +59,14 @@ from monitor.icmp.engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.maintenance import MaintenanceBook
 from monitor.maintenance_exposition import MaintenanceExposition
+from monitor.pipeline import ResultPipeline
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
 from monitor.probes.last_good import LastGoodAddresses
 from monitor.probes.last_good_exposition import ResolverExposition
 from monitor.reload import ConfigWatcher, Loaded, Reloader, ReloadOutcome, load
 from monitor.replica_turns import ReplicaTurns
-from monitor.results import Cycle, ResultPipeline
+from monitor.results import Cycle
 from monitor.scheduler import CycleScheduler
 from monitor.shard import Shard, own_share
 from monitor.state_lock import StateLock

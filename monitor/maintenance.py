@@ -41,7 +41,8 @@ from types import MappingProxyType
 from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ProbeErrorReason
 from monitor.history.store import HistoryStore, StoredWindow
-from monitor.results import Cycle, IcmpResult, rewrite_icmp
+from monitor.pipeline import rewrite_icmp
+from monitor.results import Cycle, IcmpResult
 from monitor.site_states import open_window
 from monitor.targets import Target
 from monitor.text import printable

@@ -1,25 +1,21 @@
-"""Results: the raw facts a probe or an agent reports, and the one place they reach the sinks.
+"""Results: the raw facts a probe or an agent reports, as values.
 
 A result holds measurements in base units exactly as measured (nothing rounded); derived
 figures (loss, jitter, min/avg/max) are properties so every sink derives them the same way.
-:class:`ResultPipeline` hands each finished cycle to every sink; probes never touch metrics,
-logs or storage themselves, and results pushed by a site agent (a later issue) enter here too.
+:class:`~monitor.pipeline.ResultPipeline` hands each finished cycle to every sink; probes never
+touch metrics, logs or storage themselves, and results an agent posts enter there too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 from monitor.config import Direction
 from monitor.errors import ProbeErrorReason
 from monitor.targets import Target
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,81 +406,6 @@ class Cycle:
     duration_seconds: float
     results: tuple[Result, ...]
     gaps: tuple[Gap, ...] = ()  # agent sites only: a silence the batch of ``results`` ended (agent.centre)
-
-
-class Sink(Protocol):
-    """Anything that derives state from finished cycles (metrics, logs, history)."""
-
-    def set_targets(self, targets: Sequence[Target]) -> None:
-        """The endpoints now configured (at start and at each reload): forget the ones that went."""
-
-    def consume(self, cycle: Cycle) -> None: ...
-
-    def cycle_skipped(self, probe: str, group: str) -> None: ...
-
-
-@runtime_checkable
-class ClosableSink(Protocol):
-    """A sink with something to write out at shutdown (history, later); ``close`` is optional for sinks."""
-
-    def close(self) -> None:
-        """Flush and release what the sink holds; called once, after the last cycle was published."""
-
-
-def rewrite_icmp(cycle: Cycle, rewrite: Callable[[IcmpResult], IcmpResult]) -> Cycle:
-    """``cycle`` with ``rewrite`` applied to each ICMP result; the very same object when no result changed.
-
-    The one shape of every judgement that re-labels a cycle's silent sites (the centre path, the
-    upstream nodes, maintenance): returning the same object lets the sinks skip what did not change.
-    """
-    results = tuple(rewrite(r) if isinstance(r, IcmpResult) else r for r in cycle.results)
-    if all(new is old for new, old in zip(results, cycle.results, strict=True)):
-        return cycle
-    return dataclasses.replace(cycle, results=results)
-
-
-Stage = Callable[[Cycle], Cycle]
-"""A judgement every cycle passes before the sinks, the centre's and the agents' alike (issue 21: maintenance)."""
-
-
-class ResultPipeline:
-    """Fans every finished cycle out to the sinks; a failing sink never stops the others.
-
-    ``stages`` run first, in order, on every published cycle (e.g.
-    :meth:`monitor.maintenance.MaintenanceBook.classify`); a stage that fails leaves the cycle as it was.
-    """
-
-    def __init__(self, sinks: Sequence[Sink], stages: Sequence[Stage] = ()) -> None:
-        self.sinks = list(sinks)
-        self.stages = tuple(stages)
-
-    def publish(self, cycle: Cycle) -> None:
-        for stage in self.stages:
-            try:
-                cycle = stage(cycle)
-            except Exception:  # a bug in a judgement must not lose the cycle
-                log.exception("a stage failed on a %s cycle; publishing it as it was", cycle.probe)
-        for sink in self.sinks:
-            try:
-                sink.consume(cycle)
-            except Exception:  # a bug in one sink must not lose the cycle for the others
-                log.exception("sink %s failed on a %s cycle", type(sink).__name__, cycle.probe)
-
-    def cycle_skipped(self, probe: str, group: str) -> None:
-        for sink in self.sinks:
-            try:
-                sink.cycle_skipped(probe, group)
-            except Exception:
-                log.exception("sink %s failed on a skipped cycle", type(sink).__name__)
-
-    def close(self) -> None:
-        """At shutdown, after the last cycle: let every sink that has ``close`` flush; one failing stops none."""
-        for sink in self.sinks:
-            if isinstance(sink, ClosableSink):
-                try:
-                    sink.close()
-                except Exception:
-                    log.exception("sink %s failed to close", type(sink).__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,8 +46,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.centre_path import CentrePath
 from monitor.errors import ProbeErrorReason
+from monitor.pipeline import ResultPipeline
 from monitor.probes import PROBES, ProbeContext
-from monitor.results import Cycle, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.results import Cycle, IcmpResult, ThroughputResult
 from monitor.targets import Target
 from monitor.test_leader import TestLeader, defer
 from monitor.throughput_plan import SiteState, ThroughputPlan

@@ -40,7 +40,8 @@ from types import MappingProxyType
 from monitor.config import Config, merge_icmp
 from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason
-from monitor.results import Cycle, IcmpResult, rewrite_icmp
+from monitor.pipeline import rewrite_icmp
+from monitor.results import Cycle, IcmpResult
 from monitor.targets import Target, build_targets
 
 log = logging.getLogger("monitor.events")

@@ -23,7 +23,7 @@ import pytest
 from monitor.agent.centre.exposition import AgentExposition
 from monitor.agent.centre.registry import REFUSAL_LOG_SECONDS, SITE_REJECTION_CODES, AgentRegistry, token_hash
 from monitor.exposition.families import ShardLabels
-from monitor.results import ResultPipeline
+from monitor.pipeline import ResultPipeline
 from tests.factories import Clock, Recorder, agent_target, agent_token
 from tests.running import samples, stop_process, value
 

@@ -15,7 +15,8 @@ from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore
 from monitor.history.store import StoredGap
 from monitor.history.writer import HistorySink
-from monitor.results import DirectionResult, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.pipeline import ResultPipeline
+from monitor.results import DirectionResult, IcmpResult, ThroughputResult
 from monitor.throughput_plan import ThroughputPlan
 from tests.factories import Clock, Recorder, agent_target, agent_token
 

@@ -25,8 +25,9 @@ from monitor.config import IcmpSettings, load_config
 from monitor.errors import ProbeErrorReason
 from monitor.exposition.families import ShardLabels
 from monitor.exposition.sink import MetricsSink
+from monitor.pipeline import ResultPipeline
 from monitor.probes import ProbeContext
-from monitor.results import Cycle, IcmpResult, ResultPipeline
+from monitor.results import Cycle, IcmpResult
 from monitor.scheduler import UPLINK_JOB_ID, CycleScheduler
 from monitor.targets import UPLINK_GROUP, Target, build_targets, uplink_targets
 from tests.factories import (

@@ -14,7 +14,7 @@ from pathlib import Path
 from monitor.agent.centre.enrolment import WRONG_CODE, Enrolled, Enrolment, Limit, Refused, code_hash, new_code
 from monitor.agent.centre.registry import AgentRegistry, token_hash
 from monitor.history.agent_tokens import open_book
-from monitor.results import ResultPipeline
+from monitor.pipeline import ResultPipeline
 from tests.factories import Clock, Recorder, agent_target, agent_token
 
 T0 = 1_790_000_000.0

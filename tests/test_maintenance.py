@@ -17,7 +17,8 @@ from monitor.history.store import StoredWindow
 from monitor.logs import EventLogSink
 from monitor.maintenance import MAINTENANCE_DETAIL, MaintenanceBook, window_text
 from monitor.maintenance_exposition import MaintenanceExposition
-from monitor.results import Cycle, IcmpResult, ResultPipeline
+from monitor.pipeline import ResultPipeline
+from monitor.results import Cycle, IcmpResult
 from monitor.site_states import MaintenanceWatch
 from monitor.throughput_plan import ThroughputPlan
 from monitor.web.maintenance_api import MAX_REASON_LENGTH, FieldError, parse_request, parse_time

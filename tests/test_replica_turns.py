@@ -241,8 +241,8 @@ def test_followers_due_tests_do_not_hold_back_this_replicas_own(monkeypatch: pyt
     """Review finding: a thousand due sites that are other replicas' turn leave the dispatcher's places free:
     with max_concurrent 1, the one site that is this replica's starts in the same dispatch."""
     from monitor import probes
+    from monitor.pipeline import ResultPipeline
     from monitor.probes import ProbeContext
-    from monitor.results import ResultPipeline
     from monitor.scheduler import CycleScheduler
     from monitor.throughput_plan import ThroughputPlan
 

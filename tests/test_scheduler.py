@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import probes
 from monitor.exposition.sink import MetricsSink
+from monitor.pipeline import ResultPipeline
 from monitor.probes import ProbeContext
-from monitor.results import IcmpResult, ResultPipeline
+from monitor.results import IcmpResult
 from monitor.scheduler import CycleScheduler, plan_jobs, start_offsets
 from monitor.targets import Target
 from tests.factories import scheduled_target

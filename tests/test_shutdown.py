@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.results import Cycle, ResultPipeline
+from monitor.pipeline import ResultPipeline
+from monitor.results import Cycle
 from monitor.targets import Target
 from tests.netlab import Lab, Site
 from tests.running import running_daemon

@@ -27,7 +27,8 @@ from monitor.history.sqlite import SqliteStore, database_path
 from monitor.history.writer import HistorySink
 from monitor.icmp.engine import HopAnswer
 from monitor.logs import EventLogSink
-from monitor.results import ClosableSink, Cycle, Sink
+from monitor.pipeline import ClosableSink, Sink
+from monitor.results import Cycle
 from monitor.tracer import Tracer
 from monitor.web.site_state import SiteStateSink
 from tests.factories import KEEP_ALL, SOME_TIME, icmp, iperf3_test, throughput_target

@@ -22,8 +22,9 @@ from monitor.centre_path import CentrePath
 from monitor.config import load_config
 from monitor.errors import ConfigError, ProbeErrorReason
 from monitor.exposition.families import ShardLabels
+from monitor.pipeline import ResultPipeline
 from monitor.probes import ProbeContext
-from monitor.results import Cycle, IcmpResult, ResultPipeline
+from monitor.results import Cycle, IcmpResult
 from monitor.scheduler import UPSTREAMS_JOB_ID, CycleScheduler
 from monitor.site_states import SiteStateName, site_state
 from monitor.targets import Target, build_targets

@@ -3,7 +3,7 @@
 Sites behind carrier-grade NAT cannot be reached from the centre, so an agent at the site
 measures and posts its results. This module keeps, per agent site, what the centre needs to
 trust and interpret those posts; :mod:`monitor.agent.centre.api` is its HTTP edge, and accepted results
-enter the one :class:`~monitor.results.ResultPipeline`, exactly like the centre's own probes.
+enter the one :class:`~monitor.pipeline.ResultPipeline`, exactly like the centre's own probes.
 
 * **Tokens.** The config holds only the SHA-256 of each site's token; a post's bearer token is
   hashed and looked up, so the centre never stores a secret and one token speaks for one site.
@@ -63,7 +63,8 @@ from monitor.agent.protocol import (
     result_answer,
 )
 from monitor.errors import ProbeErrorReason
-from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ResultPipeline, ThroughputResult
+from monitor.pipeline import ResultPipeline
+from monitor.results import GAP_CAUSES, Cycle, Gap, GapCause, IcmpResult, ThroughputResult
 from monitor.targets import Target
 from monitor.text import text_fault
 
