@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import SimpleNamespace
 
-from monitor.agent.centre.shared import REFUSALS_KEPT, SharedAgents
+from monitor.agent.centre.shared import REFUSALS_KEPT, SharedAgents, SharedPosition, keep_contacts
+from monitor.agent.protocol import MAX_AGE_SECONDS
 from monitor.history.postgres import PostgresStore
 from tests.postgres import pg_server, pg_url  # noqa: F401 (fixtures)
 
@@ -91,6 +93,40 @@ def test_a_position_never_moves_back_and_refusals_are_bounded(pg_url: str) -> No
             assert (await shared.position("s", "i2")).seq == 0  # another installation numbers on its own
             await shared.confirm("t", "i9", 1, [1], [], 30.0)
             assert await shared.contacts() == {"s": 70.0, "t": 30.0}
+        finally:
+            await shared.close()
+
+    asyncio.run(go())
+
+
+def test_installations_silent_longer_than_anything_is_kept_are_forgotten(pg_url: str) -> None:  # noqa: F811
+    """A reinstalled agent's old installation, silent for MAX_AGE_SECONDS, loses its position and refusals; the
+    new one, and the old one a second sooner, keep theirs; the contacts then come from what is left."""
+    _migrated(pg_url)
+
+    async def go() -> None:
+        shared = SharedAgents(pg_url, "0/2")
+        try:
+            await shared.confirm("r", "old", 40, range(1, 38), [38, 39, 40], 1000.0)
+            await shared.confirm("r", "new", 3, [1, 2, 3], [], 1000.0 + 86400.0)
+            await shared.confirm("q", "only", 7, range(1, 8), [], 1000.0 + 1.0)
+            assert await shared.forget_silent(1000.0 + MAX_AGE_SECONDS) == 0  # a second short: nothing yet
+            assert await shared.forget_silent(1000.0 + MAX_AGE_SECONDS + 0.5) == 1
+            assert (await shared.position("r", "old")) == SharedPosition(0, frozenset())
+            assert (await shared.position("r", "new")).seq == 3
+            assert (await shared.position("q", "only")).seq == 7
+            assert (await shared.contacts())["r"] == 1000.0 + 86400.0
+            # the daemons' contacts loop forgets at its first turn, by the registry's clock
+            await shared.confirm("p", "gone", 2, [1, 2], [], 5000.0)
+            heard: list[dict[str, float]] = []
+            registry = SimpleNamespace(clock=lambda: 5000.0 + MAX_AGE_SECONDS + 1.0, heard=heard.append)
+            loop = asyncio.ensure_future(keep_contacts(registry, shared, every_seconds=0.01))  # type: ignore[arg-type]
+            for _ in range(200):
+                if heard:
+                    break
+                await asyncio.sleep(0.01)
+            loop.cancel()
+            assert heard and "p" not in heard[0] and "r" in heard[0], heard
         finally:
             await shared.close()
 

@@ -26,6 +26,11 @@ keep today's single-instance state (this module is not used, and psycopg is not 
 * **Contacts** (``agent_sequences.seen_at``): when each site's last batch was taken, by any instance,
   written with the position and read every :data:`CONTACTS_REFRESH_SECONDS` (:func:`keep_contacts`), so
   the instances that watch a site's silence do not declare it silent while its agent posts elsewhere.
+* **Retired installations** (:meth:`SharedAgents.forget_silent`): a reinstalled agent numbers from 1
+  under a new installation, and the old one's position and refusals would stay for ever. An
+  installation not heard for :data:`~monitor.agent.protocol.MAX_AGE_SECONDS` is forgotten, once an hour
+  by every instance: anything it could still post is older than that and refused as too old, so its
+  position can no longer decide anything.
 
 All I/O runs on a few worker threads (:data:`WORKERS`), each with a connection of its own (opened when
 first needed, again after an error), never on the daemon's event loop: a server that does not answer
@@ -48,6 +53,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from monitor.agent.centre.registry import AgentRegistry
+from monitor.agent.protocol import MAX_AGE_SECONDS
 from monitor.history.postgres import redact, scrub
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,7 @@ CALL_LIMIT_SECONDS = CONNECT_TIMEOUT_SECONDS + STATEMENT_TIMEOUT_SECONDS + 2.0  
 REFUSALS_KEPT = 5000  # per site and installation, as the registry's memory (REFUSALS_REMEMBERED)
 LOG_EVERY_SECONDS = 60.0
 CONTACTS_REFRESH_SECONDS = 5.0  # how often the other instances' contacts with agent sites are read
+FORGET_EVERY_SECONDS = 3600.0  # how often each instance forgets the installations silent for MAX_AGE_SECONDS
 _T = TypeVar("_T")
 
 
@@ -217,6 +224,21 @@ class SharedAgents:
 
         return await self._run(read)
 
+    async def forget_silent(self, now: float, silent_seconds: float = MAX_AGE_SECONDS) -> int:
+        """Forget the installations not heard for ``silent_seconds``: their positions and refusals; how many.
+
+        Raises:
+            psycopg.Error: the server cannot be asked now (tried again at the next turn).
+        """
+        def forget(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+            with conn.transaction():
+                conn.execute("DELETE FROM agent_refusals r USING agent_sequences s WHERE r.site = s.site "
+                             "AND r.agent_instance = s.agent_instance AND s.seen_at < %s", (now - silent_seconds,))
+                return conn.execute("DELETE FROM agent_sequences WHERE seen_at < %s",
+                                    (now - silent_seconds,)).rowcount
+
+        return await self._run(forget)
+
     # ------------------------------------------------------------------ throughput slots
     async def take(self, slot_id: str, site: str, now: float, expires_at: float, limit: int,
                    download_bytes: int = 0, upload_bytes: int = 0) -> bool:
@@ -287,10 +309,21 @@ async def keep_contacts(registry: AgentRegistry, shared: SharedAgents,
     """Every ``every_seconds``: the last contacts other instances had with agent sites, into ``registry``.
 
     A site whose agent posts to another instance behind the same URL is not silent: its owners here
-    see the contact within this time, so their silence watch holds for the region (issue 19).
+    see the contact within this time, so their silence watch holds for the region (issue 19). Once
+    every :data:`FORGET_EVERY_SECONDS`, the installations silent for longer than anything is kept are
+    forgotten (:meth:`SharedAgents.forget_silent`).
     """
+    forgotten_at = -FORGET_EVERY_SECONDS
     while True:
         await asyncio.sleep(every_seconds)
+        if time.monotonic() - forgotten_at >= FORGET_EVERY_SECONDS:
+            forgotten_at = time.monotonic()
+            try:
+                if forgotten := await shared.forget_silent(registry.clock()):
+                    log.info("agents' shared state: forgot %d installations silent for %d days", forgotten,
+                             MAX_AGE_SECONDS // 86400)
+            except Exception as err:
+                shared.say("forget the silent installations", err)
         try:
             contacts = await shared.contacts()
         except Exception as err:  # the server is away: each instance watches what it hears itself meanwhile
