@@ -221,14 +221,21 @@ class CycleScheduler:
     async def _fresh_uplink(self, centre_path: CentrePath, cycle: Cycle) -> None:
         """Before a cycle with silent results is judged: the uplink verdict of the same minute of the network.
 
-        An uplink run under way is waited for; with none since the cycle began, the checks are run now.
+        An uplink run under way is waited for; when no run has begun since the cycle began (the one waited
+        for may have begun before it), the checks are run now. Why both: a run whose echoes left before the
+        cut answers, and a cycle whose echoes left after it is silent; judged by that run, the cycle's
+        silence was charged to its sites (or node) at the first edge of every cut (issue 21's race).
         """
         if all(isinstance(r, IcmpResult) and r.up for r in cycle.results):
             return
-        if not self._uplink_idle.is_set():
-            await self._wait_for_uplink(centre_path)
-        elif _stale(centre_path, cycle.started_at):
-            await self._run_uplink(centre_path.checks)
+        for _ in range(2):  # a run another cycle began after the wait began since this cycle: waited for once more
+            if not self._uplink_idle.is_set():
+                await self._wait_for_uplink(centre_path)
+            if not _stale(centre_path, cycle.started_at):
+                return
+            if self._uplink_idle.is_set():
+                await self._run_uplink(centre_path.checks)
+                return
 
     async def _wait_for_uplink(self, centre_path: CentrePath) -> None:
         """Wait until the uplink run under way has been recorded (bounded by its own cycle bound)."""

@@ -312,13 +312,15 @@ class FakeIcmp:
         self.answering = answering
         self.hold_uplink: asyncio.Event | None = None
         self.uplink_started = asyncio.Event()
+        self.now = 100.0  # when a run begins, as its results say
 
     async def __call__(self, targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
+        answering, began = set(self.answering), self.now  # the echoes leave now, whenever the run ends
         if targets and targets[0].group == UPLINK_GROUP:
             self.uplink_started.set()
             if self.hold_uplink is not None:
                 await self.hold_uplink.wait()
-        return [icmp(t, 100.0, 0.01 if t.name in self.answering else None) for t in targets]
+        return [icmp(t, began, 0.01 if t.name in answering else None) for t in targets]
 
 
 def scheduler_with(monkeypatch: pytest.MonkeyPatch, fake: FakeIcmp,
@@ -390,6 +392,33 @@ def test_a_site_cycle_waits_for_the_uplink_run_under_way(monkeypatch: pytest.Mon
         await asyncio.gather(uplink, site)
 
     asyncio.run(main())
+    assert [r.error for r in recorder.results] == [CUT]
+
+
+def test_an_uplink_run_begun_before_the_cycle_is_waited_for_and_then_run_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first edge of a cut: the uplink run under way left before the cut and answers, the site cycle left after
+    it and is silent. Judged by that run, the site was down for a cycle (issue 21's race at the start of the
+    centre's cut); the scheduler waits for it, sees it began before the cycle, and runs the checks again."""
+    checks = [check("gateway")]
+    fake = FakeIcmp(answering={"gateway"})
+    scheduler, path, recorder = scheduler_with(monkeypatch, fake, checks)
+
+    async def main() -> None:
+        fake.hold_uplink = asyncio.Event()
+        uplink = asyncio.create_task(scheduler.run_uplink(checks))  # begins at 100, before the cut: answers
+        await fake.uplink_started.wait()
+        fake.answering, fake.now = set(), 105.0  # the cut; the site cycle begins after it
+        site = asyncio.create_task(scheduler.run_cycle("icmp", "g", [target("a")]))
+        await asyncio.sleep(0.05)
+        assert not recorder.cycles  # waits for the run under way
+        fake.uplink_started.clear()
+        fake.hold_uplink.set()
+        await asyncio.gather(uplink, site)
+        assert fake.uplink_started.is_set()  # and then ran the checks again, since the cycle began
+
+    asyncio.run(main())
+    assert path.cut_off
     assert [r.error for r in recorder.results] == [CUT]
 
 
