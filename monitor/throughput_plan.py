@@ -291,6 +291,19 @@ class ThroughputPlan:
         if state is not None:
             state.running = False
 
+    def tested_elsewhere(self, name: str, started_at: float, now: float) -> float | None:
+        """A test of ``name`` begun at ``started_at`` that another instance booked (issue 19): the site's next is due
+        a period on, as if booked here. Returns that due time while it is still ahead of ``now``, else None."""
+        state = self.sites.get(name)
+        if state is None:
+            return None
+        settings = state.target.throughput
+        due = allowed_start(started_at + settings.every_seconds, name, settings)
+        if due <= now:
+            return None
+        state.next_due = max(state.next_due, due)
+        return state.next_due
+
     def ended_elsewhere(self, name: str, now: float) -> None:
         """A grant of this instance whose test another instance booked (issue 19): not running; next due a period on."""
         state = self.sites.get(name)

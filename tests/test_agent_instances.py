@@ -287,6 +287,33 @@ def test_max_concurrent_holds_across_instances(pg_server: PgServer, pg_url: str,
         assert int(rows(pg_server, pg_url, "SELECT count(*) FROM throughput_slots WHERE site <> 'own-1'")[0][0]) == 0
 
 
+def test_a_test_booked_by_one_instance_is_not_granted_again_by_the_other_within_the_period(
+        pg_server: PgServer, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """An agent's test granted and booked by one instance: the other, which booked nothing, refuses the next grant
+    as ``not_due`` until a period (``every: 10s``) after the test began, then grants it. Without the shared last
+    test, the other's plan had the site due at once and the metered link paid for a second test."""
+    site, token = SITES[1], TOKENS[SITES[1]]
+    with two_instances(tmp_path, pg_url, pg_server, PORT + 12) as (a, b):
+        slot = "{}/api/v1/agent/slot"
+        status, answer = until(lambda: post(slot.format(a.base), {"site": site}, token),
+                               lambda got: got[0] != 200 or got[1]["granted"])
+        assert status == 200 and answer["granted"], answer
+        started = time.time()
+        body = {"site": site, "agent": {"version": "0.1.0", "instance": f"install-{site}", "boot_id": "b1",
+                                        "uptime_seconds": 5000.0, "sent_at": time.time(), "spool_dropped": 0},
+                "results": [throughput_result(site, answer["slot"], started, started + 1.0, 65536)]}
+        status, answer = post(a.base + "/api/v1/agent/results", body, token)
+        assert status == 200 and answer["accepted"] == 1, answer
+        status, answer = post(slot.format(b.base), {"site": site}, token)
+        assert status == 200 and answer["granted"] is False and answer["reason"] == "not_due", answer
+        assert 0 < answer["retry_after_seconds"] <= 10.0, answer
+        status, answer = until(lambda: post(slot.format(b.base), {"site": site}, token),
+                               lambda got: got[0] != 200 or got[1]["granted"])
+        granted_at = time.time()
+        assert status == 200 and answer["granted"], answer
+        assert granted_at >= started + 10.0, (granted_at - started, answer)  # a period after the test began
+
+
 def test_a_revoked_token_is_refused_by_every_instance(pg_server: PgServer, pg_url: str,  # noqa: F811
                                                       tmp_path: Path) -> None:
     """A token enrolled through one instance is taken by both within the token refresh; revoked with

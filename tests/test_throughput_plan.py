@@ -144,3 +144,22 @@ def test_a_late_restore_adds_to_what_this_process_counted() -> None:
     assert plan.sites["tested"].remaining(NOW + 20) == 100_000_000 - 52_000_000
     assert plan.sites["untested"].next_due == NOW - 3600 + 6 * 3600
     assert plan.sites["untested"].remaining(NOW + 20) == 90_000_000
+
+
+def test_a_test_booked_elsewhere_moves_the_next_due_a_period_on_inside_the_window() -> None:
+    """issue 19: a test another instance booked (begun at ``started``) makes the site due a period after it, at the
+    first start the window allows; a test older than a period changes nothing; an unknown site, nothing."""
+    window = (parse_window("22:00-06:00"),)
+    t = throughput_target("agent-1", district="d", every_seconds=6 * 3600.0, windows=window, timezone="Asia/Almaty")
+    plan = ThroughputPlan()
+    plan.set_targets([t], NOW)
+    plan.sites["agent-1"].next_due = NOW  # due here: the grant path asks only then
+    started = NOW - 3600.0
+    due = plan.tested_elsewhere("agent-1", started, NOW)
+    assert due is not None and due == plan.sites["agent-1"].next_due
+    assert due == allowed_start(started + 6 * 3600.0, "agent-1", t.throughput) and due >= started + 6 * 3600.0
+    assert is_allowed(due, window, "Asia/Almaty")
+    assert plan.grant("agent-1", NOW).reason == "not_due"
+    assert plan.tested_elsewhere("agent-1", NOW - 7 * 24 * 3600.0, NOW) is None  # older than a period
+    assert plan.sites["agent-1"].next_due == due  # and it never moves the due time back
+    assert plan.tested_elsewhere("nobody", started, NOW) is None

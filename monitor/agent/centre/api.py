@@ -335,11 +335,12 @@ class AgentApi:
         allowance = granted_bytes(settings.max_bytes, settings.omit_seconds, settings.duration_seconds,
                                   settings.timeout_seconds)
         download, upload = (allowance if "download" in directions else 0), (allowance if "upload" in directions else 0)
-        if self.shared is not None and not await self._take_shared(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS,
-                                                                   download, upload):
-            self.plan.cancel(name)
-            return json_response({"granted": False, "reason": "busy",
-                                  "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)})
+        if self.shared is not None:
+            refused = await self._region_refusal(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS, download,
+                                                 upload)
+            if refused is not None:
+                self.plan.cancel(name)
+                return json_response(refused)
         self.slots[slot_id] = Slot(name, now + bound + SLOT_GRACE_SECONDS, download, upload)
         log.info("throughput slot granted to agent site %s", site.target.name, extra={"endpoint": site.target.name})
         return json_response({
@@ -378,15 +379,24 @@ class AgentApi:
                  request.remote, extra={"endpoint": outcome.site})
         return json_response({"site": outcome.site, "token": outcome.token})
 
-    async def _take_shared(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
-                           upload: int) -> bool:
-        """The region's slot for an agent's grant (issue 19): False when all are out or the store cannot say."""
+    async def _region_refusal(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
+                              upload: int) -> dict[str, Any] | None:
+        """The region's say on a grant this instance's plan would make (issue 19): None when the region's slot is
+        taken, else the answer that refuses it: ``not_due`` while the site's last test, booked by any instance,
+        is less than a period old; ``busy`` when every slot is out or the store cannot say."""
         assert self.shared is not None
+        busy = {"granted": False, "reason": "busy",
+                "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)}
         try:
-            return await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload)
+            last = await self.shared.last_test(name)
+            due = None if last is None else self.plan.tested_elsewhere(name, last, now)
+            if due is not None:
+                return {"granted": False, "reason": "not_due", "retry_after_seconds": round(due - now, 3)}
+            if await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload):
+                return None
         except Exception as err:
             self.shared.say("take a throughput slot", err)
-            return False
+        return busy
 
     def expire_slots(self) -> None:
         """Free the slots whose agent never reported a test (called on requests and by the daemon's tick)."""

@@ -17,6 +17,8 @@ keep today's single-instance state (this module is not used, and psycopg is not 
   (``agent_refusals``, the last :data:`~monitor.agent.centre.registry.REFUSALS_REMEMBERED` per site and
   installation), so a held result posted again to another instance is taken or refused again, never
   called a duplicate.
+* **Due times** (:meth:`SharedAgents.last_test`): before an agent's grant, its site's newest stored test, so
+  an instance that did not book the last test does not grant the next one early.
 * **Slots** (``throughput_slots``): a grant is one row, taken in a transaction under
   ``pg_advisory_xact_lock`` (:meth:`SharedAgents.take`) that counts the unexpired rows of every instance,
   refuses when ``max_concurrent`` are out or the site has one already, and inserts. The agents' grants
@@ -240,6 +242,24 @@ class SharedAgents:
         return await self._run(forget)
 
     # ------------------------------------------------------------------ throughput slots
+    async def last_test(self, site: str) -> float | None:
+        """When ``site``'s newest stored test began, whichever instance took its result; None before any.
+
+        Why: each instance plans an agent site's next test from the tests it booked itself. A test granted
+        by one and booked by another left a third (a replica, or any instance a load balancer picks) with
+        the site due at once: the agent was granted a second test within the period, and the metered link
+        paid for it. Read before every grant, from the history every instance writes.
+
+        Raises:
+            psycopg.Error: the server cannot be asked now (the caller grants nothing).
+        """
+        def read(conn: psycopg.Connection[tuple[Any, ...]]) -> float | None:
+            row = conn.execute("SELECT MAX(t.started_at) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+                               "WHERE e.name = %s", (site,)).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._run(read)
+
     async def take(self, slot_id: str, site: str, now: float, expires_at: float, limit: int,
                    download_bytes: int = 0, upload_bytes: int = 0) -> bool:
         """Take a region-wide slot for ``site``: False when ``limit`` are out already, or the site has one.
