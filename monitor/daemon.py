@@ -285,7 +285,11 @@ class Daemon:
                                       in_maintenance=self.maintenance.node_window,
                                       went_down=self.tracer.node_went_down)  # a node that goes down is traced
         self.upstreams.set_nodes(node_targets(config, loaded.targets), loaded.targets)
-        self.maintenance.set_targets(own_share(loaded.targets, options.shard), self.upstreams.nodes)
+        # issue 19: on a shared PostgreSQL history, agents' positions and every test's slot are the region's, and
+        # every instance serves every agent site (its sinks, the plan and the book know them all)
+        self.shared_agents = _shared_agents(options) if state_dir is not None and is_postgres(store_url) else None
+        self.maintenance.set_targets(self._published(own_share(loaded.targets, options.shard), loaded.targets),
+                                     self.upstreams.nodes)
         # what /metrics renders per scrape, beside the cached body
         scrape: list[ScrapeRenderer] = [EngineExposition(lambda: dataclasses.asdict(engine.stats))]
         history = self.history
@@ -314,8 +318,6 @@ class Daemon:
                                         *([self.history] if self.history is not None else []), self.tracer],
                                        stages=(self.maintenance.classify,))
         # one throughput plan for the centre's own tests and the agents' grants; none starts in maintenance
-        # issue 19: on a shared PostgreSQL history, agents' positions and every test's slot are the region's
-        self.shared_agents = _shared_agents(options) if state_dir is not None and is_postgres(store_url) else None
         self.plan = ThroughputPlan(config.throughput_max_concurrent, paused=self.maintenance.window,
                                    region=self.shared_agents)
         # sites behind NAT: their agents post results into the same pipeline (issue 10)
@@ -323,9 +325,10 @@ class Daemon:
                                     journal=SeqJournal.in_dir(state_dir) if state_dir is not None else None,
                                     state=agent_sites)
         self.targets = own_share(loaded.targets, options.shard)
+        self.published = self._published(self.targets, loaded.targets)  # and the plan's: any instance grants
         _warn_missing_tools(probed(self.targets), self.iperf3_path)
         for sink in self.pipeline.sinks:
-            sink.set_targets(self._published(self.targets, loaded.targets))
+            sink.set_targets(self.published)
         self.agents.set_targets(self.targets, loaded.targets if self.shared_agents is not None else ())
         self.metrics.config_loaded(True)
         self.ctx = ProbeContext(engine, time.time, iperf3_path=self.iperf3_path,
@@ -377,10 +380,12 @@ class Daemon:
         self.api.set_report_settings(new_config)
         self.centre_path.set_checks(uplink_targets(new_config, every_target))  # the scheduler's uplink job follows
         self.upstreams.set_nodes(node_targets(new_config, every_target), every_target)  # so does its node job
-        self.maintenance.set_targets(new_targets, self.upstreams.nodes)
-        self.scheduler.set_targets(probed(new_targets))  # first: if it fails, the sinks still match the jobs
+        published = self._published(new_targets, every_target)
+        self.maintenance.set_targets(published, self.upstreams.nodes)
+        self.scheduler.set_targets(probed(published))  # first: if it fails, the sinks still match the jobs
         for sink in self.pipeline.sinks:
-            sink.set_targets(self._published(new_targets, every_target))
+            sink.set_targets(published)
+        self.published = published
         self.agents.set_targets(new_targets, every_target if self.shared_agents is not None else ())
         self.targets = new_targets
         settle_long_lived()  # the new targets and their state live until the next reload
@@ -433,7 +438,7 @@ class Daemon:
         """Schedule the cycles, restore the history's figures, and take signals: the daemon is ready."""
         options, targets = self.options, self.targets
         loop = asyncio.get_running_loop()
-        self.scheduler.start(probed(targets))
+        self.scheduler.start(probed(self.published))  # other shares' agent sites: in the plan only, never pinged
         if self.turns is not None:  # replicas (issue 19): whose turn a site's throughput test is
             self.scheduler.test_leader = self.turns.leader
             self.turns.start(self.history, lambda: self.targets, lambda: self._restored, self._followed)

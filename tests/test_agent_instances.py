@@ -48,7 +48,7 @@ TOKENS = {site: f"token-of-{site}" for site in [*SITES, "heard-1"]}
 STALE_AFTER_SECONDS = 15  # heard-1's: beyond the contacts' refresh (5 s) and the instances' start-up
 
 
-def config_text(max_concurrent: int = 1, own_site_port: int | None = None) -> str:
+def config_text(max_concurrent: int = 1, own_site_port: int | None = None, agent_budget: str | None = None) -> str:
     """Agent sites only; with ``own_site_port``, also a site the centre tests itself (a web server on loopback)."""
     endpoints = "\n".join(f"      - {{name: {s}, agent: {{token_sha256: {token_hash(TOKENS[s])}}}}}" for s in SITES)
     own = "" if own_site_port is None else (
@@ -58,7 +58,7 @@ def config_text(max_concurrent: int = 1, own_site_port: int | None = None) -> st
     return (f"defaults:\n  icmp: {{interval: 60s}}\nthroughput: {{max_concurrent: {max_concurrent}}}\n"
             "groups:\n  - name: vsat\n    kind: school\n    mode: agent\n"
             "    throughput: {method: http, every: 10s, duration: 1s, omit: 0s, timeout: 3s, "
-            "directions: [download]}\n"
+            f"directions: [download]{'' if agent_budget is None else f', monthly_budget: {agent_budget}'}}}\n"
             f"    endpoints:\n      - {{name: enrolled-1}}\n{endpoints}\n"
             f"      - {{name: heard-1, agent: {{token_sha256: {token_hash(TOKENS['heard-1'])}, "
             f"stale_after: {STALE_AFTER_SECONDS}s}}}}\n{own}")
@@ -97,8 +97,9 @@ class Instance:
 
 @contextlib.contextmanager
 def two_instances(tmp: Path, url: str, pg: PgServer, port: int, max_concurrent: int = 1,
-                  own_site_port: int | None = None, replicas: int = 2) -> Iterator[list[Instance]]:
-    (tmp / "centre.yaml").write_text(config_text(max_concurrent, own_site_port), encoding="utf-8")
+                  own_site_port: int | None = None, replicas: int = 2,
+                  agent_budget: str | None = None) -> Iterator[list[Instance]]:
+    (tmp / "centre.yaml").write_text(config_text(max_concurrent, own_site_port, agent_budget), encoding="utf-8")
     instances = [Instance(tmp, url, index, port + index, replicas) for index in range(2)]
     try:
         for instance in instances:
@@ -287,6 +288,18 @@ def test_max_concurrent_holds_across_instances(pg_server: PgServer, pg_url: str,
         assert int(rows(pg_server, pg_url, "SELECT count(*) FROM throughput_slots WHERE site <> 'own-1'")[0][0]) == 0
 
 
+def granted_slot(instance: Instance, site: str, token: str) -> dict[str, Any]:
+    """Ask ``instance`` for ``site``'s slot until granted, as an agent does: after the answer's ``retry_after_seconds``
+    (at most a second here), and after a 429 (each token's request rate) a second; the grant."""
+    deadline = time.monotonic() + 60
+    while True:
+        status, answer = post(instance.base + "/api/v1/agent/slot", {"site": site}, token)
+        assert status in (200, 429) and time.monotonic() < deadline, (status, answer, instance.log())
+        if status == 200 and answer["granted"]:
+            return dict(answer)
+        time.sleep(1.0 if status == 429 else min(1.0, answer["retry_after_seconds"]) + 0.05)
+
+
 def test_a_test_booked_by_one_instance_is_not_granted_again_by_the_other_within_the_period(
         pg_server: PgServer, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
     """An agent's test granted and booked by one instance: the other, which booked nothing, refuses the next grant
@@ -295,9 +308,7 @@ def test_a_test_booked_by_one_instance_is_not_granted_again_by_the_other_within_
     site, token = SITES[1], TOKENS[SITES[1]]
     with two_instances(tmp_path, pg_url, pg_server, PORT + 12) as (a, b):
         slot = "{}/api/v1/agent/slot"
-        status, answer = until(lambda: post(slot.format(a.base), {"site": site}, token),
-                               lambda got: got[0] != 200 or got[1]["granted"])
-        assert status == 200 and answer["granted"], answer
+        answer = granted_slot(a, site, token)
         started = time.time()
         body = {"site": site, "agent": {"version": "0.1.0", "instance": f"install-{site}", "boot_id": "b1",
                                         "uptime_seconds": 5000.0, "sent_at": time.time(), "spool_dropped": 0},
@@ -307,11 +318,34 @@ def test_a_test_booked_by_one_instance_is_not_granted_again_by_the_other_within_
         status, answer = post(slot.format(b.base), {"site": site}, token)
         assert status == 200 and answer["granted"] is False and answer["reason"] == "not_due", answer
         assert 0 < answer["retry_after_seconds"] <= 10.0, answer
-        status, answer = until(lambda: post(slot.format(b.base), {"site": site}, token),
-                               lambda got: got[0] != 200 or got[1]["granted"])
+        answer = granted_slot(b, site, token)
         granted_at = time.time()
-        assert status == 200 and answer["granted"], answer
         assert granted_at >= started + 10.0, (granted_at - started, answer)  # a period after the test began
+
+
+def test_an_instance_of_another_share_grants_by_the_region_history(pg_server: PgServer, pg_url: str,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """``--replicas 1``: the instance that is not the site's own grants its agent a test too (a load balancer
+    that pins the agent there would otherwise never let it test), by the region's history: after a test it
+    booked, the site's own instance answers ``not_due`` for the period, and its next grant is capped to the
+    month's budget left after that test, not the whole budget."""
+    site, token = SITES[2], TOKENS[SITES[2]]
+    moved = 65536
+    with two_instances(tmp_path, pg_url, pg_server, PORT + 14, replicas=1, agent_budget="10MB") as instances:
+        own, other = instances[owner(site, 2)], instances[1 - owner(site, 2)]
+        slot = "{}/api/v1/agent/slot"
+        first = granted_slot(other, site, token)  # was: "busy", always
+        started = time.time()
+        body = {"site": site, "agent": {"version": "0.1.0", "instance": f"install-{site}", "boot_id": "b1",
+                                        "uptime_seconds": 5000.0, "sent_at": time.time(), "spool_dropped": 0},
+                "results": [throughput_result(site, first["slot"], started, started + 1.0, moved)]}
+        status, answer = post(other.base + "/api/v1/agent/results", body, token)
+        assert status == 200 and answer["accepted"] == 1, answer
+        status, answer = post(slot.format(own.base), {"site": site}, token)
+        assert status == 200 and answer["granted"] is False and answer["reason"] == "not_due", answer
+        second = granted_slot(own, site, token)
+        assert time.time() >= started + 10.0  # a period after the test began
+        assert second["max_bytes"] == first["max_bytes"] - moved, (first, second)  # the region's month
 
 
 def test_a_revoked_token_is_refused_by_every_instance(pg_server: PgServer, pg_url: str,  # noqa: F811

@@ -75,6 +75,7 @@ from monitor.agent.protocol import (
     decode_batch,
     granted_bytes,
 )
+from monitor.months import month_start
 from monitor.text import text_fault
 from monitor.throughput_plan import AGENT_BUSY_RETRY_SECONDS, ThroughputPlan, phase
 from monitor.web.access_log import ACCESS_USER
@@ -319,10 +320,12 @@ class AgentApi:
         now = self.registry.clock()
         self.expire_slots()
         name = site.target.name
+        busy = {"granted": False, "reason": "busy",
+                "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)}
         if name not in self.plan.sites and name not in self.registry.watched:
-            # issue 19: another instance's share, its plan there; a load balancer's next pick may be one of them
-            return json_response({"granted": False, "reason": "busy",
-                                  "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)})
+            return json_response(busy)  # issue 19: not planned here; a load balancer's next pick may plan it
+        if self.shared is not None and name in self.plan.sites and not await self._caught_up(name, now):
+            return json_response(busy)
         # issue 19: with the region's pool, the region counts the slots (this instance's count may be stale)
         grant = self.plan.grant(name, now, None if self.shared is None else _NO_LOCAL_LIMIT)
         if grant.target is None:
@@ -335,12 +338,10 @@ class AgentApi:
         allowance = granted_bytes(settings.max_bytes, settings.omit_seconds, settings.duration_seconds,
                                   settings.timeout_seconds)
         download, upload = (allowance if "download" in directions else 0), (allowance if "upload" in directions else 0)
-        if self.shared is not None:
-            refused = await self._region_refusal(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS, download,
-                                                 upload)
-            if refused is not None:
-                self.plan.cancel(name)
-                return json_response(refused)
+        if self.shared is not None and not await self._take_shared(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS,
+                                                                   download, upload):
+            self.plan.cancel(name)
+            return json_response(busy)
         self.slots[slot_id] = Slot(name, now + bound + SLOT_GRACE_SECONDS, download, upload)
         log.info("throughput slot granted to agent site %s", site.target.name, extra={"endpoint": site.target.name})
         return json_response({
@@ -379,24 +380,36 @@ class AgentApi:
                  request.remote, extra={"endpoint": outcome.site})
         return json_response({"site": outcome.site, "token": outcome.token})
 
-    async def _region_refusal(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
-                              upload: int) -> dict[str, Any] | None:
-        """The region's say on a grant this instance's plan would make (issue 19): None when the region's slot is
-        taken, else the answer that refuses it: ``not_due`` while the site's last test, booked by any instance,
-        is less than a period old; ``busy`` when every slot is out or the store cannot say."""
+    async def _caught_up(self, name: str, now: float) -> bool:
+        """The plan of ``name`` brought up to the region's history before a grant (issue 19): its next test due a
+        period after the newest stored test, whichever instance booked it, and the month's bytes as the history
+        counts them. False when the store cannot say (the caller answers busy: nothing is granted blind)."""
         assert self.shared is not None
-        busy = {"granted": False, "reason": "busy",
-                "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)}
+        state = self.plan.sites[name]
+        if state.running:  # granted here already: the plan answers that without asking
+            return True
+        settings = state.target.throughput
+        since = month_start(now, settings.timezone) if settings.monthly_budget_bytes is not None else None
         try:
-            last = await self.shared.last_test(name)
-            due = None if last is None else self.plan.tested_elsewhere(name, last, now)
-            if due is not None:
-                return {"granted": False, "reason": "not_due", "retry_after_seconds": round(due - now, 3)}
-            if await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload):
-                return None
+            tests = await self.shared.site_tests(name, since)
+        except Exception as err:
+            self.shared.say("read a site's last throughput test", err)
+            return False
+        if tests.last_started_at is not None:
+            self.plan.tested_elsewhere(name, tests.last_started_at, now)
+        if since is not None:
+            self.plan.follow({name: (since, tests.month_bytes)}, {})
+        return True
+
+    async def _take_shared(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
+                           upload: int) -> bool:
+        """The region's slot for an agent's grant (issue 19): False when all are out or the store cannot say."""
+        assert self.shared is not None
+        try:
+            return await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload)
         except Exception as err:
             self.shared.say("take a throughput slot", err)
-        return busy
+            return False
 
     def expire_slots(self) -> None:
         """Free the slots whose agent never reported a test (called on requests and by the daemon's tick)."""

@@ -17,8 +17,9 @@ keep today's single-instance state (this module is not used, and psycopg is not 
   (``agent_refusals``, the last :data:`~monitor.agent.centre.registry.REFUSALS_REMEMBERED` per site and
   installation), so a held result posted again to another instance is taken or refused again, never
   called a duplicate.
-* **Due times** (:meth:`SharedAgents.last_test`): before an agent's grant, its site's newest stored test, so
-  an instance that did not book the last test does not grant the next one early.
+* **Due times and budgets** (:meth:`SharedAgents.site_tests`): before an agent's grant, its site's newest
+  stored test and the month's bytes, so an instance that did not book the last test neither grants the
+  next one early nor spends the budget again.
 * **Slots** (``throughput_slots``): a grant is one row, taken in a transaction under
   ``pg_advisory_xact_lock`` (:meth:`SharedAgents.take`) that counts the unexpired rows of every instance,
   refuses when ``max_concurrent`` are out or the site has one already, and inserts. The agents' grants
@@ -78,6 +79,14 @@ class SharedPosition:
 
     seq: int
     refused: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTests:
+    """A site's tests as the region's history has them: when the newest began (None: none yet), the month's bytes."""
+
+    last_started_at: float | None
+    month_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,21 +251,26 @@ class SharedAgents:
         return await self._run(forget)
 
     # ------------------------------------------------------------------ throughput slots
-    async def last_test(self, site: str) -> float | None:
-        """When ``site``'s newest stored test began, whichever instance took its result; None before any.
+    async def site_tests(self, site: str, month_since: float | None) -> SiteTests:
+        """What the region's history holds of ``site``'s tests, whichever instance booked them: when the newest
+        began, and the bytes moved since ``month_since`` (None: not asked, the site has no budget).
 
-        Why: each instance plans an agent site's next test from the tests it booked itself. A test granted
-        by one and booked by another left a third (a replica, or any instance a load balancer picks) with
-        the site due at once: the agent was granted a second test within the period, and the metered link
-        paid for it. Read before every grant, from the history every instance writes.
+        Why: each instance planned an agent site's next test and counted its month's bytes from the tests it
+        booked itself. A test granted by one and booked by another left a third (a replica, or any instance a
+        load balancer picks) with the site due at once and its budget unspent: the agent was granted a second
+        test within the period, and the metered link paid for it. Read before every grant.
 
         Raises:
             psycopg.Error: the server cannot be asked now (the caller grants nothing).
         """
-        def read(conn: psycopg.Connection[tuple[Any, ...]]) -> float | None:
-            row = conn.execute("SELECT MAX(t.started_at) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
-                               "WHERE e.name = %s", (site,)).fetchone()
-            return None if row is None or row[0] is None else float(row[0])
+        def read(conn: psycopg.Connection[tuple[Any, ...]]) -> SiteTests:
+            row = conn.execute(
+                "SELECT MAX(t.started_at), COALESCE(SUM(t.bytes) FILTER (WHERE t.started_at >= %s), 0) "
+                "FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id WHERE e.name = %s",
+                (month_since if month_since is not None else float("inf"), site)).fetchone()
+            if row is None:
+                return SiteTests(None, 0)
+            return SiteTests(None if row[0] is None else float(row[0]), int(row[1]))
 
         return await self._run(read)
 
