@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 UPLINK_JOB_ID = "uplink"  # the centre's uplink checks (issue 21); site jobs are "icmp:GROUP:INTERVAL"
 UPSTREAMS_JOB_ID = "upstreams"  # the upstream nodes (issue 21)
-UPLINK_WAIT_SLACK_SECONDS = 1.0  # a site cycle waits for a running uplink run at most its bound plus this
+UPLINK_WAIT_SLACK_SECONDS = 3.0  # a site cycle waits for a running uplink run at most its bound plus this
 
 
 def plan_jobs(targets: Sequence[Target]) -> dict[tuple[str, float], list[Target]]:

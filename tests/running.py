@@ -97,7 +97,7 @@ def running_daemon(lab: Lab, config: Path, port: int, *extra: str,
 
 
 def scrape_when(url: str, ready: Callable[[Samples], bool], proc: subprocess.Popen[str] | None = None,
-                attempts: int = 80, context: ssl.SSLContext | None = None,
+                attempts: int = 240, context: ssl.SSLContext | None = None,
                 headers: dict[str, str] | None = None) -> Samples:
     """Scrape ``url`` until ``ready(parsed)`` holds (bounded: ``attempts`` quarter-second tries)."""
     last = ""

@@ -149,7 +149,8 @@ groups:
             assert value(parsed, "connmon_up", endpoint="vsat-cut") == 0
             marked = value(parsed, "connmon_last_probe_timestamp_seconds", endpoint="vsat-cut", probe="icmp")
             last_seen = value(parsed, "connmon_agent_last_seen_timestamp_seconds", endpoint="vsat-cut")
-            assert 3.0 < marked - last_seen <= 3.0 + 1.5
+            # never early; late by at most a check (1 s) and some slack for a loaded event loop
+            assert 3.0 < marked - last_seen <= 3.0 + 1.0 + 2.0
             assert value(parsed, "connmon_probe_errors_total", endpoint="vsat-cut", probe="icmp",
                          reason="agent_silent") == 1
             time.sleep(4)

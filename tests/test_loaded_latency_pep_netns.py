@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.results import PEP_CONNECT_SHARE
 from tests.conftest import need
 from tests.factories import write_config
 
@@ -158,15 +159,18 @@ groups:
     assert proc.returncode in (0, 1), proc.stderr
     got = {r["endpoint"]: r for r in map(json.loads, proc.stdout.splitlines())}
     proxied, delayed = got["proxied"], got["delayed"]
+    # The delays are a userspace program's (tests/packet_delayer.py): never shorter than asked, and longer by a
+    # late wake-up on a loaded machine. So each figure is held to the delay from below, with room above.
     for entry in (proxied, delayed):
         (direction,) = entry["throughput_directions"]
-        assert direction["idle_rtt_seconds"] == pytest.approx(ICMP_DELAY_SECONDS, abs=0.05), direction
+        assert ICMP_DELAY_SECONDS - 0.05 <= direction["idle_rtt_seconds"] < ICMP_DELAY_SECONDS + 0.15, direction
     (answered_early,) = (d["tcp_connect_seconds"] for d in proxied["throughput_directions"])
     (held_back,) = (d["tcp_connect_seconds"] for d in delayed["throughput_directions"])
-    assert len(answered_early) == 3 and max(answered_early) < 0.05, answered_early  # the router answered
+    # the router answered: under the product's own rule (half the ICMP round trip), whatever the machine's load
+    assert len(answered_early) == 3 and max(answered_early) < PEP_CONNECT_SHARE * ICMP_DELAY_SECONDS, answered_early
     assert len(held_back) == 3, held_back
     for seconds in held_back:  # each SYN held 300 ms on the path, like the echoes: as slow as ICMP, no faster
-        assert seconds == pytest.approx(ICMP_DELAY_SECONDS, rel=0.25), held_back
+        assert ICMP_DELAY_SECONDS * 0.75 <= seconds < ICMP_DELAY_SECONDS + 0.15, held_back
     idle = {name: entry["throughput_directions"][0]["idle_rtt_seconds"] for name, entry in got.items()}
     print(f"\nproxied: handshakes {answered_early}; delayed: {held_back}; idle ICMP {idle}")
     assert proxied["pep_detected"] is True, proxied

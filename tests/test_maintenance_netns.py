@@ -157,7 +157,7 @@ groups:
         school.exec("iptables", "-F", "INPUT")  # the link is mended
         until("school up", lambda: site_state() == "up", proc)
         until("school tested again", lambda: len(throughput_rows(state, "school")) > tested_before, proc,
-              2 * EVERY_SECONDS)
+              4 * EVERY_SECONDS)
     finally:
         stop_process(proc)
         for site in (school, other):

@@ -21,7 +21,7 @@ from tests.promtool import promtool_problems
 from tests.running import samples
 
 PORT = 9079
-OBSERVE_SECONDS = 90  # an upper bound on waiting; the test stops as soon as it has seen enough
+OBSERVE_SECONDS = 180  # an upper bound on waiting; the test stops as soon as it has seen enough
 
 
 @pytest.fixture(scope="module")
