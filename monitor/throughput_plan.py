@@ -291,9 +291,10 @@ class ThroughputPlan:
         if state is not None:
             state.running = False
 
-    def tested_elsewhere(self, name: str, started_at: float, now: float) -> float | None:
-        """A test of ``name`` begun at ``started_at`` that another instance booked (issue 19): the site's next is due
-        a period on, as if booked here. Returns that due time while it is still ahead of ``now``, else None."""
+    def region_tested(self, name: str, started_at: float, now: float) -> float | None:
+        """The region's newest test of ``name`` began at ``started_at``, whichever instance booked it (issue 19): the
+        site's next is due a period on, as if booked here. Returns that due time while it is still ahead of
+        ``now``, else None; a due time never moves back."""
         state = self.sites.get(name)
         if state is None:
             return None

@@ -155,11 +155,11 @@ def test_a_test_booked_elsewhere_moves_the_next_due_a_period_on_inside_the_windo
     plan.set_targets([t], NOW)
     plan.sites["agent-1"].next_due = NOW  # due here: the grant path asks only then
     started = NOW - 3600.0
-    due = plan.tested_elsewhere("agent-1", started, NOW)
+    due = plan.region_tested("agent-1", started, NOW)
     assert due is not None and due == plan.sites["agent-1"].next_due
     assert due == allowed_start(started + 6 * 3600.0, "agent-1", t.throughput) and due >= started + 6 * 3600.0
     assert is_allowed(due, window, "Asia/Almaty")
     assert plan.grant("agent-1", NOW).reason == "not_due"
-    assert plan.tested_elsewhere("agent-1", NOW - 7 * 24 * 3600.0, NOW) is None  # older than a period
+    assert plan.region_tested("agent-1", NOW - 7 * 24 * 3600.0, NOW) is None  # older than a period
     assert plan.sites["agent-1"].next_due == due  # and it never moves the due time back
-    assert plan.tested_elsewhere("nobody", started, NOW) is None
+    assert plan.region_tested("nobody", started, NOW) is None

@@ -396,7 +396,7 @@ class AgentApi:
             self.shared.say("read a site's last throughput test", err)
             return False
         if tests.last_started_at is not None:
-            self.plan.tested_elsewhere(name, tests.last_started_at, now)
+            self.plan.region_tested(name, tests.last_started_at, now)
         if since is not None:
             self.plan.follow({name: (since, tests.month_bytes)}, {})
         return True
