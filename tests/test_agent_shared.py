@@ -4,10 +4,13 @@ move back, refusals kept and bounded. The daemons that use it are tested in ``te
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from types import SimpleNamespace
 
-from monitor.agent.centre.shared import REFUSALS_KEPT, SharedAgents, SharedPosition, keep_contacts
+import psycopg
+
+from monitor.agent.centre.shared import REFUSALS_KEPT, SharedAgents, SharedPosition, SiteTests, keep_contacts
 from monitor.agent.protocol import MAX_AGE_SECONDS
 from monitor.history.postgres import PostgresStore
 from tests.postgres import pg_server, pg_url  # noqa: F401 (fixtures)
@@ -127,6 +130,35 @@ def test_installations_silent_longer_than_anything_is_kept_are_forgotten(pg_url:
                 await asyncio.sleep(0.01)
             loop.cancel()
             assert heard and "p" not in heard[0] and "r" in heard[0], heard
+        finally:
+            await shared.close()
+
+    asyncio.run(go())
+
+
+def test_a_sites_tests_as_the_region_holds_them(pg_url: str) -> None:  # noqa: F811
+    """``site_tests``: the newest test's start leaves out ``busy`` and ``budget`` rows (retried, not tests), the last
+    measured size is the newest error-free test's, the month's bytes count every row since its start; and a grant
+    whose caller read an older newest test than the one stored since is refused (the race with a test just ended)."""
+    _migrated(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO endpoints (name, kind, district, link, grp, target_bps) "
+                     "VALUES ('w', 'school', 'd', 'satellite', 'g', 4e6)")
+        rows = [(100.0, 5000, None), (200.0, 7000, "timeout"), (300.0, 0, "busy"), (400.0, 0, "budget")]
+        for started, moved, error in rows:
+            conn.execute("INSERT INTO throughput (endpoint_id, started_at, ended_at, method, bytes, directions, "
+                         "target_bps, error) SELECT id, %s, %s, 'http', %s, 'download', 4e6, %s FROM endpoints "
+                         "WHERE name = 'w'", (started, started + 10.0, moved, error))
+
+    async def go() -> None:
+        shared = SharedAgents(pg_url, "0/2")
+        try:
+            assert await shared.site_tests("w", 150.0) == SiteTests(200.0, 5000, 7000)  # the timeout was a test
+            assert await shared.site_tests("w", None) == SiteTests(200.0, 5000, 0)
+            assert await shared.site_tests("nobody", 0.0) == SiteTests(None, None, 0)
+            assert not await shared.take("s1", "w", 500.0, 600.0, 3, tested_at=100.0)  # 200 was stored since
+            assert await shared.take("s2", "w", 500.0, 600.0, 3, tested_at=200.0)
+            assert await shared.take("s3", "nobody", 500.0, 600.0, 3, tested_at=-math.inf)  # none, none since
         finally:
             await shared.close()
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -312,24 +313,29 @@ class FakeIcmp:
         self.answering = answering
         self.hold_uplink: asyncio.Event | None = None
         self.uplink_started = asyncio.Event()
+        self.uplink_runs = 0
+        self.hold_sites: asyncio.Event | None = None
         self.now = 100.0  # when a run begins, as its results say
 
     async def __call__(self, targets: Sequence[Target], ctx: ProbeContext) -> list[IcmpResult]:
         answering, began = set(self.answering), self.now  # the echoes leave now, whenever the run ends
         if targets and targets[0].group == UPLINK_GROUP:
+            self.uplink_runs += 1
             self.uplink_started.set()
             if self.hold_uplink is not None:
                 await self.hold_uplink.wait()
+        elif self.hold_sites is not None:
+            await self.hold_sites.wait()
         return [icmp(t, began, 0.01 if t.name in answering else None) for t in targets]
 
 
-def scheduler_with(monkeypatch: pytest.MonkeyPatch, fake: FakeIcmp,
-                   checks: Sequence[Target]) -> tuple[CycleScheduler, CentrePath, Recorder]:
+def scheduler_with(monkeypatch: pytest.MonkeyPatch, fake: FakeIcmp, checks: Sequence[Target],
+                   clock: Callable[[], float] = time.time) -> tuple[CycleScheduler, CentrePath, Recorder]:
     monkeypatch.setitem(probes.PROBES, "icmp", fake)
     recorder = Recorder()
     path = CentrePath(checks, Clock(100.0))
     scheduler = CycleScheduler(ProbeContext(None, lambda: 100.0), ResultPipeline([recorder]),  # type: ignore[arg-type]
-                               centre_path=path)
+                               clock=clock, centre_path=path)
     return scheduler, path, recorder
 
 
@@ -419,6 +425,31 @@ def test_an_uplink_run_begun_before_the_cycle_is_waited_for_and_then_run_again(
 
     asyncio.run(main())
     assert path.cut_off
+    assert [r.error for r in recorder.results] == [CUT]
+
+
+def test_an_uplink_run_begun_after_the_cycle_is_waited_for_and_not_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run under way began after the silent cycle did: it is of the same moment of the network, so the cycle is
+    judged by it and the checks are not run a second time (one uplink run, not one more per silent cycle)."""
+    checks = [check("gateway")]
+    fake = FakeIcmp(answering=set())
+    scheduler, path, recorder = scheduler_with(monkeypatch, fake, checks, clock=lambda: fake.now)
+
+    async def main() -> None:
+        fake.hold_sites, fake.hold_uplink = asyncio.Event(), asyncio.Event()
+        site = asyncio.create_task(scheduler.run_cycle("icmp", "g", [target("a")]))  # begins at 100
+        await asyncio.sleep(0.01)
+        fake.now = 101.0
+        uplink = asyncio.create_task(scheduler.run_uplink(checks))  # begins at 101, after the cycle
+        await fake.uplink_started.wait()
+        fake.hold_sites.set()
+        await asyncio.sleep(0.05)
+        assert not recorder.cycles  # the silent cycle waits for the run under way
+        fake.hold_uplink.set()
+        await asyncio.gather(uplink, site)
+
+    asyncio.run(main())
+    assert path.cut_off and fake.uplink_runs == 1
     assert [r.error for r in recorder.results] == [CUT]
 
 

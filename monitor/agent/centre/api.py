@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,13 +77,14 @@ from monitor.agent.protocol import (
     granted_bytes,
 )
 from monitor.months import month_start
+from monitor.results import ThroughputResult
 from monitor.text import text_fault
 from monitor.throughput_plan import AGENT_BUSY_RETRY_SECONDS, ThroughputPlan, phase
 from monitor.web.access_log import ACCESS_USER
 from monitor.web.answers import error_response, json_response
 
 if TYPE_CHECKING:
-    from monitor.agent.centre.shared import SharedAgents  # psycopg only with PostgreSQL
+    from monitor.agent.centre.shared import SharedAgents, SiteTests  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
 __all__ = ["AgentApi", "Slot", "read_body"]  # read_body: for the other routes that read bodies the same way
@@ -241,23 +243,29 @@ class AgentApi:
                 # silence while the database is away), and a result another instance took too is the same
                 # row in the history; the answer still waits for the history to store it
                 self.shared.say("read an agent's position", err)
+        if self.shared is not None and site.target.name in self.plan.sites \
+                and not self.plan.sites[site.target.name].running \
+                and any(isinstance(item.result, ThroughputResult) for item in batch.results):
+            # issue 19: a test granted elsewhere is booked here on the region's month (its budget left is right)
+            await self._region_tests(site.target.name, self.registry.clock())
         try:
             outcome = self.registry.accept(site, batch)  # journalled before published: raises, changing nothing
         except JournalError as err:
             return self._refuse(503, f"the centre cannot record the batch now ({err.strerror}); it was not "
                                      "taken: post it again later", headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)},
                                 site=site)
-        for item in batch.results:
-            if item.slot is not None:
-                self.slots.pop(item.slot, None)
-                if self.shared is not None:  # the test ended: its region slot is free, whoever granted it
-                    self.shared.release(item.slot, site.target.name)
+        slots = [item.slot for item in batch.results if item.slot is not None]
+        for slot_id in slots:
+            self.slots.pop(slot_id, None)
         # issue 25: 200 only once the history holds the batch (a duplicate too: its first post may not be
         # stored yet), then journalled as stored; a kill before that loses nothing the agent was told is in
         if self.stored is not None and not await self.stored():
             return self._refuse(503, "the centre took the batch but its history has not stored it yet; post it "
                                      "again later (it is then answered as duplicates once stored)",
                                 headers={"Retry-After": str(JOURNAL_RETRY_SECONDS)}, site=site)
+        if self.shared is not None:  # the tests ended and are stored: their region slots are free, whoever granted
+            for slot_id in slots:  # them (not before: a grant elsewhere that finds the slot free sees the test)
+                self.shared.release(slot_id, site.target.name)
         self.registry.confirm(site)
         if self.shared is not None:  # stored, then the region's position advances (never before: no loss)
             await self._confirm_shared(site, batch.agent.instance, outcome)
@@ -322,10 +330,16 @@ class AgentApi:
         name = site.target.name
         busy = {"granted": False, "reason": "busy",
                 "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)}
-        if name not in self.plan.sites and name not in self.registry.watched:
-            return json_response(busy)  # issue 19: not planned here; a load balancer's next pick may plan it
-        if self.shared is not None and name in self.plan.sites and not await self._caught_up(name, now):
-            return json_response(busy)
+        tested_at: float | None = None  # the region's newest test of the site, as read before this grant
+        if self.shared is None:
+            if name not in self.plan.sites and name not in self.registry.watched:
+                return json_response(busy)  # another instance's share, not planned here (no region to ask)
+        elif name in self.plan.sites and self._would_grant(name, now):
+            # issue 19: every instance plans every agent site; brought up to the region's history first
+            tests = await self._region_tests(name, now)
+            if tests is None:
+                return json_response(busy)  # the store cannot say: nothing is granted blind
+            tested_at = tests.last_started_at if tests.last_started_at is not None else -math.inf
         # issue 19: with the region's pool, the region counts the slots (this instance's count may be stale)
         grant = self.plan.grant(name, now, None if self.shared is None else _NO_LOCAL_LIMIT)
         if grant.target is None:
@@ -339,7 +353,7 @@ class AgentApi:
                                   settings.timeout_seconds)
         download, upload = (allowance if "download" in directions else 0), (allowance if "upload" in directions else 0)
         if self.shared is not None and not await self._take_shared(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS,
-                                                                   download, upload):
+                                                                   download, upload, tested_at):
             self.plan.cancel(name)
             return json_response(busy)
         self.slots[slot_id] = Slot(name, now + bound + SLOT_GRACE_SECONDS, download, upload)
@@ -380,33 +394,39 @@ class AgentApi:
                  request.remote, extra={"endpoint": outcome.site})
         return json_response({"site": outcome.site, "token": outcome.token})
 
-    async def _caught_up(self, name: str, now: float) -> bool:
-        """The plan of ``name`` brought up to the region's history before a grant (issue 19): its next test due a
-        period after the newest stored test, whichever instance booked it, and the month's bytes as the history
-        counts them. False when the store cannot say (the caller answers busy: nothing is granted blind)."""
-        assert self.shared is not None
+    def _would_grant(self, name: str, now: float) -> bool:
+        """Whether the plan alone would grant ``name`` now: only then is the region asked (a site not due, or in
+        maintenance, is answered so without a round trip; the region can only make a due time later)."""
         state = self.plan.sites[name]
-        if state.running:  # granted here already: the plan answers that without asking
-            return True
-        settings = state.target.throughput
+        return not state.running and state.next_due <= now and self.plan.paused(name, now) is None
+
+    async def _region_tests(self, name: str, now: float) -> SiteTests | None:
+        """The plan of ``name`` brought up to the region's history (issue 19): its next test due a period after the
+        newest stored test, whichever instance booked it, and the month's bytes and the last measured test's size
+        as the history has them. None when the store cannot say (said in the log)."""
+        assert self.shared is not None
+        settings = self.plan.sites[name].target.throughput
         since = month_start(now, settings.timezone) if settings.monthly_budget_bytes is not None else None
         try:
             tests = await self.shared.site_tests(name, since)
         except Exception as err:
             self.shared.say("read a site's last throughput test", err)
-            return False
+            return None
         if tests.last_started_at is not None:
             self.plan.region_tested(name, tests.last_started_at, now)
         if since is not None:
-            self.plan.follow({name: (since, tests.month_bytes)}, {})
-        return True
+            self.plan.follow({name: (since, tests.month_bytes)},
+                             {name: tests.last_measured_bytes} if tests.last_measured_bytes is not None else {})
+        return tests
 
     async def _take_shared(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
-                           upload: int) -> bool:
-        """The region's slot for an agent's grant (issue 19): False when all are out or the store cannot say."""
+                           upload: int, tested_at: float | None = None) -> bool:
+        """The region's slot for an agent's grant (issue 19): False when all are out, a test newer than ``tested_at``
+        was stored since it was read, or the store cannot say."""
         assert self.shared is not None
         try:
-            return await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload)
+            return await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload,
+                                          tested_at)
         except Exception as err:
             self.shared.say("take a throughput slot", err)
             return False

@@ -71,6 +71,8 @@ LOG_EVERY_SECONDS = 60.0
 CONTACTS_REFRESH_SECONDS = 5.0  # how often the other instances' contacts with agent sites are read
 FORGET_EVERY_SECONDS = 3600.0  # how often each instance forgets the installations silent for MAX_AGE_SECONDS
 _T = TypeVar("_T")
+# a row that is a test: ``busy`` (the server was taken) and ``budget`` (skipped) are retried, not tests (as leases.py)
+_A_TEST = "AND (t.error IS NULL OR t.error NOT IN ('budget', 'busy')) "
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +85,10 @@ class SharedPosition:
 
 @dataclass(frozen=True, slots=True)
 class SiteTests:
-    """A site's tests as the region's history has them: when the newest began (None: none yet), the month's bytes."""
+    """A site's tests as the region's history has them: when the newest began (None: none yet), what they moved."""
 
     last_started_at: float | None
+    last_measured_bytes: int | None  # the newest test that measured: what a capped iperf3 test is judged by
     month_bytes: int
 
 
@@ -253,33 +256,44 @@ class SharedAgents:
     # ------------------------------------------------------------------ throughput slots
     async def site_tests(self, site: str, month_since: float | None) -> SiteTests:
         """What the region's history holds of ``site``'s tests, whichever instance booked them: when the newest
-        began, and the bytes moved since ``month_since`` (None: not asked, the site has no budget).
+        began (a ``busy`` or ``budget`` row is no test: it is retried), the bytes of the newest measured one, and
+        the bytes moved since ``month_since`` (None: not asked, the site has no budget).
 
         Why: each instance planned an agent site's next test and counted its month's bytes from the tests it
         booked itself. A test granted by one and booked by another left a third (a replica, or any instance a
         load balancer picks) with the site due at once and its budget unspent: the agent was granted a second
-        test within the period, and the metered link paid for it. Read before every grant.
+        test within the period, and the metered link paid for it. Read before a grant, and before a result
+        is booked. Each figure is one descent of the ``(endpoint_id, started_at)`` key.
 
         Raises:
             psycopg.Error: the server cannot be asked now (the caller grants nothing).
         """
         def read(conn: psycopg.Connection[tuple[Any, ...]]) -> SiteTests:
             row = conn.execute(
-                "SELECT MAX(t.started_at), COALESCE(SUM(t.bytes) FILTER (WHERE t.started_at >= %s), 0) "
-                "FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id WHERE e.name = %s",
+                "SELECT (SELECT t.started_at FROM throughput t WHERE t.endpoint_id = e.id " + _A_TEST +
+                "        ORDER BY t.started_at DESC LIMIT 1), "
+                "       (SELECT t.bytes FROM throughput t WHERE t.endpoint_id = e.id AND t.error IS NULL "
+                "        ORDER BY t.started_at DESC LIMIT 1), "
+                "       (SELECT COALESCE(SUM(t.bytes), 0) FROM throughput t WHERE t.endpoint_id = e.id "
+                "        AND t.started_at >= %s) "
+                "FROM endpoints e WHERE e.name = %s",
                 (month_since if month_since is not None else float("inf"), site)).fetchone()
             if row is None:
-                return SiteTests(None, 0)
-            return SiteTests(None if row[0] is None else float(row[0]), int(row[1]))
+                return SiteTests(None, None, 0)
+            return SiteTests(None if row[0] is None else float(row[0]), None if row[1] is None else int(row[1]),
+                             int(row[2]))
 
         return await self._run(read)
 
     async def take(self, slot_id: str, site: str, now: float, expires_at: float, limit: int,
-                   download_bytes: int = 0, upload_bytes: int = 0) -> bool:
-        """Take a region-wide slot for ``site``: False when ``limit`` are out already, or the site has one.
+                   download_bytes: int = 0, upload_bytes: int = 0, tested_at: float | None = None) -> bool:
+        """Take a region-wide slot for ``site``: False when ``limit`` are out already, or the site has one, or (with
+        ``tested_at``, the newest test the caller read) a newer test was stored since it read.
 
         One transaction under ``pg_advisory_xact_lock``: grants are counted and inserted one at a time
         across every instance, so ``max_concurrent`` holds for the region. Expired rows are deleted first.
+        A test's slot is freed only once its result is stored, so a grant that finds the slot free and no
+        newer test has not raced a test that ended meanwhile.
 
         Raises:
             psycopg.Error: the server cannot be asked now (the caller grants nothing).
@@ -293,6 +307,12 @@ class SharedAgents:
                 out, of_site = (int(row[0]), int(row[1])) if row is not None else (0, 0)
                 if out >= limit or of_site:
                     return False
+                if tested_at is not None:
+                    newer = conn.execute("SELECT 1 FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
+                                         "WHERE e.name = %s AND t.started_at > %s " + _A_TEST + "LIMIT 1",
+                                         (site, tested_at)).fetchone()
+                    if newer is not None:
+                        return False
                 conn.execute("INSERT INTO throughput_slots (slot_id, site, granted_at, expires_at, instance, "
                              "download_bytes, upload_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                              (slot_id, site, now, expires_at, self.instance, download_bytes, upload_bytes))
