@@ -445,9 +445,11 @@ class Daemon:
         if self.history is not None:  # a restart shows the last test at once, and does not fire every due test
             if is_postgres(options.store_url):  # a server may be away: never hold start-up or the loop for it
                 self.scheduler.throughput_held = True
-                self.history.restore_later(probed(targets), lambda r: loop.call_soon_threadsafe(self.restore, r))
+                # every site it publishes and plans: another share's agent site is granted here too (issue 19)
+                self.history.restore_later(probed(self.published),
+                                           lambda r: loop.call_soon_threadsafe(self.restore, r))
             else:  # a local file answers at once: restored before the first cycle
-                self.restore(self.history.restore(probed(targets)))
+                self.restore(self.history.restore(probed(self.published)))
         settle_long_lived()  # config, targets and per-endpoint state: out of every later collection
         self.ready = True
         log.info("connmon started: %d endpoints (%d probed) from %s%s, listening on %s", len(targets),
