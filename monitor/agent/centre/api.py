@@ -60,6 +60,7 @@ from monitor.agent.centre.bodies import Refusal, body_pieces, no_constant, read_
 from monitor.agent.centre.enrolment import Enrolment, Refused, is_code
 from monitor.agent.centre.fleet_view import agent_rows
 from monitor.agent.centre.journal import JournalError
+from monitor.agent.centre.region_grants import RegionGrants
 from monitor.agent.centre.registry import Accepted, AgentRegistry, AgentSite
 from monitor.agent.centre.settings import versioned_settings
 from monitor.agent.protocol import (
@@ -76,7 +77,6 @@ from monitor.agent.protocol import (
     decode_batch,
     granted_bytes,
 )
-from monitor.months import month_start
 from monitor.results import ThroughputResult
 from monitor.text import text_fault
 from monitor.throughput_plan import AGENT_BUSY_RETRY_SECONDS, ThroughputPlan, phase
@@ -84,7 +84,7 @@ from monitor.web.access_log import ACCESS_USER
 from monitor.web.answers import error_response, json_response
 
 if TYPE_CHECKING:
-    from monitor.agent.centre.shared import SharedAgents, SiteTests  # psycopg only with PostgreSQL
+    from monitor.agent.centre.shared import SharedAgents  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
 __all__ = ["AgentApi", "Slot", "read_body"]  # read_body: for the other routes that read bodies the same way
@@ -126,6 +126,7 @@ class AgentApi:
                  stored: Callable[[], Awaitable[bool]] | None = None, enrolment: Enrolment | None = None,
                  shared: SharedAgents | None = None) -> None:
         self.shared = shared
+        self.region = RegionGrants(plan, shared) if shared is not None else None  # issue 19: the region's say
         # issue 25: True once the history holds every result taken so far (None: no history to wait for)
         self.stored = stored
         self.registry = registry
@@ -243,11 +244,11 @@ class AgentApi:
                 # silence while the database is away), and a result another instance took too is the same
                 # row in the history; the answer still waits for the history to store it
                 self.shared.say("read an agent's position", err)
-        if self.shared is not None and site.target.name in self.plan.sites \
+        if self.region is not None and site.target.name in self.plan.sites \
                 and not self.plan.sites[site.target.name].running \
                 and any(isinstance(item.result, ThroughputResult) for item in batch.results):
             # issue 19: a test granted elsewhere is booked here on the region's month (its budget left is right)
-            await self._region_tests(site.target.name, self.registry.clock())
+            await self.region.caught_up(site.target.name, self.registry.clock())
         try:
             outcome = self.registry.accept(site, batch)  # journalled before published: raises, changing nothing
         except JournalError as err:
@@ -331,12 +332,12 @@ class AgentApi:
         busy = {"granted": False, "reason": "busy",
                 "retry_after_seconds": round(AGENT_BUSY_RETRY_SECONDS * (1.0 + phase(name)), 3)}
         tested_at: float | None = None  # the region's newest test of the site, as read before this grant
-        if self.shared is None:
+        if self.region is None:
             if name not in self.plan.sites and name not in self.registry.watched:
                 return json_response(busy)  # another instance's share, not planned here (no region to ask)
-        elif name in self.plan.sites and self._would_grant(name, now):
+        elif name in self.plan.sites and self.region.would_grant(name, now):
             # issue 19: every instance plans every agent site; brought up to the region's history first
-            tests = await self._region_tests(name, now)
+            tests = await self.region.caught_up(name, now)
             if tests is None:
                 return json_response(busy)  # the store cannot say: nothing is granted blind
             tested_at = tests.last_started_at if tests.last_started_at is not None else -math.inf
@@ -352,8 +353,8 @@ class AgentApi:
         allowance = granted_bytes(settings.max_bytes, settings.omit_seconds, settings.duration_seconds,
                                   settings.timeout_seconds)
         download, upload = (allowance if "download" in directions else 0), (allowance if "upload" in directions else 0)
-        if self.shared is not None and not await self._take_shared(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS,
-                                                                   download, upload, tested_at):
+        if self.region is not None and not await self.region.take(slot_id, name, now, now + bound + SLOT_GRACE_SECONDS,
+                                                                  download, upload, tested_at):
             self.plan.cancel(name)
             return json_response(busy)
         self.slots[slot_id] = Slot(name, now + bound + SLOT_GRACE_SECONDS, download, upload)
@@ -393,43 +394,6 @@ class AgentApi:
         log.info("agent site %s enrolled from %s: its new token replaces any earlier one", outcome.site,
                  request.remote, extra={"endpoint": outcome.site})
         return json_response({"site": outcome.site, "token": outcome.token})
-
-    def _would_grant(self, name: str, now: float) -> bool:
-        """Whether the plan alone would grant ``name`` now: only then is the region asked (a site not due, or in
-        maintenance, is answered so without a round trip; the region can only make a due time later)."""
-        state = self.plan.sites[name]
-        return not state.running and state.next_due <= now and self.plan.paused(name, now) is None
-
-    async def _region_tests(self, name: str, now: float) -> SiteTests | None:
-        """The plan of ``name`` brought up to the region's history (issue 19): its next test due a period after the
-        newest stored test, whichever instance booked it, and the month's bytes and the last measured test's size
-        as the history has them. None when the store cannot say (said in the log)."""
-        assert self.shared is not None
-        settings = self.plan.sites[name].target.throughput
-        since = month_start(now, settings.timezone) if settings.monthly_budget_bytes is not None else None
-        try:
-            tests = await self.shared.site_tests(name, since)
-        except Exception as err:
-            self.shared.say("read a site's last throughput test", err)
-            return None
-        if tests.last_started_at is not None:
-            self.plan.region_tested(name, tests.last_started_at, now)
-        if since is not None:
-            self.plan.follow({name: (since, tests.month_bytes)},
-                             {name: tests.last_measured_bytes} if tests.last_measured_bytes is not None else {})
-        return tests
-
-    async def _take_shared(self, slot_id: str, name: str, now: float, expires_at: float, download: int,
-                           upload: int, tested_at: float | None = None) -> bool:
-        """The region's slot for an agent's grant (issue 19): False when all are out, a test newer than ``tested_at``
-        was stored since it was read, or the store cannot say."""
-        assert self.shared is not None
-        try:
-            return await self.shared.take(slot_id, name, now, expires_at, self.plan.max_concurrent, download, upload,
-                                          tested_at)
-        except Exception as err:
-            self.shared.say("take a throughput slot", err)
-            return False
 
     def expire_slots(self) -> None:
         """Free the slots whose agent never reported a test (called on requests and by the daemon's tick)."""
