@@ -56,7 +56,7 @@ def shaped(lab: Lab) -> Iterator[dict[str, Shaped]]:
         s.site.stop_servers()
 
 
-def _config(tmp: Path, shaped: dict[str, Shaped], method: str, max_concurrent: int = 8) -> Path:
+def _config(tmp: Path, shaped: dict[str, Shaped], method: str, max_concurrent: int = 2) -> Path:
     lines = []
     for name, s in shaped.items():
         lines.append(f"      - {{name: {name}, host: {s.site.v4}}}")
@@ -75,17 +75,31 @@ groups:
 """ + "\n".join(lines) + "\n", name=f"{method}-{'-'.join(shaped)}.yaml")
 
 
-def _iperf3_reference(lab: Lab, site: Site, reverse: bool) -> float:
+def _iperf3_reference(lab: Lab, site: Site, reverse: bool, nominal_mbit: float) -> float:
     """The stock iperf3 client's receiver-side figure on the same link, same settings, in bit/s: connmon's
-    default four streams (issue 20: ``parallel: 4``), so both load the link alike."""
+    default four streams (issue 20: ``parallel: 4``), so both load the link alike.
+
+    A reference is only worth comparing with when it measured the link: the stock client is noisy too on a
+    slow link over 5 s (one CI run read 0.80 Mbit/s on the 1 Mbit/s upload, 20% under the kernel's rate,
+    while connmon read 0.94). A run outside ±10% of the shaped rate is run again, up to three times; the
+    last is returned either way, and connmon is held to it."""
     streams = str(ThroughputSettings().parallel)
     args = ["iperf3", "-c", site.v4, "-J", "-t", str(DURATION), "-O", "1", "-P", streams] + (["-R"] if reverse else [])
-    for _attempt in range(3):  # iperf3 -s refuses for a moment after each test while it re-opens
-        report = json.loads(lab.pr(*args, check=False).stdout)
-        if "error" not in report:
-            return float(report["end"]["sum_received"]["bits_per_second"])
-        time.sleep(1)
-    raise AssertionError(f"iperf3 reference run failed: {report['error']}")
+    rate: float | None = None
+    for _run in range(3):
+        for _attempt in range(3):  # iperf3 -s refuses for a moment after each test while it re-opens
+            report = json.loads(lab.pr(*args, check=False).stdout)
+            if "error" not in report:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"iperf3 reference run failed: {report['error']}")
+        rate = float(report["end"]["sum_received"]["bits_per_second"])
+        if abs(rate / (nominal_mbit * 1e6) - 1) <= ACCURACY:
+            return rate
+        print(f"\niperf3 reference off the shaped {nominal_mbit:g} Mbit/s: {rate / 1e6:.3f}; run again")
+    assert rate is not None
+    return rate
 
 
 def _measure(lab: Lab, config: Path) -> dict[str, dict]:
@@ -110,9 +124,9 @@ def _accuracy_table(method: str, shaped: dict[str, Shaped], got: dict[str, dict]
 @pytest.mark.parametrize("method", ["iperf3", "http"])
 def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dict[str, Shaped], method: str,
                                                             tmp_path: Path) -> None:
-    """Each direction is within ±10% of the shaped rate with the four sites tested at once, and within 5% of
-    iperf3's own figure (http: 8%, see AGREEMENT_HTTP) when each is tested alone, as the stock client is;
-    2 Mbit/s misses 4."""
+    """Each direction is within ±10% of the shaped rate with the four sites tested as the shipped default runs them
+    (``max_concurrent: 2``: two at a time), and within 5% of iperf3's own figure (http: 8%, see AGREEMENT_HTTP)
+    when each is tested alone, as the stock client is; 2 Mbit/s misses 4."""
     got = _measure(lab, _config(tmp_path, shaped, method))
     reference: dict[tuple[str, str], float] = {}
     for name, s in shaped.items():
@@ -129,8 +143,8 @@ def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dic
         s = shaped[name]
         alone = _measure(lab, _config(tmp_path, {name: s}, method, max_concurrent=1))[name]
         assert alone["throughput_error"] is None, (alone["throughput_error_detail"], alone["throughput_directions"])
-        for direction in ("download", "upload"):
-            ref = _iperf3_reference(lab, s.site, reverse=direction == "upload")
+        for direction, nominal in (("download", s.download_mbit), ("upload", s.upload_mbit)):
+            ref = _iperf3_reference(lab, s.site, reverse=direction == "upload", nominal_mbit=nominal)
             reference[(name, direction)] = ref
             agreement = AGREEMENT_HTTP if method == "http" else AGREEMENT
             assert abs(alone[f"{direction}_bits_per_second"] / ref - 1) <= agreement, (name, direction, ref, alone)
