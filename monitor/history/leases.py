@@ -48,8 +48,11 @@ QUERY_TIMEOUT_SECONDS = 5.0
 _TAKE = ("INSERT INTO leases (name, holder, expires_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
          "SET holder = excluded.holder, expires_at = excluded.expires_at "
          "WHERE leases.holder = excluded.holder OR leases.expires_at < %s RETURNING holder")
+# a stored throughput row (alias ``t``) that is a test: ``busy`` (the server was taken) and ``budget`` (skipped) are
+# retried, not tests; the one definition for the leases and the agents' grants (monitor.agent.centre.shared)
+IS_A_TEST = "(t.error IS NULL OR t.error NOT IN ('budget', 'busy'))"
 _LAST_TEST = ("SELECT MAX(t.started_at) FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
-              "WHERE e.name = %s AND (t.error IS NULL OR t.error NOT IN ('budget', 'busy'))")  # not tests, or retried
+              "WHERE e.name = %s AND " + IS_A_TEST)
 
 
 class ReplicaLeases:

@@ -57,6 +57,7 @@ import psycopg
 
 from monitor.agent.centre.registry import AgentRegistry
 from monitor.agent.protocol import MAX_AGE_SECONDS
+from monitor.history.leases import IS_A_TEST
 from monitor.history.postgres import redact, scrub
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ LOG_EVERY_SECONDS = 60.0
 CONTACTS_REFRESH_SECONDS = 5.0  # how often the other instances' contacts with agent sites are read
 FORGET_EVERY_SECONDS = 3600.0  # how often each instance forgets the installations silent for MAX_AGE_SECONDS
 _T = TypeVar("_T")
-# a row that is a test: ``busy`` (the server was taken) and ``budget`` (skipped) are retried, not tests (as leases.py)
-_A_TEST = "AND (t.error IS NULL OR t.error NOT IN ('budget', 'busy')) "
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +269,7 @@ class SharedAgents:
         """
         def read(conn: psycopg.Connection[tuple[Any, ...]]) -> SiteTests:
             row = conn.execute(
-                "SELECT (SELECT t.started_at FROM throughput t WHERE t.endpoint_id = e.id " + _A_TEST +
+                "SELECT (SELECT t.started_at FROM throughput t WHERE t.endpoint_id = e.id AND " + IS_A_TEST +
                 "        ORDER BY t.started_at DESC LIMIT 1), "
                 "       (SELECT t.bytes FROM throughput t WHERE t.endpoint_id = e.id AND t.error IS NULL "
                 "        ORDER BY t.started_at DESC LIMIT 1), "
@@ -309,7 +308,7 @@ class SharedAgents:
                     return False
                 if tested_at is not None:
                     newer = conn.execute("SELECT 1 FROM throughput t JOIN endpoints e ON e.id = t.endpoint_id "
-                                         "WHERE e.name = %s AND t.started_at > %s " + _A_TEST + "LIMIT 1",
+                                         "WHERE e.name = %s AND t.started_at > %s AND " + IS_A_TEST + " LIMIT 1",
                                          (site, tested_at)).fetchone()
                     if newer is not None:
                         return False
