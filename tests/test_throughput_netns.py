@@ -8,6 +8,7 @@ asymmetric link; faults (refused, silent server, busy server, DNS) give their re
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ DURATION = 5  # seconds measured per direction, after 1 s of omitted slow start
 RATES = {"slow": (2.0, 2.0), "contract": (4.5, 4.5), "fast": (10.0, 10.0), "asym": (8.0, 1.0)}
 HTTP_PORT = 8080
 ACCURACY = 0.10  # issue 3: within ±10% of the shaped rate
-AGREEMENT = 0.05  # and within 5% of the iperf3 client's own figure
+AGREEMENT = 0.05  # and within 5% of the iperf3 client's own figure (median of ROUNDS runs each, one test at a time)
+ROUNDS = 3
+COMPARED = ("slow", "asym")  # the links the stock client is run on too: 2/2 and 8/1 Mbit/s
 # http measures its four transfers as one pool (one warm-up, one span, total bytes: issue 20), which on a
 # 2 Mbit/s link reads 3-5% under the stock iperf3 client's receiver figure (2.81 against 2.91 Mbit/s in
 # docs/latency-under-load.md; 1.92 against 2.03 in one CI run on a loaded machine): it is held to 8%, and both
@@ -75,37 +78,56 @@ groups:
 """ + "\n".join(lines) + "\n", name=f"{method}-{'-'.join(shaped)}.yaml")
 
 
-def _iperf3_reference(lab: Lab, site: Site, reverse: bool, nominal_mbit: float) -> float:
+def _iperf3_reference(lab: Lab, site: Site, reverse: bool) -> float:
     """The stock iperf3 client's receiver-side figure on the same link, same settings, in bit/s: connmon's
-    default four streams (issue 20: ``parallel: 4``), so both load the link alike.
-
-    A reference is only worth comparing with when it measured the link: the stock client is noisy too on a
-    slow link over 5 s (one CI run read 0.80 Mbit/s on the 1 Mbit/s upload, 20% under the kernel's rate,
-    while connmon read 0.94). A run outside ±10% of the shaped rate is run again, up to three times; the
-    last is returned either way, and connmon is held to it."""
+    default four streams (issue 20: ``parallel: 4``), so both load the link alike."""
     streams = str(ThroughputSettings().parallel)
     args = ["iperf3", "-c", site.v4, "-J", "-t", str(DURATION), "-O", "1", "-P", streams] + (["-R"] if reverse else [])
-    rate: float | None = None
-    for _run in range(3):
-        for _attempt in range(3):  # iperf3 -s refuses for a moment after each test while it re-opens
-            report = json.loads(lab.pr(*args, check=False).stdout)
-            if "error" not in report:
-                break
-            time.sleep(1)
-        else:
-            raise AssertionError(f"iperf3 reference run failed: {report['error']}")
-        rate = float(report["end"]["sum_received"]["bits_per_second"])
-        if abs(rate / (nominal_mbit * 1e6) - 1) <= ACCURACY:
-            return rate
-        print(f"\niperf3 reference off the shaped {nominal_mbit:g} Mbit/s: {rate / 1e6:.3f}; run again")
-    assert rate is not None
-    return rate
+    for _attempt in range(3):  # iperf3 -s refuses for a moment after each test while it re-opens
+        report = json.loads(lab.pr(*args, check=False).stdout)
+        if "error" not in report:
+            return float(report["end"]["sum_received"]["bits_per_second"])
+        time.sleep(1)
+    raise AssertionError(f"iperf3 reference run failed: {report['error']}")
 
 
 def _measure(lab: Lab, config: Path) -> dict[str, dict]:
     proc = lab.connmon("probe", "--config", str(config), "--json", "--throughput", timeout=180)
     assert proc.returncode in (0, 1), proc.stderr
     return {r["endpoint"]: r for r in map(json.loads, proc.stdout.splitlines())}
+
+
+Agreement = tuple[dict[tuple[str, str, str], list[float]], dict[tuple[str, str], list[float]]]
+
+
+@pytest.fixture(scope="module")
+def agreement(lab: Lab, shaped: dict[str, Shaped], tmp_path_factory: pytest.TempPathFactory) -> Agreement:
+    """connmon's figures (by method, link and direction) and the stock iperf3 client's (by link and direction),
+    ROUNDS runs each, taken like with like: one test at a time (``max_concurrent: 1``), each round running
+    connmon's two methods and then the stock client on the COMPARED links.
+
+    Medians, because one 5-second figure on a loaded two-core CI machine is noisy on either side: single runs
+    read 7.47 against 8.00 Mbit/s (connmon beside three other tests), 0.94 against a stock 0.80 on the 1 Mbit/s
+    upload (the stock client 20% under the kernel's rate), 2.03 against a stock 1.83, and 8.07 against a stock
+    7.67. The median of three drops one such run on either side; the kernel's rate is still held run by run."""
+    tmp = tmp_path_factory.mktemp("agreement")
+    links = {name: shaped[name] for name in COMPARED}
+    configs = {method: _config(tmp, links, method, max_concurrent=1) for method in ("iperf3", "http")}
+    ours: dict[tuple[str, str, str], list[float]] = {}
+    stock: dict[tuple[str, str], list[float]] = {}
+    for _round in range(ROUNDS):
+        for method, config in configs.items():
+            measured = _measure(lab, config)
+            for name in COMPARED:
+                entry = measured[name]
+                assert entry["throughput_error"] is None, (method, entry["throughput_error_detail"])
+                for direction in ("download", "upload"):
+                    ours.setdefault((method, name, direction), []).append(entry[f"{direction}_bits_per_second"])
+        for name in COMPARED:
+            for direction in ("download", "upload"):
+                stock.setdefault((name, direction), []).append(
+                    _iperf3_reference(lab, shaped[name].site, reverse=direction == "upload"))
+    return ours, stock
 
 
 def _accuracy_table(method: str, shaped: dict[str, Shaped], got: dict[str, dict],
@@ -123,10 +145,10 @@ def _accuracy_table(method: str, shaped: dict[str, Shaped], got: dict[str, dict]
 
 @pytest.mark.parametrize("method", ["iperf3", "http"])
 def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dict[str, Shaped], method: str,
-                                                            tmp_path: Path) -> None:
+                                                            agreement: Agreement, tmp_path: Path) -> None:
     """Each direction is within ±10% of the shaped rate with the four sites tested as the shipped default runs them
     (``max_concurrent: 2``: two at a time), and within 5% of iperf3's own figure (http: 8%, see AGREEMENT_HTTP)
-    when each is tested alone, as the stock client is; 2 Mbit/s misses 4."""
+    tested one at a time, as the stock client is (medians of three runs each); 2 Mbit/s misses 4."""
     got = _measure(lab, _config(tmp_path, shaped, method))
     reference: dict[tuple[str, str], float] = {}
     for name, s in shaped.items():
@@ -135,19 +157,15 @@ def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dic
         for direction, nominal in (("download", s.download_mbit), ("upload", s.upload_mbit)):
             rate = entry[f"{direction}_bits_per_second"]
             assert abs(rate / (nominal * 1e6) - 1) <= ACCURACY, (name, direction, rate)
-    # The stock client on the same links: connmon must agree with it. Like with like, one site at a time and
-    # right before the stock client: beside three other sites' tests on a loaded two-core CI machine, one
-    # 5-second figure once read 6.6% under the stock client's figure taken alone (7.47 against 8.00 Mbit/s,
-    # both from iperf3), a difference of conditions, not of measuring.
-    for name in ("slow", "asym"):
-        s = shaped[name]
-        alone = _measure(lab, _config(tmp_path, {name: s}, method, max_concurrent=1))[name]
-        assert alone["throughput_error"] is None, (alone["throughput_error_detail"], alone["throughput_directions"])
-        for direction, nominal in (("download", s.download_mbit), ("upload", s.upload_mbit)):
-            ref = _iperf3_reference(lab, s.site, reverse=direction == "upload", nominal_mbit=nominal)
-            reference[(name, direction)] = ref
-            agreement = AGREEMENT_HTTP if method == "http" else AGREEMENT
-            assert abs(alone[f"{direction}_bits_per_second"] / ref - 1) <= agreement, (name, direction, ref, alone)
+    # The stock client on the same links: connmon must agree with it, median against median (see `agreement`).
+    ours_by_link, stock_by_link = agreement
+    for (name, direction), stock in stock_by_link.items():
+        ours = ours_by_link[(method, name, direction)]
+        reference[(name, direction)] = statistics.median(stock)
+        print(f"\n{method} {name} {direction}: connmon {[round(x / 1e6, 3) for x in ours]}, "
+              f"iperf3 {[round(x / 1e6, 3) for x in stock]}")
+        bound = AGREEMENT_HTTP if method == "http" else AGREEMENT
+        assert abs(statistics.median(ours) / statistics.median(stock) - 1) <= bound, (name, direction, ours, stock)
     assert got["slow"]["target_met"] is False  # 2 Mbit/s against a 4 Mbit/s contract
     assert got["contract"]["target_met"] is True and got["fast"]["target_met"] is True
     # Asymmetric 8 down / 1 up: the directions are the site's, never swapped.
