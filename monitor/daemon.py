@@ -27,7 +27,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,7 @@ from monitor.agent.protocol import ROUTES_PREFIX as AGENT_ROUTES_PREFIX
 from monitor.centre_path import CentrePath
 from monitor.centre_path_exposition import CentrePathExposition
 from monitor.config import Config
-from monitor.errors import StateInUseError
+from monitor.daemon_loops import keep_contacts, refresh_maintenance, watch_agents, watch_certificate
 from monitor.exposition.scrape import EngineExposition, ScrapeRenderer
 from monitor.exposition.sink import MetricsSink
 from monitor.gc_tuning import settle_long_lived
@@ -51,7 +51,6 @@ from monitor.history.agent_tokens import open_book
 from monitor.history.exposition import StoreExposition
 from monitor.history.restore import RestoredState
 from monitor.history.set_aside import set_aside_file
-from monitor.history.store import HistoryNotCreated, HistoryStore, StoredWindow
 from monitor.history.store_url import is_postgres
 from monitor.history.store_url import opener as store_opener
 from monitor.history.writer import HistorySink
@@ -59,6 +58,7 @@ from monitor.icmp.engine import IcmpEngine
 from monitor.logs import EventLogSink
 from monitor.maintenance import MaintenanceBook
 from monitor.maintenance_exposition import MaintenanceExposition
+from monitor.ownership import keep_identity, take_ownership
 from monitor.pipeline import ResultPipeline
 from monitor.probes import ProbeContext
 from monitor.probes.iperf3 import find_iperf3
@@ -76,7 +76,6 @@ from monitor.tracer import Tracer
 from monitor.tracer_exposition import TraceExposition
 from monitor.upstreams import UpstreamTree, node_targets
 from monitor.upstreams_exposition import UpstreamExposition
-from monitor.web.certificate import CHECK_SECONDS as CERTIFICATE_CHECK_SECONDS
 from monitor.web.certificate import CertificateExposition, ServedCertificate
 from monitor.web.config import BasicAuth, load_web_config
 from monitor.web.handshakes import HandshakeExposition, HandshakeWatch
@@ -87,16 +86,12 @@ from monitor.web.site_state import SiteStateSink
 
 if TYPE_CHECKING:
     from monitor.agent.centre.shared import SharedAgents
-    from monitor.history.postgres_identity import IdentityLock  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
 
 STORED_WAIT_SECONDS = 10.0  # an agent's batch is answered 503 if the history has not stored it by then (issue 25)
 DRAIN_SECONDS = 5.0  # running cycles may finish and be published within this
 CANCEL_SECONDS = 1.5  # cancelled cycles unwind within this
-AGENT_CHECK_SECONDS = 1.0  # how often agent sites are checked for silence (stale_after is at least 1 s)
-IDENTITY_CHECK_SECONDS = 60.0  # how often the identity's lock on a shared history is checked (issue 25)
-MAINTENANCE_REFRESH_SECONDS = 60.0  # how often the store's maintenance windows are read again (shared stores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +155,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     web_config = load_web_config(web_config_path) if web_config_path is not None else None
     tls = web_config.ssl_context if web_config is not None else None
     handshakes = HandshakeWatch() if tls is not None else None  # failed handshakes, counted and said (issue 25)
-    owned = _take_ownership(options)  # one owner per state dir and identity (issue 25), before anything is opened
+    owned = take_ownership(state_dir, store_url, shard)  # one owner per state dir and identity (issue 25), first
     engine = IcmpEngine.open(icmp_mode)
     log.info("ICMP engine: %s", engine.describe())
     try:
@@ -176,7 +171,7 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     if web_config is not None:
         log.info("web: %s", web_config.describe())
     daemon.start()
-    keeping = [asyncio.ensure_future(_keep_identity(lock)) for lock in owned if not isinstance(lock, StateLock)]
+    keeping = [asyncio.ensure_future(keep_identity(lock)) for lock in owned if not isinstance(lock, StateLock)]
     await daemon.run_until_stopped()
     for task in keeping:
         task.cancel()
@@ -184,74 +179,6 @@ async def serve(config_path: str, listen: str, icmp_mode: str = "auto", *,
     for lock in owned:
         lock.release()
     return 0
-
-
-def _take_ownership(options: Options) -> list[StateLock | IdentityLock]:
-    """Lock the state directory, and on a shared PostgreSQL history this instance's identity (issue 25).
-
-    The identity is the share: ``--shard I/N``, or every site without it (the same as ``0/1``).
-    Instances with different shares are what sharding is for; two with the same one probe and store
-    the same sites twice. A server that does not answer at start-up is not waited for (start-up
-    never waits on the database): the identity is then taken later (:func:`_keep_identity`).
-
-    Raises:
-        StateInUseError: another process holds either (exit 2), named in the message.
-    """
-    if options.state_dir is None:  # --no-history: nothing is kept, nothing can be doubled
-        return []
-    owned: list[StateLock | IdentityLock] = [StateLock.take(options.state_dir, what="connmon run")]
-    if is_postgres(options.store_url):
-        from monitor.history.postgres import redact  # psycopg only with PostgreSQL
-        from monitor.history.postgres_identity import IdentityLock
-
-        shard = options.shard
-        # with replicas, the cycles, heartbeats and leases go by the index alone: two "0"s (0/3 and 0/4 in a
-        # resize) would share them, so they are one identity; plain shards may overlap in a resize
-        identity = ("every site, no --shard" if shard is None or shard.count == 1
-                    else f"shard {shard.index}" if shard.replicas > 1 else f"shard {shard.index}/{shard.count}")
-        assert options.store_url is not None
-        try:
-            owned.append(IdentityLock.take(options.store_url, identity))
-        except StateInUseError:
-            owned[0].release()
-            raise
-        except Exception as err:  # the server is away: the history waits for it, and so does the identity's lock
-            log.warning("history: cannot check yet that no other instance has this identity (%s) on %s: %s; "
-                        "tried again every minute", identity, redact(options.store_url), _one_line(err))
-            owned.append(IdentityLock(options.store_url, identity))
-    return owned
-
-
-async def _keep_identity(lock: IdentityLock) -> None:
-    """Every minute: hold the identity's lock on a shared history, taking it again after a server restart.
-
-    Another instance that took it meanwhile (while the server was away) is said as an ERROR, once
-    until that changes: this one cannot tell which of the two should stop, the operator can.
-    """
-    from monitor.history.postgres import redact
-
-    said = ""
-    while True:
-        try:
-            await asyncio.to_thread(lock.keep)
-        except StateInUseError as err:
-            if str(err) != said:
-                log.error("history: %s", err)
-            said = str(err)
-        except Exception as err:  # the server is away: the writer says so; the lock is taken when it answers
-            log.debug("history: identity lock: %s", _one_line(err))
-        else:
-            if said:
-                log.warning("history: the identity %s on %s is this instance's alone again", lock.identity,
-                            redact(lock.url))
-            said = ""
-        await asyncio.sleep(IDENTITY_CHECK_SECONDS)
-
-
-def _one_line(err: BaseException) -> str:
-    from monitor.history.postgres import scrub
-
-    return " ".join(scrub(str(err)).split()) or type(err).__name__
 
 
 class Daemon:
@@ -461,16 +388,16 @@ class Daemon:
         if options.watch_interval_seconds is not None:
             self._watchers.append(asyncio.ensure_future(
                 ConfigWatcher(self.reloader, options.watch_interval_seconds).run()))
-        self._watchers.append(asyncio.ensure_future(_watch_agents(self.agents, self.agent_api)))
+        self._watchers.append(asyncio.ensure_future(watch_agents(self.agents, self.agent_api)))
         if self.open_tokens is not None:  # enrolled tokens (issue 18): read now, then every few seconds
             self._watchers.append(asyncio.ensure_future(keep_tokens(self.agents, self.open_tokens)))
         if self.shared_agents is not None:  # issue 19: agents heard by the other instances are not silent here
-            self._watchers.append(asyncio.ensure_future(_keep_contacts(self.agents, self.shared_agents)))
+            self._watchers.append(asyncio.ensure_future(keep_contacts(self.agents, self.shared_agents)))
         if self.certificate is not None:  # said at start-up, then daily while it holds (issue 25)
             self.certificate.check(time.time())
-            self._watchers.append(asyncio.ensure_future(_watch_certificate(self.certificate)))
+            self._watchers.append(asyncio.ensure_future(watch_certificate(self.certificate)))
         if options.state_dir is not None:  # windows another instance opened in a shared store (issue 21)
-            self._watchers.append(asyncio.ensure_future(_refresh_maintenance(
+            self._watchers.append(asyncio.ensure_future(refresh_maintenance(
                 self.maintenance, store_opener(options.store_url, options.state_dir, read_only=True))))
 
     def _spawn(self, coro: Coroutine[None, None, ReloadOutcome]) -> None:
@@ -547,62 +474,6 @@ def _shared_agents(options: Options) -> SharedAgents:
     assert options.store_url is not None
     shard = options.shard
     return SharedAgents(options.store_url, f"shard {shard.index}/{shard.count}" if shard is not None else "0/1")
-
-
-async def _keep_contacts(agents: AgentRegistry, shared: SharedAgents) -> None:
-    from monitor.agent.centre.shared import keep_contacts
-
-    await keep_contacts(agents, shared)
-
-
-async def _watch_certificate(certificate: ServedCertificate) -> None:
-    """Once a day: warn again while the served TLS certificate expires within 14 days or has expired."""
-    while True:
-        await asyncio.sleep(CERTIFICATE_CHECK_SECONDS)
-        certificate.check(time.time())
-
-
-async def _watch_agents(agents: AgentRegistry, agent_api: AgentApi) -> None:
-    """Every second: mark agent sites that went silent as down, and free test slots granted but never used."""
-    while True:
-        await asyncio.sleep(AGENT_CHECK_SECONDS)
-        try:
-            agents.check_silence()
-            agent_api.expire_slots()
-        except Exception:  # a bug here must not stop the watch for every other agent site
-            log.exception("agent liveness check failed")
-
-
-async def _refresh_maintenance(book: MaintenanceBook, open_reader: Callable[[], HistoryStore]) -> None:
-    """Every minute: read the store's open and upcoming maintenance windows again, in a worker thread.
-
-    Instances that share a PostgreSQL history (``--shard``) see each other's windows (a window on an
-    upstream node holds sites of every shard) and early closes within a minute.
-    """
-    failed = False
-    while True:
-        await asyncio.sleep(MAINTENANCE_REFRESH_SECONDS)
-        edits, now = book.edits, time.time()
-        try:
-            windows = await asyncio.to_thread(_read_windows, open_reader, now)
-        except Exception as err:  # the store is away: the book keeps what it has; said once per outage
-            if not failed:
-                log.warning("maintenance: cannot read the windows from the history: %s", err)
-            failed = True
-            continue
-        failed = False
-        book.sync(windows, now, edits)
-
-
-def _read_windows(open_reader: Callable[[], HistoryStore], now: float) -> list[StoredWindow]:
-    try:
-        store = open_reader()
-    except HistoryNotCreated:
-        return []
-    try:
-        return store.maintenance_windows(now, float("inf"))
-    finally:
-        store.close()
 
 
 async def _drain(cycles: set[asyncio.Task[None]], hurry: asyncio.Event,

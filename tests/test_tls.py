@@ -179,13 +179,13 @@ def test_a_certificate_is_warned_of_within_fourteen_days_and_once_expired(caplog
 
 def test_the_daemon_warns_again_every_day(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The daily watch says the warning again at each turn while it holds."""
-    from monitor import daemon
+    from monitor import daemon_loops
 
-    monkeypatch.setattr(daemon, "CERTIFICATE_CHECK_SECONDS", 0.01)
+    monkeypatch.setattr(daemon_loops, "CERTIFICATE_CHECK_SECONDS", 0.01)
     cert = ServedCertificate(Path("connmon.crt"), time.time() - DAY)
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(daemon._watch_certificate(cert))
+        task = asyncio.ensure_future(daemon_loops.watch_certificate(cert))
         await asyncio.sleep(0.1)
         task.cancel()
 
