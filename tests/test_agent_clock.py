@@ -19,11 +19,9 @@ from pathlib import Path
 import pytest
 
 from monitor.agent.centre.registry import token_hash
+from monitor.agent.clock import CLOCK_HOLD_SECONDS, MAX_CLOCK_OFFSET_SECONDS, measure_offset
 from monitor.agent.protocol import (
-    CLOCK_HOLD_SECONDS,
-    MAX_CLOCK_OFFSET_SECONDS,
     decode_batch,
-    measure_offset,
 )
 from monitor.agent.site.config import AgentConfig, AgentIcmp
 from monitor.agent.site.main import Agent

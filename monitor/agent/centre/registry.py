@@ -37,7 +37,7 @@ enter the one :class:`~monitor.pipeline.ResultPipeline`, exactly like the centre
 * **Rate limit.** Each token may post in bursts of :data:`BURST` requests, refilled at
   :data:`REFILL_PER_SECOND`: enough to drain a day of spool in minutes, not enough to flood.
 * **Clocks and the fleet (issue 18).** Each batch's measured clock offset
-  (:func:`~monitor.agent.protocol.measure_offset`, results already moved by it when it was off) is
+  (:func:`~monitor.agent.clock.measure_offset`, results already moved by it when it was off) is
   kept per site and said when it goes off or comes right; every contact and every new result is
   noted in the fleet's records (:mod:`monitor.agent.centre.fleet`), which outlive a restart.
 """
@@ -53,11 +53,10 @@ from dataclasses import dataclass, field
 from monitor.agent.centre.fleet import FILE_NAME as FLEET_FILE_NAME
 from monitor.agent.centre.fleet import Fleet, FleetRecord
 from monitor.agent.centre.journal import Position, SeqJournal
+from monitor.agent.clock import MAX_CLOCK_OFFSET_SECONDS, ClockOffset
 from monitor.agent.protocol import (
-    MAX_CLOCK_OFFSET_SECONDS,
     AgentInfo,
     Batch,
-    ClockOffset,
     RefusedResult,
     bind,
     result_answer,

@@ -54,18 +54,16 @@ from typing import Any
 import aiohttp
 
 from monitor import __version__
+from monitor.agent.clock import MAX_CLOCK_OFFSET_SECONDS, ClockOffset, read_clock_answer
 from monitor.agent.protocol import (
     ANCHOR_FIELDS,
     LATENCY_FIELDS,
-    MAX_CLOCK_OFFSET_SECONDS,
     PROTOCOL_HEADER,
     RESULTS_PATH,
     VERSION,
     AgentInfo,
-    ClockOffset,
     RefusedResult,
     encode_agent,
-    read_clock_answer,
     read_result_answers,
 )
 from monitor.agent.site.config import AgentConfig
