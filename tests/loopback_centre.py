@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor.agent.site.client import CentreClient
 from monitor.agent.site.config import AgentConfig
 from monitor.agent.site.main import Agent
 from monitor.agent.site.spool import Spool
-from monitor.agent.site.upload import CentreClient
 from monitor.icmp.engine import IcmpEngine
 from tests.running import Samples, request, samples, stop_process
 

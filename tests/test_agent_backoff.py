@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from monitor.agent.protocol import AgentInfo
+from monitor.agent.site.client import Answer, CentreClient, CentreUnreachable
 from monitor.agent.site.config import AgentConfig
 from monitor.agent.site.spool import Spool
 from monitor.agent.site.upload import (
@@ -23,9 +24,6 @@ from monitor.agent.site.upload import (
     BACKOFF_MAX_SECONDS,
     MAX_REFUSALS,
     REFUSAL_PATIENCE_SECONDS,
-    Answer,
-    CentreClient,
-    CentreUnreachable,
     Uploader,
 )
 from tests.factories import Clock

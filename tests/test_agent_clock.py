@@ -23,10 +23,10 @@ from monitor.agent.clock import CLOCK_HOLD_SECONDS, MAX_CLOCK_OFFSET_SECONDS, me
 from monitor.agent.protocol import (
     decode_batch,
 )
+from monitor.agent.site.client import CentreClient
 from monitor.agent.site.config import AgentConfig, AgentIcmp
 from monitor.agent.site.main import Agent
 from monitor.agent.site.spool import Spool
-from monitor.agent.site.upload import CentreClient
 from monitor.icmp.engine import IcmpEngine
 from tests.loopback_centre import HOST, LoopbackCentre, run_agent, running_centre
 from tests.running import one

@@ -16,10 +16,11 @@ import pytest
 
 from monitor.agent.protocol import AgentInfo, encode_icmp
 from monitor.agent.site import keeper as keeper_module
+from monitor.agent.site.client import Answer
 from monitor.agent.site.config import AgentConfig
 from monitor.agent.site.keeper import ResultKeeper
 from monitor.agent.site.spool import Spool
-from monitor.agent.site.upload import Answer, Uploader
+from monitor.agent.site.upload import Uploader
 from tests.conftest import need_root
 from tests.factories import icmp, target
 from tests.volumes import fill, small_volume

@@ -23,9 +23,10 @@ import pytest
 
 from monitor.agent.centre.registry import token_hash
 from monitor.agent.protocol import MAX_FUTURE_SKEW_SECONDS, AgentInfo, encode_icmp
+from monitor.agent.site.client import CentreClient
 from monitor.agent.site.config import AgentConfig
 from monitor.agent.site.spool import HOLD_MAX_SECONDS, Spool
-from monitor.agent.site.upload import CentreClient, Uploader
+from monitor.agent.site.upload import Uploader
 from tests.factories import icmp, target
 from tests.loopback_centre import LoopbackCentre, running_centre
 from tests.running import samples, value

@@ -19,10 +19,10 @@ import pytest
 
 from monitor.agent.centre.registry import token_hash
 from monitor.agent.site import settings as centre_settings
+from monitor.agent.site.client import CentreClient
 from monitor.agent.site.config import AgentConfig, AgentIcmp
 from monitor.agent.site.main import Agent
 from monitor.agent.site.spool import Spool
-from monitor.agent.site.upload import CentreClient
 from monitor.icmp.engine import IcmpEngine
 from tests.loopback_centre import HOST, LoopbackCentre, running_centre
 from tests.running import request

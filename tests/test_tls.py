@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 
 from monitor.agent.centre.registry import token_hash
+from monitor.agent.site.client import CentreClient, CentreTlsFailure, CentreUnreachable, TlsCause
 from monitor.agent.site.config import load_agent_config
-from monitor.agent.site.upload import CentreClient, CentreTlsFailure, CentreUnreachable, TlsCause
 from monitor.errors import ConfigError
 from monitor.exposition.families import ShardLabels
 from monitor.web.certificate import WARN_DAYS, CertificateExposition, ServedCertificate, read_certificate

@@ -14,7 +14,7 @@ The time is read from the certificate's DER with a reader of the few ASN.1 eleme
 ``validity`` (RFC 5280, 4.1): Python's :mod:`ssl` decodes only a peer's or a CA store's
 certificates, and the ``cryptography`` package is not a dependency. What the centre cannot see is
 left to the clients: a client that gives up during the handshake is not reported to the server by
-asyncio (only in its debug mode), so the agents log the cause (:mod:`monitor.agent.site.upload`).
+asyncio (only in its debug mode), so the agents log the cause (:mod:`monitor.agent.site.client`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ makes each connection's :class:`ssl.SSLObject` through it and calls its ``do_han
 handshake ends, so a subclass sees every failure with OpenSSL's reason (the client's alert, such as
 ``TLSV1_ALERT_UNKNOWN_CA``) and passes it on unchanged. What it cannot see is who: an ``SSLObject``
 knows no peer address, so the line names the cause, and the agent's own log names the site
-(:mod:`monitor.agent.site.upload`). Only failures the server sees are counted: a client that
+(:mod:`monitor.agent.site.client`). Only failures the server sees are counted: a client that
 sends an alert (OpenSSL's command line, curl, browsers, Go's Prometheus) or speaks no TLS. A client
 that hangs up without one is not: a TCP health check, and asyncio clients (the agent among them),
 whose failed handshake closes the connection before its alert is written. Sample line::

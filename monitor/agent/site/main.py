@@ -36,12 +36,13 @@ from monitor import __version__, sqlite_files
 from monitor.agent import protocol
 from monitor.agent.protocol import SLOT_PATH, AgentInfo, IcmpPath, encode_icmp, encode_throughput
 from monitor.agent.site import settings as centre_settings
+from monitor.agent.site.client import CentreClient, CentreTlsFailure, CentreUnreachable
 from monitor.agent.site.config import AgentConfig, default_gateway, load_agent_config
 from monitor.agent.site.keeper import ResultKeeper
 from monitor.agent.site.spool import FILE_NAME as SPOOL_FILE_NAME
 from monitor.agent.site.spool import Spool
 from monitor.agent.site.throughput import Grant, Refusal, parse_slot_answer, run_granted_test
-from monitor.agent.site.upload import CentreClient, CentreTlsFailure, CentreUnreachable, Uploader
+from monitor.agent.site.upload import Uploader
 from monitor.config import IcmpSettings
 from monitor.config.hosts import normalize_ip
 from monitor.errors import ProbeErrorReason, StartupError
