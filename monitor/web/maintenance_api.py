@@ -16,7 +16,7 @@ store that cannot take it is a 503 and nothing changes; a daemon without history
 answers 503 to writes. The store is written in a worker thread, with a connection of its own, so
 the event loop never waits on the disk or the database.
 
-The body is read whole, however it is segmented (:func:`monitor.agent.centre.api.read_body`), at
+The body is read whole, however it is segmented (:func:`monitor.agent.centre.bodies.read_body`), at
 most :data:`MAX_BODY_BYTES`; a field that is wrong is a 400 that names it.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from monitor.agent.centre.api import read_body
+from monitor.agent.centre.bodies import Refusal, read_body
 from monitor.history.store import HistoryStore, StoredWindow
 from monitor.maintenance import KINDS, MaintenanceBook
 from monitor.text import printable, text_fault
@@ -194,11 +194,8 @@ class MaintenanceApi:
             return response
         try:
             raw = await read_body(request, MAX_BODY_BYTES, BODY_IDLE_SECONDS, BODY_TOTAL_SECONDS)
-        except Exception as err:  # the reader's refusal: 413, 408 or 400, the connection to be closed
-            status = getattr(err, "status", None)
-            if not isinstance(status, int):
-                raise
-            response = error_response(status, str(err))
+        except Refusal as refusal:  # 413, 408 or 400, the connection to be closed
+            response = error_response(refusal.status, refusal.message)
             response.force_close()
             return response
         now = self.clock()

@@ -87,7 +87,6 @@ if TYPE_CHECKING:
     from monitor.agent.centre.shared import SharedAgents  # psycopg only with PostgreSQL
 
 log = logging.getLogger(__name__)
-__all__ = ["AgentApi", "Slot", "read_body"]  # read_body: for the other routes that read bodies the same way
 
 AGENTS_LIST_PATH = "/api/v1/agents"  # the fleet at a glance (issue 18), for people: not under the agents' prefix
 SLOT_GRACE_SECONDS = 60.0  # beyond the test's own bound, for the agent to start and report it
@@ -171,6 +170,12 @@ class AgentApi:
                 close.transport.pause_reading()
         return response
 
+    def _refused(self, refusal: Refusal, request: web.Request, stop_reading: bool = False,
+                 site: AgentSite | None = None) -> web.Response:
+        """The answer to a body that cannot be taken (:class:`~monitor.agent.centre.bodies.Refusal`)."""
+        return self._refuse(refusal.status, refusal.message, headers=refusal.headers,
+                            close=request if refusal.close else None, stop_reading=stop_reading, site=site)
+
     def _site(self, request: web.Request) -> AgentSite | web.Response:
         """The posting site from its token, within its rate; else the refusal to send."""
         site = self.registry.authenticate(request.headers.get("Authorization"))
@@ -229,7 +234,7 @@ class AgentApi:
             data = await self._json(request)
             batch = decode_batch(data, arrived, per_result)
         except Refusal as refusal:
-            return refusal.answer(self, request, site=site)
+            return self._refused(refusal, request, site=site)
         except ProtocolError as err:
             return self._refuse(400, str(err), err.field, site=site)
         if batch.site != site.target.name:
@@ -317,7 +322,7 @@ class AgentApi:
         try:
             data = await self._json(request)
         except Refusal as refusal:
-            return refusal.answer(self, request, site=site)
+            return self._refused(refusal, request, site=site)
         if not isinstance(data, dict) or set(data) != {"site"} or not isinstance(data["site"], str) \
                 or not 0 < len(data["site"]) <= 200 or text_fault(data["site"]) is not None:
             fault = text_fault(data["site"]) if isinstance(data, dict) and isinstance(data.get("site"), str) else None
@@ -371,7 +376,7 @@ class AgentApi:
         try:
             data = await self._json(request)
         except Refusal as refusal:
-            return refusal.answer(self, request)
+            return self._refused(refusal, request)
         if not isinstance(data, dict) or set(data) != {"code"} or not isinstance(data["code"], str) \
                 or not is_code(data["code"]):
             return self._refuse(400, "the body must be {\"code\": CODE}, CODE as `connmon agent-invite` printed it "
@@ -495,8 +500,8 @@ class AgentApi:
         except Refusal as refusal:
             if refusal.status == 413:  # the grant is spent: nothing more is taken under this slot
                 slot.upload_left = 0
-            return refusal.answer(self, request, stop_reading=refusal.status == 413,
-                                  site=self.registry.sites.get(slot.site))
+            return self._refused(refusal, request, stop_reading=refusal.status == 413,
+                                 site=self.registry.sites.get(slot.site))
         slot.upload_left -= received
         return json_response({"bytes": received})
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from monitor.agent.centre.api import AgentApi
-    from monitor.agent.centre.registry import AgentSite
 
 
 async def read_body(request: web.Request, limit: int, idle_seconds: float, total_seconds: float) -> bytes:
@@ -68,11 +64,6 @@ class Refusal(Exception):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.close, self.headers = status, message, close, headers
-
-    def answer(self, api: AgentApi, request: web.Request, stop_reading: bool = False,
-               site: AgentSite | None = None) -> web.Response:
-        return api._refuse(self.status, self.message, headers=self.headers, close=request if self.close else None,
-                           stop_reading=stop_reading, site=site)
 
 
 def no_constant(name: str) -> Any:
