@@ -38,12 +38,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
-from monitor.config.windows import MaintenanceWindows
+from monitor.config.windows import MaintenanceWindows, open_window
 from monitor.errors import ProbeErrorReason
 from monitor.history.store import HistoryStore, StoredWindow
 from monitor.pipeline import rewrite_icmp
 from monitor.results import Cycle, IcmpResult
-from monitor.site_states import open_window
 from monitor.targets import Target
 from monitor.text import printable
 

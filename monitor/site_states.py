@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from monitor.centre_path import cut_off_cause
-from monitor.config.windows import MaintenanceWindows
+from monitor.config.windows import MaintenanceWindows, open_window
 from monitor.errors import ProbeErrorReason
 from monitor.results import GapCause, IcmpResult
 from monitor.targets import Target
@@ -87,7 +87,7 @@ def derive(last: IcmpResult | None, window: str | None, last_gap_cause: GapCause
 
     Args:
         last: the site's last ICMP result, None before the first.
-        window: the declared maintenance window open now (:func:`open_window`), None when none is.
+        window: the declared maintenance window open now (:func:`~monitor.config.windows.open_window`); None: none is.
         last_gap_cause: for an agent site, the cause of its current or last silence (None: never silent).
     """
     if window is not None:
@@ -149,24 +149,6 @@ def describe(state: SiteStateName, last: IcmpResult | None, window: str | None) 
 
 
 # ----------------------------------------------------------------------------- maintenance windows
-
-def open_window(windows: MaintenanceWindows | None, t: float) -> str | None:
-    """The declared window of ``windows`` open at Unix time ``t``, as written with its time zone, else None.
-
-    ``"Sun 02:00-04:00 Asia/Almaty"`` for a weekly one, ``"2026-11-14 08:00-2026-11-14 12:00 UTC"`` for a
-    dated one; the first that covers ``t`` when several do.
-    """
-    if windows is None or not windows.covers(t):
-        return None
-    zone = windows.timezone
-    for start, end in windows.once:
-        if MaintenanceWindows(zone, once=((start, end),)).covers(t):
-            return f"{start:%Y-%m-%d %H:%M}-{end:%Y-%m-%d %H:%M} {zone}"
-    for weekly in windows.weekly:
-        if MaintenanceWindows(zone, weekly=(weekly,)).covers(t):
-            return f"{weekly} {zone}"
-    return f"maintenance {zone}"  # pragma: no cover - covers() found one of the above
-
 
 class MaintenanceWatch:
     """Which sites have a maintenance window open, asked again when the minute changes.

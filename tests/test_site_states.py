@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from monitor.centre_path import RESOLVER_DETAIL, UPLINK_DETAIL
-from monitor.config.windows import MaintenanceWindows, parse_maintenance_window, parse_window
+from monitor.config.windows import MaintenanceWindows, open_window, parse_maintenance_window, parse_window
 from monitor.errors import ProbeErrorReason
 from monitor.exposition.sink import MetricsSink
 from monitor.logs import EventLogSink
@@ -21,7 +21,6 @@ from monitor.site_states import (
     MaintenanceWatch,
     SiteStateName,
     derive,
-    open_window,
     site_state,
 )
 from monitor.targets import Target

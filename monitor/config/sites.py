@@ -21,7 +21,8 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from monitor.config import includes, settings
-from monitor.config.calendar import SchoolCalendar, calendar_name, read_calendars
+from monitor.config.calendar import SchoolCalendar
+from monitor.config.calendar_reader import calendar_name, read_calendars
 from monitor.config.checks import NameNodes, check_config
 from monitor.config.hosts import normalize_ip
 from monitor.config.model import (

@@ -170,3 +170,21 @@ def parse_maintenance_window(text: str) -> TimeWindow | tuple[dt.datetime, dt.da
     if end <= start:
         raise ValueError(f"'{text}': the window ends before it starts")
     return start, end
+
+
+def open_window(windows: MaintenanceWindows | None, t: float) -> str | None:
+    """The declared window of ``windows`` open at Unix time ``t``, as written with its time zone, else None.
+
+    ``"Sun 02:00-04:00 Asia/Almaty"`` for a weekly one, ``"2026-11-14 08:00-2026-11-14 12:00 UTC"`` for a
+    dated one; the first that covers ``t`` when several do.
+    """
+    if windows is None or not windows.covers(t):
+        return None
+    zone = windows.timezone
+    for start, end in windows.once:
+        if MaintenanceWindows(zone, once=((start, end),)).covers(t):
+            return f"{start:%Y-%m-%d %H:%M}-{end:%Y-%m-%d %H:%M} {zone}"
+    for weekly in windows.weekly:
+        if MaintenanceWindows(zone, weekly=(weekly,)).covers(t):
+            return f"{weekly} {zone}"
+    return f"maintenance {zone}"  # pragma: no cover - covers() found one of the above
