@@ -36,14 +36,8 @@ once, in words a reader can check:
   data only) or ``no_data``.
 
 Roll-out (issue 11): planned sites are not in the site table or the KPIs (nothing is measured
-there yet), and retired ones only when they have results in the period. The roll-out section
-counts sites per district by status (``planned``, ``connected``, ``retired``) and lists those
-**connected in the period**: sites whose status is ``connected`` and whose connection date falls
-within the period's days. The connection date is the site's ``planned_date`` when it has one
-(keep it when switching a site to connected: it records when the line was due and delivered),
-else the day of the first result the history ever stored for it (in the report's time zone).
-The section is there only when some site is planned or retired or has a ``planned_date``, so a
-history without roll-out keys gives the report it always gave.
+there yet), and retired ones only when they have results in the period; the roll-out section is
+:mod:`monitor.report.rollout`'s.
 
 Computing is separate from rendering (:mod:`monitor.report.render`), so every format shows
 the same numbers.
@@ -54,7 +48,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -66,7 +60,9 @@ from monitor.report.gaps import CycleLedger, Downtime, GapAccount
 from monitor.report.i18n import N_, ngettext, number
 from monitor.report.i18n import gettext as _
 from monitor.report.kpis import DEFAULT_THRESHOLDS, KpiReport, Span, Thresholds, compute_kpis, with_stored_windows
+from monitor.report.rollout import Rollout, has_rollout, rollout
 from monitor.report.school_hours import SchoolHoursCount, SchoolHoursLedger, calendar_for
+from monitor.report.words import kind_noun, say_mbps
 from monitor.results import PEP_NOTE
 from monitor.upstreams import UPSTREAM_GROUP
 
@@ -231,37 +227,6 @@ class GroupSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class RolloutCounts:
-    """Sites of one district (or of the whole selection, ``district`` None) by roll-out status."""
-
-    district: str | None
-    planned: int
-    connected: int
-    retired: int
-    connected_in_period: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectedSite:
-    """A site connected in the period, with the day it counts from and where that day comes from."""
-
-    name: str
-    kind: str
-    district: str
-    connected_on: dt.date
-    source: Literal["planned_date", "first_result"]
-
-
-@dataclass(frozen=True, slots=True)
-class Rollout:
-    """The report's roll-out section: counts per district, the total, and the sites connected in the period."""
-
-    districts: tuple[RolloutCounts, ...]
-    total: RolloutCounts
-    connected: tuple[ConnectedSite, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class UpstreamRow:
     """An upstream node (issue 21) over the period: its own cycles, and the sites' time charged to it."""
 
@@ -341,40 +306,6 @@ class Report:
         over, judged = self.latency_sites
         return _("Sites whose added latency under load exceeds their max_added_latency (the median of their tests): "
                  "{over} of {judged} with sampled tests.").format(over=over, judged=judged)
-
-
-def plural(kind: str, count: int) -> str:
-    if count == 1 or kind.endswith("s"):
-        return kind
-    return kind + "s"
-
-
-def format_mbps(bits_per_second: float) -> str:
-    """4000000 → "4", 2500000 → "2.5": targets are written as people say them."""
-    return f"{bits_per_second / 1e6:.2f}".rstrip("0").rstrip(".")
-
-
-def say_mbps(bits_per_second: float) -> str:
-    """:func:`format_mbps` for people, in the report's language: "2.5", "2,5" (CSV and JSON keep the point)."""
-    text = format_mbps(bits_per_second)
-    return number(float(text), len(text.partition(".")[2]))
-
-
-def kind_noun(kind: str, count: int) -> str:
-    """A kind as a noun for ``count`` sites in the report's language: "schools", "школ", "мектеп".
-
-    The kinds a config names are its own words; the common ones are in the catalogues, any other is
-    written as :func:`plural` writes it (English, or whatever word the config uses).
-    """
-    known = {
-        "school": lambda n: ngettext("school", "schools", n),
-        "clinic": lambda n: ngettext("clinic", "clinics", n),
-        "hospital": lambda n: ngettext("hospital", "hospitals", n),
-        "library": lambda n: ngettext("library", "libraries", n),
-        "kindergarten": lambda n: ngettext("kindergarten", "kindergartens", n),
-        "office": lambda n: ngettext("office", "offices", n),
-    }
-    return known[kind](count) if kind in known else plural(kind, count)
 
 
 def nearest_rank(sorted_values: Sequence[float], share: float) -> float:
@@ -525,43 +456,9 @@ def build_report(store: HistoryStore, period: Period, *, kind: str | None = None
         counted = [e for e in selected if e.name in names]
     return Report(period, kind, district, tuple(rows), by_kind, by_district, now,
                   period_kpis(store, [known[r.name] for r in rows], period, declared, thresholds, calendars),
-                  rollout(store, counted, period) if has_rollout(known.values()) else None,
+                  rollout(store, counted, period.first, period.last, period.timezone)
+                  if has_rollout(known.values()) else None,
                   upstream_rows(store, nodes, rows, period), school_hours=calendars is not None)
-
-
-def has_rollout(endpoints: Iterable[EndpointRecord]) -> bool:
-    """True when some site uses the roll-out keys: then, and only then, reports show the roll-out."""
-    return any(e.status != "connected" or e.planned_date is not None for e in endpoints)
-
-
-def rollout(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period) -> Rollout:
-    """Count ``endpoints`` per district by status, and find those connected in ``period`` (see the module doc)."""
-    first = store.first_results()
-    zone = ZoneInfo(period.timezone)
-    connected: list[ConnectedSite] = []
-    for e in endpoints:
-        if e.status != "connected":
-            continue
-        if e.planned_date is not None:
-            site = ConnectedSite(e.name, e.kind, e.district, e.planned_date, "planned_date")
-        elif e.name in first:
-            site = ConnectedSite(e.name, e.kind, e.district, dt.datetime.fromtimestamp(first[e.name], zone).date(),
-                                 "first_result")
-        else:
-            continue  # connected, but nothing measured yet and no date written: not known to be new
-        if period.first <= site.connected_on <= period.last:
-            connected.append(site)
-    connected.sort(key=lambda c: (c.connected_on, c.district, c.name))
-    new = {c.name for c in connected}
-
-    def counts(district: str | None, members: Sequence[EndpointRecord]) -> RolloutCounts:
-        statuses = [e.status for e in members]
-        return RolloutCounts(district, statuses.count("planned"), statuses.count("connected"),
-                             statuses.count("retired"), sum(1 for e in members if e.name in new))
-
-    districts = sorted({e.district for e in endpoints})
-    return Rollout(tuple(counts(d, [e for e in endpoints if e.district == d]) for d in districts),
-                   counts(None, endpoints), tuple(connected))
 
 
 def period_kpis(store: HistoryStore, endpoints: Sequence[EndpointRecord], period: Period,

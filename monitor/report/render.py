@@ -36,16 +36,7 @@ from monitor.report.cells import (
     hours,
     translated,
 )
-from monitor.report.compliance import (
-    VERDICT_WORDS,
-    GroupSummary,
-    Report,
-    ReportFormat,
-    SiteRow,
-    format_mbps,
-    kind_noun,
-    say_mbps,
-)
+from monitor.report.compliance import VERDICT_WORDS, GroupSummary, Report, ReportFormat, SiteRow
 from monitor.report.gaps import Downtime
 from monitor.report.i18n import N_, current, language, ngettext
 from monitor.report.i18n import date as say_date
@@ -77,6 +68,7 @@ from monitor.report.sections import (
     upstream_rows,
     upstreams_json,
 )
+from monitor.report.words import format_mbps, kind_noun, say_mbps
 
 HEADERS = (N_("site"), N_("kind"), N_("district"), N_("link"), N_("target Mbit/s"), N_("availability %"),
            N_("RTT median ms"), N_("RTT p95 ms"), N_("loss %"), N_("tests"), N_("failed tests"),

@@ -20,12 +20,13 @@ from monitor.report.cells import (
     signed,
     translated,
 )
-from monitor.report.compliance import Rollout, RolloutCounts, UpstreamRow
+from monitor.report.compliance import UpstreamRow
 from monitor.report.gaps import Downtime
 from monitor.report.i18n import N_, ngettext, number
 from monitor.report.i18n import date as say_date
 from monitor.report.i18n import gettext as _
 from monitor.report.kpis import KpiFigures, KpiReport
+from monitor.report.rollout import Rollout, RolloutCounts
 
 CONNECTED_SOURCES = {"planned_date": N_("planned_date"), "first_result": N_("first_result")}
 
