@@ -25,7 +25,7 @@ from monitor.config import ReportSettings, load_config
 from monitor.config.windows import MaintenanceWindows
 from monitor.errors import ConfigError, ConnmonError
 from monitor.history.store import EndpointRecord
-from monitor.history.store_url import describe, is_postgres, one_line, sqlite_path
+from monitor.history.store_url import describe, error_line, is_postgres, sqlite_path
 from monitor.history.store_url import opener as store_opener
 from monitor.icmp.engine import IcmpEngine
 from monitor.logs import configure
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return (invites.invite(args.site, args.config, args.state_dir, args.store, args.expires)
                         if args.command == "agent-invite" else invites.revoke(args.site, args.state_dir, args.store))
             except _store_errors() as err:
-                print(f"connmon: the history store {describe(args.store) or args.state_dir}: {one_line(err)}",
+                print(f"connmon: the history store {describe(args.store) or args.state_dir}: {error_line(err)}",
                       file=sys.stderr)
                 return 1
         if args.command == "import":
@@ -240,14 +240,14 @@ def _report(args: argparse.Namespace) -> int:
     try:
         store = open_store()
     except failures as err:
-        print(f"connmon: cannot read the history at {where}: {one_line(err)}", file=sys.stderr)
+        print(f"connmon: cannot read the history at {where}: {error_line(err)}", file=sys.stderr)
         return 3
     try:
         period = Period(args.first, args.last, args.timezone or region_zone or local_zone())
         report = build_report(store, period, kind=args.kind, district=args.district, configured=configured,
                               now=time.time(), maintenance=maintenance, thresholds=thresholds, calendars=calendars)
     except failures as err:  # not a connmon history (an empty or foreign file), or an I/O error
-        print(f"connmon: cannot read the history at {where}: {one_line(err)}", file=sys.stderr)
+        print(f"connmon: cannot read the history at {where}: {error_line(err)}", file=sys.stderr)
         return 3
     finally:
         store.close()

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from monitor.errors import StateInUseError
-from monitor.history.store_url import is_postgres, one_line
+from monitor.history.store_url import error_line, is_postgres
 from monitor.shard import Shard
 from monitor.state_lock import StateLock
 
@@ -55,7 +55,7 @@ def take_ownership(state_dir: str | None, store_url: str | None,
             raise
         except Exception as err:  # the server is away: the history waits for it, and so does the identity's lock
             log.warning("history: cannot check yet that no other instance has this identity (%s) on %s: %s; "
-                        "tried again every minute", identity, redact(store_url), one_line(err))
+                        "tried again every minute", identity, redact(store_url), error_line(err))
             owned.append(IdentityLock(store_url, identity))
     return owned
 
@@ -77,7 +77,7 @@ async def keep_identity(lock: IdentityLock) -> None:
                 log.error("history: %s", err)
             said = str(err)
         except Exception as err:  # the server is away: the writer says so; the lock is taken when it answers
-            log.debug("history: identity lock: %s", one_line(err))
+            log.debug("history: identity lock: %s", error_line(err))
         else:
             if said:
                 log.warning("history: the identity %s on %s is this instance's alone again", lock.identity,

@@ -148,7 +148,7 @@ def describe(state: SiteStateName, last: IcmpResult | None, window: str | None) 
     return state.value
 
 
-# ----------------------------------------------------------------------------- maintenance windows
+# ----------------------------------------------------------------------------- maintenance windows open now
 
 class MaintenanceWatch:
     """Which sites have a maintenance window open, asked again when the minute changes.

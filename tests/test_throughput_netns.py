@@ -109,7 +109,8 @@ def agreement(lab: Lab, shaped: dict[str, Shaped], tmp_path_factory: pytest.Temp
     Medians, because one 5-second figure on a loaded two-core CI machine is noisy on either side: single runs
     read 7.47 against 8.00 Mbit/s (connmon beside three other tests), 0.94 against a stock 0.80 on the 1 Mbit/s
     upload (the stock client 20% under the kernel's rate), 2.03 against a stock 1.83, and 8.07 against a stock
-    7.67. The median of three drops one such run on either side; the kernel's rate is still held run by run."""
+    7.67. The median of three drops one such run on either side. The kernel's rate is held by the test itself, on
+    each figure of its run of all four sites."""
     tmp = tmp_path_factory.mktemp("agreement")
     links = {name: shaped[name] for name in COMPARED}
     configs = {method: _config(tmp, links, method, max_concurrent=1) for method in ("iperf3", "http")}

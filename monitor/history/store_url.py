@@ -56,7 +56,7 @@ def opener(url: str | None, state_dir: str, *, read_only: bool = False,
     return lambda: SqliteStore(path, read_only=read_only, recover=recover)
 
 
-def one_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """An error's message on one line, with no password in it (psycopg may quote the store's URL), for a log line
     or stderr."""
     from monitor.history.postgres import scrub  # psycopg only with PostgreSQL

@@ -1,7 +1,7 @@
 """The report's sections beside the site table: the ministry's KPIs, school hours, roll-out, upstream nodes.
 
 Each section gives its rows, CSV rows and JSON for every format of :mod:`monitor.report.render`,
-which lays them out; the figures come from :mod:`monitor.report.kpis` and
+which lays them out; the figures come from :mod:`monitor.report.kpis`, :mod:`monitor.report.rollout` and
 :mod:`monitor.report.compliance`, written by :mod:`monitor.report.cells`.
 """
 

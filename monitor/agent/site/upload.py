@@ -8,8 +8,8 @@ answer, and why:
 * connection error, timeout, 5xx, 429: the centre (or the link) cannot take it now. Keep
   everything, try again at the next interval, not before ``Retry-After`` when the centre said one.
 * TLS failure (issue 25): not an outage, a certificate or setting to fix, so it is logged as an
-  ERROR naming its cause (:class:`TlsCause`: expired, untrusted CA, name mismatch, ...) and the fix;
-  everything is kept and tried again after the backoff, as for an outage.
+  ERROR naming its cause (:class:`~monitor.agent.site.client.TlsCause`: expired, untrusted CA, name
+  mismatch, ...) and the fix; everything is kept and tried again after the backoff, as for an outage.
 * 401, 403: the token is wrong or belongs to another site. Nothing the agent can fix; it keeps
   the results (a corrected token uploads them) and logs the centre's explanation once per interval.
 * 413: the batch is too large for the centre's limit: the batch size is halved and tried again.
