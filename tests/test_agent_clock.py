@@ -20,9 +20,7 @@ import pytest
 
 from monitor.agent.centre.registry import token_hash
 from monitor.agent.clock import CLOCK_HOLD_SECONDS, MAX_CLOCK_OFFSET_SECONDS, measure_offset
-from monitor.agent.protocol import (
-    decode_batch,
-)
+from monitor.agent.decode import decode_batch
 from monitor.agent.site.client import CentreClient
 from monitor.agent.site.config import AgentConfig, AgentIcmp
 from monitor.agent.site.main import Agent

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from monitor.agent.centre.registry import AgentRegistry, TokenBucket
-from monitor.agent.protocol import ProtocolError, decode_batch, encode_agent, encode_icmp, encode_throughput
+from monitor.agent.decode import decode_batch
+from monitor.agent.protocol import ProtocolError, encode_agent, encode_icmp, encode_throughput
 from monitor.config import Retention
 from monitor.errors import ProbeErrorReason
 from monitor.history.sqlite import SqliteStore

@@ -11,7 +11,7 @@ batch took between 0 and one round trip, so the offset lies in [sent_at − rece
 trip], and its middle is taken, good to half the round trip (:func:`measure_offset`). Each result may carry
 its start on the boot's clock (``boot_id``, ``uptime_seconds``, sent under the same care): one of the batch's
 boot gets its own offset, so a clock stepped between measuring and uploading (NTP, after a boot days behind)
-is still corrected (:func:`monitor.agent.protocol.decode_batch`). A result whose offset is more than
+is still corrected (:func:`monitor.agent.decode.decode_batch`). A result whose offset is more than
 :data:`MAX_CLOCK_OFFSET_SECONDS` has every time in it moved by the offset, and says so in its ``error_detail``
 (which the history keeps); when the offset cannot be bounded well enough (a round trip over 2 ×
 :data:`MAX_OFFSET_BOUND_SECONDS`) it is refused with ``retry_after_seconds`` and held by the agent until an

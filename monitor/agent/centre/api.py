@@ -63,6 +63,7 @@ from monitor.agent.centre.journal import JournalError
 from monitor.agent.centre.region_grants import RegionGrants
 from monitor.agent.centre.registry import Accepted, AgentRegistry, AgentSite
 from monitor.agent.centre.settings import versioned_settings
+from monitor.agent.decode import decode_batch
 from monitor.agent.protocol import (
     BODY_IDLE_SECONDS,
     DOWNLOAD_PATH,
@@ -74,7 +75,6 @@ from monitor.agent.protocol import (
     SLOT_PATH,
     UPLOAD_PATH,
     ProtocolError,
-    decode_batch,
     granted_bytes,
 )
 from monitor.results import ThroughputResult

@@ -54,11 +54,11 @@ from monitor.agent.centre.fleet import FILE_NAME as FLEET_FILE_NAME
 from monitor.agent.centre.fleet import Fleet, FleetRecord
 from monitor.agent.centre.journal import Position, SeqJournal
 from monitor.agent.clock import MAX_CLOCK_OFFSET_SECONDS, ClockOffset
+from monitor.agent.decode import bind
 from monitor.agent.protocol import (
     AgentInfo,
     Batch,
     RefusedResult,
-    bind,
     result_answer,
 )
 from monitor.errors import ProbeErrorReason
