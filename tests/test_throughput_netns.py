@@ -26,8 +26,9 @@ DURATION = 5  # seconds measured per direction, after 1 s of omitted slow start
 RATES = {"slow": (2.0, 2.0), "contract": (4.5, 4.5), "fast": (10.0, 10.0), "asym": (8.0, 1.0)}
 HTTP_PORT = 8080
 ACCURACY = 0.10  # issue 3: within ±10% of the shaped rate
-AGREEMENT = 0.05  # and within 5% of the iperf3 client's own figure (median of ROUNDS runs each, one test at a time)
-ROUNDS = 3
+AGREEMENT = 0.05  # and within 5% of the iperf3 client's own figure (medians, one test at a time: see `agreement`)
+ROUNDS = 3  # connmon's runs of each method
+STOCK_ROUNDS = 5  # the stock client's: the noisier side in CI (it read 20%, 8.5% and 4% low there; connmon once 7%)
 COMPARED = ("slow", "asym")  # the links the stock client is run on too: 2/2 and 8/1 Mbit/s
 # http measures its four transfers as one pool (one warm-up, one span, total bytes: issue 20), which on a
 # 2 Mbit/s link reads 3-5% under the stock iperf3 client's receiver figure (2.81 against 2.91 Mbit/s in
@@ -102,22 +103,22 @@ Agreement = tuple[dict[tuple[str, str, str], list[float]], dict[tuple[str, str],
 
 @pytest.fixture(scope="module")
 def agreement(lab: Lab, shaped: dict[str, Shaped], tmp_path_factory: pytest.TempPathFactory) -> Agreement:
-    """connmon's figures (by method, link and direction) and the stock iperf3 client's (by link and direction),
-    ROUNDS runs each, taken like with like: one test at a time (``max_concurrent: 1``), each round running
-    connmon's two methods and then the stock client on the COMPARED links.
+    """connmon's figures (by method, link and direction, ROUNDS runs) and the stock iperf3 client's (by link and
+    direction, STOCK_ROUNDS runs), taken like with like: one test at a time (``max_concurrent: 1``), each round
+    running connmon's two methods (the first ROUNDS rounds) and then the stock client on the COMPARED links.
 
     Medians, because one 5-second figure on a loaded two-core CI machine is noisy on either side: single runs
     read 7.47 against 8.00 Mbit/s (connmon beside three other tests), 0.94 against a stock 0.80 on the 1 Mbit/s
     upload (the stock client 20% under the kernel's rate), 2.03 against a stock 1.83, and 8.07 against a stock
-    7.67. The median of three drops one such run on either side. The kernel's rate is held by the test itself, on
-    each figure of its run of all four sites."""
+    7.67. The median of three drops one such run of connmon's, the median of five two of the stock client's.
+    The kernel's rate is held by the test itself, on each figure of its run of all four sites."""
     tmp = tmp_path_factory.mktemp("agreement")
     links = {name: shaped[name] for name in COMPARED}
     configs = {method: _config(tmp, links, method, max_concurrent=1) for method in ("iperf3", "http")}
     ours: dict[tuple[str, str, str], list[float]] = {}
     stock: dict[tuple[str, str], list[float]] = {}
-    for _round in range(ROUNDS):
-        for method, config in configs.items():
+    for round_ in range(STOCK_ROUNDS):
+        for method, config in configs.items() if round_ < ROUNDS else ():
             measured = _measure(lab, config)
             for name in COMPARED:
                 entry = measured[name]
@@ -149,7 +150,8 @@ def test_rates_match_the_shaped_link_and_the_iperf3_client(lab: Lab, shaped: dic
                                                             agreement: Agreement, tmp_path: Path) -> None:
     """Each direction is within ±10% of the shaped rate with the four sites tested as the shipped default runs them
     (``max_concurrent: 2``: two at a time), and within 5% of iperf3's own figure (http: 8%, see AGREEMENT_HTTP)
-    tested one at a time, as the stock client is (medians of three runs each); 2 Mbit/s misses 4."""
+    tested one at a time, as the stock client is (medians: three runs of each method, five of the stock client);
+    2 Mbit/s misses 4."""
     got = _measure(lab, _config(tmp_path, shaped, method))
     reference: dict[tuple[str, str], float] = {}
     for name, s in shaped.items():
